@@ -1,0 +1,400 @@
+"""Consumer runner: batches from a consumer group, applied in one database transaction each.
+
+The guarantees (DESIGN.md §2):
+- idempotent: every processed event id is inserted into the inbox `(consumer, event_id)` in the
+  same transaction as the handler's effect; a redelivered event finds its row and is skipped;
+- at-least-once: offsets are committed only after that transaction commits;
+- a poison record (not a CloudEvent, not JSON, unknown type, schema-invalid) or a handler that
+  keeps failing after bounded retries goes to the dead-letter topic with `dlq_reason` and
+  `dlq_source` headers, and the partition moves on;
+- database or broker outages are not the event's fault: the batch is retried, never
+  dead-lettered, until the infrastructure is back;
+- per-case order: records of one partition (one case's key) are applied in offset order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.common.db import runtime_metadata
+from services.common.envelope import Envelope, EnvelopeError
+from services.common.kafka import make_consumer, make_producer
+from services.common.logs import get_logger
+from services.common.metrics import BATCH_SECONDS, DEAD_LETTERS, EVENTS_CONSUMED, HANDLER_RETRIES
+from services.common.settings import CommonSettings
+
+log = get_logger(__name__)
+
+HandlerFn = Callable[[AsyncSession, Envelope, Any], Awaitable[None]]
+
+
+class PermanentError(Exception):
+    """The event can never be applied (e.g. a decision from the wrong department).
+
+    Raised by a handler, it sends the event to the dead-letter topic at once, with the message
+    as the reason, without retries.
+    """
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One event type a consumer applies: its payload model and its handler."""
+
+    handler: HandlerFn
+    model: type[BaseModel] | None = None
+
+
+@dataclass
+class _Work:
+    record: ConsumerRecord[bytes, bytes]
+    envelope: Envelope
+    payload: Any
+
+
+@dataclass
+class _DeadLetter:
+    record: ConsumerRecord[bytes, bytes]
+    reason: str
+
+
+_SQLSTATE_RETRYABLE = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """True for failures of the database or network, which retrying the batch will heal."""
+    if isinstance(exc, OSError | TimeoutError | ConnectionError | asyncpg.InterfaceError):
+        return True
+    if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return getattr(exc, "sqlstate", None) in _SQLSTATE_RETRYABLE
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(
+            exc, sa_exc.OperationalError | sa_exc.InterfaceError
+        ):
+            return True
+        return exc.orig is not None and is_infrastructure_error(exc.orig.__cause__ or exc.orig)
+    if isinstance(exc, sa_exc.TimeoutError | sa_exc.ResourceClosedError):
+        return True
+    cause = exc.__cause__
+    return cause is not None and cause is not exc and is_infrastructure_error(cause)
+
+
+class _HandlerFailed(Exception):
+    """Internal: a handler raised in the fast path; rerun the batch record by record."""
+
+
+class ConsumerRunner:
+    def __init__(
+        self,
+        settings: CommonSettings,
+        *,
+        name: str,
+        topics: Iterable[str],
+        subscriptions: Mapping[str, Subscription],
+        sessions: async_sessionmaker[AsyncSession],
+        schema: str,
+        ignored_types: Iterable[str] = (),
+        group_id: str | None = None,
+        dlq_producer: AIOKafkaProducer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.topics = list(topics)
+        self.subscriptions = dict(subscriptions)
+        self.ignored_types = frozenset(ignored_types)
+        self.sessions = sessions
+        self.group_id = group_id or name
+        self._inbox = runtime_metadata(schema)[2]
+        self._dlq_producer = dlq_producer
+        self._own_dlq_producer = dlq_producer is None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._stop = asyncio.Event()
+        self._batch_lock = asyncio.Lock()
+        self.ready = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        consumer = make_consumer(
+            self.settings, group_id=self.group_id, client_id=f"{self.settings.service}-{self.name}"
+        )
+        consumer.subscribe(self.topics, listener=_FinishBatchOnRevoke(self._batch_lock))
+        self._consumer = consumer
+        await consumer.start()
+        if self._dlq_producer is None:
+            self._dlq_producer = make_producer(self.settings, client_id=f"{self.name}-dlq")
+            await self._dlq_producer.start()
+        self.ready.set()
+        log.info("consumer started", consumer=self.name, topics=self.topics)
+        try:
+            while not self._stop.is_set():
+                batch = await consumer.getmany(
+                    timeout_ms=self.settings.consumer_poll_ms,
+                    max_records=self.settings.consumer_max_records,
+                )
+                if batch:
+                    async with self._batch_lock:
+                        await self._handle_batch(consumer, batch)
+        finally:
+            # Graceful: the batch in hand finished and committed above; leave the group now.
+            await consumer.stop()
+            if self._own_dlq_producer and self._dlq_producer is not None:
+                await self._dlq_producer.stop()
+            log.info("consumer stopped", consumer=self.name)
+
+    async def _handle_batch(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    ) -> None:
+        assigned = consumer.assignment()
+        # A revoke may have slipped in between the fetch and the lock: those partitions are
+        # someone else's now; they will read them again and the inbox dedupes.
+        batch = {tp: recs for tp, recs in batch.items() if tp in assigned and recs}
+        if not batch:
+            return
+        records = [r for recs in batch.values() for r in recs]
+        started = time.perf_counter()
+        dead = await self._apply_with_infra_retries(records)
+        if dead is None:
+            return  # stopping during an outage: leave offsets, the next owner redoes the batch
+        for letter in dead:
+            await self._dead_letter(letter)
+        BATCH_SECONDS.labels(self.settings.service, self.name).observe(
+            time.perf_counter() - started
+        )
+        offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # Lost the partitions in a rebalance: effects are committed in the database, so
+            # the new owner's redelivery is a no-op through the inbox.
+            log.warning("offset commit failed after rebalance", consumer=self.name, error=str(exc))
+
+    async def _apply_with_infra_retries(
+        self, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> list[_DeadLetter] | None:
+        backoff = self.settings.consumer_retry_backoff_s or 0.1
+        while True:
+            try:
+                return await self._apply(records)
+            except Exception as exc:
+                if not is_infrastructure_error(exc):
+                    raise
+                log.warning(
+                    "database unavailable; retrying batch",
+                    consumer=self.name,
+                    error=repr(exc),
+                    retry_in_s=backoff,
+                )
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=backoff)
+                    return None
+                except TimeoutError:
+                    backoff = min(backoff * 2, self.settings.consumer_retry_backoff_max_s)
+
+    # -- applying a batch ----------------------------------------------------------------------
+
+    def _parse(self, record: ConsumerRecord[bytes, bytes]) -> _Work | _DeadLetter | None:
+        try:
+            envelope = Envelope.from_record(record.key, record.value, list(record.headers))
+        except EnvelopeError as exc:
+            return _DeadLetter(record, f"malformed: {exc}")
+        subscription = self.subscriptions.get(envelope.type)
+        if subscription is None:
+            if envelope.type in self.ignored_types:
+                return None
+            return _DeadLetter(record, f"unknown event type {envelope.type!r} on {record.topic}")
+        payload: Any = envelope.data
+        if subscription.model is not None:
+            try:
+                payload = subscription.model.model_validate(envelope.data)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+                    for err in exc.errors()
+                )
+                return _DeadLetter(record, f"schema-invalid {envelope.type}: {problems}")
+        return _Work(record, envelope, payload)
+
+    async def _apply(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[_DeadLetter]:
+        work: list[_Work] = []
+        dead: list[_DeadLetter] = []
+        for record in records:
+            parsed = self._parse(record)
+            if isinstance(parsed, _Work):
+                work.append(parsed)
+            elif isinstance(parsed, _DeadLetter):
+                dead.append(parsed)
+            else:
+                self._count(record, "ignored")
+        if not work:
+            return dead
+        try:
+            await self._apply_fast(work)
+        except _HandlerFailed:
+            dead.extend(await self._apply_one_by_one(work))
+        return dead
+
+    async def _apply_fast(self, work: list[_Work]) -> None:
+        """The whole batch in one transaction with one inbox statement: the common case."""
+        async with self.sessions() as session, session.begin():
+            result = await session.execute(
+                pg_insert(self._inbox)
+                .values([self._inbox_row(w) for w in _first_of_each(work)])
+                .on_conflict_do_nothing()
+                .returning(self._inbox.c.event_id)
+            )
+            fresh = set(result.scalars().all())
+            applied: set[str] = set()
+            for item in work:
+                event_id = item.envelope.id
+                if event_id not in fresh or event_id in applied:
+                    self._count(item.record, "duplicate")
+                    continue
+                applied.add(event_id)
+                try:
+                    await self._call(session, item)
+                except Exception as exc:
+                    if is_infrastructure_error(exc):
+                        raise
+                    raise _HandlerFailed() from exc
+        for item in work:
+            if item.envelope.id in applied:
+                self._count(item.record, "processed")
+
+    async def _apply_one_by_one(self, work: list[_Work]) -> list[_DeadLetter]:
+        """Isolate the failing records: one savepoint per event, bounded retries each."""
+        dead: list[_DeadLetter] = []
+        attempts = self.settings.consumer_handler_attempts
+        async with self.sessions() as session, session.begin():
+            for item in work:
+                for attempt in range(1, attempts + 1):
+                    try:
+                        async with session.begin_nested():
+                            inserted = await session.execute(
+                                pg_insert(self._inbox)
+                                .values(self._inbox_row(item))
+                                .on_conflict_do_nothing()
+                                .returning(self._inbox.c.event_id)
+                            )
+                            if inserted.scalar() is None:
+                                self._count(item.record, "duplicate")
+                                break
+                            await self._call(session, item)
+                        self._count(item.record, "processed")
+                        break
+                    except PermanentError as exc:
+                        dead.append(_DeadLetter(item.record, f"rejected: {exc}"))
+                        break
+                    except Exception as exc:
+                        if is_infrastructure_error(exc):
+                            raise
+                        if attempt == attempts:
+                            dead.append(
+                                _DeadLetter(
+                                    item.record,
+                                    f"handler failed after {attempts} attempts: {exc!r}",
+                                )
+                            )
+                            break
+                        HANDLER_RETRIES.labels(self.settings.service, self.name).inc()
+                        log.warning(
+                            "handler failed; retrying",
+                            consumer=self.name,
+                            event_id=item.envelope.id,
+                            attempt=attempt,
+                            error=repr(exc),
+                        )
+                        await asyncio.sleep(
+                            min(
+                                self.settings.consumer_retry_backoff_s * 2 ** (attempt - 1),
+                                self.settings.consumer_retry_backoff_max_s,
+                            )
+                        )
+        return dead
+
+    async def _call(self, session: AsyncSession, item: _Work) -> None:
+        subscription = self.subscriptions[item.envelope.type]
+        await subscription.handler(session, item.envelope, item.payload)
+
+    def _inbox_row(self, item: _Work) -> dict[str, str]:
+        return {"consumer": self.name, "event_id": item.envelope.id, "topic": item.record.topic}
+
+    def _count(self, record: ConsumerRecord[bytes, bytes], outcome: str) -> None:
+        EVENTS_CONSUMED.labels(self.settings.service, self.name, record.topic, outcome).inc()
+
+    # -- dead letters --------------------------------------------------------------------------
+
+    async def _dead_letter(self, letter: _DeadLetter) -> None:
+        record = letter.record
+        assert self._dlq_producer is not None
+        headers = [
+            *[(k, v) for k, v in record.headers if not k.startswith("dlq_")],
+            ("dlq_reason", letter.reason[:2000].encode()),
+            ("dlq_source", f"{self.settings.service}/{self.name}".encode()),
+            ("dlq_topic", record.topic.encode()),
+            ("dlq_partition", str(record.partition).encode()),
+            ("dlq_offset", str(record.offset).encode()),
+        ]
+        log.warning(
+            "dead-lettered",
+            consumer=self.name,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=letter.reason,
+        )
+        while True:
+            try:
+                await self._dlq_producer.send_and_wait(
+                    self.settings.dlq_topic, key=record.key, value=record.value, headers=headers
+                )
+                break
+            except KafkaError as exc:
+                # Never commit past a record whose dead letter is not safely stored.
+                log.warning("dead-letter publish failed; retrying", error=repr(exc))
+                await asyncio.sleep(1.0)
+        DEAD_LETTERS.labels(self.settings.service, self.name, record.topic).inc()
+        self._count(record, "dead_lettered")
+
+
+def _first_of_each(work: list[_Work]) -> list[_Work]:
+    seen: set[str] = set()
+    out = []
+    for item in work:
+        if item.envelope.id not in seen:
+            seen.add(item.envelope.id)
+            out.append(item)
+    return out
+
+
+class _FinishBatchOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions move, let the batch in hand finish and commit its offsets."""
+
+    def __init__(self, batch_lock: asyncio.Lock) -> None:
+        self._lock = batch_lock
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self._lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None

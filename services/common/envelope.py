@@ -1,0 +1,122 @@
+"""CloudEvents 1.0 binary-mode envelope for every tongban Kafka record (DESIGN.md §4).
+
+Key = case id; headers `ce_specversion`, `ce_id`, `ce_source`, `ce_type`, `ce_time`,
+`ce_subject`, `content-type: application/json`, optional `ce_handledby` and W3C `traceparent`;
+value = the event data as JSON. The `cloudevents` SDK does the header mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cloudevents.core.bindings import kafka as ce_kafka
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+
+CONTENT_TYPE = "application/json"
+REQUIRED_HEADERS = ("ce_specversion", "ce_id", "ce_source", "ce_type")
+# Extension attributes tongban uses; `traceparent` follows the CloudEvents distributed-tracing
+# extension, which the Kafka binding maps to `ce_traceparent`; we also set the bare W3C header
+# that OpenTelemetry's Kafka propagators read.
+EXTENSIONS = ("handledby", "traceparent")
+
+_FORMAT = JSONFormat()
+
+Headers = list[tuple[str, bytes]]
+
+
+class EnvelopeError(ValueError):
+    """A record that is not a tongban CloudEvent (poison): it goes to the dead-letter topic."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    type: str
+    source: str
+    subject: str  # the case id (or catalog id); also the Kafka key
+    data: dict[str, Any]
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    handledby: str | None = None
+    traceparent: str | None = None
+
+    @property
+    def key(self) -> bytes:
+        return self.subject.encode()
+
+    def to_record(self) -> tuple[bytes, bytes, Headers]:
+        """(key, value, headers) ready for aiokafka's `send`."""
+        attributes: dict[str, Any] = {
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "subject": self.subject,
+            "time": self.time,
+            "datacontenttype": CONTENT_TYPE,
+        }
+        for ext in EXTENSIONS:
+            if getattr(self, ext):
+                attributes[ext] = getattr(self, ext)
+        message = ce_kafka.to_binary(
+            CloudEvent(attributes=attributes, data=self.data),
+            _FORMAT,
+            key_mapper=lambda _e: self.key,
+        )
+        headers: Headers = list(message.headers.items())
+        if self.traceparent:
+            headers.append(("traceparent", self.traceparent.encode()))
+        return self.key, message.value, headers
+
+    @classmethod
+    def from_record(cls, key: bytes | None, value: bytes | None, headers: Headers) -> Envelope:
+        """Parse a binary-mode record; raise EnvelopeError saying what is wrong with it."""
+        # Kafka allows repeated headers; the CloudEvents binding wants one value per name.
+        header_map: dict[str, bytes] = {}
+        for name, raw in headers or ():
+            header_map.setdefault(name.lower(), raw if raw is not None else b"")
+        missing = [h for h in REQUIRED_HEADERS if h not in header_map]
+        if missing:
+            raise EnvelopeError(f"not a CloudEvent in binary mode: missing headers {missing}")
+        content_type = header_map.get("content-type", b"").decode(errors="replace")
+        if content_type and not content_type.startswith(CONTENT_TYPE):
+            raise EnvelopeError(f"content-type {content_type!r} is not {CONTENT_TYPE}")
+        if value is None:
+            raise EnvelopeError("record has no value (tombstone) where event data is expected")
+        try:
+            json.loads(value)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise EnvelopeError(f"value is not JSON: {exc}") from exc
+        bare_traceparent = header_map.pop("traceparent", None)
+        try:
+            event = ce_kafka.from_binary(
+                ce_kafka.KafkaMessage(headers=header_map, key=key, value=value), _FORMAT
+            )
+        except Exception as exc:  # the SDK raises several types for bad attributes
+            raise EnvelopeError(f"invalid CloudEvent attributes: {exc}") from exc
+        data = event.get_data()
+        if not isinstance(data, dict):
+            raise EnvelopeError(f"event data must be a JSON object, got {type(data).__name__}")
+        attrs = event.get_attributes()
+        subject = attrs.get("subject") or (key.decode(errors="replace") if key else None)
+        if not subject:
+            raise EnvelopeError("event has neither ce_subject nor a record key (the case id)")
+        time = attrs.get("time")
+        if not isinstance(time, datetime):
+            raise EnvelopeError("ce_time is missing or not an RFC 3339 timestamp")
+        traceparent = attrs.get("traceparent") or (
+            bare_traceparent.decode(errors="replace") if bare_traceparent else None
+        )
+        return cls(
+            type=str(attrs["type"]),
+            source=str(attrs["source"]),
+            subject=str(subject),
+            data=data,
+            id=str(attrs["id"]),
+            time=time,
+            handledby=attrs.get("handledby"),
+            traceparent=traceparent,
+        )

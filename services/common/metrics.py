@@ -1,0 +1,37 @@
+"""Prometheus metrics of the shared runtime, labelled by service (Prometheus naming rules)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_CONSUMED = Counter(
+    "tongban_events_consumed_total",
+    "Kafka records handled by a consumer, by outcome (processed, duplicate, dead_lettered)",
+    ["service", "consumer", "topic", "outcome"],
+)
+EVENTS_PUBLISHED = Counter(
+    "tongban_events_published_total",
+    "Events the outbox relay published to Kafka",
+    ["service", "topic"],
+)
+DEAD_LETTERS = Counter(
+    "tongban_dead_letters_total",
+    "Records sent to the dead-letter topic",
+    ["service", "consumer", "topic"],
+)
+BATCH_SECONDS = Histogram(
+    "tongban_consumer_batch_duration_seconds",
+    "Time to apply one consumed batch in one database transaction",
+    ["service", "consumer"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+OUTBOX_BACKLOG = Gauge(
+    "tongban_outbox_backlog",
+    "Unsent outbox rows seen by the relay at its last scan",
+    ["service"],
+)
+HANDLER_RETRIES = Counter(
+    "tongban_handler_retries_total",
+    "Retries of a failing event handler before success or dead letter",
+    ["service", "consumer"],
+)

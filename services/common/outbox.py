@@ -1,0 +1,221 @@
+"""Transactional outbox: events are rows written in the caller's transaction; a relay publishes.
+
+Writers call `Outbox.add(session, topic, envelope)` inside the unit of work that changes state,
+so an event exists exactly when its state change committed. The relay publishes unsent rows in
+`id` order with an idempotent producer, waits for every ack, then marks them sent. A crash
+between publish and mark re-publishes the tail on restart (at-least-once on the wire); the
+consumers' inbox turns that into exactly-once effects.
+
+One relay per schema is active at a time (a PostgreSQL advisory lock): two relays reading the
+same table in parallel could reorder one case's events. Spare relays wait as hot standbys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.common.db import asyncpg_dsn, outbox_channel, runtime_metadata
+from services.common.envelope import Envelope
+from services.common.kafka import make_producer
+from services.common.logs import configure_logging, get_logger
+from services.common.metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
+from services.common.settings import CommonSettings
+
+log = get_logger(__name__)
+
+
+class Outbox:
+    """Writes events into one service schema's outbox table."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        _metadata, self.table, _inbox = runtime_metadata(schema)
+
+    @staticmethod
+    def row(topic: str, envelope: Envelope) -> dict[str, Any]:
+        key, value, headers = envelope.to_record()
+        return {
+            "event_id": envelope.id,
+            "topic": topic,
+            "key": key,
+            "value": value,
+            "headers": [[name, raw.decode()] for name, raw in headers],
+        }
+
+    async def add(self, session: AsyncSession, topic: str, envelope: Envelope) -> None:
+        await self.add_many(session, [(topic, envelope)])
+
+    async def add_many(self, session: AsyncSession, events: Sequence[tuple[str, Envelope]]) -> None:
+        """All rows in one INSERT statement: one round trip whatever the batch size."""
+        if events:
+            await session.execute(insert(self.table), [self.row(t, e) for t, e in events])
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        settings: CommonSettings,
+        *,
+        schema: str,
+        producer: AIOKafkaProducer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.schema = schema
+        self._own_producer = producer is None
+        self._producer = producer
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        # Advisory lock id: stable per schema, so relays of one service exclude each other.
+        self._lock_id = zlib.crc32(f"tongban-outbox:{schema}".encode())
+        self.published = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Publish until stopped; survive database and broker restarts with backoff."""
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                await self._run_as_leader()
+                backoff = 0.2
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning(
+                    "outbox relay lost the database; retrying",
+                    error=str(exc),
+                    schema=self.schema,
+                    retry_in_s=backoff,
+                )
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        if self._own_producer and self._producer is not None:
+            await self._producer.stop()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    async def _run_as_leader(self) -> None:
+        conn: asyncpg.Connection = await asyncpg.connect(asyncpg_dsn(self.settings.database_url))
+        try:
+            while not self._stop.is_set():
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_id):
+                    break
+                await self._sleep(self.settings.outbox_poll_s)  # standby: another relay leads
+            else:
+                return
+            await conn.add_listener(outbox_channel(self.schema), self._on_notify)
+            log.info("outbox relay leading", schema=self.schema)
+            while not self._stop.is_set():
+                self._wake.clear()
+                sent = await self._publish_batch(conn)
+                if sent < self.settings.outbox_batch_size:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self.settings.outbox_poll_s)
+                    except TimeoutError:
+                        pass
+        finally:
+            await conn.close(timeout=5)  # closing the session releases the advisory lock
+
+    def _on_notify(self, *_args: object) -> None:
+        self._wake.set()
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = make_producer(self.settings, client_id=f"{self.settings.service}-relay")
+            await producer.start()
+            self._producer = producer
+        return self._producer
+
+    async def _publish_batch(self, conn: asyncpg.Connection) -> int:
+        rows = await conn.fetch(
+            f'SELECT id, topic, key, value, headers FROM "{self.schema}".outbox '
+            "WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+            self.settings.outbox_batch_size,
+        )
+        OUTBOX_BACKLOG.labels(self.settings.service).set(len(rows))
+        if not rows:
+            return 0
+        try:
+            producer = await self._ensure_producer()
+            # Enqueue all, then await every ack: the producer pipelines the batch and keeps
+            # per-partition order (idempotent producer), so one case's events stay in order.
+            futures = [
+                await producer.send(
+                    row["topic"],
+                    key=row["key"],
+                    value=row["value"],
+                    headers=[(name, value.encode()) for name, value in _headers(row)],
+                )
+                for row in rows
+            ]
+            await asyncio.gather(*futures)
+        except Exception as exc:
+            # Broker down, leader moving, or a fenced producer: start a fresh producer after
+            # a pause and publish the same rows again (consumers dedupe by event id).
+            log.warning("outbox publish failed; will retry", error=repr(exc), schema=self.schema)
+            await self._reset_producer()
+            await self._sleep(1.0)
+            return 0
+        await conn.execute(
+            f'UPDATE "{self.schema}".outbox SET sent_at = now() WHERE id = ANY($1::bigint[])',
+            [row["id"] for row in rows],
+        )
+        for row in rows:
+            EVENTS_PUBLISHED.labels(self.settings.service, row["topic"]).inc()
+        self.published += len(rows)
+        return len(rows)
+
+    async def _reset_producer(self) -> None:
+        if self._own_producer and self._producer is not None:
+            producer, self._producer = self._producer, None
+            try:
+                await asyncio.wait_for(producer.stop(), timeout=10)
+            except Exception as exc:  # a dying producer may fail to stop; drop it anyway
+                log.warning("producer stop failed", error=repr(exc))
+
+
+def _headers(row: Any) -> list[tuple[str, str]]:
+    headers = row["headers"]
+    if isinstance(headers, str):  # asyncpg returns jsonb as text unless a codec is set
+        headers = json.loads(headers)
+    return [(str(name), str(value)) for name, value in headers]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one outbox relay as its own process (used by the fault tests and deployments)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m services.common.outbox",
+        description="Publish a service schema's outbox to Kafka until SIGTERM.",
+    )
+    parser.add_argument("--schema", required=True, help="service schema whose outbox to relay")
+    args = parser.parse_args(argv)
+    settings = CommonSettings()
+    configure_logging(service=f"{settings.service}-relay", level=settings.log_level)
+    relay = OutboxRelay(settings, schema=args.schema)
+
+    async def _run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, relay.stop)
+        await relay.run()
+
+    asyncio.run(_run())
+
+
+if __name__ == "__main__":
+    main()

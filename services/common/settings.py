@@ -1,0 +1,62 @@
+"""Settings shared by every tongban process, read from `TONGBAN_*` environment variables.
+
+Each service subclasses `CommonSettings` to add its own knobs, so one place defines the names
+operators set in production (`TONGBAN_KAFKA_BOOTSTRAP`, `TONGBAN_DATABASE_URL`, ...).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_DATABASE_URL = "postgresql+asyncpg://tongban:tongban@127.0.0.1:5432/tongban"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TONGBAN_", extra="ignore")
+
+    # Which service this process is; names its schema, consumer group and event source.
+    service: str = "tongban"
+    environment: str = Field("dev", description="dev | test | production")
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    kafka_bootstrap: str = "localhost:9092"
+    # Topic provisioning: production clusters use RF 3 / min ISR 2; one dev broker gets 1 / 1.
+    kafka_partitions: int = Field(12, ge=1)
+    kafka_replication: int = Field(1, ge=1)
+    kafka_min_insync: int = Field(1, ge=1)
+    kafka_request_timeout_ms: int = 30_000
+
+    database_url: str = DEV_DATABASE_URL
+    db_pool_size: int = Field(10, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+
+    # Consumer runner: batch shape, bounded retries for a failing handler, dead letters.
+    consumer_max_records: int = Field(500, ge=1)
+    consumer_poll_ms: int = Field(200, ge=1)
+    consumer_handler_attempts: int = Field(3, ge=1)
+    consumer_retry_backoff_s: float = Field(0.2, ge=0)
+    consumer_retry_backoff_max_s: float = Field(5.0, ge=0)
+    dlq_topic: str = "case.dlq.v1"
+
+    # Outbox relay: NOTIFY wakes it; the poll is only a safety net.
+    outbox_batch_size: int = Field(500, ge=1)
+    outbox_poll_s: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _min_insync_fits(self) -> CommonSettings:
+        if self.kafka_min_insync > self.kafka_replication:
+            raise ValueError(
+                "TONGBAN_KAFKA_MIN_INSYNC must not exceed TONGBAN_KAFKA_REPLICATION "
+                f"({self.kafka_min_insync} > {self.kafka_replication})"
+            )
+        return self
+
+    @property
+    def is_dev(self) -> bool:
+        return self.environment in ("dev", "test")
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap.split(",") if s.strip()]
