@@ -1,0 +1,134 @@
+"""The catalog file (DESIGN.md §3): city, divisions, offices, departments, calendar, items.
+
+Field names are pinned: loaders and other systems rely on them. The models check shape only;
+cross-references (owners, divisions, duplicates, ...) are checked by
+`services.common.catalog.validate_catalog`, which lists every problem at once.
+
+Tolerance for hand-written files: surrounding spaces are stripped, numbers are accepted where a
+code is expected (YAML `code: 310101`), `name` may be left out, and an instant item may leave
+out `time_limit_days` (it is 0). Unknown fields are refused, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ConfigDict, Field, model_validator
+
+from contracts.common import Category, Contract, Level, Mode
+
+Code = str  # a division, office, department, item or material code
+
+
+class CatalogModel(Contract):
+    model_config = ConfigDict(str_strip_whitespace=True, coerce_numbers_to_str=True)
+
+
+class OfficeKind(StrEnum):
+    municipal_center = "municipal_center"
+    district_center = "district_center"
+    street_center = "street_center"
+
+
+# The level an office's counters serve at (an office kind sits at exactly one level).
+OFFICE_LEVEL: dict[OfficeKind, Level] = {
+    OfficeKind.municipal_center: Level.municipal,
+    OfficeKind.district_center: Level.district,
+    OfficeKind.street_center: Level.street,
+}
+LEVEL_OFFICE: dict[Level, OfficeKind] = {level: kind for kind, level in OFFICE_LEVEL.items()}
+
+
+class City(CatalogModel):
+    code: Code = Field(min_length=1, max_length=32)
+    name: str = ""
+
+
+class Street(CatalogModel):
+    code: Code = Field(min_length=1, max_length=32)
+    name: str = ""
+
+
+class District(CatalogModel):
+    code: Code = Field(min_length=1, max_length=32)
+    name: str = ""
+    streets: list[Street] = Field(default_factory=list)
+
+
+class Office(CatalogModel):
+    """Where counters are; `division` is the city, district or street the office serves."""
+
+    code: Code = Field(min_length=1, max_length=64)
+    kind: OfficeKind
+    division: Code = Field(min_length=1, max_length=32)
+    name: str = ""
+
+
+class Department(CatalogModel):
+    """Who decides. `line` is the functional line (market, social, ...): delegation follows it."""
+
+    code: Code = Field(min_length=1, max_length=64)
+    name: str = ""
+    line: str = Field(min_length=1, max_length=64)
+    level: Level
+    division: Code = Field(min_length=1, max_length=32)
+
+
+class Calendar(CatalogModel):
+    """Working days: Monday to Friday, minus `holidays`, plus make-up `workdays` (调休)."""
+
+    covers_until: date
+    holidays: list[date] = Field(default_factory=list)
+    workdays: list[date] = Field(default_factory=list)
+
+
+class MaterialSpec(CatalogModel):
+    code: Code = Field(min_length=1, max_length=64)
+    name: str = ""
+    required: bool = True
+
+
+class ResultSpec(CatalogModel):
+    kind: str = Field(min_length=1, max_length=64, description="licence | decision_letter | ...")
+    e_license: bool = False
+
+
+class Item(CatalogModel):
+    code: Code = Field(min_length=1, max_length=64)
+    name: str = ""
+    category: Category
+    owner: Code = Field(min_length=1, max_length=64, description="a municipal department code")
+    mode: Mode
+    delegated_to: Level | None = Field(default=None, description="delegated only: district|street")
+    intake_levels: list[Level] | None = Field(
+        default=None,
+        description="levels of the offices that may take it at a counter; "
+        "absent: enterprise -> [district], individual -> [street] (municipal items: none)",
+    )
+    instant: bool = False
+    time_limit_days: int = Field(description="committed limit in working days")
+    materials: list[MaterialSpec] = Field(default_factory=list)
+    result: ResultSpec = Field(default_factory=lambda: ResultSpec(kind="decision_letter"))
+    effective_from: date | None = None
+    effective_to: date | None = Field(default=None, description="inclusive; null: open-ended")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _instant_needs_no_time_limit(cls, data: Any) -> Any:
+        # An instant item is decided on the spot: a missing time limit means 0, not an error.
+        if isinstance(data, dict) and "time_limit_days" not in data and data.get("instant") is True:
+            return {**data, "time_limit_days": 0}
+        return data
+
+
+class Catalog(CatalogModel):
+    """One whole catalog file. Routing assigns the version when it loads one."""
+
+    city: City
+    districts: list[District]
+    offices: list[Office]
+    departments: list[Department]
+    calendar: Calendar
+    items: list[Item]

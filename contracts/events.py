@@ -1,0 +1,334 @@
+"""Event payloads of every topic (DESIGN.md §4): frozen models, past tense, version in the type.
+
+`EVENT_TYPES` maps each CloudEvents `type` to its topic and payload model; producers, consumers,
+the generated JSON Schemas and the AsyncAPI document are all built from it.
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from datetime import date
+from enum import StrEnum
+from typing import Any
+
+from pydantic import AwareDatetime, Field
+
+from contracts.common import (
+    Application,
+    Contract,
+    DeliveryMethod,
+    Failure,
+    ItemSnapshot,
+    Material,
+    ResultDocument,
+    Route,
+)
+
+INTAKE_TOPIC = "case.intake.v1"
+ROUTING_TOPIC = "case.routing.v1"
+DECISIONS_TOPIC = "case.decisions.v1"
+APPROVAL_TOPIC = "case.approval.v1"
+DELIVERY_TOPIC = "case.delivery.v1"
+DLQ_TOPIC = "case.dlq.v1"
+CATALOG_TOPIC = "catalog.v1"
+
+
+class CaseEvent(Contract):
+    case_id: str
+
+
+# -- case.intake.v1 (intake) -------------------------------------------------------------------
+
+
+class CaseNotified(CaseEvent):
+    """One-time notification (一次性告知): every missing material listed at once."""
+
+    application: Application
+    missing_materials: list[str]
+    notified_at: AwareDatetime
+
+
+class CaseSubmitted(CaseEvent):
+    """The materials are complete: routing takes it from here."""
+
+    application: Application
+    submitted_at: AwareDatetime
+
+
+class CaseSupplemented(CaseEvent):
+    """Materials answering a supplement request (at the counter or during review)."""
+
+    materials: list[Material]
+    supplemented_at: AwareDatetime
+
+
+class CaseWithdrawn(CaseEvent):
+    reason: str | None = None
+    withdrawn_at: AwareDatetime
+
+
+# -- case.routing.v1 (routing) -----------------------------------------------------------------
+
+
+class CaseRouted(CaseEvent):
+    route: Route
+    item: ItemSnapshot
+    application: Application
+    submitted_at: AwareDatetime
+
+
+class CaseRouteFailed(CaseEvent):
+    failure: Failure
+    rule: str
+    catalog_version: int | None
+    application: Application
+    submitted_at: AwareDatetime
+
+
+# -- case.decisions.v1 (department systems) ----------------------------------------------------
+
+
+class DecisionKind(StrEnum):
+    accept = "accept"
+    request_supplement = "request_supplement"
+    approve = "approve"
+    deny = "deny"
+
+
+class DecisionMade(CaseEvent):
+    department: str
+    decision: DecisionKind
+    reason: str | None = None
+    legal_basis: str | None = None
+    missing_materials: list[str] = Field(default_factory=list)
+
+
+# -- case.approval.v1 (approval) ---------------------------------------------------------------
+
+
+class CaseAccepted(CaseEvent):
+    department: str
+    accepted_at: AwareDatetime
+    deadline: date | None = Field(description="null when past the calendar: an alarm, not a guess")
+    time_limit_days: int
+
+
+class CaseSupplementRequested(CaseEvent):
+    department: str
+    missing_materials: list[str]
+    reason: str | None = None
+
+
+class DecisionOutcome(CaseEvent):
+    """What delivery needs to issue and deliver the result without reading other services."""
+
+    department: str
+    decided_at: AwareDatetime
+    reason: str | None = None
+    item: ItemSnapshot
+    delivery_method: DeliveryMethod
+    delivery_address: str | None = None
+    intake_office: str | None = None
+    applicant_name: str
+    applicant_id_number: str
+
+
+class CaseApproved(DecisionOutcome):
+    pass
+
+
+class CaseDenied(DecisionOutcome):
+    legal_basis: str
+
+
+class CaseSlaWarning(CaseEvent):
+    department: str
+    deadline: date
+    elapsed_ratio: float
+
+
+class CaseOverdue(CaseEvent):
+    department: str
+    deadline: date
+
+
+# -- case.delivery.v1 (delivery) ---------------------------------------------------------------
+
+
+class CaseResultIssued(CaseEvent):
+    result: ResultDocument
+    issued_at: AwareDatetime
+
+
+class CaseDelivered(CaseEvent):
+    method: DeliveryMethod
+    delivered_at: AwareDatetime
+    tracking_number: str | None = None
+    office_code: str | None = None
+
+
+class CaseClosed(CaseEvent):
+    outcome: str = Field(description="approved | denied")
+    closed_at: AwareDatetime
+
+
+class Rating(StrEnum):
+    very_satisfied = "very_satisfied"
+    satisfied = "satisfied"
+    basic = "basic"
+    dissatisfied = "dissatisfied"
+    very_dissatisfied = "very_dissatisfied"
+
+
+class CaseRated(CaseEvent):
+    rating: Rating
+    comment: str | None = None
+    rated_at: AwareDatetime
+
+
+# -- catalog.v1 (routing, compacted) -----------------------------------------------------------
+
+
+class CatalogPublished(Contract):
+    version: int
+    loaded_at: AwareDatetime
+    catalog: dict[str, Any] = Field(description="the whole catalog, as in the catalog file")
+
+
+@dataclass(frozen=True)
+class EventType:
+    type: str
+    topic: str
+    model: builtins.type[Contract]
+    producer: str
+    summary: str
+
+
+EVENT_TYPES: dict[str, EventType] = {
+    e.type: e
+    for e in (
+        EventType(
+            "gov.case.notified.v1",
+            INTAKE_TOPIC,
+            CaseNotified,
+            "intake",
+            "One-time notification of missing materials at the counter",
+        ),
+        EventType(
+            "gov.case.submitted.v1",
+            INTAKE_TOPIC,
+            CaseSubmitted,
+            "intake",
+            "Materials complete; the case goes to routing",
+        ),
+        EventType(
+            "gov.case.supplemented.v1",
+            INTAKE_TOPIC,
+            CaseSupplemented,
+            "intake",
+            "Materials answering a supplement request",
+        ),
+        EventType(
+            "gov.case.withdrawn.v1",
+            INTAKE_TOPIC,
+            CaseWithdrawn,
+            "intake",
+            "The applicant withdrew the case",
+        ),
+        EventType(
+            "gov.case.routed.v1",
+            ROUTING_TOPIC,
+            CaseRouted,
+            "routing",
+            "Handling level and department decided",
+        ),
+        EventType(
+            "gov.case.route_failed.v1",
+            ROUTING_TOPIC,
+            CaseRouteFailed,
+            "routing",
+            "No route: the case waits in the triage queue",
+        ),
+        EventType(
+            "gov.case.decision.v1",
+            DECISIONS_TOPIC,
+            DecisionMade,
+            "department systems",
+            "A department's decision: accept, request_supplement, approve or deny",
+        ),
+        EventType(
+            "gov.case.accepted.v1",
+            APPROVAL_TOPIC,
+            CaseAccepted,
+            "approval",
+            "Formally accepted; the legal clock starts",
+        ),
+        EventType(
+            "gov.case.supplement_requested.v1",
+            APPROVAL_TOPIC,
+            CaseSupplementRequested,
+            "approval",
+            "Supplement requested; the clock pauses",
+        ),
+        EventType("gov.case.approved.v1", APPROVAL_TOPIC, CaseApproved, "approval", "Approved"),
+        EventType(
+            "gov.case.denied.v1",
+            APPROVAL_TOPIC,
+            CaseDenied,
+            "approval",
+            "Denied, with its legal basis",
+        ),
+        EventType(
+            "gov.case.sla_warning.v1",
+            APPROVAL_TOPIC,
+            CaseSlaWarning,
+            "approval",
+            "A share of the committed time limit has passed",
+        ),
+        EventType(
+            "gov.case.overdue.v1",
+            APPROVAL_TOPIC,
+            CaseOverdue,
+            "approval",
+            "The committed time limit has passed",
+        ),
+        EventType(
+            "gov.case.result_issued.v1",
+            DELIVERY_TOPIC,
+            CaseResultIssued,
+            "delivery",
+            "The result (licence, e-licence or decision letter) is issued",
+        ),
+        EventType(
+            "gov.case.delivered.v1",
+            DELIVERY_TOPIC,
+            CaseDelivered,
+            "delivery",
+            "The result reached the applicant",
+        ),
+        EventType(
+            "gov.case.closed.v1", DELIVERY_TOPIC, CaseClosed, "delivery", "The case is closed"
+        ),
+        EventType(
+            "gov.case.rated.v1",
+            DELIVERY_TOPIC,
+            CaseRated,
+            "delivery",
+            "The applicant rated the service (好差评)",
+        ),
+        EventType(
+            "gov.catalog.published.v1",
+            CATALOG_TOPIC,
+            CatalogPublished,
+            "routing",
+            "A whole catalog version",
+        ),
+    )
+}
+
+CASE_TOPICS = (INTAKE_TOPIC, ROUTING_TOPIC, DECISIONS_TOPIC, APPROVAL_TOPIC, DELIVERY_TOPIC)
+
+
+def types_on(topic: str) -> list[str]:
+    return [t for t, e in EVENT_TYPES.items() if e.topic == topic]

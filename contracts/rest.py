@@ -1,0 +1,182 @@
+"""REST bodies of the four services (DESIGN.md §4). Pinned names are the black-box contract."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from pydantic import AwareDatetime, Field
+
+from contracts.common import (
+    Application,
+    CaseStatus,
+    Contract,
+    DeliveryMethod,
+    Failure,
+    Material,
+    ResultDocument,
+    Route,
+    TimelineEntry,
+)
+from contracts.events import DecisionKind, Rating
+
+
+class ProblemBody(Contract):
+    """RFC 9457 problem details with a stable machine `code` and a field list."""
+
+    model_config = {"extra": "allow", "frozen": True}
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+
+
+# -- intake ------------------------------------------------------------------------------------
+
+SubmissionRequest = Application
+
+
+class SubmissionResponse(Contract):
+    case_id: str
+    status: CaseStatus
+    missing_materials: list[str]
+    route_preview: Route | None
+
+
+class MaterialsRequest(Contract):
+    materials: list[Material] = Field(min_length=1, max_length=200)
+
+
+class WithdrawRequest(Contract):
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class CaseView(Contract):
+    case_id: str
+    status: CaseStatus
+    item_code: str
+    route: Route | None
+    failure: Failure | None
+    deadline: date | None
+    missing_materials: list[str]
+    timeline: list[TimelineEntry]
+
+
+class ItemView(Contract):
+    code: str
+    name: str
+    category: str
+    mode: str
+    intake_levels: list[str]
+    instant: bool
+    time_limit_days: int
+    materials: list[dict[str, Any]]
+    effective_from: date | None
+    effective_to: date | None
+
+
+# -- routing -----------------------------------------------------------------------------------
+
+
+class RoutePreviewResponse(Contract):
+    route: Route | None
+    failure: Failure | None
+    rule: str
+
+
+class TriageEntry(Contract):
+    case_id: str
+    item_code: str
+    failure: Failure
+    rule: str
+    catalog_version: int | None
+    failed_at: AwareDatetime
+
+
+class CatalogVersion(Contract):
+    version: int
+    loaded_at: AwareDatetime
+    city: str
+    items: int
+
+
+# -- approval ----------------------------------------------------------------------------------
+
+
+class DecisionRequest(Contract):
+    department: str = Field(min_length=1, max_length=64)
+    decision: DecisionKind
+    reason: str | None = Field(default=None, max_length=2000)
+    legal_basis: str | None = Field(default=None, max_length=2000)
+    missing_materials: list[str] = Field(default_factory=list, max_length=200)
+
+
+class WorklistEntry(Contract):
+    case_id: str
+    item_code: str
+    item_name: str
+    status: CaseStatus
+    path: str
+    level: str
+    instant: bool
+    accepted_at: AwareDatetime | None
+    deadline: date | None
+    applicant_name: str
+
+
+class ApprovalCaseView(Contract):
+    """A case as its deciding department holds it (approval's own view, for departments and
+    tests; the applicant's whole story is intake's `GET /v1/cases/{case_id}`)."""
+
+    case_id: str
+    status: CaseStatus
+    department: str | None
+    item_code: str | None
+    accepted_at: AwareDatetime | None
+    deadline: date | None
+    time_limit_days: int | None
+    missing_materials: list[str]
+    supplement_rounds: int
+    decision: DecisionKind | None
+    reason: str | None
+    legal_basis: str | None
+    decided_at: AwareDatetime | None
+    withdrawn_at: AwareDatetime | None
+
+
+class DecisionResponse(Contract):
+    case_id: str
+    status: CaseStatus
+
+
+# -- delivery ----------------------------------------------------------------------------------
+
+
+class ResultView(Contract):
+    case_id: str
+    status: CaseStatus
+    outcome: str
+    result: ResultDocument
+    delivery_method: DeliveryMethod
+    tracking_number: str | None
+    pickup_office: str | None
+    issued_at: AwareDatetime
+    delivered_at: AwareDatetime | None
+    closed_at: AwareDatetime | None
+
+
+class RatingRequest(Contract):
+    rating: Rating
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class LicenseVerification(Contract):
+    license_id: str
+    valid: bool
+    case_id: str | None
+    sha256: str | None
+    item_code: str | None
+    issued_at: AwareDatetime | None
