@@ -1,0 +1,744 @@
+"""The catalog: loading a file, validating it whole, indexing a version, and the intake-office
+rule every service shares (DESIGN.md §3).
+
+- `load_catalog_file` / `parse_catalog_text`: YAML or JSON to a plain dict.
+- `validate_catalog`: the shape (pydantic) and every cross-reference, all problems at once, so
+  an operator fixes a refused file in one pass.
+- `CatalogIndex`: one catalog version with dict lookups, built once per version.
+- `item_in_force`, `effective_intake_levels`, `office_allowed`: pure rules over the index.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from types import UnionType
+from typing import Any, Generic, TypeVar, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from contracts.catalog import (
+    LEVEL_OFFICE,
+    OFFICE_LEVEL,
+    Calendar,
+    Catalog,
+    CatalogModel,
+    City,
+    Department,
+    District,
+    Item,
+    Office,
+    OfficeKind,
+)
+from contracts.common import Category, Channel, Level, Mode
+from services.common.workdays import WorkCalendar
+
+# --------------------------------------------------------------------------- loading
+
+
+class CatalogFileError(ValueError):
+    """The file cannot be read as a catalog at all (syntax, encoding, not a mapping)."""
+
+
+class _CatalogYamlLoader(yaml.SafeLoader):
+    """Safe YAML without implicit integers: codes like `0101` or `310101` stay the strings they
+    were written as (YAML 1.1 would read `0101` as octal 65). Integer fields such as
+    `time_limit_days` still validate: pydantic reads "5" as 5."""
+
+
+_CatalogYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def parse_catalog_text(text: str, *, fmt: str | None = None) -> dict[str, Any]:
+    """Parse catalog text; `fmt` is "json" or "yaml", or None to tell by the content."""
+    text = text.lstrip("\ufeff")
+    if fmt is None:
+        fmt = "json" if text.lstrip().startswith("{") else "yaml"
+    try:
+        if fmt == "json":
+            data = json.loads(text)
+        elif fmt == "yaml":
+            data = yaml.load(text, Loader=_CatalogYamlLoader)  # a SafeLoader subclass
+        else:
+            raise CatalogFileError(f"unknown catalog format {fmt!r}: use json or yaml")
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise CatalogFileError(f"not valid {fmt.upper()}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CatalogFileError(
+            "a catalog is a mapping with city, districts, offices, departments, calendar, items; "
+            f"got {type(data).__name__}"
+        )
+    return data
+
+
+def load_catalog_file(path: str | Path) -> dict[str, Any]:
+    """Read a catalog file: JSON for `.json`, YAML for `.yaml`/`.yml`, else by its content."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogFileError(f"cannot read {path}: {exc}") from exc
+    suffix = path.suffix.lower()
+    fmt = "json" if suffix == ".json" else "yaml" if suffix in {".yaml", ".yml"} else None
+    return parse_catalog_text(text, fmt=fmt)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogProblem:
+    """One thing wrong with a catalog: where (`items[3].owner`) and what."""
+
+    path: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.path, "message": self.message}
+
+    def __str__(self) -> str:
+        return f"{self.path or '(catalog)'}: {self.message}"
+
+
+M = TypeVar("M", bound=CatalogModel)
+T = TypeVar("T")
+
+
+def _join(prefix: str, loc: Iterable[int | str]) -> str:
+    path = prefix
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class found by following `loc` (field names, list indexes) from `model`."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        info = current.model_fields.get(part)
+        if info is None:
+            return None
+        current = info.annotation
+        # Unwrap list[X] and X | None down to the model inside.
+        while get_origin(current) in (list, Union, UnionType):
+            inner = [a for a in get_args(current) if a is not type(None)]
+            current = inner[0] if inner else None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _shape_problems(
+    prefix: str, model: type[BaseModel], exc: ValidationError
+) -> list[CatalogProblem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(model, loc[:-1])
+            known = ", ".join(owner.model_fields) if owner else "see DESIGN.md §3"
+            message = f"unknown field {loc[-1]!r}; known fields: {known}"
+        elif err["type"] == "missing":
+            message = "required field is missing"
+        else:
+            message = err["msg"]
+        problems.append(CatalogProblem(_join(prefix, loc), message))
+    return problems
+
+
+def _raw_code(raw: Any) -> str | None:
+    """The code of an entry that failed validation, so later checks don't report it twice."""
+    if isinstance(raw, Mapping) and isinstance(raw.get("code"), str | int):
+        return str(raw["code"]).strip()
+    return None
+
+
+def _one(raw: Mapping[str, Any], key: str, model: type[M], out: list[CatalogProblem]) -> M | None:
+    if key not in raw:
+        out.append(CatalogProblem(key, "required section is missing"))
+        return None
+    try:
+        return model.model_validate(raw[key])
+    except ValidationError as exc:
+        out.extend(_shape_problems(key, model, exc))
+        return _without_unknown_fields(raw[key], model, exc)
+
+
+@dataclass
+class _Section(Generic[T]):
+    """The entries of a list section that validated (with their index), and what is left of
+    those that did not: their raw data and codes, so later checks don't report them twice."""
+
+    entries: list[tuple[int, T]] = field(default_factory=list)
+    broken: list[Any] = field(default_factory=list)
+    broken_codes: set[str] = field(default_factory=set)
+    complete: bool = True
+
+
+def _many(
+    raw: Mapping[str, Any], key: str, model: type[M], out: list[CatalogProblem]
+) -> _Section[M]:
+    section: _Section[M] = _Section()
+    if key not in raw:
+        out.append(CatalogProblem(key, "required section is missing"))
+        section.complete = False
+        return section
+    value = raw[key]
+    if not isinstance(value, list):
+        out.append(CatalogProblem(key, f"must be a list, got {type(value).__name__}"))
+        section.complete = False
+        return section
+    for i, entry in enumerate(value):
+        try:
+            section.entries.append((i, model.model_validate(entry)))
+        except ValidationError as exc:
+            out.extend(_shape_problems(f"{key}[{i}]", model, exc))
+            # Only unknown fields wrong: check the rest of the entry too, so that one pass
+            # still lists every problem.
+            if (salvaged := _without_unknown_fields(entry, model, exc)) is not None:
+                section.entries.append((i, salvaged))
+                continue
+            section.complete = False
+            section.broken.append(entry)
+            if (code := _raw_code(entry)) is not None:
+                section.broken_codes.add(code)
+    return section
+
+
+def _without_unknown_fields(entry: Any, model: type[M], exc: ValidationError) -> M | None:
+    errors = exc.errors(include_url=False)
+    if any(err["type"] != "extra_forbidden" for err in errors):
+        return None
+    cleaned = copy.deepcopy(entry)
+    for err in errors:
+        *parents, name = err["loc"]
+        node = cleaned
+        for part in parents:
+            node = node[part]
+        node.pop(name, None)
+    try:
+        return model.model_validate(cleaned)
+    except ValidationError:
+        return None
+
+
+def _duplicates(
+    entries: Iterable[tuple[str, T]], key: Callable[[T], str], what: str, out: list[CatalogProblem]
+) -> dict[str, T]:
+    """First entry per code; every later one with the same code is a problem."""
+    seen: dict[str, tuple[str, T]] = {}
+    for path, entry in entries:
+        code = key(entry)
+        if code in seen:
+            out.append(
+                CatalogProblem(path, f"duplicate {what} {code!r} (first at {seen[code][0]})")
+            )
+        else:
+            seen[code] = (path, entry)
+    return {code: entry for code, (_, entry) in seen.items()}
+
+
+_LEVEL_ZH = {Level.municipal: "市级", Level.district: "区级", Level.street: "街镇"}
+
+
+def validate_catalog(raw: Any) -> tuple[Catalog | None, list[CatalogProblem]]:
+    """Check a whole catalog. Returns (catalog, []) when it is sound, else (None, every problem
+    found, shape and cross-reference alike, section by section in file order)."""
+    out: list[CatalogProblem] = []
+    if not isinstance(raw, Mapping):
+        return None, [CatalogProblem("", "a catalog is a mapping of its sections")]
+    for key in raw:
+        if key not in Catalog.model_fields:
+            known = ", ".join(Catalog.model_fields)
+            out.append(
+                CatalogProblem(str(key), f"unknown section {key!r}; known sections: {known}")
+            )
+
+    city = _one(raw, "city", City, out)
+    districts = _many(raw, "districts", District, out)
+    offices = _many(raw, "offices", Office, out)
+    departments = _many(raw, "departments", Department, out)
+    calendar = _one(raw, "calendar", Calendar, out)
+    items = _many(raw, "items", Item, out)
+
+    divisions = _check_divisions(raw, city, districts, out)
+    office_levels = _check_offices(offices, divisions, out)
+    municipal_departments = _check_departments(departments, divisions, out)
+    if calendar is not None:
+        _check_calendar(calendar, out)
+    _check_items(
+        items,
+        departments=departments,
+        municipal_departments=municipal_departments,
+        office_levels=office_levels if offices.complete else None,
+        out=out,
+    )
+
+    if out:
+        out.sort(key=_file_order)
+        return None, out
+    try:
+        return Catalog.model_validate(raw), []
+    except ValidationError as exc:  # defensive: the section checks above should catch all
+        return None, _shape_problems("", Catalog, exc)
+
+
+_SECTION_ORDER = {name: i for i, name in enumerate(Catalog.model_fields)}
+_PATH_HEAD = re.compile(r"([^.\[]*)(?:\[(\d+)\])?")
+
+
+def _file_order(problem: CatalogProblem) -> tuple[int, int]:
+    """Section, then entry, as in the file (a stable sort keeps the rest as found)."""
+    match = _PATH_HEAD.match(problem.path)
+    section, index = match.groups() if match else ("", None)
+    return _SECTION_ORDER.get(section, -1), int(index) if index is not None else -1
+
+
+@dataclass
+class _Divisions:
+    levels: dict[str, Level] = field(default_factory=dict)
+    # Codes of entries that failed validation: a reference to them is not reported again.
+    unverifiable: set[str] = field(default_factory=set)
+
+    def problem(
+        self, path: str, division: str, expected: Level, what: str
+    ) -> CatalogProblem | None:
+        level = self.levels.get(division)
+        if level is None:
+            if division in self.unverifiable:
+                return None
+            return CatalogProblem(
+                path, f"unknown division {division!r}: not the city, a district or a street"
+            )
+        if level is not expected:
+            return CatalogProblem(
+                path,
+                f"{what} must be in a {expected.value} division; {division!r} is a {level.value}",
+            )
+        return None
+
+
+def _check_divisions(
+    raw: Mapping[str, Any],
+    city: City | None,
+    districts: _Section[District],
+    out: list[CatalogProblem],
+) -> _Divisions:
+    """Division codes are one namespace (city, districts, streets): a code names one place."""
+    divisions = _Divisions()
+    where: dict[str, str] = {}
+
+    def claim(code: str, level: Level, path: str, what: str) -> None:
+        if code in divisions.levels:
+            out.append(
+                CatalogProblem(path, f"duplicate {what} code {code!r} (first at {where[code]})")
+            )
+            return
+        divisions.levels[code] = level
+        where[code] = path
+
+    if city is not None:
+        claim(city.code, Level.municipal, "city.code", "division")
+    elif (code := _raw_code(raw.get("city"))) is not None:
+        divisions.unverifiable.add(code)
+    for i, district in districts.entries:
+        claim(district.code, Level.district, f"districts[{i}].code", "district")
+        for j, street in enumerate(district.streets):
+            claim(street.code, Level.street, f"districts[{i}].streets[{j}].code", "street")
+    for entry in districts.broken:
+        streets = entry.get("streets") if isinstance(entry, Mapping) else None
+        for part in [entry, *(streets if isinstance(streets, list) else [])]:
+            if (code := _raw_code(part)) is not None:
+                divisions.unverifiable.add(code)
+    return divisions
+
+
+def _check_offices(
+    offices: _Section[Office], divisions: _Divisions, out: list[CatalogProblem]
+) -> set[Level]:
+    """Returns the levels at which the city has at least one office."""
+    _duplicates(
+        ((f"offices[{i}].code", o) for i, o in offices.entries), lambda o: o.code, "office", out
+    )
+    present: set[Level] = set()
+    for i, office in offices.entries:
+        expected = OFFICE_LEVEL[office.kind]
+        present.add(expected)
+        problem = divisions.problem(
+            f"offices[{i}].division", office.division, expected, f"a {office.kind.value}"
+        )
+        if problem:
+            out.append(problem)
+    return present
+
+
+def _check_departments(
+    departments: _Section[Department], divisions: _Divisions, out: list[CatalogProblem]
+) -> dict[str, Department]:
+    """Returns the municipal departments by code (item owners must be among them)."""
+    by_code = _duplicates(
+        ((f"departments[{i}].code", d) for i, d in departments.entries),
+        lambda d: d.code,
+        "department",
+        out,
+    )
+    units: dict[tuple[str, Level, str], str] = {}
+    for i, dept in departments.entries:
+        problem = divisions.problem(
+            f"departments[{i}].division",
+            dept.division,
+            dept.level,
+            f"a {dept.level.value} department",
+        )
+        if problem:
+            out.append(problem)
+        unit = (dept.line, dept.level, dept.division)
+        if unit in units and units[unit] != dept.code:
+            out.append(
+                CatalogProblem(
+                    f"departments[{i}]",
+                    f"two departments of the {dept.line!r} line at {dept.level.value} level in "
+                    f"{dept.division!r} ({units[unit]!r} and {dept.code!r}): routing would be "
+                    "ambiguous",
+                )
+            )
+        units.setdefault(unit, dept.code)
+    return {c: d for c, d in by_code.items() if d.level is Level.municipal}
+
+
+def _check_calendar(calendar: Calendar, out: list[CatalogProblem]) -> None:
+    for name in ("holidays", "workdays"):
+        seen: set[date] = set()
+        for i, day in enumerate(getattr(calendar, name)):
+            if day in seen:
+                out.append(CatalogProblem(f"calendar.{name}[{i}]", f"{day} is listed twice"))
+            seen.add(day)
+    holidays = set(calendar.holidays)
+    for i, day in enumerate(calendar.workdays):
+        if day in holidays:
+            out.append(
+                CatalogProblem(f"calendar.workdays[{i}]", f"{day} is both a holiday and a workday")
+            )
+
+
+def _check_items(
+    items: _Section[Item],
+    *,
+    departments: _Section[Department],
+    municipal_departments: Mapping[str, Department],
+    office_levels: set[Level] | None,
+    out: list[CatalogProblem],
+) -> None:
+    _duplicates(
+        ((f"items[{i}].code", it) for i, it in items.entries), lambda it: it.code, "item", out
+    )
+    all_departments = {d.code: d for _, d in departments.entries}
+    # (line, level) pairs that have a department somewhere: delegation needs a receiver.
+    for i, item in items.entries:
+        at = f"items[{i}]"
+        owner = municipal_departments.get(item.owner)
+        if owner is None:
+            if item.owner in all_departments:
+                level = all_departments[item.owner].level.value
+                out.append(
+                    CatalogProblem(
+                        f"{at}.owner",
+                        f"owner {item.owner!r} is a {level} department; an item is owned by a "
+                        "municipal department",
+                    )
+                )
+            elif item.owner not in departments.broken_codes:
+                out.append(CatalogProblem(f"{at}.owner", f"unknown department {item.owner!r}"))
+
+        if item.mode is Mode.delegated:
+            if item.delegated_to is None:
+                out.append(
+                    CatalogProblem(
+                        f"{at}.delegated_to",
+                        "a delegated item names delegated_to: district or street",
+                    )
+                )
+            elif item.delegated_to is Level.municipal:
+                out.append(
+                    CatalogProblem(f"{at}.delegated_to", "delegated_to is district or street")
+                )
+        elif item.delegated_to is not None:
+            out.append(
+                CatalogProblem(
+                    f"{at}.delegated_to",
+                    f"only a delegated item names delegated_to (this one is {item.mode.value})",
+                )
+            )
+
+        if office_levels is not None:
+            for j, level in enumerate(item.intake_levels or ()):
+                if level not in office_levels:
+                    out.append(
+                        CatalogProblem(
+                            f"{at}.intake_levels[{j}]",
+                            f"no {LEVEL_OFFICE[level].value} office in the city takes "
+                            f"{level.value}-level intake",
+                        )
+                    )
+            takers = (effective_intake_levels(item) | {Level.municipal}) & office_levels
+            if item.mode is not Mode.online and not takers:
+                out.append(
+                    CatalogProblem(at, "no office in the city may take this item at a counter")
+                )
+
+        if item.time_limit_days < 0:
+            out.append(CatalogProblem(f"{at}.time_limit_days", "must not be negative"))
+        if (
+            item.effective_from is not None
+            and item.effective_to is not None
+            and item.effective_to < item.effective_from
+        ):
+            out.append(
+                CatalogProblem(
+                    f"{at}.effective_to",
+                    f"{item.effective_to} is before effective_from {item.effective_from}",
+                )
+            )
+        _duplicates(
+            ((f"{at}.materials[{j}].code", m) for j, m in enumerate(item.materials)),
+            lambda m: m.code,
+            "material",
+            out,
+        )
+
+
+# --------------------------------------------------------------------------- rules on items
+
+
+_DEFAULT_INTAKE = {Category.enterprise: Level.district, Category.individual: Level.street}
+
+
+def effective_intake_levels(item: Item) -> frozenset[Level]:
+    """The levels whose counters may take the item (the municipal center always may).
+
+    Explicit `intake_levels` win. Absent, the two concentrations: enterprise -> district,
+    individual -> street; except a `municipal` item, which has no basic-level path yet and is
+    taken only at the municipal center (DESIGN.md §1)."""
+    if item.intake_levels is not None:
+        return frozenset(item.intake_levels)
+    if item.mode is Mode.municipal:
+        return frozenset()
+    return frozenset({_DEFAULT_INTAKE[item.category]})
+
+
+def item_in_force(item: Item, on: date) -> bool:
+    """In force from `effective_from` to `effective_to`, both inclusive; None is open-ended."""
+    if item.effective_from is not None and on < item.effective_from:
+        return False
+    return item.effective_to is None or on <= item.effective_to
+
+
+# --------------------------------------------------------------------------- index
+
+
+class CatalogIndex:
+    """One catalog version with dict lookups; built once per version, then read-only."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.city_code = catalog.city.code
+        self.items: dict[str, Item] = {}
+        for item in catalog.items:
+            self.items.setdefault(item.code, item)
+        self.offices: dict[str, Office] = {}
+        for office in catalog.offices:
+            self.offices.setdefault(office.code, office)
+        self.departments: dict[str, Department] = {}
+        self.units: dict[tuple[str, Level, str], Department] = {}
+        for dept in catalog.departments:
+            self.departments.setdefault(dept.code, dept)
+            self.units.setdefault((dept.line, dept.level, dept.division), dept)
+        self.districts = {d.code: d for d in catalog.districts}
+        self.street_district: dict[str, str] = {
+            s.code: d.code for d in catalog.districts for s in d.streets
+        }
+        self.calendar = WorkCalendar.of(catalog.calendar)
+        self.offices_by_level: dict[Level, tuple[Office, ...]] = {
+            level: tuple(o for o in self.offices.values() if OFFICE_LEVEL[o.kind] is level)
+            for level in Level
+        }
+
+    def division_level(self, code: str) -> Level | None:
+        """municipal (the city itself), district, street, or None (not in this city)."""
+        if code == self.city_code:
+            return Level.municipal
+        if code in self.districts:
+            return Level.district
+        if code in self.street_district:
+            return Level.street
+        return None
+
+    def district_of(self, division_code: str) -> str | None:
+        """The district a district or street code lies in; None for the city or unknown codes."""
+        if division_code in self.districts:
+            return division_code
+        return self.street_district.get(division_code)
+
+    def department(self, *, line: str, level: Level, division: str) -> Department | None:
+        return self.units.get((line, level, division))
+
+
+# --------------------------------------------------------------------------- intake office
+
+KIND_ZH = {
+    OfficeKind.municipal_center: "市级行政服务中心",
+    OfficeKind.district_center: "区级行政服务中心",
+    OfficeKind.street_center: "街镇社区事务受理服务中心",
+}
+MAX_SUGGESTED_OFFICES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class OfficeGuidance:
+    """Where a refused applicant can go instead."""
+
+    levels: tuple[Level, ...]
+    office_kinds: tuple[OfficeKind, ...]
+    offices: tuple[str, ...]  # nearest to the applicant first (at most MAX_SUGGESTED_OFFICES)
+    online: bool  # the online channel takes the item
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "levels": [level.value for level in self.levels],
+            "office_kinds": [kind.value for kind in self.office_kinds],
+            "offices": list(self.offices),
+            "online": self.online,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OfficeDecision:
+    allowed: bool
+    code: str | None = None  # office_not_allowed | unknown_office when refused
+    field: str | None = None  # the submission field at fault: channel | office_code
+    message: str = ""
+    office: Office | None = None  # the intake office (None on the online channel)
+    guidance: OfficeGuidance | None = None
+
+
+def _taking_levels(item: Item) -> tuple[Level, ...]:
+    levels = effective_intake_levels(item) | {Level.municipal}
+    if item.mode is Mode.online:
+        levels = frozenset(Level)
+    return tuple(level for level in Level if level in levels)
+
+
+def _guidance(index: CatalogIndex, item: Item, applicant_division: str | None) -> OfficeGuidance:
+    levels = _taking_levels(item)
+    street = applicant_division if applicant_division in index.street_district else None
+    district = index.district_of(applicant_division) if applicant_division else None
+
+    def rank(office: Office) -> tuple[int, str]:
+        if street is not None and office.division == street:
+            return 0, office.code
+        if district is not None and office.division == district:
+            return 1, office.code
+        if district is not None and index.district_of(office.division) == district:
+            return 2, office.code
+        if office.kind is OfficeKind.municipal_center:
+            return 3, office.code
+        return 4, office.code
+
+    candidates = sorted((o for level in levels for o in index.offices_by_level[level]), key=rank)
+    return OfficeGuidance(
+        levels=levels,
+        office_kinds=tuple(LEVEL_OFFICE[level] for level in levels),
+        offices=tuple(o.code for o in candidates[:MAX_SUGGESTED_OFFICES]),
+        online=item.mode is Mode.online,
+    )
+
+
+def _where_instead(guidance: OfficeGuidance) -> str:
+    kinds_zh = "、".join(KIND_ZH[k] for k in guidance.office_kinds)
+    kinds_en = ", ".join(k.value for k in guidance.office_kinds)
+    offices = ", ".join(guidance.offices) or "-"
+    return f"可前往{kinds_zh}：{offices} / it may be taken at: {kinds_en} ({offices})"
+
+
+def office_allowed(
+    index: CatalogIndex,
+    item: Item,
+    *,
+    channel: Channel,
+    office_code: str | None,
+    applicant_division: str | None = None,
+) -> OfficeDecision:
+    """May this channel/office take this item (DESIGN.md §3)? The online channel takes only
+    `online` items; at a counter an `online` item is taken anywhere (assisted online), the
+    municipal center takes any item, and otherwise the office's level must be among the item's
+    intake levels. A refusal carries guidance, nearest to `applicant_division` first."""
+    if channel is Channel.online:
+        if item.mode is Mode.online:
+            return OfficeDecision(allowed=True)
+        guidance = _guidance(index, item, applicant_division)
+        return OfficeDecision(
+            allowed=False,
+            code="office_not_allowed",
+            field="channel",
+            message=(
+                f"事项 {item.code} 不是全程网办事项，不能在线申请 / item {item.code} is not a "
+                f"fully-online item and cannot be applied for online; {_where_instead(guidance)}"
+            ),
+            guidance=guidance,
+        )
+    if not office_code:
+        guidance = _guidance(index, item, applicant_division)
+        return OfficeDecision(
+            allowed=False,
+            code="unknown_office",
+            field="office_code",
+            message=(
+                "窗口收件须填写收件机构 / a counter submission names its office_code; "
+                + _where_instead(guidance)
+            ),
+            guidance=guidance,
+        )
+    office = index.offices.get(office_code)
+    if office is None:
+        guidance = _guidance(index, item, applicant_division)
+        return OfficeDecision(
+            allowed=False,
+            code="unknown_office",
+            field="office_code",
+            message=(
+                f"收件机构 {office_code} 不在目录中 / office {office_code!r} is not in the "
+                f"catalog; {_where_instead(guidance)}"
+            ),
+            guidance=guidance,
+        )
+    level = OFFICE_LEVEL[office.kind]
+    if (
+        item.mode is Mode.online
+        or office.kind is OfficeKind.municipal_center
+        or level in effective_intake_levels(item)
+    ):
+        return OfficeDecision(allowed=True, office=office)
+    guidance = _guidance(index, item, applicant_division)
+    return OfficeDecision(
+        allowed=False,
+        code="office_not_allowed",
+        field="office_code",
+        office=office,
+        message=(
+            f"{KIND_ZH[office.kind]} {office.code} 不能收取事项 {item.code}（{_LEVEL_ZH[level]}"
+            f"不在收件层级内）/ {office.kind.value} {office.code} may not take item {item.code} "
+            f"({level.value} is not among its intake levels); {_where_instead(guidance)}"
+        ),
+        guidance=guidance,
+    )

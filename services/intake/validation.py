@@ -1,0 +1,246 @@
+"""What intake refuses at once, before a case exists (DESIGN.md §3, §4): pure checks of a
+submission against the catalog version intake holds.
+
+Every check runs, so the applicant hears about every fault at once (the spirit of 一次性告知);
+the first refusal by the order below gives the problem's `code`, and `errors` lists every field:
+
+  invalid_id_number   resident ID (GB 11643) for an individual, USCC (GB 32100) for an enterprise
+  unknown_item        the item code is not in the catalog
+  item_not_effective  the item is not in force today
+  unknown_office      a counter submission without office_code, or an office not in the catalog
+  office_not_allowed  the channel/office may not take the item (with where to go instead)
+  unknown_material    a material code the item does not have (the valid codes are listed)
+  invalid_delivery    postal without an address; counter pickup on the online channel
+
+Not refused here: an applicant division outside the city (routing fails it as
+out_of_jurisdiction), missing required materials (they are returned as `missing_materials`
+for the one-time notification), and an applicant category differing from the item's (the
+catalog item's category sets the default intake levels; the applicant's sets the ID format).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from stdnum.cn import ric, uscc
+from stdnum.exceptions import ValidationError as StdnumError
+
+from contracts.catalog import Item
+from contracts.common import Application, Category, Channel, DeliveryMethod
+from services.common.catalog import CatalogIndex, item_in_force, office_allowed
+from services.common.web import Problem
+
+TITLES = {
+    "invalid_id_number": "The ID number is not valid",
+    "unknown_item": "Unknown item",
+    "item_not_effective": "The item is not in force",
+    "unknown_office": "Unknown intake office",
+    "office_not_allowed": "This channel or office may not take the item",
+    "unknown_material": "Unknown material",
+    "invalid_delivery": "The delivery method is not possible",
+}
+ORDER = tuple(TITLES)  # precedence of the problem's code when several refusals apply
+
+_DIGITS = re.compile(r"[0-9]+")
+_USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"  # GB 32100: no I, O, Z, S, V
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    message: str
+    code: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message, "code": self.code}
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: str
+    detail: str
+    errors: tuple[FieldError, ...]
+    guidance: Mapping[str, Any] | None = None
+    status: int = 422
+
+    @property
+    def title(self) -> str:
+        return TITLES.get(self.code, self.code)
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationResult:
+    """`refusals` empty: the submission is taken; `missing_materials` (required material codes
+    not provided, in catalog order) go into the one-time notification."""
+
+    refusals: tuple[Refusal, ...] = ()
+    missing_materials: tuple[str, ...] = ()
+    item: Item | None = None
+    id_number: str | None = field(default=None)  # normalised (upper case, trimmed) when valid
+
+    @property
+    def ok(self) -> bool:
+        return not self.refusals
+
+    @property
+    def refusal(self) -> Refusal | None:
+        """The refusal that names the problem (first by ORDER)."""
+        return self.refusals[0] if self.refusals else None
+
+    def problem(self) -> Problem:
+        """RFC 9457 problem: status 422, the first refusal's code, title and detail, every
+        field error, and `guidance` (where to go instead) when an office was refused."""
+        first = self.refusal
+        if first is None:
+            raise ValueError("an accepted submission has no problem")
+        errors = [e.as_dict() for r in self.refusals for e in r.errors]
+        extra: dict[str, Any] = {}
+        guidance = next((r.guidance for r in self.refusals if r.guidance is not None), None)
+        if guidance is not None:
+            extra["guidance"] = dict(guidance)
+        others = [r.detail for r in self.refusals[1:]]
+        detail = first.detail + ("" if not others else " Also: " + " ".join(others))
+        return Problem(first.status, first.code, first.title, detail, errors=errors, **extra)
+
+
+# --------------------------------------------------------------------------- ID numbers
+
+
+def resident_id_problem(value: str, *, today: date) -> str | None:
+    """Why `value` is not a resident ID number (GB 11643), or None when it is one. The region
+    code is not checked against a list: divisions change, and the checksum catches typos."""
+    number = value.strip().upper()
+    what = "a resident ID number (GB 11643)"
+    if len(number) != 18:
+        return f"{what} has 18 characters; this one has {len(number)}"
+    if not _DIGITS.fullmatch(number[:17]):
+        return f"{what} has digits in its first 17 characters"
+    if not (number[17].isdigit() or number[17] == "X"):
+        return f"{what} ends in a digit or X, not {number[17]!r}"
+    if ric.calc_check_digit(number) != number[17]:
+        return f"the check character of {what} does not match: a character is mistyped"
+    try:
+        born = ric.get_birth_date(number)
+    except StdnumError:
+        return f"characters 7-14 of {what} ({number[6:14]}) are not a valid birth date"
+    if born > today:
+        return f"the birth date in {what} ({born}) is in the future"
+    return None
+
+
+def credit_code_problem(value: str) -> str | None:
+    """Why `value` is not a unified social credit code (GB 32100), or None when it is one."""
+    number = value.strip().upper()
+    what = "a unified social credit code (GB 32100)"
+    if len(number) != 18:
+        return f"{what} has 18 characters; this one has {len(number)}"
+    if any(c not in _USCC_ALPHABET for c in number[:2]) or not _DIGITS.fullmatch(number[2:8]):
+        return (
+            f"{what} starts with the registering authority and entity type, then a 6-digit "
+            f"region code; {number[:8]!r} is not that"
+        )
+    if bad := sorted({c for c in number[8:] if c not in _USCC_ALPHABET}):
+        return (
+            f"characters 9-18 of {what} are digits or capital letters except I, O, Z, S, V; "
+            f"found {', '.join(bad)}"
+        )
+    if uscc.calc_check_digit(number) != number[17]:
+        return f"the check character of {what} does not match: a character is mistyped"
+    return None
+
+
+def id_number_problem(category: Category, value: str, *, today: date) -> str | None:
+    if category is Category.individual:
+        return resident_id_problem(value, today=today)
+    return credit_code_problem(value)
+
+
+# --------------------------------------------------------------------------- the submission
+
+
+def validate_submission(
+    index: CatalogIndex, application: Application, *, today: date
+) -> ValidationResult:
+    """Check a submission against the catalog (pure). `today` is the city's local date."""
+    refusals: list[Refusal] = []
+
+    def refuse(
+        code: str, field_name: str, message: str, guidance: Mapping[str, Any] | None = None
+    ) -> None:
+        refusals.append(Refusal(code, message, (FieldError(field_name, message, code),), guidance))
+
+    applicant = application.applicant
+    id_problem = id_number_problem(applicant.category, applicant.id_number, today=today)
+    if id_problem is not None:
+        refuse("invalid_id_number", "applicant.id_number", id_problem)
+
+    item = index.items.get(application.item_code)
+    missing: tuple[str, ...] = ()
+    if item is None:
+        refuse(
+            "unknown_item",
+            "item_code",
+            f"item {application.item_code!r} is not in the catalog; GET /v1/items lists the items",
+        )
+    else:
+        if not item_in_force(item, today):
+            window = f"{item.effective_from or '…'} ~ {item.effective_to or '…'}"
+            refuse(
+                "item_not_effective",
+                "item_code",
+                f"item {item.code} is not in force on {today} (effective {window})",
+            )
+        decision = office_allowed(
+            index,
+            item,
+            channel=application.channel,
+            office_code=application.office_code,
+            applicant_division=applicant.division_code,
+        )
+        if not decision.allowed:
+            refuse(
+                decision.code or "office_not_allowed",
+                decision.field or "office_code",
+                decision.message,
+                decision.guidance.as_dict() if decision.guidance is not None else None,
+            )
+        known = {m.code for m in item.materials}
+        given = set()
+        for i, material in enumerate(application.materials):
+            if material.code not in known:
+                valid = ", ".join(m.code for m in item.materials) or "(none)"
+                refuse(
+                    "unknown_material",
+                    f"materials[{i}].code",
+                    f"material {material.code!r} is not one of item {item.code}'s materials; "
+                    f"valid codes: {valid}",
+                )
+            given.add(material.code)
+        missing = tuple(m.code for m in item.materials if m.required and m.code not in given)
+
+    delivery = application.delivery
+    if delivery.method is DeliveryMethod.postal and not (delivery.address or "").strip():
+        refuse("invalid_delivery", "delivery.address", "postal delivery needs an address")
+    if delivery.method is DeliveryMethod.counter_pickup and application.channel is Channel.online:
+        refuse(
+            "invalid_delivery",
+            "delivery.method",
+            "counter pickup needs a counter: an online application chooses postal or electronic",
+        )
+
+    refusals.sort(key=lambda r: ORDER.index(r.code) if r.code in ORDER else len(ORDER))
+    return ValidationResult(
+        refusals=tuple(refusals),
+        missing_materials=missing,
+        item=item,
+        id_number=applicant.id_number.strip().upper() if id_problem is None else None,
+    )
+
+
+def refusal_problem(result: ValidationResult) -> Problem | None:
+    """The RFC 9457 problem to answer with, or None when the submission is taken."""
+    return None if result.ok else result.problem()

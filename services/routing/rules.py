@@ -1,0 +1,284 @@
+"""Routing rules (DESIGN.md §3): where a submitted case is decided, and why.
+
+Rules run in order and the first match wins; every outcome names its rule id:
+
+  R1  item unknown / not in force on the submission date     -> unknown_item, item_not_effective
+  R2  applicant's jurisdiction not in the city               -> out_of_jurisdiction
+  R3  intake office (or channel) not allowed for the item    -> office_not_allowed, unknown_office
+  R4  online     -> the owner (municipal)
+  R5  delegated  -> the owner's line at `delegated_to` in the applicant's district / street,
+                    else no_receiving_department
+  R6  entrusted  -> the owner (municipal); the intake office is the entrusted receiver
+  R7  municipal  -> the owner (municipal)
+
+Jurisdiction (the applicant's `division_code`): a street implies its district. An individual's
+jurisdiction is the domicile street; an individual known only by a district (or an applicant
+known only by the city code) is still in the city, so R2 does not fail them: routing proceeds
+and only a delegated item that needs the finer division fails (R5, no_receiving_department).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from contracts.catalog import Department, Item
+from contracts.common import Application, Failure, ItemSnapshot, Level, Mode, Route
+from services.common.catalog import CatalogIndex, item_in_force, office_allowed
+
+R1_UNKNOWN_ITEM = "R1-unknown-item"
+R1_ITEM_NOT_EFFECTIVE = "R1-item-not-effective"
+R2_OUT_OF_JURISDICTION = "R2-out-of-jurisdiction"
+R3_OFFICE_NOT_ALLOWED = "R3-office-not-allowed"
+R3_UNKNOWN_OFFICE = "R3-unknown-office"
+R4_ONLINE = "R4-online"
+R5_DELEGATED = "R5-delegated"
+R5_NO_RECEIVING_DEPARTMENT = "R5-no-receiving-department"
+R6_ENTRUSTED = "R6-entrusted"
+R7_MUNICIPAL = "R7-municipal"
+
+_LEVEL_ZH = {Level.municipal: "市级", Level.district: "区级", Level.street: "街镇"}
+
+
+@dataclass(frozen=True, slots=True)
+class RouteOutcome:
+    """Exactly one of `route` / `failure`. `item` is set whenever the item is known."""
+
+    rule: str
+    catalog_version: int
+    route: Route | None = None
+    failure: Failure | None = None
+    item: ItemSnapshot | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.route is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Jurisdiction:
+    """Where the applicant belongs, as finely as their division code tells."""
+
+    division: str
+    level: Level  # of the code given: municipal (city only), district or street
+    district: str | None
+    street: str | None
+
+
+def jurisdiction(index: CatalogIndex, division_code: str) -> Jurisdiction | None:
+    """The applicant's jurisdiction in this city, or None when the code is not in the city."""
+    level = index.division_level(division_code)
+    if level is None:
+        return None
+    return Jurisdiction(
+        division=division_code,
+        level=level,
+        district=index.district_of(division_code),
+        street=division_code if level is Level.street else None,
+    )
+
+
+def item_snapshot(item: Item) -> ItemSnapshot:
+    return ItemSnapshot(
+        code=item.code,
+        name=item.name,
+        instant=item.instant,
+        time_limit_days=item.time_limit_days,
+        result_kind=item.result.kind,
+        e_license=item.result.e_license,
+    )
+
+
+def _named(dept: Department | None, code: str) -> str:
+    return f"{dept.name}（{code}）" if dept is not None and dept.name else code
+
+
+def route_case(
+    index: CatalogIndex,
+    *,
+    catalog_version: int,
+    application: Application,
+    submitted_on: date,
+) -> RouteOutcome:
+    """Apply rules R1-R7 in order; the first that matches decides."""
+
+    def fail(rule: str, code: str, explanation: str, item: Item | None = None) -> RouteOutcome:
+        return RouteOutcome(
+            rule=rule,
+            catalog_version=catalog_version,
+            failure=Failure(code=code, explanation=explanation),
+            item=item_snapshot(item) if item is not None else None,
+        )
+
+    # R1: the item exists and is in force on the submission date.
+    item = index.items.get(application.item_code)
+    if item is None:
+        return fail(
+            R1_UNKNOWN_ITEM,
+            "unknown_item",
+            f"事项 {application.item_code} 不在目录（第 {catalog_version} 版）中 / item "
+            f"{application.item_code!r} is not in catalog version {catalog_version}",
+        )
+    if not item_in_force(item, submitted_on):
+        window = f"{item.effective_from or '…'} ~ {item.effective_to or '…'}"
+        return fail(
+            R1_ITEM_NOT_EFFECTIVE,
+            "item_not_effective",
+            f"事项 {item.code}（{item.name}）在 {submitted_on} 不在有效期内（{window}）/ item "
+            f"{item.code} is not in force on {submitted_on} (effective {window})",
+            item,
+        )
+
+    # R2: the applicant belongs to this city.
+    applicant = application.applicant
+    where = jurisdiction(index, applicant.division_code)
+    if where is None:
+        city = index.catalog.city
+        return fail(
+            R2_OUT_OF_JURISDICTION,
+            "out_of_jurisdiction",
+            f"申请人所在地 {applicant.division_code} 不属于{city.name or city.code}（{city.code}）"
+            f" / the applicant's jurisdiction {applicant.division_code!r} is not in the city "
+            f"{city.code}",
+            item,
+        )
+
+    # R3: the intake channel/office may take the item.
+    decision = office_allowed(
+        index,
+        item,
+        channel=application.channel,
+        office_code=application.office_code,
+        applicant_division=applicant.division_code,
+    )
+    if not decision.allowed:
+        code = decision.code or "office_not_allowed"
+        rule = R3_UNKNOWN_OFFICE if code == "unknown_office" else R3_OFFICE_NOT_ALLOWED
+        return fail(rule, code, decision.message, item)
+    office = decision.office
+
+    owner = index.departments.get(item.owner)
+    snapshot = item_snapshot(item)
+
+    def routed(
+        rule: str,
+        *,
+        path: Mode,
+        level: Level,
+        handled_by: str,
+        explanation: str,
+        same_city: bool = False,
+        entrusted_receiver: str | None = None,
+    ) -> RouteOutcome:
+        route = Route(
+            path=path,
+            level=level,
+            handled_by=handled_by,
+            same_city=same_city,
+            rule=rule,
+            catalog_version=catalog_version,
+            explanation=explanation,
+            time_limit_days=item.time_limit_days,
+            instant=item.instant,
+            intake_office=office.code if office is not None else None,
+            entrusted_receiver=entrusted_receiver,
+        )
+        return RouteOutcome(rule=rule, catalog_version=catalog_version, route=route, item=snapshot)
+
+    # R4: fully online, decided by the owner.
+    if item.mode is Mode.online:
+        assisted = f"，由 {office.code} 帮办" if office is not None else ""
+        assisted_en = f", assisted at {office.code}" if office is not None else ""
+        return routed(
+            R4_ONLINE,
+            path=Mode.online,
+            level=Level.municipal,
+            handled_by=item.owner,
+            explanation=(
+                f"全程网办：由事项主管部门 {_named(owner, item.owner)} 在线办理{assisted} / "
+                f"Fully online: decided by the owner department {item.owner}{assisted_en}"
+            ),
+        )
+
+    # R5: delegated to the owner's line at the district or street of the applicant.
+    if item.mode is Mode.delegated:
+        level = item.delegated_to or Level.district
+        division = where.street if level is Level.street else where.district
+        dept = (
+            index.department(line=owner.line, level=level, division=division)
+            if owner is not None and division is not None
+            else None
+        )
+        if dept is None:
+            if division is None:
+                finer = "街镇" if level is Level.street else "区"
+                zh = f"申请人所在地 {where.division} 未细化到{finer}"
+                en = (
+                    f"the applicant is known only by {where.division!r} ({where.level.value}), "
+                    f"not by {level.value}"
+                )
+            else:
+                line = owner.line if owner is not None else "?"
+                zh = f"{division} 没有 {line} 条线的{_LEVEL_ZH[level]}部门"
+                en = f"no {level.value}-level department of the {line!r} line in {division!r}"
+            return fail(
+                R5_NO_RECEIVING_DEPARTMENT,
+                "no_receiving_department",
+                f"下放{_LEVEL_ZH[level]}实施的事项 {item.code} 无承办部门：{zh} / item {item.code} "
+                f"is delegated to {level.value} but has no receiving department: {en}",
+                item,
+            )
+        intake_district = index.district_of(office.division) if office is not None else None
+        handler_district = index.district_of(dept.division)
+        same_city = (
+            intake_district is not None
+            and handler_district is not None
+            and intake_district != handler_district
+        )
+        across = (
+            f"；同城通办：{office.code} 收件，{handler_district} 办理 / same-city: taken at "
+            f"{office.code} in {intake_district}, decided in {handler_district}"
+            if same_city and office is not None
+            else ""
+        )
+        return routed(
+            R5_DELEGATED,
+            path=Mode.delegated,
+            level=level,
+            handled_by=dept.code,
+            same_city=same_city,
+            explanation=(
+                f"下放{_LEVEL_ZH[level]}实施：由申请人所在地 {division} 的 "
+                f"{_named(dept, dept.code)} 办理 / Delegated to {level.value}: decided by "
+                f"{dept.code} in the applicant's {level.value} {division}{across}"
+            ),
+        )
+
+    # R6: entrusted intake; the municipal owner decides, the intake office gets the result back.
+    if item.mode is Mode.entrusted:
+        receiver = office.code if office is not None else None
+        return routed(
+            R6_ENTRUSTED,
+            path=Mode.entrusted,
+            level=Level.municipal,
+            handled_by=item.owner,
+            entrusted_receiver=receiver,
+            explanation=(
+                f"委托基层收件：{receiver or '线上'} 收件，由市级主管部门 "
+                f"{_named(owner, item.owner)} 审批，结果回到收件机构 / Entrusted intake: "
+                f"taken at {receiver or 'online'}, decided by the municipal owner "
+                f"{item.owner}; the result returns to the intake office for pickup"
+            ),
+        )
+
+    # R7: municipal window.
+    return routed(
+        R7_MUNICIPAL,
+        path=Mode.municipal,
+        level=Level.municipal,
+        handled_by=item.owner,
+        explanation=(
+            f"市级窗口办理：由市级主管部门 {_named(owner, item.owner)} 办理 / Municipal: "
+            f"decided by the owner department {item.owner}"
+        ),
+    )

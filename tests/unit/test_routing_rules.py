@@ -1,0 +1,308 @@
+from datetime import date
+
+import pytest
+
+from contracts.common import Channel, Level, Mode
+from services.routing.rules import RouteOutcome, jurisdiction, route_case
+from tests.unit.catalog_data import TODAY, application, base_catalog, index
+
+pytestmark = pytest.mark.unit
+
+INDEX = index()
+
+
+def route(item: str, on: date = TODAY, version: int = 7, **kwargs) -> RouteOutcome:
+    return route_case(
+        INDEX, catalog_version=version, application=application(item, **kwargs), submitted_on=on
+    )
+
+
+def failed(outcome: RouteOutcome, rule: str, code: str) -> None:
+    assert outcome.route is None and outcome.failure is not None, outcome
+    assert (outcome.rule, outcome.failure.code) == (rule, code)
+    assert outcome.failure.explanation
+    assert not outcome.ok
+
+
+# --------------------------------------------------------------------------- R1
+
+
+def test_r1_unknown_item() -> None:
+    outcome = route("NOPE", office="T-MC")
+    failed(outcome, "R1-unknown-item", "unknown_item")
+    assert outcome.item is None and outcome.catalog_version == 7
+
+
+@pytest.mark.parametrize(
+    ("item", "on"),
+    [("FUT", TODAY), ("FUT", date(2029, 12, 31)), ("OLD", date(2026, 1, 1)), ("OLD", TODAY)],
+)
+def test_r1_item_not_effective(item: str, on: date) -> None:
+    outcome = route(item, on=on)
+    failed(outcome, "R1-item-not-effective", "item_not_effective")
+    assert outcome.item is not None and outcome.item.code == item
+
+
+@pytest.mark.parametrize(("item", "on"), [("FUT", date(2030, 1, 1)), ("OLD", date(2025, 12, 31))])
+def test_r1_effective_bounds_are_inclusive(item: str, on: date) -> None:
+    assert route(item, on=on).rule == "R4-online"
+
+
+def test_r1_wins_over_later_rules() -> None:
+    # Out of the city and at an unknown office too: the item check comes first.
+    failed(route("NOPE", office="X-1", division="ZZ9"), "R1-unknown-item", "unknown_item")
+    failed(
+        route("OLD", office="X-1", division="ZZ9"), "R1-item-not-effective", "item_not_effective"
+    )
+
+
+# --------------------------------------------------------------------------- R2
+
+
+def test_r2_out_of_jurisdiction() -> None:
+    failed(
+        route("DEL-D", office="T1-DC", division="ZZ01"),
+        "R2-out-of-jurisdiction",
+        "out_of_jurisdiction",
+    )
+
+
+def test_r2_wins_over_office_and_delegation() -> None:
+    failed(
+        route("DEL-D", office="T11-SC", division="ZZ01"),
+        "R2-out-of-jurisdiction",
+        "out_of_jurisdiction",
+    )
+    failed(
+        route("DEL-D", office="NOPE", division="ZZ01"),
+        "R2-out-of-jurisdiction",
+        "out_of_jurisdiction",
+    )
+
+
+@pytest.mark.parametrize("division", ["T", "T1", "T11"])
+def test_r2_any_division_of_the_city_is_in_jurisdiction(division: str) -> None:
+    assert route("ONL-I", division=division).rule == "R4-online"
+
+
+def test_jurisdiction_of_a_street_implies_its_district() -> None:
+    where = jurisdiction(INDEX, "T12")
+    assert where is not None
+    assert (where.level, where.district, where.street) == (Level.street, "T1", "T12")
+    where = jurisdiction(INDEX, "T2")
+    assert where is not None and (where.district, where.street) == ("T2", None)
+    where = jurisdiction(INDEX, "T")
+    assert where is not None and (where.level, where.district) == (Level.municipal, None)
+    assert jurisdiction(INDEX, "T9") is None
+
+
+# --------------------------------------------------------------------------- R3
+
+
+def test_r3_office_not_allowed() -> None:
+    outcome = route("DEL-D", office="T11-SC", division="T11")
+    failed(outcome, "R3-office-not-allowed", "office_not_allowed")
+    assert outcome.failure is not None and "T1-DC" in outcome.failure.explanation
+
+
+def test_r3_online_channel_takes_only_online_items() -> None:
+    failed(
+        route("DEL-D", channel=Channel.online, division="T1"),
+        "R3-office-not-allowed",
+        "office_not_allowed",
+    )
+
+
+def test_r3_unknown_office() -> None:
+    failed(route("DEL-D", office="T9-DC", division="T1"), "R3-unknown-office", "unknown_office")
+    failed(
+        route("DEL-D", channel=Channel.counter, division="T1"),
+        "R3-unknown-office",
+        "unknown_office",
+    )
+
+
+def test_r3_wins_over_no_receiving_department() -> None:
+    # T3 has no market department, but the street office is checked first.
+    failed(
+        route("DEL-D", office="T11-SC", division="T3"),
+        "R3-office-not-allowed",
+        "office_not_allowed",
+    )
+
+
+def test_r3_municipal_item_only_at_the_municipal_center_by_default() -> None:
+    failed(
+        route("MUN-E", office="T1-DC", division="T1"), "R3-office-not-allowed", "office_not_allowed"
+    )
+    assert route("MUN-X", office="T1-DC", division="T1").rule == "R7-municipal"
+
+
+# --------------------------------------------------------------------------- R4
+
+
+def test_r4_online_channel() -> None:
+    outcome = route("ONL-E", division="T2")
+    assert outcome.ok and outcome.route is not None
+    r = outcome.route
+    assert (r.path, r.level, r.handled_by, r.rule) == (
+        Mode.online,
+        Level.municipal,
+        "M-MKT",
+        "R4-online",
+    )
+    assert r.same_city is False and r.intake_office is None and r.entrusted_receiver is None
+    assert (r.time_limit_days, r.instant, r.catalog_version) == (3, False, 7)
+
+
+@pytest.mark.parametrize("office", ["T11-SC", "T2-DC", "T-MC"])
+def test_r4_online_item_is_taken_at_any_counter(office: str) -> None:
+    outcome = route("ONL-I", office=office, division="T11")
+    assert outcome.route is not None and outcome.route.rule == "R4-online"
+    assert outcome.route.intake_office == office and outcome.route.instant is True
+    assert outcome.route.same_city is False
+
+
+# --------------------------------------------------------------------------- R5
+
+
+def test_r5_delegated_to_the_applicants_district() -> None:
+    outcome = route("DEL-D", office="T1-DC", division="T12")
+    assert outcome.route is not None
+    r = outcome.route
+    assert (r.path, r.level, r.handled_by, r.rule) == (
+        Mode.delegated,
+        Level.district,
+        "T1-MKT",
+        "R5-delegated",
+    )
+    assert r.same_city is False and r.time_limit_days == 5 and r.intake_office == "T1-DC"
+    assert "下放" in r.explanation and "Delegated" in r.explanation
+
+
+def test_r5_enterprise_known_by_district() -> None:
+    outcome = route("DEL-D", office="T2-DC", division="T2")
+    assert outcome.route is not None and outcome.route.handled_by == "T2-MKT"
+
+
+def test_r5_same_city_when_taken_in_another_district() -> None:
+    outcome = route("DEL-D", office="T1-DC", division="T2")
+    assert outcome.route is not None
+    assert outcome.route.handled_by == "T2-MKT" and outcome.route.same_city is True
+    assert "同城通办" in outcome.route.explanation
+
+
+def test_r5_not_same_city_at_the_municipal_center() -> None:
+    outcome = route("DEL-D", office="T-MC", division="T2")
+    assert outcome.route is not None
+    assert outcome.route.handled_by == "T2-MKT" and outcome.route.same_city is False
+
+
+def test_r5_delegated_to_the_applicants_street() -> None:
+    outcome = route("DEL-S", office="T11-SC", division="T11")
+    assert outcome.route is not None
+    r = outcome.route
+    assert (r.level, r.handled_by, r.same_city, r.instant) == (Level.street, "T11-SOC", False, True)
+
+
+def test_r5_street_same_city_only_across_districts() -> None:
+    other_district = route("DEL-S", office="T21-SC", division="T11")
+    same_district = route("DEL-S", office="T12-SC", division="T11")
+    assert other_district.route is not None and other_district.route.same_city is True
+    assert same_district.route is not None and same_district.route.same_city is False
+    assert other_district.route.handled_by == same_district.route.handled_by == "T11-SOC"
+
+
+@pytest.mark.parametrize(
+    ("item", "office", "division"),
+    [
+        ("DEL-D", "T1-DC", "T3"),  # no market department in T3
+        ("DEL-D", "T1-DC", "T31"),  # ... nor for a street of T3
+        ("DEL-D", "T1-DC", "T"),  # known only by the city
+        ("DEL-S", "T12-SC", "T12"),  # no social street unit in T12
+        ("DEL-S", "T11-SC", "T1"),  # individual known only by district: street item
+    ],
+)
+def test_r5_no_receiving_department(item: str, office: str, division: str) -> None:
+    outcome = route(item, office=office, division=division)
+    failed(outcome, "R5-no-receiving-department", "no_receiving_department")
+    assert outcome.item is not None and outcome.item.code == item
+
+
+# --------------------------------------------------------------------------- R6, R7
+
+
+@pytest.mark.parametrize("office", ["T12-SC", "T2-DC", "T-MC"])
+def test_r6_entrusted(office: str) -> None:
+    outcome = route("ENT-I", office=office, division="T12")
+    assert outcome.route is not None
+    r = outcome.route
+    assert (r.path, r.level, r.handled_by, r.rule) == (
+        Mode.entrusted,
+        Level.municipal,
+        "M-HOU",
+        "R6-entrusted",
+    )
+    assert r.entrusted_receiver == office == r.intake_office and r.same_city is False
+    assert r.time_limit_days == 20
+
+
+def test_r6_entrusted_enterprise_default_intake_is_district() -> None:
+    assert route("ENT-E", office="T2-DC", division="T1").rule == "R6-entrusted"
+    failed(
+        route("ENT-E", office="T21-SC", division="T2"),
+        "R3-office-not-allowed",
+        "office_not_allowed",
+    )
+
+
+def test_r7_municipal() -> None:
+    outcome = route("MUN-E", office="T-MC", division="T21")
+    assert outcome.route is not None
+    r = outcome.route
+    assert (r.path, r.level, r.handled_by, r.rule) == (
+        Mode.municipal,
+        Level.municipal,
+        "M-HOU",
+        "R7-municipal",
+    )
+    assert r.same_city is False and r.entrusted_receiver is None
+
+
+# --------------------------------------------------------------------------- outcome
+
+
+def test_item_snapshot_on_success() -> None:
+    outcome = route("DEL-D", office="T1-DC", division="T11")
+    assert outcome.item is not None
+    assert outcome.item.model_dump() == {
+        "code": "DEL-D",
+        "name": "下放区级企业事项",
+        "instant": False,
+        "time_limit_days": 5,
+        "result_kind": "licence",
+        "e_license": True,
+    }
+
+
+def test_default_result_kind() -> None:
+    outcome = route("ENT-E", office="T1-DC", division="T1")
+    assert outcome.item is not None
+    assert (outcome.item.result_kind, outcome.item.e_license) == ("decision_letter", False)
+
+
+def test_routing_follows_the_catalog_data_not_names() -> None:
+    # Same rules on a changed catalog: give T3 a market department; the case goes there.
+    raw = base_catalog()
+    raw["departments"].append(
+        {"code": "Z", "name": "", "line": "market", "level": "district", "division": "T3"}
+    )
+    outcome = route_case(
+        index(raw),
+        catalog_version=2,
+        application=application("DEL-D", office="T1-DC", division="T31"),
+        submitted_on=TODAY,
+    )
+    assert outcome.route is not None
+    assert (outcome.route.handled_by, outcome.route.same_city) == ("Z", True)
+    assert outcome.route.catalog_version == 2
