@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from services.common import migrations
+from services.common.catalog import load_catalog_file
 from services.common.kafka import ensure_topics, standard_topics
 from services.common.settings import CommonSettings
 
@@ -56,6 +59,68 @@ def topics() -> None:
             "created" if spec.name in created else "exists",
         )
     console.print(table)
+
+
+catalog_app = typer.Typer(help="The service-item catalog (owned by routing).", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("load")
+def catalog_load(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="catalog file, YAML or JSON (DESIGN.md §3)",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    routing_url: Annotated[
+        str, typer.Option(envvar="TONGBAN_ROUTING_URL", help="routing service base URL")
+    ] = "http://127.0.0.1:8002",
+) -> None:
+    """Load a whole catalog as the next version; a bad catalog is refused with every problem."""
+    raw = load_catalog_file(file)
+    try:
+        answer = httpx.post(f"{routing_url}/v1/catalog", json=raw, timeout=30)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]routing is not reachable at {routing_url}[/]: {exc}")
+        raise typer.Exit(2) from None
+    body = answer.json()
+    if answer.status_code == 201:
+        console.print(
+            f"[green]catalog version {body['version']}[/] in force: city "
+            f"{body['city']}, {body['items']} items"
+        )
+        return
+    console.print(f"[red]{body.get('title', 'refused')}[/]: {body.get('detail', '')}")
+    if body.get("errors"):
+        table = Table("where", "problem")
+        for err in body["errors"]:
+            table.add_row(str(err.get("field", "")), str(err.get("message", "")))
+        console.print(table)
+    raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    catalog: Annotated[Path, typer.Option(help="catalog file to load")] = Path(
+        "deploy/demo/catalog.yaml"
+    ),
+    cases: Annotated[int, typer.Option(min=1, help="how many cases to submit")] = 60,
+    seed: Annotated[int, typer.Option(help="random seed of the generated applicants")] = 7,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for every case to end")] = 180,
+) -> None:
+    """Run the case loop end to end on the running services (make demo starts them)."""
+    from services.cli.demo import Endpoints, run_demo
+
+    code = asyncio.run(
+        run_demo(
+            catalog, count=cases, seed=seed, timeout=timeout, endpoints=Endpoints(), console=console
+        )
+    )
+    raise typer.Exit(code)
 
 
 if __name__ == "__main__":

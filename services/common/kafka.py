@@ -8,22 +8,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from contracts.events import CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC
 from services.common.logs import get_logger
 from services.common.settings import CommonSettings
 
 log = get_logger(__name__)
-
-# The topics of DESIGN.md §4. Case topics are keyed by case id; catalog.v1 is compacted so a
-# new consumer finds every catalog version without replaying forever.
-CASE_TOPICS = (
-    "case.intake.v1",
-    "case.routing.v1",
-    "case.decisions.v1",
-    "case.approval.v1",
-    "case.delivery.v1",
-)
-DLQ_TOPIC = "case.dlq.v1"
-CATALOG_TOPIC = "catalog.v1"
 
 
 @dataclass(frozen=True)
@@ -37,8 +26,8 @@ def standard_topics() -> list[TopicSpec]:
     return [
         *(TopicSpec(name) for name in CASE_TOPICS),
         TopicSpec(DLQ_TOPIC),
-        # One key per catalog: compaction keeps every version's latest record; one partition
-        # keeps versions in load order.
+        # Compacted, keyed per catalog version (`<city>/catalog/<n>`), so a new reader finds
+        # every version without replaying deletions; one partition keeps them in load order.
         TopicSpec(CATALOG_TOPIC, partitions=1, config={"cleanup.policy": "compact"}),
     ]
 

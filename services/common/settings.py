@@ -21,6 +21,9 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+
     kafka_bootstrap: str = "localhost:9092"
     # Topic provisioning: production clusters use RF 3 / min ISR 2; one dev broker gets 1 / 1.
     kafka_partitions: int = Field(12, ge=1)

@@ -1,0 +1,100 @@
+"""Every process's own copy of the catalog, followed from the compacted `catalog.v1` topic.
+
+Not a consumer group: each process (each replica of intake, approval, ...) needs every
+version, so it reads the whole topic itself, from the beginning, and keeps up. Start-up waits
+until the copy has caught up with the topic's end, so a fresh process never refuses an item
+that is in the catalog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from contracts.events import CATALOG_TOPIC, CatalogPublished
+from services.common.envelope import Envelope
+from services.common.logs import get_logger
+from services.common.settings import CommonSettings
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+
+class CatalogFollower(Generic[T]):
+    """Keeps `build(published)` of every catalog version; `latest` is the newest."""
+
+    def __init__(self, settings: CommonSettings, build: Callable[[CatalogPublished], T]) -> None:
+        self.settings = settings
+        self.build = build
+        self.versions: dict[int, T] = {}
+        self.published: dict[int, CatalogPublished] = {}
+        self.caught_up = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+
+    @property
+    def latest_version(self) -> int | None:
+        return max(self.versions) if self.versions else None
+
+    @property
+    def latest(self) -> T | None:
+        version = self.latest_version
+        return None if version is None else self.versions[version]
+
+    def at(self, version: int) -> T | None:
+        return self.versions.get(version)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def apply(self, published: CatalogPublished) -> None:
+        if published.version not in self.versions:
+            self.versions[published.version] = self.build(published)
+            self.published[published.version] = published
+            log.info("catalog version followed", version=published.version)
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Read the topic up to its current end (bounded wait), then keep following in run()."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            group_id=None,
+        )
+        await consumer.start()
+        self._consumer = consumer
+        tp = TopicPartition(CATALOG_TOPIC, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await consumer.position(tp) < end and loop.time() < deadline:
+            await self._poll(consumer, 500)
+        self.caught_up.set()
+
+    async def run(self) -> None:
+        assert self._consumer is not None, "start() first"
+        try:
+            while not self._stop.is_set():
+                await self._poll(self._consumer, 500)
+        finally:
+            await self._consumer.stop()
+
+    async def _poll(self, consumer: AIOKafkaConsumer, timeout_ms: int) -> None:
+        batch = await consumer.getmany(timeout_ms=timeout_ms)
+        for records in batch.values():
+            for record in records:
+                if record.value is None:
+                    continue  # a tombstone: versions are never deleted by us
+                try:
+                    envelope = Envelope.from_record(record.key, record.value, list(record.headers))
+                    self.apply(CatalogPublished.model_validate(envelope.data))
+                except Exception as exc:  # one bad record must not stop the follower
+                    log.error(
+                        "unreadable catalog record skipped", offset=record.offset, error=repr(exc)
+                    )

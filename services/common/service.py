@@ -1,0 +1,179 @@
+"""Wiring of one service process: database, outbox relay, consumers, catalog copy, HTTP.
+
+Every service builds a `ServiceRuntime` in its `app.py`, registers its consumers, and hands
+`runtime.lifespan` to FastAPI; `serve()` runs it under uvicorn. Startup migrates the service's
+schema and creates missing topics, so a fresh machine needs no manual step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.common import Contract
+from contracts.events import EVENT_TYPES
+from services.common import migrations
+from services.common.consumer import ConsumerRunner, Subscription
+from services.common.db import make_engine, make_sessionmaker
+from services.common.envelope import Envelope
+from services.common.kafka import ensure_topics, standard_topics
+from services.common.logs import configure_logging, get_logger
+from services.common.outbox import Outbox, OutboxRelay
+from services.common.settings import CommonSettings
+from services.common.web import install_health_routes, install_problem_handlers
+
+log = get_logger(__name__)
+
+
+class ServiceRuntime:
+    def __init__(self, settings: CommonSettings) -> None:
+        self.settings = settings
+        self.schema = settings.service
+        self.engine = make_engine(settings)
+        self.sessions = make_sessionmaker(self.engine)
+        self.outbox = Outbox(self.schema)
+        self.relay = OutboxRelay(settings, schema=self.schema)
+        self.consumers: list[ConsumerRunner] = []
+        self._startup: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._stoppers: list[Callable[[], None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.source = f"/tongban/{settings.service}"
+
+    # -- registration --------------------------------------------------------------------------
+
+    def consume(
+        self,
+        *topics: str,
+        subscriptions: Mapping[str, Subscription],
+        name: str | None = None,
+        ignored_types: Iterable[str] | None = None,
+    ) -> ConsumerRunner:
+        """A consumer group of this service; types on the topics it does not handle are
+        ignored (they are contract types, just not this consumer's business)."""
+        known = {t for t, e in EVENT_TYPES.items() if e.topic in topics}
+        runner = ConsumerRunner(
+            self.settings,
+            name=name or f"{self.settings.service}-{'-'.join(t.split('.')[1] for t in topics)}",
+            topics=topics,
+            subscriptions=subscriptions,
+            sessions=self.sessions,
+            schema=self.schema,
+            ignored_types=ignored_types
+            if ignored_types is not None
+            else known - set(subscriptions),
+        )
+        self.consumers.append(runner)
+        return runner
+
+    def on_startup(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._startup.append(fn)
+
+    def background(
+        self, fn: Callable[[], Coroutine[Any, Any, None]], stop: Callable[[], None]
+    ) -> None:
+        self._background.append(fn)
+        self._stoppers.append(stop)
+
+    # -- emitting events -----------------------------------------------------------------------
+
+    def envelope(
+        self,
+        event_type: str,
+        payload: Contract,
+        *,
+        subject: str | None = None,
+        handledby: str | None = None,
+        traceparent: str | None = None,
+    ) -> tuple[str, Envelope]:
+        spec = EVENT_TYPES[event_type]
+        if not isinstance(payload, spec.model):
+            raise TypeError(f"{event_type} carries {spec.model.__name__}, not {type(payload)}")
+        subject = subject or str(getattr(payload, "case_id"))  # noqa: B009
+        return spec.topic, Envelope(
+            type=event_type,
+            source=self.source,
+            subject=subject,
+            data=payload.model_dump(mode="json"),
+            handledby=handledby,
+            traceparent=traceparent,
+        )
+
+    async def emit(
+        self, session: AsyncSession, event_type: str, payload: Contract, **kwargs: Any
+    ) -> Envelope:
+        """Write the event into the outbox in the caller's transaction."""
+        topic, envelope = self.envelope(event_type, payload, **kwargs)
+        await self.outbox.add(session, topic, envelope)
+        return envelope
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(migrations.upgrade, self.schema, self.settings.database_url)
+        await ensure_topics(self.settings, standard_topics())
+        for fn in self._startup:
+            await fn()
+        self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        for runner in self.consumers:
+            self._tasks.append(asyncio.create_task(runner.run(), name=runner.name))
+        for fn in self._background:
+            self._tasks.append(asyncio.create_task(fn()))
+        log.info("service started", service=self.settings.service)
+
+    async def stop(self) -> None:
+        for runner in self.consumers:
+            runner.stop()
+        for stop in self._stoppers:
+            stop()
+        self.relay.stop()
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task, result in zip(self._tasks, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("task ended with error", task=task.get_name(), error=repr(result))
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    async def check_database(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def check_consumers(self) -> None:
+        dead = [t.get_name() for t in self._tasks if t.done()]
+        if dead:
+            raise RuntimeError(f"stopped: {dead}")
+        if not all(r.ready.is_set() for r in self.consumers):
+            raise RuntimeError("consumers not yet in their group")
+
+    def create_app(self, *, title: str, description: str) -> FastAPI:
+        app = FastAPI(title=title, description=description, version="1.0.0", lifespan=self.lifespan)
+        install_problem_handlers(app)
+        install_health_routes(app, {"database": self.check_database, "kafka": self.check_consumers})
+        return app
+
+
+def serve(app_path: str, settings: CommonSettings) -> None:
+    """Run a service under uvicorn; SIGTERM drains HTTP, then stops consumers gracefully."""
+    configure_logging(service=settings.service, level=settings.log_level, json=settings.log_json)
+    uvicorn.run(
+        app_path,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=20,
+    )

@@ -1,0 +1,248 @@
+"""intake: the counter's (and online channel's) door. Takes applications, refuses at once what
+it can see is wrong, and answers for a case's whole story from every case topic.
+
+Run: `python -m services.intake` (port 8001).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+import httpx
+from fastapi import Header, Request, Response
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from contracts.catalog import Catalog
+from contracts.common import CaseStatus, Failure, Route, TimelineEntry
+from contracts.events import CASE_TOPICS, EVENT_TYPES, CatalogPublished
+from contracts.rest import (
+    CaseView,
+    ItemView,
+    MaterialsRequest,
+    SubmissionRequest,
+    SubmissionResponse,
+    WithdrawRequest,
+)
+from services.common.catalog import CatalogIndex, effective_intake_levels
+from services.common.catalog_follower import CatalogFollower
+from services.common.consumer import Subscription
+from services.common.db import unit_of_work
+from services.common.service import ServiceRuntime
+from services.common.settings import CommonSettings
+from services.common.web import Problem
+from services.intake import handlers, models
+from services.intake.validation import refusal_problem, validate_submission
+
+CITY_TZ = ZoneInfo("Asia/Shanghai")
+
+
+class IntakeSettings(CommonSettings):
+    service: str = "intake"
+    http_port: int = 8001
+    routing_url: str = "http://127.0.0.1:8002"
+    # A person is waiting at the counter: the preview is a nicety, never a reason to wait.
+    route_preview_timeout_s: float = 0.5
+
+
+settings = IntakeSettings()
+runtime = ServiceRuntime(settings)
+
+
+def _index(published: CatalogPublished) -> CatalogIndex:
+    return CatalogIndex(Catalog.model_validate(published.catalog))
+
+
+catalogs: CatalogFollower[CatalogIndex] = CatalogFollower(settings, _index)
+routing_client: httpx.AsyncClient | None = None
+
+
+async def _start_client() -> None:
+    global routing_client
+    routing_client = httpx.AsyncClient(
+        base_url=settings.routing_url, timeout=settings.route_preview_timeout_s
+    )
+
+
+runtime.consume(
+    *CASE_TOPICS,
+    name="intake-timeline",
+    subscriptions={
+        t: Subscription(handlers.follow_case_event, spec.model)
+        for t, spec in EVENT_TYPES.items()
+        if spec.topic in CASE_TOPICS
+    },
+)
+runtime.on_startup(catalogs.start)
+runtime.on_startup(_start_client)
+runtime.background(catalogs.run, catalogs.stop)
+
+app = runtime.create_app(
+    title="tongban intake",
+    description="Counter and online intake of government-service cases (DESIGN.md §4).",
+)
+
+
+def _catalog() -> CatalogIndex:
+    index = catalogs.latest
+    if index is None:
+        raise Problem(
+            503,
+            "no_catalog",
+            "No catalog is in force yet",
+            "An administrator must load the catalog (tongban catalog load FILE).",
+            retry_after=5,
+        )
+    return index
+
+
+async def _route_preview(application: SubmissionRequest) -> Route | None:
+    if routing_client is None:
+        return None
+    try:
+        answer = await routing_client.post(
+            "/v1/routes/preview", json=application.model_dump(mode="json")
+        )
+        if answer.status_code != 200:
+            return None
+        body = answer.json()
+        return Route.model_validate(body["route"]) if body.get("route") else None
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None  # routing down or slow: the case is still taken
+
+
+@app.post("/v1/cases", response_model=SubmissionResponse, status_code=201, tags=["cases"])
+async def submit(
+    application: SubmissionRequest,
+    response: Response,
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+) -> SubmissionResponse:
+    """Take an application. Missing required materials: the case waits as
+    `awaiting_supplement` with one notification listing all of them."""
+    digest = handlers.request_hash(application)
+    if idempotency_key:
+        async with runtime.sessions() as session:
+            replay = await handlers.replay_idempotent(session, idempotency_key, digest)
+        if replay is not None:
+            return replay
+    index = _catalog()
+    today = datetime.now(CITY_TZ).date()
+    result = validate_submission(index, application, today=today)
+    problem = refusal_problem(result)
+    if problem is not None:
+        raise problem
+    preview = None if result.missing_materials else await _route_preview(application)
+    case_id = handlers.new_case_id(index.catalog.city.code, today)
+    try:
+        async with unit_of_work(runtime.sessions) as session:
+            return await handlers.create_case(
+                session,
+                runtime=runtime,
+                application=application,
+                case_id=case_id,
+                missing=list(result.missing_materials),
+                route_preview=preview,
+                idempotency_key=idempotency_key or None,
+                digest=digest,
+                traceparent=request.headers.get("traceparent"),
+            )
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        # The same key raced in from a retry: answer with the winner's case.
+        async with runtime.sessions() as session:
+            replay = await handlers.replay_idempotent(session, idempotency_key, digest)
+        if replay is None:
+            raise
+        return replay
+
+
+@app.get("/v1/cases/{case_id}", response_model=CaseView, tags=["cases"])
+async def get_case(case_id: str) -> CaseView:
+    """Status, route, deadline and the whole timeline from every case topic."""
+    async with runtime.sessions() as session:
+        case = await handlers.load_case(session, case_id)
+        entries = await session.execute(
+            select(models.timeline)
+            .where(models.timeline.c.case_id == case_id)
+            .order_by(models.timeline.c.time, models.timeline.c.event_id)
+        )
+        timeline = [
+            TimelineEntry(type=e.type, time=e.time.astimezone(CITY_TZ), source=e.source)
+            for e in entries
+        ]
+    return CaseView(
+        case_id=case.case_id,
+        status=CaseStatus(case.status),
+        item_code=case.item_code,
+        route=Route.model_validate(case.route) if case.route else None,
+        failure=Failure.model_validate(case.failure) if case.failure else None,
+        deadline=case.deadline,
+        missing_materials=list(case.missing_materials),
+        timeline=timeline,
+    )
+
+
+@app.post("/v1/cases/{case_id}/materials", response_model=SubmissionResponse, tags=["cases"])
+async def add_materials(case_id: str, body: MaterialsRequest) -> SubmissionResponse:
+    """Supplement materials: completes a counter case, or answers a review's request."""
+    index = _catalog()
+    async with runtime.sessions() as session:
+        case = await handlers.load_case(session, case_id)
+    item = index.items.get(case.item_code)
+    required = [m.code for m in item.materials if m.required] if item is not None else None
+    if item is not None:
+        known = {m.code for m in item.materials}
+        unknown = [m.code for m in body.materials if m.code not in known]
+        if unknown:
+            raise Problem(
+                422,
+                "unknown_material",
+                "Unknown material code",
+                f"{', '.join(unknown)} not among {', '.join(sorted(known))}",
+                errors=[{"field": "materials", "message": f"unknown {c}"} for c in unknown],
+            )
+    async with unit_of_work(runtime.sessions) as session:
+        status, missing = await handlers.add_materials(
+            session,
+            runtime=runtime,
+            case_id=case_id,
+            materials=list(body.materials),
+            required_codes=required,
+        )
+    return SubmissionResponse(
+        case_id=case_id, status=status, missing_materials=missing, route_preview=None
+    )
+
+
+@app.post("/v1/cases/{case_id}/withdraw", response_model=CaseView, tags=["cases"])
+async def withdraw(case_id: str, body: WithdrawRequest | None = None) -> CaseView:
+    async with unit_of_work(runtime.sessions) as session:
+        await handlers.withdraw(
+            session, runtime=runtime, case_id=case_id, reason=body.reason if body else None
+        )
+    return await get_case(case_id)
+
+
+@app.get("/v1/items", response_model=list[ItemView], tags=["catalog"])
+async def items() -> list[ItemView]:
+    """The catalog items in force (intake's copy of the newest catalog version)."""
+    index = _catalog()
+    return [
+        ItemView(
+            code=i.code,
+            name=i.name,
+            category=i.category.value,
+            mode=i.mode.value,
+            intake_levels=sorted(lvl.value for lvl in effective_intake_levels(i)),
+            instant=i.instant,
+            time_limit_days=i.time_limit_days,
+            materials=[m.model_dump(mode="json") for m in i.materials],
+            effective_from=i.effective_from,
+            effective_to=i.effective_to,
+        )
+        for i in index.catalog.items
+    ]

@@ -1,0 +1,339 @@
+"""intake's unit-of-work functions: create a case, add materials, withdraw, and follow every
+case topic into the counter's view of the case (status, route, deadline, timeline)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.common import Application, CaseStatus, Material
+from contracts.events import (
+    CaseNotified,
+    CaseSubmitted,
+    CaseSupplemented,
+    CaseWithdrawn,
+)
+from contracts.rest import SubmissionResponse
+from services.common.envelope import Envelope
+from services.common.service import ServiceRuntime
+from services.common.web import Problem
+from services.intake import models
+from services.intake.lifecycle import RANK, WITHDRAWABLE, next_status
+
+
+def new_case_id(city_code: str, today: date) -> str:
+    return f"{city_code}-{today:%Y%m%d}-{secrets.token_hex(5).upper()}"
+
+
+def request_hash(application: Application) -> str:
+    canonical = json.dumps(
+        application.model_dump(mode="json"),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def replay_idempotent(
+    session: AsyncSession, key: str, digest: str
+) -> SubmissionResponse | None:
+    """The stored answer for a key already used with the same body; 409 for another body."""
+    row = (
+        await session.execute(
+            select(models.idempotency_keys).where(models.idempotency_keys.c.key == key)
+        )
+    ).first()
+    if row is None:
+        return None
+    if row.request_hash != digest:
+        raise Problem(
+            409,
+            "idempotency_key_reused",
+            "Idempotency-Key already used for another submission",
+            f"The key was first used for case {row.case_id} with a different body. Send a new "
+            "key for a new submission, or resend the original body to get that case back.",
+            errors=[{"field": "Idempotency-Key", "message": "reused with a different body"}],
+        )
+    return SubmissionResponse.model_validate(row.response)
+
+
+async def create_case(
+    session: AsyncSession,
+    *,
+    runtime: ServiceRuntime,
+    application: Application,
+    case_id: str,
+    missing: list[str],
+    route_preview: Any,
+    idempotency_key: str | None,
+    digest: str,
+    traceparent: str | None = None,
+) -> SubmissionResponse:
+    now = datetime.now(UTC)
+    status = CaseStatus.awaiting_supplement if missing else CaseStatus.submitted
+    await session.execute(
+        models.cases.insert().values(
+            case_id=case_id,
+            status=status.value,
+            status_rank=RANK[status],
+            item_code=application.item_code,
+            channel=application.channel.value,
+            office_code=application.office_code,
+            application=application.model_dump(mode="json"),
+            missing_materials=missing,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    if missing:
+        await runtime.emit(
+            session,
+            "gov.case.notified.v1",
+            CaseNotified(
+                case_id=case_id,
+                application=application,
+                missing_materials=missing,
+                notified_at=now,
+            ),
+            traceparent=traceparent,
+        )
+    else:
+        await runtime.emit(
+            session,
+            "gov.case.submitted.v1",
+            CaseSubmitted(
+                case_id=case_id,
+                application=application,
+                submitted_at=now,
+            ),
+            traceparent=traceparent,
+        )
+    response = SubmissionResponse(
+        case_id=case_id, status=status, missing_materials=missing, route_preview=route_preview
+    )
+    if idempotency_key is not None:
+        await session.execute(
+            models.idempotency_keys.insert().values(
+                key=idempotency_key,
+                request_hash=digest,
+                case_id=case_id,
+                response=response.model_dump(mode="json"),
+            )
+        )
+    return response
+
+
+async def load_case(session: AsyncSession, case_id: str, *, lock: bool = False) -> Any:
+    query = select(models.cases).where(models.cases.c.case_id == case_id)
+    row = (await session.execute(query.with_for_update() if lock else query)).first()
+    if row is None:
+        raise Problem(
+            404,
+            "case_not_found",
+            "No such case",
+            f"There is no case {case_id!r}. Check the id from the 201 answer.",
+        )
+    return row
+
+
+async def add_materials(
+    session: AsyncSession,
+    *,
+    runtime: ServiceRuntime,
+    case_id: str,
+    materials: list[Material],
+    required_codes: list[str] | None,
+) -> tuple[CaseStatus, list[str]]:
+    """Counter supplement (awaiting_supplement) or an answer to a review's request."""
+    case = await load_case(session, case_id, lock=True)
+    status = CaseStatus(case.status)
+    now = datetime.now(UTC)
+    application = Application.model_validate(case.application)
+    merged = {m.code: m for m in application.materials} | {m.code: m for m in materials}
+    application = application.model_copy(update={"materials": list(merged.values())})
+    given = {m.code for m in materials}
+    if status is CaseStatus.awaiting_supplement:
+        needed = required_codes if required_codes is not None else list(case.missing_materials)
+        missing = [code for code in needed if code not in merged]
+        await runtime.emit(
+            session,
+            "gov.case.supplemented.v1",
+            CaseSupplemented(case_id=case_id, materials=materials, supplemented_at=now),
+        )
+        new_status: CaseStatus = status
+        if not missing:
+            new_status = CaseStatus.submitted
+            await runtime.emit(
+                session,
+                "gov.case.submitted.v1",
+                CaseSubmitted(case_id=case_id, application=application, submitted_at=now),
+            )
+    elif status is CaseStatus.supplement_requested:
+        missing = [code for code in case.missing_materials if code not in given]
+        if missing:
+            raise Problem(
+                422,
+                "materials_incomplete",
+                "Every requested material is needed at once",
+                f"Still missing: {', '.join(missing)}. Send them together.",
+                errors=[{"field": "materials", "message": f"missing {code}"} for code in missing],
+                missing_materials=missing,
+            )
+        new_status = CaseStatus.accepted
+        await runtime.emit(
+            session,
+            "gov.case.supplemented.v1",
+            CaseSupplemented(case_id=case_id, materials=materials, supplemented_at=now),
+        )
+    else:
+        raise Problem(
+            409,
+            "invalid_state",
+            "This case is not waiting for materials",
+            f"Case {case_id} is {status.value}; materials are taken while it is "
+            "awaiting_supplement or supplement_requested.",
+            status_now=status.value,
+        )
+    await session.execute(
+        update(models.cases)
+        .where(models.cases.c.case_id == case_id)
+        .values(
+            status=new_status.value,
+            status_rank=RANK[new_status],
+            missing_materials=missing,
+            application=application.model_dump(mode="json"),
+            updated_at=now,
+        )
+    )
+    return new_status, missing
+
+
+async def withdraw(
+    session: AsyncSession, *, runtime: ServiceRuntime, case_id: str, reason: str | None
+) -> CaseStatus:
+    case = await load_case(session, case_id, lock=True)
+    status = CaseStatus(case.status)
+    if status not in WITHDRAWABLE:
+        raise Problem(
+            409,
+            "invalid_state",
+            "The case can no longer be withdrawn",
+            f"Case {case_id} is {status.value}; withdrawal is possible only before a decision.",
+            status_now=status.value,
+        )
+    now = datetime.now(UTC)
+    await runtime.emit(
+        session,
+        "gov.case.withdrawn.v1",
+        CaseWithdrawn(case_id=case_id, reason=reason, withdrawn_at=now),
+    )
+    await session.execute(
+        update(models.cases)
+        .where(models.cases.c.case_id == case_id)
+        .values(
+            status=CaseStatus.withdrawn.value,
+            status_rank=RANK[CaseStatus.withdrawn],
+            updated_at=now,
+        )
+    )
+    return CaseStatus.withdrawn
+
+
+async def follow_case_event(session: AsyncSession, envelope: Envelope, payload: Any) -> None:
+    """Any event of a case, from any case topic: timeline entry and the counter's view."""
+    await session.execute(
+        pg_insert(models.timeline)
+        .values(
+            event_id=envelope.id,
+            case_id=envelope.subject,
+            type=envelope.type,
+            time=envelope.time,
+            source=envelope.source,
+            data=envelope.data,
+        )
+        .on_conflict_do_nothing()
+    )
+    case = (
+        await session.execute(
+            select(models.cases.c.status)
+            .where(models.cases.c.case_id == envelope.subject)
+            .with_for_update()
+        )
+    ).first()
+    if case is not None:
+        changes = case_changes(CaseStatus(case.status), envelope.type, envelope.data)
+        if changes:
+            await _update(session, envelope.subject, changes)
+    elif "application" in envelope.data and envelope.type in (
+        "gov.case.submitted.v1",
+        "gov.case.notified.v1",
+    ):
+        await _adopt_case(session, envelope)
+
+
+def case_changes(status: CaseStatus, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The columns an event changes in the counter's view of a case (pure)."""
+    changes: dict[str, Any] = {}
+    new_status = next_status(status, event_type)
+    if new_status is not None:
+        changes |= {"status": new_status.value, "status_rank": RANK[new_status]}
+    if event_type == "gov.case.routed.v1":
+        changes |= {"route": data["route"], "failure": None}
+    elif event_type == "gov.case.route_failed.v1":
+        changes["failure"] = data["failure"]
+    elif event_type == "gov.case.accepted.v1":
+        changes["deadline"] = date.fromisoformat(data["deadline"]) if data.get("deadline") else None
+    elif event_type == "gov.case.supplement_requested.v1" and new_status is not None:
+        changes["missing_materials"] = data["missing_materials"]
+    return changes
+
+
+async def _update(session: AsyncSession, case_id: str, changes: dict[str, Any]) -> None:
+    await session.execute(
+        update(models.cases)
+        .where(models.cases.c.case_id == case_id)
+        .values(**changes, updated_at=datetime.now(UTC))
+    )
+
+
+async def _adopt_case(session: AsyncSession, envelope: Envelope) -> None:
+    """A case submitted straight to Kafka by another intake system (a portal, another city
+    system): intake answers for it too. Events of other topics may have come first (topics
+    are not ordered among themselves), so replay what the timeline already holds."""
+    application = Application.model_validate(envelope.data["application"])
+    status = CaseStatus.awaiting_supplement
+    await session.execute(
+        pg_insert(models.cases)
+        .values(
+            case_id=envelope.subject,
+            status=status.value,
+            status_rank=RANK[status],
+            item_code=application.item_code,
+            channel=application.channel.value,
+            office_code=application.office_code,
+            application=application.model_dump(mode="json"),
+            missing_materials=envelope.data.get("missing_materials", []),
+            created_at=envelope.time,
+            updated_at=envelope.time,
+        )
+        .on_conflict_do_nothing()
+    )
+    events = await session.execute(
+        select(models.timeline.c.type, models.timeline.c.data)
+        .where(models.timeline.c.case_id == envelope.subject)
+        .order_by(models.timeline.c.time, models.timeline.c.event_id)
+    )
+    changes: dict[str, Any] = {}
+    for event_type, data in events:
+        changes |= case_changes(status, event_type, data or {})
+        status = CaseStatus(changes.get("status", status))
+    if changes:
+        await _update(session, envelope.subject, changes)

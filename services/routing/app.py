@@ -1,0 +1,127 @@
+"""routing: owns the catalog, routes every submitted case, keeps the triage queue.
+
+Run: `python -m services.routing` (port 8002).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Body, Query
+from sqlalchemy import select
+
+from contracts.events import INTAKE_TOPIC, CaseSubmitted
+from contracts.rest import CatalogVersion, RoutePreviewResponse, SubmissionRequest, TriageEntry
+from services.common.catalog import CatalogIndex
+from services.common.catalog_follower import CatalogFollower
+from services.common.consumer import Subscription
+from services.common.db import unit_of_work
+from services.common.envelope import Envelope
+from services.common.service import ServiceRuntime
+from services.common.settings import CommonSettings
+from services.common.web import Problem
+from services.routing import handlers, models
+
+
+class RoutingSettings(CommonSettings):
+    service: str = "routing"
+    http_port: int = 8002
+
+
+settings = RoutingSettings()
+runtime = ServiceRuntime(settings)
+catalogs: CatalogFollower[tuple[int, CatalogIndex]] = CatalogFollower(
+    settings, handlers.build_index
+)
+
+
+async def _on_submitted(session: Any, envelope: Envelope, payload: CaseSubmitted) -> None:
+    await handlers.route_submission(session, envelope, payload, runtime=runtime, follower=catalogs)
+
+
+runtime.consume(
+    INTAKE_TOPIC,
+    subscriptions={"gov.case.submitted.v1": Subscription(_on_submitted, CaseSubmitted)},
+)
+runtime.on_startup(catalogs.start)
+runtime.background(catalogs.run, catalogs.stop)
+
+app = runtime.create_app(
+    title="tongban routing",
+    description="Decides which level and department handles a case (DESIGN.md §3).",
+)
+
+
+@app.post("/v1/routes/preview", response_model=RoutePreviewResponse, tags=["routing"])
+async def preview(application: SubmissionRequest) -> RoutePreviewResponse:
+    """The route a submission would get now, without creating a case."""
+    outcome = handlers.decide(
+        catalogs,
+        CaseSubmitted(case_id="preview", application=application, submitted_at=datetime.now(UTC)),
+    )
+    if outcome is None:
+        raise Problem(503, "no_catalog", "No catalog loaded", "Load one: POST /v1/catalog")
+    return RoutePreviewResponse(route=outcome.route, failure=outcome.failure, rule=outcome.rule)
+
+
+@app.get("/v1/triage", response_model=list[TriageEntry], tags=["routing"])
+async def triage(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[TriageEntry]:
+    """Cases that could not be routed, newest first: they wait here, never dropped."""
+    routes = models.routes
+    async with runtime.sessions() as session:
+        rows = await session.execute(
+            select(routes)
+            .where(routes.c.status == "route_failed")
+            .order_by(routes.c.decided_at.desc())
+            .limit(limit)
+        )
+        return [
+            TriageEntry(
+                case_id=r.case_id,
+                item_code=r.item_code,
+                failure=r.failure,
+                rule=r.rule,
+                catalog_version=r.catalog_version,
+                failed_at=r.decided_at,
+            )
+            for r in rows
+        ]
+
+
+@app.post("/v1/catalog", response_model=CatalogVersion, status_code=201, tags=["catalog"])
+async def load_catalog(raw: Annotated[dict[str, Any], Body()]) -> CatalogVersion:
+    """Load a whole catalog (the catalog file as JSON) as the next version."""
+    try:
+        async with unit_of_work(runtime.sessions) as session:
+            published = await handlers.load_catalog(session, raw, runtime=runtime)
+    except handlers.CatalogRefused as refused:
+        raise Problem(
+            422,
+            "invalid_catalog",
+            "The catalog is refused whole",
+            f"{len(refused.problems)} problem(s); the version in force stays. Fix them all "
+            "and load again.",
+            errors=refused.problems,
+        ) from None
+    catalogs.apply(published)  # this process routes by it at once; others follow catalog.v1
+    return _version_view(published.version)
+
+
+@app.get("/v1/catalog/version", response_model=CatalogVersion, tags=["catalog"])
+async def catalog_version() -> CatalogVersion:
+    version = catalogs.latest_version
+    if version is None:
+        raise Problem(404, "no_catalog", "No catalog loaded", "Load one: POST /v1/catalog")
+    return _version_view(version)
+
+
+def _version_view(version: int) -> CatalogVersion:
+    published = catalogs.published[version]
+    catalog = published.catalog
+    return CatalogVersion(
+        version=version,
+        loaded_at=published.loaded_at,
+        city=str(catalog["city"]["code"]),
+        items=len(catalog["items"]),
+    )

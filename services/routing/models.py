@@ -1,0 +1,32 @@
+"""routing's tables (schema `routing`)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, func
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(schema="routing")
+
+catalog_versions = Table(
+    "catalog_versions",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("city", String(32), nullable=False),
+    Column("catalog", JSONB, nullable=False),
+    Column("loaded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+routes = Table(
+    "routes",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("item_code", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # routed | route_failed
+    Column("rule", String(64), nullable=False),
+    Column("catalog_version", Integer),
+    Column("route", JSONB),
+    Column("failure", JSONB),
+    Column("application", JSONB, nullable=False),
+    Column("submitted_at", DateTime(timezone=True), nullable=False),
+    Column("decided_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
