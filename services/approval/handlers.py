@@ -1,0 +1,346 @@
+"""approval's unit-of-work functions: take routed cases, apply decisions (from REST or Kafka, the
+same path), follow withdrawals and supplements, and read the worklist. The rules themselves
+live in `review` (pure); these functions load, lock, save and emit in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import Counter
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.catalog import Calendar
+from contracts.common import Application, CaseStatus, ItemSnapshot, Route
+from contracts.events import (
+    CaseRouted,
+    CaseSupplemented,
+    CaseWithdrawn,
+    CatalogPublished,
+    DecisionKind,
+    DecisionMade,
+)
+from contracts.rest import DecisionRequest, WorklistEntry
+from services.approval import models, review
+from services.approval.review import CaseState, Decision, Outcome, Pause, Refusal, Unrouted
+from services.common.catalog_follower import CatalogFollower
+from services.common.consumer import PermanentError
+from services.common.envelope import Envelope
+from services.common.logs import get_logger
+from services.common.service import ServiceRuntime
+from services.common.workdays import WorkCalendar
+
+log = get_logger(__name__)
+
+DEADLINES_UNKNOWN = Counter(
+    "tongban_approval_deadline_unknown_total",
+    "Cases accepted without a deadline: past the catalog calendar's covers_until, or no calendar",
+)
+
+cases = models.cases
+
+
+class CaseNotYetRouted(Exception):
+    """A decision event for a case approval does not know. Not permanent at first: the routed
+    event travels on another topic and may still be on its way, so the consumer's bounded
+    retries give it time; after them the decision goes to the dead-letter topic."""
+
+
+# -- the catalog calendar ----------------------------------------------------------------------
+
+
+def build_calendar(published: CatalogPublished) -> WorkCalendar:
+    """The working-day calendar of one catalog version (what approval needs of the catalog)."""
+    return WorkCalendar.of(Calendar.model_validate(published.catalog.get("calendar")))
+
+
+def calendar_for(follower: CatalogFollower[WorkCalendar], version: int) -> WorkCalendar | None:
+    """The calendar of the version the route names; the latest if that one is not known here."""
+    calendar = follower.at(version)
+    return calendar if calendar is not None else follower.latest
+
+
+# -- rows <-> review state ---------------------------------------------------------------------
+
+
+def _state(row: Any) -> CaseState | Unrouted:
+    if row.route is None:
+        return Unrouted(case_id=row.case_id, status=CaseStatus(row.status))
+    return CaseState(
+        case_id=row.case_id,
+        department=row.department,
+        status=CaseStatus(row.status),
+        item=ItemSnapshot.model_validate(row.item),
+        route=Route.model_validate(row.route),
+        application=Application.model_validate(row.application),
+        accepted_at=row.accepted_at,
+        deadline=row.deadline,
+        time_limit_days=row.time_limit_days,
+        missing_materials=tuple(row.missing_materials),
+        pauses=tuple(
+            Pause(
+                requested_at=datetime.fromisoformat(p["requested_at"]),
+                supplemented_at=datetime.fromisoformat(p["supplemented_at"])
+                if p.get("supplemented_at")
+                else None,
+            )
+            for p in row.pauses
+        ),
+        decision=DecisionKind(row.decision) if row.decision else None,
+        reason=row.reason,
+        legal_basis=row.legal_basis,
+        decided_at=row.decided_at,
+        withdrawn_at=row.withdrawn_at,
+    )
+
+
+def _row(state: CaseState, now: datetime) -> dict[str, Any]:
+    return {
+        "case_id": state.case_id,
+        "department": state.department,
+        "status": state.status.value,
+        "item": state.item.model_dump(mode="json"),
+        "route": state.route.model_dump(mode="json"),
+        "application": state.application.model_dump(mode="json"),
+        "accepted_at": state.accepted_at,
+        "deadline": state.deadline,
+        "time_limit_days": state.time_limit_days,
+        "missing_materials": list(state.missing_materials),
+        "pauses": [
+            {
+                "requested_at": p.requested_at.isoformat(),
+                "supplemented_at": p.supplemented_at.isoformat() if p.supplemented_at else None,
+            }
+            for p in state.pauses
+        ],
+        "decision": state.decision.value if state.decision else None,
+        "reason": state.reason,
+        "legal_basis": state.legal_basis,
+        "decided_at": state.decided_at,
+        "withdrawn_at": state.withdrawn_at,
+        "updated_at": now,
+    }
+
+
+async def load_row(session: AsyncSession, case_id: str, *, lock: bool = False) -> Any:
+    query = select(cases).where(cases.c.case_id == case_id)
+    return (await session.execute(query.with_for_update() if lock else query)).first()
+
+
+async def load(
+    session: AsyncSession, case_id: str, *, lock: bool = False
+) -> CaseState | Unrouted | None:
+    row = await load_row(session, case_id, lock=lock)
+    return None if row is None else _state(row)
+
+
+async def _save(session: AsyncSession, state: CaseState, now: datetime) -> None:
+    values = _row(state, now)
+    del values["case_id"]
+    await session.execute(update(cases).where(cases.c.case_id == state.case_id).values(values))
+
+
+async def _emit(
+    session: AsyncSession,
+    runtime: ServiceRuntime,
+    outcome: Outcome,
+    traceparent: str | None,
+) -> None:
+    for event_type, payload in outcome.events:
+        await runtime.emit(
+            session,
+            event_type,
+            payload,
+            handledby=outcome.state.department,
+            traceparent=traceparent,
+        )
+
+
+# -- case.routing.v1 ---------------------------------------------------------------------------
+
+
+async def take_routed(
+    session: AsyncSession,
+    envelope: Envelope,
+    routed: CaseRouted,
+    *,
+    runtime: ServiceRuntime,
+    calendars: CatalogFollower[WorkCalendar],
+) -> None:
+    """Into the department's worklist, accepted at once (approved too if instant). A case is
+    accepted once: a second routed event for it changes nothing."""
+    now = datetime.now(UTC)
+    route = routed.route
+    calendar = calendar_for(calendars, route.catalog_version)
+    outcome = review.take(routed, now=now, calendar=calendar)
+    inserted = await session.execute(
+        pg_insert(cases)
+        .values(_row(outcome.state, now))
+        .on_conflict_do_nothing()
+        .returning(cases.c.case_id)
+    )
+    if inserted.scalar() is None:
+        # Taken before, or withdrawn before routing reached us: then only record where it
+        # would have gone (the withdrawal stands; nothing is accepted).
+        await session.execute(
+            update(cases)
+            .where(cases.c.case_id == routed.case_id, cases.c.route.is_(None))
+            .values(
+                department=route.handled_by,
+                item=routed.item.model_dump(mode="json"),
+                route=route.model_dump(mode="json"),
+                application=routed.application.model_dump(mode="json"),
+                time_limit_days=route.time_limit_days,
+                updated_at=now,
+            )
+        )
+        return
+    if outcome.state.deadline is None and not outcome.state.instant:
+        DEADLINES_UNKNOWN.inc()
+        log.error(
+            "deadline unknown: past the catalog calendar"
+            if calendar
+            else "deadline unknown: no catalog calendar here",
+            case_id=routed.case_id,
+            catalog_version=route.catalog_version,
+            covers_until=str(calendar.covers_until) if calendar else None,
+            time_limit_days=route.time_limit_days,
+        )
+    await _emit(session, runtime, outcome, envelope.traceparent)
+
+
+# -- decisions (REST and case.decisions.v1) ----------------------------------------------------
+
+
+def decision_of(body: DecisionRequest | DecisionMade) -> Decision:
+    return Decision(
+        department=body.department,
+        kind=body.decision,
+        reason=body.reason,
+        legal_basis=body.legal_basis,
+        missing_materials=tuple(body.missing_materials),
+    )
+
+
+async def decide_case(
+    session: AsyncSession,
+    *,
+    runtime: ServiceRuntime,
+    case_id: str,
+    decision: Decision,
+    now: datetime,
+    traceparent: str | None = None,
+) -> Outcome | Refusal:
+    """Apply one decision under the case's row lock, so a REST decision and an event decision
+    for the same case never both apply: the second sees the first's result and is refused."""
+    case = await load(session, case_id, lock=True)
+    result = review.decide(case, decision, case_id=case_id, now=now)
+    if isinstance(result, Outcome):
+        await _save(session, result.state, now)
+        await _emit(session, runtime, result, traceparent)
+    return result
+
+
+async def decision_made(
+    session: AsyncSession, envelope: Envelope, made: DecisionMade, *, runtime: ServiceRuntime
+) -> None:
+    result = await decide_case(
+        session,
+        runtime=runtime,
+        case_id=made.case_id,
+        decision=decision_of(made),
+        now=datetime.now(UTC),
+        traceparent=envelope.traceparent,
+    )
+    if isinstance(result, Refusal):
+        reason = f"{result.code} ({result.status}): {result.message}"
+        if result.code == "case_not_found":
+            raise CaseNotYetRouted(reason)
+        raise PermanentError(reason)
+
+
+# -- case.intake.v1 ----------------------------------------------------------------------------
+
+
+async def case_withdrawn(session: AsyncSession, envelope: Envelope, event: CaseWithdrawn) -> None:
+    """Withdrawn before the decision: later decisions are refused. A withdrawal that overtakes
+    the routing event leaves a row of its own, so the case is never accepted afterwards."""
+    now = datetime.now(UTC)
+    for _attempt in range(2):
+        case = await load(session, event.case_id, lock=True)
+        if isinstance(case, CaseState):
+            outcome = review.withdrawn(case, at=event.withdrawn_at)
+            if outcome is not None:
+                await _save(session, outcome.state, now)
+            else:
+                log.info(
+                    "withdrawal after the decision ignored",
+                    case_id=event.case_id,
+                    status=case.status.value,
+                )
+            return
+        if isinstance(case, Unrouted):
+            return
+        inserted = await session.execute(
+            pg_insert(cases)
+            .values(
+                case_id=event.case_id,
+                status=CaseStatus.withdrawn.value,
+                withdrawn_at=event.withdrawn_at,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing()
+            .returning(cases.c.case_id)
+        )
+        if inserted.scalar() is not None:
+            return
+        # The routed event committed meanwhile: withdraw that case instead.
+
+
+async def case_supplemented(
+    session: AsyncSession, envelope: Envelope, event: CaseSupplemented
+) -> None:
+    """The applicant answered a supplement request: the review resumes. Counter supplements
+    (before routing) and cases not waiting for one are none of approval's business."""
+    case = await load(session, event.case_id, lock=True)
+    if not isinstance(case, CaseState):
+        return
+    outcome = review.supplemented(case, now=event.supplemented_at)
+    if outcome is not None:
+        await _save(session, outcome.state, datetime.now(UTC))
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+
+async def worklist(
+    session: AsyncSession, *, department: str, status: CaseStatus | None, limit: int
+) -> list[WorklistEntry]:
+    """A department's undecided cases (or those in `status`), oldest deadline first; a case
+    without a known deadline last."""
+    statuses = [status.value] if status else [s.value for s in review.OPEN_STATUSES]
+    rows = await session.execute(
+        select(cases)
+        .where(cases.c.department == department, cases.c.status.in_(statuses))
+        .order_by(cases.c.deadline.asc().nulls_last(), cases.c.accepted_at, cases.c.case_id)
+        .limit(limit)
+    )
+    return [
+        WorklistEntry(
+            case_id=r.case_id,
+            item_code=r.item["code"],
+            item_name=r.item["name"],
+            status=CaseStatus(r.status),
+            path=r.route["path"],
+            level=r.route["level"],
+            instant=bool(r.route.get("instant") or r.item["instant"]),
+            accepted_at=r.accepted_at,
+            deadline=r.deadline,
+            applicant_name=r.application["applicant"]["name"],
+        )
+        for r in rows
+        if r.route is not None
+    ]

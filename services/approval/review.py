@@ -1,0 +1,349 @@
+"""The review of one case at its deciding department (pure: no I/O, the clock passed in).
+
+States and transitions (DESIGN.md §1, §4):
+
+    (routed) --take--> accepted --approve--------------> approved
+                          |     --deny (legal basis)---> denied
+                          |     --request_supplement---> supplement_requested
+                          |                                  |
+                          +<--------- supplemented ----------+
+    accepted | supplement_requested --withdrawn--> withdrawn
+
+- Acceptance is automatic: a routed case is accepted the moment approval takes it, and an
+  instant item (即办件) is approved in the same step. A department's `accept` decision is
+  therefore always refused as `invalid_state` (the case is already accepted, or past that).
+- A denial must state its legal basis; a supplement request lists every missing material at
+  once (一次性告知), so a second request while one is pending is `invalid_state` too.
+- approved, denied and withdrawn are final here.
+
+Each transition returns the case's new state and the events to emit with it, or a `Refusal`
+carrying the stable machine code and HTTP status both edges (REST, Kafka) report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from contracts.common import Application, CaseStatus, ItemSnapshot, Route
+from contracts.events import (
+    CaseAccepted,
+    CaseApproved,
+    CaseDenied,
+    CaseEvent,
+    CaseRouted,
+    CaseSupplementRequested,
+    DecisionKind,
+)
+from services.common.workdays import WorkCalendar, deadline
+
+CITY_TZ = ZoneInfo("Asia/Shanghai")
+
+# Cases still waiting for their department: the worklist.
+OPEN_STATUSES = frozenset({CaseStatus.accepted, CaseStatus.supplement_requested})
+DECIDED_STATUSES = frozenset({CaseStatus.approved, CaseStatus.denied})
+# The applicant may withdraw until the department decides.
+WITHDRAWABLE = OPEN_STATUSES
+
+# Which decision each state takes.
+ALLOWED: dict[DecisionKind, frozenset[CaseStatus]] = {
+    DecisionKind.accept: frozenset(),  # acceptance happens on routing, never by decision
+    DecisionKind.approve: frozenset({CaseStatus.accepted}),
+    DecisionKind.deny: frozenset({CaseStatus.accepted}),
+    DecisionKind.request_supplement: frozenset({CaseStatus.accepted}),
+}
+
+
+@dataclass(frozen=True)
+class Pause:
+    """One supplement round: the clock stops at `requested_at` until `supplemented_at`."""
+
+    requested_at: datetime
+    supplemented_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CaseState:
+    """A routed case as its deciding department holds it."""
+
+    case_id: str
+    department: str
+    status: CaseStatus
+    item: ItemSnapshot
+    route: Route
+    application: Application
+    accepted_at: datetime | None  # None: withdrawn before routing reached approval
+    deadline: date | None
+    time_limit_days: int
+    missing_materials: tuple[str, ...] = ()
+    pauses: tuple[Pause, ...] = ()
+    decision: DecisionKind | None = None
+    reason: str | None = None
+    legal_basis: str | None = None
+    decided_at: datetime | None = None
+    withdrawn_at: datetime | None = None
+
+    @property
+    def instant(self) -> bool:
+        return self.route.instant or self.item.instant
+
+    @property
+    def intake_office(self) -> str | None:
+        return (
+            self.route.intake_office
+            or self.route.entrusted_receiver
+            or self.application.office_code
+        )
+
+
+@dataclass(frozen=True)
+class Unrouted:
+    """A case approval never had routed to it, known only because it was withdrawn (the
+    withdrawal overtook the routing event on another topic). It takes no decision."""
+
+    case_id: str
+    status: CaseStatus = CaseStatus.withdrawn
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A department's decision, from the REST body or a `gov.case.decision.v1` event."""
+
+    department: str
+    kind: DecisionKind
+    reason: str | None = None
+    legal_basis: str | None = None
+    missing_materials: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The new state and the events (type, payload) to emit in the same transaction."""
+
+    state: CaseState
+    events: tuple[tuple[str, CaseEvent], ...] = ()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a decision cannot apply: stable `code`, HTTP `status`, and the field to fix."""
+
+    code: str
+    status: int
+    title: str
+    message: str
+    field: str | None = None
+
+
+# -- taking a routed case ----------------------------------------------------------------------
+
+
+def local_date(instant: datetime) -> date:
+    return instant.astimezone(CITY_TZ).date()
+
+
+def compute_deadline(
+    calendar: WorkCalendar | None, accepted_at: datetime, time_limit_days: int
+) -> date | None:
+    """The `time_limit_days`-th working day after the local acceptance date; None (unknown,
+    an alarm) past the calendar's `covers_until` or without any calendar."""
+    if calendar is None:
+        return None
+    return deadline(calendar, local_date(accepted_at), time_limit_days)
+
+
+def take(routed: CaseRouted, *, now: datetime, calendar: WorkCalendar | None) -> Outcome:
+    """Accept a routed case at once (the legal clock starts); approve an instant item too."""
+    route = routed.route
+    limit = route.time_limit_days
+    state = CaseState(
+        case_id=routed.case_id,
+        department=route.handled_by,
+        status=CaseStatus.accepted,
+        item=routed.item,
+        route=route,
+        application=routed.application,
+        accepted_at=now,
+        deadline=compute_deadline(calendar, now, limit),
+        time_limit_days=limit,
+    )
+    accepted = CaseAccepted(
+        case_id=state.case_id,
+        department=state.department,
+        accepted_at=now,
+        deadline=state.deadline,
+        time_limit_days=limit,
+    )
+    events: list[tuple[str, CaseEvent]] = [("gov.case.accepted.v1", accepted)]
+    if state.instant:
+        state = replace(
+            state, status=CaseStatus.approved, decision=DecisionKind.approve, decided_at=now
+        )
+        events.append(("gov.case.approved.v1", _approved(state)))
+    return Outcome(state, tuple(events))
+
+
+# -- decisions ---------------------------------------------------------------------------------
+
+
+def decide(
+    case: CaseState | Unrouted | None, decision: Decision, *, case_id: str, now: datetime
+) -> Outcome | Refusal:
+    """Apply a department's decision. Checked in this order: the case exists, it is routed to
+    that department, it is in a state that takes this decision, the decision is complete."""
+    if case is None:
+        return Refusal(
+            "case_not_found",
+            404,
+            "No such case at approval",
+            f"Case {case_id!r} has not been routed to any department (yet).",
+        )
+    if isinstance(case, Unrouted):
+        return Refusal(
+            "invalid_state",
+            409,
+            "The case takes no decision in its state",
+            f"Case {case_id} is {case.status.value}; it was withdrawn before it was routed.",
+        )
+    if decision.department != case.department:
+        return Refusal(
+            "wrong_department",
+            403,
+            "The case is not routed to this department",
+            f"Case {case_id} is handled by {case.department}, not {decision.department}.",
+            field="department",
+        )
+    if case.status not in ALLOWED[decision.kind]:
+        return Refusal(
+            "invalid_state",
+            409,
+            "The case takes no such decision in its state",
+            _why_not(case, decision.kind),
+        )
+    reason = _clean(decision.reason)
+    if decision.kind is DecisionKind.request_supplement:
+        missing = _unique(decision.missing_materials)
+        if not missing:
+            return Refusal(
+                "missing_materials_required",
+                422,
+                "A supplement request lists the missing materials",
+                "List every missing material code at once (one-time notification).",
+                field="missing_materials",
+            )
+        state = replace(
+            case,
+            status=CaseStatus.supplement_requested,
+            missing_materials=missing,
+            pauses=(*case.pauses, Pause(requested_at=now)),
+        )
+        requested = CaseSupplementRequested(
+            case_id=case.case_id,
+            department=case.department,
+            missing_materials=list(missing),
+            reason=reason,
+        )
+        return Outcome(state, (("gov.case.supplement_requested.v1", requested),))
+    if decision.kind is DecisionKind.deny:
+        legal_basis = _clean(decision.legal_basis)
+        if legal_basis is None:
+            return Refusal(
+                "legal_basis_required",
+                422,
+                "A denial must state its legal basis",
+                "Give legal_basis: the law or regulation, and its article, the denial rests on.",
+                field="legal_basis",
+            )
+        state = replace(
+            case,
+            status=CaseStatus.denied,
+            decision=DecisionKind.deny,
+            reason=reason,
+            legal_basis=legal_basis,
+            decided_at=now,
+        )
+        return Outcome(state, (("gov.case.denied.v1", _denied(state)),))
+    assert decision.kind is DecisionKind.approve
+    state = replace(
+        case,
+        status=CaseStatus.approved,
+        decision=DecisionKind.approve,
+        reason=reason,
+        legal_basis=_clean(decision.legal_basis),
+        decided_at=now,
+    )
+    return Outcome(state, (("gov.case.approved.v1", _approved(state)),))
+
+
+def _why_not(case: CaseState, kind: DecisionKind) -> str:
+    where = f"Case {case.case_id} is {case.status.value}"
+    if kind is DecisionKind.accept:
+        return f"{where}: acceptance is automatic when a case is routed; decide it instead."
+    if case.status is CaseStatus.supplement_requested:
+        return f"{where}: wait for the supplement of {', '.join(case.missing_materials)}."
+    if case.status in DECIDED_STATUSES:
+        return f"{where}: it is already decided."
+    if case.status is CaseStatus.withdrawn:
+        return f"{where}: the applicant withdrew it."
+    return f"{where}; {kind.value} needs it accepted."
+
+
+# -- what intake tells us ----------------------------------------------------------------------
+
+
+def supplemented(case: CaseState, *, now: datetime) -> Outcome | None:
+    """The applicant answered the supplement request: the review resumes (no event: intake's
+    `gov.case.supplemented.v1` is the record). None when the case was not waiting for one."""
+    if case.status is not CaseStatus.supplement_requested:
+        return None
+    pauses = case.pauses
+    if pauses and pauses[-1].supplemented_at is None:
+        pauses = (*pauses[:-1], replace(pauses[-1], supplemented_at=now))
+    return Outcome(replace(case, status=CaseStatus.accepted, missing_materials=(), pauses=pauses))
+
+
+def withdrawn(case: CaseState, *, at: datetime) -> Outcome | None:
+    """Withdrawn before the decision: later decisions are refused. None once decided (the
+    decision stands; intake refuses such a withdrawal at its counter anyway)."""
+    if case.status not in WITHDRAWABLE:
+        return None
+    return Outcome(replace(case, status=CaseStatus.withdrawn, withdrawn_at=at))
+
+
+# -- event payloads ----------------------------------------------------------------------------
+
+
+def _outcome_fields(state: CaseState) -> dict[str, object]:
+    assert state.decided_at is not None
+    applicant = state.application.applicant
+    return {
+        "case_id": state.case_id,
+        "department": state.department,
+        "decided_at": state.decided_at,
+        "reason": state.reason,
+        "item": state.item,
+        "delivery_method": state.application.delivery.method,
+        "delivery_address": state.application.delivery.address,
+        "intake_office": state.intake_office,
+        "applicant_name": applicant.name,
+        "applicant_id_number": applicant.id_number,
+    }
+
+
+def _approved(state: CaseState) -> CaseApproved:
+    return CaseApproved.model_validate(_outcome_fields(state))
+
+
+def _denied(state: CaseState) -> CaseDenied:
+    assert state.legal_basis is not None
+    return CaseDenied.model_validate({**_outcome_fields(state), "legal_basis": state.legal_basis})
+
+
+def _clean(text: str | None) -> str | None:
+    text = text.strip() if text else None
+    return text or None
+
+
+def _unique(codes: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(c.strip() for c in codes if c.strip()))
