@@ -1,0 +1,395 @@
+"""The published contracts (DESIGN.md §4): generated files up to date, AsyncAPI valid, and the
+JSON Schemas usable by other systems (a plain jsonschema validator accepts real events and
+refuses broken ones)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from jsonschema import Draft7Validator, Draft202012Validator, ValidationError
+from referencing import Registry
+from referencing.jsonschema import DRAFT7
+
+from contracts import generate, registry
+from contracts.events import CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC, EVENT_TYPES
+
+pytestmark = pytest.mark.unit
+
+REGENERATE = "run `python -m contracts.generate` and commit the result"
+
+TIME = "2026-11-29T10:03:04.500000+08:00"
+CASE_ID = "HC-2026-000001"
+
+APPLICATION: dict[str, Any] = {
+    "item_code": "MKT-FOOD-01",
+    "channel": "counter",
+    "office_code": "OFF-310101001",
+    "applicant": {
+        "category": "individual",
+        "name": "张三",
+        "id_number": "11010519491231002X",
+        "phone": "13800000000",
+        "division_code": "310101001",
+    },
+    "materials": [
+        {"code": "ID-CARD", "sha256": "0" * 64},
+        {"code": "BIZ-LICENSE", "e_license_id": "EL-1"},
+    ],
+    "delivery": {"method": "postal", "address": "上海市黄浦区人民大道 200 号"},
+}
+ROUTE: dict[str, Any] = {
+    "path": "delegated",
+    "level": "street",
+    "handled_by": "HP-S01-MKT",
+    "same_city": True,
+    "rule": "R2 delegated: the item is delegated to street level",
+    "catalog_version": 3,
+    "explanation": "委托街道办理",
+    "time_limit_days": 10,
+    "instant": False,
+    "intake_office": "OFF-310101001",
+    "entrusted_receiver": None,
+}
+ITEM: dict[str, Any] = {
+    "code": "MKT-FOOD-01",
+    "name": "食品经营许可",
+    "instant": False,
+    "time_limit_days": 10,
+    "result_kind": "licence",
+    "e_license": True,
+}
+OUTCOME: dict[str, Any] = {
+    "case_id": CASE_ID,
+    "department": "HP-S01-MKT",
+    "decided_at": TIME,
+    "reason": None,
+    "item": ITEM,
+    "delivery_method": "postal",
+    "delivery_address": "上海市黄浦区人民大道 200 号",
+    "intake_office": "OFF-310101001",
+    "applicant_name": "张三",
+    "applicant_id_number": "11010519491231002X",
+}
+
+# One valid event data per type, as a producer would put it in the record value.
+SAMPLES: dict[str, dict[str, Any]] = {
+    "gov.case.notified.v1": {
+        "case_id": CASE_ID,
+        "application": APPLICATION,
+        "missing_materials": ["LEASE"],
+        "notified_at": TIME,
+    },
+    "gov.case.submitted.v1": {"case_id": CASE_ID, "application": APPLICATION, "submitted_at": TIME},
+    "gov.case.supplemented.v1": {
+        "case_id": CASE_ID,
+        "materials": [{"code": "LEASE", "sha256": "a" * 64}],
+        "supplemented_at": TIME,
+    },
+    "gov.case.withdrawn.v1": {"case_id": CASE_ID, "reason": "moved", "withdrawn_at": TIME},
+    "gov.case.routed.v1": {
+        "case_id": CASE_ID,
+        "route": ROUTE,
+        "item": ITEM,
+        "application": APPLICATION,
+        "submitted_at": TIME,
+    },
+    "gov.case.route_failed.v1": {
+        "case_id": CASE_ID,
+        "failure": {"code": "no_department", "explanation": "no market department at street"},
+        "rule": "R2 delegated",
+        "catalog_version": None,
+        "application": APPLICATION,
+        "submitted_at": TIME,
+    },
+    "gov.case.decision.v1": {
+        "case_id": CASE_ID,
+        "department": "HP-S01-MKT",
+        "decision": "request_supplement",
+        "reason": "lease expired",
+        "legal_basis": None,
+        "missing_materials": ["LEASE"],
+    },
+    "gov.case.accepted.v1": {
+        "case_id": CASE_ID,
+        "department": "HP-S01-MKT",
+        "accepted_at": TIME,
+        "deadline": "2026-12-11",
+        "time_limit_days": 10,
+    },
+    "gov.case.supplement_requested.v1": {
+        "case_id": CASE_ID,
+        "department": "HP-S01-MKT",
+        "missing_materials": ["LEASE"],
+        "reason": None,
+    },
+    "gov.case.approved.v1": OUTCOME,
+    "gov.case.denied.v1": {**OUTCOME, "reason": "not eligible", "legal_basis": "《食品安全法》"},
+    "gov.case.sla_warning.v1": {
+        "case_id": CASE_ID,
+        "department": "HP-S01-MKT",
+        "deadline": "2026-12-11",
+        "elapsed_ratio": 0.8,
+    },
+    "gov.case.overdue.v1": {
+        "case_id": CASE_ID,
+        "department": "HP-S01-MKT",
+        "deadline": "2026-12-11",
+    },
+    "gov.case.result_issued.v1": {
+        "case_id": CASE_ID,
+        "result": {
+            "kind": "licence",
+            "license_id": "JY31010100001",
+            "sha256": "b" * 64,
+            "title": "食品经营许可证",
+        },
+        "issued_at": TIME,
+    },
+    "gov.case.delivered.v1": {
+        "case_id": CASE_ID,
+        "method": "postal",
+        "delivered_at": TIME,
+        "tracking_number": "SF1234567890",
+        "office_code": None,
+    },
+    "gov.case.closed.v1": {"case_id": CASE_ID, "outcome": "approved", "closed_at": TIME},
+    "gov.case.rated.v1": {
+        "case_id": CASE_ID,
+        "rating": "very_satisfied",
+        "comment": "快",
+        "rated_at": TIME,
+    },
+    "gov.catalog.published.v1": {
+        "version": 3,
+        "loaded_at": TIME,
+        "catalog": {"city": {"code": "3101", "name": "上海市"}, "items": []},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def generated() -> dict[str, str]:
+    return generate.render()
+
+
+@pytest.fixture(scope="module")
+def asyncapi() -> dict[str, Any]:
+    return registry.asyncapi_document()
+
+
+# -- (a) drift ---------------------------------------------------------------------------------
+
+
+def test_checked_in_contracts_are_generated_from_the_models(generated: dict[str, str]) -> None:
+    stale = generate.stale_files(generated)
+    assert not stale, (
+        "contracts/ is out of date with the models (differs, missing or left over: "
+        f"{', '.join(stale)}): {REGENERATE}"
+    )
+
+
+def test_generation_is_deterministic(generated: dict[str, str]) -> None:
+    assert generate.render() == generated
+
+
+def test_check_mode_reports_a_stale_file(generated: dict[str, str], tmp_path, capsys) -> None:
+    generate.write(generated, tmp_path)
+    assert generate.stale_files(generated, tmp_path) == []
+    (tmp_path / "schemas" / "gov.case.routed.v1.json").write_text("{}\n")
+    (tmp_path / "schemas" / "gov.case.gone.v1.json").write_text("{}\n")
+    assert generate.stale_files(generated, tmp_path) == [
+        "schemas/gov.case.gone.v1.json",
+        "schemas/gov.case.routed.v1.json",
+    ]
+    assert generate.write(generated, tmp_path) == [
+        "schemas/gov.case.gone.v1.json",
+        "schemas/gov.case.routed.v1.json",
+    ]
+    assert generate.stale_files(generated, tmp_path) == []
+    assert not (tmp_path / "schemas" / "gov.case.gone.v1.json").exists()
+
+
+# -- (b) AsyncAPI validity ---------------------------------------------------------------------
+
+
+def test_asyncapi_document_is_valid_asyncapi_3(asyncapi: dict[str, Any]) -> None:
+    assert asyncapi["asyncapi"] == "3.0.0"
+    generate.validate_asyncapi(asyncapi)
+
+
+def test_the_asyncapi_validator_catches_an_invalid_document(asyncapi: dict[str, Any]) -> None:
+    broken = copy.deepcopy(asyncapi)
+    broken["operations"]["intake.send.case.intake.v1"]["action"] = "publish"  # AsyncAPI 2 verb
+    with pytest.raises(ValidationError):
+        generate.validate_asyncapi(broken)
+    assert (
+        registry.asyncapi_validator()
+        .META_SCHEMA["$schema"]
+        .startswith("http://json-schema.org/draft-07/schema")
+    )
+
+
+def _resolve(document: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), ref
+    node: Any = document
+    for part in ref[2:].split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def _refs(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        own = [value["$ref"]] if isinstance(value.get("$ref"), str) else []
+        return own + [ref for item in value.values() for ref in _refs(item)]
+    if isinstance(value, list):
+        return [ref for item in value for ref in _refs(item)]
+    return []
+
+
+def test_every_asyncapi_reference_resolves(asyncapi: dict[str, Any]) -> None:
+    refs = _refs(asyncapi)
+    assert refs
+    for ref in refs:
+        _resolve(asyncapi, ref)
+
+
+def test_operations_follow_the_design(asyncapi: dict[str, Any]) -> None:
+    ops = asyncapi["operations"]
+
+    def who(action: str, topic: str) -> set[str]:
+        return {
+            op["tags"][0]["name"]
+            for op in ops.values()
+            if op["action"] == action and op["channel"]["$ref"] == f"#/channels/{topic}"
+        }
+
+    assert who("send", "case.intake.v1") == {"intake"}
+    assert who("send", "case.routing.v1") == {"routing"}
+    assert who("send", "case.decisions.v1") == {"department systems"}
+    assert who("send", "case.approval.v1") == {"approval"}
+    assert who("send", "case.delivery.v1") == {"delivery"}
+    assert who("send", CATALOG_TOPIC) == {"routing"}
+    assert who("receive", "case.intake.v1") == {"routing", "intake"}
+    assert who("receive", "case.routing.v1") == {"approval", "intake"}
+    assert who("receive", "case.decisions.v1") == {"approval", "intake"}
+    assert who("receive", "case.approval.v1") == {"delivery", "intake"}
+    assert who("receive", "case.delivery.v1") == {"intake"}
+    assert who("send", DLQ_TOPIC) == {"intake", "routing", "approval", "delivery"}
+    for op in ops.values():
+        channel = op["channel"]["$ref"].removeprefix("#/channels/")
+        for message in op["messages"]:
+            assert message["$ref"].startswith(f"#/channels/{channel}/messages/")
+
+
+# -- (c) coverage ------------------------------------------------------------------------------
+
+
+def test_every_event_type_has_a_message_a_channel_and_a_schema(asyncapi: dict[str, Any]) -> None:
+    messages = asyncapi["components"]["messages"]
+    assert registry.event_types() == sorted(EVENT_TYPES)
+    for event_type, event in EVENT_TYPES.items():
+        message = messages[event_type]
+        assert message["contentType"] == "application/json"
+        assert message["headers"]["properties"]["ce_type"]["const"] == event_type
+        assert {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject"} <= set(
+            message["headers"]["required"]
+        )
+        assert message["bindings"]["kafka"]["key"]["type"] == "string"
+        payload = _resolve(asyncapi, message["payload"]["$ref"])
+        assert payload["title"] == event.model.__name__
+        channel = asyncapi["channels"][event.topic]
+        assert channel["address"] == event.topic
+        assert event_type in channel["messages"]
+        schema = registry.schema_for(event_type)
+        assert schema["$id"] == f"https://tongban.example/schemas/{event_type}.json"
+        assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert set(asyncapi["channels"]) == {*CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC}
+    routed = messages["gov.case.routed.v1"]["headers"]
+    assert "ce_handledby" in routed["required"]
+    assert {"traceparent", "ce_traceparent"} <= set(routed["properties"])
+    dead_letter = _resolve(
+        asyncapi, asyncapi["channels"][DLQ_TOPIC]["messages"]["DeadLetter"]["$ref"]
+    )
+    assert {"dlq_reason", "dlq_source"} <= set(dead_letter["headers"]["required"])
+
+
+def test_unknown_event_type_has_no_schema() -> None:
+    with pytest.raises(KeyError, match="gov.case.nope.v1"):
+        registry.schema_for("gov.case.nope.v1")
+
+
+def test_rest_bodies_have_schemas() -> None:
+    for name in ("SubmissionRequest", "SubmissionResponse", "CaseView", "DecisionRequest"):
+        schema = registry.rest_schema_for(name)
+        assert schema["title"] == name
+        Draft202012Validator.check_schema(schema)
+    assert set(registry.rest_schema_for("SubmissionResponse")["required"]) == {
+        "case_id",
+        "status",
+        "missing_materials",
+        "route_preview",
+    }
+
+
+# -- (d) the schemas work for other systems ----------------------------------------------------
+
+
+def test_every_event_type_has_a_sample() -> None:
+    assert set(SAMPLES) == set(EVENT_TYPES)
+
+
+@pytest.mark.parametrize("event_type", sorted(EVENT_TYPES))
+def test_a_valid_event_passes_and_a_broken_one_fails(event_type: str) -> None:
+    sample = SAMPLES[event_type]
+    model = EVENT_TYPES[event_type].model
+    # What a tongban producer writes (the model's JSON) is what the schema accepts.
+    produced = model.model_validate(sample).model_dump(mode="json")
+    schema = registry.schema_for(event_type)
+    validator = Draft202012Validator(schema, format_checker=registry.FORMAT_CHECKER)
+    validator.validate(sample)
+    validator.validate(produced)
+    registry.validate_event(event_type, sample)
+
+    for field in schema["required"]:
+        broken = {k: v for k, v in sample.items() if k != field}
+        with pytest.raises(ValidationError, match=f"'{field}' is a required property"):
+            validator.validate(broken)
+    with pytest.raises(ValidationError, match="Additional properties"):
+        validator.validate({**sample, "unexpected": 1})
+
+
+@pytest.mark.parametrize("event_type", sorted(EVENT_TYPES))
+def test_asyncapi_payload_schemas_accept_the_same_events(
+    asyncapi: dict[str, Any], event_type: str
+) -> None:
+    """The payloads inlined in the AsyncAPI document (draft-07 dialect) resolve and agree."""
+    message = asyncapi["components"]["messages"][event_type]
+    root = {"components": asyncapi["components"]}
+    resource = DRAFT7.create_resource(root)
+    validator = Draft7Validator(
+        {"$ref": "urn:asyncapi" + message["payload"]["$ref"]},
+        registry=Registry().with_resource("urn:asyncapi", resource),
+    )
+    validator.validate(SAMPLES[event_type])
+    required = _resolve(asyncapi, message["payload"]["$ref"])["required"]
+    with pytest.raises(ValidationError):
+        validator.validate({k: v for k, v in SAMPLES[event_type].items() if k != required[0]})
+
+
+def test_nested_violations_and_formats_are_caught() -> None:
+    routed = copy.deepcopy(SAMPLES["gov.case.routed.v1"])
+    routed["route"]["path"] = "teleported"
+    with pytest.raises(ValidationError, match="teleported"):
+        registry.validate_event("gov.case.routed.v1", routed)
+
+    no_offset = {**SAMPLES["gov.case.closed.v1"], "closed_at": "2026-11-29T10:03:04"}
+    with pytest.raises(ValidationError, match="date-time"):
+        registry.validate_event("gov.case.closed.v1", no_offset)
+    bad_day = {**SAMPLES["gov.case.overdue.v1"], "deadline": "2026-02-30"}
+    with pytest.raises(ValidationError, match="date"):
+        registry.validate_event("gov.case.overdue.v1", bad_day)
+    registry.validate_event(
+        "gov.case.closed.v1", {**SAMPLES["gov.case.closed.v1"], "closed_at": "2026-11-29T02:03:04Z"}
+    )
