@@ -168,6 +168,16 @@ class ResultView(Contract):
     closed_at: AwareDatetime | None
 
 
+class PickupRequest(Contract):
+    """`POST /v1/cases/{case_id}/pickup` body (optional)."""
+
+    office_code: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the office handing the result over; must be the pickup (intake) office",
+    )
+
+
 class RatingRequest(Contract):
     rating: Rating
     comment: str | None = Field(default=None, max_length=2000)

@@ -1,0 +1,99 @@
+"""delivery: issues every decision's result (e-licence, paper document or decision letter),
+delivers it as the applicant chose at intake, closes the case and takes its one rating.
+
+Run: `python -m services.delivery` (port 8004).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Body, Query, Request
+
+from contracts.events import APPROVAL_TOPIC, CaseApproved, CaseDenied, CaseRated
+from contracts.rest import LicenseVerification, PickupRequest, RatingRequest, ResultView
+from services.common.consumer import Subscription
+from services.common.db import unit_of_work
+from services.common.envelope import Envelope
+from services.common.service import ServiceRuntime
+from services.common.settings import CommonSettings
+from services.delivery import handlers
+
+
+class DeliverySettings(CommonSettings):
+    service: str = "delivery"
+    http_port: int = 8004
+
+
+settings = DeliverySettings()
+runtime = ServiceRuntime(settings)
+
+
+async def _on_decision(session: Any, envelope: Envelope, payload: Any) -> None:
+    await handlers.issue_and_deliver(session, envelope, payload, runtime=runtime)
+
+
+# The other types on case.approval.v1 (accepted, sla_warning, ...) are ignored by the runner.
+runtime.consume(
+    APPROVAL_TOPIC,
+    subscriptions={
+        "gov.case.approved.v1": Subscription(_on_decision, CaseApproved),
+        "gov.case.denied.v1": Subscription(_on_decision, CaseDenied),
+    },
+)
+
+app = runtime.create_app(
+    title="tongban delivery",
+    description="Results, e-licences, delivery to the applicant, and ratings (DESIGN.md §4).",
+)
+
+
+@app.get("/v1/results/{case_id}", response_model=ResultView, tags=["results"])
+async def get_result(case_id: str) -> ResultView:
+    """A case's result and how far its delivery has come."""
+    async with runtime.sessions() as session:
+        return handlers.result_view(await handlers.load_result(session, case_id))
+
+
+@app.post("/v1/cases/{case_id}/pickup", response_model=ResultView, tags=["results"])
+async def pickup(
+    case_id: str, request: Request, body: Annotated[PickupRequest | None, Body()] = None
+) -> ResultView:
+    """The applicant collects a `counter_pickup` result at the office that took the
+    application: the result is delivered and the case closed."""
+    async with unit_of_work(runtime.sessions) as session:
+        return await handlers.pickup(
+            session,
+            runtime=runtime,
+            case_id=case_id,
+            office_code=body.office_code if body else None,
+            traceparent=request.headers.get("traceparent"),
+        )
+
+
+@app.post("/v1/cases/{case_id}/rating", response_model=CaseRated, status_code=201, tags=["ratings"])
+async def rate(case_id: str, body: RatingRequest, request: Request) -> CaseRated:
+    """The applicant's one rating of the case (好差评, 一事一评), after delivery."""
+    async with unit_of_work(runtime.sessions) as session:
+        return await handlers.rate(
+            session,
+            runtime=runtime,
+            case_id=case_id,
+            rating=body.rating,
+            comment=body.comment,
+            traceparent=request.headers.get("traceparent"),
+        )
+
+
+@app.get("/v1/licenses/{license_id}/verify", response_model=LicenseVerification, tags=["licenses"])
+async def verify_license(
+    license_id: str,
+    sha256: Annotated[
+        str | None,
+        Query(pattern=r"^[0-9a-fA-F]{64}$", description="the hash the holder presented"),
+    ] = None,
+) -> LicenseVerification:
+    """Is this e-licence genuine? Always 200: `valid` is false for an unknown id or a sha256
+    that is not the one on record, so a verifier gets a clear answer either way."""
+    async with runtime.sessions() as session:
+        return await handlers.verify_license(session, license_id, sha256)

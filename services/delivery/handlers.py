@@ -1,0 +1,313 @@
+"""delivery's unit-of-work functions: issue and deliver a decision's result, record a counter
+pickup and a rating, verify an e-licence. Each runs in the caller's transaction and writes its
+events to the outbox in that same transaction."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.common import CaseStatus, DeliveryMethod, ResultDocument
+from contracts.events import CaseApproved, CaseDenied, CaseRated, Rating
+from contracts.rest import LicenseVerification, ResultView
+from services.common.consumer import PermanentError
+from services.common.envelope import Envelope
+from services.common.logs import get_logger
+from services.common.service import ServiceRuntime
+from services.common.web import Problem
+from services.delivery import models
+from services.delivery.results import (
+    CITY_TZ,
+    DELIVERED,
+    DeliveryFacts,
+    UndeliverableError,
+    delivery_events,
+    issue_result,
+    plan_delivery,
+    tracking_number,
+)
+
+log = get_logger(__name__)
+
+DELIVERED_STATUSES = frozenset({CaseStatus.delivered.value, CaseStatus.closed.value})
+
+
+def _now() -> datetime:
+    """Result times are whole seconds: the hashed content writes them that way."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+async def _emit_all(
+    session: AsyncSession,
+    runtime: ServiceRuntime,
+    steps: tuple[str, ...],
+    facts: DeliveryFacts,
+    *,
+    at: datetime,
+    traceparent: str | None,
+) -> None:
+    for event_type, event in delivery_events(steps, facts, at=at):
+        await runtime.emit(session, event_type, event, traceparent=traceparent)
+
+
+# -- consumer: case.approval.v1 ---------------------------------------------------------------
+
+
+async def issue_and_deliver(
+    session: AsyncSession,
+    envelope: Envelope,
+    decision: CaseApproved | CaseDenied,
+    *,
+    runtime: ServiceRuntime,
+) -> None:
+    """An approval or a denial: issue its result and deliver it as chosen at intake.
+
+    One result per case: a second decision event for a case (any event id) changes nothing.
+    """
+    try:
+        plan = plan_delivery(decision.delivery_method, address=decision.delivery_address)
+    except UndeliverableError as exc:
+        raise PermanentError(f"case {decision.case_id}: {exc}") from None
+    issued_at = _now()
+    issued = issue_result(decision, issued_at=issued_at, license_token=secrets.token_hex(8))
+    tracking: str | None = None
+    if plan.needs_tracking_number:
+        serial = (await session.execute(select(models.tracking_serial.next_value()))).scalar_one()
+        tracking = tracking_number(int(serial))
+    delivered = DELIVERED in plan.on_issue
+    status = plan.status_after_issue
+    pickup_office = decision.intake_office if plan.method is DeliveryMethod.counter_pickup else None
+    inserted = await session.execute(
+        pg_insert(models.results)
+        .values(
+            case_id=decision.case_id,
+            outcome=issued.outcome,
+            status=status.value,
+            item_code=decision.item.code,
+            result=issued.document.model_dump(mode="json"),
+            license_id=issued.license_id,
+            sha256=issued.document.sha256,
+            content=issued.content,
+            delivery_method=plan.method.value,
+            address=decision.delivery_address,
+            tracking_number=tracking,
+            pickup_office=pickup_office,
+            intake_office=decision.intake_office,
+            department=decision.department,
+            issued_at=issued_at,
+            delivered_at=issued_at if delivered else None,
+            closed_at=issued_at if status is CaseStatus.closed else None,
+        )
+        # Only the case id: a clash of licence id or tracking number must fail loudly.
+        .on_conflict_do_nothing(index_elements=[models.results.c.case_id])
+        .returning(models.results.c.case_id)
+    )
+    if inserted.scalar() is None:
+        log.info(
+            "result already issued; decision ignored",
+            case_id=decision.case_id,
+            event_type=envelope.type,
+            event_id=envelope.id,
+        )
+        return
+    facts = DeliveryFacts(
+        case_id=decision.case_id,
+        outcome=issued.outcome,
+        document=issued.document,
+        method=plan.method,
+        issued_at=issued_at,
+        tracking_number=tracking,
+    )
+    await _emit_all(
+        session, runtime, plan.on_issue, facts, at=issued_at, traceparent=envelope.traceparent
+    )
+
+
+# -- REST: results, pickup, rating, verification ----------------------------------------------
+
+
+async def load_result(session: AsyncSession, case_id: str, *, lock: bool = False) -> Any:
+    query = select(models.results).where(models.results.c.case_id == case_id)
+    row = (await session.execute(query.with_for_update() if lock else query)).first()
+    if row is None:
+        raise Problem(
+            404,
+            "result_not_found",
+            "No result for this case yet",
+            f"Case {case_id!r} has no result: results are issued once the case is approved "
+            "or denied. Check the case status at intake (GET /v1/cases/{case_id}).",
+        )
+    return row
+
+
+def result_view(row: Any) -> ResultView:
+    def local(moment: datetime | None) -> datetime | None:
+        return moment.astimezone(CITY_TZ) if moment is not None else None
+
+    issued_at = local(row.issued_at)
+    assert issued_at is not None
+    return ResultView(
+        case_id=row.case_id,
+        status=CaseStatus(row.status),
+        outcome=row.outcome,
+        result=ResultDocument.model_validate(row.result),
+        delivery_method=DeliveryMethod(row.delivery_method),
+        tracking_number=row.tracking_number,
+        pickup_office=row.pickup_office,
+        issued_at=issued_at,
+        delivered_at=local(row.delivered_at),
+        closed_at=local(row.closed_at),
+    )
+
+
+async def pickup(
+    session: AsyncSession,
+    *,
+    runtime: ServiceRuntime,
+    case_id: str,
+    office_code: str | None,
+    traceparent: str | None = None,
+) -> ResultView:
+    """The applicant collects a counter_pickup result at the intake office."""
+    row = await load_result(session, case_id, lock=True)
+    method = DeliveryMethod(row.delivery_method)
+    if method is not DeliveryMethod.counter_pickup:
+        raise Problem(
+            409,
+            "not_counter_pickup",
+            "This result is not collected at a counter",
+            f"Case {case_id} is delivered by {method.value}"
+            + (f" (tracking number {row.tracking_number})" if row.tracking_number else "")
+            + "; nothing waits at a counter.",
+            delivery_method=method.value,
+        )
+    if row.status != CaseStatus.result_issued.value:
+        raise Problem(
+            409,
+            "invalid_state",
+            "The result was already collected",
+            f"Case {case_id} is {row.status}; it was collected at "
+            f"{row.delivered_at.astimezone(CITY_TZ).isoformat() if row.delivered_at else '?'}.",
+            status_now=row.status,
+        )
+    if office_code and row.pickup_office and office_code != row.pickup_office:
+        raise Problem(
+            409,
+            "wrong_office",
+            "The result waits at another office",
+            f"The result of case {case_id} waits at office {row.pickup_office}, where the "
+            f"application was taken, not at {office_code}. Send the applicant there.",
+            errors=[{"field": "office_code", "message": f"must be {row.pickup_office}"}],
+            pickup_office=row.pickup_office,
+        )
+    plan = plan_delivery(method)
+    now = _now()
+    status = plan.status_after_pickup
+    updated = (
+        await session.execute(
+            update(models.results)
+            .where(models.results.c.case_id == case_id)
+            .values(
+                status=status.value,
+                delivered_at=now,
+                closed_at=now if status is CaseStatus.closed else None,
+            )
+            .returning(*models.results.c)
+        )
+    ).one()
+    facts = DeliveryFacts(
+        case_id=case_id,
+        outcome=row.outcome,
+        document=ResultDocument.model_validate(row.result),
+        method=method,
+        issued_at=row.issued_at,
+        office_code=office_code or row.pickup_office,
+    )
+    await _emit_all(session, runtime, plan.on_pickup, facts, at=now, traceparent=traceparent)
+    return result_view(updated)
+
+
+async def rate(
+    session: AsyncSession,
+    *,
+    runtime: ServiceRuntime,
+    case_id: str,
+    rating: Rating,
+    comment: str | None,
+    traceparent: str | None = None,
+) -> CaseRated:
+    """One rating per case (GB/T 39734 一事一评), once the result has reached the applicant."""
+    row = await load_result(session, case_id)
+    if row.status not in DELIVERED_STATUSES:
+        raise Problem(
+            409,
+            "not_delivered",
+            "The result has not reached the applicant yet",
+            f"Case {case_id} is {row.status}; a rating is taken once the result is delivered"
+            + (f" (collect it at office {row.pickup_office} first)" if row.pickup_office else "")
+            + ".",
+            status_now=row.status,
+        )
+    now = _now()
+    inserted = await session.execute(
+        pg_insert(models.ratings)
+        .values(
+            case_id=case_id,
+            rating=rating.value,
+            comment=comment,
+            item_code=row.item_code,
+            department=row.department,
+            intake_office=row.intake_office,
+            rated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=[models.ratings.c.case_id])
+        .returning(models.ratings.c.case_id)
+    )
+    if inserted.scalar() is None:
+        raise Problem(
+            409,
+            "already_rated",
+            "This case has already been rated",
+            f"Case {case_id} was rated before; each case takes one rating (一事一评).",
+        )
+    event = CaseRated(case_id=case_id, rating=rating, comment=comment, rated_at=now)
+    await runtime.emit(session, "gov.case.rated.v1", event, traceparent=traceparent)
+    return event.model_copy(update={"rated_at": now.astimezone(CITY_TZ)})
+
+
+async def verify_license(
+    session: AsyncSession, license_id: str, sha256: str | None
+) -> LicenseVerification:
+    """valid: the licence exists and, when a sha256 is given, it is the one on record.
+
+    An unknown id is a clear answer too (valid=false, the other fields null), not an error.
+    """
+    r = models.results.c
+    row = (
+        await session.execute(
+            select(r.case_id, r.sha256, r.item_code, r.issued_at).where(r.license_id == license_id)
+        )
+    ).first()
+    if row is None:
+        return LicenseVerification(
+            license_id=license_id,
+            valid=False,
+            case_id=None,
+            sha256=None,
+            item_code=None,
+            issued_at=None,
+        )
+    matches = sha256 is None or sha256.lower() == row.sha256
+    return LicenseVerification(
+        license_id=license_id,
+        valid=matches,
+        case_id=row.case_id,
+        sha256=row.sha256,
+        item_code=row.item_code,
+        issued_at=row.issued_at.astimezone(CITY_TZ),
+    )

@@ -1,0 +1,63 @@
+"""delivery's tables (schema `delivery`): one result per case, one rating per case."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    MetaData,
+    Sequence,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(schema="delivery")
+
+# Serial numbers of postal tracking numbers (results.tracking_number formats them).
+tracking_serial = Sequence("tracking_serial", metadata=metadata, start=1)
+
+results = Table(
+    "results",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("outcome", String(16), nullable=False),  # approved | denied
+    Column("status", String(16), nullable=False),  # result_issued | delivered | closed
+    Column("item_code", String(64), nullable=False),
+    Column("result", JSONB, nullable=False),  # contracts.common.ResultDocument
+    Column("license_id", String(128), unique=True),  # e-licences only
+    Column("sha256", String(64), nullable=False),
+    Column("content", JSONB, nullable=False),  # the content the sha256 is computed over
+    Column("delivery_method", String(16), nullable=False),
+    Column("address", String(500)),
+    Column("tracking_number", String(32), unique=True),  # postal only
+    Column("pickup_office", String(64)),  # counter_pickup only: the intake office
+    Column("intake_office", String(64)),
+    Column("department", String(64), nullable=False),  # the deciding department
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("closed_at", DateTime(timezone=True)),
+)
+# The counter's pickup shelf: results waiting at an office.
+Index(
+    "ix_results_waiting_pickup",
+    results.c.pickup_office,
+    results.c.issued_at,
+    postgresql_where=results.c.status == "result_issued",
+)
+
+ratings = Table(
+    "ratings",
+    metadata,
+    Column("case_id", String(64), ForeignKey("delivery.results.case_id"), primary_key=True),
+    Column("rating", String(32), nullable=False),
+    Column("comment", Text),
+    Column("item_code", String(64), nullable=False),
+    Column("department", String(64), nullable=False),
+    Column("intake_office", String(64)),
+    Column("rated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_ratings_department", ratings.c.department, ratings.c.rated_at)
