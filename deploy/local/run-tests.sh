@@ -8,7 +8,10 @@ cd "$(dirname "$0")/../.."
 BIN=.venv/bin
 status=0
 
-cleanup() { bash deploy/local/stack.sh down >/dev/null 2>&1 || true; }
+cleanup() {
+  bash deploy/local/services.sh down >/dev/null 2>&1 || true
+  bash deploy/local/stack.sh down >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 phase() { echo; echo "=== $* ==="; }

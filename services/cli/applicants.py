@@ -66,9 +66,14 @@ def streets(catalog: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def counter_office_for(
-    catalog: dict[str, Any], item: dict[str, Any], district: str, street: str
+    catalog: dict[str, Any],
+    item: dict[str, Any],
+    district: str,
+    street: str,
+    rng: random.Random | None = None,
 ) -> str | None:
-    """An office that may take the item at a counter, nearest the applicant first."""
+    """An office that may take the item at a counter: nearest the applicant first, or, given
+    `rng`, any office of the right level in the city (同城通办: taken anywhere)."""
     if item["mode"] == "online":
         levels = ["street", "district", "municipal"]
     elif item["mode"] == "municipal":
@@ -76,12 +81,15 @@ def counter_office_for(
     else:
         levels = default_intake_levels(item) + ["municipal"]
     for level in levels:
+        candidates: list[str] = []
         for office in catalog["offices"]:
             if OFFICE_LEVEL[office["kind"]] != level:
                 continue
             division = office["division"]
-            if level == "municipal" or division in (district, street):
-                return str(office["code"])
+            if level == "municipal" or rng is not None or division in (district, street):
+                candidates.append(str(office["code"]))
+        if candidates:
+            return rng.choice(candidates) if rng is not None else candidates[0]
     return None
 
 
@@ -95,6 +103,7 @@ def application_for(
     complete: bool = True,
     district: str | None = None,
     street: str | None = None,
+    office_anywhere: bool = False,
 ) -> dict[str, Any]:
     """A valid submission body for `item` by an applicant living in the city."""
     choices = streets(catalog)
@@ -103,7 +112,11 @@ def application_for(
     enterprise = item["category"] == "enterprise"
     if channel is None:
         channel = "online" if item["mode"] == "online" and rng.random() < 0.5 else "counter"
-    office = counter_office_for(catalog, item, district, street) if channel == "counter" else None
+    office = (
+        counter_office_for(catalog, item, district, street, rng if office_anywhere else None)
+        if channel == "counter"
+        else None
+    )
     method = delivery or rng.choice(
         ["electronic", "postal"] + (["counter_pickup"] if channel == "counter" else [])
     )

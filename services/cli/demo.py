@@ -77,7 +77,14 @@ def plan_cases(catalog: dict[str, Any], count: int, rng: random.Random) -> list[
             plan, complete = "supplement", False
         if n % 17 == 8:
             plan = "withdraw"
-        body = application_for(catalog, item, rng, complete=complete)
+        # Some applicants go to a counter in another district (同城通办).
+        body = application_for(
+            catalog,
+            item,
+            rng,
+            complete=complete,
+            office_anywhere=item["mode"] == "delegated" and n % 3 == 0,
+        )
         cases.append(DemoCase(item=item, body=body, plan=plan))
     return cases
 

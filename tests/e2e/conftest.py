@@ -1,0 +1,115 @@
+"""End to end: the four services as separate processes on the real stack.
+
+Started once per test session by deploy/local/services.sh (as in production: one process
+each); the demo catalog is loaded through routing's API. Tests pick items by their properties
+(mode, category, instant...), never by code, so they hold for any catalog.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import date
+from typing import Any
+
+import httpx
+import pytest
+
+from services.common.catalog import load_catalog_file
+from tests.conftest import ROOT, eventually
+
+INTAKE = "http://127.0.0.1:8001"
+ROUTING = "http://127.0.0.1:8002"
+APPROVAL = "http://127.0.0.1:8003"
+DELIVERY = "http://127.0.0.1:8004"
+DEMO_CATALOG = ROOT / "deploy" / "demo" / "catalog.yaml"
+
+
+def services(command: str) -> None:
+    subprocess.run(
+        ["bash", str(ROOT / "deploy/local/services.sh"), command], check=True, cwd=ROOT, timeout=180
+    )
+
+
+@pytest.fixture(scope="session")
+def running_services() -> Iterator[None]:
+    services("up")
+    try:
+        yield
+    finally:
+        services("down")
+
+
+@pytest.fixture(scope="session")
+async def catalog(running_services: None) -> dict[str, Any]:
+    raw = load_catalog_file(DEMO_CATALOG)
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.post(f"{ROUTING}/v1/catalog", json=raw)
+        assert answer.status_code == 201, answer.text
+        version = answer.json()["version"]
+
+        async def intake_has_it() -> bool:
+            items = await client.get(f"{INTAKE}/v1/items")
+            return items.status_code == 200 and len(items.json()) == len(raw["items"])
+
+        await eventually(intake_has_it, what=f"intake follows catalog version {version}")
+    return raw
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    return random.Random(request.node.name)
+
+
+def items_where(
+    catalog: dict[str, Any],
+    predicate: Callable[[dict[str, Any]], bool],
+) -> list[dict[str, Any]]:
+    today = date.today().isoformat()
+    return [
+        i
+        for i in catalog["items"]
+        if predicate(i)
+        and str(i.get("effective_from") or "0000") <= today
+        and (i.get("effective_to") is None or str(i["effective_to"]) >= today)
+    ]
+
+
+async def case_status(http: httpx.AsyncClient, case_id: str) -> dict[str, Any]:
+    answer = await http.get(f"{INTAKE}/v1/cases/{case_id}")
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+async def wait_status(
+    http: httpx.AsyncClient, case_id: str, *statuses: str, timeout: float = 60
+) -> dict[str, Any]:
+    async def reached() -> dict[str, Any] | None:
+        body = await case_status(http, case_id)
+        return body if body["status"] in statuses else None
+
+    result: dict[str, Any] = await eventually(
+        reached, timeout=timeout, interval=0.2, what=f"{case_id} to reach {statuses}"
+    )
+    return result
+
+
+async def decide_when_listed(
+    http: httpx.AsyncClient, case_id: str, department: str, decision: dict[str, Any]
+) -> httpx.Response:
+    async def listed() -> bool:
+        answer = await http.get(f"{APPROVAL}/v1/worklist", params={"department": department})
+        return any(e["case_id"] == case_id for e in answer.json())
+
+    await eventually(listed, what=f"{case_id} on {department}'s worklist")
+    return await http.post(
+        f"{APPROVAL}/v1/cases/{case_id}/decisions", json={"department": department, **decision}
+    )
