@@ -5,6 +5,7 @@ record their version in `<schema>.alembic_version`, so services migrate independ
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,20 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 SERVICES_DIR = Path(__file__).resolve().parent.parent
+RUNTIME_VERSIONS = Path(__file__).resolve().parent / "migrations_runtime"
 
 
 def alembic_config(service: str, database_url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(SERVICES_DIR / service / "migrations"))
+    # The runtime tables' migration is shared by all services; theirs follow it.
+    config.set_main_option("path_separator", "os")
+    config.set_main_option(
+        "version_locations",
+        os.pathsep.join(
+            [str(RUNTIME_VERSIONS), str(SERVICES_DIR / service / "migrations" / "versions")]
+        ),
+    )
     config.set_main_option("sqlalchemy.url", database_url)
     config.attributes["schema"] = service
     return config

@@ -42,6 +42,27 @@ def request_hash(application: Application) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def case_row(
+    case_id: str,
+    application: Application,
+    status: CaseStatus,
+    missing: list[str],
+    at: datetime,
+) -> dict[str, Any]:
+    return {
+        "case_id": case_id,
+        "status": status.value,
+        "status_rank": RANK[status],
+        "item_code": application.item_code,
+        "channel": application.channel.value,
+        "office_code": application.office_code,
+        "application": application.model_dump(mode="json"),
+        "missing_materials": missing,
+        "created_at": at,
+        "updated_at": at,
+    }
+
+
 async def replay_idempotent(
     session: AsyncSession, key: str, digest: str
 ) -> SubmissionResponse | None:
@@ -80,18 +101,7 @@ async def create_case(
     now = datetime.now(UTC)
     status = CaseStatus.awaiting_supplement if missing else CaseStatus.submitted
     await session.execute(
-        models.cases.insert().values(
-            case_id=case_id,
-            status=status.value,
-            status_rank=RANK[status],
-            item_code=application.item_code,
-            channel=application.channel.value,
-            office_code=application.office_code,
-            application=application.model_dump(mode="json"),
-            missing_materials=missing,
-            created_at=now,
-            updated_at=now,
-        )
+        models.cases.insert().values(case_row(case_id, application, status, missing, now))
     )
     if missing:
         await runtime.emit(
@@ -310,22 +320,14 @@ async def _adopt_case(session: AsyncSession, envelope: Envelope) -> None:
     are not ordered among themselves), so replay what the timeline already holds."""
     application = Application.model_validate(envelope.data["application"])
     status = CaseStatus.awaiting_supplement
-    await session.execute(
-        pg_insert(models.cases)
-        .values(
-            case_id=envelope.subject,
-            status=status.value,
-            status_rank=RANK[status],
-            item_code=application.item_code,
-            channel=application.channel.value,
-            office_code=application.office_code,
-            application=application.model_dump(mode="json"),
-            missing_materials=envelope.data.get("missing_materials", []),
-            created_at=envelope.time,
-            updated_at=envelope.time,
-        )
-        .on_conflict_do_nothing()
+    row = case_row(
+        envelope.subject,
+        application,
+        status,
+        envelope.data.get("missing_materials", []),
+        envelope.time,
     )
+    await session.execute(pg_insert(models.cases).values(row).on_conflict_do_nothing())
     events = await session.execute(
         select(models.timeline.c.type, models.timeline.c.data)
         .where(models.timeline.c.case_id == envelope.subject)

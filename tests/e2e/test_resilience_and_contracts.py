@@ -120,6 +120,8 @@ async def test_routing_killed_mid_flow_every_case_still_closes_once(
         body = application_for(catalog, rng.choice(instant), rng, delivery="electronic")
         answer = await http.post(f"{INTAKE}/v1/cases", json=body)
         assert answer.status_code == 201, answer.text  # intake takes it, routing or not
+        if n >= 10:
+            assert answer.json()["route_preview"] is None  # no preview while routing is down
         case_ids.append(answer.json()["case_id"])
     await asyncio.sleep(1.0)
     await asyncio.to_thread(services, "up")  # restarts the dead routing process only
