@@ -113,6 +113,10 @@ class Route(Contract):
     instant: bool = False
     intake_office: str | None = None
     entrusted_receiver: str | None = None
+    inputs: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="the facts the rule used (item mode, jurisdiction, intake office...)",
+    )
 
 
 class Failure(Contract):
@@ -129,6 +133,19 @@ class ItemSnapshot(Contract):
     time_limit_days: int
     result_kind: str
     e_license: bool
+
+
+class Handover(Contract):
+    """Entrusted intake (委托收件): the basic-level office's signed, time-stamped evidence of
+    what it took, which anchors the legal clock and lets the municipal department detect any
+    change on the way."""
+
+    office_code: str
+    signed_at: AwareDatetime
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the signed payload")
+    algorithm: str = Field(description="ed25519")
+    key_id: str
+    signature: str = Field(description="base64 signature over the digest")
 
 
 class TimelineEntry(Contract):

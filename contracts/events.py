@@ -19,7 +19,9 @@ from contracts.common import (
     Contract,
     DeliveryMethod,
     Failure,
+    Handover,
     ItemSnapshot,
+    Level,
     Material,
     ResultDocument,
     Route,
@@ -54,6 +56,9 @@ class CaseSubmitted(CaseEvent):
 
     application: Application
     submitted_at: AwareDatetime
+    handover: Handover | None = Field(
+        default=None, description="the intake office's signature (counter intake)"
+    )
 
 
 class CaseSupplemented(CaseEvent):
@@ -76,6 +81,7 @@ class CaseRouted(CaseEvent):
     item: ItemSnapshot
     application: Application
     submitted_at: AwareDatetime
+    handover: Handover | None = None
 
 
 class CaseRouteFailed(CaseEvent):
@@ -130,6 +136,7 @@ class DecisionOutcome(CaseEvent):
     delivery_method: DeliveryMethod
     delivery_address: str | None = None
     intake_office: str | None = None
+    level: Level | None = Field(default=None, description="level of the deciding department")
     applicant_name: str
     applicant_id_number: str
 
@@ -142,15 +149,67 @@ class CaseDenied(DecisionOutcome):
     legal_basis: str
 
 
+class ClockStep(StrEnum):
+    decision = "decision"  # the committed time limit of the case
+    followup = "followup"  # the answer owed to a bad rating
+
+
 class CaseSlaWarning(CaseEvent):
     department: str
     deadline: date
     elapsed_ratio: float
+    step: ClockStep = ClockStep.decision
 
 
 class CaseOverdue(CaseEvent):
     department: str
     deadline: date
+    step: ClockStep = ClockStep.decision
+
+
+class CaseDeadlineChanged(CaseEvent):
+    """The deadline moved: a supplement round ended (the paused days do not count), or the
+    calendar now covers a deadline that was unknown."""
+
+    department: str
+    deadline: date | None
+    reason: str = Field(description="supplemented | calendar_extended")
+    paused_working_days: int = 0
+
+
+class CaseDeadlineUnknown(CaseEvent):
+    """Alarm: the deadline falls past the last date the catalog calendar covers. tongban does
+    not guess; the case shows no deadline until the calendar is extended."""
+
+    department: str
+    accepted_on: date
+    time_limit_days: int
+    covers_until: date
+
+
+class CaseHandoverRefused(CaseEvent):
+    """Entrusted intake whose signed handover does not match what arrived: not accepted,
+    flagged for operators."""
+
+    department: str
+    office_code: str | None
+    reason: str
+
+
+class CaseFollowupOpened(CaseEvent):
+    """A dissatisfied rating opens a follow-up the department must answer in time."""
+
+    department: str
+    rating: str
+    comment: str | None = None
+    deadline: date | None
+    opened_at: AwareDatetime
+
+
+class CaseFollowupAnswered(CaseEvent):
+    department: str
+    answer: str
+    answered_at: AwareDatetime
 
 
 # -- case.delivery.v1 (delivery) ---------------------------------------------------------------
@@ -291,7 +350,42 @@ EVENT_TYPES: dict[str, EventType] = {
             APPROVAL_TOPIC,
             CaseOverdue,
             "approval",
-            "The committed time limit has passed",
+            "The committed time limit (or a follow-up's) has passed",
+        ),
+        EventType(
+            "gov.case.deadline_changed.v1",
+            APPROVAL_TOPIC,
+            CaseDeadlineChanged,
+            "approval",
+            "The deadline moved (supplement ended, calendar extended)",
+        ),
+        EventType(
+            "gov.case.deadline_unknown.v1",
+            APPROVAL_TOPIC,
+            CaseDeadlineUnknown,
+            "approval",
+            "Alarm: the deadline is past the calendar's covers_until",
+        ),
+        EventType(
+            "gov.case.handover_refused.v1",
+            APPROVAL_TOPIC,
+            CaseHandoverRefused,
+            "approval",
+            "An entrusted handover failed verification",
+        ),
+        EventType(
+            "gov.case.followup_opened.v1",
+            APPROVAL_TOPIC,
+            CaseFollowupOpened,
+            "approval",
+            "A bad rating opened a follow-up for the department",
+        ),
+        EventType(
+            "gov.case.followup_answered.v1",
+            APPROVAL_TOPIC,
+            CaseFollowupAnswered,
+            "approval",
+            "The department answered the follow-up",
         ),
         EventType(
             "gov.case.result_issued.v1",

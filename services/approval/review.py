@@ -326,6 +326,7 @@ def _outcome_fields(state: CaseState) -> dict[str, object]:
         "delivery_method": state.application.delivery.method,
         "delivery_address": state.application.delivery.address,
         "intake_office": state.intake_office,
+        "level": state.route.level,
         "applicant_name": applicant.name,
         "applicant_id_number": applicant.id_number,
     }

@@ -200,6 +200,7 @@ def test_approve_carries_what_delivery_needs() -> None:
         "delivery_method": "postal",
         "delivery_address": "海城市东湖区湖滨路 1 号",
         "intake_office": "HC01-DC",
+        "level": "district",
         "applicant_name": "海城食品有限公司",
         "applicant_id_number": "91310000MA1FL4T22B",
     }

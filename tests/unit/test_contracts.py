@@ -137,6 +137,38 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "department": "HP-S01-MKT",
         "deadline": "2026-12-11",
     },
+    "gov.case.deadline_changed.v1": {
+        "case_id": CASE_ID,
+        "department": "HP-S01-MKT",
+        "deadline": "2026-12-15",
+        "reason": "supplemented",
+    },
+    "gov.case.deadline_unknown.v1": {
+        "case_id": CASE_ID,
+        "department": "HP-S01-MKT",
+        "accepted_on": "2027-12-20",
+        "time_limit_days": 20,
+        "covers_until": "2027-12-31",
+    },
+    "gov.case.handover_refused.v1": {
+        "case_id": CASE_ID,
+        "department": "M-MKT",
+        "office_code": "HP01-DC",
+        "reason": "digest does not match the data received",
+    },
+    "gov.case.followup_opened.v1": {
+        "case_id": CASE_ID,
+        "department": "HP-S01-MKT",
+        "rating": "dissatisfied",
+        "deadline": "2026-12-20",
+        "opened_at": "2026-12-10T09:00:00+08:00",
+    },
+    "gov.case.followup_answered.v1": {
+        "case_id": CASE_ID,
+        "department": "HP-S01-MKT",
+        "answer": "已电话回访并说明",
+        "answered_at": "2026-12-11T09:00:00+08:00",
+    },
     "gov.case.result_issued.v1": {
         "case_id": CASE_ID,
         "result": {
