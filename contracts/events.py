@@ -156,7 +156,7 @@ class ClockStep(StrEnum):
 
 class CaseSlaWarning(CaseEvent):
     department: str
-    deadline: date
+    deadline: date | None = Field(description="null while the deadline is past the calendar")
     elapsed_ratio: float
     step: ClockStep = ClockStep.decision
 

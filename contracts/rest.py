@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from enum import StrEnum
 from typing import Any
 
 from pydantic import AwareDatetime, Field
@@ -145,6 +146,33 @@ class ApprovalCaseView(Contract):
     legal_basis: str | None
     decided_at: AwareDatetime | None
     withdrawn_at: AwareDatetime | None
+    handover_problem: str | None = None
+
+
+class FollowupEntry(Contract):
+    """A dissatisfied rating the department owes an answer to (好差评 follow-up)."""
+
+    case_id: str
+    department: str
+    rating: str
+    comment: str | None
+    opened_at: AwareDatetime
+    deadline: date | None
+
+
+class FollowupAnswerRequest(Contract):
+    department: str = Field(min_length=1, max_length=64)
+    answer: str = Field(min_length=1, max_length=4000)
+
+
+class HandoverProblemEntry(Contract):
+    """An entrusted case held because its signed handover did not verify."""
+
+    case_id: str
+    department: str | None
+    office_code: str | None
+    problem: str
+    updated_at: AwareDatetime
 
 
 class DecisionResponse(Contract):
@@ -190,3 +218,30 @@ class LicenseVerification(Contract):
     sha256: str | None
     item_code: str | None
     issued_at: AwareDatetime | None
+
+
+class RatingGrouping(StrEnum):
+    """What `GET /v1/ratings/stats?by=` groups the ratings by."""
+
+    department = "department"  # the deciding (handling) department
+    office = "office"  # the office that took the application (null: online channel)
+    level = "level"  # the deciding department's level: municipal | district | street
+
+
+class RatingStatsRow(Contract):
+    """Ratings of one group (one department, office or level) in the period asked for."""
+
+    key: str | None = Field(
+        description="department code, office code or level; null: no office (online "
+        "applications) or no level on record (results issued before levels were recorded)"
+    )
+    total: int = Field(ge=1, description="ratings in the group")
+    very_satisfied: int = Field(ge=0)
+    satisfied: int = Field(ge=0)
+    basic: int = Field(ge=0)
+    dissatisfied: int = Field(ge=0)
+    very_dissatisfied: int = Field(ge=0)
+    satisfaction_rate: float = Field(
+        ge=0, le=1, description="(very_satisfied + satisfied) / total, rounded to 4 decimals"
+    )
+    bad: int = Field(ge=0, description="差评: dissatisfied + very_dissatisfied")

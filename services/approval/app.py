@@ -7,46 +7,136 @@ Run: `python -m services.approval` (port 8003).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Path, Query, Request
+from pydantic import Field, model_validator
 
 from contracts.common import CaseStatus
 from contracts.events import (
     DECISIONS_TOPIC,
+    DELIVERY_TOPIC,
     INTAKE_TOPIC,
     ROUTING_TOPIC,
+    CaseRated,
     CaseRouted,
     CaseSupplemented,
     CaseWithdrawn,
     DecisionKind,
     DecisionMade,
 )
-from contracts.rest import ApprovalCaseView, DecisionRequest, DecisionResponse, WorklistEntry
+from contracts.rest import (
+    ApprovalCaseView,
+    DecisionRequest,
+    DecisionResponse,
+    FollowupAnswerRequest,
+    FollowupEntry,
+    HandoverProblemEntry,
+    WorklistEntry,
+)
 from services.approval import handlers, review
+from services.approval.sla import ClockScheduler
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
+from services.common.handover import HandoverSettings, HandoverTrust, load_trust, verify_handover
 from services.common.service import ServiceRuntime
-from services.common.settings import CommonSettings
 from services.common.web import Problem
 from services.common.workdays import WorkCalendar
 
 
-class ApprovalSettings(CommonSettings):
+class ApprovalSettings(HandoverSettings):
     service: str = "approval"
     http_port: int = 8003
+    # SLA warnings at these shares of the committed limit; overdue at 100% always.
+    sla_warning_points: list[float] = Field(default=[0.5, 0.8])
+    sla_poll_s: float = Field(1.0, gt=0)
+    # Working days a department has to answer a dissatisfied rating.
+    followup_days: int = Field(5, ge=1)
+    # Test and dev only: run the SLA clock this many seconds ahead, to see timers fire.
+    sla_clock_offset_s: float = 0.0
+
+    @model_validator(mode="after")
+    def _offset_only_in_dev(self) -> ApprovalSettings:
+        if self.sla_clock_offset_s and not self.is_dev:
+            raise ValueError("TONGBAN_SLA_CLOCK_OFFSET_S is for dev and test only")
+        return self
 
 
 settings = ApprovalSettings()
 runtime = ServiceRuntime(settings)
 calendars: CatalogFollower[WorkCalendar] = CatalogFollower(settings, handlers.build_calendar)
+trust: HandoverTrust | None = None
+
+
+async def _load_trust() -> None:
+    global trust
+    trust = load_trust(settings)
+
+
+def _check_handover(routed: CaseRouted) -> str | None:
+    """Why an entrusted case's handover cannot be trusted, or None when it verifies."""
+    assert trust is not None
+    check = verify_handover(
+        routed.handover, case_id=routed.case_id, application=routed.application, trust=trust
+    )
+    return None if check.ok else check.describe()
+
+
+def _latest_calendar() -> tuple[int, WorkCalendar] | None:
+    version = calendars.latest_version
+    return None if version is None else (version, calendars.versions[version])
+
+
+async def _on_calendar(calendar: WorkCalendar) -> None:
+    await handlers.set_known_deadlines(
+        runtime=runtime, calendar=calendar, warning_points=settings.sla_warning_points
+    )
+
+
+scheduler = ClockScheduler(
+    runtime,
+    poll_s=settings.sla_poll_s,
+    clock_offset=timedelta(seconds=settings.sla_clock_offset_s),
+    latest_calendar=_latest_calendar,
+    on_calendar=_on_calendar,
+)
 
 
 async def _on_routed(session: Any, envelope: Envelope, payload: CaseRouted) -> None:
-    await handlers.take_routed(session, envelope, payload, runtime=runtime, calendars=calendars)
+    await handlers.take_routed(
+        session,
+        envelope,
+        payload,
+        runtime=runtime,
+        calendars=calendars,
+        warning_points=settings.sla_warning_points,
+        check_handover=_check_handover,
+    )
+
+
+async def _on_supplemented(session: Any, envelope: Envelope, payload: CaseSupplemented) -> None:
+    await handlers.case_supplemented(
+        session,
+        envelope,
+        payload,
+        runtime=runtime,
+        calendars=calendars,
+        warning_points=settings.sla_warning_points,
+    )
+
+
+async def _on_rated(session: Any, envelope: Envelope, payload: CaseRated) -> None:
+    await handlers.case_rated(
+        session,
+        envelope,
+        payload,
+        runtime=runtime,
+        calendars=calendars,
+        followup_days=settings.followup_days,
+    )
 
 
 async def _on_decision(session: Any, envelope: Envelope, payload: DecisionMade) -> None:
@@ -67,11 +157,17 @@ runtime.consume(
     INTAKE_TOPIC,
     subscriptions={
         "gov.case.withdrawn.v1": Subscription(handlers.case_withdrawn, CaseWithdrawn),
-        "gov.case.supplemented.v1": Subscription(handlers.case_supplemented, CaseSupplemented),
+        "gov.case.supplemented.v1": Subscription(_on_supplemented, CaseSupplemented),
     },
 )
+runtime.consume(
+    DELIVERY_TOPIC,
+    subscriptions={"gov.case.rated.v1": Subscription(_on_rated, CaseRated)},
+)
+runtime.on_startup(_load_trust)
 runtime.on_startup(calendars.start)
 runtime.background(calendars.run, calendars.stop)
+runtime.background(scheduler.run, scheduler.stop)
 
 app = runtime.create_app(
     title="tongban approval",
@@ -107,13 +203,7 @@ async def decide(case_id: CaseId, body: DecisionRequest, request: Request) -> De
             traceparent=request.headers.get("traceparent"),
         )
     if isinstance(result, review.Refusal):
-        raise Problem(
-            result.status,
-            result.code,
-            result.title,
-            result.message,
-            errors=[{"field": result.field, "message": result.message}] if result.field else (),
-        )
+        raise _problem(result)
     return DecisionResponse(case_id=case_id, status=result.state.status)
 
 
@@ -144,4 +234,55 @@ async def get_case(case_id: CaseId) -> ApprovalCaseView:
         legal_basis=row.legal_basis,
         decided_at=row.decided_at,
         withdrawn_at=row.withdrawn_at,
+        handover_problem=row.handover_problem,
+    )
+
+
+@app.get("/v1/followups", response_model=list[FollowupEntry], tags=["ratings"])
+async def followups(
+    department: Annotated[str, Query(min_length=1, max_length=64)],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[FollowupEntry]:
+    """A department's unanswered follow-ups of dissatisfied ratings, nearest deadline first."""
+    async with runtime.sessions() as session:
+        rows = await handlers.open_followups(session, department=department, limit=limit)
+    return [FollowupEntry.model_validate(r) for r in rows]
+
+
+@app.post("/v1/cases/{case_id}/followup", response_model=FollowupEntry, tags=["ratings"])
+async def answer_followup(case_id: CaseId, body: FollowupAnswerRequest) -> FollowupEntry:
+    """The department's answer to a dissatisfied rating; stops its clock."""
+    async with unit_of_work(runtime.sessions) as session:
+        result = await handlers.answer_followup(
+            session,
+            runtime=runtime,
+            case_id=case_id,
+            department=body.department,
+            answer=body.answer,
+            now=datetime.now(UTC),
+        )
+        if isinstance(result, review.Refusal):
+            raise _problem(result)
+        row = await handlers.followup_row(session, case_id)
+    return FollowupEntry.model_validate(row)
+
+
+@app.get("/v1/handovers/refused", response_model=list[HandoverProblemEntry], tags=["operators"])
+async def refused_handovers(
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[HandoverProblemEntry]:
+    """Entrusted cases held because their signed handover did not verify (altered data, a
+    missing or forged signature): operators follow them up with the intake office."""
+    async with runtime.sessions() as session:
+        rows = await handlers.handover_problems(session, limit=limit)
+    return [HandoverProblemEntry.model_validate(r) for r in rows]
+
+
+def _problem(refusal: review.Refusal) -> Problem:
+    return Problem(
+        refusal.status,
+        refusal.code,
+        refusal.title,
+        refusal.message,
+        errors=[{"field": refusal.field, "message": refusal.message}] if refusal.field else (),
     )

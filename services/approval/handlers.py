@@ -5,6 +5,7 @@ live in `review` (pure); these functions load, lock, save and emit in the caller
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,20 +15,26 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.catalog import Calendar
-from contracts.common import Application, CaseStatus, ItemSnapshot, Route
+from contracts.common import Application, CaseStatus, ItemSnapshot, Mode, Route
 from contracts.events import (
+    CaseFollowupAnswered,
+    CaseFollowupOpened,
+    CaseRated,
     CaseRouted,
     CaseSupplemented,
     CaseWithdrawn,
     CatalogPublished,
+    ClockStep,
     DecisionKind,
     DecisionMade,
 )
 from contracts.rest import DecisionRequest, WorklistEntry
-from services.approval import models, review
+from services.approval import clock, models, review, sla
+from services.approval.clock import local_date
 from services.approval.review import CaseState, Decision, Outcome, Pause, Refusal, Unrouted
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import PermanentError
+from services.common.db import unit_of_work
 from services.common.envelope import Envelope
 from services.common.logs import get_logger
 from services.common.service import ServiceRuntime
@@ -38,6 +45,11 @@ log = get_logger(__name__)
 DEADLINES_UNKNOWN = Counter(
     "tongban_approval_deadline_unknown_total",
     "Cases accepted without a deadline: past the catalog calendar's covers_until, or no calendar",
+)
+
+HANDOVERS_REFUSED = Counter(
+    "tongban_approval_handovers_refused_total",
+    "Entrusted handovers that failed verification (altered data, bad or missing signature)",
 )
 
 cases = models.cases
@@ -94,6 +106,7 @@ def _state(row: Any) -> CaseState | Unrouted:
         legal_basis=row.legal_basis,
         decided_at=row.decided_at,
         withdrawn_at=row.withdrawn_at,
+        handover_problem=row.handover_problem,
     )
 
 
@@ -121,6 +134,7 @@ def _row(state: CaseState, now: datetime) -> dict[str, Any]:
         "legal_basis": state.legal_basis,
         "decided_at": state.decided_at,
         "withdrawn_at": state.withdrawn_at,
+        "handover_problem": state.handover_problem,
         "updated_at": now,
     }
 
@@ -169,13 +183,25 @@ async def take_routed(
     *,
     runtime: ServiceRuntime,
     calendars: CatalogFollower[WorkCalendar],
+    warning_points: Sequence[float],
+    check_handover: Callable[[CaseRouted], str | None],
 ) -> None:
     """Into the department's worklist, accepted at once (approved too if instant). A case is
-    accepted once: a second routed event for it changes nothing."""
+    accepted once: a second routed event for it changes nothing. Entrusted intake is taken
+    only with a handover that verifies."""
     now = datetime.now(UTC)
     route = routed.route
     calendar = calendar_for(calendars, route.catalog_version)
-    outcome = review.take(routed, now=now, calendar=calendar)
+    problem = check_handover(routed) if route.path is Mode.entrusted else None
+    if problem:
+        HANDOVERS_REFUSED.inc()
+        log.error(
+            "entrusted handover refused",
+            case_id=routed.case_id,
+            reason=problem,
+            office=route.entrusted_receiver,
+        )
+    outcome = review.take(routed, now=now, calendar=calendar, handover_problem=problem)
     inserted = await session.execute(
         pg_insert(cases)
         .values(_row(outcome.state, now))
@@ -209,7 +235,31 @@ async def take_routed(
             covers_until=str(calendar.covers_until) if calendar else None,
             time_limit_days=route.time_limit_days,
         )
+    await arm_decision_clock(session, outcome.state, calendar, warning_points)
     await _emit(session, runtime, outcome, envelope.traceparent)
+
+
+async def arm_decision_clock(
+    session: AsyncSession,
+    state: CaseState,
+    calendar: WorkCalendar | None,
+    warning_points: Sequence[float],
+) -> None:
+    """Warnings and overdue of an open case's committed limit, from its (paused) clock."""
+    if state.status is not CaseStatus.accepted or state.accepted_at is None or state.instant:
+        return
+    intervals = clock.paused_intervals((p.requested_at, p.supplemented_at) for p in state.pauses)
+    points = clock.clock_points(
+        calendar, local_date(state.accepted_at), state.time_limit_days, warning_points, intervals
+    )
+    await sla.arm(
+        session,
+        case_id=state.case_id,
+        department=state.department,
+        step=ClockStep.decision,
+        points=points,
+        deadline=state.deadline,
+    )
 
 
 # -- decisions (REST and case.decisions.v1) ----------------------------------------------------
@@ -240,6 +290,10 @@ async def decide_case(
     result = review.decide(case, decision, case_id=case_id, now=now)
     if isinstance(result, Outcome):
         await _save(session, result.state, now)
+        if result.state.status is CaseStatus.supplement_requested:
+            await sla.pause(session, case_id, ClockStep.decision)
+        else:
+            await sla.disarm(session, case_id, ClockStep.decision)
         await _emit(session, runtime, result, traceparent)
     return result
 
@@ -275,6 +329,7 @@ async def case_withdrawn(session: AsyncSession, envelope: Envelope, event: CaseW
             outcome = review.withdrawn(case, at=event.withdrawn_at)
             if outcome is not None:
                 await _save(session, outcome.state, now)
+                await sla.disarm(session, case.case_id, ClockStep.decision)
             else:
                 log.info(
                     "withdrawal after the decision ignored",
@@ -301,16 +356,62 @@ async def case_withdrawn(session: AsyncSession, envelope: Envelope, event: CaseW
 
 
 async def case_supplemented(
-    session: AsyncSession, envelope: Envelope, event: CaseSupplemented
+    session: AsyncSession,
+    envelope: Envelope,
+    event: CaseSupplemented,
+    *,
+    runtime: ServiceRuntime,
+    calendars: CatalogFollower[WorkCalendar],
+    warning_points: Sequence[float],
 ) -> None:
-    """The applicant answered a supplement request: the review resumes. Counter supplements
-    (before routing) and cases not waiting for one are none of approval's business."""
+    """The applicant answered a supplement request: the review resumes with the time that was
+    left and the deadline moves. Counter supplements (before routing) and cases not waiting
+    for one are none of approval's business."""
     case = await load(session, event.case_id, lock=True)
     if not isinstance(case, CaseState):
         return
-    outcome = review.supplemented(case, now=event.supplemented_at)
+    calendar = calendar_for(calendars, case.route.catalog_version)
+    outcome = review.supplemented(case, now=event.supplemented_at, calendar=calendar)
     if outcome is not None:
         await _save(session, outcome.state, datetime.now(UTC))
+        await arm_decision_clock(session, outcome.state, calendar, warning_points)
+        await _emit(session, runtime, outcome, envelope.traceparent)
+
+
+async def set_known_deadlines(
+    *,
+    runtime: ServiceRuntime,
+    calendar: WorkCalendar,
+    warning_points: Sequence[float],
+) -> int:
+    """A new catalog calendar: the open cases whose deadline was unknown get one now."""
+    updated = 0
+    async with unit_of_work(runtime.sessions) as session:
+        rows = await session.execute(
+            select(cases)
+            .where(
+                cases.c.deadline.is_(None),
+                cases.c.accepted_at.is_not(None),
+                cases.c.time_limit_days > 0,
+                cases.c.status.in_([s.value for s in review.OPEN_STATUSES]),
+            )
+            .with_for_update(skip_locked=True)
+        )
+        now = datetime.now(UTC)
+        for row in rows:
+            state = _state(row)
+            if not isinstance(state, CaseState):
+                continue
+            outcome = review.deadline_now_known(state, calendar)
+            if outcome is None:
+                continue
+            await _save(session, outcome.state, now)
+            await arm_decision_clock(session, outcome.state, calendar, warning_points)
+            await _emit(session, runtime, outcome, None)
+            updated += 1
+    if updated:
+        log.info("deadlines set after the calendar was extended", cases=updated)
+    return updated
 
 
 # -- reads -------------------------------------------------------------------------------------
@@ -343,4 +444,174 @@ async def worklist(
         )
         for r in rows
         if r.route is not None
+    ]
+
+
+# -- follow-ups of bad ratings (case.delivery.v1) ----------------------------------------------
+
+BAD_RATINGS = frozenset({"dissatisfied", "very_dissatisfied"})
+
+
+async def case_rated(
+    session: AsyncSession,
+    envelope: Envelope,
+    rated: CaseRated,
+    *,
+    runtime: ServiceRuntime,
+    calendars: CatalogFollower[WorkCalendar],
+    followup_days: int,
+) -> None:
+    """A dissatisfied rating opens a follow-up the deciding department must answer within
+    `followup_days` working days; overdue like any other clock."""
+    if rated.rating.value not in BAD_RATINGS:
+        return
+    case = await load(session, rated.case_id)
+    if not isinstance(case, CaseState):
+        raise CaseNotYetRouted(f"rating for case {rated.case_id} unknown to approval")
+    opened_at = rated.rated_at
+    calendar = calendar_for(calendars, case.route.catalog_version)
+    deadline = clock.case_deadline(calendar, local_date(opened_at), followup_days)
+    inserted = await session.execute(
+        pg_insert(models.followups)
+        .values(
+            case_id=case.case_id,
+            department=case.department,
+            rating=rated.rating.value,
+            comment=rated.comment,
+            opened_at=opened_at,
+            deadline=deadline,
+        )
+        .on_conflict_do_nothing()
+        .returning(models.followups.c.case_id)
+    )
+    if inserted.scalar() is None:
+        return  # one rating per case, so one follow-up
+    points = clock.clock_points(calendar, local_date(opened_at), followup_days, ())
+    await sla.arm(
+        session,
+        case_id=case.case_id,
+        department=case.department,
+        step=ClockStep.followup,
+        points=points,
+        deadline=deadline,
+    )
+    await runtime.emit(
+        session,
+        "gov.case.followup_opened.v1",
+        CaseFollowupOpened(
+            case_id=case.case_id,
+            department=case.department,
+            rating=rated.rating.value,
+            comment=rated.comment,
+            deadline=deadline,
+            opened_at=opened_at,
+        ),
+        handledby=case.department,
+        traceparent=envelope.traceparent,
+    )
+
+
+async def answer_followup(
+    session: AsyncSession,
+    *,
+    runtime: ServiceRuntime,
+    case_id: str,
+    department: str,
+    answer: str,
+    now: datetime,
+) -> Refusal | CaseFollowupAnswered:
+    row = (
+        await session.execute(
+            select(models.followups).where(models.followups.c.case_id == case_id).with_for_update()
+        )
+    ).first()
+    if row is None:
+        return Refusal(
+            "followup_not_found",
+            404,
+            "No follow-up for this case",
+            f"Case {case_id} has no follow-up: only a dissatisfied rating opens one.",
+        )
+    if row.department != department:
+        return Refusal(
+            "wrong_department",
+            403,
+            "The follow-up belongs to another department",
+            f"Case {case_id}'s follow-up is owed by {row.department}.",
+            field="department",
+        )
+    if row.answered_at is not None:
+        return Refusal(
+            "invalid_state",
+            409,
+            "The follow-up is already answered",
+            f"Case {case_id}'s follow-up was answered at {row.answered_at}.",
+        )
+    await session.execute(
+        update(models.followups)
+        .where(models.followups.c.case_id == case_id)
+        .values(answer=answer, answered_at=now)
+    )
+    await sla.disarm(session, case_id, ClockStep.followup)
+    answered = CaseFollowupAnswered(
+        case_id=case_id, department=department, answer=answer, answered_at=now
+    )
+    await runtime.emit(session, "gov.case.followup_answered.v1", answered, handledby=department)
+    return answered
+
+
+async def followup_row(session: AsyncSession, case_id: str) -> dict[str, Any]:
+    row = (
+        await session.execute(select(models.followups).where(models.followups.c.case_id == case_id))
+    ).one()
+    return {
+        "case_id": row.case_id,
+        "department": row.department,
+        "rating": row.rating,
+        "comment": row.comment,
+        "opened_at": row.opened_at,
+        "deadline": row.deadline,
+    }
+
+
+async def handover_problems(session: AsyncSession, *, limit: int) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        select(cases)
+        .where(cases.c.handover_problem.is_not(None))
+        .order_by(cases.c.updated_at.desc())
+        .limit(limit)
+    )
+    return [
+        {
+            "case_id": r.case_id,
+            "department": r.department,
+            "office_code": (r.route or {}).get("entrusted_receiver"),
+            "problem": r.handover_problem,
+            "updated_at": r.updated_at,
+        }
+        for r in rows
+    ]
+
+
+async def open_followups(
+    session: AsyncSession, *, department: str, limit: int
+) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        select(models.followups)
+        .where(
+            models.followups.c.department == department, models.followups.c.answered_at.is_(None)
+        )
+        .order_by(models.followups.c.deadline.asc().nulls_last(), models.followups.c.opened_at)
+        .limit(limit)
+    )
+    return [
+        {
+            "case_id": r.case_id,
+            "department": r.department,
+            "rating": r.rating,
+            "comment": r.comment,
+            "opened_at": r.opened_at,
+            "deadline": r.deadline,
+        }
+        for r in rows
     ]

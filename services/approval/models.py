@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Date, DateTime, Index, Integer, MetaData, String, Table, Text, func
+from sqlalchemy import (
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    func,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData(schema="approval")
@@ -28,7 +40,44 @@ cases = Table(
     Column("legal_basis", Text),
     Column("decided_at", DateTime(timezone=True)),
     Column("withdrawn_at", DateTime(timezone=True)),
+    Column("handover_problem", Text),  # entrusted handover that failed verification
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 # The worklist: one department's open cases, oldest deadline first.
 Index("ix_cases_worklist", cases.c.department, cases.c.status, cases.c.deadline)
+
+# Durable SLA timers (the legal clock's warnings and overdue, and follow-up deadlines): one row
+# per case, step and point, fired at most once. Any approval process may fire a due timer; the
+# row lock (SKIP LOCKED) and `fired_at`, set in the same transaction as the outbox event, make
+# each fire exactly once across processes and restarts.
+clock_timers = Table(
+    "clock_timers",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("step", String(16), primary_key=True),  # decision | followup
+    Column("point", Numeric(4, 3), primary_key=True),  # share of the limit; 1 = overdue
+    Column("department", String(64), nullable=False),
+    Column("deadline", Date),
+    Column("due_at", DateTime(timezone=True)),  # NULL: paused (supplement) or unknown
+    Column("fired_at", DateTime(timezone=True)),
+)
+Index(
+    "ix_clock_timers_due",
+    clock_timers.c.due_at,
+    postgresql_where=clock_timers.c.fired_at.is_(None),
+)
+
+# Follow-ups of bad ratings (好差评: a dissatisfied rating must be answered in time).
+followups = Table(
+    "followups",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("department", String(64), nullable=False),
+    Column("rating", String(32), nullable=False),
+    Column("comment", Text),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("deadline", Date),
+    Column("answer", Text),
+    Column("answered_at", DateTime(timezone=True)),
+)
+Index("ix_followups_department", followups.c.department, followups.c.answered_at)

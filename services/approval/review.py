@@ -24,21 +24,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import date, datetime
-from zoneinfo import ZoneInfo
 
-from contracts.common import Application, CaseStatus, ItemSnapshot, Route
+from contracts.common import Application, CaseStatus, ItemSnapshot, Mode, Route
 from contracts.events import (
     CaseAccepted,
     CaseApproved,
+    CaseDeadlineChanged,
+    CaseDeadlineUnknown,
     CaseDenied,
     CaseEvent,
+    CaseHandoverRefused,
     CaseRouted,
     CaseSupplementRequested,
     DecisionKind,
 )
-from services.common.workdays import WorkCalendar, deadline
-
-CITY_TZ = ZoneInfo("Asia/Shanghai")
+from services.approval import clock
+from services.approval.clock import local_date
+from services.common.workdays import WorkCalendar
 
 # Cases still waiting for their department: the worklist.
 OPEN_STATUSES = frozenset({CaseStatus.accepted, CaseStatus.supplement_requested})
@@ -83,6 +85,8 @@ class CaseState:
     legal_basis: str | None = None
     decided_at: datetime | None = None
     withdrawn_at: datetime | None = None
+    # Entrusted intake whose signed handover failed verification: held, never accepted.
+    handover_problem: str | None = None
 
     @property
     def instant(self) -> bool:
@@ -139,24 +143,41 @@ class Refusal:
 # -- taking a routed case ----------------------------------------------------------------------
 
 
-def local_date(instant: datetime) -> date:
-    return instant.astimezone(CITY_TZ).date()
-
-
 def compute_deadline(
-    calendar: WorkCalendar | None, accepted_at: datetime, time_limit_days: int
+    calendar: WorkCalendar | None,
+    accepted_at: datetime,
+    time_limit_days: int,
+    pauses: tuple[Pause, ...] = (),
 ) -> date | None:
-    """The `time_limit_days`-th working day after the local acceptance date; None (unknown,
-    an alarm) past the calendar's `covers_until` or without any calendar."""
-    if calendar is None:
-        return None
-    return deadline(calendar, local_date(accepted_at), time_limit_days)
+    """The `time_limit_days`-th working day after the local acceptance date, the finished
+    supplement rounds not counting; None (unknown, an alarm) past the calendar's
+    `covers_until` or without any calendar."""
+    return clock.case_deadline(
+        calendar,
+        local_date(accepted_at),
+        time_limit_days,
+        clock.paused_intervals((p.requested_at, p.supplemented_at) for p in pauses),
+    )
 
 
-def take(routed: CaseRouted, *, now: datetime, calendar: WorkCalendar | None) -> Outcome:
-    """Accept a routed case at once (the legal clock starts); approve an instant item too."""
+def take(
+    routed: CaseRouted,
+    *,
+    now: datetime,
+    calendar: WorkCalendar | None,
+    handover_problem: str | None = None,
+) -> Outcome:
+    """Accept a routed case at once (the legal clock starts); approve an instant item too.
+
+    Entrusted intake (委托收件) is accepted as of its signed handover: the basic-level office
+    took the file for the municipal department, so its time stamp anchors the clock. A
+    handover that fails verification is held (status stays `routed`) and flagged instead.
+    """
     route = routed.route
     limit = route.time_limit_days
+    accepted_at = now
+    if route.path is Mode.entrusted and routed.handover is not None and not handover_problem:
+        accepted_at = min(routed.handover.signed_at, now)
     state = CaseState(
         case_id=routed.case_id,
         department=route.handled_by,
@@ -164,14 +185,29 @@ def take(routed: CaseRouted, *, now: datetime, calendar: WorkCalendar | None) ->
         item=routed.item,
         route=route,
         application=routed.application,
-        accepted_at=now,
-        deadline=compute_deadline(calendar, now, limit),
+        accepted_at=accepted_at,
+        deadline=compute_deadline(calendar, accepted_at, limit),
         time_limit_days=limit,
     )
+    if handover_problem:
+        state = replace(
+            state,
+            status=CaseStatus.routed,
+            accepted_at=None,
+            deadline=None,
+            handover_problem=handover_problem,
+        )
+        refused = CaseHandoverRefused(
+            case_id=state.case_id,
+            department=state.department,
+            office_code=route.entrusted_receiver or routed.application.office_code,
+            reason=handover_problem,
+        )
+        return Outcome(state, (("gov.case.handover_refused.v1", refused),))
     accepted = CaseAccepted(
         case_id=state.case_id,
         department=state.department,
-        accepted_at=now,
+        accepted_at=accepted_at,
         deadline=state.deadline,
         time_limit_days=limit,
     )
@@ -181,7 +217,34 @@ def take(routed: CaseRouted, *, now: datetime, calendar: WorkCalendar | None) ->
             state, status=CaseStatus.approved, decision=DecisionKind.approve, decided_at=now
         )
         events.append(("gov.case.approved.v1", _approved(state)))
+    elif state.deadline is None and calendar is not None:
+        events.append(
+            (
+                "gov.case.deadline_unknown.v1",
+                CaseDeadlineUnknown(
+                    case_id=state.case_id,
+                    department=state.department,
+                    accepted_on=local_date(accepted_at),
+                    time_limit_days=limit,
+                    covers_until=calendar.covers_until,
+                ),
+            )
+        )
     return Outcome(state, tuple(events))
+
+
+def deadline_now_known(case: CaseState, calendar: WorkCalendar) -> Outcome | None:
+    """A newer calendar covers the deadline that was unknown: set it (once)."""
+    if case.deadline is not None or case.accepted_at is None or case.status not in OPEN_STATUSES:
+        return None
+    new = compute_deadline(calendar, case.accepted_at, case.time_limit_days, case.pauses)
+    if new is None:
+        return None
+    state = replace(case, deadline=new)
+    changed = CaseDeadlineChanged(
+        case_id=case.case_id, department=case.department, deadline=new, reason="calendar_extended"
+    )
+    return Outcome(state, (("gov.case.deadline_changed.v1", changed),))
 
 
 # -- decisions ---------------------------------------------------------------------------------
@@ -292,15 +355,31 @@ def _why_not(case: CaseState, kind: DecisionKind) -> str:
 # -- what intake tells us ----------------------------------------------------------------------
 
 
-def supplemented(case: CaseState, *, now: datetime) -> Outcome | None:
-    """The applicant answered the supplement request: the review resumes (no event: intake's
-    `gov.case.supplemented.v1` is the record). None when the case was not waiting for one."""
+def supplemented(
+    case: CaseState, *, now: datetime, calendar: WorkCalendar | None
+) -> Outcome | None:
+    """The applicant answered the supplement request: the review resumes with the time that was
+    left, the paused days not counting, and the deadline moves accordingly. None when the case
+    was not waiting for one."""
     if case.status is not CaseStatus.supplement_requested:
         return None
     pauses = case.pauses
     if pauses and pauses[-1].supplemented_at is None:
         pauses = (*pauses[:-1], replace(pauses[-1], supplemented_at=now))
-    return Outcome(replace(case, status=CaseStatus.accepted, missing_materials=(), pauses=pauses))
+    state = replace(case, status=CaseStatus.accepted, missing_materials=(), pauses=pauses)
+    if case.accepted_at is None:
+        return Outcome(state)
+    new = compute_deadline(calendar, case.accepted_at, case.time_limit_days, pauses)
+    intervals = clock.paused_intervals((p.requested_at, p.supplemented_at) for p in pauses)
+    state = replace(state, deadline=new)
+    changed = CaseDeadlineChanged(
+        case_id=case.case_id,
+        department=case.department,
+        deadline=new,
+        reason="supplemented",
+        paused_working_days=clock.paused_working_days(calendar, intervals) if calendar else 0,
+    )
+    return Outcome(state, (("gov.case.deadline_changed.v1", changed),))
 
 
 def withdrawn(case: CaseState, *, at: datetime) -> Outcome | None:

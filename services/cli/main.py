@@ -123,5 +123,86 @@ def demo(
     raise typer.Exit(code)
 
 
+handover_app = typer.Typer(
+    help="Entrusted intake handover keys: one Ed25519 pair per intake office.",
+    no_args_is_help=True,
+)
+app.add_typer(handover_app, name="handover-keys")
+
+
+@handover_app.command("generate")
+def handover_keys_generate(
+    catalog: Annotated[
+        Path,
+        typer.Option(
+            help="catalog file (YAML or JSON) naming the offices",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(help="directory for <office>.key (intake) and <office>.pub (approval)"),
+    ],
+    force: Annotated[bool, typer.Option(help="replace key files that already exist")] = False,
+) -> None:
+    """Write a key pair per office of the catalog. Give intake the .key files
+    (TONGBAN_HANDOVER_KEY_DIR, mode 0600) and approval the .pub files
+    (TONGBAN_HANDOVER_TRUST_DIR)."""
+    from services.common.catalog import CatalogFileError, validate_catalog
+    from services.common.handover import (
+        PRIVATE_SUFFIX,
+        PUBLIC_SUFFIX,
+        HandoverKeyError,
+        write_office_keys,
+    )
+
+    try:
+        parsed, problems = validate_catalog(load_catalog_file(catalog))
+    except CatalogFileError as exc:
+        console.print(f"[red]cannot read the catalog[/]: {exc}")
+        raise typer.Exit(1) from None
+    if parsed is None:
+        console.print(f"[red]the catalog is refused[/] ({len(problems)} problems):")
+        for problem in problems:
+            console.print(f"  {problem.path}: {problem.message}")
+        raise typer.Exit(1)
+    existing = [
+        out / (o.code + suffix)
+        for o in parsed.offices
+        for suffix in (PRIVATE_SUFFIX, PUBLIC_SUFFIX)
+        if (out / (o.code + suffix)).exists()
+    ]
+    if existing and not force:
+        console.print(
+            f"[red]{len(existing)} key files exist already[/] in {out} "
+            "(--force replaces them; handovers signed with old keys then fail to verify):"
+        )
+        for path in existing:
+            console.print(f"  {path}")
+        raise typer.Exit(1)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    table = Table("office", "kind", "division", "key id", "files", title=f"handover keys in {out}")
+    try:
+        for office in parsed.offices:
+            key_id, private_path, public_path = write_office_keys(out, office.code, force=force)
+            table.add_row(
+                office.code,
+                office.kind.value,
+                office.division,
+                key_id,
+                f"{private_path.name}, {public_path.name}",
+            )
+    except (HandoverKeyError, OSError) as exc:
+        console.print(f"[red]cannot write the keys[/]: {exc}")
+        raise typer.Exit(1) from None
+    console.print(table)
+    console.print(
+        f"[green]{len(parsed.offices)} key pairs[/] in {out}: set TONGBAN_HANDOVER_KEY_DIR for "
+        "intake (the .key files), copy the .pub files to approval's TONGBAN_HANDOVER_TRUST_DIR."
+    )
+
+
 if __name__ == "__main__":
     app()

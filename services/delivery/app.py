@@ -6,18 +6,27 @@ Run: `python -m services.delivery` (port 8004).
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Any
 
 from fastapi import Body, Query, Request
 
 from contracts.events import APPROVAL_TOPIC, CaseApproved, CaseDenied, CaseRated
-from contracts.rest import LicenseVerification, PickupRequest, RatingRequest, ResultView
+from contracts.rest import (
+    LicenseVerification,
+    PickupRequest,
+    RatingGrouping,
+    RatingRequest,
+    RatingStatsRow,
+    ResultView,
+)
 from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
 from services.common.service import ServiceRuntime
 from services.common.settings import CommonSettings
 from services.delivery import handlers
+from services.delivery.stats import parse_grouping, rated_period
 
 
 class DeliverySettings(CommonSettings):
@@ -83,6 +92,34 @@ async def rate(case_id: str, body: RatingRequest, request: Request) -> CaseRated
             comment=body.comment,
             traceparent=request.headers.get("traceparent"),
         )
+
+
+@app.get("/v1/ratings/stats", response_model=list[RatingStatsRow], tags=["ratings"])
+async def rating_stats(
+    by: Annotated[
+        str,
+        Query(
+            description="group by the deciding department, the intake office or the level",
+            json_schema_extra={"enum": [g.value for g in RatingGrouping]},
+        ),
+    ] = RatingGrouping.department.value,
+    from_: Annotated[
+        date | None,
+        Query(alias="from", description="first day of rated_at, city-local date (included)"),
+    ] = None,
+    to: Annotated[
+        date | None, Query(description="last day of rated_at, city-local date (included)")
+    ] = None,
+) -> list[RatingStatsRow]:
+    """好差评 statistics: per key, the ratings at each of the five levels, the satisfaction
+    rate (very_satisfied + satisfied over total) and the bad ones (差评), sorted by key.
+
+    422 `invalid_grouping` for an unknown `by`; 422 `invalid_period` when `from` is after `to`.
+    """
+    grouping = parse_grouping(by)
+    period = rated_period(from_, to)
+    async with runtime.sessions() as session:
+        return await handlers.rating_stats(session, grouping, period)
 
 
 @app.get("/v1/licenses/{license_id}/verify", response_model=LicenseVerification, tags=["licenses"])

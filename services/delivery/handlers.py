@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.common import CaseStatus, DeliveryMethod, ResultDocument
 from contracts.events import CaseApproved, CaseDenied, CaseRated, Rating
-from contracts.rest import LicenseVerification, ResultView
+from contracts.rest import LicenseVerification, RatingGrouping, RatingStatsRow, ResultView
 from services.common.consumer import PermanentError
 from services.common.envelope import Envelope
 from services.common.logs import get_logger
@@ -31,6 +31,7 @@ from services.delivery.results import (
     plan_delivery,
     tracking_number,
 )
+from services.delivery.stats import RatedPeriod, stats_query
 
 log = get_logger(__name__)
 
@@ -99,6 +100,7 @@ async def issue_and_deliver(
             pickup_office=pickup_office,
             intake_office=decision.intake_office,
             department=decision.department,
+            level=decision.level.value if decision.level is not None else None,
             issued_at=issued_at,
             delivered_at=issued_at if delivered else None,
             closed_at=issued_at if status is CaseStatus.closed else None,
@@ -128,7 +130,7 @@ async def issue_and_deliver(
     )
 
 
-# -- REST: results, pickup, rating, verification ----------------------------------------------
+# -- REST: results, pickup, rating, statistics, verification ----------------------------------
 
 
 async def load_result(session: AsyncSession, case_id: str, *, lock: bool = False) -> Any:
@@ -241,7 +243,10 @@ async def rate(
     comment: str | None,
     traceparent: str | None = None,
 ) -> CaseRated:
-    """One rating per case (GB/T 39734 一事一评), once the result has reached the applicant."""
+    """One rating per case (GB/T 39734 一事一评), once the result has reached the applicant.
+
+    The rating is bound to what the result records: the case, the office that took the
+    application, the deciding department and its level (the statistics group by these)."""
     row = await load_result(session, case_id)
     if row.status not in DELIVERED_STATUSES:
         raise Problem(
@@ -263,6 +268,7 @@ async def rate(
             item_code=row.item_code,
             department=row.department,
             intake_office=row.intake_office,
+            level=row.level,
             rated_at=now,
         )
         .on_conflict_do_nothing(index_elements=[models.ratings.c.case_id])
@@ -278,6 +284,14 @@ async def rate(
     event = CaseRated(case_id=case_id, rating=rating, comment=comment, rated_at=now)
     await runtime.emit(session, "gov.case.rated.v1", event, traceparent=traceparent)
     return event.model_copy(update={"rated_at": now.astimezone(CITY_TZ)})
+
+
+async def rating_stats(
+    session: AsyncSession, grouping: RatingGrouping, period: RatedPeriod
+) -> list[RatingStatsRow]:
+    """好差评 statistics: counted by PostgreSQL in one statement, one row per key."""
+    rows = await session.execute(stats_query(grouping, period))
+    return [RatingStatsRow.model_validate(row._mapping) for row in rows]
 
 
 async def verify_license(

@@ -1,4 +1,7 @@
-"""delivery's tables (schema `delivery`): one result per case, one rating per case."""
+"""delivery's tables (schema `delivery`): one result per case, one rating per case.
+
+A rating is bound to its case and carries the result's intake office, deciding department and
+that department's level, so the 好差评 statistics group ratings without a join."""
 
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ results = Table(
     Column("pickup_office", String(64)),  # counter_pickup only: the intake office
     Column("intake_office", String(64)),
     Column("department", String(64), nullable=False),  # the deciding department
+    Column("level", String(16)),  # its level (municipal | district | street); null before 0003
     Column("issued_at", DateTime(timezone=True), nullable=False),
     Column("delivered_at", DateTime(timezone=True)),
     Column("closed_at", DateTime(timezone=True)),
@@ -58,6 +62,8 @@ ratings = Table(
     Column("item_code", String(64), nullable=False),
     Column("department", String(64), nullable=False),
     Column("intake_office", String(64)),
+    Column("level", String(16)),  # the deciding department's level, copied from the result
     Column("rated_at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_ratings_department", ratings.c.department, ratings.c.rated_at)
+Index("ix_ratings_rated_at", ratings.c.rated_at)

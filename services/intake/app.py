@@ -30,8 +30,8 @@ from services.common.catalog import CatalogIndex, effective_intake_levels
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import Subscription
 from services.common.db import unit_of_work
+from services.common.handover import HandoverSettings, load_keys
 from services.common.service import ServiceRuntime
-from services.common.settings import CommonSettings
 from services.common.web import Problem
 from services.intake import handlers, models
 from services.intake.validation import refusal_problem, validate_submission
@@ -39,7 +39,7 @@ from services.intake.validation import refusal_problem, validate_submission
 CITY_TZ = ZoneInfo("Asia/Shanghai")
 
 
-class IntakeSettings(CommonSettings):
+class IntakeSettings(HandoverSettings):
     service: str = "intake"
     http_port: int = 8001
     routing_url: str = "http://127.0.0.1:8002"
@@ -66,6 +66,11 @@ async def _start_client() -> None:
     )
 
 
+async def _load_handover_keys() -> None:
+    """Fail at startup, with what to set, when production has no signing keys."""
+    load_keys(settings)
+
+
 runtime.consume(
     *CASE_TOPICS,
     name="intake-timeline",
@@ -75,6 +80,7 @@ runtime.consume(
         if spec.topic in CASE_TOPICS
     },
 )
+runtime.on_startup(_load_handover_keys)
 runtime.on_startup(catalogs.start)
 runtime.on_startup(_start_client)
 runtime.background(catalogs.run, catalogs.stop)
@@ -147,6 +153,7 @@ async def submit(
                 route_preview=preview,
                 idempotency_key=idempotency_key or None,
                 digest=digest,
+                handover_keys=load_keys(settings),
                 traceparent=request.headers.get("traceparent"),
             )
     except IntegrityError:
@@ -212,6 +219,7 @@ async def add_materials(case_id: str, body: MaterialsRequest) -> SubmissionRespo
             case_id=case_id,
             materials=list(body.materials),
             required_codes=required,
+            handover_keys=load_keys(settings),
         )
     return SubmissionResponse(
         case_id=case_id, status=status, missing_materials=missing, route_preview=None

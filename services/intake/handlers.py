@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.common import Application, CaseStatus, Material
+from contracts.common import Application, CaseStatus, Channel, Handover, Material
 from contracts.events import (
     CaseNotified,
     CaseSubmitted,
@@ -22,6 +22,7 @@ from contracts.events import (
 )
 from contracts.rest import SubmissionResponse
 from services.common.envelope import Envelope
+from services.common.handover import HandoverKeyError, HandoverKeys, sign_handover
 from services.common.service import ServiceRuntime
 from services.common.web import Problem
 from services.intake import models
@@ -63,6 +64,31 @@ def case_row(
     }
 
 
+def submission_handover(
+    *, case_id: str, application: Application, submitted_at: datetime, keys: HandoverKeys
+) -> Handover | None:
+    """A counter submission carries its office's signed handover (DESIGN.md §1); the online
+    channel has none. No key for the office: refused, nothing unsigned leaves a counter."""
+    if application.channel is not Channel.counter or application.office_code is None:
+        return None
+    try:
+        return sign_handover(
+            case_id=case_id,
+            application=application,
+            office_code=application.office_code,
+            signed_at=submitted_at,
+            keys=keys,
+        )
+    except HandoverKeyError as exc:
+        raise Problem(
+            503,
+            "handover_key_missing",
+            "This office cannot sign handovers yet",
+            f"Office {application.office_code} has no handover signing key; an administrator "
+            "must install it (tongban handover-keys generate).",
+        ) from exc
+
+
 async def replay_idempotent(
     session: AsyncSession, key: str, digest: str
 ) -> SubmissionResponse | None:
@@ -96,10 +122,18 @@ async def create_case(
     route_preview: Any,
     idempotency_key: str | None,
     digest: str,
+    handover_keys: HandoverKeys,
     traceparent: str | None = None,
 ) -> SubmissionResponse:
     now = datetime.now(UTC)
     status = CaseStatus.awaiting_supplement if missing else CaseStatus.submitted
+    handover = (
+        None
+        if missing
+        else submission_handover(
+            case_id=case_id, application=application, submitted_at=now, keys=handover_keys
+        )
+    )
     await session.execute(
         models.cases.insert().values(case_row(case_id, application, status, missing, now))
     )
@@ -123,6 +157,7 @@ async def create_case(
                 case_id=case_id,
                 application=application,
                 submitted_at=now,
+                handover=handover,
             ),
             traceparent=traceparent,
         )
@@ -161,6 +196,7 @@ async def add_materials(
     case_id: str,
     materials: list[Material],
     required_codes: list[str] | None,
+    handover_keys: HandoverKeys,
 ) -> tuple[CaseStatus, list[str]]:
     """Counter supplement (awaiting_supplement) or an answer to a review's request."""
     case = await load_case(session, case_id, lock=True)
@@ -181,10 +217,18 @@ async def add_materials(
         new_status: CaseStatus = status
         if not missing:
             new_status = CaseStatus.submitted
+            handover = submission_handover(
+                case_id=case_id, application=application, submitted_at=now, keys=handover_keys
+            )
             await runtime.emit(
                 session,
                 "gov.case.submitted.v1",
-                CaseSubmitted(case_id=case_id, application=application, submitted_at=now),
+                CaseSubmitted(
+                    case_id=case_id,
+                    application=application,
+                    submitted_at=now,
+                    handover=handover,
+                ),
             )
     elif status is CaseStatus.supplement_requested:
         missing = [code for code in case.missing_materials if code not in given]
@@ -299,8 +343,12 @@ def case_changes(status: CaseStatus, event_type: str, data: dict[str, Any]) -> d
         changes |= {"route": data["route"], "failure": None}
     elif event_type == "gov.case.route_failed.v1":
         changes["failure"] = data["failure"]
-    elif event_type == "gov.case.accepted.v1":
+    elif event_type in ("gov.case.accepted.v1", "gov.case.deadline_changed.v1"):
+        # The deadline as it stands: set at acceptance, moved by supplements and calendar
+        # extensions; None while unknown (past the calendar).
         changes["deadline"] = date.fromisoformat(data["deadline"]) if data.get("deadline") else None
+    elif event_type == "gov.case.handover_refused.v1":
+        changes["failure"] = {"code": "handover_refused", "explanation": data["reason"]}
     elif event_type == "gov.case.supplement_requested.v1" and new_status is not None:
         changes["missing_materials"] = data["missing_materials"]
     return changes

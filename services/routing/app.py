@@ -12,7 +12,13 @@ from fastapi import Body, Query
 from sqlalchemy import select
 
 from contracts.events import INTAKE_TOPIC, CaseSubmitted
-from contracts.rest import CatalogVersion, RoutePreviewResponse, SubmissionRequest, TriageEntry
+from contracts.rest import (
+    CatalogVersion,
+    ProblemBody,
+    RoutePreviewResponse,
+    SubmissionRequest,
+    TriageEntry,
+)
 from services.common.catalog import CatalogIndex
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import Subscription
@@ -59,6 +65,7 @@ async def preview(application: SubmissionRequest) -> RoutePreviewResponse:
     outcome = handlers.decide(
         catalogs,
         CaseSubmitted(case_id="preview", application=application, submitted_at=datetime.now(UTC)),
+        version=catalogs.latest_version,
     )
     if outcome is None:
         raise Problem(503, "no_catalog", "No catalog loaded", "Load one: POST /v1/catalog")
@@ -87,6 +94,48 @@ async def triage(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Tria
             )
             for r in rows
         ]
+
+
+@app.post(
+    "/v1/triage/{case_id}/retry",
+    response_model=RoutePreviewResponse,
+    tags=["routing"],
+    responses={
+        404: {"model": ProblemBody, "description": "case_not_found: routing has no such case"},
+        409: {"model": ProblemBody, "description": "not_in_triage: the case is already routed"},
+        503: {"model": ProblemBody, "description": "no_catalog: nothing loaded to route by"},
+    },
+)
+async def retry(case_id: str) -> RoutePreviewResponse:
+    """Route a failed case again, typically after a catalog fix.
+
+    The case's stored application and submission time are routed by the catalog version in
+    force NOW (not the one in force at the submission: the operator retries because the catalog
+    was fixed since). The new outcome is emitted as `gov.case.routed.v1` (the case goes on to
+    approval) or `gov.case.route_failed.v1` (it stays in triage), in the same transaction as the
+    route's update; concurrent retries of one case are serialised by a row lock.
+    """
+    try:
+        async with unit_of_work(runtime.sessions) as session:
+            outcome = await handlers.retry_route(
+                session, case_id, runtime=runtime, follower=catalogs
+            )
+    except handlers.CaseNotFound:
+        raise Problem(
+            404, "case_not_found", "No such case", f"routing has no case {case_id!r}"
+        ) from None
+    except handlers.NotInTriage as not_failed:
+        raise Problem(
+            409,
+            "not_in_triage",
+            "The case is not in triage",
+            f"case {case_id!r} is {not_failed.status}; only a route_failed case can be retried",
+        ) from None
+    except handlers.NoCatalog:
+        raise Problem(
+            503, "no_catalog", "No catalog loaded", "Load one: POST /v1/catalog"
+        ) from None
+    return RoutePreviewResponse(route=outcome.route, failure=outcome.failure, rule=outcome.rule)
 
 
 @app.post("/v1/catalog", response_model=CatalogVersion, status_code=201, tags=["catalog"])

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, null, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.catalog import Catalog
-from contracts.common import Failure
+from contracts.common import Application, Failure, Handover
 from contracts.events import CaseRouted, CaseRouteFailed, CaseSubmitted, CatalogPublished
 from services.common.catalog import CatalogIndex, validate_catalog
 from services.common.catalog_follower import CatalogFollower
@@ -19,6 +20,7 @@ from services.common.envelope import Envelope
 from services.common.service import ServiceRuntime
 from services.routing import models
 from services.routing.rules import RouteOutcome, route_case
+from services.routing.versions import VersionTimeline
 
 CITY_TZ = ZoneInfo("Asia/Shanghai")
 
@@ -33,18 +35,101 @@ def build_index(published: CatalogPublished) -> tuple[int, CatalogIndex]:
     return published.version, CatalogIndex(Catalog.model_validate(published.catalog))
 
 
-def decide(
+TIMELINE = VersionTimeline()
+
+
+def version_for(
     follower: CatalogFollower[tuple[int, CatalogIndex]], submitted: CaseSubmitted
+) -> int | None:
+    """The catalog version in force when the case was submitted (see services.routing.versions)."""
+    return TIMELINE.select(follower.published, submitted.submitted_at)
+
+
+def decide(
+    follower: CatalogFollower[tuple[int, CatalogIndex]],
+    submitted: CaseSubmitted,
+    *,
+    version: int | None = None,
 ) -> RouteOutcome | None:
-    latest = follower.latest
-    if latest is None:
+    """Route by `version`, by default the version in force at the submission; None when no
+    catalog has been loaded."""
+    if version is None:
+        version = version_for(follower, submitted)
+    built = follower.at(version) if version is not None else None
+    if built is None:
         return None
-    version, index = latest
+    version, index = built
     return route_case(
         index,
         catalog_version=version,
         application=submitted.application,
         submitted_on=submitted.submitted_at.astimezone(CITY_TZ).date(),
+    )
+
+
+NO_CATALOG = Failure(
+    code="no_catalog", explanation="尚未加载事项目录 / No catalog has been loaded yet"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """What one routing decision changes: the routes row's decision columns and the event."""
+
+    values: dict[str, Any]
+    event_type: str
+    event: CaseRouted | CaseRouteFailed
+    handled_by: str | None
+
+
+def effect_of(submitted: CaseSubmitted, outcome: RouteOutcome | None) -> Effect:
+    if outcome is not None and outcome.route is not None and outcome.item is not None:
+        route = outcome.route
+        return Effect(
+            values={
+                "status": "routed",
+                "rule": route.rule,
+                "catalog_version": route.catalog_version,
+                "route": route.model_dump(mode="json"),
+                "failure": null(),
+                "inputs": dict(outcome.inputs),
+            },
+            event_type="gov.case.routed.v1",
+            event=CaseRouted(
+                case_id=submitted.case_id,
+                route=route,
+                item=outcome.item,
+                application=submitted.application,
+                submitted_at=submitted.submitted_at,
+                handover=submitted.handover,
+            ),
+            handled_by=route.handled_by,
+        )
+    if outcome is None:
+        failure, rule, version, inputs = NO_CATALOG, "R0-no-catalog", None, None
+    else:
+        assert outcome.failure is not None
+        failure, rule, version = outcome.failure, outcome.rule, outcome.catalog_version
+        inputs = dict(outcome.inputs)
+    return Effect(
+        values={
+            "status": "route_failed",
+            "rule": rule,
+            "catalog_version": version,
+            "route": null(),
+            "failure": failure.model_dump(mode="json"),
+            "inputs": inputs if inputs is not None else null(),
+        },
+        event_type="gov.case.route_failed.v1",
+        event=CaseRouteFailed(
+            case_id=submitted.case_id,
+            failure=failure,
+            rule=rule,
+            catalog_version=version,
+            application=submitted.application,
+            submitted_at=submitted.submitted_at,
+        ),
+        handled_by=None,
     )
 
 
@@ -56,53 +141,18 @@ async def route_submission(
     runtime: ServiceRuntime,
     follower: CatalogFollower[tuple[int, CatalogIndex]],
 ) -> None:
-    outcome = decide(follower, submitted)
+    """Route a submitted case by the catalog version in force at its submission."""
+    effect = effect_of(submitted, decide(follower, submitted))
     row: dict[str, Any] = {
         "case_id": submitted.case_id,
         "item_code": submitted.application.item_code,
         "application": submitted.application.model_dump(mode="json"),
         "submitted_at": submitted.submitted_at,
+        "handover": (
+            submitted.handover.model_dump(mode="json") if submitted.handover is not None else null()
+        ),
+        **effect.values,
     }
-    if outcome is not None and outcome.route is not None and outcome.item is not None:
-        route = outcome.route
-        row |= {
-            "status": "routed",
-            "rule": route.rule,
-            "catalog_version": route.catalog_version,
-            "route": route.model_dump(mode="json"),
-        }
-        event: CaseRouted | CaseRouteFailed = CaseRouted(
-            case_id=submitted.case_id,
-            route=route,
-            item=outcome.item,
-            application=submitted.application,
-            submitted_at=submitted.submitted_at,
-        )
-        handled_by: str | None = route.handled_by
-    else:
-        if outcome is None:
-            failure = Failure(
-                code="no_catalog", explanation="尚未加载事项目录 / No catalog has been loaded yet"
-            )
-            rule, version = "R0-no-catalog", None
-        else:
-            assert outcome.failure is not None
-            failure, rule, version = outcome.failure, outcome.rule, outcome.catalog_version
-        row |= {
-            "status": "route_failed",
-            "rule": rule,
-            "catalog_version": version,
-            "failure": failure.model_dump(mode="json"),
-        }
-        event = CaseRouteFailed(
-            case_id=submitted.case_id,
-            failure=failure,
-            rule=rule,
-            catalog_version=version,
-            application=submitted.application,
-            submitted_at=submitted.submitted_at,
-        )
-        handled_by = None
     inserted = await session.execute(
         pg_insert(models.routes)
         .values(row)
@@ -111,12 +161,79 @@ async def route_submission(
     )
     if inserted.scalar() is None:
         return  # routed before (a resubmission of the same case id): one route per case
-    event_type = (
-        "gov.case.routed.v1" if isinstance(event, CaseRouted) else "gov.case.route_failed.v1"
-    )
     await runtime.emit(
-        session, event_type, event, handledby=handled_by, traceparent=envelope.traceparent
+        session,
+        effect.event_type,
+        effect.event,
+        handledby=effect.handled_by,
+        traceparent=envelope.traceparent,
     )
+
+
+class CaseNotFound(Exception):
+    pass
+
+
+class NotInTriage(Exception):
+    def __init__(self, status: str) -> None:
+        super().__init__(f"the case is {status}, not route_failed")
+        self.status = status
+
+
+class NoCatalog(Exception):
+    pass
+
+
+async def retry_route(
+    session: AsyncSession,
+    case_id: str,
+    *,
+    runtime: ServiceRuntime,
+    follower: CatalogFollower[tuple[int, CatalogIndex]],
+) -> RouteOutcome:
+    """An operator re-routes a failed case from triage (`POST /v1/triage/{case_id}/retry`).
+
+    The case is routed again from its stored application and `submitted_at` (R1 still checks
+    the items' effective dates against the submission date), but by the catalog version in
+    force NOW, not the one in force at the submission: an operator retries after fixing the
+    catalog, and routing by the old version would only fail the same way again.
+
+    The row is locked (SELECT ... FOR UPDATE) for the transaction, so two concurrent retries
+    cannot both route the case: the second waits, then sees it routed (`NotInTriage`), or
+    retries a still-failed case once more. The row's decision, `decided_at` and `retries`
+    change, and `gov.case.routed.v1` (with ce_handledby) or `gov.case.route_failed.v1` is
+    written to the outbox, all in the caller's transaction.
+
+    Raises CaseNotFound (routing has no such case), NotInTriage (it is not route_failed),
+    NoCatalog (nothing loaded to route by).
+    """
+    routes = models.routes
+    row = (
+        await session.execute(select(routes).where(routes.c.case_id == case_id).with_for_update())
+    ).one_or_none()
+    if row is None:
+        raise CaseNotFound(case_id)
+    if row.status != "route_failed":
+        raise NotInTriage(row.status)
+    version = follower.latest_version
+    if version is None:
+        raise NoCatalog()
+    submitted = CaseSubmitted(
+        case_id=row.case_id,
+        application=Application.model_validate(row.application),
+        submitted_at=row.submitted_at,
+        handover=Handover.model_validate(row.handover) if row.handover is not None else None,
+    )
+    outcome = decide(follower, submitted, version=version)
+    assert outcome is not None  # the version exists
+    effect = effect_of(submitted, outcome)
+    await session.execute(
+        update(routes)
+        .where(routes.c.case_id == case_id)
+        .values(**effect.values, decided_at=func.now(), retries=routes.c.retries + 1)
+    )
+    await runtime.emit(session, effect.event_type, effect.event, handledby=effect.handled_by)
+    return outcome
 
 
 async def load_catalog(

@@ -29,4 +29,9 @@ routes = Table(
     Column("application", JSONB, nullable=False),
     Column("submitted_at", DateTime(timezone=True), nullable=False),
     Column("decided_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # 0003: what the rules used, the intake office's handover (carried on to approval, also
+    # when an operator retries a failed case), and how many times operators retried it.
+    Column("inputs", JSONB),
+    Column("handover", JSONB),
+    Column("retries", Integer, nullable=False, server_default="0"),
 )

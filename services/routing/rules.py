@@ -11,6 +11,9 @@ Rules run in order and the first match wins; every outcome names its rule id:
   R6  entrusted  -> the owner (municipal); the intake office is the entrusted receiver
   R7  municipal  -> the owner (municipal)
 
+Every outcome, failures too, carries `inputs`: the facts the rules had resolved when the
+outcome was decided (see `route_case`), and an explanation in Chinese and English ("zh / en").
+
 Jurisdiction (the applicant's `division_code`): a street implies its district. An individual's
 jurisdiction is the domicile street; an individual known only by a district (or an applicant
 known only by the city code) is still in the city, so R2 does not fail them: routing proceeds
@@ -19,7 +22,8 @@ and only a delegated item that needs the finer division fails (R5, no_receiving_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import date
 
 from contracts.catalog import Department, Item
@@ -42,13 +46,15 @@ _LEVEL_ZH = {Level.municipal: "市级", Level.district: "区级", Level.street: 
 
 @dataclass(frozen=True, slots=True)
 class RouteOutcome:
-    """Exactly one of `route` / `failure`. `item` is set whenever the item is known."""
+    """Exactly one of `route` / `failure`. `item` is set whenever the item is known; `inputs`
+    (the facts the rules used) always, and equal to `route.inputs` on a route."""
 
     rule: str
     catalog_version: int
     route: Route | None = None
     failure: Failure | None = None
     item: ItemSnapshot | None = None
+    inputs: Mapping[str, str | None] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -100,7 +106,28 @@ def route_case(
     application: Application,
     submitted_on: date,
 ) -> RouteOutcome:
-    """Apply rules R1-R7 in order; the first that matches decides."""
+    """Apply rules R1-R7 in order; the first that matches decides.
+
+    `inputs` grows as the rules resolve facts, so an outcome names what it was decided on:
+
+      always              item_code, catalog_version, submitted_on, channel, intake_office,
+                          applicant_category, applicant_division
+      item known          item_mode, item_category, delegated_to, owner, owner_line,
+                          effective_from, effective_to
+      in the city (R2)    applicant_district, applicant_street
+      office known (R3)   intake_office_kind, intake_office_district
+      delegated (R5)      receiving_division (the district/street whose unit decides)
+    """
+    applicant = application.applicant
+    inputs: dict[str, str | None] = {
+        "item_code": application.item_code,
+        "catalog_version": str(catalog_version),
+        "submitted_on": submitted_on.isoformat(),
+        "channel": application.channel.value,
+        "intake_office": application.office_code,
+        "applicant_category": applicant.category.value,
+        "applicant_division": applicant.division_code,
+    }
 
     def fail(rule: str, code: str, explanation: str, item: Item | None = None) -> RouteOutcome:
         return RouteOutcome(
@@ -108,6 +135,7 @@ def route_case(
             catalog_version=catalog_version,
             failure=Failure(code=code, explanation=explanation),
             item=item_snapshot(item) if item is not None else None,
+            inputs=dict(inputs),
         )
 
     # R1: the item exists and is in force on the submission date.
@@ -119,18 +147,27 @@ def route_case(
             f"事项 {application.item_code} 不在目录（第 {catalog_version} 版）中 / item "
             f"{application.item_code!r} is not in catalog version {catalog_version}",
         )
+    owner = index.departments.get(item.owner)
+    inputs |= {
+        "item_mode": item.mode.value,
+        "item_category": item.category.value,
+        "delegated_to": item.delegated_to.value if item.delegated_to is not None else None,
+        "owner": item.owner,
+        "owner_line": owner.line if owner is not None else None,
+        "effective_from": item.effective_from.isoformat() if item.effective_from else None,
+        "effective_to": item.effective_to.isoformat() if item.effective_to else None,
+    }
     if not item_in_force(item, submitted_on):
         window = f"{item.effective_from or '…'} ~ {item.effective_to or '…'}"
         return fail(
             R1_ITEM_NOT_EFFECTIVE,
             "item_not_effective",
-            f"事项 {item.code}（{item.name}）在 {submitted_on} 不在有效期内（{window}）/ item "
+            f"事项 {item.code}（{item.name}）在 {submitted_on} 不在有效期内（{window}） / item "
             f"{item.code} is not in force on {submitted_on} (effective {window})",
             item,
         )
 
     # R2: the applicant belongs to this city.
-    applicant = application.applicant
     where = jurisdiction(index, applicant.division_code)
     if where is None:
         city = index.catalog.city
@@ -142,6 +179,7 @@ def route_case(
             f"{city.code}",
             item,
         )
+    inputs |= {"applicant_district": where.district, "applicant_street": where.street}
 
     # R3: the intake channel/office may take the item.
     decision = office_allowed(
@@ -151,13 +189,16 @@ def route_case(
         office_code=application.office_code,
         applicant_division=applicant.division_code,
     )
+    if decision.office is not None:
+        inputs |= {
+            "intake_office_kind": decision.office.kind.value,
+            "intake_office_district": index.district_of(decision.office.division),
+        }
     if not decision.allowed:
         code = decision.code or "office_not_allowed"
         rule = R3_UNKNOWN_OFFICE if code == "unknown_office" else R3_OFFICE_NOT_ALLOWED
         return fail(rule, code, decision.message, item)
     office = decision.office
-
-    owner = index.departments.get(item.owner)
     snapshot = item_snapshot(item)
 
     def routed(
@@ -182,8 +223,15 @@ def route_case(
             instant=item.instant,
             intake_office=office.code if office is not None else None,
             entrusted_receiver=entrusted_receiver,
+            inputs=dict(inputs),
         )
-        return RouteOutcome(rule=rule, catalog_version=catalog_version, route=route, item=snapshot)
+        return RouteOutcome(
+            rule=rule,
+            catalog_version=catalog_version,
+            route=route,
+            item=snapshot,
+            inputs=route.inputs,
+        )
 
     # R4: fully online, decided by the owner.
     if item.mode is Mode.online:
@@ -204,6 +252,7 @@ def route_case(
     if item.mode is Mode.delegated:
         level = item.delegated_to or Level.district
         division = where.street if level is Level.street else where.district
+        inputs["receiving_division"] = division
         dept = (
             index.department(line=owner.line, level=level, division=division)
             if owner is not None and division is not None

@@ -278,9 +278,9 @@ def test_a_supplement_request_without_materials_is_refused(missing: tuple[str, .
 
 def test_supplemented_resumes_the_review_and_closes_the_pause() -> None:
     waiting = ok(review.decide(accepted_case(), SUPPLEMENT, case_id="x", now=LATER)).state
-    back = review.supplemented(waiting, now=LATER + timedelta(days=2))
+    back = review.supplemented(waiting, now=LATER + timedelta(days=2), calendar=CALENDAR)
     assert back is not None
-    assert back.events == ()
+    assert [t for t, _ in back.events] == ["gov.case.deadline_changed.v1"]
     assert back.state.status is CaseStatus.accepted
     assert back.state.missing_materials == ()
     assert back.state.pauses == (
@@ -295,7 +295,7 @@ def test_supplemented_resumes_the_review_and_closes_the_pause() -> None:
 
 
 def test_supplemented_changes_nothing_when_no_supplement_was_asked() -> None:
-    assert review.supplemented(accepted_case(), now=LATER) is None
+    assert review.supplemented(accepted_case(), now=LATER, calendar=CALENDAR) is None
 
 
 def test_no_second_supplement_request_while_one_is_pending() -> None:

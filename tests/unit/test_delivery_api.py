@@ -52,3 +52,47 @@ async def test_verify_refuses_a_malformed_hash(client: httpx.AsyncClient) -> Non
     answer = await client.get("/v1/licenses/EL-X/verify", params={"sha256": "abc"})
     assert answer.status_code == 422
     assert answer.json()["errors"][0]["field"] == "query.sha256"
+
+
+async def test_openapi_lists_the_rating_statistics(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    stats = spec["paths"]["/v1/ratings/stats"]["get"]
+    params = {p["name"]: p for p in stats["parameters"]}
+    assert set(params) == {"by", "from", "to"}
+    assert params["by"]["schema"]["enum"] == ["department", "office", "level"]
+    assert params["by"]["schema"]["default"] == "department"
+    row = spec["components"]["schemas"]["RatingStatsRow"]
+    assert list(row["properties"]) == [
+        "key",
+        "total",
+        "very_satisfied",
+        "satisfied",
+        "basic",
+        "dissatisfied",
+        "very_dissatisfied",
+        "satisfaction_rate",
+        "bad",
+    ]
+
+
+async def test_statistics_by_an_unknown_grouping_is_a_problem(client: httpx.AsyncClient) -> None:
+    answer = await client.get("/v1/ratings/stats", params={"by": "item"})
+    assert answer.status_code == 422
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["code"] == "invalid_grouping"
+    assert answer.json()["allowed"] == ["department", "office", "level"]
+
+
+async def test_statistics_period_must_not_end_before_it_starts(client: httpx.AsyncClient) -> None:
+    answer = await client.get(
+        "/v1/ratings/stats", params={"from": "2026-11-02", "to": "2026-11-01"}
+    )
+    assert answer.status_code == 422
+    assert answer.json()["code"] == "invalid_period"
+
+
+async def test_statistics_dates_are_dates(client: httpx.AsyncClient) -> None:
+    answer = await client.get("/v1/ratings/stats", params={"from": "yesterday"})
+    assert answer.status_code == 422
+    assert answer.json()["code"] == "invalid_request"
+    assert answer.json()["errors"][0]["field"] == "query.from"

@@ -1,0 +1,100 @@
+"""The legal clock of a case (pure): deadline with supplement pauses, and the moments its SLA
+warnings and its overdue fall due.
+
+Days are city-local working days (DESIGN.md §3). The acceptance day does not count
+(自受理之日起). A supplement round pauses the clock: the day the request goes out still counts
+(the department worked on the case), the days after it up to and including the day the
+materials arrive do not (补正期间不计入审查时限); counting resumes the day after, as it starts
+the day after acceptance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from services.common.workdays import WorkCalendar, deadline, is_working_day
+
+CITY_TZ = ZoneInfo("Asia/Shanghai")
+OVERDUE_POINT = 1.0
+
+
+def local_date(instant: datetime) -> date:
+    return instant.astimezone(CITY_TZ).date()
+
+
+def end_of_day(day: date) -> datetime:
+    """The instant a local day is over: midnight at its end, city time."""
+    return datetime.combine(day + timedelta(days=1), time.min, tzinfo=CITY_TZ)
+
+
+def paused_intervals(
+    pauses: Iterable[tuple[datetime, datetime | None]],
+) -> tuple[tuple[date, date], ...]:
+    """The days that do not count, from the finished supplement rounds (requested, answered)."""
+    intervals = []
+    for requested_at, supplemented_at in pauses:
+        if supplemented_at is None:
+            continue  # still waiting: the pause has no end yet
+        start = local_date(requested_at) + timedelta(days=1)
+        end = local_date(supplemented_at)
+        if start <= end:
+            intervals.append((start, end))
+    return tuple(intervals)
+
+
+def paused_working_days(calendar: WorkCalendar, intervals: Sequence[tuple[date, date]]) -> int:
+    days = 0
+    for start, end in intervals:
+        day = start
+        while day <= end:
+            days += is_working_day(calendar, day)
+            day += timedelta(days=1)
+    return days
+
+
+def case_deadline(
+    calendar: WorkCalendar | None,
+    accepted_on: date,
+    time_limit_days: int,
+    intervals: Sequence[tuple[date, date]] = (),
+) -> date | None:
+    """None when unknown: past the calendar's covers_until, or no calendar at all."""
+    if calendar is None:
+        return None
+    return deadline(calendar, accepted_on, time_limit_days, paused=intervals)
+
+
+@dataclass(frozen=True)
+class ClockPoint:
+    """One moment of a case's clock: `point` is the share of the limit (1.0 = overdue)."""
+
+    point: float
+    due_at: datetime | None  # None: unknown (past the calendar)
+    day: date | None  # the working day whose end it is
+
+
+def clock_points(
+    calendar: WorkCalendar | None,
+    accepted_on: date,
+    time_limit_days: int,
+    warning_points: Sequence[float],
+    intervals: Sequence[tuple[date, date]] = (),
+) -> list[ClockPoint]:
+    """When each warning (a share of the limit, e.g. 0.5, 0.8) and the overdue fall due.
+
+    A warning at share r falls at the end of the ceil(r x limit)-th working day; overdue at
+    the end of the deadline day. An instant item (limit 0) has no clock.
+    """
+    if time_limit_days <= 0:
+        return []
+    points = sorted({p for p in warning_points if 0 < p < 1}) + [OVERDUE_POINT]
+    out = []
+    for point in points:
+        days = max(1, math.ceil(point * time_limit_days))
+        day = case_deadline(calendar, accepted_on, days, intervals)
+        out.append(ClockPoint(point, end_of_day(day) if day else None, day))
+    return out
