@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import httpx
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from services.common import migrations
+from services.common.auth import SCOPED_ROLES, AuthSettings, Role, mint_token
 from services.common.catalog import load_catalog_file
 from services.common.kafka import ensure_topics, standard_topics
 from services.common.settings import CommonSettings
@@ -202,6 +204,47 @@ def handover_keys_generate(
         f"[green]{len(parsed.offices)} key pairs[/] in {out}: set TONGBAN_HANDOVER_KEY_DIR for "
         "intake (the .key files), copy the .pub files to approval's TONGBAN_HANDOVER_TRUST_DIR."
     )
+
+
+@app.command()
+def token(
+    role: Annotated[Role, typer.Option(help="what the holder may do", case_sensitive=False)],
+    scope: Annotated[
+        str | None,
+        typer.Option(help="office code (clerk) or department code (reviewer)"),
+    ] = None,
+    subject: Annotated[
+        str | None, typer.Option(help="who the token names (default: dev-<role>[-<scope>])")
+    ] = None,
+    ttl: Annotated[
+        int | None,
+        typer.Option(min=1, help="lifetime in seconds (default: TONGBAN_AUTH_TOKEN_TTL_S, 8 h)"),
+    ] = None,
+) -> None:
+    """Print a bearer token for the local services; dev and test environments only.
+
+    curl -H "Authorization: Bearer $(tongban token --role clerk --scope HC01-DC)" ...
+    """
+
+    def refuse(message: str) -> NoReturn:
+        typer.echo(f"tongban token: {message}", err=True)
+        raise typer.Exit(2)
+
+    environment = CommonSettings().environment
+    if environment not in ("dev", "test"):
+        refuse(
+            f"tokens are minted here only in dev/test (TONGBAN_ENVIRONMENT={environment}); "
+            "production tokens come from the identity provider"
+        )
+    if role in SCOPED_ROLES and not scope:
+        what = "office" if role is Role.clerk else "department"
+        refuse(f"a {role} token needs --scope (the {what} code)")
+    try:
+        settings = AuthSettings()
+    except ValidationError as exc:
+        refuse(f"the auth settings are not valid: {exc}")
+    name = subject or "-".join(p for p in ("dev", role.value, scope) if p)
+    typer.echo(mint_token(settings, subject=name, role=role, scope=scope, ttl_s=ttl))
 
 
 if __name__ == "__main__":

@@ -20,14 +20,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contracts.common import Contract
 from contracts.events import EVENT_TYPES
 from services.common import migrations
+from services.common.auth import install_auth_handlers
 from services.common.consumer import ConsumerRunner, Subscription
 from services.common.db import make_engine, make_sessionmaker
 from services.common.envelope import Envelope
 from services.common.kafka import ensure_topics, standard_topics
+from services.common.limits import BodySizeLimit, max_body_bytes
 from services.common.logs import configure_logging, get_logger
 from services.common.outbox import Outbox, OutboxRelay
 from services.common.settings import CommonSettings
-from services.common.web import install_health_routes, install_problem_handlers
+from services.common.web import (
+    install_health_routes,
+    install_problem_handlers,
+    problem_responses,
+)
 
 log = get_logger(__name__)
 
@@ -160,8 +166,16 @@ class ServiceRuntime:
             raise RuntimeError("consumers not yet in their group")
 
     def create_app(self, *, title: str, description: str) -> FastAPI:
-        app = FastAPI(title=title, description=description, version="1.0.0", lifespan=self.lifespan)
+        app = FastAPI(
+            title=title,
+            description=description,
+            version="1.0.0",
+            lifespan=self.lifespan,
+            responses=problem_responses(),
+        )
         install_problem_handlers(app)
+        install_auth_handlers(app)
+        app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes(self.settings))
         install_health_routes(app, {"database": self.check_database, "kafka": self.check_consumers})
         return app
 

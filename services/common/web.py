@@ -15,6 +15,33 @@ PROBLEM_JSON = "application/problem+json"
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 
+_PROBLEM_STATUSES = {
+    400: "Bad request",
+    401: "Missing, expired or invalid bearer token",
+    403: "Not allowed for this role or scope",
+    404: "No such resource",
+    409: "Conflicts with the resource's state",
+    413: "Body larger than the limit",
+    422: "The request is not valid (field list in `errors`)",
+    429: "Too many requests (see Retry-After)",
+    500: "Internal error",
+    503: "A dependency is not available (see Retry-After)",
+}
+
+
+def problem_responses() -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` every route may answer with: RFC 9457 problem JSON."""
+    from contracts.rest import ProblemBody
+
+    schema = ProblemBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {
+        status: {
+            "description": description,
+            "content": {PROBLEM_JSON: {"schema": schema}},
+        }
+        for status, description in _PROBLEM_STATUSES.items()
+    }
+
 
 class Problem(Exception):
     """An error a client can act on: HTTP status, stable machine `code`, and what to fix."""
