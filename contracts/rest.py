@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import AwareDatetime, Field
 
 from contracts.common import (
+    Applicant,
     Application,
     CaseStatus,
     Contract,
@@ -59,11 +60,14 @@ class CaseView(Contract):
     case_id: str
     status: CaseStatus
     item_code: str
+    channel: str | None = None
+    office_code: str | None = Field(default=None, description="the office that took it")
     route: Route | None
     failure: Failure | None
     deadline: date | None
     missing_materials: list[str]
     timeline: list[TimelineEntry]
+    applicant: Applicant | None = Field(default=None, description="masked for operators and admins")
 
 
 class ItemView(Contract):

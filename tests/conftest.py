@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.common.db import create_runtime_schema, make_engine, make_sessionmaker
 from services.common.kafka import TopicSpec, ensure_topics
+from services.common.service import ServiceSettings
 from services.common.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,8 +45,8 @@ def unique(prefix: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def settings() -> CommonSettings:
-    return CommonSettings(
+def settings() -> ServiceSettings:
+    return ServiceSettings(
         service="test",
         consumer_retry_backoff_s=0.05,
         consumer_poll_ms=100,

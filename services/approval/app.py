@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Path, Query, Request
+from fastapi import Depends, Path, Query, Request
 from pydantic import Field, model_validator
 
 from contracts.common import CaseStatus
@@ -37,17 +37,19 @@ from contracts.rest import (
 )
 from services.approval import handlers, review
 from services.approval.sla import ClockScheduler
+from services.common.auth import Principal, Role, require, require_scope
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
-from services.common.handover import HandoverSettings, HandoverTrust, load_trust, verify_handover
-from services.common.service import ServiceRuntime
+from services.common.handover import HandoverTrust, load_trust, verify_handover
+from services.common.logs import mask_name
+from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.web import Problem
 from services.common.workdays import WorkCalendar
 
 
-class ApprovalSettings(HandoverSettings):
+class ApprovalSettings(ServiceSettings):
     service: str = "approval"
     http_port: int = 8003
     # SLA warnings at these shares of the committed limit; overdue at 100% always.
@@ -175,6 +177,16 @@ app = runtime.create_app(
 )
 
 CaseId = Annotated[str, Path(min_length=1, max_length=64)]
+CurrentPrincipal = Annotated[Principal, Depends(runtime.authenticated)]
+OVERSEERS = (Role.operator, Role.admin)
+
+
+def _department_reader(principal: Principal, department: str | None) -> None:
+    """Reviewers read their own department's cases; operators and admins every one."""
+    if principal.role in OVERSEERS:
+        return
+    require(principal, Role.reviewer)
+    require_scope(principal, department, "department", exempt=())
 
 
 @app.get("/v1/worklist", response_model=list[WorklistEntry], tags=["approval"])
@@ -182,17 +194,40 @@ async def worklist(
     department: Annotated[str, Query(min_length=1, max_length=64)],
     status: Annotated[CaseStatus | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    *,
+    principal: CurrentPrincipal,
 ) -> list[WorklistEntry]:
     """A department's cases not yet decided (`accepted`, `supplement_requested`), or those in
-    `status`; oldest deadline first."""
-    async with runtime.sessions() as session:
-        return await handlers.worklist(session, department=department, status=status, limit=limit)
+    `status`; oldest deadline first. Reviewers see their own department's (audited);
+    operators and admins any department's, with applicants' names masked."""
+    _department_reader(principal, department)
+    async with unit_of_work(runtime.sessions) as session:
+        entries = await handlers.worklist(
+            session, department=department, status=status, limit=limit
+        )
+        await runtime.audit(
+            session,
+            principal,
+            "worklist.read",
+            None,
+            {"department": department, "cases": len(entries)},
+        )
+    if principal.role in OVERSEERS:
+        entries = [
+            e.model_copy(update={"applicant_name": mask_name(e.applicant_name)}) for e in entries
+        ]
+    return entries
 
 
 @app.post("/v1/cases/{case_id}/decisions", response_model=DecisionResponse, tags=["approval"])
-async def decide(case_id: CaseId, body: DecisionRequest, request: Request) -> DecisionResponse:
+async def decide(
+    case_id: CaseId, body: DecisionRequest, request: Request, principal: CurrentPrincipal
+) -> DecisionResponse:
     """approve, deny (with its legal basis) or request_supplement (every missing material at
-    once). Acceptance is automatic on routing, so `accept` is refused as `invalid_state`."""
+    once), by a reviewer of the department the case is routed to. Acceptance is automatic on
+    routing, so `accept` is refused as `invalid_state`. Every decision is audited."""
+    require(principal, Role.reviewer)
+    require_scope(principal, body.department, "department", exempt=())
     async with unit_of_work(runtime.sessions) as session:
         result = await handlers.decide_case(
             session,
@@ -202,23 +237,28 @@ async def decide(case_id: CaseId, body: DecisionRequest, request: Request) -> De
             now=datetime.now(UTC),
             traceparent=request.headers.get("traceparent"),
         )
-    if isinstance(result, review.Refusal):
-        raise _problem(result)
+        if isinstance(result, review.Refusal):
+            raise _problem(result)
+        await runtime.audit(
+            session, principal, "case.decide", case_id, {"decision": body.decision.value}
+        )
     return DecisionResponse(case_id=case_id, status=result.state.status)
 
 
 @app.get("/v1/cases/{case_id}", response_model=ApprovalCaseView, tags=["approval"])
-async def get_case(case_id: CaseId) -> ApprovalCaseView:
+async def get_case(case_id: CaseId, principal: CurrentPrincipal) -> ApprovalCaseView:
     """Status, department and deadline of a case at approval."""
-    async with runtime.sessions() as session:
+    async with unit_of_work(runtime.sessions) as session:
         row = await handlers.load_row(session, case_id)
-    if row is None:
-        raise Problem(
-            404,
-            "case_not_found",
-            "No such case at approval",
-            f"Case {case_id!r} has not been routed to any department (yet).",
-        )
+        if row is None:
+            raise Problem(
+                404,
+                "case_not_found",
+                "No such case at approval",
+                f"Case {case_id!r} has not been routed to any department (yet).",
+            )
+        _department_reader(principal, row.department)
+        await runtime.audit(session, principal, "case.read", case_id)
     return ApprovalCaseView(
         case_id=row.case_id,
         status=CaseStatus(row.status),
@@ -242,16 +282,23 @@ async def get_case(case_id: CaseId) -> ApprovalCaseView:
 async def followups(
     department: Annotated[str, Query(min_length=1, max_length=64)],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    *,
+    principal: CurrentPrincipal,
 ) -> list[FollowupEntry]:
     """A department's unanswered follow-ups of dissatisfied ratings, nearest deadline first."""
+    _department_reader(principal, department)
     async with runtime.sessions() as session:
         rows = await handlers.open_followups(session, department=department, limit=limit)
     return [FollowupEntry.model_validate(r) for r in rows]
 
 
 @app.post("/v1/cases/{case_id}/followup", response_model=FollowupEntry, tags=["ratings"])
-async def answer_followup(case_id: CaseId, body: FollowupAnswerRequest) -> FollowupEntry:
+async def answer_followup(
+    case_id: CaseId, body: FollowupAnswerRequest, principal: CurrentPrincipal
+) -> FollowupEntry:
     """The department's answer to a dissatisfied rating; stops its clock."""
+    require(principal, Role.reviewer)
+    require_scope(principal, body.department, "department", exempt=())
     async with unit_of_work(runtime.sessions) as session:
         result = await handlers.answer_followup(
             session,
@@ -270,9 +317,12 @@ async def answer_followup(case_id: CaseId, body: FollowupAnswerRequest) -> Follo
 @app.get("/v1/handovers/refused", response_model=list[HandoverProblemEntry], tags=["operators"])
 async def refused_handovers(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    *,
+    principal: CurrentPrincipal,
 ) -> list[HandoverProblemEntry]:
     """Entrusted cases held because their signed handover did not verify (altered data, a
     missing or forged signature): operators follow them up with the intake office."""
+    require(principal, *OVERSEERS)
     async with runtime.sessions() as session:
         rows = await handlers.handover_problems(session, limit=limit)
     return [HandoverProblemEntry.model_validate(r) for r in rows]

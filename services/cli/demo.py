@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from services.cli.applicants import application_for
+from services.cli.devclient import ActingClient
 from services.common.catalog import load_catalog_file
 
 ENDED = {"closed", "withdrawn"}
@@ -100,7 +101,7 @@ async def run_demo(
 ) -> int:
     rng = random.Random(seed)
     catalog = load_catalog_file(catalog_file)
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with ActingClient(timeout=30) as http:
         loaded = await http.post(f"{endpoints.routing}/v1/catalog", json=catalog)
         if loaded.status_code != 201:
             console.print(f"[red]catalog refused[/]: {loaded.text}")

@@ -81,11 +81,27 @@ def catalog_load(
     routing_url: Annotated[
         str, typer.Option(envvar="TONGBAN_ROUTING_URL", help="routing service base URL")
     ] = "http://127.0.0.1:8002",
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="TONGBAN_TOKEN", help="an admin bearer token (dev: minted for you)"),
+    ] = None,
 ) -> None:
-    """Load a whole catalog as the next version; a bad catalog is refused with every problem."""
+    """Load a whole catalog as the next version (admins); a bad catalog is refused with every
+    problem listed."""
     raw = load_catalog_file(file)
+    if token is None:
+        settings = AuthSettings()
+        if not settings.is_dev:
+            console.print("[red]give an admin token[/]: --token or TONGBAN_TOKEN")
+            raise typer.Exit(2)
+        token = mint_token(settings, subject="cli-admin", role=Role.admin, scope=None)
     try:
-        answer = httpx.post(f"{routing_url}/v1/catalog", json=raw, timeout=30)
+        answer = httpx.post(
+            f"{routing_url}/v1/catalog",
+            json=raw,
+            timeout=30,
+            headers={"Authorization": f"Bearer {token}"},
+        )
     except httpx.HTTPError as exc:
         console.print(f"[red]routing is not reachable at {routing_url}[/]: {exc}")
         raise typer.Exit(2) from None

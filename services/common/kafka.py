@@ -1,12 +1,20 @@
-"""Kafka clients configured the way tongban's guarantees need them, and topic provisioning."""
+"""Kafka clients configured the way tongban's guarantees need them, and topic provisioning.
+
+Department topics (`dept.<code>.cases.v1`): every department receives the cases routed to it
+on a topic of its own, so that broker ACLs can confine a department's system to its own
+cases (deploy/README.md). `department_topic` maps a department code to that name.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from contracts.events import CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC
 from services.common.logs import get_logger
@@ -30,6 +38,69 @@ def standard_topics() -> list[TopicSpec]:
         # every version without replaying deletions; one partition keeps them in load order.
         TopicSpec(CATALOG_TOPIC, partitions=1, config={"cleanup.policy": "compact"}),
     ]
+
+
+# -- department topics ---------------------------------------------------------------------------
+
+DEPARTMENT_TOPIC_PREFIX = "dept."
+DEPARTMENT_TOPIC_SUFFIX = ".cases.v1"
+MAX_TOPIC_NAME = 249  # Kafka's limit
+# Characters of a department code kept as they are (case kept): letters, digits and `-`.
+_KEPT = frozenset(string.ascii_letters + string.digits + "-")
+_MAX_SAFE_CODE = MAX_TOPIC_NAME - len(DEPARTMENT_TOPIC_PREFIX) - len(DEPARTMENT_TOPIC_SUFFIX)
+_HASH_MARK = "_h"  # never produced by an escape (`_` + two upper-case hex digits)
+
+
+def topic_safe_code(code: str) -> str:
+    """A department code as it appears in topic names: deterministic and one-to-one.
+
+    - ASCII letters, digits and `-` are kept as they are, upper/lower case included
+      (`YZ01-MKT` stays `YZ01-MKT`).
+    - Every other character, `.` and `_` included, becomes `_` followed by the two upper-case
+      hex digits of each byte of its UTF-8 encoding: `.` -> `_2E`, `_` -> `_5F`, `/` -> `_2F`,
+      `市` -> `_E5_B8_82`. Kafka allows `.` and `_`, but escaping them keeps the mapping
+      one-to-one (two departments never share a topic) and keeps names clear of Kafka's rule
+      that topics differing only by `.` versus `_` collide.
+    - A result longer than Kafka allows (249 characters for the whole topic name) keeps its
+      first escaped characters and ends with `_h` and the SHA-256 of the code in hex; `_h`
+      never comes out of an escape, so such a name cannot equal a short one.
+    """
+    if not code:
+        raise ValueError("a department code must not be empty")
+    pieces = [
+        c if c in _KEPT else "".join(f"_{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+        for c in code
+    ]
+    safe = "".join(pieces)
+    if len(safe) <= _MAX_SAFE_CODE:
+        return safe
+    digest = _HASH_MARK + hashlib.sha256(code.encode("utf-8", "surrogatepass")).hexdigest()
+    head: list[str] = []
+    budget = _MAX_SAFE_CODE - len(digest)
+    for piece in pieces:  # whole escapes only: a readable head, never half an escape
+        if len(piece) > budget:
+            break
+        head.append(piece)
+        budget -= len(piece)
+    return "".join(head) + digest
+
+
+def department_topic(code: str) -> str:
+    """`dept.<code>.cases.v1`: the topic of the cases routed to department `code`."""
+    return f"{DEPARTMENT_TOPIC_PREFIX}{topic_safe_code(code)}{DEPARTMENT_TOPIC_SUFFIX}"
+
+
+def department_topics(codes: Iterable[str]) -> list[TopicSpec]:
+    """The topics of these departments (partitions and replication from the settings)."""
+    return [TopicSpec(name) for name in sorted({department_topic(code) for code in codes})]
+
+
+async def ensure_department_topics(settings: CommonSettings, codes: Iterable[str]) -> list[str]:
+    """Create the missing department topics of these departments; the names created."""
+    return await ensure_topics(settings, department_topics(codes))
+
+
+# -- clients -------------------------------------------------------------------------------------
 
 
 def make_producer(settings: CommonSettings, *, client_id: str | None = None) -> AIOKafkaProducer:
@@ -64,8 +135,21 @@ def make_consumer(
     )
 
 
+class TopicCreationError(RuntimeError):
+    """The broker refused to create some topics (name -> the broker's error)."""
+
+    def __init__(self, failures: dict[str, str]) -> None:
+        super().__init__(f"topics not created: {failures}")
+        self.failures = failures
+
+
 async def ensure_topics(settings: CommonSettings, topics: list[TopicSpec]) -> list[str]:
-    """Create the topics that do not exist yet; return the names created. Idempotent."""
+    """Create the topics that do not exist yet; return the names created. Idempotent.
+
+    Raises TopicCreationError when the broker answers with an error for a topic (other than
+    "already exists": another process won the race, which is fine), and the client's errors
+    when the broker cannot be reached.
+    """
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers,
         request_timeout_ms=settings.kafka_request_timeout_ms,
@@ -75,6 +159,7 @@ async def ensure_topics(settings: CommonSettings, topics: list[TopicSpec]) -> li
         existing = set(await admin.list_topics())
         wanted = [t for t in topics if t.name not in existing]
         created: list[str] = []
+        failures: dict[str, str] = {}
         for spec in wanted:
             config = {"min.insync.replicas": str(settings.kafka_min_insync), **spec.config}
             new_topic = NewTopic(
@@ -84,12 +169,21 @@ async def ensure_topics(settings: CommonSettings, topics: list[TopicSpec]) -> li
                 topic_configs=config,
             )
             try:
-                await admin.create_topics([new_topic])
-                created.append(spec.name)
+                response = await admin.create_topics([new_topic])
             except TopicAlreadyExistsError:
-                pass  # another process won the race; that is fine
+                continue  # another process won the race; that is fine
+            # The client does not raise for per-topic errors: read them from the answer.
+            error = next((e for e in response.topic_errors if e[0] == spec.name), None)
+            code = int(error[1]) if error is not None else 0
+            if code == 0:
+                created.append(spec.name)
+            elif code != TopicAlreadyExistsError.errno:
+                message = error[2] if error is not None and len(error) > 2 else None
+                failures[spec.name] = f"{for_code(code).__name__}: {message or ''}".strip()
         if created:
             log.info("topics created", topics=created)
+        if failures:
+            raise TopicCreationError(failures)
         return created
     finally:
         await admin.close()

@@ -10,25 +10,32 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Query
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.common import Contract
 from contracts.events import EVENT_TYPES
-from services.common import migrations
-from services.common.auth import install_auth_handlers
+from services.common import audit, migrations
+from services.common.auth import (
+    AuthSettings,
+    Principal,
+    Role,
+    authenticate,
+    install_auth_handlers,
+    require,
+)
 from services.common.consumer import ConsumerRunner, Subscription
 from services.common.db import make_engine, make_sessionmaker
 from services.common.envelope import Envelope
+from services.common.handover import HandoverSettings
 from services.common.kafka import ensure_topics, standard_topics
-from services.common.limits import BodySizeLimit, max_body_bytes
+from services.common.limits import BodySizeLimit, LimitSettings, max_body_bytes
 from services.common.logs import configure_logging, get_logger
 from services.common.outbox import Outbox, OutboxRelay
-from services.common.settings import CommonSettings
 from services.common.web import (
     install_health_routes,
     install_problem_handlers,
@@ -38,8 +45,13 @@ from services.common.web import (
 log = get_logger(__name__)
 
 
+class ServiceSettings(HandoverSettings, AuthSettings, LimitSettings):
+    """What every service process reads from `TONGBAN_*`: the shared runtime, bearer-token
+    authentication, request limits and the entrusted-handover keys."""
+
+
 class ServiceRuntime:
-    def __init__(self, settings: CommonSettings) -> None:
+    def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.schema = settings.service
         self.engine = make_engine(settings)
@@ -52,6 +64,28 @@ class ServiceRuntime:
         self._stoppers: list[Callable[[], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.source = f"/tongban/{settings.service}"
+        # One authentication dependency per app, so FastAPI runs it once per request.
+        self.authenticated = authenticate(settings)
+
+    async def audit(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        action: str,
+        case_id: str | None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append to this service's hash-chained audit trail, in the caller's transaction."""
+        await audit.append(
+            session,
+            self.schema,
+            actor=principal.subject,
+            role=principal.role.value,
+            scope=principal.scope,
+            action=action,
+            case_id=case_id,
+            detail=detail,
+        )
 
     # -- registration --------------------------------------------------------------------------
 
@@ -154,6 +188,40 @@ class ServiceRuntime:
         finally:
             await self.stop()
 
+    def _install_audit_routes(self, app: FastAPI) -> None:
+        # Depends() as the default (not in an Annotated alias): this module postpones
+        # annotations, and a local alias could not be resolved by FastAPI.
+        authenticated = Depends(self.authenticated)
+
+        @app.get("/v1/audit", response_model=audit.AuditPage, tags=["audit"])
+        async def read_audit(
+            principal: Principal = authenticated,
+            case_id: Annotated[str | None, Query(max_length=64)] = None,
+            actor: Annotated[str | None, Query(max_length=200)] = None,
+            after_seq: Annotated[int | None, Query(ge=0)] = None,
+            limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        ) -> audit.AuditPage:
+            """Who read or decided what, when (admins only): reads of cases with personal
+            data and decisions, oldest first; page with `after_seq`."""
+            require(principal, Role.admin)
+            async with self.sessions() as session:
+                return await audit.read_audit(
+                    session,
+                    self.schema,
+                    case_id=case_id,
+                    actor=actor,
+                    after_seq=after_seq,
+                    limit=limit,
+                )
+
+        @app.get("/v1/audit/verify", response_model=audit.ChainReport, tags=["audit"])
+        async def verify_audit(principal: Principal = authenticated) -> audit.ChainReport:
+            """Check the whole hash chain (admins only): the first altered, missing or
+            relinked row, if any."""
+            require(principal, Role.admin)
+            async with self.sessions() as session:
+                return await audit.check_chain(session, self.schema)
+
     async def check_database(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
@@ -174,13 +242,14 @@ class ServiceRuntime:
             responses=problem_responses(),
         )
         install_problem_handlers(app)
+        self._install_audit_routes(app)
         install_auth_handlers(app)
         app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes(self.settings))
         install_health_routes(app, {"database": self.check_database, "kafka": self.check_consumers})
         return app
 
 
-def serve(app_path: str, settings: CommonSettings) -> None:
+def serve(app_path: str, settings: ServiceSettings) -> None:
     """Run a service under uvicorn; SIGTERM drains HTTP, then stops consumers gracefully."""
     configure_logging(service=settings.service, level=settings.log_level, json=settings.log_json)
     uvicorn.run(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import Body, Query, Request
+from fastapi import Body, Depends, Query, Request
 
 from contracts.events import APPROVAL_TOPIC, CaseApproved, CaseDenied, CaseRated
 from contracts.rest import (
@@ -20,16 +20,16 @@ from contracts.rest import (
     RatingStatsRow,
     ResultView,
 )
+from services.common.auth import Principal, Role, require, require_scope
 from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
-from services.common.service import ServiceRuntime
-from services.common.settings import CommonSettings
+from services.common.service import ServiceRuntime, ServiceSettings
 from services.delivery import handlers
 from services.delivery.stats import parse_grouping, rated_period
 
 
-class DeliverySettings(CommonSettings):
+class DeliverySettings(ServiceSettings):
     service: str = "delivery"
     http_port: int = 8004
 
@@ -57,19 +57,49 @@ app = runtime.create_app(
 )
 
 
+CurrentPrincipal = Annotated[Principal, Depends(runtime.authenticated)]
+OVERSEERS = (Role.operator, Role.admin)
+
+
+def _office_scope(row: Any) -> str:
+    """The office that took the case and hands the result over; online cases: `online`."""
+    return str(row.pickup_office or row.intake_office or "online")
+
+
+def _may_read_result(principal: Principal, row: Any) -> None:
+    if principal.role in OVERSEERS:
+        return
+    if principal.role is Role.reviewer:
+        require_scope(principal, row.department, "department", exempt=())
+        return
+    require(principal, Role.clerk)
+    require_scope(principal, _office_scope(row), "office", exempt=())
+
+
 @app.get("/v1/results/{case_id}", response_model=ResultView, tags=["results"])
-async def get_result(case_id: str) -> ResultView:
-    """A case's result and how far its delivery has come."""
-    async with runtime.sessions() as session:
-        return handlers.result_view(await handlers.load_result(session, case_id))
+async def get_result(case_id: str, principal: CurrentPrincipal) -> ResultView:
+    """A case's result and how far its delivery has come: for the office that took the case,
+    the deciding department, operators and admins (every read is audited)."""
+    async with unit_of_work(runtime.sessions) as session:
+        row = await handlers.load_result(session, case_id)
+        _may_read_result(principal, row)
+        await runtime.audit(session, principal, "result.read", case_id)
+        return handlers.result_view(row)
 
 
 @app.post("/v1/cases/{case_id}/pickup", response_model=ResultView, tags=["results"])
 async def pickup(
-    case_id: str, request: Request, body: Annotated[PickupRequest | None, Body()] = None
+    case_id: str,
+    request: Request,
+    principal: CurrentPrincipal,
+    body: Annotated[PickupRequest | None, Body()] = None,
 ) -> ResultView:
     """The applicant collects a `counter_pickup` result at the office that took the
-    application: the result is delivered and the case closed."""
+    application (a clerk of that office hands it over): delivered, and the case closed."""
+    require(principal, Role.clerk)
+    async with runtime.sessions() as session:
+        row = await handlers.load_result(session, case_id)
+    require_scope(principal, _office_scope(row), "office", exempt=())
     async with unit_of_work(runtime.sessions) as session:
         return await handlers.pickup(
             session,
@@ -81,8 +111,15 @@ async def pickup(
 
 
 @app.post("/v1/cases/{case_id}/rating", response_model=CaseRated, status_code=201, tags=["ratings"])
-async def rate(case_id: str, body: RatingRequest, request: Request) -> CaseRated:
-    """The applicant's one rating of the case (好差评, 一事一评), after delivery."""
+async def rate(
+    case_id: str, body: RatingRequest, request: Request, principal: CurrentPrincipal
+) -> CaseRated:
+    """The applicant's one rating of the case (好差评, 一事一评), after delivery, entered at
+    the office that took the case (or the online channel)."""
+    require(principal, Role.clerk)
+    async with runtime.sessions() as session:
+        row = await handlers.load_result(session, case_id)
+    require_scope(principal, _office_scope(row), "office", exempt=())
     async with unit_of_work(runtime.sessions) as session:
         return await handlers.rate(
             session,
@@ -110,12 +147,15 @@ async def rating_stats(
     to: Annotated[
         date | None, Query(description="last day of rated_at, city-local date (included)")
     ] = None,
+    *,
+    principal: CurrentPrincipal,
 ) -> list[RatingStatsRow]:
     """好差评 statistics: per key, the ratings at each of the five levels, the satisfaction
     rate (very_satisfied + satisfied over total) and the bad ones (差评), sorted by key.
 
     422 `invalid_grouping` for an unknown `by`; 422 `invalid_period` when `from` is after `to`.
     """
+    require(principal, *OVERSEERS)
     grouping = parse_grouping(by)
     period = rated_period(from_, to)
     async with runtime.sessions() as session:
@@ -129,6 +169,8 @@ async def verify_license(
         str | None,
         Query(pattern=r"^[0-9a-fA-F]{64}$", description="the hash the holder presented"),
     ] = None,
+    *,
+    principal: CurrentPrincipal,
 ) -> LicenseVerification:
     """Is this e-licence genuine? Always 200: `valid` is false for an unknown id or a sha256
     that is not the one on record, so a verifier gets a clear answer either way."""

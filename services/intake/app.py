@@ -7,16 +7,16 @@ Run: `python -m services.intake` (port 8001).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import httpx
-from fastapi import Header, Request, Response
+from fastapi import Depends, Header, Request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from contracts.catalog import Catalog
-from contracts.common import CaseStatus, Failure, Route, TimelineEntry
+from contracts.common import Applicant, CaseStatus, Failure, Route, TimelineEntry
 from contracts.events import CASE_TOPICS, EVENT_TYPES, CatalogPublished
 from contracts.rest import (
     CaseView,
@@ -26,20 +26,23 @@ from contracts.rest import (
     SubmissionResponse,
     WithdrawRequest,
 )
+from services.common.auth import Principal
 from services.common.catalog import CatalogIndex, effective_intake_levels
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import Subscription
 from services.common.db import unit_of_work
-from services.common.handover import HandoverSettings, load_keys
-from services.common.service import ServiceRuntime
+from services.common.handover import load_keys
+from services.common.limits import RateLimiter, rate_limited
+from services.common.logs import mask_personal_data
+from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.web import Problem
-from services.intake import handlers, models
+from services.intake import access, handlers, models
 from services.intake.validation import refusal_problem, validate_submission
 
 CITY_TZ = ZoneInfo("Asia/Shanghai")
 
 
-class IntakeSettings(HandoverSettings):
+class IntakeSettings(ServiceSettings):
     service: str = "intake"
     http_port: int = 8001
     routing_url: str = "http://127.0.0.1:8002"
@@ -89,6 +92,9 @@ app = runtime.create_app(
     title="tongban intake",
     description="Counter and online intake of government-service cases (DESIGN.md §4).",
 )
+CurrentPrincipal = Annotated[Principal, Depends(runtime.authenticated)]
+# Per client (token subject): a counter terminal stuck in a loop must not starve the others.
+limiter = RateLimiter.from_settings(settings)
 
 
 def _catalog() -> CatalogIndex:
@@ -104,12 +110,15 @@ def _catalog() -> CatalogIndex:
     return index
 
 
-async def _route_preview(application: SubmissionRequest) -> Route | None:
+async def _route_preview(application: SubmissionRequest, authorization: str | None) -> Route | None:
+    """Routing's prediction, asked on the clerk's behalf (their token goes along)."""
     if routing_client is None:
         return None
     try:
         answer = await routing_client.post(
-            "/v1/routes/preview", json=application.model_dump(mode="json")
+            "/v1/routes/preview",
+            json=application.model_dump(mode="json"),
+            headers={"Authorization": authorization} if authorization else None,
         )
         if answer.status_code != 200:
             return None
@@ -119,15 +128,23 @@ async def _route_preview(application: SubmissionRequest) -> Route | None:
         return None  # routing down or slow: the case is still taken
 
 
-@app.post("/v1/cases", response_model=SubmissionResponse, status_code=201, tags=["cases"])
+@app.post(
+    "/v1/cases",
+    response_model=SubmissionResponse,
+    status_code=201,
+    tags=["cases"],
+    dependencies=[Depends(rate_limited(limiter, after=runtime.authenticated))],
+)
 async def submit(
     application: SubmissionRequest,
-    response: Response,
     request: Request,
+    principal: CurrentPrincipal,
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> SubmissionResponse:
-    """Take an application. Missing required materials: the case waits as
-    `awaiting_supplement` with one notification listing all of them."""
+    """Take an application (clerks, at their own office; the online channel's scope is
+    `online`). Missing required materials: the case waits as `awaiting_supplement` with one
+    notification listing all of them."""
+    access.may_submit(principal, application)
     digest = handlers.request_hash(application)
     if idempotency_key:
         async with runtime.sessions() as session:
@@ -140,7 +157,11 @@ async def submit(
     problem = refusal_problem(result)
     if problem is not None:
         raise problem
-    preview = None if result.missing_materials else await _route_preview(application)
+    preview = (
+        None
+        if result.missing_materials
+        else await _route_preview(application, request.headers.get("authorization"))
+    )
     case_id = handlers.new_case_id(index.catalog.city.code, today)
     try:
         async with unit_of_work(runtime.sessions) as session:
@@ -168,10 +189,27 @@ async def submit(
 
 
 @app.get("/v1/cases/{case_id}", response_model=CaseView, tags=["cases"])
-async def get_case(case_id: str) -> CaseView:
-    """Status, route, deadline and the whole timeline from every case topic."""
-    async with runtime.sessions() as session:
+async def get_case(case_id: str, principal: CurrentPrincipal) -> CaseView:
+    """Status, route, deadline and the whole timeline from every case topic. Clerks read their
+    office's cases, reviewers their department's; operators and admins read every case with
+    the applicant's personal data masked. Every read is on the audit trail."""
+    return await _case_view(case_id, principal)
+
+
+async def _case_view(case_id: str, principal: Principal) -> CaseView:
+    async with unit_of_work(runtime.sessions) as session:
         case = await handlers.load_case(session, case_id)
+        access.may_read(
+            principal, case.office_code, case.channel, (case.route or {}).get("handled_by")
+        )
+        clear = access.sees_personal_data(principal)
+        await runtime.audit(
+            session,
+            principal,
+            "case.read",
+            case_id,
+            {"personal_data": "clear" if clear else "masked"},
+        )
         entries = await session.execute(
             select(models.timeline)
             .where(models.timeline.c.case_id == case_id)
@@ -185,20 +223,30 @@ async def get_case(case_id: str) -> CaseView:
         case_id=case.case_id,
         status=CaseStatus(case.status),
         item_code=case.item_code,
+        channel=case.channel,
+        office_code=case.office_code,
         route=Route.model_validate(case.route) if case.route else None,
         failure=Failure.model_validate(case.failure) if case.failure else None,
         deadline=case.deadline,
         missing_materials=list(case.missing_materials),
         timeline=timeline,
+        applicant=_applicant_view(case.application["applicant"], clear),
     )
 
 
+def _applicant_view(applicant: dict[str, Any], clear: bool) -> Applicant:
+    return Applicant.model_validate(applicant if clear else mask_personal_data(applicant))
+
+
 @app.post("/v1/cases/{case_id}/materials", response_model=SubmissionResponse, tags=["cases"])
-async def add_materials(case_id: str, body: MaterialsRequest) -> SubmissionResponse:
+async def add_materials(
+    case_id: str, body: MaterialsRequest, principal: CurrentPrincipal
+) -> SubmissionResponse:
     """Supplement materials: completes a counter case, or answers a review's request."""
     index = _catalog()
     async with runtime.sessions() as session:
         case = await handlers.load_case(session, case_id)
+    access.may_act_on(principal, case.office_code, case.channel)
     item = index.items.get(case.item_code)
     required = [m.code for m in item.materials if m.required] if item is not None else None
     if item is not None:
@@ -227,16 +275,22 @@ async def add_materials(case_id: str, body: MaterialsRequest) -> SubmissionRespo
 
 
 @app.post("/v1/cases/{case_id}/withdraw", response_model=CaseView, tags=["cases"])
-async def withdraw(case_id: str, body: WithdrawRequest | None = None) -> CaseView:
+async def withdraw(
+    case_id: str, principal: CurrentPrincipal, body: WithdrawRequest | None = None
+) -> CaseView:
+    """Withdraw before the decision, at the office that took the case."""
+    async with runtime.sessions() as session:
+        case = await handlers.load_case(session, case_id)
+    access.may_act_on(principal, case.office_code, case.channel)
     async with unit_of_work(runtime.sessions) as session:
         await handlers.withdraw(
             session, runtime=runtime, case_id=case_id, reason=body.reason if body else None
         )
-    return await get_case(case_id)
+    return await _case_view(case_id, principal)
 
 
 @app.get("/v1/items", response_model=list[ItemView], tags=["catalog"])
-async def items() -> list[ItemView]:
+async def items(principal: CurrentPrincipal) -> list[ItemView]:
     """The catalog items in force (intake's copy of the newest catalog version)."""
     index = _catalog()
     return [

@@ -8,7 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Body, Query
+from fastapi import Body, Depends, Query
+from pydantic import Field
 from sqlalchemy import select
 
 from contracts.events import INTAKE_TOPIC, CaseSubmitted
@@ -19,20 +20,24 @@ from contracts.rest import (
     SubmissionRequest,
     TriageEntry,
 )
+from services.common.auth import Principal, Role, require
 from services.common.catalog import CatalogIndex
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
-from services.common.service import ServiceRuntime
-from services.common.settings import CommonSettings
+from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.web import Problem
 from services.routing import handlers, models
+from services.routing.topics import DepartmentTopics
 
 
-class RoutingSettings(CommonSettings):
+class RoutingSettings(ServiceSettings):
     service: str = "routing"
     http_port: int = 8002
+    # Bound on creating department topics inline (catalog load, start-up); on failure the
+    # background task keeps trying (services.routing.topics).
+    department_topics_timeout_s: float = Field(10.0, gt=0)
 
 
 settings = RoutingSettings()
@@ -40,10 +45,23 @@ runtime = ServiceRuntime(settings)
 catalogs: CatalogFollower[tuple[int, CatalogIndex]] = CatalogFollower(
     settings, handlers.build_index
 )
+department_topics = DepartmentTopics(settings, timeout_s=settings.department_topics_timeout_s)
 
 
 async def _on_submitted(session: Any, envelope: Envelope, payload: CaseSubmitted) -> None:
-    await handlers.route_submission(session, envelope, payload, runtime=runtime, follower=catalogs)
+    await handlers.route_submission(
+        session, envelope, payload, runtime=runtime, follower=catalogs, topics=department_topics
+    )
+
+
+async def _ensure_department_topics() -> None:
+    """At start-up, the topics of the latest catalog version's departments (a restart heals a
+    creation that failed); best effort, the background task retries."""
+    version = catalogs.latest_version
+    if version is not None:
+        await department_topics.ensure(
+            handlers.department_codes(catalogs.published[version]), reason="startup"
+        )
 
 
 runtime.consume(
@@ -51,7 +69,11 @@ runtime.consume(
     subscriptions={"gov.case.submitted.v1": Subscription(_on_submitted, CaseSubmitted)},
 )
 runtime.on_startup(catalogs.start)
+runtime.on_startup(_ensure_department_topics)
 runtime.background(catalogs.run, catalogs.stop)
+runtime.background(department_topics.run, department_topics.stop)
+
+CurrentPrincipal = Annotated[Principal, Depends(runtime.authenticated)]
 
 app = runtime.create_app(
     title="tongban routing",
@@ -60,8 +82,12 @@ app = runtime.create_app(
 
 
 @app.post("/v1/routes/preview", response_model=RoutePreviewResponse, tags=["routing"])
-async def preview(application: SubmissionRequest) -> RoutePreviewResponse:
-    """The route a submission would get now, without creating a case."""
+async def preview(
+    application: SubmissionRequest, principal: CurrentPrincipal
+) -> RoutePreviewResponse:
+    """The route a submission would get now, without creating a case (clerks, operators,
+    admins; intake asks on the clerk's behalf)."""
+    require(principal, Role.clerk, Role.operator, Role.admin)
     outcome = handlers.decide(
         catalogs,
         CaseSubmitted(case_id="preview", application=application, submitted_at=datetime.now(UTC)),
@@ -73,8 +99,11 @@ async def preview(application: SubmissionRequest) -> RoutePreviewResponse:
 
 
 @app.get("/v1/triage", response_model=list[TriageEntry], tags=["routing"])
-async def triage(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[TriageEntry]:
+async def triage(
+    principal: CurrentPrincipal, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[TriageEntry]:
     """Cases that could not be routed, newest first: they wait here, never dropped."""
+    require(principal, Role.operator, Role.admin)
     routes = models.routes
     async with runtime.sessions() as session:
         rows = await session.execute(
@@ -106,7 +135,7 @@ async def triage(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Tria
         503: {"model": ProblemBody, "description": "no_catalog: nothing loaded to route by"},
     },
 )
-async def retry(case_id: str) -> RoutePreviewResponse:
+async def retry(case_id: str, principal: CurrentPrincipal) -> RoutePreviewResponse:
     """Route a failed case again, typically after a catalog fix.
 
     The case's stored application and submission time are routed by the catalog version in
@@ -115,10 +144,11 @@ async def retry(case_id: str) -> RoutePreviewResponse:
     approval) or `gov.case.route_failed.v1` (it stays in triage), in the same transaction as the
     route's update; concurrent retries of one case are serialised by a row lock.
     """
+    require(principal, Role.operator, Role.admin)
     try:
         async with unit_of_work(runtime.sessions) as session:
             outcome = await handlers.retry_route(
-                session, case_id, runtime=runtime, follower=catalogs
+                session, case_id, runtime=runtime, follower=catalogs, topics=department_topics
             )
     except handlers.CaseNotFound:
         raise Problem(
@@ -139,8 +169,15 @@ async def retry(case_id: str) -> RoutePreviewResponse:
 
 
 @app.post("/v1/catalog", response_model=CatalogVersion, status_code=201, tags=["catalog"])
-async def load_catalog(raw: Annotated[dict[str, Any], Body()]) -> CatalogVersion:
-    """Load a whole catalog (the catalog file as JSON) as the next version."""
+async def load_catalog(
+    raw: Annotated[dict[str, Any], Body()], principal: CurrentPrincipal
+) -> CatalogVersion:
+    """Load a whole catalog (the catalog file as JSON) as the next version.
+
+    After the commit, the Kafka topic of every department in it (`dept.<code>.cases.v1`) is
+    created if missing; when the broker cannot create them now, the load still stands and
+    routing keeps trying in the background (logged)."""
+    require(principal, Role.admin)
     try:
         async with unit_of_work(runtime.sessions) as session:
             published = await handlers.load_catalog(session, raw, runtime=runtime)
@@ -154,11 +191,12 @@ async def load_catalog(raw: Annotated[dict[str, Any], Body()]) -> CatalogVersion
             errors=refused.problems,
         ) from None
     catalogs.apply(published)  # this process routes by it at once; others follow catalog.v1
+    await department_topics.ensure(handlers.department_codes(published), reason="catalog_load")
     return _version_view(published.version)
 
 
 @app.get("/v1/catalog/version", response_model=CatalogVersion, tags=["catalog"])
-async def catalog_version() -> CatalogVersion:
+async def catalog_version(principal: CurrentPrincipal) -> CatalogVersion:
     version = catalogs.latest_version
     if version is None:
         raise Problem(404, "no_catalog", "No catalog loaded", "Load one: POST /v1/catalog")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, null, select, text, update
+from sqlalchemy import func, insert, null, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,6 +20,7 @@ from services.common.envelope import Envelope
 from services.common.service import ServiceRuntime
 from services.routing import models
 from services.routing.rules import RouteOutcome, route_case
+from services.routing.topics import DepartmentTopics, department_copy_rows
 from services.routing.versions import VersionTimeline
 
 CITY_TZ = ZoneInfo("Asia/Shanghai")
@@ -133,6 +134,29 @@ def effect_of(submitted: CaseSubmitted, outcome: RouteOutcome | None) -> Effect:
     )
 
 
+async def emit_effect(
+    session: AsyncSession,
+    effect: Effect,
+    *,
+    runtime: ServiceRuntime,
+    topics: DepartmentTopics,
+    traceparent: str | None = None,
+) -> Envelope:
+    """Write the effect's event into the outbox; a routed case also goes, as the same record
+    (same ce_id and headers, key = case id), to its department's topic, in one INSERT of the
+    caller's transaction (services.routing.topics)."""
+    topic, envelope = runtime.envelope(
+        effect.event_type, effect.event, handledby=effect.handled_by, traceparent=traceparent
+    )
+    department = effect.handled_by if effect.event_type == "gov.case.routed.v1" else None
+    if department is not None:
+        topics.want(department)  # no I/O: queues the topic's creation if not seen yet
+    await session.execute(
+        insert(runtime.outbox.table), department_copy_rows(topic, envelope, department)
+    )
+    return envelope
+
+
 async def route_submission(
     session: AsyncSession,
     envelope: Envelope,
@@ -140,8 +164,10 @@ async def route_submission(
     *,
     runtime: ServiceRuntime,
     follower: CatalogFollower[tuple[int, CatalogIndex]],
+    topics: DepartmentTopics,
 ) -> None:
-    """Route a submitted case by the catalog version in force at its submission."""
+    """Route a submitted case by the catalog version in force at its submission; a routed case
+    is also written to its department's topic."""
     effect = effect_of(submitted, decide(follower, submitted))
     row: dict[str, Any] = {
         "case_id": submitted.case_id,
@@ -161,12 +187,8 @@ async def route_submission(
     )
     if inserted.scalar() is None:
         return  # routed before (a resubmission of the same case id): one route per case
-    await runtime.emit(
-        session,
-        effect.event_type,
-        effect.event,
-        handledby=effect.handled_by,
-        traceparent=envelope.traceparent,
+    await emit_effect(
+        session, effect, runtime=runtime, topics=topics, traceparent=envelope.traceparent
     )
 
 
@@ -190,6 +212,7 @@ async def retry_route(
     *,
     runtime: ServiceRuntime,
     follower: CatalogFollower[tuple[int, CatalogIndex]],
+    topics: DepartmentTopics,
 ) -> RouteOutcome:
     """An operator re-routes a failed case from triage (`POST /v1/triage/{case_id}/retry`).
 
@@ -201,8 +224,8 @@ async def retry_route(
     The row is locked (SELECT ... FOR UPDATE) for the transaction, so two concurrent retries
     cannot both route the case: the second waits, then sees it routed (`NotInTriage`), or
     retries a still-failed case once more. The row's decision, `decided_at` and `retries`
-    change, and `gov.case.routed.v1` (with ce_handledby) or `gov.case.route_failed.v1` is
-    written to the outbox, all in the caller's transaction.
+    change, and `gov.case.routed.v1` (with ce_handledby; also to the department's topic) or
+    `gov.case.route_failed.v1` is written to the outbox, all in the caller's transaction.
 
     Raises CaseNotFound (routing has no such case), NotInTriage (it is not route_failed),
     NoCatalog (nothing loaded to route by).
@@ -232,7 +255,7 @@ async def retry_route(
         .where(routes.c.case_id == case_id)
         .values(**effect.values, decided_at=func.now(), retries=routes.c.retries + 1)
     )
-    await runtime.emit(session, effect.event_type, effect.event, handledby=effect.handled_by)
+    await emit_effect(session, effect, runtime=runtime, topics=topics)
     return outcome
 
 
@@ -263,3 +286,8 @@ async def load_catalog(
         subject=f"{catalog.city.code}/catalog/{version}",
     )
     return published
+
+
+def department_codes(published: CatalogPublished) -> list[str]:
+    """The codes of every department of a catalog version (their topics are created)."""
+    return [str(d["code"]) for d in published.catalog.get("departments", [])]

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.cli.devclient import ActingClient
 from services.common.catalog import load_catalog_file
 from tests.conftest import ROOT, eventually
 
@@ -44,7 +45,7 @@ def running_services() -> Iterator[None]:
 @pytest.fixture(scope="session")
 async def catalog(running_services: None) -> dict[str, Any]:
     raw = load_catalog_file(DEMO_CATALOG)
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with ActingClient(timeout=30) as client:
         answer = await client.post(f"{ROUTING}/v1/catalog", json=raw)
         assert answer.status_code == 201, answer.text
         version = answer.json()["version"]
@@ -59,7 +60,7 @@ async def catalog(running_services: None) -> dict[str, Any]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with ActingClient(timeout=30) as client:
         yield client
 
 

@@ -27,13 +27,13 @@ from contracts.rest import RatingGrouping, RatingStatsRow
 from services.common import migrations
 from services.common.db import runtime_metadata, unit_of_work
 from services.common.envelope import Envelope
-from services.common.service import ServiceRuntime
-from services.common.settings import CommonSettings
+from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.web import Problem
 from services.delivery import app as delivery_app
 from services.delivery import handlers, models
 from services.delivery.results import CITY_TZ
 from services.delivery.stats import RatedPeriod, rated_period, stats_query
+from tests.auth_helpers import auth_headers
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ OUTBOX = runtime_metadata("delivery")[1]
 
 
 @pytest.fixture
-async def runtime(settings: CommonSettings) -> AsyncIterator[ServiceRuntime]:
+async def runtime(settings: ServiceSettings) -> AsyncIterator[ServiceRuntime]:
     """delivery's runtime as app.py wires it, minus the lifespan: the handlers only use it to
     write events into delivery's outbox (no relay, no consumer, no Kafka here)."""
     # Alembic's env runs its own event loop; keep it off ours.
@@ -420,7 +420,9 @@ async def test_the_statistics_endpoint_answers_from_the_database(
     # ASGITransport runs no lifespan: the app's own pool serves the request, nothing else starts.
     transport = httpx.ASGITransport(app=delivery_app.app)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://delivery") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://delivery", headers=auth_headers("operator")
+        ) as client:
             default = await client.get("/v1/ratings/stats", params={"from": day, "to": day})
             by_office = await client.get("/v1/ratings/stats", params={"by": "office"})
             by_level = await client.get("/v1/ratings/stats", params={"by": "level"})

@@ -14,15 +14,14 @@ from contracts.events import ClockStep
 from services.approval import clock, models, sla
 from services.common import migrations
 from services.common.db import unit_of_work
-from services.common.service import ServiceRuntime
-from services.common.settings import CommonSettings
+from services.common.service import ServiceRuntime, ServiceSettings
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
 
 
 async def test_each_timer_fires_once_across_two_schedulers_and_a_crash(
-    settings: CommonSettings,
+    settings: ServiceSettings,
 ) -> None:
     await asyncio.to_thread(migrations.upgrade, "approval", settings.database_url)
     prefix = f"SLA-{uuid.uuid4().hex[:8]}"

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from services.delivery.app import app, settings
+from tests.auth_helpers import auth_headers
 
 pytestmark = pytest.mark.unit
 
@@ -15,7 +16,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     # ASGITransport does not run the lifespan: no database, no Kafka; these requests never
     # reach them.
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://delivery") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://delivery", headers=auth_headers("operator")
+    ) as client:
         yield client
 
 

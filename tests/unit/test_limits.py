@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from services.common import auth
 from services.common.auth import AuthSettings, Principal, authenticate, decode_token, mint_token
 from services.common.limits import MIB, BodySizeLimit, RateLimiter, max_body_bytes, rate_limited
-from services.common.service import ServiceRuntime
+from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.settings import CommonSettings
 from services.common.web import PROBLEM_JSON, install_problem_handlers
 
@@ -106,7 +106,7 @@ async def test_small_json_bodies_are_untouched() -> None:
 
 async def test_every_service_app_has_the_limit() -> None:
     assert max_body_bytes(CommonSettings()) == MIB
-    runtime = ServiceRuntime(CommonSettings(service="limits_test"))
+    runtime = ServiceRuntime(ServiceSettings(service="limits_test"))
     app = runtime.create_app(title="t", description="d")
 
     @app.post("/raw")

@@ -1,0 +1,100 @@
+"""A dev/test HTTP client that acts as the right person for each call (dev mode only).
+
+tongban's REST API is for clerks, reviewers, operators and admins, each with a bearer token
+scoped to their office or department. The demo and the end-to-end tests play all of them; this
+client picks, per request, the role a real caller of that endpoint would have and mints a dev
+token for it (never outside dev/test: `mint_token` refuses without the dev secret).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import httpx
+
+from services.common.auth import AuthSettings, Role, mint_token
+
+INTAKE_PORT, ROUTING_PORT, APPROVAL_PORT, DELIVERY_PORT = 8001, 8002, 8003, 8004
+_CASE_ACTION = re.compile(
+    r"^/v1/cases/(?P<case>[^/]+)/(?P<action>materials|withdraw|pickup|rating)$"
+)
+
+
+class ActingClient(httpx.AsyncClient):
+    """`httpx.AsyncClient` whose requests carry the token of whoever would make them.
+
+    An explicit `Authorization` header (or `headers={"Authorization": ""}` for none) wins, so
+    tests can also act as a chosen role, or as nobody.
+    """
+
+    def __init__(self, *, intake_url: str = "http://127.0.0.1:8001", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._settings = AuthSettings()
+        self._intake_url = intake_url
+        self._tokens: dict[tuple[Role, str | None], str] = {}
+
+    def token(self, role: Role, scope: str | None = None) -> str:
+        key = (role, scope)
+        if key not in self._tokens:
+            self._tokens[key] = mint_token(
+                self._settings, subject=f"dev-{role.value}-{scope}", role=role, scope=scope
+            )
+        return self._tokens[key]
+
+    def headers_for(self, role: Role, scope: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(role, scope)}"}
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        if "authorization" not in request.headers:
+            role, scope = await self._acting_as(request)
+            request.headers["Authorization"] = f"Bearer {self.token(role, scope)}"
+        elif not request.headers["authorization"]:
+            del request.headers["authorization"]
+        return await super().send(request, **kwargs)
+
+    async def _acting_as(self, request: httpx.Request) -> tuple[Role, str | None]:
+        port, path, method = request.url.port, request.url.path, request.method
+        body = _json(request)
+        query = dict(request.url.params)
+        if port == INTAKE_PORT and method == "POST" and path == "/v1/cases":
+            return Role.clerk, _office_scope(body.get("office_code"), body.get("channel"))
+        if port == ROUTING_PORT and path == "/v1/catalog" and method == "POST":
+            return Role.admin, None
+        if port == APPROVAL_PORT:
+            department = body.get("department") or query.get("department")
+            if method == "POST" or (department and path in ("/v1/worklist", "/v1/followups")):
+                return Role.reviewer, department
+        match = _CASE_ACTION.match(path)
+        if match and method == "POST" and port in (INTAKE_PORT, DELIVERY_PORT):
+            return Role.clerk, await self._office_of(match["case"])
+        return Role.operator, None
+
+    async def _office_of(self, case_id: str) -> str:
+        """The office that took a case (or `online`), as intake knows it."""
+        answer = await super().send(
+            self.build_request(
+                "GET",
+                f"{self._intake_url}/v1/cases/{case_id}",
+                headers=self.headers_for(Role.operator),
+            )
+        )
+        if answer.status_code != 200:
+            return "online"
+        view = answer.json()
+        return _office_scope(view.get("office_code"), view.get("channel"))
+
+
+def _office_scope(office_code: str | None, channel: str | None) -> str:
+    return "online" if channel == "online" or not office_code else office_code
+
+
+def _json(request: httpx.Request) -> dict[str, Any]:
+    if not request.content:
+        return {}
+    try:
+        data = json.loads(request.content)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
