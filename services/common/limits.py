@@ -103,6 +103,8 @@ class BodySizeLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
+            if declared <= DRAIN_LIMIT_BYTES:
+                await _drain(receive)
             await self._refuse(scope, receive, send)
             return
         if declared is not None:
@@ -140,6 +142,7 @@ class BodySizeLimit:
             if not exceeded or started:
                 raise
         if exceeded and not started:
+            await _drain(receive, DRAIN_LIMIT_BYTES - received)
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -148,6 +151,22 @@ class BodySizeLimit:
         # The rest of the body is not read: the connection cannot carry another request.
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+# Read (and drop) an oversized body up to this size before answering 413: a client that sends
+# its whole body before reading the answer then sees the 413 instead of a reset connection.
+# Bigger bodies are cut off unread.
+DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
+
+
+async def _drain(receive: Receive, budget: int = DRAIN_LIMIT_BYTES) -> None:
+    while budget > 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _content_length(scope: Scope) -> int | None:

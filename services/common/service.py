@@ -198,7 +198,7 @@ class ServiceRuntime:
             principal: Principal = authenticated,
             case_id: Annotated[str | None, Query(max_length=64)] = None,
             actor: Annotated[str | None, Query(max_length=200)] = None,
-            after_seq: Annotated[int | None, Query(ge=0)] = None,
+            after_seq: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
             limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         ) -> audit.AuditPage:
             """Who read or decided what, when (admins only): reads of cases with personal

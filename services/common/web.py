@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -118,6 +119,22 @@ def install_problem_handlers(app: FastAPI) -> None:
         code = codes.get(exc.status_code, f"http_{exc.status_code}")
         return problem_response(Problem(exc.status_code, code, str(exc.detail)), request)
 
+    async def on_database_data_error(request: Request, exc: Exception) -> Response:
+        # A value PostgreSQL cannot store (a NUL character, a number out of range...): the
+        # client sent it, nothing was written (the transaction failed), so it is a 422.
+        if _is_data_error(exc):
+            return problem_response(
+                Problem(
+                    422,
+                    "invalid_value",
+                    "A value cannot be stored",
+                    "A field holds a character or number outside what tongban accepts "
+                    "(e.g. a NUL character, or a number too large). Fix the value and resend.",
+                ),
+                request,
+            )
+        return await on_unexpected(request, exc)
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         return problem_response(
             Problem(500, "internal_error", "Internal error", "The error was logged; retry later."),
@@ -127,7 +144,21 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(DBAPIError, on_database_data_error)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    import asyncpg
+
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, asyncpg.exceptions.DataError):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 def install_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck]) -> None:

@@ -51,8 +51,22 @@ def _city_midnight(day: date) -> datetime:
     return datetime.combine(day, time(0), tzinfo=CITY_TZ)
 
 
+# Ratings exist from tongban's start on; outside this window a bound is a typo, and the far
+# ends of the calendar (0001-01-01, 9999-12-31) would overflow as instants.
+EARLIEST_DAY, LATEST_DAY = date(1970, 1, 1), date(2999, 12, 31)
+
+
 def rated_period(first: date | None, last: date | None) -> RatedPeriod:
     """The instants of the city-local days `first` .. `last` (both included)."""
+    for name, day in (("from", first), ("to", last)):
+        if day is not None and not EARLIEST_DAY <= day <= LATEST_DAY:
+            raise Problem(
+                422,
+                "invalid_period",
+                "The period is outside the dates tongban keeps",
+                f"{name}={day.isoformat()} is not between {EARLIEST_DAY} and {LATEST_DAY}.",
+                errors=[{"field": f"query.{name}", "message": "out of range"}],
+            )
     if first is not None and last is not None and first > last:
         raise Problem(
             422,

@@ -134,6 +134,22 @@ async def _route_preview(application: SubmissionRequest, authorization: str | No
     status_code=201,
     tags=["cases"],
     dependencies=[Depends(rate_limited(limiter, after=runtime.authenticated))],
+    # OpenAPI links: what a client (or a stateful test) can do next with the new case.
+    responses={
+        201: {
+            "links": {
+                name: {
+                    "operationId": operation,
+                    "parameters": {"case_id": "$response.body#/case_id"},
+                }
+                for name, operation in (
+                    ("GetCase", "get_case_v1_cases__case_id__get"),
+                    ("AddMaterials", "add_materials_v1_cases__case_id__materials_post"),
+                    ("Withdraw", "withdraw_v1_cases__case_id__withdraw_post"),
+                )
+            }
+        }
+    },
 )
 async def submit(
     application: SubmissionRequest,

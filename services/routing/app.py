@@ -15,7 +15,6 @@ from sqlalchemy import select
 from contracts.events import INTAKE_TOPIC, CaseSubmitted
 from contracts.rest import (
     CatalogVersion,
-    ProblemBody,
     RoutePreviewResponse,
     SubmissionRequest,
     TriageEntry,
@@ -129,11 +128,6 @@ async def triage(
     "/v1/triage/{case_id}/retry",
     response_model=RoutePreviewResponse,
     tags=["routing"],
-    responses={
-        404: {"model": ProblemBody, "description": "case_not_found: routing has no such case"},
-        409: {"model": ProblemBody, "description": "not_in_triage: the case is already routed"},
-        503: {"model": ProblemBody, "description": "no_catalog: nothing loaded to route by"},
-    },
 )
 async def retry(case_id: str, principal: CurrentPrincipal) -> RoutePreviewResponse:
     """Route a failed case again, typically after a catalog fix.

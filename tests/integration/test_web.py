@@ -45,6 +45,12 @@ def build_app(engine: AsyncEngine, kafka_ok: bool = True) -> FastAPI:
             )
         return {"ok": body.item_code}
 
+    @app.get("/echo")
+    async def echo(word: str) -> dict[str, str]:
+        async with engine.connect() as conn:
+            stored = (await conn.execute(text("SELECT CAST(:w AS text)"), {"w": word})).scalar()
+        return {"word": str(stored)}
+
     @app.get("/boom")
     async def boom() -> None:
         raise RuntimeError("bug")
@@ -92,3 +98,11 @@ async def test_errors_are_problem_json_with_a_stable_code(engine: AsyncEngine) -
 
         crash = await c.get("/boom")
         assert crash.status_code == 500 and crash.json()["code"] == "internal_error"
+
+
+async def test_a_value_postgresql_cannot_store_is_a_422_not_a_500(engine: AsyncEngine) -> None:
+    async with await client(build_app(engine)) as c:
+        assert (await c.get("/echo", params={"word": "好"})).json() == {"word": "好"}
+        nul = await c.get("/echo", params={"word": "a\x00b"})
+        assert nul.status_code == 422
+        assert nul.json()["code"] == "invalid_value"

@@ -122,3 +122,11 @@ def test_the_period_bounds_are_half_open() -> None:
 def test_the_columns_are_the_rows_fields() -> None:
     names = [c.name for c in stats_query(RatingGrouping.office, ALL_TIME).selected_columns]
     assert names == list(RatingStatsRow.model_fields)
+
+
+@pytest.mark.parametrize("day", [date(1, 1, 1), date(9999, 12, 31)])
+def test_the_far_ends_of_the_calendar_are_refused_not_crashed_on(day: date) -> None:
+    for first, last in ((day, None), (None, day)):
+        with pytest.raises(Problem) as refused:
+            rated_period(first, last)
+        assert refused.value.status == 422 and refused.value.code == "invalid_period"
