@@ -32,6 +32,7 @@ from contracts.rest import DecisionRequest, WorklistEntry
 from services.approval import clock, models, review, sla
 from services.approval.clock import local_date
 from services.approval.review import CaseState, Decision, Outcome, Pause, Refusal, Unrouted
+from services.common import audit
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import PermanentError
 from services.common.db import unit_of_work
@@ -314,6 +315,18 @@ async def decision_made(
         if result.code == "case_not_found":
             raise CaseNotYetRouted(reason)
         raise PermanentError(reason)
+    # Decisions by event are audited like REST ones; the actor is the department system that
+    # published it (its CloudEvents source).
+    await audit.append(
+        session,
+        runtime.schema,
+        actor=envelope.source,
+        role="department_system",
+        scope=made.department,
+        action="case.decide",
+        case_id=made.case_id,
+        detail={"decision": made.decision.value, "event_id": envelope.id},
+    )
 
 
 # -- case.intake.v1 ----------------------------------------------------------------------------

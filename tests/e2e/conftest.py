@@ -59,7 +59,7 @@ async def catalog(running_services: None) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
+async def http() -> AsyncIterator[ActingClient]:
     async with ActingClient(timeout=30) as client:
         yield client
 

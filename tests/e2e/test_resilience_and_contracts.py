@@ -19,10 +19,12 @@ import pytest
 from contracts.events import CASE_TOPICS, CaseSubmitted
 from contracts.registry import validate_event
 from services.cli.applicants import application_for
+from services.cli.devclient import ActingClient
+from services.common.auth import Role
 from services.common.envelope import Envelope
 from services.common.settings import CommonSettings
 from tests.conftest import ROOT, eventually
-from tests.e2e.conftest import INTAKE, ROUTING, items_where, services, wait_status
+from tests.e2e.conftest import APPROVAL, INTAKE, ROUTING, items_where, services, wait_status
 from tests.kafka_helpers import header, produce, read_topic
 
 pytestmark = pytest.mark.e2e
@@ -194,7 +196,7 @@ async def test_a_bad_catalog_is_refused_whole_and_the_version_in_force_stays(
 
 async def test_department_decisions_arrive_as_events_too(
     catalog: dict[str, Any],
-    http: httpx.AsyncClient,
+    http: ActingClient,
     rng: random.Random,
     settings: CommonSettings,
 ) -> None:
@@ -236,6 +238,14 @@ async def test_department_decisions_arrive_as_events_too(
         ],
     )
     await wait_status(http, good["case_id"], "closed")
+    trail = (
+        await http.get(
+            f"{APPROVAL}/v1/audit",
+            params={"case_id": good["case_id"]},
+            headers=http.headers_for(Role.admin),
+        )
+    ).json()["records"]
+    assert [(r["action"], r["role"]) for r in trail] == [("case.decide", "department_system")]
 
     async def dead_letter() -> Any:
         for record in await read_topic(settings, "case.dlq.v1", idle=0.5):
