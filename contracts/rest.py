@@ -179,6 +179,26 @@ class HandoverProblemEntry(Contract):
     updated_at: AwareDatetime
 
 
+class SlaBoardRow(Contract):
+    """One department's open cases against their clocks."""
+
+    department: str
+    open: int
+    warned: int = Field(description="open cases past an SLA warning point")
+    overdue: int = Field(description="open cases whose deadline day is over")
+    unknown_deadline: int = Field(description="open cases whose deadline is past the calendar")
+    next_deadline: date | None
+
+
+class CaseAtRisk(Contract):
+    case_id: str
+    department: str | None
+    status: str
+    deadline: date | None
+    accepted_at: AwareDatetime | None
+    item_code: str | None
+
+
 class DecisionResponse(Contract):
     case_id: str
     status: CaseStatus

@@ -28,14 +28,17 @@ from contracts.events import (
 )
 from contracts.rest import (
     ApprovalCaseView,
+    CaseAtRisk,
     DecisionRequest,
     DecisionResponse,
     FollowupAnswerRequest,
     FollowupEntry,
     HandoverProblemEntry,
+    SlaBoardRow,
     WorklistEntry,
 )
 from services.approval import handlers, review
+from services.approval.clock import local_date
 from services.approval.sla import ClockScheduler
 from services.common.auth import Principal, Role, require, require_scope
 from services.common.catalog_follower import CatalogFollower
@@ -326,6 +329,41 @@ async def refused_handovers(
     async with runtime.sessions() as session:
         rows = await handlers.handover_problems(session, limit=limit)
     return [HandoverProblemEntry.model_validate(r) for r in rows]
+
+
+@app.get("/v1/sla/board", response_model=list[SlaBoardRow], tags=["operators"])
+async def sla_board(
+    principal: CurrentPrincipal,
+    department: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+) -> list[SlaBoardRow]:
+    """Per department: open cases, warned, overdue, with an unknown deadline, and the nearest
+    deadline, most pressing first (operators and admins; a reviewer, their department)."""
+    if principal.role not in OVERSEERS:
+        _department_reader(principal, department)
+    async with runtime.sessions() as session:
+        rows = await handlers.sla_board(
+            session, today=local_date(datetime.now(UTC)), department=department
+        )
+    return [SlaBoardRow.model_validate(r) for r in rows]
+
+
+@app.get("/v1/sla/cases", response_model=list[CaseAtRisk], tags=["operators"])
+async def sla_cases(
+    principal: CurrentPrincipal,
+    department: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    within_days: Annotated[int, Query(ge=0, le=365)] = 3,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[CaseAtRisk]:
+    """Open cases due within `within_days` calendar days, overdue, or with an unknown deadline,
+    nearest first."""
+    if principal.role not in OVERSEERS:
+        _department_reader(principal, department)
+    until = local_date(datetime.now(UTC)) + timedelta(days=within_days)
+    async with runtime.sessions() as session:
+        rows = await handlers.cases_at_risk(
+            session, until=until, department=department, limit=limit
+        )
+    return [CaseAtRisk.model_validate(r) for r in rows]
 
 
 def _problem(refusal: review.Refusal) -> Problem:

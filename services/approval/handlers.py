@@ -6,11 +6,11 @@ live in `review` (pure); these functions load, lock, save and emit in the caller
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -627,4 +627,81 @@ async def open_followups(
             "deadline": r.deadline,
         }
         for r in rows
+    ]
+
+
+# -- the SLA board (operators) -----------------------------------------------------------------
+
+
+async def sla_board(
+    session: AsyncSession, *, today: date, department: str | None
+) -> list[dict[str, Any]]:
+    """Per department: open cases, those warned, overdue (deadline day over), with an unknown
+    deadline, and the nearest deadline; most pressing first."""
+    timers = models.clock_timers
+    open_ = cases.c.status.in_([s.value for s in review.OPEN_STATUSES])
+    warned = (
+        select(timers.c.case_id)
+        .where(
+            timers.c.case_id == cases.c.case_id,
+            timers.c.step == ClockStep.decision.value,
+            timers.c.fired_at.is_not(None),
+            timers.c.point < 1,
+        )
+        .exists()
+    )
+    overdue = func.count().filter(cases.c.deadline < today)
+    query = (
+        select(
+            cases.c.department,
+            func.count().label("open"),
+            func.count().filter(warned).label("warned"),
+            overdue.label("overdue"),
+            func.count()
+            .filter(cases.c.deadline.is_(None), cases.c.time_limit_days > 0)
+            .label("unknown_deadline"),
+            func.min(cases.c.deadline).label("next_deadline"),
+        )
+        .where(open_, cases.c.department.is_not(None))
+        .group_by(cases.c.department)
+        .order_by(overdue.desc(), func.count().filter(warned).desc(), cases.c.department)
+    )
+    if department is not None:
+        query = query.where(cases.c.department == department)
+    return [dict(r._mapping) for r in await session.execute(query)]
+
+
+async def cases_at_risk(
+    session: AsyncSession, *, until: date, department: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Open cases whose deadline falls by `until` (overdue ones included), or is unknown."""
+    query = (
+        select(
+            cases.c.case_id,
+            cases.c.department,
+            cases.c.status,
+            cases.c.deadline,
+            cases.c.accepted_at,
+            cases.c.item,
+        )
+        .where(
+            cases.c.status.in_([s.value for s in review.OPEN_STATUSES]),
+            (cases.c.deadline <= until)
+            | (cases.c.deadline.is_(None) & (cases.c.time_limit_days > 0)),
+        )
+        .order_by(cases.c.deadline.asc().nulls_first(), cases.c.case_id)
+        .limit(limit)
+    )
+    if department is not None:
+        query = query.where(cases.c.department == department)
+    return [
+        {
+            "case_id": r.case_id,
+            "department": r.department,
+            "status": r.status,
+            "deadline": r.deadline,
+            "accepted_at": r.accepted_at,
+            "item_code": (r.item or {}).get("code"),
+        }
+        for r in await session.execute(query)
     ]

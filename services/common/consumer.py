@@ -33,7 +33,13 @@ from services.common.db import runtime_metadata
 from services.common.envelope import Envelope, EnvelopeError
 from services.common.kafka import make_consumer, make_producer
 from services.common.logs import get_logger
-from services.common.metrics import BATCH_SECONDS, DEAD_LETTERS, EVENTS_CONSUMED, HANDLER_RETRIES
+from services.common.metrics import (
+    BATCH_SECONDS,
+    CONSUMER_LAG,
+    DEAD_LETTERS,
+    EVENTS_CONSUMED,
+    HANDLER_RETRIES,
+)
 from services.common.settings import CommonSettings
 
 log = get_logger(__name__)
@@ -181,6 +187,12 @@ class ConsumerRunner:
             time.perf_counter() - started
         )
         offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+        for tp, next_offset in offsets.items():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                CONSUMER_LAG.labels(
+                    self.settings.service, self.name, tp.topic, str(tp.partition)
+                ).set(max(0, highwater - next_offset))
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:

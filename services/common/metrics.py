@@ -35,3 +35,9 @@ HANDLER_RETRIES = Counter(
     "Retries of a failing event handler before success or dead letter",
     ["service", "consumer"],
 )
+
+CONSUMER_LAG = Gauge(
+    "tongban_consumer_lag",
+    "Records behind the partition's end after the consumer's last applied batch",
+    ["service", "consumer", "topic", "partition"],
+)

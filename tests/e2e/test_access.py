@@ -173,6 +173,8 @@ ENDPOINTS = [
         {"reviewer_own": OK, "operator": OK, "admin": OK},
     ),
     Endpoint("approval.handovers", get(lambda w: f"{APPROVAL}/v1/handovers/refused"), OVERSEERS),
+    Endpoint("approval.sla_board", get(lambda w: f"{APPROVAL}/v1/sla/board"), OVERSEERS),
+    Endpoint("approval.sla_cases", get(lambda w: f"{APPROVAL}/v1/sla/cases"), OVERSEERS),
     Endpoint("delivery.result", get(lambda w: f"{DELIVERY}/v1/results/{w.case_id}"), READERS),
     Endpoint("delivery.stats", get(lambda w: f"{DELIVERY}/v1/ratings/stats"), OVERSEERS),
     Endpoint(

@@ -20,7 +20,7 @@ import pytest
 from services.cli.applicants import application_for
 from services.common.settings import CommonSettings
 from tests.conftest import ROOT, eventually
-from tests.e2e.conftest import INTAKE, items_where, wait_status
+from tests.e2e.conftest import APPROVAL, INTAKE, items_where, wait_status
 from tests.kafka_helpers import header, read_topic
 
 pytestmark = pytest.mark.e2e
@@ -87,6 +87,18 @@ async def test_warnings_and_overdue_fire_once_with_two_processes_and_a_restart(
             process.terminate()
         for process in (first, second):
             process.wait(timeout=30)
+
+    department = (await wait_status(http, cases[0], "accepted"))["route"]["handled_by"]
+    board = (await http.get(f"{APPROVAL}/v1/sla/board", params={"department": department})).json()
+    (row,) = board
+    assert row["department"] == department and row["open"] >= len(cases)
+    assert row["warned"] >= len(cases), row  # every case passed its warnings
+    at_risk = (
+        await http.get(
+            f"{APPROVAL}/v1/sla/cases", params={"department": department, "within_days": 365}
+        )
+    ).json()
+    assert set(cases) <= {c["case_id"] for c in at_risk}
 
     fired: Counter[tuple[str, str, str]] = Counter()
     seen_ids: set[str] = set()
