@@ -76,6 +76,15 @@ def _may_read_result(principal: Principal, row: Any) -> None:
     require_scope(principal, _office_scope(row), "office", exempt=())
 
 
+async def _clerk_of_the_office(principal: Principal, case_id: str) -> None:
+    """Only a clerk of the office that took the case hands its result over or takes its
+    rating."""
+    require(principal, Role.clerk)
+    async with runtime.sessions() as session:
+        row = await handlers.load_result(session, case_id)
+    require_scope(principal, _office_scope(row), "office", exempt=())
+
+
 @app.get("/v1/results/{case_id}", response_model=ResultView, tags=["results"])
 async def get_result(case_id: str, principal: CurrentPrincipal) -> ResultView:
     """A case's result and how far its delivery has come: for the office that took the case,
@@ -96,10 +105,7 @@ async def pickup(
 ) -> ResultView:
     """The applicant collects a `counter_pickup` result at the office that took the
     application (a clerk of that office hands it over): delivered, and the case closed."""
-    require(principal, Role.clerk)
-    async with runtime.sessions() as session:
-        row = await handlers.load_result(session, case_id)
-    require_scope(principal, _office_scope(row), "office", exempt=())
+    await _clerk_of_the_office(principal, case_id)
     async with unit_of_work(runtime.sessions) as session:
         return await handlers.pickup(
             session,
@@ -116,10 +122,7 @@ async def rate(
 ) -> CaseRated:
     """The applicant's one rating of the case (好差评, 一事一评), after delivery, entered at
     the office that took the case (or the online channel)."""
-    require(principal, Role.clerk)
-    async with runtime.sessions() as session:
-        row = await handlers.load_result(session, case_id)
-    require_scope(principal, _office_scope(row), "office", exempt=())
+    await _clerk_of_the_office(principal, case_id)
     async with unit_of_work(runtime.sessions) as session:
         return await handlers.rate(
             session,
