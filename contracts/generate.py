@@ -100,6 +100,9 @@ CATALOG_FOLLOWER_NOTE = (
 )
 
 
+DEPARTMENT_CHANNEL = "dept.cases.v1"
+
+
 def _slug(name: str) -> str:
     return name.replace(" ", "-")
 
@@ -443,7 +446,44 @@ def asyncapi_document() -> dict[str, Any]:
             "bindings": {"kafka": kafka},
         }
 
+    # Department isolation: each department reads only its own cases (broker ACLs confine it).
+    channels[DEPARTMENT_CHANNEL] = {
+        "address": "dept.{department}.cases.v1",
+        "title": "dept.<code>.cases.v1",
+        "description": (
+            "The cases routed to one department: a copy of every `gov.case.routed.v1` whose "
+            "`ce_handledby` is that department, same event id, headers, key and value. "
+            "Department systems read their own topic only (Strimzi KafkaUser ACLs, "
+            "deploy/kubernetes/kafka-users.yaml) and answer on case.decisions.v1. Characters "
+            "other than letters, digits and '-' in the department code are escaped as "
+            "_<hex of the UTF-8 bytes>."
+        ),
+        "parameters": {"department": {"description": "the department code"}},
+        "messages": {"gov.case.routed.v1": {"$ref": "#/components/messages/gov.case.routed.v1"}},
+    }
+
     operations: dict[str, Any] = {}
+    for op in (
+        _Operation(
+            "routing",
+            "send",
+            DEPARTMENT_CHANNEL,
+            "routing copies each routed case to its department's topic",
+        ),
+        _Operation(
+            DEPARTMENT_SYSTEMS,
+            "receive",
+            DEPARTMENT_CHANNEL,
+            "a department system reads the cases routed to it",
+        ),
+    ):
+        operations[op.id] = {
+            "action": op.action,
+            "channel": {"$ref": f"#/channels/{DEPARTMENT_CHANNEL}"},
+            "summary": op.summary,
+            "tags": [{"name": op.service}],
+            "messages": [{"$ref": f"#/channels/{DEPARTMENT_CHANNEL}/messages/gov.case.routed.v1"}],
+        }
     for op in _operations():
         body: dict[str, Any] = {
             "action": op.action,

@@ -337,7 +337,8 @@ def test_every_event_type_has_a_message_a_channel_and_a_schema(asyncapi: dict[st
         schema = registry.schema_for(event_type)
         assert schema["$id"] == f"https://tongban.example/schemas/{event_type}.json"
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert set(asyncapi["channels"]) == {*CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC}
+    assert set(asyncapi["channels"]) == {*CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC, "dept.cases.v1"}
+    assert asyncapi["channels"]["dept.cases.v1"]["address"] == "dept.{department}.cases.v1"
     routed = messages["gov.case.routed.v1"]["headers"]
     assert "ce_handledby" in routed["required"]
     assert {"traceparent", "ce_traceparent"} <= set(routed["properties"])
