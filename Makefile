@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 KAFKA_BROKERS ?= 1
 export KAFKA_BROKERS
 
-.PHONY: help install up down status lint test test-unit test-integration test-cluster demo clean
+.PHONY: help install up down status lint test test-unit test-integration test-cluster demo console clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -25,6 +25,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed ## create .venv with the tongban command and fetch the Kafka jars
 	@bash deploy/local/fetch-kafka.sh
+	@bash deploy/local/browser.sh
 
 up: install ## start Kafka (KAFKA_BROKERS=1|3) and PostgreSQL, migrate, create topics
 	@bash deploy/local/stack.sh up
@@ -52,6 +53,9 @@ demo: up ## run the case loop end to end on local defaults (leaves it running: m
 	@bash deploy/local/services.sh up
 	@source .run/env && $(BIN)/tongban demo
 	@echo "The stack and the four services keep running (logs in .run/logs); make down stops them."
+
+console: install ## the operator console on http://127.0.0.1:8000 (needs the stack; make demo starts services)
+	@source .run/env && $(BIN)/tongban console
 
 clean: down ## remove the run folder (keeps the venv and the Kafka jar cache)
 	rm -rf .run

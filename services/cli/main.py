@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from services.cli.ops.commands import register_ops_commands
 from services.common import migrations
 from services.common.auth import SCOPED_ROLES, AuthSettings, Role, mint_token
 from services.common.catalog import load_catalog_file
@@ -261,6 +262,37 @@ def token(
         refuse(f"the auth settings are not valid: {exc}")
     name = subject or "-".join(p for p in ("dev", role.value, scope) if p)
     typer.echo(mint_token(settings, subject=name, role=role, scope=scope, ttl_s=ttl))
+
+
+# Operators: tail, lag and dead letters (services/cli/ops).
+register_ops_commands(app)
+
+
+@app.command("console")
+def console_command(
+    host: Annotated[
+        str | None, typer.Option(help="address to listen on (default TONGBAN_HTTP_HOST, 127.0.0.1)")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="port (default TONGBAN_HTTP_PORT, 8000)", min=1, max=65535)
+    ] = None,
+) -> None:
+    """The operators' web console (http://127.0.0.1:8000): live event stream with filters,
+    case timelines, SLA board, triage queue, dead letters and consumer lag.
+
+    No login of its own: open on localhost in dev; in production behind the city's SSO proxy.
+
+    Outside dev/test it needs TONGBAN_CONSOLE_TOKEN (an operator token for the services)."""
+    from services.console.app import ConsoleSettings, serve
+
+    overrides = {k: v for k, v in (("http_host", host), ("http_port", port)) if v is not None}
+    try:
+        settings = ConsoleSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:  # the messages only: the input may hold the token
+        for error in exc.errors():
+            typer.echo(f"tongban console: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
+    serve(settings)
 
 
 if __name__ == "__main__":

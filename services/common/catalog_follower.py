@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from contracts.events import CATALOG_TOPIC, CatalogPublished
 from services.common.envelope import Envelope
+from services.common.kafka import client_options
 from services.common.logs import get_logger
 from services.common.settings import CommonSettings
 
@@ -60,7 +61,7 @@ class CatalogFollower(Generic[T]):
     async def start(self, timeout: float = 60.0) -> None:
         """Read the topic up to its current end (bounded wait), then keep following in run()."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            **client_options(self.settings),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             group_id=None,

@@ -11,10 +11,12 @@ import hashlib
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.helpers import create_ssl_context
 
 from contracts.events import CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC
 from services.common.logs import get_logger
@@ -103,11 +105,30 @@ async def ensure_department_topics(settings: CommonSettings, codes: Iterable[str
 # -- clients -------------------------------------------------------------------------------------
 
 
+def client_options(settings: CommonSettings) -> dict[str, Any]:
+    """Connection options every Kafka client of tongban shares (bootstrap, TLS, SASL)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism or "SCRAM-SHA-512"
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = (
+            settings.kafka_sasl_password.get_secret_value()
+            if settings.kafka_sasl_password
+            else None
+        )
+    return options
+
+
 def make_producer(settings: CommonSettings, *, client_id: str | None = None) -> AIOKafkaProducer:
     # aiokafka defaults to acks=1 and no idempotence; both are needed so a retried send is
     # neither lost nor duplicated within one producer session.
     return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_options(settings),
         client_id=client_id or settings.service,
         enable_idempotence=True,
         acks="all",
@@ -122,7 +143,7 @@ def make_consumer(
 ) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_options(settings),
         group_id=group_id,
         client_id=client_id or settings.service,
         enable_auto_commit=False,  # offsets move only after the database transaction commits
@@ -151,7 +172,7 @@ async def ensure_topics(settings: CommonSettings, topics: list[TopicSpec]) -> li
     when the broker cannot be reached.
     """
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_options(settings),
         request_timeout_ms=settings.kafka_request_timeout_ms,
     )
     await admin.start()

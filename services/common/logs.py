@@ -15,7 +15,10 @@ from typing import Any
 import structlog
 
 # Keys whose values are personal data wherever they appear in a log event or a payload.
-PERSONAL_KEYS = frozenset({"id_number", "phone", "name", "applicant_name", "address"})
+# Names and addresses of people, masked to their first character (item_name, department names
+# are not personal and stay); ID numbers and phones under any prefix (`applicant_id_number`,
+# `holder_phone`) get their own masks.
+PERSONAL_KEYS = frozenset({"name", "applicant_name", "holder_name", "address", "delivery_address"})
 
 _ID_LIKE = re.compile(r"(?<![0-9A-Za-z])([0-9A-HJ-NPQRTUWXY]{18})(?![0-9A-Za-z])")
 _PHONE_LIKE = re.compile(r"(?<!\d)(1[3-9]\d{9})(?!\d)")
@@ -55,9 +58,9 @@ def _mask_value(key: str, value: Any) -> Any:
         return [_mask_value(key, v) for v in value]
     if not isinstance(value, str):
         return value
-    if key == "id_number":
+    if key == "id_number" or key.endswith("_id_number"):
         return mask_id_number(value)
-    if key == "phone":
+    if key == "phone" or key.endswith("_phone"):
         return mask_phone(value)
     if key in PERSONAL_KEYS:
         return mask_name(value)

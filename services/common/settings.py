@@ -6,7 +6,7 @@ operators set in production (`TONGBAN_KAFKA_BOOTSTRAP`, `TONGBAN_DATABASE_URL`, 
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_DATABASE_URL = "postgresql+asyncpg://tongban:tongban@127.0.0.1:5432/tongban"
@@ -30,6 +30,13 @@ class CommonSettings(BaseSettings):
     kafka_replication: int = Field(1, ge=1)
     kafka_min_insync: int = Field(1, ge=1)
     kafka_request_timeout_ms: int = 30_000
+    # A secured cluster (Strimzi listeners with SCRAM or TLS): PLAINTEXT | SSL | SASL_SSL |
+    # SASL_PLAINTEXT, with the SASL user of the service (deploy/kubernetes/kafka-users.yaml).
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None  # e.g. SCRAM-SHA-512
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
 
     database_url: str = DEV_DATABASE_URL
     db_pool_size: int = Field(10, ge=1)

@@ -1,0 +1,701 @@
+"""The operator commands as typer commands; `register_ops_commands(app)` adds them to `tongban`.
+
+Results go to standard output (tables, lines, or JSON with `--json`); notes, progress and
+errors go to standard error, so `tongban tail --json | jq` sees JSON only. Exit codes: 0 done,
+1 something asked for was not found or refused, 2 bad arguments or Kafka unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from aiokafka.errors import KafkaError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from services.cli.ops.dlq import (
+    LetterFilters,
+    ReplayOutcome,
+    load_letters,
+    load_letters_at,
+    load_replays,
+    parse_ref,
+    partition_count,
+    refusal,
+    replay_letters,
+)
+from services.cli.ops.events import CITY_TZ, EventView, parse_when, short_type
+from services.cli.ops.filters import DistrictMap, FilterError, Filters, check_filters
+from services.cli.ops.kafka_io import StartAt, StartKind, latest_catalog
+from services.cli.ops.lag import fetch_lag, service_of, totals
+from services.cli.ops.merge import DEFAULT_DELAY_S
+from services.cli.ops.render import event_line, json_line, mask_data, masked_headers
+from services.cli.ops.tail import TailError, TailOptions, run_tail
+from services.common.catalog import CatalogFileError, CatalogIndex, load_catalog_file
+from services.common.catalog import validate_catalog as _validate_catalog
+from services.common.dlq import REPLAYS_TOPIC, DeadLetter, ReplayRecord
+from services.common.logs import mask_text
+from services.common.settings import CommonSettings
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+T = TypeVar("T")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[red]error[/]: {message}")
+    raise typer.Exit(code)
+
+
+def _run(coro: Coroutine[Any, Any, T], settings: CommonSettings) -> T:
+    """asyncio.run with Kafka trouble turned into a short message and exit code 2."""
+    try:
+        return asyncio.run(coro)
+    except (KafkaError, OSError) as exc:
+        _fail(f"Kafka at {settings.kafka_bootstrap}: {exc!r}")
+    except (LookupError, TailError, FilterError) as exc:
+        _fail(str(exc))
+
+
+def _when(option: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_when(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
+def _local(moment: datetime) -> str:
+    return moment.astimezone(CITY_TZ).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- tail ----------------------------------------------------------------------------------------
+
+TAIL_HELP = f"""Follow the case topics live: one line per event, merged in time order.
+
+Default: every case topic (case.intake/routing/decisions/approval/delivery.v1) from now on;
+--dlq adds the dead-letter topic, --topic chooses topics. Events from all partitions are
+merged by record timestamp through a reorder buffer: an event is held at most --order-delay
+seconds (default {DEFAULT_DELAY_S}) so that one arriving up to that late still prints in its
+place; a backlog (--from-beginning, --from-time, --from-offset) prints in exact order.
+
+Filters (repeat one to allow several values; different filters must all match): --case and
+--type take globs (--type routed, --type 'gov.case.*'); --department, --office and --path
+match what the event names, or what an earlier event of its case named during this tail.
+--district needs the catalog: --catalog FILE, or else the newest version on catalog.v1; an
+office, department or applicant division is in a district only if the catalog says so.
+
+Personal data is always masked. Ctrl-C stops cleanly (exit 0).
+"""
+
+
+def tail(
+    topic: Annotated[
+        list[str] | None,
+        typer.Option("--topic", "-t", help="topic to follow (repeat); default: every case topic"),
+    ] = None,
+    dlq: Annotated[bool, typer.Option("--dlq", help="follow the dead-letter topic too")] = False,
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="start at the oldest record kept")
+    ] = False,
+    from_time: Annotated[
+        str | None,
+        typer.Option(
+            "--from-time",
+            metavar="WHEN",
+            help="start at this time: ISO 8601 (city time without offset) or 30m, 2h, 1d ago",
+        ),
+    ] = None,
+    from_offset: Annotated[
+        int | None,
+        typer.Option("--from-offset", min=0, help="start at this offset of every partition"),
+    ] = None,
+    case: Annotated[list[str] | None, typer.Option("--case", "-c", help="case id or glob")] = None,
+    event_type: Annotated[
+        list[str] | None,
+        typer.Option("--type", help="event type or glob, full or short (routed, sla_*)"),
+    ] = None,
+    department: Annotated[
+        list[str] | None, typer.Option("--department", "-d", help="handling department code")
+    ] = None,
+    office: Annotated[list[str] | None, typer.Option("--office", help="intake office code")] = None,
+    district: Annotated[
+        list[str] | None,
+        typer.Option("--district", help="district code (office, department or applicant's)"),
+    ] = None,
+    path: Annotated[
+        list[str] | None,
+        typer.Option("--path", help="route path: online, delegated, entrusted, municipal"),
+    ] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            help="catalog file for --district (default: newest on catalog.v1)",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON lines: coordinates, headers, masked data")
+    ] = False,
+    max_events: Annotated[
+        int | None, typer.Option("--max", min=1, help="stop after this many events")
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="stop after this many seconds without a new record (once any backlog is read)",
+        ),
+    ] = None,
+    order_delay: Annotated[
+        float,
+        typer.Option(min=0, max=60, help="seconds an event may wait for older ones (0: none)"),
+    ] = DEFAULT_DELAY_S,
+) -> None:
+    """Follow the case topics live (help: TAIL_HELP)."""
+    settings = CommonSettings()
+    starts = [from_beginning, from_time is not None, from_offset is not None]
+    if sum(starts) > 1:
+        raise typer.BadParameter(
+            "choose one of --from-beginning, --from-time, --from-offset", param_hint="--from-*"
+        )
+    if from_beginning:
+        start = StartAt(StartKind.beginning)
+    elif from_time is not None:
+        start = StartAt(StartKind.time, time=_when("--from-time", from_time))
+    elif from_offset is not None:
+        start = StartAt(StartKind.offset, offset=from_offset)
+    else:
+        start = StartAt(StartKind.now)
+    filters = Filters(
+        cases=tuple(case or ()),
+        types=tuple(event_type or ()),
+        departments=tuple(department or ()),
+        offices=tuple(office or ()),
+        districts=tuple(district or ()),
+        paths=tuple(path or ()),
+    )
+    try:
+        check_filters(replace(filters, districts=()))
+    except FilterError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--path") from None
+    districts = _district_map(catalog) if filters.districts and catalog is not None else None
+    options = TailOptions(
+        topics=tuple(topic or ()),
+        include_dlq=dlq,
+        start=start,
+        filters=filters,
+        districts=districts,
+        max_events=max_events,
+        idle_timeout=timeout,
+        order_delay=order_delay,
+    )
+    broken_pipe = False
+    written = 0
+
+    def emit(view: EventView) -> None:
+        nonlocal broken_pipe, written
+        if broken_pipe:
+            return
+        try:
+            if as_json:
+                text = json_line(view) + "\n"
+            else:
+                # Rendered here and written below, so that a closed pipe reaches us (rich
+                # would exit with status 1 itself).
+                with out.capture() as captured:
+                    out.print(event_line(view))
+                text = captured.get()
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            written += 1
+        except BrokenPipeError:  # `tongban tail | head`: the reader is gone; stop quietly
+            broken_pipe = True
+            stop.set()
+
+    stop = asyncio.Event()
+
+    async def main() -> int:
+        nonlocal options
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        if filters.districts and options.districts is None:
+            found = await latest_catalog(settings)
+            if found is None:
+                raise FilterError("--district: no catalog on catalog.v1; give --catalog FILE")
+            err.print(f"[dim]districts from catalog version {found[0]} on catalog.v1[/]")
+            options = replace(options, districts=DistrictMap.of(found[1]))
+        check_filters(filters, options.districts)
+        return await run_tail(
+            settings, options, emit=emit, note=lambda m: err.print(f"[dim]{m}[/]"), stop=stop
+        )
+
+    _run(main(), settings)
+    if broken_pipe:
+        # Keep the interpreter from complaining about the closed pipe when it exits.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    reason = "output closed" if broken_pipe else "interrupted" if stop.is_set() else "done"
+    err.print(f"[dim]tail stopped ({reason}): {written} events shown[/]")
+
+
+def _district_map(catalog: Path) -> DistrictMap:
+    try:
+        parsed, problems = _validate_catalog(load_catalog_file(catalog))
+    except CatalogFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--catalog") from None
+    if parsed is None:
+        raise typer.BadParameter(
+            f"the catalog is refused ({len(problems)} problems; first: {problems[0]})",
+            param_hint="--catalog",
+        )
+    return DistrictMap.of(CatalogIndex(parsed))
+
+
+# -- lag -----------------------------------------------------------------------------------------
+
+
+def lag(
+    group: Annotated[
+        list[str] | None, typer.Option("--group", "-g", help="only this consumer group (repeat)")
+    ] = None,
+    everything: Annotated[
+        bool,
+        typer.Option("--all", help="every consumer group, not only tongban services' groups"),
+    ] = False,
+    lagging: Annotated[
+        bool, typer.Option("--lagging", help="only partitions that are behind")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables")] = False,
+) -> None:
+    """Consumer-group lag per service, topic and partition: end offset minus committed offset.
+
+    Groups of the services (intake-*, routing-*, approval-*, delivery-*) by default. A topic
+    shows once the group has committed on it; its partitions without a commit count from
+    their first offset.
+    """
+    settings = CommonSettings()
+    with err.status("reading consumer groups and offsets...", spinner="dots"):
+        infos, rows = _run(fetch_lag(settings, names=group or (), everything=everything), settings)
+    total = sum(r.lag for r in rows)
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "groups": [vars(i) for i in infos],
+                    "partitions": [r.as_dict() for r in rows],
+                    "total_lag": total,
+                }
+            )
+        )
+        return
+    if not infos:
+        err.print("[yellow]no consumer groups found[/]" + ("" if group else " (try --all)"))
+        raise typer.Exit(1 if group else 0)
+    shown = [r for r in rows if r.lag > 0 or not lagging]
+    table = Table("group", "service", "topic", "partition", "committed", "end", "lag")
+    table.title = "consumer lag per partition"
+    for r in shown:
+        table.add_row(
+            r.group,
+            service_of(r.group) or "-",
+            r.topic,
+            str(r.partition),
+            "-" if r.committed is None else str(r.committed),
+            str(r.end),
+            f"[red]{r.lag}[/]" if r.lag else "0",
+        )
+    if shown:
+        out.print(table)
+    sums = Table("group", "state", "members", "topic", "lag", title="totals")
+    per_topic = totals(rows)
+    for info in infos:
+        topics = sorted(t for g, t in per_topic if g == info.group) or ["-"]
+        for t in topics:
+            value = per_topic.get((info.group, t), 0)
+            sums.add_row(
+                info.group, info.state, str(info.members), t, f"[red]{value}[/]" if value else "0"
+            )
+    out.print(sums)
+    out.print(f"total lag: [bold]{total}[/] records across {len(infos)} groups")
+
+
+# -- dlq -----------------------------------------------------------------------------------------
+
+dlq_app = typer.Typer(
+    help="Dead letters: list them, show one, replay them to their topic after a fix. "
+    "A dead letter is named PARTITION:OFFSET in the dead-letter topic.",
+    no_args_is_help=True,
+)
+
+DlqTopic = Annotated[
+    str | None,
+    typer.Option(
+        "--dlq-topic", help="the dead-letter topic (default: TONGBAN_DLQ_TOPIC or case.dlq.v1)"
+    ),
+]
+ReplaysTopic = Annotated[str, typer.Option("--replays-topic", help="where replays are recorded")]
+Since = Annotated[
+    str | None,
+    typer.Option(metavar="WHEN", help="only dead letters since: ISO 8601 or 30m, 2h, 1d ago"),
+]
+Reason = Annotated[
+    str | None, typer.Option(help="only dead letters whose reason contains this text")
+]
+Types = Annotated[
+    list[str] | None, typer.Option("--type", help="only this event type or glob (repeat)")
+]
+Cases = Annotated[list[str] | None, typer.Option("--case", help="only this case id (repeat)")]
+
+
+def _letter_filters(
+    since: str | None, reason: str | None, types: list[str] | None, cases: list[str] | None
+) -> LetterFilters:
+    return LetterFilters(
+        since=_when("--since", since),
+        reason=reason,
+        types=tuple(types or ()),
+        cases=tuple(cases or ()),
+    )
+
+
+def _original(letter: DeadLetter) -> str:
+    if not letter.original_topic:
+        return "?"
+    return f"{letter.original_topic}/{letter.original_partition}@{letter.original_offset}"
+
+
+def _letter_dict(letter: DeadLetter, replays: list[ReplayRecord]) -> dict[str, Any]:
+    data: Any = None
+    value_text: str | None = None
+    if letter.value is not None:
+        try:
+            parsed = json.loads(letter.value)
+            data = mask_data(parsed) if isinstance(parsed, dict) else parsed
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            value_text = mask_text(letter.value[:2000].decode("utf-8", errors="replace"))
+    return {
+        "ref": letter.ref,
+        "dlq_topic": letter.topic,
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "time": letter.time.astimezone(CITY_TZ).isoformat(timespec="milliseconds"),
+        "original": {
+            "topic": letter.original_topic,
+            "partition": letter.original_partition,
+            "offset": letter.original_offset,
+        },
+        "type": letter.event_type,
+        "event_id": letter.event_id,
+        "case_id": mask_text(letter.case_id) if letter.case_id else None,
+        "source": letter.source,
+        "reason": mask_text(letter.reason),
+        "headers": masked_headers({k: v.decode("utf-8", "replace") for k, v in letter.headers}),
+        "data": data,
+        **({"value_text": value_text} if value_text is not None else {}),
+        "replays": [r.model_dump(mode="json") for r in replays],
+    }
+
+
+@dlq_app.command("list")
+def dlq_list(
+    dlq_topic: DlqTopic = None,
+    since: Since = None,
+    reason: Reason = None,
+    event_type: Types = None,
+    case: Cases = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="show only the newest N that match")
+    ] = None,
+    replays_topic: ReplaysTopic = REPLAYS_TOPIC,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+) -> None:
+    """Table of dead letters, oldest first: where they came from, why, and if replayed."""
+    settings = CommonSettings()
+    topic = dlq_topic or settings.dlq_topic
+    filters = _letter_filters(since, reason, event_type, case)
+
+    async def main() -> tuple[list[DeadLetter], dict[tuple[str, int, int], list[ReplayRecord]]]:
+        return await load_letters(settings, topic, filters), await load_replays(
+            settings, replays_topic
+        )
+
+    with err.status(f"reading {topic}...", spinner="dots"):
+        letters, history = _run(main(), settings)
+    matched = len(letters)
+    if limit is not None:
+        letters = letters[-limit:]
+    if as_json:
+        for letter in letters:
+            entry = _letter_dict(letter, history.get((topic, letter.partition, letter.offset), []))
+            sys.stdout.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        return
+    table = Table(
+        "ref", "time", "original", "type", "case", "source", "reason", "replayed", title=topic
+    )
+    for letter in letters:
+        replays = history.get((topic, letter.partition, letter.offset), [])
+        table.add_row(
+            letter.ref,
+            _local(letter.time),
+            _original(letter),
+            short_type(letter.event_type) if letter.event_type else "(none)",
+            mask_text(letter.case_id or "-"),
+            letter.source or "-",
+            mask_text(letter.reason)[:100],
+            f"[green]{len(replays)}x[/]" if replays else "-",
+        )
+    out.print(table)
+    out.print(
+        f"{matched} dead letters"
+        + (" match" if filters.any else "")
+        + (f", newest {len(letters)} shown" if len(letters) < matched else "")
+    )
+
+
+@dlq_app.command("show")
+def dlq_show(
+    ref: Annotated[str, typer.Argument(help="PARTITION:OFFSET (a bare OFFSET: one partition)")],
+    dlq_topic: DlqTopic = None,
+    replays_topic: ReplaysTopic = REPLAYS_TOPIC,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of tables")] = False,
+) -> None:
+    """One dead letter: headers, reason, masked data and its replays."""
+    settings = CommonSettings()
+    topic = dlq_topic or settings.dlq_topic
+
+    async def main() -> tuple[DeadLetter | None, list[ReplayRecord]]:
+        count = await partition_count(settings, topic)
+        if count is None:
+            raise LookupError(f"topic {topic} does not exist")
+        try:
+            place = parse_ref(ref, partitions=count)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="REF") from None
+        letter = (await load_letters_at(settings, topic, [place]))[place]
+        history = await load_replays(settings, replays_topic)
+        return letter, history.get((topic, *place), [])
+
+    letter, replays = _run(main(), settings)
+    if letter is None:
+        _fail(f"no dead letter at {ref} in {topic}", code=1)
+    entry = _letter_dict(letter, replays)
+    if as_json:
+        out.print_json(json.dumps(entry, ensure_ascii=False))
+        return
+    facts = Table(show_header=False, title=f"dead letter {letter.ref} in {topic}")
+    facts.add_column(style="bold")
+    facts.add_column()
+    for label, value in (
+        ("time", _local(letter.time)),
+        ("original", _original(letter)),
+        ("type", letter.event_type or "(none)"),
+        ("event id", letter.event_id or "(none)"),
+        ("case", entry["case_id"] or "-"),
+        ("source", letter.source or "-"),
+        ("reason", entry["reason"]),
+    ):
+        facts.add_row(label, value)
+    out.print(facts)
+    headers = Table("header", "value", title="headers")
+    for name, value in entry["headers"].items():
+        headers.add_row(name, value)
+    out.print(headers)
+    if replays:
+        done = Table("replayed at", "operator", "to", "forced", title="replays")
+        for r in replays:
+            done.add_row(
+                _local(r.replayed_at),
+                r.operator,
+                f"{r.original_topic}/{r.replayed_to_partition}@{r.replayed_to_offset}",
+                "yes" if r.forced else "no",
+            )
+        out.print(done)
+    else:
+        out.print("[dim]never replayed[/]")
+    out.print("data (personal data masked):")
+    if entry["data"] is not None:
+        out.print_json(json.dumps(entry["data"], ensure_ascii=False))
+    else:
+        out.print(entry.get("value_text") or "(no value)")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    refs: Annotated[
+        list[str] | None,
+        typer.Argument(help="dead letters to replay: PARTITION:OFFSET ...", show_default=False),
+    ] = None,
+    all_matching: Annotated[
+        bool,
+        typer.Option(
+            "--all-matching", help="replay every dead letter that matches the filters instead"
+        ),
+    ] = False,
+    dlq_topic: DlqTopic = None,
+    since: Since = None,
+    reason: Reason = None,
+    event_type: Types = None,
+    case: Cases = None,
+    operator: Annotated[
+        str | None, typer.Option(help="who replays, recorded with each replay (default: $USER)")
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(help="replay even if replayed before, or not a valid CloudEvent"),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="only show what would be replayed")
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="no confirmation for --all-matching")
+    ] = False,
+    replays_topic: ReplaysTopic = REPLAYS_TOPIC,
+) -> None:
+    """Re-publish dead letters to their original topic (key, value and headers as they were,
+    without the dlq_* headers; idempotent producer) and record each replay on
+    case.dlq.replays.v1. A dead letter replayed before is refused unless --force.
+
+    The event keeps its id: consumers never recorded a dead-lettered event as processed, so
+    it is applied once; an accidental second replay is dropped by their inbox.
+    """
+    settings = CommonSettings()
+    topic = dlq_topic or settings.dlq_topic
+    filters = _letter_filters(since, reason, event_type, case)
+    if bool(refs) == all_matching:
+        raise typer.BadParameter("give dead letters (PARTITION:OFFSET) or --all-matching")
+    if refs and filters.any:
+        raise typer.BadParameter("filters go with --all-matching, not with named dead letters")
+    who = operator or os.environ.get("USER") or _login() or "unknown"
+
+    async def gather() -> tuple[
+        list[DeadLetter], list[str], dict[tuple[str, int, int], list[ReplayRecord]]
+    ]:
+        history = await load_replays(settings, replays_topic)
+        if all_matching:
+            return await load_letters(settings, topic, filters), [], history
+        count = await partition_count(settings, topic)
+        if count is None:
+            raise LookupError(f"topic {topic} does not exist")
+        places: dict[tuple[int, int], str] = {}
+        for text in refs or ():
+            try:
+                places.setdefault(parse_ref(text, partitions=count), text)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="REFS") from None
+        found = await load_letters_at(settings, topic, places)
+        missing = [text for place, text in places.items() if found[place] is None]
+        return [x for x in found.values() if x is not None], missing, history
+
+    with err.status(f"reading {topic} and {replays_topic}...", spinner="dots"):
+        letters, missing, history = _run(gather(), settings)
+    for text in missing:
+        err.print(f"[red]no dead letter at {text}[/] in {topic}")
+
+    def earlier(letter: DeadLetter) -> list[ReplayRecord]:
+        return history.get((topic, letter.partition, letter.offset), [])
+
+    if all_matching and not force:
+        skipped = [x for x in letters if earlier(x)]
+        letters = [x for x in letters if not earlier(x)]
+        if skipped:
+            err.print(f"[dim]{len(skipped)} matching dead letters were replayed before: skipped[/]")
+    if dry_run or (all_matching and letters and not yes):
+        plan = Table("ref", "original", "type", "case", "would", title=f"replay plan ({topic})")
+        for letter in letters:
+            why = refusal(letter, earlier(letter), force=force)
+            plan.add_row(
+                letter.ref,
+                _original(letter),
+                short_type(letter.event_type),
+                mask_text(letter.case_id or "-"),
+                f"[yellow]refuse[/]: {why}" if why else "replay",
+            )
+        out.print(plan)
+        if dry_run:
+            return
+        if not typer.confirm(f"replay {len(letters)} dead letters as {who}?", err=True):
+            raise typer.Exit(1)
+    if not letters:
+        err.print("nothing to replay")
+        raise typer.Exit(1 if missing else 0)
+
+    progress = Progress(
+        TextColumn("replaying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=len(letters) < 2,
+    )
+    with progress:
+        task = progress.add_task("replay", total=len(letters))
+        outcomes = _run(
+            replay_letters(
+                settings,
+                letters,
+                operator=who,
+                replays_topic=replays_topic,
+                force=force,
+                history=history,
+                progress=lambda _o: progress.advance(task),
+            ),
+            settings,
+        )
+    _print_outcomes(outcomes, topic)
+    refused = [o for o in outcomes if o.entry is None]
+    raise typer.Exit(1 if refused or missing else 0)
+
+
+def _print_outcomes(outcomes: list[ReplayOutcome], topic: str) -> None:
+    table = Table("ref", "event id", "case", "outcome", title=f"replays from {topic}")
+    for o in outcomes:
+        if o.entry is not None:
+            e = o.entry
+            what = (
+                f"[green]replayed[/] to {e.original_topic}/{e.replayed_to_partition}"
+                f"@{e.replayed_to_offset}" + (" (forced)" if e.forced else "")
+            )
+        else:
+            what = f"[red]refused[/]: {o.refused}"
+        table.add_row(
+            o.letter.ref, o.letter.event_id or "-", mask_text(o.letter.case_id or "-"), what
+        )
+    out.print(table)
+    done = sum(1 for o in outcomes if o.entry is not None)
+    out.print(f"{done} replayed, {len(outcomes) - done} refused")
+
+
+def _login() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
+
+
+# -- registration --------------------------------------------------------------------------------
+
+
+def register_ops_commands(app: typer.Typer) -> None:
+    """Add `tail`, `lag` and `dlq` to the `tongban` command."""
+    app.command("tail", help=TAIL_HELP)(tail)
+    app.command("lag")(lag)
+    app.add_typer(dlq_app, name="dlq")

@@ -1,0 +1,1 @@
+"""The operators' web console: live events, case timelines, SLA, triage, dead letters, lag."""

@@ -1,0 +1,3 @@
+from services.console.app import ConsoleSettings, serve
+
+serve(ConsoleSettings())

@@ -1,0 +1,145 @@
+"""The live stream: Kafka records in, masked and filtered stream lines out (Server-Sent Events).
+
+One `LiveStream` per open page; what the console learns about cases (`CaseFacts`) and what
+intake answered about a case (`CaseLookup`) are shared by all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from services.common.catalog import CatalogIndex
+from services.common.envelope import Envelope, EnvelopeError
+from services.common.logs import get_logger, mask_text
+from services.console.events import (
+    CaseFacts,
+    Facts,
+    StreamFilter,
+    facts_of_case_view,
+    facts_of_event,
+    mask_event_data,
+    stream_item,
+)
+from services.console.kafka_views import header_text
+
+log = get_logger(__name__)
+
+FetchCase = Callable[[str], Awaitable[Mapping[str, Any] | None]]
+
+
+class CaseLookup:
+    """What intake knows of a case (its operator view), for stream filters that need where a
+    case was taken or is handled when the stream started after the events saying so.
+    Answers are kept `ttl_s` seconds (misses too), so one case is asked about rarely."""
+
+    def __init__(self, fetch: FetchCase, *, ttl_s: float = 5.0, max_cases: int = 10_000) -> None:
+        self.fetch = fetch
+        self.ttl_s = ttl_s
+        self.max_cases = max_cases
+        self._answers: OrderedDict[str, tuple[float, Facts | None]] = OrderedDict()
+
+    async def __call__(self, case_id: str) -> Facts | None:
+        hit = self._answers.get(case_id)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
+            return hit[1]
+        try:
+            view = await self.fetch(case_id)
+        except Exception as exc:  # intake down: the event simply does not match (yet)
+            log.warning("case lookup failed", case_id=case_id, error=repr(exc))
+            view = None
+        facts = facts_of_case_view(view) if view is not None else None
+        self._answers.pop(case_id, None)
+        self._answers[case_id] = (time.monotonic(), facts)
+        while len(self._answers) > self.max_cases:
+            self._answers.popitem(last=False)
+        return facts
+
+
+class LiveStream:
+    """Turns records into stream lines for one page's filters."""
+
+    def __init__(
+        self,
+        filters: StreamFilter,
+        *,
+        facts: CaseFacts,
+        lookup: Callable[[str], Awaitable[Facts | None]],
+        catalog: Callable[[], CatalogIndex | None],
+    ) -> None:
+        self.filters = filters
+        self.facts = facts
+        self.lookup = lookup
+        self.catalog = catalog
+
+    async def line(self, record: Any) -> dict[str, Any] | None:
+        """The stream line of one record, or None when the filters leave it out."""
+        headers = header_text(record.headers)
+        catalog = self.catalog()
+        try:
+            envelope = Envelope.from_record(record.key, record.value, list(record.headers or ()))
+        except EnvelopeError as exc:
+            case_id = record.key.decode("utf-8", errors="replace") if record.key else None
+            known = self.facts.get(case_id) if case_id else None
+            if not self.filters.matches(
+                case_id=case_id, event_type=None, facts=known, catalog=catalog
+            ):
+                return None
+            return stream_item(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                event_id=None,
+                event_type=None,
+                time=None,
+                source=headers.get("dlq_source"),
+                case_id=mask_text(case_id) if case_id else None,
+                handledby=None,
+                data=None,
+                facts=known,
+                catalog=catalog,
+                headers=_dlq_headers(headers),
+                error=mask_text(f"unreadable record: {exc}"),
+            )
+        case_id = envelope.subject
+        facts = self.facts.learn(case_id, facts_of_event(envelope.data, envelope.handledby))
+        if self.filters.missing_facts(facts):
+            looked_up = await self.lookup(case_id)
+            if looked_up is not None:
+                facts = self.facts.learn(case_id, looked_up)
+        if not self.filters.matches(
+            case_id=case_id, event_type=envelope.type, facts=facts, catalog=catalog
+        ):
+            return None
+        return stream_item(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            event_id=envelope.id,
+            event_type=envelope.type,
+            time=envelope.time,
+            source=envelope.source,
+            case_id=case_id,
+            handledby=envelope.handledby,
+            data=mask_event_data(envelope.data),
+            facts=facts,
+            catalog=catalog,
+            headers=_dlq_headers(headers),
+        )
+
+
+def _dlq_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    return [(k, mask_text(v)) for k, v in headers.items() if k.startswith("dlq_")]
+
+
+def sse(data: Mapping[str, Any], *, event: str | None = None, event_id: str | None = None) -> str:
+    """One Server-Sent Events message (JSON has no raw newlines, so one `data:` line)."""
+    head = ""
+    if event:
+        head += f"event: {event}\n"
+    if event_id:
+        head += f"id: {event_id}\n"
+    return f"{head}data: {json.dumps(data, ensure_ascii=False, default=str)}\n\n"

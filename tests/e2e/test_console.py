@@ -1,0 +1,239 @@
+"""The operator console end to end, in headless Chromium.
+
+The console runs as its own process on port 8000 (like the services). The browser half,
+tests/browser/console.spec.mjs, drives Debian's Chromium through playwright-core
+(deploy/local/browser.sh installs both): it opens the console, filters the live stream to one
+office and says READY; this side then submits a case at that office by REST and hands the
+case id over on stdin; the browser waits for the case in the live stream up to
+`gov.case.closed.v1`, opens its timeline page and checks every step to closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.cli.applicants import application_for
+from services.cli.devclient import ActingClient
+from tests.conftest import ROOT
+from tests.e2e.conftest import INTAKE, items_where, wait_status
+
+pytestmark = pytest.mark.e2e
+
+CONSOLE_PORT = 8000
+CONSOLE = f"http://127.0.0.1:{CONSOLE_PORT}"
+BROWSER_TESTS = ROOT / "tests" / "browser"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+RUN_DIR = ROOT / ".run"
+SCREENSHOT = RUN_DIR / "console.png"
+STEPS = (
+    "gov.case.submitted.v1",
+    "gov.case.routed.v1",
+    "gov.case.accepted.v1",
+    "gov.case.approved.v1",
+    "gov.case.result_issued.v1",
+    "gov.case.delivered.v1",
+    "gov.case.closed.v1",
+)
+
+
+def _browser_ready() -> None:
+    missing = []
+    if not os.access(CHROMIUM, os.X_OK):
+        missing.append(CHROMIUM)
+    if not (BROWSER_TESTS / "node_modules" / "playwright-core").is_dir():
+        missing.append("tests/browser/node_modules/playwright-core")
+    if shutil.which("node") is None:
+        missing.append("node")
+    if missing:
+        pytest.fail(f"missing {missing}: run `bash deploy/local/browser.sh` (make install does)")
+
+
+@pytest.fixture(scope="module")
+def console(running_services: None) -> Iterator[str]:
+    """`python -m services.console` on port 8000, as `tongban console` runs it."""
+    log_path = RUN_DIR / "logs" / "console.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        httpx.get(f"{CONSOLE}/healthz", timeout=1)
+    except httpx.HTTPError:
+        pass
+    else:
+        pytest.fail(f"port {CONSOLE_PORT} is taken: stop the console running there first")
+    env = {**os.environ, "TONGBAN_HTTP_PORT": str(CONSOLE_PORT), "TONGBAN_SERVICE": "console"}
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.console"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the console exited with {process.returncode}; log: {log_path}")
+            try:
+                if httpx.get(f"{CONSOLE}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the console is not ready after 60 s; log: {log_path}")
+            time.sleep(0.2)
+        yield CONSOLE
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def test_console_api_answers(console: str, catalog: dict[str, Any]) -> None:
+    async with httpx.AsyncClient(base_url=console, timeout=30) as client:
+        page = await client.get("/")
+        assert page.status_code == 200 and 'src="/console.js"' in page.text
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        for path in ("/api/triage", "/api/dlq", "/api/lag", "/api/catalog", "/api/sla"):
+            answer = await client.get(path)
+            assert answer.status_code == 200, (path, answer.text)
+            assert "available" in answer.json(), path
+        for path in ("/api/triage", "/api/dlq", "/api/lag"):
+            assert (await client.get(path)).json()["available"] is True, path
+        lag = (await client.get("/api/lag")).json()
+        assert {"intake-timeline"} <= {r["group"] for r in lag["rows"]}
+        missing = await client.get("/api/cases/NO-SUCH-CASE")
+        assert missing.status_code == 404 and missing.json()["code"]
+
+
+async def test_console_shows_a_case_live_and_its_timeline_to_closed(
+    console: str, catalog: dict[str, Any], http: ActingClient
+) -> None:
+    _browser_ready()
+    rng = random.Random("console")
+    item = rng.choice(items_where(catalog, lambda i: bool(i.get("instant"))))
+    body = application_for(catalog, item, rng, channel="counter", delivery="electronic")
+    office = body["office_code"]
+    assert office, item
+
+    node = await asyncio.create_subprocess_exec(
+        "node",
+        "console.spec.mjs",
+        cwd=BROWSER_TESTS,
+        env={
+            **os.environ,
+            "CONSOLE_URL": console,
+            "STREAM_OFFICE": office,
+            "CHROMIUM": CHROMIUM,
+            "SCREENSHOT": str(SCREENSHOT),
+        },
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert node.stdin is not None and node.stdout is not None and node.stderr is not None
+    lines: list[str] = []
+
+    async def read_until(prefix: str, timeout: float) -> str:
+        assert node.stdout is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                raw = await node.stdout.readline()
+                if not raw:
+                    raise AssertionError(f"node ended before {prefix}: {lines}")
+                line = raw.decode().rstrip("\n")
+                lines.append(line)
+                if line.startswith(prefix):
+                    return line
+
+    try:
+        await read_until("READY", 90)
+        answer = await http.post(f"{INTAKE}/v1/cases", json=body)
+        assert answer.status_code == 201, answer.text
+        case_id = answer.json()["case_id"]
+        node.stdin.write(f"{case_id}\n".encode())
+        await node.stdin.drain()
+        await read_until("DONE", 240)
+        code = await asyncio.wait_for(node.wait(), 30)
+    finally:
+        if node.returncode is None:
+            node.kill()
+            await node.wait()
+    errors = (await node.stderr.read()).decode()
+    print("\n".join(lines))  # shown with `pytest -rP`
+    assert code == 0, f"exit {code}\nstdout: {lines}\nstderr: {errors}"
+
+    printed = {line.split(" ", 1)[0]: line for line in lines}
+    assert printed["STREAM"].startswith(f"STREAM {case_id} ")
+    stream_types = printed["STREAM-CLOSED"].split()[2].split(",")
+    assert stream_types[-1] == "gov.case.closed.v1" and "gov.case.submitted.v1" in stream_types
+    assert printed["FILTER-OK"].startswith(f"FILTER-OK office={office} ")
+    timeline = printed["TIMELINE"].split()[2].split(",")
+    assert [t for t in timeline if t in STEPS] == list(STEPS), timeline
+    assert not [line for line in lines if line.startswith("PAGE-ERROR")], lines
+    assert "lag=" in printed["TABLES"] and "dlq_count=" in printed["TABLES"]
+    assert "RESUMED" in printed
+    assert Path(printed["SCREENSHOT"].split(" ", 1)[1]).stat().st_size > 10_000
+
+    view = await wait_status(http, case_id, "closed")  # what the browser showed is intake's
+    assert [e["type"] for e in view["timeline"] if e["type"] in STEPS] == list(STEPS)
+
+
+async def test_stream_rejects_a_bad_start_time(console: str) -> None:
+    async with httpx.AsyncClient(base_url=console, timeout=10) as client:
+        answer = await client.get("/api/stream", params={"from": "yesterday-ish"})
+        assert answer.status_code == 422
+        assert answer.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_stream_replays_from_a_time_with_filters(
+    console: str, catalog: dict[str, Any], http: httpx.AsyncClient
+) -> None:
+    """`?from=` replays; filters by case and short type apply server-side."""
+    rng = random.Random("console-replay")
+    item = rng.choice(items_where(catalog, lambda i: bool(i.get("instant"))))
+    answer = await http.post(
+        f"{INTAKE}/v1/cases",
+        json=application_for(catalog, item, rng, channel="counter", delivery="electronic"),
+    )
+    assert answer.status_code == 201, answer.text
+    case_id = answer.json()["case_id"]
+    await wait_status(http, case_id, "closed")
+    seen: list[dict[str, Any]] = []
+    async with (
+        httpx.AsyncClient(base_url=console, timeout=30) as client,
+        client.stream(
+            "GET",
+            "/api/stream",
+            params={"from": "2000-01-01T00:00:00+08:00", "case": case_id, "type": "closed,routed"},
+        ) as stream,
+    ):
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        async with asyncio.timeout(30):
+            async for line in stream.aiter_lines():
+                if line.startswith("data: ") and '"case_id"' in line:
+                    seen.append(json.loads(line[6:]))
+                    if len(seen) == 2:
+                        break
+    # Replayed topics interleave by time only roughly: compare as a set.
+    assert sorted(s["type"] for s in seen) == ["gov.case.closed.v1", "gov.case.routed.v1"]
+    assert all(s["case_id"] == case_id for s in seen)
+    routed = next(s for s in seen if s["type"] == "gov.case.routed.v1")["data"]
+    applicant = routed["application"]["applicant"]
+    assert "*" in applicant["name"] and "*" in applicant["id_number"]  # masked for operators
