@@ -43,10 +43,10 @@ from contracts.events import EVENT_TYPES, CatalogPublished
 from services.common.auth import AuthSettings, Role, mint_token
 from services.common.catalog import CatalogIndex
 from services.common.catalog_follower import CatalogFollower
+from services.common.event_facts import CaseMemory, EventFilter
 from services.common.logs import get_logger
 from services.common.settings import CommonSettings
 from services.common.web import Problem, install_health_routes, install_problem_handlers
-from services.console.events import CaseFacts, StreamFilter
 from services.console.kafka_views import STREAM_TOPICS, KafkaViews
 from services.console.stream import CaseLookup, LiveStream, sse
 
@@ -132,7 +132,7 @@ class Console:
         self.http: httpx.AsyncClient | None = None
         self.kafka = KafkaViews(settings, timeout_s=settings.kafka_timeout_s)
         self.catalogs: CatalogFollower[CatalogIndex] = CatalogFollower(settings, _catalog_index)
-        self.facts = CaseFacts()
+        self.facts = CaseMemory(capacity=20_000)
         self.lookup = CaseLookup(self.fetch_case_view)
         self.streams = 0
         self.closing = asyncio.Event()
@@ -243,7 +243,7 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
             )
         if start is not None and start.tzinfo is None:
             start = start.replace(tzinfo=CITY_TZ)
-        filters = StreamFilter.parse(
+        filters = EventFilter.parse(
             case=case,
             type=type,
             department=department,

@@ -1,6 +1,6 @@
 """The live stream: Kafka records in, masked and filtered stream lines out (Server-Sent Events).
 
-One `LiveStream` per open page; what the console learns about cases (`CaseFacts`) and what
+One `LiveStream` per open page; what the console learns about cases (`CaseMemory`) and what
 intake answered about a case (`CaseLookup`) are shared by all of them.
 """
 
@@ -14,16 +14,16 @@ from typing import Any
 
 from services.common.catalog import CatalogIndex
 from services.common.envelope import Envelope, EnvelopeError
-from services.common.logs import get_logger, mask_text
-from services.console.events import (
-    CaseFacts,
+from services.common.event_facts import (
+    CaseMemory,
+    EventFilter,
     Facts,
-    StreamFilter,
+    facts_of,
     facts_of_case_view,
-    facts_of_event,
     mask_event_data,
-    stream_item,
 )
+from services.common.logs import get_logger, mask_text
+from services.console.events import stream_item
 from services.console.kafka_views import header_text
 
 log = get_logger(__name__)
@@ -64,9 +64,9 @@ class LiveStream:
 
     def __init__(
         self,
-        filters: StreamFilter,
+        filters: EventFilter,
         *,
-        facts: CaseFacts,
+        facts: CaseMemory,
         lookup: Callable[[str], Awaitable[Facts | None]],
         catalog: Callable[[], CatalogIndex | None],
     ) -> None:
@@ -105,7 +105,7 @@ class LiveStream:
                 error=mask_text(f"unreadable record: {exc}"),
             )
         case_id = envelope.subject
-        facts = self.facts.learn(case_id, facts_of_event(envelope.data, envelope.handledby))
+        facts = self.facts.learn(case_id, facts_of(envelope.data, envelope.handledby))
         if self.filters.missing_facts(facts):
             looked_up = await self.lookup(case_id)
             if looked_up is not None:

@@ -27,7 +27,7 @@ import pytest
 
 from services.cli.applicants import application_for
 from services.cli.devclient import ActingClient
-from tests.conftest import ROOT
+from tests.conftest import ROOT, eventually
 from tests.e2e.conftest import INTAKE, items_where, wait_status
 
 pytestmark = pytest.mark.e2e
@@ -116,8 +116,13 @@ async def test_console_api_answers(console: str, catalog: dict[str, Any]) -> Non
             assert "available" in answer.json(), path
         for path in ("/api/triage", "/api/dlq", "/api/lag"):
             assert (await client.get(path)).json()["available"] is True, path
-        lag = (await client.get("/api/lag")).json()
-        assert {"intake-timeline"} <= {r["group"] for r in lag["rows"]}
+
+        async def intake_group_listed() -> bool:
+            # A group shows once it has committed offsets: right after start-up it may not yet.
+            lag = (await client.get("/api/lag")).json()
+            return {"intake-timeline"} <= {r["group"] for r in lag["rows"]}
+
+        await eventually(intake_group_listed, timeout=30, what="intake's group in the lag view")
         missing = await client.get("/api/cases/NO-SUCH-CASE")
         assert missing.status_code == 404 and missing.json()["code"]
 

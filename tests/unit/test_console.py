@@ -1,4 +1,5 @@
-"""The operator console's pure parts: filters, what it learns about cases, masking, SSE lines."""
+"""The operator console's own parts: families, the live stream, SSE lines, the app's edges.
+(The facts, filters and masking it shares with `tongban tail`: test_event_facts.py.)"""
 
 from __future__ import annotations
 
@@ -12,17 +13,9 @@ from pydantic import ValidationError
 
 from contracts.events import APPROVAL_TOPIC, DELIVERY_TOPIC, DLQ_TOPIC, INTAKE_TOPIC, ROUTING_TOPIC
 from services.common.envelope import Envelope
+from services.common.event_facts import CaseMemory, EventFilter
 from services.console.app import ConsoleSettings, create_app
-from services.console.events import (
-    CaseFacts,
-    Facts,
-    StreamFilter,
-    facts_of_case_view,
-    facts_of_event,
-    family,
-    mask_event_data,
-    short_type,
-)
+from services.console.events import family
 from services.console.stream import CaseLookup, LiveStream, sse
 from tests.unit.catalog_data import application, index
 
@@ -70,125 +63,11 @@ def record(topic: str, event_type: str, data: dict[str, Any], offset: int = 0) -
     return Record(topic, 0, offset, key, value, headers)
 
 
-def test_short_type_and_family() -> None:
-    assert short_type("gov.case.closed.v1") == "closed"
-    assert short_type("gov.case.route_failed.v1") == "route_failed"
-    assert short_type("weird") == "weird"
+def test_family() -> None:
     assert family(INTAKE_TOPIC, "gov.case.submitted.v1") == "intake"
     assert family(ROUTING_TOPIC, "gov.case.route_failed.v1") == "alert"
     assert family(APPROVAL_TOPIC, "gov.case.sla_warning.v1") == "warning"
     assert family(DLQ_TOPIC, "gov.case.submitted.v1") == "dlq"
-
-
-def test_every_personal_field_is_masked() -> None:
-    data = {
-        "case_id": CASE,
-        "application": {
-            "applicant": {"name": "张三丰", "id_number": ID_NUMBER, "phone": "13812341234"},
-            "delivery": {"method": "postal", "address": "测试市某路1号"},
-        },
-        "applicant_name": "张三丰",
-        "applicant_id_number": ID_NUMBER,
-        "delivery_address": "测试市某路1号",
-        "contact_phone": "13912345678",
-        "reason": f"call 13812341234 about {ID_NUMBER}",
-    }
-    text = json.dumps(mask_event_data(data), ensure_ascii=False)
-    for secret in ("张三丰", ID_NUMBER, "13812341234", "13912345678", "测试市某路1号"):
-        assert secret not in text, secret
-    assert CASE in text
-
-
-def test_filters_parse_lists_and_short_types() -> None:
-    filters = StreamFilter.parse(type="closed, gov.case.routed.v1", case="", office="A,B")
-    assert filters.types == {"closed", "gov.case.routed.v1"}
-    assert filters.cases == frozenset() and filters.offices == {"A", "B"}
-    for event_type, expected in (
-        ("gov.case.closed.v1", True),
-        ("gov.case.routed.v1", True),
-        ("gov.case.accepted.v1", False),
-    ):
-        assert (
-            filters.matches(
-                case_id=CASE,
-                event_type=event_type,
-                facts=Facts(offices={"A"}, channel="counter"),
-                catalog=None,
-            )
-            is expected
-        )
-    assert StreamFilter.parse(case=CASE).describe() == {"case": [CASE]}
-    globs = StreamFilter.parse(case="T-20260615-*", type="sla_*,gov.case.over*")
-    for event_type, case_id, expected in (
-        ("gov.case.sla_warning.v1", CASE, True),
-        ("gov.case.overdue.v1", CASE, True),
-        ("gov.case.closed.v1", CASE, False),
-        ("gov.case.overdue.v1", "T-20260616-0000000001", False),
-    ):
-        assert (
-            globs.matches(case_id=case_id, event_type=event_type, facts=None, catalog=None)
-            is expected
-        )
-
-
-def test_facts_learned_from_earlier_events_answer_later_ones() -> None:
-    catalog = index()
-    facts = CaseFacts()
-    facts.learn(CASE, facts_of_event(submitted()))
-    by_department = StreamFilter.parse(department="T1-MKT")
-    by_district = StreamFilter.parse(district="T1")
-    assert not by_department.matches(
-        case_id=CASE, event_type="x", facts=facts.get(CASE), catalog=catalog
-    )  # not routed yet
-    assert by_district.matches(case_id=CASE, event_type="x", facts=facts.get(CASE), catalog=catalog)
-    facts.learn(CASE, facts_of_event(routed()))
-    closed = facts.learn(CASE, facts_of_event({"case_id": CASE, "outcome": "approved"}))
-    assert closed.departments == {"T1-MKT"} and closed.path == "delegated"
-    assert closed.offices == {"T1-DC"} and closed.districts(catalog) == {"T1"}
-    for filters, expected in (
-        (by_department, True),
-        (StreamFilter.parse(path="delegated"), True),
-        (StreamFilter.parse(path="online"), False),
-        (StreamFilter.parse(office="T1-DC"), True),
-        (StreamFilter.parse(office="T2-DC"), False),
-        (StreamFilter.parse(district="T2"), False),
-        (StreamFilter.parse(district="T2,T1"), True),
-    ):
-        assert (
-            filters.matches(case_id=CASE, event_type="x", facts=closed, catalog=catalog) is expected
-        ), filters
-
-
-def test_a_case_taken_in_one_district_and_decided_in_another_touches_both() -> None:
-    catalog = index()
-    facts = facts_of_event(routed(department="T2-MKT"))
-    facts.merge(facts_of_event({"case_id": CASE, "department": "T2-MKT"}, handledby="T2-MKT"))
-    assert facts.districts(catalog) == {"T1", "T2"}
-    assert facts.districts(None) == set()  # no catalog yet: the district filter cannot match
-
-
-def test_facts_are_bounded() -> None:
-    facts = CaseFacts(max_cases=2)
-    for n in range(3):
-        facts.learn(f"c{n}", Facts(offices={"A"}))
-    assert len(facts) == 2 and facts.get("c0") is None
-
-
-def test_intake_view_gives_the_facts_of_a_case_seen_halfway() -> None:
-    view = {
-        "case_id": CASE,
-        "channel": "online",
-        "office_code": None,
-        "route": {"path": "online", "handled_by": "M-HOU"},
-        "applicant": {"division_code": "T21"},
-    }
-    facts = facts_of_case_view(view)
-    assert facts.offices == {"online"} and facts.path == "online"
-    assert facts.departments == {"M-HOU"} and facts.divisions == {"T21"}
-    filters = StreamFilter.parse(department="M-HOU")
-    assert filters.missing_facts(None) and filters.missing_facts(Facts(departments={"M-HOU"}))
-    assert not filters.missing_facts(facts)
-    assert not StreamFilter.parse(case=CASE).missing_facts(None)
 
 
 async def test_live_stream_filters_masks_and_asks_intake_only_when_needed() -> None:
@@ -204,8 +83,8 @@ async def test_live_stream_filters_masks_and_asks_intake_only_when_needed() -> N
 
     catalog = index()
     live = LiveStream(
-        StreamFilter.parse(office="T1-DC"),
-        facts=CaseFacts(),
+        EventFilter.parse(office="T1-DC"),
+        facts=CaseMemory(),
         lookup=CaseLookup(fetch),
         catalog=lambda: catalog,
     )
@@ -235,7 +114,7 @@ async def test_unreadable_records_are_shown_not_dropped() -> None:
         return None
 
     live = LiveStream(
-        StreamFilter(), facts=CaseFacts(), lookup=CaseLookup(fetch), catalog=lambda: None
+        EventFilter(), facts=CaseMemory(), lookup=CaseLookup(fetch), catalog=lambda: None
     )
     poison = Record(
         DLQ_TOPIC,
@@ -250,8 +129,8 @@ async def test_unreadable_records_are_shown_not_dropped() -> None:
     assert line["id"] == f"{DLQ_TOPIC}/3/7" and line["dlq"]["source"] == "routing/x"
     assert ID_NUMBER not in json.dumps(line)
     typed = LiveStream(
-        StreamFilter.parse(type="closed"),
-        facts=CaseFacts(),
+        EventFilter.parse(type="closed"),
+        facts=CaseMemory(),
         lookup=CaseLookup(fetch),
         catalog=lambda: None,
     )

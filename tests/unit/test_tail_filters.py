@@ -14,23 +14,15 @@ from typer.testing import CliRunner
 
 from services.cli.main import app
 from services.cli.ops.dlq import LetterFilters, letter_matches, parse_ref, refusal
-from services.cli.ops.events import CITY_TZ, parse_when, short_type, status_after, view_of
-from services.cli.ops.filters import (
-    CaseMemory,
-    DistrictMap,
-    FilterError,
-    Filters,
-    check_filters,
-    facts_of,
-    matches,
-    select,
-    type_matches,
-)
+from services.cli.ops.events import CITY_TZ, parse_when, status_after, view_of
+from services.cli.ops.filters import FilterError, check_filters, facts_of_view, select
 from services.cli.ops.lag import chosen_groups, compute_lag, service_of, totals
 from services.cli.ops.merge import TimeMergeBuffer
-from services.cli.ops.render import event_json, event_line, json_line, mask_data
+from services.cli.ops.render import event_json, event_line, json_line
+from services.common.catalog import CatalogIndex
 from services.common.dlq import DeadLetter, ReplayRecord
 from services.common.envelope import Envelope
+from services.common.event_facts import CaseMemory, EventFilter
 from tests.unit import catalog_data
 
 pytestmark = pytest.mark.unit
@@ -95,11 +87,8 @@ def route(path: str = "delegated", dept: str = "T1-MKT", office: str = "T1-DC") 
 
 
 @pytest.fixture(scope="module")
-def districts() -> DistrictMap:
-    raw = catalog_data.base_catalog()
-    # A street whose code does not start with its district's: only the catalog can tell.
-    raw["districts"][1]["streets"].append({"code": "ZZ9", "name": "外码街道"})
-    return DistrictMap.of(catalog_data.index(raw))
+def catalog() -> CatalogIndex:
+    return catalog_data.index()
 
 
 # -- record views --------------------------------------------------------------------------------
@@ -132,10 +121,7 @@ def test_view_of_a_poison_record(
     assert view.case_id == "K"
 
 
-def test_short_type_and_status() -> None:
-    assert short_type("gov.case.route_failed.v1") == "route_failed"
-    assert short_type("gov.catalog.published.v1") == "catalog.published"
-    assert short_type(None) == "?"
+def test_status_after() -> None:
     assert status_after("gov.case.routed.v1") == "routed"
     assert status_after("gov.case.notified.v1") == "awaiting_supplement"
     assert status_after("gov.case.sla_warning.v1") is None
@@ -154,97 +140,43 @@ def test_parse_when() -> None:
 # -- filters -------------------------------------------------------------------------------------
 
 
-def test_facts_come_from_headers_and_every_place_in_the_data(districts: DistrictMap) -> None:
-    submitted = view_of(record("gov.case.submitted.v1", {"application": application()}))
-    facts = facts_of(submitted, districts)
-    assert facts.offices == {"T11-SC"}
-    assert facts.districts == {"T1"}  # office T11-SC and applicant division T11 lie in T1
+def test_facts_of_a_view_come_from_its_header_and_data(catalog: CatalogIndex) -> None:
     routed = view_of(
         record("gov.case.routed.v1", {"route": route(office="T2-DC")}, handledby="T1-MKT")
     )
-    facts = facts_of(routed, districts)
+    facts = facts_of_view(routed)
     assert facts.departments == {"T1-MKT"}
     assert facts.offices == {"T2-DC"}
     assert facts.paths == {"delegated"}
-    assert facts.districts == {"T1", "T2"}  # handled in T1, taken in T2: same_city
-    accepted = view_of(record("gov.case.accepted.v1", {"department": "T2-MKT"}))
-    assert facts_of(accepted, districts).districts == {"T2"}
-    assert facts_of(accepted).districts == frozenset()  # no catalog: no district
-
-
-def test_districts_come_from_the_catalog_not_from_code_shapes(districts: DistrictMap) -> None:
-    event = view_of(
-        record("gov.case.submitted.v1", {"application": application(office=None, division="ZZ9")})
-    )
-    assert facts_of(event, districts).districts == {"T2"}
-    unknown = view_of(
-        record("gov.case.submitted.v1", {"application": application(office=None, division="T19")})
-    )
-    assert facts_of(unknown, districts).districts == frozenset()  # T19 is not in the catalog
-
-
-@pytest.mark.parametrize(
-    ("pattern", "expected"),
-    [
-        ("gov.case.routed.v1", True),
-        ("routed", True),
-        ("route*", True),
-        ("gov.case.*", True),
-        ("route_failed", False),
-        ("Routed", False),
-    ],
-)
-def test_type_patterns(pattern: str, expected: bool) -> None:
-    assert type_matches("gov.case.routed.v1", pattern) is expected
-
-
-def test_filters_all_must_match_and_values_of_one_filter_are_alternatives(
-    districts: DistrictMap,
-) -> None:
-    view = view_of(record("gov.case.routed.v1", {"route": route()}, handledby="T1-MKT"))
-    facts = facts_of(view, districts)
-    assert matches(view, facts, Filters())
-    assert matches(view, facts, Filters(cases=("T-*",), types=("routed", "denied")))
-    assert not matches(view, facts, Filters(cases=("X-*",)))
-    assert matches(view, facts, Filters(departments=("T2-MKT", "T1-MKT"), paths=("delegated",)))
-    assert not matches(view, facts, Filters(departments=("T1-MKT",), paths=("online",)))
-    assert matches(view, facts, Filters(offices=("T1-DC",), districts=("T1",)))
-    assert not matches(view, facts, Filters(districts=("T3",)))
+    assert facts.districts(catalog) == {"T1", "T2"}
 
 
 def test_case_memory_follows_a_case_after_the_event_that_named_the_fact(
-    districts: DistrictMap,
+    catalog: CatalogIndex,
 ) -> None:
     memory = CaseMemory()
-    wanted = Filters(paths=("delegated",), districts=("T1",))
+    wanted = EventFilter.of(paths=("delegated",), districts=("T1",))
     submitted = view_of(record("gov.case.submitted.v1", {"application": application()}))
     routed = view_of(record("gov.case.routed.v1", {"route": route()}, handledby="T1-MKT"))
     approved = view_of(record("gov.case.approved.v1", {"department": "T1-MKT"}))
     other = view_of(
         record("gov.case.approved.v1", {"department": "T1-MKT"}, case_id="T-OTHER-CASE")
     )
-    assert not select(submitted, wanted, memory=memory, districts=districts)  # no path yet
-    assert select(routed, wanted, memory=memory, districts=districts)
-    assert select(approved, wanted, memory=memory, districts=districts)  # remembered path
-    assert not select(other, wanted, memory=memory, districts=districts)  # unknown case
-    assert not select(approved, wanted, memory=None, districts=districts)  # no memory
+    assert not select(submitted, wanted, memory=memory, catalog=catalog)  # no path yet
+    assert select(routed, wanted, memory=memory, catalog=catalog)
+    assert select(approved, wanted, memory=memory, catalog=catalog)  # remembered path
+    assert not select(other, wanted, memory=memory, catalog=catalog)  # unknown case
+    assert not select(approved, wanted, memory=None, catalog=catalog)  # no memory
 
 
-def test_case_memory_is_bounded() -> None:
-    memory = CaseMemory(capacity=2)
-    for case in ("a", "b", "c"):
-        memory.observe(case, facts_of(view_of(record("x.v1", {"department": case}))))
-    assert len(memory) == 2
-
-
-def test_filter_values_are_checked(districts: DistrictMap) -> None:
-    check_filters(Filters(paths=("online", "entrusted"), districts=("T1",)), districts)
+def test_filter_values_are_checked(catalog: CatalogIndex) -> None:
+    check_filters(EventFilter.of(paths=("online", "entrusted"), districts=("T1",)), catalog)
     with pytest.raises(FilterError, match="unknown path"):
-        check_filters(Filters(paths=("onlin",)))
+        check_filters(EventFilter.of(paths=("onlin",)))
     with pytest.raises(FilterError, match="needs the catalog"):
-        check_filters(Filters(districts=("T1",)))
+        check_filters(EventFilter.of(districts=("T1",)))
     with pytest.raises(FilterError, match="unknown district"):
-        check_filters(Filters(districts=("T11",)), districts)  # a street, not a district
+        check_filters(EventFilter.of(districts=("T11",)), catalog)  # a street, not a district
 
 
 # -- time-order merge ----------------------------------------------------------------------------
@@ -354,11 +286,6 @@ def test_dead_letter_and_poison_lines_are_masked() -> None:
     body = event_json(poison)
     assert body["data"] is None and "error" in body
     _no_personal_data(json.dumps(body, ensure_ascii=False))
-
-
-def test_mask_data_handles_suffixed_personal_keys_in_nested_lists() -> None:
-    masked = mask_data({"rows": [{"contact_phone": PHONE, "home_address": "某路"}]})
-    assert masked == {"rows": [{"contact_phone": "138****5678", "home_address": "某*"}]}
 
 
 # -- dead letters --------------------------------------------------------------------------------

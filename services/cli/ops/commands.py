@@ -37,16 +37,17 @@ from services.cli.ops.dlq import (
     refusal,
     replay_letters,
 )
-from services.cli.ops.events import CITY_TZ, EventView, parse_when, short_type
-from services.cli.ops.filters import DistrictMap, FilterError, Filters, check_filters
+from services.cli.ops.events import CITY_TZ, EventView, parse_when
+from services.cli.ops.filters import FilterError, check_filters
 from services.cli.ops.kafka_io import StartAt, StartKind, latest_catalog
 from services.cli.ops.lag import fetch_lag, service_of, totals
 from services.cli.ops.merge import DEFAULT_DELAY_S
-from services.cli.ops.render import event_line, json_line, mask_data, masked_headers
+from services.cli.ops.render import event_line, json_line, masked_headers
 from services.cli.ops.tail import TailError, TailOptions, run_tail
 from services.common.catalog import CatalogFileError, CatalogIndex, load_catalog_file
 from services.common.catalog import validate_catalog as _validate_catalog
 from services.common.dlq import REPLAYS_TOPIC, DeadLetter, ReplayRecord
+from services.common.event_facts import EventFilter, mask_event_data, short_type
 from services.common.logs import mask_text
 from services.common.settings import CommonSettings
 
@@ -184,25 +185,25 @@ def tail(
         start = StartAt(StartKind.offset, offset=from_offset)
     else:
         start = StartAt(StartKind.now)
-    filters = Filters(
-        cases=tuple(case or ()),
-        types=tuple(event_type or ()),
-        departments=tuple(department or ()),
-        offices=tuple(office or ()),
-        districts=tuple(district or ()),
-        paths=tuple(path or ()),
+    filters = EventFilter.of(
+        cases=case or (),
+        types=event_type or (),
+        departments=department or (),
+        offices=office or (),
+        districts=district or (),
+        paths=path or (),
     )
     try:
-        check_filters(replace(filters, districts=()))
+        check_filters(replace(filters, districts=frozenset()))
     except FilterError as exc:
         raise typer.BadParameter(str(exc), param_hint="--path") from None
-    districts = _district_map(catalog) if filters.districts and catalog is not None else None
+    catalog_index = _catalog_index(catalog) if filters.districts and catalog is not None else None
     options = TailOptions(
         topics=tuple(topic or ()),
         include_dlq=dlq,
         start=start,
         filters=filters,
-        districts=districts,
+        catalog=catalog_index,
         max_events=max_events,
         idle_timeout=timeout,
         order_delay=order_delay,
@@ -237,13 +238,13 @@ def tail(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        if filters.districts and options.districts is None:
+        if filters.districts and options.catalog is None:
             found = await latest_catalog(settings)
             if found is None:
                 raise FilterError("--district: no catalog on catalog.v1; give --catalog FILE")
             err.print(f"[dim]districts from catalog version {found[0]} on catalog.v1[/]")
-            options = replace(options, districts=DistrictMap.of(found[1]))
-        check_filters(filters, options.districts)
+            options = replace(options, catalog=found[1])
+        check_filters(filters, options.catalog)
         return await run_tail(
             settings, options, emit=emit, note=lambda m: err.print(f"[dim]{m}[/]"), stop=stop
         )
@@ -257,7 +258,7 @@ def tail(
     err.print(f"[dim]tail stopped ({reason}): {written} events shown[/]")
 
 
-def _district_map(catalog: Path) -> DistrictMap:
+def _catalog_index(catalog: Path) -> CatalogIndex:
     try:
         parsed, problems = _validate_catalog(load_catalog_file(catalog))
     except CatalogFileError as exc:
@@ -267,7 +268,7 @@ def _district_map(catalog: Path) -> DistrictMap:
             f"the catalog is refused ({len(problems)} problems; first: {problems[0]})",
             param_hint="--catalog",
         )
-    return DistrictMap.of(CatalogIndex(parsed))
+    return CatalogIndex(parsed)
 
 
 # -- lag -----------------------------------------------------------------------------------------
@@ -389,7 +390,7 @@ def _letter_dict(letter: DeadLetter, replays: list[ReplayRecord]) -> dict[str, A
     if letter.value is not None:
         try:
             parsed = json.loads(letter.value)
-            data = mask_data(parsed) if isinstance(parsed, dict) else parsed
+            data = mask_event_data(parsed) if isinstance(parsed, dict) else parsed
         except (UnicodeDecodeError, json.JSONDecodeError):
             value_text = mask_text(letter.value[:2000].decode("utf-8", errors="replace"))
     return {

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from services.cli.ops.filters import type_matches
 from services.cli.ops.kafka_io import fetch_records, make_reader, partitions_of, read_topic_snapshot
 from services.common.dlq import (
     REPLAYS_TOPIC,
@@ -22,6 +21,7 @@ from services.common.dlq import (
     replay,
     replays_topic_spec,
 )
+from services.common.event_facts import type_matches
 from services.common.kafka import ensure_topics, make_producer
 from services.common.settings import CommonSettings
 

@@ -14,10 +14,9 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from contracts.common import CaseStatus
+from services.common.event_facts import short_type
 
 CITY_TZ = ZoneInfo("Asia/Shanghai")
-
-_VERSION_SUFFIX = re.compile(r"\.v\d+$")
 
 
 class RecordLike(Protocol):
@@ -113,17 +112,6 @@ def view_of(record: RecordLike) -> EventView:
         value_text=value_text,
         error=error,
     )
-
-
-def short_type(event_type: str | None) -> str:
-    """`gov.case.routed.v1` -> `routed`; `gov.catalog.published.v1` -> `catalog.published`."""
-    if not event_type:
-        return "?"
-    name = _VERSION_SUFFIX.sub("", event_type)
-    for prefix in ("gov.case.", "gov."):
-        if name.startswith(prefix):
-            return name[len(prefix) :]
-    return name
 
 
 _STATUSES = {s.value for s in CaseStatus}

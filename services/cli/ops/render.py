@@ -1,5 +1,5 @@
 """How operators see an event: one colored line, or one JSON line. Personal data is always
-masked (there is no unmasked mode): the event data goes through `mask_personal_data`, every
+masked (there is no unmasked mode): the event data goes through `mask_event_data`, every
 other text (headers, keys, reasons, unreadable values) through `mask_text`."""
 
 from __future__ import annotations
@@ -10,41 +10,10 @@ from typing import Any
 
 from rich.text import Text
 
-from services.cli.ops.events import EventView, short_type, status_after
-from services.cli.ops.filters import facts_of
-from services.common.logs import (
-    PERSONAL_KEYS,
-    mask_id_number,
-    mask_name,
-    mask_personal_data,
-    mask_phone,
-    mask_text,
-)
-
-# Payload keys that end like a personal key (`applicant_id_number`, `delivery_address`) are
-# personal too; the shared masking knows the bare names only.
-_SUFFIX_MASKS = (
-    ("_id_number", mask_id_number),
-    ("_phone", mask_phone),
-    ("_address", mask_name),
-)
-
-
-def _suffix_masked(key: str, value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _suffix_masked(str(k), v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_suffix_masked(key, v) for v in value]
-    if isinstance(value, str) and key not in PERSONAL_KEYS:
-        for suffix, mask in _SUFFIX_MASKS:
-            if key.endswith(suffix):
-                return mask(value)
-    return value
-
-
-def mask_data(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The event data as operators may see it."""
-    return mask_personal_data({k: _suffix_masked(str(k), v) for k, v in data.items()})
+from services.cli.ops.events import EventView, status_after
+from services.cli.ops.filters import facts_of_view
+from services.common.event_facts import mask_event_data, short_type
+from services.common.logs import mask_text
 
 
 def masked_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -91,7 +60,7 @@ def summary(view: EventView) -> list[tuple[str, str]]:
     status = status_after(view.type)
     if status:
         pairs.append(("status", status))
-    facts = facts_of(view)
+    facts = facts_of_view(view)
     data = view.data or {}
     if facts.paths:
         pairs.append(("path", ",".join(sorted(facts.paths))))
@@ -142,7 +111,7 @@ def event_json(view: EventView) -> dict[str, Any]:
         "case_id": mask_text(view.case_id) if view.case_id else None,
         "type": view.type,
         "headers": masked_headers(view.headers),
-        "data": mask_data(view.data) if view.data is not None else None,
+        "data": mask_event_data(view.data) if view.data is not None else None,
     }
     if view.error is not None:
         out["error"] = mask_text(view.error)

@@ -3,7 +3,7 @@
 No consumer group: the tail assigns every partition of the chosen topics itself, never
 commits, and leaves no trace on the cluster. Records pass the time-order merge buffer
 (`merge.py`) first and the filters after, so that a case's facts are learnt in the order its
-events happened (`filters.CaseMemory`).
+events happened (`services.common.event_facts.CaseMemory`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from contracts.events import CASE_TOPICS
 from services.cli.ops.events import EventView, view_of
-from services.cli.ops.filters import CaseMemory, DistrictMap, Filters, select
+from services.cli.ops.filters import select
 from services.cli.ops.kafka_io import StartAt, StartKind, make_reader, partitions_of, seek_start
 from services.cli.ops.merge import DEFAULT_DELAY_S, TimeMergeBuffer
+from services.common.catalog import CatalogIndex
+from services.common.event_facts import CaseMemory, EventFilter
 from services.common.settings import CommonSettings
 
 POLL_S = 0.2
@@ -33,8 +35,8 @@ class TailOptions:
     topics: tuple[str, ...] = ()  # empty: every case topic of the contract
     include_dlq: bool = False
     start: StartAt = field(default_factory=StartAt)
-    filters: Filters = field(default_factory=Filters)
-    districts: DistrictMap | None = None
+    filters: EventFilter = field(default_factory=EventFilter)
+    catalog: CatalogIndex | None = None  # for --district
     max_events: int | None = None
     idle_timeout: float | None = None
     order_delay: float = DEFAULT_DELAY_S
@@ -103,7 +105,7 @@ async def _follow(
         """Filter and show; True once `max_events` are shown."""
         nonlocal shown
         for view in views:
-            if select(view, options.filters, memory=memory, districts=options.districts):
+            if select(view, options.filters, memory=memory, catalog=options.catalog):
                 emit(view)
                 shown += 1
                 if options.max_events is not None and shown >= options.max_events:
