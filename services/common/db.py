@@ -33,7 +33,9 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
+from services.common.failures import AmbiguousCommits
 from services.common.settings import CommonSettings
 
 
@@ -42,13 +44,20 @@ def make_engine(settings: CommonSettings, *, pool_size: int | None = None) -> As
         settings.database_url,
         pool_size=pool_size or settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_s,
         pool_pre_ping=True,  # a restarted PostgreSQL leaves dead pooled connections behind
         pool_recycle=1800,
     )
 
 
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(
+    engine: AsyncEngine, *, ambiguous_commit_rate: float = 0.0
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions on the engine; `ambiguous_commit_rate` > 0 only in the fault suite."""
+    # A class of its own per sessionmaker, so a fault injector never leaks into others.
+    session_class = type("TongbanSession", (Session,), {})
+    AmbiguousCommits(ambiguous_commit_rate).install(session_class)
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=session_class)
 
 
 @asynccontextmanager

@@ -19,6 +19,7 @@ request. A hard city-wide quota per client belongs in the ingress or API gateway
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict
@@ -39,7 +40,7 @@ DEFAULT_MAX_BODY_BYTES = MIB
 
 REJECTED = Counter(
     "tongban_http_rejected_total",
-    "Requests refused at the edge, by reason (payload_too_large, rate_limited)",
+    "Requests refused at the edge, by reason (payload_too_large, rate_limited, overloaded)",
     ["reason"],
 )
 
@@ -51,6 +52,10 @@ class LimitSettings(CommonSettings):
     rate_limit_per_s: float = Field(50.0, gt=0, description="sustained requests per client")
     rate_limit_burst: int = Field(100, ge=1, description="requests a client may send at once")
     rate_limit_max_clients: int = Field(10_000, ge=1, description="buckets kept (LRU)")
+    # Load shedding: requests served at once by a process, and how long an extra request may
+    # wait for a slot before it is answered 503 + Retry-After instead of timing out.
+    http_max_in_flight: int = Field(32, ge=1)
+    http_queue_timeout_s: float = Field(0.5, ge=0)
 
 
 def max_body_bytes(settings: CommonSettings) -> int:
@@ -177,6 +182,64 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+# --------------------------------------------------------------------------- load shedding
+
+# Operators must always reach these, above all when the process is overloaded.
+UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def overloaded_problem(retry_after: int) -> Problem:
+    return Problem(
+        503,
+        "overloaded",
+        "The service is at capacity",
+        "Too many requests are being served right now; nothing of this request was "
+        f"applied. Retry after {retry_after} s (with the same Idempotency-Key).",
+        retry_after=retry_after,
+    )
+
+
+class LoadShedder:
+    """At most `max_in_flight` requests in the app at once; a request that cannot get a slot
+    within `queue_timeout_s` is answered 503 `overloaded` with Retry-After at once.
+
+    Past its capacity a process otherwise queues without bound: every request slows down
+    until clients time out, not knowing whether their submission was taken. A fast, explicit
+    refusal keeps the accepted ones fast and tells the others exactly what to do.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_in_flight: int = 32,
+        queue_timeout_s: float = 0.5,
+        retry_after_s: int = 1,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be positive")
+        self.app = app
+        self.queue_timeout_s = queue_timeout_s
+        self.retry_after_s = retry_after_s
+        self._slots = asyncio.Semaphore(max_in_flight)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in UNSHED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=self.queue_timeout_s)
+        except TimeoutError:
+            REJECTED.labels("overloaded").inc()
+            await _drain(receive, MIB)
+            response = problem_response(overloaded_problem(self.retry_after_s), Request(scope))
+            await response(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._slots.release()
 
 
 # --------------------------------------------------------------------------- rate

@@ -41,3 +41,13 @@ CONSUMER_LAG = Gauge(
     "Records behind the partition's end after the consumer's last applied batch",
     ["service", "consumer", "topic", "partition"],
 )
+TASK_RESTARTS = Counter(
+    "tongban_task_restarts_total",
+    "Long-lived loops (consumers, relay, timers) restarted after an unforeseen crash",
+    ["service", "task"],
+)
+RELAY_LEADER = Gauge(
+    "tongban_outbox_relay_leader",
+    "1 while this process's outbox relay holds its schema's lock and publishes, else 0",
+    ["service"],
+)

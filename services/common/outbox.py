@@ -27,9 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db import asyncpg_dsn, outbox_channel, runtime_metadata
 from services.common.envelope import Envelope
+from services.common.failures import AmbiguousCommits
 from services.common.kafka import make_producer
 from services.common.logs import configure_logging, get_logger
-from services.common.metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG
+from services.common.metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG, RELAY_LEADER
 from services.common.settings import CommonSettings
 
 log = get_logger(__name__)
@@ -79,6 +80,7 @@ class OutboxRelay:
         # Advisory lock id: stable per schema, so relays of one service exclude each other.
         self._lock_id = zlib.crc32(f"tongban-outbox:{schema}".encode())
         self.published = 0
+        self._faults = AmbiguousCommits(settings.fault_ambiguous_commit_rate)
 
     def stop(self) -> None:
         self._stop.set()
@@ -120,6 +122,7 @@ class OutboxRelay:
                 return
             await conn.add_listener(outbox_channel(self.schema), self._on_notify)
             log.info("outbox relay leading", schema=self.schema)
+            RELAY_LEADER.labels(self.settings.service).set(1)
             while not self._stop.is_set():
                 self._wake.clear()
                 sent = await self._publish_batch(conn)
@@ -129,6 +132,7 @@ class OutboxRelay:
                     except TimeoutError:
                         pass
         finally:
+            RELAY_LEADER.labels(self.settings.service).set(0)
             await conn.close(timeout=5)  # closing the session releases the advisory lock
 
     def _on_notify(self, *_args: object) -> None:
@@ -175,6 +179,7 @@ class OutboxRelay:
             f'UPDATE "{self.schema}".outbox SET sent_at = now() WHERE id = ANY($1::bigint[])',
             [row["id"] for row in rows],
         )
+        self._faults.maybe_raise()  # fault suite only: the mark's answer "lost"
         for row in rows:
             EVENTS_PUBLISHED.labels(self.settings.service, row["topic"]).inc()
         self.published += len(rows)

@@ -33,8 +33,9 @@ from services.common.db import make_engine, make_sessionmaker
 from services.common.envelope import Envelope
 from services.common.handover import HandoverSettings
 from services.common.kafka import ensure_topics, standard_topics
-from services.common.limits import BodySizeLimit, LimitSettings, max_body_bytes
+from services.common.limits import BodySizeLimit, LimitSettings, LoadShedder, max_body_bytes
 from services.common.logs import configure_logging, get_logger
+from services.common.metrics import TASK_RESTARTS
 from services.common.outbox import Outbox, OutboxRelay
 from services.common.web import (
     install_health_routes,
@@ -55,7 +56,9 @@ class ServiceRuntime:
         self.settings = settings
         self.schema = settings.service
         self.engine = make_engine(settings)
-        self.sessions = make_sessionmaker(self.engine)
+        self.sessions = make_sessionmaker(
+            self.engine, ambiguous_commit_rate=settings.fault_ambiguous_commit_rate
+        )
         self.outbox = Outbox(self.schema)
         self.relay = OutboxRelay(settings, schema=self.schema)
         self.consumers: list[ConsumerRunner] = []
@@ -63,6 +66,7 @@ class ServiceRuntime:
         self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._stoppers: list[Callable[[], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.source = f"/tongban/{settings.service}"
         # One authentication dependency per app, so FastAPI runs it once per request.
         self.authenticated = authenticate(settings)
@@ -161,14 +165,39 @@ class ServiceRuntime:
         await ensure_topics(self.settings, standard_topics())
         for fn in self._startup:
             await fn()
-        self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        self._stopping = False
+        self._supervise("outbox-relay", self.relay.run)
         for runner in self.consumers:
-            self._tasks.append(asyncio.create_task(runner.run(), name=runner.name))
+            self._supervise(runner.name, runner.run)
         for fn in self._background:
-            self._tasks.append(asyncio.create_task(fn()))
+            self._supervise(getattr(fn, "__name__", "background"), fn)
         log.info("service started", service=self.settings.service)
 
+    def _supervise(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a long-lived loop; if it crashes on something unforeseen (a broker error
+        surfacing from a client library, say), log it and start it again with backoff, so
+        one bad moment never leaves a process alive but no longer consuming."""
+
+        async def supervised() -> None:
+            backoff = 1.0
+            while True:
+                try:
+                    await fn()
+                    return
+                except Exception as exc:
+                    if self._stopping:
+                        raise
+                    TASK_RESTARTS.labels(self.settings.service, name).inc()
+                    log.error(
+                        "task crashed; restarting", task=name, error=repr(exc), retry_in_s=backoff
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+
+        self._tasks.append(asyncio.create_task(supervised(), name=name))
+
     async def stop(self) -> None:
+        self._stopping = True
         for runner in self.consumers:
             runner.stop()
         for stop in self._stoppers:
@@ -245,6 +274,12 @@ class ServiceRuntime:
         self._install_audit_routes(app)
         install_auth_handlers(app)
         app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes(self.settings))
+        # Outermost: a request refused for load costs no body parsing and no database.
+        app.add_middleware(
+            LoadShedder,
+            max_in_flight=self.settings.http_max_in_flight,
+            queue_timeout_s=self.settings.http_queue_timeout_s,
+        )
         install_health_routes(app, {"database": self.check_database, "kafka": self.check_consumers})
         return app
 

@@ -41,6 +41,8 @@ class CommonSettings(BaseSettings):
     database_url: str = DEV_DATABASE_URL
     db_pool_size: int = Field(10, ge=1)
     db_max_overflow: int = Field(10, ge=0)
+    # A request waits at most this long for a pooled connection, then gets 503 + Retry-After.
+    db_pool_timeout_s: float = Field(5.0, gt=0)
 
     # Consumer runner: batch shape, bounded retries for a failing handler, dead letters.
     consumer_max_records: int = Field(500, ge=1)
@@ -53,6 +55,20 @@ class CommonSettings(BaseSettings):
     # Outbox relay: NOTIFY wakes it; the poll is only a safety net.
     outbox_batch_size: int = Field(500, ge=1)
     outbox_poll_s: float = Field(1.0, gt=0)
+
+    # Fault injection for the fault suite only (tests/faults): this share of successful
+    # database commits report a timeout, as if the answer to COMMIT was lost. Refused in
+    # production.
+    fault_ambiguous_commit_rate: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _no_faults_in_production(self) -> CommonSettings:
+        if self.fault_ambiguous_commit_rate > 0 and not self.is_dev:
+            raise ValueError(
+                "TONGBAN_FAULT_AMBIGUOUS_COMMIT_RATE is for the fault suite; "
+                f"it must be 0 when TONGBAN_ENVIRONMENT={self.environment}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _min_insync_fits(self) -> CommonSettings:

@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.common.failures import is_infrastructure_error
+
 PROBLEM_JSON = "application/problem+json"
 
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -92,6 +94,20 @@ def problem_response(problem: Problem, request: Request | None = None) -> JSONRe
     )
 
 
+def dependency_unavailable(exc: BaseException) -> Problem:
+    """503 for a database or network failure: the client retries, with the same
+    Idempotency-Key where it has one, because a write's outcome may be unknown."""
+    return Problem(
+        503,
+        "service_unavailable",
+        "A dependency is not available",
+        "The database or the event broker did not answer in time; the request may or may "
+        "not have been applied. Retry after the given seconds; a submission retried with "
+        "the same Idempotency-Key is never applied twice.",
+        retry_after=1,
+    )
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Problem)
@@ -136,6 +152,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         return await on_unexpected(request, exc)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
+        if is_infrastructure_error(exc):
+            return problem_response(dependency_unavailable(exc), request)
         return problem_response(
             Problem(500, "internal_error", "Internal error", "The error was logged; retry later."),
             request,

@@ -1,0 +1,77 @@
+"""What kind of failure is this, and the fault injector that proves we handle it.
+
+Infrastructure failures (the database or the network went away, a commit's outcome is
+unknown) are never the event's or the request's fault: consumers retry the batch, REST
+answers 503 with Retry-After. Everything else is a bug or bad input.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import asyncpg
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+_SQLSTATE_RETRYABLE = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
+
+
+class AmbiguousCommitError(TimeoutError):
+    """The commit's answer was lost: it may or may not have happened (here: it did).
+
+    Raised only by the fault injector, after a real commit, to prove that every writer
+    retries safely: the retry must find its own effect (inbox row, idempotency key) and add
+    nothing a second time.
+    """
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """True for failures of the database or network, which retrying will heal."""
+    if isinstance(exc, OSError | TimeoutError | ConnectionError | asyncpg.InterfaceError):
+        return True
+    if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return getattr(exc, "sqlstate", None) in _SQLSTATE_RETRYABLE
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(
+            exc, sa_exc.OperationalError | sa_exc.InterfaceError
+        ):
+            return True
+        return exc.orig is not None and is_infrastructure_error(exc.orig.__cause__ or exc.orig)
+    if isinstance(exc, sa_exc.TimeoutError | sa_exc.ResourceClosedError):
+        return True
+    cause = exc.__cause__
+    return cause is not None and cause is not exc and is_infrastructure_error(cause)
+
+
+class AmbiguousCommits:
+    """Fault injection (tests only): a share of successful commits report a timeout.
+
+    Installed on a session class by `install`; `rate` 0 installs nothing. The exception is
+    raised from SQLAlchemy's `after_commit` hook, i.e. after PostgreSQL has made the
+    transaction durable, exactly like a connection that dies before the COMMIT's answer
+    arrives.
+    """
+
+    def __init__(self, rate: float, rng: random.Random | None = None) -> None:
+        self.rate = rate
+        self.rng = rng or random.Random()
+        self.injected = 0
+
+    def install(self, session_class: type[Session]) -> None:
+        if self.rate > 0:
+            event.listen(session_class, "after_commit", self._after_commit)
+
+    def _after_commit(self, session: Any) -> None:
+        self.maybe_raise()
+
+    def maybe_raise(self) -> None:
+        """Call right after a commit succeeded (writers outside SQLAlchemy sessions)."""
+        if self.rate > 0 and self.rng.random() < self.rate:
+            self.injected += 1
+            raise AmbiguousCommitError(
+                "fault injection: the commit succeeded but its answer was lost"
+            )
