@@ -54,7 +54,7 @@ class LimitSettings(CommonSettings):
     rate_limit_max_clients: int = Field(10_000, ge=1, description="buckets kept (LRU)")
     # Load shedding: requests served at once by a process, and how long an extra request may
     # wait for a slot before it is answered 503 + Retry-After instead of timing out.
-    http_max_in_flight: int = Field(32, ge=1)
+    http_max_in_flight: int = Field(16, ge=1)
     http_queue_timeout_s: float = Field(0.5, ge=0)
 
 
@@ -213,7 +213,7 @@ class LoadShedder:
     def __init__(
         self,
         app: ASGIApp,
-        max_in_flight: int = 32,
+        max_in_flight: int = 16,
         queue_timeout_s: float = 0.5,
         retry_after_s: int = 1,
     ) -> None:

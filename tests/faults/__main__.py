@@ -42,7 +42,14 @@ async def run_suite(
     for spec in scenarios(size):
         if only and not any(o.lower() in spec.name.lower() for o in only):
             continue
-        verdict = await run_scenario(spec, stack, catalog, settings, progress=_progress)
+        verdict = await run_scenario(
+            spec,
+            stack,
+            catalog,
+            settings,
+            progress=_progress,
+            drain_s=600 if size == "full" else 240,
+        )
         verdicts.append(verdict)
         _table([verdict])
     report = None
