@@ -52,6 +52,10 @@ async def run_suite(
         )
         verdicts.append(verdict)
         _table([verdict])
+        if not verdict.passed:
+            console.print(
+                f"[red]{verdict.scenario}[/red]: {json.dumps(verdict.details, default=str)[:3000]}"
+            )
     report = None
     if not only or any("overload" in o for o in only):
         report = await overload(stack, catalog, settings, progress=_progress)
