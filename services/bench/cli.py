@@ -33,7 +33,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
+# Wide enough for the report's tables when the output goes to a file or a pipe (make, CI).
+console = Console(width=None if Console().is_terminal else 160)
 
 
 def run_dir() -> Path:

@@ -30,7 +30,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts.events import DELIVERY_TOPIC, ROUTING_TOPIC
-from services.bench.procs import ProcessSampler, add_stack, cpu_deltas, service_pids
+from services.bench.procs import (
+    ProcessSampler,
+    add_stack,
+    cpu_deltas,
+    per_unit,
+    pg_counters,
+    service_pids,
+)
 from services.bench.stats import StepOutcome, completion_rate, latency_summary, stop_reason
 from services.cli.applicants import application_for
 from services.common.auth import AuthSettings, Role, mint_token
@@ -345,12 +352,17 @@ async def run_e2e(
                 bodies = _bodies(catalog, items, rng, count, tokens)
                 on_step(f"{label} {rate:g}/s", None, 0, 1)
                 cpu_before = sampler.snapshot()
+                pg_before = await pg_counters(settings.database_url)
                 began = time.monotonic()
                 step = await _offer(http, config, bodies, rate)
                 drained = await _drain(watcher, step, config.drain_timeout)
                 cpu_after = sampler.snapshot()
                 figures = _step_figures(step, watcher, drained)
                 figures["wall_s"] = round(time.monotonic() - began, 2)
+                await asyncio.sleep(1.1)  # let the backends flush their statistics
+                figures["pg_per_closed_case"] = per_unit(
+                    pg_before, await pg_counters(settings.database_url), figures["closed"]
+                )
                 figures["cpu_s"] = cpu_deltas(cpu_before, cpu_after)
                 figures["loadavg"] = [round(x, 2) for x in os.getloadavg()]
                 steps.append(figures)

@@ -15,7 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import psutil
+
+from services.common.db import asyncpg_dsn
 
 
 @dataclass
@@ -167,3 +170,27 @@ def add_stack(
     sampler.add("bench-client", os.getpid(), kind="bench")
     for name, pid in extra:
         sampler.add(name, pid, kind="bench")
+
+
+PG_COUNTERS = ("xact_commit", "tup_inserted", "tup_updated", "tup_deleted", "tup_fetched")
+
+
+async def pg_counters(database_url: str) -> dict[str, int]:
+    """The database's cumulative commit and row counters (pg_stat_database; backends flush
+    them about once a second, so deltas over a step of several seconds are close)."""
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        row = await conn.fetchrow(
+            f"SELECT {', '.join(PG_COUNTERS)} FROM pg_stat_database "
+            "WHERE datname = current_database()"
+        )
+    finally:
+        await conn.close()
+    return {k: int(row[k]) for k in PG_COUNTERS} if row else {}
+
+
+def per_unit(before: dict[str, int], after: dict[str, int], units: int) -> dict[str, float]:
+    """Counter deltas per unit of work (per closed case, per message), two decimals."""
+    if units <= 0:
+        return {}
+    return {k: round((after[k] - before.get(k, 0)) / units, 2) for k in after}

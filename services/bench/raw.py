@@ -30,7 +30,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from services.bench.procs import ProcessSampler, add_stack, cpu_deltas
+from services.bench.procs import ProcessSampler, add_stack, cpu_deltas, per_unit, pg_counters
 from services.bench.stats import completion_rate, latency_summary
 from services.common.db import asyncpg_dsn
 from services.common.kafka import (
@@ -334,6 +334,7 @@ async def run_raw(
             lambda: on_progress("paced", watcher.count("paced"), paced_total),
         )
         cpu_before_burst = sampler.snapshot()
+        pg_before = await pg_counters(cfg.database_url)
 
         # Burst phase: everything at once, for the throughput ceiling.
         burst_start = time.time()
@@ -349,6 +350,8 @@ async def run_raw(
             lambda: on_progress("burst", watcher.count("burst"), messages),
         )
         cpu_burst = cpu_deltas(cpu_before_burst, sampler.snapshot())
+        await asyncio.sleep(1.1)  # let the backends flush their statistics
+        pg_burst = per_unit(pg_before, await pg_counters(cfg.database_url), watcher.count("burst"))
         processes = await sampler.stop()
 
         paced = [(t0, at) for p, t0, at in watcher.done.values() if p == "paced"]
@@ -373,6 +376,7 @@ async def run_raw(
                 "msgs_per_s": _round(completion_rate(burst_done)),
                 "latency": latency_summary([max(0.0, at - t0) for t0, at in burst]),
                 "cpu_s": cpu_burst,
+                "pg_per_message": pg_burst,
                 "loadavg": [round(x, 2) for x in os.getloadavg()],
             },
             "processes": processes,

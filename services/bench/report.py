@@ -139,6 +139,21 @@ def machine_busy_share(step: dict[str, Any], cpus: int | None) -> float | None:
     return float(busy) / (float(wall) * cpus)
 
 
+NOT_UNDER_TEST = ("machine", "others", "bench-client")
+
+
+def stack_cpu_ms_per_unit(cpu_s: dict[str, float], units: int) -> float | None:
+    """CPU ms per case (or message) of the processes under test: services or hop workers,
+    PostgreSQL and Kafka; not the load generator, not the rest of the machine."""
+    if units <= 0 or not cpu_s:
+        return None
+    return 1000 * sum(v for k, v in cpu_s.items() if k not in NOT_UNDER_TEST) / units
+
+
+def _triple(summary: dict[str, Any]) -> str:
+    return "/".join(_fmt(summary[k], 0) for k in ("p50_ms", "p95_ms", "p99_ms"))
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
@@ -147,7 +162,18 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     raw = report.get("raw")
     if raw:
         table = Table(title="(a) raw four-hop pipeline (same Kafka + PostgreSQL)")
-        for col in ("phase", "messages", "completed", "msgs/s", "p50 ms", "p95 ms", "p99 ms"):
+        raw_cols = (
+            "phase",
+            "messages",
+            "completed",
+            "msgs/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "CPU ms/msg",
+            "PG commits/msg",
+        )
+        for col in raw_cols:
             table.add_column(col, justify="right" if col != "phase" else "left")
         paced, burst = raw["paced"], raw["burst"]
         table.add_row(
@@ -156,6 +182,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             str(paced["completed"]),
             "-",
             *(_fmt(paced["latency"][k]) for k in ("p50_ms", "p95_ms", "p99_ms")),
+            "-",
+            "-",
         )
         table.add_row(
             "burst",
@@ -163,6 +191,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             str(burst["completed"]),
             _fmt(burst["msgs_per_s"]),
             *(_fmt(burst["latency"][k]) for k in ("p50_ms", "p95_ms", "p99_ms")),
+            _fmt(stack_cpu_ms_per_unit(burst.get("cpu_s", {}), burst["completed"]), 3),
+            _fmt(burst.get("pg_per_message", {}).get("xact_commit"), 3),
         )
         console.print(table)
     for run in report.get("tongban", []):
@@ -174,13 +204,11 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             "other",
             "closed",
             "closed/s",
-            "routed p50",
-            "p95",
-            "p99",
-            "closed p50",
-            "p95",
-            "p99",
-            "http p99",
+            "routed ms p50/p95/p99",
+            "closed ms p50/p95/p99",
+            "http p99 ms",
+            "CPU ms/case",
+            "PG commits/case",
             "machine busy",
             "others CPU s",
         ]
@@ -189,7 +217,6 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         for s in run["steps"]:
             other = sum(v for k, v in s["statuses"].items() if k != "201")
             other += s["skipped_inflight_cap"] + sum(s["errors"].values())
-            r, c = s["submit_to_routed"], s["submit_to_closed"]
             table.add_row(
                 _fmt(s["rate"], 0),
                 _fmt(s["submit_rate"]),
@@ -197,19 +224,18 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                 str(other),
                 str(s["closed"]),
                 _fmt(s["closed_per_s"]),
-                _fmt(r["p50_ms"], 0),
-                _fmt(r["p95_ms"], 0),
-                _fmt(r["p99_ms"], 0),
-                _fmt(c["p50_ms"], 0),
-                _fmt(c["p95_ms"], 0),
-                _fmt(c["p99_ms"], 0),
+                _triple(s["submit_to_routed"]),
+                _triple(s["submit_to_closed"]),
                 _fmt(s["http"]["p99_ms"], 0),
+                _fmt(stack_cpu_ms_per_unit(s.get("cpu_s", {}), s["closed"])),
+                _fmt(s.get("pg_per_closed_case", {}).get("xact_commit")),
                 _pct(machine_busy_share(s, report.get("meta", {}).get("cpus"))),
                 _fmt(s.get("cpu_s", {}).get("others")),
             )
         console.print(table)
         console.print(
             "latencies in ms from the POST; 'other' = refused, skipped or failed submissions; "
+            "CPU ms/case = services + PostgreSQL + Kafka; "
             "'others CPU s' = CPU taken by processes outside the bench and the stack under test"
         )
         procs = Table(title=f"processes during the ladder, {run['label']}")

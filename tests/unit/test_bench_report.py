@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from services.bench.procs import cpu_deltas
+from services.bench.procs import cpu_deltas, per_unit
 from services.bench.report import (
     Target,
     build_report,
@@ -18,6 +18,7 @@ from services.bench.report import (
     plot_report,
     print_report,
     raw_limit,
+    stack_cpu_ms_per_unit,
 )
 
 pytestmark = pytest.mark.unit
@@ -124,3 +125,17 @@ def test_report_prints_and_plots(tmp_path: Path) -> None:
     plot = tmp_path / "bench.png"
     plot_report(report, plot)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cpu_per_case_counts_only_the_processes_under_test() -> None:
+    cpu = {"intake-1": 1.0, "postgresql": 0.5, "bench-client": 9.0, "machine": 20.0, "others": 5.0}
+    assert stack_cpu_ms_per_unit(cpu, 100) == pytest.approx(15.0)
+    assert stack_cpu_ms_per_unit(cpu, 0) is None
+    assert stack_cpu_ms_per_unit({}, 10) is None
+
+
+def test_database_counters_per_unit() -> None:
+    before = {"xact_commit": 100, "tup_inserted": 10}
+    after = {"xact_commit": 400, "tup_inserted": 1010}
+    assert per_unit(before, after, 100) == {"xact_commit": 3.0, "tup_inserted": 10.0}
+    assert per_unit(before, after, 0) == {}
