@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.bench import e2e, raw
-from services.bench.report import build_report, plot_report, print_report
+from services.bench.report import ROUTED_P99_AT_RATE, build_report, plot_report, print_report
 from services.bench.stats import rate_ladder
 from services.common.catalog import load_catalog_file
 from services.common.settings import CommonSettings
@@ -142,6 +142,9 @@ def e2e_command(
     min_gain: Annotated[
         float, typer.Option(help="stop when closed/s rises less than this share")
     ] = 0.10,
+    measure_up_to: Annotated[
+        float, typer.Option(help="never stop the ladder for saturation below this rate")
+    ] = ROUTED_P99_AT_RATE,
     max_inflight: Annotated[int, typer.Option(help="open requests before sends are skipped")] = 256,
     warmup: Annotated[int, typer.Option(help="warm-up cases (not counted)")] = 40,
     catalog_file: Annotated[Path, typer.Option("--catalog", exists=True)] = DEFAULT_CATALOG,
@@ -163,6 +166,7 @@ def e2e_command(
         min_gain=min_gain,
         max_inflight=max_inflight,
         warmup_cases=warmup,
+        measure_up_to=measure_up_to,
     )
     console.print(
         f"{label}: intake {', '.join(config.intake_urls)}, routing {config.routing_url}, "

@@ -59,6 +59,7 @@ class E2EConfig:
     min_gain: float = 0.10
     max_inflight: int = 256
     warmup_cases: int = 40
+    measure_up_to: float = 100.0  # the rate of the p99 submit->routed target
     seed: int = 8
 
 
@@ -375,7 +376,9 @@ async def run_e2e(
                         closed_per_s=figures["closed_per_s"],
                     )
                 )
-                reason = stop_reason(outcomes, min_gain=config.min_gain)
+                reason = stop_reason(
+                    outcomes, min_gain=config.min_gain, measure_up_to=config.measure_up_to
+                )
                 if reason is not None:
                     stopped = reason
                     break

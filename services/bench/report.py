@@ -268,48 +268,69 @@ def print_report(report: dict[str, Any], console: Console) -> None:
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
-    """Throughput and latency against the offered rate, one line per replica setting."""
+    """Throughput and latency against the offered rate, one colour per replica setting
+    (log scales: the raw limit and tongban are orders of magnitude apart)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    top = 0.0
-    for run in report.get("tongban", []):
-        rates = [s["rate"] for s in run["steps"]]
-        top = max([top, *rates])
-        left.plot(rates, [s["closed_per_s"] or 0 for s in run["steps"]], "o-", label=run["label"])
-        for key, style in (("submit_to_routed", "o--"), ("submit_to_closed", "s-")):
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
+    rates_seen: set[float] = set()
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, run in enumerate(report.get("tongban", [])):
+        colour = colours[n % len(colours)]
+        steps = run["steps"]
+        rates = [s["rate"] for s in steps]
+        rates_seen.update(rates)
+        left.plot(rates, [s["closed_per_s"] for s in steps], "o-", color=colour, label=run["label"])
+        for key, style, name in (
+            ("submit_to_routed", "o--", "routed"),
+            ("submit_to_closed", "s-", "closed"),
+        ):
             right.plot(
                 rates,
-                [s[key]["p99_ms"] for s in run["steps"]],
+                [s[key]["p99_ms"] for s in steps],
                 style,
-                label=f"{run['label']} p99 {key.removeprefix('submit_to_')}",
+                color=colour,
+                label=f"{run['label']} p99 {name}",
             )
             right.plot(
                 rates,
-                [s[key]["p50_ms"] for s in run["steps"]],
+                [s[key]["p50_ms"] for s in steps],
                 style,
-                alpha=0.4,
-                label=f"{run['label']} p50 {key.removeprefix('submit_to_')}",
+                color=colour,
+                alpha=0.35,
+                label=f"{run['label']} p50 {name}",
             )
-    if top:
-        left.plot([0, top], [0, top], ":", color="grey", label="closed = offered")
+    if rates_seen:
+        low, high = min(rates_seen), max(rates_seen)
+        left.plot([low, high], [low, high], ":", color="grey", label="closed = offered")
     limit = report.get("raw_limit_msgs_per_s")
     if limit:
         left.axhline(limit, color="red", linestyle="-.", label=f"raw pipeline {limit:.0f} msg/s")
         left.axhline(
             RATIO_TARGET * limit, color="orange", linestyle=":", label=f"{RATIO_TARGET:g} x raw"
         )
-    left.axhline(CLOSED_PER_S_TARGET, color="green", linestyle=":", label="target 500/s")
+    left.axhline(
+        CLOSED_PER_S_TARGET, color="green", linestyle=":", label=f"target {CLOSED_PER_S_TARGET:g}/s"
+    )
     left.set(xlabel="offered cases/s", ylabel="closed cases/s", title="throughput")
-    left.set_xscale("log", base=2)
+    right.axhline(
+        ROUTED_P99_MS_TARGET, color="green", linestyle=":", label="target p99 submit->routed"
+    )
+    right.set(xlabel="offered cases/s", ylabel="ms from the POST", title="latency")
+    for axis in (left, right):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        if rates_seen:
+            axis.set_xticks(sorted(rates_seen))
+        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.xaxis.set_minor_formatter(ScalarFormatter(useOffset=False))
+        axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        axis.grid(True, which="major", alpha=0.3)
     left.legend(fontsize=7)
-    right.axhline(ROUTED_P99_MS_TARGET, color="green", linestyle=":", label="target p99 routed")
-    right.set(xlabel="offered cases/s", ylabel="ms", title="latency from submission")
-    right.set_xscale("log", base=2)
-    right.set_yscale("log")
     right.legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,7 @@ def stop_reason(
     *,
     min_gain: float = 0.10,
     min_closed_share: float = 0.98,
+    measure_up_to: float = 0.0,
 ) -> str | None:
     """Why the ladder stops after the last step, or None to go on to the next rate.
 
@@ -97,12 +98,17 @@ def stop_reason(
     - `backlog`: fewer than `min_closed_share` of the step's cases closed within the drain
       time, so a next step would start on a queue and measure it, not the rate;
     - `no_throughput`: nothing closed at all.
+
+    Below `measure_up_to` only `no_throughput` stops the ladder: a rate some figure is reported
+    at (p99 at 100 cases/s) is measured even past saturation.
     """
     if not steps:
         return None
     last = steps[-1]
     if not last.closed or last.closed_per_s is None:
         return "no_throughput"
+    if last.offered < measure_up_to:
+        return None
     if last.submitted and last.closed < min_closed_share * last.submitted:
         return "backlog"
     earlier = [s.closed_per_s for s in steps[:-1] if s.closed_per_s is not None]

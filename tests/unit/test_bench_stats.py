@@ -101,3 +101,11 @@ def test_ladder_stops_on_a_backlog_or_nothing_closed() -> None:
     assert stop_reason([step(25, 25.0, submitted=250, closed=248)]) is None  # within 98%
     assert stop_reason([step(25, None, closed=0)]) == "no_throughput"
     assert stop_reason([step(25, None, closed=5)]) == "no_throughput"
+
+
+def test_ladder_reaches_the_rate_a_target_is_measured_at() -> None:
+    saturated = [step(25, 25.0), step(50, 26.0)]
+    assert stop_reason(saturated) == "saturated"
+    assert stop_reason(saturated, measure_up_to=100) is None
+    assert stop_reason([*saturated, step(100, 26.0)], measure_up_to=100) == "saturated"
+    assert stop_reason([step(25, None, closed=0)], measure_up_to=100) == "no_throughput"
