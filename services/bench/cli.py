@@ -34,7 +34,7 @@ app = typer.Typer(
     add_completion=False,
 )
 # Wide enough for the report's tables when the output goes to a file or a pipe (make, CI).
-console = Console(width=None if Console().is_terminal else 160)
+console = Console(width=None if Console().is_terminal else 200)
 
 
 def run_dir() -> Path:

@@ -176,17 +176,23 @@ PG_COUNTERS = ("xact_commit", "tup_inserted", "tup_updated", "tup_deleted", "tup
 
 
 async def pg_counters(database_url: str) -> dict[str, int]:
-    """The database's cumulative commit and row counters (pg_stat_database; backends flush
-    them about once a second, so deltas over a step of several seconds are close)."""
+    """Cumulative counters of the database server.
+
+    Exact: `write_xacts` (transaction ids handed out: every transaction that wrote, the probe's
+    own included) and `wal_bytes` (WAL written). From pg_stat_database (backends flush those
+    about once a second, idle ones later, so deltas over a step are approximate): commits
+    (`xact_commit`, read-only transactions too) and rows.
+    """
     conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         row = await conn.fetchrow(
-            f"SELECT {', '.join(PG_COUNTERS)} FROM pg_stat_database "
-            "WHERE datname = current_database()"
+            "SELECT pg_current_xact_id()::text::bigint AS write_xacts, "
+            "pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal_bytes, "
+            f"{', '.join(PG_COUNTERS)} FROM pg_stat_database WHERE datname = current_database()"
         )
     finally:
         await conn.close()
-    return {k: int(row[k]) for k in PG_COUNTERS} if row else {}
+    return {k: int(v) for k, v in row.items()} if row else {}
 
 
 def per_unit(before: dict[str, int], after: dict[str, int], units: int) -> dict[str, float]:

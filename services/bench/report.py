@@ -154,6 +154,10 @@ def _triple(summary: dict[str, Any]) -> str:
     return "/".join(_fmt(summary[k], 0) for k in ("p50_ms", "p95_ms", "p99_ms"))
 
 
+def _kb(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1024:.1f}"
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
@@ -171,7 +175,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             "p95 ms",
             "p99 ms",
             "CPU ms/msg",
-            "PG commits/msg",
+            "PG write xacts/msg",
+            "WAL KB/msg",
         )
         for col in raw_cols:
             table.add_column(col, justify="right" if col != "phase" else "left")
@@ -184,6 +189,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             *(_fmt(paced["latency"][k]) for k in ("p50_ms", "p95_ms", "p99_ms")),
             "-",
             "-",
+            "-",
         )
         table.add_row(
             "burst",
@@ -192,7 +198,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             _fmt(burst["msgs_per_s"]),
             *(_fmt(burst["latency"][k]) for k in ("p50_ms", "p95_ms", "p99_ms")),
             _fmt(stack_cpu_ms_per_unit(burst.get("cpu_s", {}), burst["completed"]), 3),
-            _fmt(burst.get("pg_per_message", {}).get("xact_commit"), 3),
+            _fmt(burst.get("pg_per_message", {}).get("write_xacts"), 3),
+            _kb(burst.get("pg_per_message", {}).get("wal_bytes")),
         )
         console.print(table)
     for run in report.get("tongban", []):
@@ -208,7 +215,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             "closed ms p50/p95/p99",
             "http p99 ms",
             "CPU ms/case",
-            "PG commits/case",
+            "PG write xacts/case",
+            "WAL KB/case",
             "machine busy",
             "others CPU s",
         ]
@@ -228,7 +236,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                 _triple(s["submit_to_closed"]),
                 _fmt(s["http"]["p99_ms"], 0),
                 _fmt(stack_cpu_ms_per_unit(s.get("cpu_s", {}), s["closed"])),
-                _fmt(s.get("pg_per_closed_case", {}).get("xact_commit")),
+                _fmt(s.get("pg_per_closed_case", {}).get("write_xacts")),
+                _kb(s.get("pg_per_closed_case", {}).get("wal_bytes")),
                 _pct(machine_busy_share(s, report.get("meta", {}).get("cpus"))),
                 _fmt(s.get("cpu_s", {}).get("others")),
             )
