@@ -146,7 +146,10 @@ def e2e_command(
         float, typer.Option(help="never stop the ladder for saturation below this rate")
     ] = ROUTED_P99_AT_RATE,
     max_inflight: Annotated[int, typer.Option(help="open requests before sends are skipped")] = 256,
-    warmup: Annotated[int, typer.Option(help="warm-up cases (not counted)")] = 40,
+    warmup: Annotated[int, typer.Option(help="warm-up cases at 20/s (not counted)")] = 100,
+    idle_seconds: Annotated[
+        float, typer.Option(help="seconds of idle CPU measured before the ladder")
+    ] = 5.0,
     catalog_file: Annotated[Path, typer.Option("--catalog", exists=True)] = DEFAULT_CATALOG,
     out: Annotated[Path, typer.Option(help="result JSON")] = Path(".run/bench/e2e.json"),
 ) -> None:
@@ -166,6 +169,7 @@ def e2e_command(
         min_gain=min_gain,
         max_inflight=max_inflight,
         warmup_cases=warmup,
+        idle_seconds=idle_seconds,
         measure_up_to=measure_up_to,
     )
     console.print(

@@ -58,7 +58,8 @@ class E2EConfig:
     drain_timeout: float = 40.0
     min_gain: float = 0.10
     max_inflight: int = 256
-    warmup_cases: int = 40
+    warmup_cases: int = 100
+    idle_seconds: float = 5.0  # CPU of the idle stack, measured before the ladder
     measure_up_to: float = 100.0  # the rate of the p99 submit->routed target
     seed: int = 8
 
@@ -348,6 +349,12 @@ async def run_e2e(
                 )
                 await _drain(watcher, warm, config.drain_timeout)
             sampler.start()
+            idle: dict[str, float] = {}
+            if config.idle_seconds > 0:
+                before = sampler.snapshot()
+                await asyncio.sleep(config.idle_seconds)
+                spent = cpu_deltas(before, sampler.snapshot())
+                idle = {k: round(v / config.idle_seconds, 3) for k, v in spent.items()}
             for rate in config.rates:
                 count = max(1, round(rate * config.step_seconds))
                 bodies = _bodies(catalog, items, rng, count, tokens)
@@ -385,6 +392,8 @@ async def run_e2e(
         finally:
             processes = await sampler.stop()
             await watcher.stop()
+    for proc in processes:  # CPU within the ladder's steps (not warm-up, not the idle probe)
+        proc["cpu_s"] = round(sum(s["cpu_s"].get(str(proc["name"]), 0.0) for s in steps), 2)
     best = max((s["closed_per_s"] or 0.0 for s in steps), default=0.0)
     return {
         "label": label,
@@ -396,5 +405,6 @@ async def run_e2e(
         "max_closed_per_s": best,
         "steps": steps,
         "processes": processes,
+        "idle_cpu_s_per_s": idle,
         "services": sorted(pids),
     }

@@ -248,8 +248,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             "'others CPU s' = CPU taken by processes outside the bench and the stack under test"
         )
         procs = Table(title=f"processes during the ladder, {run['label']}")
-        for col in ("process", "kind", "CPU s", "CPU ms/closed case", "peak RSS MB"):
+        for col in ("process", "kind", "CPU s", "CPU ms/closed case", "idle CPU %", "peak RSS MB"):
             procs.add_column(col, justify="left" if col in ("process", "kind") else "right")
+        idle = run.get("idle_cpu_s_per_s") or {}
         closed = sum(s["closed"] for s in run["steps"]) or 1
         for p in run["processes"]:
             procs.add_row(
@@ -257,6 +258,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                 p["kind"],
                 _fmt(p["cpu_s"]),
                 _fmt(1000 * p["cpu_s"] / closed, 2),
+                _pct(idle.get(p["name"])),
                 _fmt(p["peak_rss_mb"]) if p["kind"] != "infra" else f"({_fmt(p['peak_rss_mb'])})",
             )
         console.print(procs)
