@@ -59,7 +59,7 @@ demo: up ## run the case loop end to end on local defaults (leaves it running: m
 console: install ## the operator console on http://127.0.0.1:8000 (needs the stack; make demo starts services)
 	@source $(RUN_DIR)/env && $(BIN)/tongban console
 
-bench: $(VENV)/.installed ## throughput/latency bench: raw pipeline vs tongban at REPLICAS=1 and 2 (~6 min; report in .run/bench/)
+bench: $(VENV)/.installed ## throughput/latency bench: raw pipeline vs tongban at REPLICAS=1 and 2 (4-6 min; report in .run/bench/)
 	@bash deploy/local/fetch-kafka.sh
 	@bash deploy/local/bench.sh
 
