@@ -238,6 +238,8 @@ def report_command(
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "machine": platform.platform(),
+        "nice": os.nice(0),  # the bench's (and, via make, the stack's) scheduling priority
+        "loadavg_at_report": [round(x, 2) for x in os.getloadavg()],
         "latency_clock": "Kafka record timestamp of the event minus the time the bench sent it",
     }
     report = build_report(raw_result, e2e_results, meta)
