@@ -8,8 +8,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 KAFKA_BROKERS ?= 1
 export KAFKA_BROKERS
+# The run folder of deploy/local/*.sh (TONGBAN_RUN_DIR moves a whole second stack elsewhere).
+RUN_DIR := $(or $(TONGBAN_RUN_DIR),.run)
 
-.PHONY: help install up down status lint test test-unit test-integration test-cluster faults demo console clean
+.PHONY: help install up down status lint test test-unit test-integration test-cluster faults demo console bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -29,7 +31,7 @@ install: $(VENV)/.installed ## create .venv with the tongban command and fetch t
 
 up: install ## start Kafka (KAFKA_BROKERS=1|3) and PostgreSQL, migrate, create topics
 	@bash deploy/local/stack.sh up
-	@source .run/env && $(BIN)/tongban migrate && $(BIN)/tongban topics
+	@source $(RUN_DIR)/env && $(BIN)/tongban migrate && $(BIN)/tongban topics
 
 down: ## stop everything `make up` started
 	@bash deploy/local/services.sh down
@@ -54,11 +56,15 @@ faults: install ## the fault suite, full size: 3 brokers, 2 processes per servic
 
 demo: up ## run the case loop end to end on local defaults (leaves it running: make down)
 	@bash deploy/local/services.sh up
-	@source .run/env && $(BIN)/tongban demo
+	@source $(RUN_DIR)/env && $(BIN)/tongban demo
 	@echo "The stack and the four services keep running (logs in .run/logs); make down stops them."
 
 console: install ## the operator console on http://127.0.0.1:8000 (needs the stack; make demo starts services)
-	@source .run/env && $(BIN)/tongban console
+	@source $(RUN_DIR)/env && $(BIN)/tongban console
+
+bench: $(VENV)/.installed ## throughput/latency bench: raw pipeline vs tongban at REPLICAS=1 and 2 (4-6 min; report in .run/bench/)
+	@bash deploy/local/fetch-kafka.sh
+	@bash deploy/local/bench.sh
 
 clean: down ## remove the run folder (keeps the venv and the Kafka jar cache)
-	rm -rf .run
+	rm -rf $(RUN_DIR)

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The four tongban services as separate processes on the local stack (.run/env must exist:
 # `stack.sh up` writes it). Each service runs REPLICAS processes (default 1); replica r of a
-# service listens on its dev port + 10*(r-1): intake 8001, routing 8002, approval 8003,
-# delivery 8004.
+# service listens on its dev port + 10*(r-1) + SERVICES_PORT_OFFSET: intake 8001, routing 8002,
+# approval 8003, delivery 8004 (offset 0).
 #
 # Usage: deploy/local/services.sh up | down | status
-# Env:   REPLICAS=N, SERVICES_START_TIMEOUT (s, default 90)
+# Env:   REPLICAS=N, SERVICES_START_TIMEOUT (s, default 90),
+#        SERVICES_PORT_OFFSET (default 0, added to every port; e.g. 10000 -> intake 18001, so a
+#        second stack on the same machine does not collide). Intake's route preview goes to
+#        routing replica 1 on the same offset unless TONGBAN_ROUTING_URL is set.
 # shellcheck source-path=SCRIPTDIR disable=SC2034  # SCRIPT_NAME is read by lib.sh
 set -euo pipefail
 SCRIPT_NAME=services
@@ -16,15 +19,18 @@ SERVICES=(intake routing approval delivery)
 declare -A PORT=([intake]=8001 [routing]=8002 [approval]=8003 [delivery]=8004)
 REPLICAS=${REPLICAS:-1}
 TIMEOUT=${SERVICES_START_TIMEOUT:-90}
+PORT_OFFSET=${SERVICES_PORT_OFFSET:-0}
+[[ $PORT_OFFSET =~ ^[0-9]+$ ]] || die "SERVICES_PORT_OFFSET must be a non-negative integer, not '$PORT_OFFSET'"
 SVC_DIR="$RUN_DIR/services"
 
 pidfile() { echo "$SVC_DIR/$1-$2.pid"; }
-port_of() { echo $(( ${PORT[$1]} + 10 * ($2 - 1) )); }
+port_of() { echo $(( ${PORT[$1]} + 10 * ($2 - 1) + PORT_OFFSET )); }
 
 cmd_up() {
   [[ -f $RUN_DIR/env ]] || die "the stack is not up: run 'make up' (deploy/local/stack.sh up) first"
   # shellcheck disable=SC1091
   source "$RUN_DIR/env"
+  export TONGBAN_ROUTING_URL=${TONGBAN_ROUTING_URL:-http://127.0.0.1:$(port_of routing 1)}
   mkdir -p "$SVC_DIR" "$LOG_DIR"
   local started=()
   for svc in "${SERVICES[@]}"; do

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# `make bench` (issue 8): the raw Kafka+PostgreSQL pipeline, then tongban end to end with
+# REPLICAS=1 and REPLICAS=2, then the report (table, $RUN_DIR/bench/bench.json and bench.png).
+#
+# Starts the stack if it is not up (and stops it at the end only then); always starts and stops
+# the services itself, so services already running from this run folder are restarted.
+#
+# Env:   BENCH_REPLICAS     replica counts to compare (default "1 2")
+#        BENCH_RAW_ARGS     extra options for `python -m services.bench raw`
+#        BENCH_E2E_ARGS     extra options for `python -m services.bench e2e`
+#        SERVICES_PORT_OFFSET, TONGBAN_RUN_DIR, TONGBAN_KAFKA_PORT_BASE, TONGBAN_PG_PORT,
+#        KAFKA_BROKERS      as for stack.sh and services.sh (a second stack beside the default)
+#        TONGBAN_RATE_LIMIT_PER_S / _BURST  intake's per-client limit for the bench's services
+#                           (default 100000: one load generator plays every counter of the city)
+# shellcheck source-path=SCRIPTDIR disable=SC2034  # SCRIPT_NAME is read by lib.sh
+set -uo pipefail
+SCRIPT_NAME=bench
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO" || exit 1
+
+BIN="$REPO/.venv/bin"
+OUT="$RUN_DIR/bench"
+read -r -a REPLICA_COUNTS <<<"${BENCH_REPLICAS:-1 2}"
+read -r -a RAW_ARGS <<<"${BENCH_RAW_ARGS:-}"
+read -r -a E2E_ARGS <<<"${BENCH_E2E_ARGS:-}"
+export TONGBAN_RATE_LIMIT_PER_S=${TONGBAN_RATE_LIMIT_PER_S:-100000}
+export TONGBAN_RATE_LIMIT_BURST=${TONGBAN_RATE_LIMIT_BURST:-100000}
+export TONGBAN_RUN_DIR=$RUN_DIR
+
+started_stack=0
+cleanup() {
+  bash "$LOCAL_DIR/services.sh" down >/dev/null 2>&1 || true
+  if (( started_stack )); then
+    bash "$LOCAL_DIR/stack.sh" down || true
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+t0=$(now)
+if bash "$LOCAL_DIR/stack.sh" status >/dev/null 2>&1; then
+  say "using the stack already running from $RUN_DIR (left running afterwards)"
+else
+  bash "$LOCAL_DIR/stack.sh" up || die "the stack did not start"
+  started_stack=1
+fi
+# shellcheck disable=SC1091
+source "$RUN_DIR/env"
+"$BIN/tongban" migrate >/dev/null && "$BIN/tongban" topics >/dev/null || die "migrate/topics failed"
+bash "$LOCAL_DIR/services.sh" down >/dev/null 2>&1 || true
+mkdir -p "$OUT"
+rm -f "$OUT"/raw.json "$OUT"/e2e-r*.json
+
+status=0
+say "(a) raw four-hop pipeline"
+"$BIN/python" -m services.bench raw --out "$OUT/raw.json" "${RAW_ARGS[@]}" || status=1
+
+runs=()
+for replicas in "${REPLICA_COUNTS[@]}"; do
+  say "(b) tongban end to end, REPLICAS=$replicas"
+  if REPLICAS=$replicas bash "$LOCAL_DIR/services.sh" up; then
+    "$BIN/python" -m services.bench e2e --label "replicas=$replicas" \
+      --out "$OUT/e2e-r$replicas.json" "${E2E_ARGS[@]}" || status=1
+    runs+=("$OUT/e2e-r$replicas.json")
+  else
+    warn "services did not start with REPLICAS=$replicas"
+    status=1
+  fi
+  bash "$LOCAL_DIR/services.sh" down
+done
+
+"$BIN/python" -m services.bench report --raw "$OUT/raw.json" "${runs[@]}" \
+  --out "$OUT/bench.json" --plot "$OUT/bench.png" || status=1
+say "done in $(since "$t0")s: $OUT/bench.json, $OUT/bench.png"
+exit $status

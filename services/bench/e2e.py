@@ -1,0 +1,410 @@
+"""(b) tongban end to end: open-loop submissions at rising rates, timed from Kafka.
+
+The demo catalog is loaded through routing's API; cases are instant items with electronic
+delivery, so they close with no department acting. Each rung of the ladder submits for
+`step_seconds` at its rate through intake's `POST /v1/cases` (round robin over the intake
+replicas), then waits until its cases closed (or the drain time ran out). A watcher reads
+`case.routing.v1` and `case.delivery.v1` from their end (no consumer group) and keeps, per case,
+the timestamp of `gov.case.routed.v1` and `gov.case.closed.v1` (the record timestamps, set by
+the outbox relay's producer). submit->routed / submit->closed run from the moment the bench
+sent the POST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from contracts.events import DELIVERY_TOPIC, ROUTING_TOPIC
+from services.bench.procs import (
+    ProcessSampler,
+    add_stack,
+    cpu_deltas,
+    per_unit,
+    pg_counters,
+    service_pids,
+)
+from services.bench.stats import StepOutcome, completion_rate, latency_summary, stop_reason
+from services.cli.applicants import application_for
+from services.common.auth import AuthSettings, Role, mint_token
+from services.common.kafka import client_options
+from services.common.settings import CommonSettings
+
+ROUTED = "gov.case.routed.v1"
+ROUTE_FAILED = "gov.case.route_failed.v1"
+CLOSED = "gov.case.closed.v1"
+
+
+@dataclass(frozen=True)
+class E2EConfig:
+    intake_urls: list[str]
+    routing_url: str
+    rates: list[float]
+    step_seconds: float = 10.0
+    drain_timeout: float = 40.0
+    min_gain: float = 0.10
+    max_inflight: int = 256
+    warmup_cases: int = 100
+    idle_seconds: float = 5.0  # CPU of the idle stack, measured before the ladder
+    measure_up_to: float = 100.0  # the rate of the p99 submit->routed target
+    seed: int = 8
+
+
+def instant_items(catalog: dict[str, Any], today: date) -> list[dict[str, Any]]:
+    """Instant items in force today: accepted and approved automatically, so with electronic
+    delivery a case closes with no one acting (as tests/e2e pick them)."""
+    iso = today.isoformat()
+    return [
+        i
+        for i in catalog["items"]
+        if i.get("instant")
+        and str(i.get("effective_from") or "0000") <= iso
+        and (i.get("effective_to") is None or str(i["effective_to"]) >= iso)
+    ]
+
+
+class Tokens:
+    """Dev tokens minted once: a clerk per office (or the online channel), an admin."""
+
+    def __init__(self) -> None:
+        self._settings = AuthSettings()
+        self._cache: dict[tuple[Role, str | None], str] = {}
+
+    def header(self, role: Role, scope: str | None = None) -> str:
+        key = (role, scope)
+        if key not in self._cache:
+            token = mint_token(
+                self._settings, subject=f"bench-{role.value}-{scope}", role=role, scope=scope
+            )
+            self._cache[key] = f"Bearer {token}"
+        return self._cache[key]
+
+    def for_body(self, body: dict[str, Any]) -> str:
+        online = body.get("channel") == "online" or not body.get("office_code")
+        return self.header(Role.clerk, "online" if online else body["office_code"])
+
+
+async def partitions(settings: CommonSettings, *topics: str) -> list[TopicPartition]:
+    """Every partition of these topics (raises if one is missing)."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    found = [
+        TopicPartition(t["topic"], p["partition"])
+        for t in described
+        if t["error_code"] == 0
+        for p in t["partitions"]
+    ]
+    missing = set(topics) - {tp.topic for tp in found}
+    if missing:
+        raise RuntimeError(f"topics missing: {sorted(missing)} (run `tongban topics`)")
+    return sorted(found)
+
+
+class CaseWatcher:
+    """Routed/closed timestamps per case id, from the routing and delivery topics."""
+
+    def __init__(self, settings: CommonSettings) -> None:
+        self.settings = settings
+        self.routed: dict[str, float] = {}
+        self.failed: dict[str, float] = {}
+        self.closed: dict[str, float] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        parts = await partitions(self.settings, ROUTING_TOPIC, DELIVERY_TOPIC)
+        consumer = AIOKafkaConsumer(
+            **client_options(self.settings),
+            enable_auto_commit=False,
+            max_poll_records=2000,
+        )
+        await consumer.start()
+        consumer.assign(parts)
+        await consumer.seek_to_end(*parts)
+        for tp in parts:  # resolve the positions now, before the first submission
+            await consumer.position(tp)
+        self._consumer = consumer
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100, max_records=2000)
+            for records in batch.values():
+                for r in records:
+                    kind = next((v for k, v in r.headers if k == "ce_type"), b"").decode()
+                    target = {ROUTED: self.routed, ROUTE_FAILED: self.failed, CLOSED: self.closed}
+                    if kind in target and r.key is not None:
+                        target[kind].setdefault(r.key.decode(), r.timestamp / 1000)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+@dataclass
+class _Step:
+    rate: float
+    sent_at: dict[str, float] = field(default_factory=dict)  # case id -> POST sent (epoch s)
+    http_s: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    skipped: int = 0  # not sent: max_inflight requests were still waiting for an answer
+    late_s: list[float] = field(default_factory=list)  # how late each send left
+    first_send: float = 0.0
+    last_send: float = 0.0
+
+
+async def load_catalog(
+    http: httpx.AsyncClient, tokens: Tokens, config: E2EConfig, catalog: dict[str, Any]
+) -> int:
+    answer = await http.post(
+        f"{config.routing_url}/v1/catalog",
+        json=catalog,
+        headers={"Authorization": tokens.header(Role.admin)},
+    )
+    if answer.status_code != 201:
+        raise RuntimeError(f"catalog refused ({answer.status_code}): {answer.text[:500]}")
+    version = int(answer.json()["version"])
+    for url in config.intake_urls:
+        for _ in range(150):
+            items = await http.get(
+                f"{url}/v1/items", headers={"Authorization": tokens.header(Role.operator)}
+            )
+            if items.status_code == 200 and len(items.json()) == len(catalog["items"]):
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise RuntimeError(f"intake at {url} did not follow catalog version {version} in 30 s")
+    return version
+
+
+def _bodies(
+    catalog: dict[str, Any],
+    items: list[dict[str, Any]],
+    rng: random.Random,
+    count: int,
+    tokens: Tokens,
+) -> list[tuple[bytes, str]]:
+    out = []
+    for _ in range(count):
+        body = application_for(catalog, rng.choice(items), rng, delivery="electronic")
+        out.append((json.dumps(body).encode(), tokens.for_body(body)))
+    return out
+
+
+async def _submit(http: httpx.AsyncClient, url: str, body: bytes, auth: str, step: _Step) -> None:
+    sent = time.time()
+    started = time.perf_counter()
+    try:
+        answer = await http.post(
+            f"{url}/v1/cases",
+            content=body,
+            headers={
+                "Authorization": auth,
+                "Content-Type": "application/json",
+                "Idempotency-Key": f"bench-{uuid.uuid4().hex}",
+            },
+        )
+    except httpx.HTTPError as exc:
+        step.errors[type(exc).__name__] += 1
+        return
+    step.http_s.append(time.perf_counter() - started)
+    step.statuses[answer.status_code] += 1
+    if answer.status_code == 201:
+        step.sent_at[answer.json()["case_id"]] = sent
+
+
+async def _offer(
+    http: httpx.AsyncClient,
+    config: E2EConfig,
+    bodies: list[tuple[bytes, str]],
+    rate: float,
+) -> _Step:
+    """Open loop: send i leaves at start + i/rate whatever the answers to earlier ones."""
+    step = _Step(rate=rate)
+    inflight: set[asyncio.Task[None]] = set()
+    urls = config.intake_urls
+    start = time.perf_counter()
+    step.first_send = time.time()
+    for n, (body, auth) in enumerate(bodies):
+        due = start + n / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            step.late_s.append(-delay)
+        if len(inflight) >= config.max_inflight:
+            step.skipped += 1
+            continue
+        task = asyncio.create_task(_submit(http, urls[n % len(urls)], body, auth, step))
+        inflight.add(task)
+        task.add_done_callback(inflight.discard)
+    step.last_send = time.time()
+    if inflight:
+        await asyncio.gather(*inflight)
+    return step
+
+
+async def _drain(watcher: CaseWatcher, step: _Step, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(c in watcher.closed or c in watcher.failed for c in step.sent_at):
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+def _step_figures(step: _Step, watcher: CaseWatcher, drained: bool) -> dict[str, Any]:
+    routed = [watcher.routed[c] - t for c, t in step.sent_at.items() if c in watcher.routed]
+    closed_at = [watcher.closed[c] for c in step.sent_at if c in watcher.closed]
+    closed = [watcher.closed[c] - t for c, t in step.sent_at.items() if c in watcher.closed]
+    offered = (
+        len(step.sent_at)
+        + sum(n for s, n in step.statuses.items() if s != 201)
+        + step.skipped
+        + sum(step.errors.values())
+    )
+    send_span = step.last_send - step.first_send
+    cps = completion_rate(closed_at)
+    return {
+        "rate": step.rate,
+        "offered": offered,
+        "submitted": len(step.sent_at),
+        "submit_rate": round(offered / send_span, 1) if send_span > 0 else None,
+        "statuses": {str(k): v for k, v in sorted(step.statuses.items())},
+        "errors": dict(step.errors),
+        "skipped_inflight_cap": step.skipped,
+        "late_sends": len([s for s in step.late_s if s > 0.01]),
+        "routed": len(routed),
+        "route_failed": sum(1 for c in step.sent_at if c in watcher.failed),
+        "closed": len(closed),
+        "drained": drained,
+        "closed_per_s": None if cps is None else round(cps, 1),
+        "http": latency_summary(step.http_s),
+        "submit_to_routed": latency_summary([max(0.0, x) for x in routed]),
+        "submit_to_closed": latency_summary([max(0.0, x) for x in closed]),
+    }
+
+
+async def run_e2e(
+    config: E2EConfig,
+    *,
+    catalog: dict[str, Any],
+    settings: CommonSettings,
+    run_dir: Path,
+    label: str,
+    on_step: Callable[[str, dict[str, Any] | None, float, float], None] = lambda *a: None,
+) -> dict[str, Any]:
+    """The ladder; `on_step(phase, figures, done, total)` reports progress."""
+    rng = random.Random(config.seed)
+    tokens = Tokens()
+    items = instant_items(catalog, date.today())
+    if not items:
+        raise RuntimeError("the catalog has no instant item in force")
+    watcher = CaseWatcher(settings)
+    sampler = ProcessSampler()
+    pids = service_pids(run_dir)
+    for name, pid in pids.items():
+        sampler.add(name, pid, kind="service")  # uvicorn without workers: one process
+    add_stack(sampler, run_dir)
+    limits = httpx.Limits(
+        max_connections=config.max_inflight, max_keepalive_connections=config.max_inflight
+    )
+    steps: list[dict[str, Any]] = []
+    outcomes: list[StepOutcome] = []
+    stopped = "ladder_end"
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        version = await load_catalog(http, tokens, config, catalog)
+        await watcher.start()
+        try:
+            # Warm-up (not counted): first requests pay imports, pools and connections.
+            if config.warmup_cases:
+                warm = await _offer(
+                    http, config, _bodies(catalog, items, rng, config.warmup_cases, tokens), 20.0
+                )
+                await _drain(watcher, warm, config.drain_timeout)
+            sampler.start()
+            idle: dict[str, float] = {}
+            if config.idle_seconds > 0:
+                before = sampler.snapshot()
+                await asyncio.sleep(config.idle_seconds)
+                spent = cpu_deltas(before, sampler.snapshot())
+                idle = {k: round(v / config.idle_seconds, 3) for k, v in spent.items()}
+            for rate in config.rates:
+                count = max(1, round(rate * config.step_seconds))
+                bodies = _bodies(catalog, items, rng, count, tokens)
+                on_step(f"{label} {rate:g}/s", None, 0, 1)
+                cpu_before = sampler.snapshot()
+                pg_before = await pg_counters(settings.database_url)
+                began = time.monotonic()
+                step = await _offer(http, config, bodies, rate)
+                drained = await _drain(watcher, step, config.drain_timeout)
+                cpu_after = sampler.snapshot()
+                figures = _step_figures(step, watcher, drained)
+                figures["wall_s"] = round(time.monotonic() - began, 2)
+                await asyncio.sleep(1.1)  # let the backends flush their statistics
+                figures["pg_per_closed_case"] = per_unit(
+                    pg_before, await pg_counters(settings.database_url), figures["closed"]
+                )
+                figures["cpu_s"] = cpu_deltas(cpu_before, cpu_after)
+                figures["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+                steps.append(figures)
+                on_step(f"{label} {rate:g}/s", figures, 1, 1)
+                outcomes.append(
+                    StepOutcome(
+                        offered=rate,
+                        submitted=figures["submitted"],
+                        closed=figures["closed"],
+                        closed_per_s=figures["closed_per_s"],
+                    )
+                )
+                reason = stop_reason(
+                    outcomes, min_gain=config.min_gain, measure_up_to=config.measure_up_to
+                )
+                if reason is not None:
+                    stopped = reason
+                    break
+        finally:
+            processes = await sampler.stop()
+            await watcher.stop()
+    for proc in processes:  # CPU within the ladder's steps (not warm-up, not the idle probe)
+        proc["cpu_s"] = round(sum(s["cpu_s"].get(str(proc["name"]), 0.0) for s in steps), 2)
+    best = max((s["closed_per_s"] or 0.0 for s in steps), default=0.0)
+    return {
+        "label": label,
+        "intake_urls": config.intake_urls,
+        "catalog_version": version,
+        "instant_items": [i["code"] for i in items],
+        "step_seconds": config.step_seconds,
+        "stopped": stopped,
+        "max_closed_per_s": best,
+        "steps": steps,
+        "processes": processes,
+        "idle_cpu_s_per_s": idle,
+        "services": sorted(pids),
+    }

@@ -1,0 +1,349 @@
+"""The bench report: one JSON document, issue 8's targets with their ratios, a table, a plot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+# Issue 8's targets. Reported with the measured value and measured/target; never asserted.
+CLOSED_PER_S_TARGET = 500.0
+RATIO_TARGET = 0.25
+ROUTED_P99_MS_TARGET = 50.0
+ROUTED_P99_AT_RATE = 100.0
+RSS_MB_TARGET = 150.0
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    want: str  # ">=" or "<="
+    target: float
+    measured: float | None
+    where: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        """measured / target (>= 1 meets a `>=` target, <= 1 meets a `<=` target)."""
+        return None if self.measured is None else self.measured / self.target
+
+    @property
+    def met(self) -> bool | None:
+        if self.measured is None:
+            return None
+        return self.measured >= self.target if self.want == ">=" else self.measured <= self.target
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "want": self.want,
+            "target": self.target,
+            "measured": self.measured,
+            "ratio": None if self.ratio is None else round(self.ratio, 3),
+            "met": self.met,
+            "where": self.where,
+        }
+
+
+def raw_limit(raw: dict[str, Any] | None) -> float | None:
+    """The raw pipeline's messages/s at hop 4 (steady part of the burst)."""
+    if not raw:
+        return None
+    burst = raw.get("burst") or {}
+    value = burst.get("msgs_per_s") or burst.get("msgs_per_s_overall")
+    return None if value is None else float(value)
+
+
+def step_at(run: dict[str, Any], rate: float) -> dict[str, Any] | None:
+    return next((s for s in run.get("steps", []) if float(s["rate"]) == rate), None)
+
+
+def evaluate_targets(raw: dict[str, Any] | None, runs: Sequence[dict[str, Any]]) -> list[Target]:
+    """The four targets of issue 8 from the measured figures (None where not measured)."""
+    best_run = max(runs, key=lambda r: r.get("max_closed_per_s") or 0.0, default=None)
+    best = float(best_run["max_closed_per_s"]) if best_run else None
+    limit = raw_limit(raw)
+    first = runs[0] if runs else None
+    at_rate = step_at(first, ROUTED_P99_AT_RATE) if first else None
+    p99 = at_rate["submit_to_routed"]["p99_ms"] if at_rate else None
+    rss = [
+        (float(p["peak_rss_mb"]), f"{r['label']} {p['name']}")
+        for r in runs
+        for p in r.get("processes", [])
+        if p.get("kind") == "service"
+    ]
+    worst_rss = max(rss, default=None)
+    return [
+        Target(
+            "closed cases/s",
+            ">=",
+            CLOSED_PER_S_TARGET,
+            best,
+            best_run["label"] if best_run else "",
+        ),
+        Target(
+            "(b)/(a) throughput",
+            ">=",
+            RATIO_TARGET,
+            None if best is None or not limit else round(best / limit, 4),
+            f"{best} / {limit} msgs/s" if best is not None and limit else "",
+        ),
+        Target(
+            f"p99 submit->routed at {ROUTED_P99_AT_RATE:g}/s (ms)",
+            "<=",
+            ROUTED_P99_MS_TARGET,
+            p99,
+            first["label"] if first and at_rate else "",
+        ),
+        Target(
+            "peak RSS per service process (MB)",
+            "<=",
+            RSS_MB_TARGET,
+            worst_rss[0] if worst_rss else None,
+            worst_rss[1] if worst_rss else "",
+        ),
+    ]
+
+
+def build_report(
+    raw: dict[str, Any] | None, runs: Sequence[dict[str, Any]], meta: dict[str, Any]
+) -> dict[str, Any]:
+    targets = evaluate_targets(raw, runs)
+    return {
+        "meta": meta,
+        "raw": raw,
+        "tongban": list(runs),
+        "raw_limit_msgs_per_s": raw_limit(raw),
+        "targets": [t.as_dict() for t in targets],
+    }
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def machine_busy_share(step: dict[str, Any], cpus: int | None) -> float | None:
+    """Share of the machine's CPU capacity in use during a step (all processes)."""
+    busy = step.get("cpu_s", {}).get("machine")
+    wall = step.get("wall_s")
+    if busy is None or not wall or not cpus:
+        return None
+    return float(busy) / (float(wall) * cpus)
+
+
+NOT_UNDER_TEST = ("machine", "others", "bench-client")
+
+
+def stack_cpu_ms_per_unit(cpu_s: dict[str, float], units: int) -> float | None:
+    """CPU ms per case (or message) of the processes under test: services or hop workers,
+    PostgreSQL and Kafka; not the load generator, not the rest of the machine."""
+    if units <= 0 or not cpu_s:
+        return None
+    return 1000 * sum(v for k, v in cpu_s.items() if k not in NOT_UNDER_TEST) / units
+
+
+def _triple(summary: dict[str, Any]) -> str:
+    return "/".join(_fmt(summary[k], 0) for k in ("p50_ms", "p95_ms", "p99_ms"))
+
+
+def _kb(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1024:.1f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    raw = report.get("raw")
+    if raw:
+        table = Table(title="(a) raw four-hop pipeline (same Kafka + PostgreSQL)")
+        raw_cols = (
+            "phase",
+            "messages",
+            "completed",
+            "msgs/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "CPU ms/msg",
+            "PG write xacts/msg",
+            "WAL KB/msg",
+        )
+        for col in raw_cols:
+            table.add_column(col, justify="right" if col != "phase" else "left")
+        paced, burst = raw["paced"], raw["burst"]
+        table.add_row(
+            f"paced {paced['rate']:g}/s",
+            str(paced["messages"]),
+            str(paced["completed"]),
+            "-",
+            *(_fmt(paced["latency"][k]) for k in ("p50_ms", "p95_ms", "p99_ms")),
+            "-",
+            "-",
+            "-",
+        )
+        table.add_row(
+            "burst",
+            str(burst["messages"]),
+            str(burst["completed"]),
+            _fmt(burst["msgs_per_s"]),
+            *(_fmt(burst["latency"][k]) for k in ("p50_ms", "p95_ms", "p99_ms")),
+            _fmt(stack_cpu_ms_per_unit(burst.get("cpu_s", {}), burst["completed"]), 3),
+            _fmt(burst.get("pg_per_message", {}).get("write_xacts"), 3),
+            _kb(burst.get("pg_per_message", {}).get("wal_bytes")),
+        )
+        console.print(table)
+    for run in report.get("tongban", []):
+        table = Table(title=f"(b) tongban end to end, {run['label']} (stopped: {run['stopped']})")
+        cols = [
+            "offered/s",
+            "sent/s",
+            "201",
+            "other",
+            "closed",
+            "closed/s",
+            "routed ms p50/p95/p99",
+            "closed ms p50/p95/p99",
+            "http p99 ms",
+            "CPU ms/case",
+            "PG write xacts/case",
+            "WAL KB/case",
+            "machine busy",
+            "others CPU s",
+        ]
+        for col in cols:
+            table.add_column(col, justify="right")
+        for s in run["steps"]:
+            other = sum(v for k, v in s["statuses"].items() if k != "201")
+            other += s["skipped_inflight_cap"] + sum(s["errors"].values())
+            table.add_row(
+                _fmt(s["rate"], 0),
+                _fmt(s["submit_rate"]),
+                str(s["submitted"]),
+                str(other),
+                str(s["closed"]),
+                _fmt(s["closed_per_s"]),
+                _triple(s["submit_to_routed"]),
+                _triple(s["submit_to_closed"]),
+                _fmt(s["http"]["p99_ms"], 0),
+                _fmt(stack_cpu_ms_per_unit(s.get("cpu_s", {}), s["closed"])),
+                _fmt(s.get("pg_per_closed_case", {}).get("write_xacts")),
+                _kb(s.get("pg_per_closed_case", {}).get("wal_bytes")),
+                _pct(machine_busy_share(s, report.get("meta", {}).get("cpus"))),
+                _fmt(s.get("cpu_s", {}).get("others")),
+            )
+        console.print(table)
+        console.print(
+            "latencies in ms from the POST; 'other' = refused, skipped or failed submissions; "
+            "CPU ms/case = services + PostgreSQL + Kafka; "
+            "'others CPU s' = CPU taken by processes outside the bench and the stack under test"
+        )
+        procs = Table(title=f"processes during the ladder, {run['label']}")
+        for col in ("process", "kind", "CPU s", "CPU ms/closed case", "idle CPU %", "peak RSS MB"):
+            procs.add_column(col, justify="left" if col in ("process", "kind") else "right")
+        idle = run.get("idle_cpu_s_per_s") or {}
+        closed = sum(s["closed"] for s in run["steps"]) or 1
+        for p in run["processes"]:
+            procs.add_row(
+                p["name"],
+                p["kind"],
+                _fmt(p["cpu_s"]),
+                _fmt(1000 * p["cpu_s"] / closed, 2),
+                _pct(idle.get(p["name"])),
+                _fmt(p["peak_rss_mb"]) if p["kind"] != "infra" else f"({_fmt(p['peak_rss_mb'])})",
+            )
+        console.print(procs)
+    targets = Table(title="issue 8 targets (ratio = measured / target)")
+    for col in ("target", "want", "measured", "ratio", "met", "where"):
+        targets.add_column(col)
+    for t in report["targets"]:
+        met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[t["met"]]
+        targets.add_row(
+            t["name"],
+            f"{t['want']} {t['target']:g}",
+            _fmt(t["measured"], 3),
+            _fmt(t["ratio"], 2),
+            met,
+            t["where"],
+        )
+    console.print(targets)
+
+
+def plot_report(report: dict[str, Any], path: Path) -> None:
+    """Throughput and latency against the offered rate, one colour per replica setting
+    (log scales: the raw limit and tongban are orders of magnitude apart)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
+    rates_seen: set[float] = set()
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, run in enumerate(report.get("tongban", [])):
+        colour = colours[n % len(colours)]
+        steps = run["steps"]
+        rates = [s["rate"] for s in steps]
+        rates_seen.update(rates)
+        left.plot(rates, [s["closed_per_s"] for s in steps], "o-", color=colour, label=run["label"])
+        for key, style, name in (
+            ("submit_to_routed", "o--", "routed"),
+            ("submit_to_closed", "s-", "closed"),
+        ):
+            right.plot(
+                rates,
+                [s[key]["p99_ms"] for s in steps],
+                style,
+                color=colour,
+                label=f"{run['label']} p99 {name}",
+            )
+            right.plot(
+                rates,
+                [s[key]["p50_ms"] for s in steps],
+                style,
+                color=colour,
+                alpha=0.35,
+                label=f"{run['label']} p50 {name}",
+            )
+    if rates_seen:
+        low, high = min(rates_seen), max(rates_seen)
+        left.plot([low, high], [low, high], ":", color="grey", label="closed = offered")
+    limit = report.get("raw_limit_msgs_per_s")
+    if limit:
+        left.axhline(limit, color="red", linestyle="-.", label=f"raw pipeline {limit:.0f} msg/s")
+        left.axhline(
+            RATIO_TARGET * limit, color="orange", linestyle=":", label=f"{RATIO_TARGET:g} x raw"
+        )
+    left.axhline(
+        CLOSED_PER_S_TARGET, color="green", linestyle=":", label=f"target {CLOSED_PER_S_TARGET:g}/s"
+    )
+    left.set(xlabel="offered cases/s", ylabel="closed cases/s", title="throughput")
+    right.axhline(
+        ROUTED_P99_MS_TARGET, color="green", linestyle=":", label="target p99 submit->routed"
+    )
+    right.set(xlabel="offered cases/s", ylabel="ms from the POST", title="latency")
+    for axis in (left, right):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        if rates_seen:
+            axis.set_xticks(sorted(rates_seen))
+        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.xaxis.set_minor_formatter(ScalarFormatter(useOffset=False))
+        axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        axis.grid(True, which="major", alpha=0.3)
+    left.legend(fontsize=7)
+    right.legend(fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
