@@ -23,6 +23,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -40,6 +41,7 @@ from services.common.metrics import (
     HANDLER_RETRIES,
 )
 from services.common.settings import CommonSettings
+from services.common.tracing import continued_span
 
 log = get_logger(__name__)
 
@@ -321,7 +323,20 @@ class ConsumerRunner:
 
     async def _call(self, session: AsyncSession, item: _Work) -> None:
         subscription = self.subscriptions[item.envelope.type]
-        await subscription.handler(session, item.envelope, item.payload)
+        envelope = item.envelope
+        with continued_span(
+            f"apply {envelope.type}",
+            envelope.traceparent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": item.record.topic,
+                "messaging.consumer.group.name": self.group_id,
+                "messaging.message.id": envelope.id,
+                "tongban.case_id": envelope.subject,
+            },
+        ):
+            await subscription.handler(session, envelope, item.payload)
 
     def _inbox_row(self, item: _Work) -> dict[str, str]:
         return {"consumer": self.name, "event_id": item.envelope.id, "topic": item.record.topic}

@@ -37,6 +37,12 @@ from services.common.limits import BodySizeLimit, LimitSettings, LoadShedder, ma
 from services.common.logs import configure_logging, get_logger
 from services.common.metrics import TASK_RESTARTS
 from services.common.outbox import Outbox, OutboxRelay
+from services.common.tracing import (
+    TraceRequests,
+    TracingSettings,
+    configure_tracing,
+    current_traceparent,
+)
 from services.common.web import (
     install_health_routes,
     install_problem_handlers,
@@ -46,9 +52,9 @@ from services.common.web import (
 log = get_logger(__name__)
 
 
-class ServiceSettings(HandoverSettings, AuthSettings, LimitSettings):
+class ServiceSettings(HandoverSettings, AuthSettings, LimitSettings, TracingSettings):
     """What every service process reads from `TONGBAN_*`: the shared runtime, bearer-token
-    authentication, request limits and the entrusted-handover keys."""
+    authentication, request limits, tracing and the entrusted-handover keys."""
 
 
 class ServiceRuntime:
@@ -141,6 +147,9 @@ class ServiceRuntime:
         if not isinstance(payload, spec.model):
             raise TypeError(f"{event_type} carries {spec.model.__name__}, not {type(payload)}")
         subject = subject or str(getattr(payload, "case_id"))  # noqa: B009
+        # The span applying this request or event is the parent of whoever handles the new
+        # event; `traceparent` (the incoming one) only serves when no span is current.
+        traceparent = current_traceparent() or traceparent
         return spec.topic, Envelope(
             type=event_type,
             source=self.source,
@@ -274,6 +283,7 @@ class ServiceRuntime:
         self._install_audit_routes(app)
         install_auth_handlers(app)
         app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes(self.settings))
+        app.add_middleware(TraceRequests)
         # Outermost: a request refused for load costs no body parsing and no database.
         app.add_middleware(
             LoadShedder,
@@ -287,6 +297,7 @@ class ServiceRuntime:
 def serve(app_path: str, settings: ServiceSettings) -> None:
     """Run a service under uvicorn; SIGTERM drains HTTP, then stops consumers gracefully."""
     configure_logging(service=settings.service, level=settings.log_level, json=settings.log_json)
+    provider = configure_tracing(settings)
     uvicorn.run(
         app_path,
         host=settings.http_host,
@@ -295,3 +306,5 @@ def serve(app_path: str, settings: ServiceSettings) -> None:
         access_log=False,
         timeout_graceful_shutdown=20,
     )
+    if provider is not None:
+        provider.shutdown()  # flush the spans still batched for the collector
