@@ -349,14 +349,7 @@ class ConsumerRunner:
     async def _dead_letter(self, letter: _DeadLetter) -> None:
         record = letter.record
         assert self._dlq_producer is not None
-        headers = [
-            *[(k, v) for k, v in record.headers if not k.startswith("dlq_")],
-            ("dlq_reason", letter.reason[:2000].encode()),
-            ("dlq_source", f"{self.settings.service}/{self.name}".encode()),
-            ("dlq_topic", record.topic.encode()),
-            ("dlq_partition", str(record.partition).encode()),
-            ("dlq_offset", str(record.offset).encode()),
-        ]
+        headers = dead_letter_headers(record, letter.reason, f"{self.settings.service}/{self.name}")
         log.warning(
             "dead-lettered",
             consumer=self.name,
@@ -377,6 +370,20 @@ class ConsumerRunner:
                 await asyncio.sleep(1.0)
         DEAD_LETTERS.labels(self.settings.service, self.name, record.topic).inc()
         self._count(record, "dead_lettered")
+
+
+def dead_letter_headers(
+    record: ConsumerRecord[bytes, bytes], reason: str, source: str
+) -> list[tuple[str, bytes]]:
+    """The original headers plus why, who and where: what `tongban dlq` shows and replays."""
+    return [
+        *[(k, v) for k, v in record.headers if not k.startswith("dlq_")],
+        ("dlq_reason", reason[:2000].encode()),
+        ("dlq_source", source.encode()),
+        ("dlq_topic", record.topic.encode()),
+        ("dlq_partition", str(record.partition).encode()),
+        ("dlq_offset", str(record.offset).encode()),
+    ]
 
 
 def _first_of_each(work: list[_Work]) -> list[_Work]:
