@@ -72,7 +72,7 @@ class ApprovalSettings(ServiceSettings):
 
 settings = ApprovalSettings()
 runtime = ServiceRuntime(settings)
-calendars: CatalogFollower[WorkCalendar] = CatalogFollower(settings, handlers.build_calendar)
+calendars: CatalogFollower[WorkCalendar] = runtime.follow_catalog(handlers.build_calendar)
 trust: HandoverTrust | None = None
 
 

@@ -9,10 +9,11 @@ that is in the catalog.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from contracts.events import CATALOG_TOPIC, CatalogPublished
 from services.common.envelope import Envelope
@@ -28,9 +29,16 @@ T = TypeVar("T")
 class CatalogFollower(Generic[T]):
     """Keeps `build(published)` of every catalog version; `latest` is the newest."""
 
-    def __init__(self, settings: CommonSettings, build: Callable[[CatalogPublished], T]) -> None:
+    def __init__(
+        self,
+        settings: CommonSettings,
+        build: Callable[[CatalogPublished], T],
+        *,
+        on_unreadable: Callable[[ConsumerRecord[bytes, bytes], str], Awaitable[None]] | None = None,
+    ) -> None:
         self.settings = settings
         self.build = build
+        self.on_unreadable = on_unreadable
         self.versions: dict[int, T] = {}
         self.published: dict[int, CatalogPublished] = {}
         self.caught_up = asyncio.Event()
@@ -99,3 +107,8 @@ class CatalogFollower(Generic[T]):
                     log.error(
                         "unreadable catalog record skipped", offset=record.offset, error=repr(exc)
                     )
+                    if self.on_unreadable is not None:
+                        try:
+                            await self.on_unreadable(record, f"unreadable catalog record: {exc}")
+                        except Exception as dl_exc:  # the skip is logged above either way
+                            log.error("catalog dead letter failed", error=repr(dl_exc))

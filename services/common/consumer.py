@@ -23,6 +23,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -40,6 +41,7 @@ from services.common.metrics import (
     HANDLER_RETRIES,
 )
 from services.common.settings import CommonSettings
+from services.common.tracing import continued_span
 
 log = get_logger(__name__)
 
@@ -321,7 +323,20 @@ class ConsumerRunner:
 
     async def _call(self, session: AsyncSession, item: _Work) -> None:
         subscription = self.subscriptions[item.envelope.type]
-        await subscription.handler(session, item.envelope, item.payload)
+        envelope = item.envelope
+        with continued_span(
+            f"apply {envelope.type}",
+            envelope.traceparent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": item.record.topic,
+                "messaging.consumer.group.name": self.group_id,
+                "messaging.message.id": envelope.id,
+                "tongban.case_id": envelope.subject,
+            },
+        ):
+            await subscription.handler(session, envelope, item.payload)
 
     def _inbox_row(self, item: _Work) -> dict[str, str]:
         return {"consumer": self.name, "event_id": item.envelope.id, "topic": item.record.topic}
@@ -334,14 +349,7 @@ class ConsumerRunner:
     async def _dead_letter(self, letter: _DeadLetter) -> None:
         record = letter.record
         assert self._dlq_producer is not None
-        headers = [
-            *[(k, v) for k, v in record.headers if not k.startswith("dlq_")],
-            ("dlq_reason", letter.reason[:2000].encode()),
-            ("dlq_source", f"{self.settings.service}/{self.name}".encode()),
-            ("dlq_topic", record.topic.encode()),
-            ("dlq_partition", str(record.partition).encode()),
-            ("dlq_offset", str(record.offset).encode()),
-        ]
+        headers = dead_letter_headers(record, letter.reason, f"{self.settings.service}/{self.name}")
         log.warning(
             "dead-lettered",
             consumer=self.name,
@@ -362,6 +370,20 @@ class ConsumerRunner:
                 await asyncio.sleep(1.0)
         DEAD_LETTERS.labels(self.settings.service, self.name, record.topic).inc()
         self._count(record, "dead_lettered")
+
+
+def dead_letter_headers(
+    record: ConsumerRecord[bytes, bytes], reason: str, source: str
+) -> list[tuple[str, bytes]]:
+    """The original headers plus why, who and where: what `tongban dlq` shows and replays."""
+    return [
+        *[(k, v) for k, v in record.headers if not k.startswith("dlq_")],
+        ("dlq_reason", reason[:2000].encode()),
+        ("dlq_source", source.encode()),
+        ("dlq_topic", record.topic.encode()),
+        ("dlq_partition", str(record.partition).encode()),
+        ("dlq_offset", str(record.offset).encode()),
+    ]
 
 
 def _first_of_each(work: list[_Work]) -> list[_Work]:

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import uvicorn
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 from fastapi import Depends, FastAPI, Query
 from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.common import Contract
-from contracts.events import EVENT_TYPES
+from contracts.events import EVENT_TYPES, CatalogPublished
 from services.common import audit, migrations
 from services.common.auth import (
     AuthSettings,
@@ -28,15 +31,22 @@ from services.common.auth import (
     install_auth_handlers,
     require,
 )
-from services.common.consumer import ConsumerRunner, Subscription
-from services.common.db import make_engine, make_sessionmaker
+from services.common.catalog_follower import CatalogFollower
+from services.common.consumer import ConsumerRunner, Subscription, dead_letter_headers
+from services.common.db import make_engine, make_sessionmaker, runtime_metadata
 from services.common.envelope import Envelope
 from services.common.handover import HandoverSettings
-from services.common.kafka import ensure_topics, standard_topics
+from services.common.kafka import ensure_topics, make_producer, standard_topics
 from services.common.limits import BodySizeLimit, LimitSettings, LoadShedder, max_body_bytes
 from services.common.logs import configure_logging, get_logger
-from services.common.metrics import TASK_RESTARTS
+from services.common.metrics import DEAD_LETTERS, TASK_RESTARTS
 from services.common.outbox import Outbox, OutboxRelay
+from services.common.tracing import (
+    TraceRequests,
+    TracingSettings,
+    configure_tracing,
+    current_traceparent,
+)
 from services.common.web import (
     install_health_routes,
     install_problem_handlers,
@@ -44,11 +54,12 @@ from services.common.web import (
 )
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
-class ServiceSettings(HandoverSettings, AuthSettings, LimitSettings):
+class ServiceSettings(HandoverSettings, AuthSettings, LimitSettings, TracingSettings):
     """What every service process reads from `TONGBAN_*`: the shared runtime, bearer-token
-    authentication, request limits and the entrusted-handover keys."""
+    authentication, request limits, tracing and the entrusted-handover keys."""
 
 
 class ServiceRuntime:
@@ -67,6 +78,7 @@ class ServiceRuntime:
         self._stoppers: list[Callable[[], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._dlq_producer: AIOKafkaProducer | None = None
         self.source = f"/tongban/{settings.service}"
         # One authentication dependency per app, so FastAPI runs it once per request.
         self.authenticated = authenticate(settings)
@@ -117,6 +129,41 @@ class ServiceRuntime:
         self.consumers.append(runner)
         return runner
 
+    def follow_catalog(self, build: Callable[[CatalogPublished], T]) -> CatalogFollower[T]:
+        """This process's copy of the catalog (`catalog.v1`), its unreadable records
+        dead-lettered once per service (see `dead_letter_once`)."""
+        return CatalogFollower(self.settings, build, on_unreadable=self.dead_letter_once)
+
+    async def dead_letter_once(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        """Dead-letter a record read outside a consumer group (every replica reads the whole
+        compacted catalog topic, at every start): the inbox row keyed by its position makes
+        the first reader of this service send it, and nobody again."""
+        inbox = runtime_metadata(self.schema)[2]
+        position = f"{record.topic}/{record.partition}/{record.offset}"
+        async with self.sessions() as session, session.begin():
+            fresh = await session.execute(
+                pg_insert(inbox)
+                .values(consumer="catalog-follower", event_id=position[:64], topic=record.topic)
+                .on_conflict_do_nothing()
+                .returning(inbox.c.event_id)
+            )
+            if fresh.scalar() is None:
+                return
+            producer = self._dlq_producer
+            if producer is None:
+                producer = make_producer(self.settings, client_id="catalog-dlq")
+                await producer.start()
+                self._dlq_producer = producer
+            await producer.send_and_wait(
+                self.settings.dlq_topic,
+                key=record.key,
+                value=record.value,
+                headers=dead_letter_headers(
+                    record, reason, f"{self.settings.service}/catalog-follower"
+                ),
+            )
+        DEAD_LETTERS.labels(self.settings.service, "catalog-follower", record.topic).inc()
+
     def on_startup(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self._startup.append(fn)
 
@@ -141,6 +188,9 @@ class ServiceRuntime:
         if not isinstance(payload, spec.model):
             raise TypeError(f"{event_type} carries {spec.model.__name__}, not {type(payload)}")
         subject = subject or str(getattr(payload, "case_id"))  # noqa: B009
+        # The span applying this request or event is the parent of whoever handles the new
+        # event; `traceparent` (the incoming one) only serves when no span is current.
+        traceparent = current_traceparent() or traceparent
         return spec.topic, Envelope(
             type=event_type,
             source=self.source,
@@ -207,6 +257,8 @@ class ServiceRuntime:
         for task, result in zip(self._tasks, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error("task ended with error", task=task.get_name(), error=repr(result))
+        if self._dlq_producer is not None:
+            await self._dlq_producer.stop()
         await self.engine.dispose()
 
     @asynccontextmanager
@@ -274,6 +326,7 @@ class ServiceRuntime:
         self._install_audit_routes(app)
         install_auth_handlers(app)
         app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes(self.settings))
+        app.add_middleware(TraceRequests)
         # Outermost: a request refused for load costs no body parsing and no database.
         app.add_middleware(
             LoadShedder,
@@ -287,6 +340,7 @@ class ServiceRuntime:
 def serve(app_path: str, settings: ServiceSettings) -> None:
     """Run a service under uvicorn; SIGTERM drains HTTP, then stops consumers gracefully."""
     configure_logging(service=settings.service, level=settings.log_level, json=settings.log_json)
+    provider = configure_tracing(settings)
     uvicorn.run(
         app_path,
         host=settings.http_host,
@@ -295,3 +349,5 @@ def serve(app_path: str, settings: ServiceSettings) -> None:
         access_log=False,
         timeout_graceful_shutdown=20,
     )
+    if provider is not None:
+        provider.shutdown()  # flush the spans still batched for the collector

@@ -58,7 +58,7 @@ def _index(published: CatalogPublished) -> CatalogIndex:
     return CatalogIndex(Catalog.model_validate(published.catalog))
 
 
-catalogs: CatalogFollower[CatalogIndex] = CatalogFollower(settings, _index)
+catalogs: CatalogFollower[CatalogIndex] = runtime.follow_catalog(_index)
 routing_client: httpx.AsyncClient | None = None
 
 

@@ -41,9 +41,7 @@ class RoutingSettings(ServiceSettings):
 
 settings = RoutingSettings()
 runtime = ServiceRuntime(settings)
-catalogs: CatalogFollower[tuple[int, CatalogIndex]] = CatalogFollower(
-    settings, handlers.build_index
-)
+catalogs: CatalogFollower[tuple[int, CatalogIndex]] = runtime.follow_catalog(handlers.build_index)
 department_topics = DepartmentTopics(settings, timeout_s=settings.department_topics_timeout_s)
 
 

@@ -70,6 +70,10 @@ CASE_TOPICS = (
     "case.delivery.v1",
 )
 DLQ_TOPIC = "case.dlq.v1"
+CATALOG_TOPIC = "catalog.v1"
+# Every process of these services follows the whole catalog topic (no consumer group); each
+# service dead-letters an unreadable catalog record once.
+CATALOG_FOLLOWERS = ("intake", "routing", "approval")
 TERMINAL = {"closed", "withdrawn"}
 
 # Lifecycle rank of each event type: on one topic, a case's events come in this order, and an
@@ -1047,13 +1051,14 @@ POISON_KINDS = ("not_a_cloudevent", "not_json", "unknown_type")
 async def send_poison(
     settings: CommonSettings, per_topic: int, rng: random.Random
 ) -> dict[str, list[tuple[int, int]]]:
-    """Malformed records on every consumed case topic: without CloudEvents headers, with a
-    body that is not JSON, with an event type nobody knows. Returns (partition, offset)."""
+    """Malformed records on every consumed topic (the case topics and the catalog): without
+    CloudEvents headers, with a body that is not JSON, with an event type nobody knows.
+    Returns (partition, offset) per topic."""
     producer = AIOKafkaProducer(**client_options(settings), enable_idempotence=True)
     await producer.start()
     sent: dict[str, list[tuple[int, int]]] = defaultdict(list)
     try:
-        for topic in CASE_TOPICS:
+        for topic in (*CASE_TOPICS, CATALOG_TOPIC):
             for n in range(per_topic):
                 kind = POISON_KINDS[n % len(POISON_KINDS)]
                 key = f"POISON-{rng.randrange(10**9)}".encode()
@@ -1096,6 +1101,7 @@ async def readers_of_topics(settings: CommonSettings) -> dict[str, set[str]]:
                 readers[tp.topic].add(f"{service}/{group}")
     finally:
         await admin.close()
+    readers[CATALOG_TOPIC] = {f"{service}/catalog-follower" for service in CATALOG_FOLLOWERS}
     return dict(readers)
 
 
