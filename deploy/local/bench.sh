@@ -8,6 +8,7 @@
 # Env:   BENCH_REPLICAS     replica counts to compare (default "1 2")
 #        BENCH_RAW_ARGS     extra options for `python -m services.bench raw`
 #        BENCH_E2E_ARGS     extra options for `python -m services.bench e2e`
+#        BENCH_TRACING_RATES  offered rates of the tracing-off run (default 25,50)
 #        SERVICES_PORT_OFFSET, TONGBAN_RUN_DIR, TONGBAN_KAFKA_PORT_BASE, TONGBAN_PG_PORT,
 #        KAFKA_BROKERS      as for stack.sh and services.sh (a second stack beside the default)
 #        TONGBAN_RATE_LIMIT_PER_S / _BURST  intake's per-client limit for the bench's services
@@ -70,7 +71,17 @@ for replicas in "${REPLICA_COUNTS[@]}"; do
   bash "$LOCAL_DIR/services.sh" down
 done
 
+# The cost of tracing: the first setup again with spans off (traceparent passed through).
+say "(b') tongban end to end, REPLICAS=${REPLICA_COUNTS[0]}, tracing off"
+rm -f "$OUT/e2e-untraced.json"
+if REPLICAS=${REPLICA_COUNTS[0]} TONGBAN_TRACING_ENABLED=false bash "$LOCAL_DIR/services.sh" up; then
+  "$BIN/python" -m services.bench e2e --label "replicas=${REPLICA_COUNTS[0]} tracing off" \
+    --rates "${BENCH_TRACING_RATES:-25,50}" --out "$OUT/e2e-untraced.json" "${E2E_ARGS[@]}" || status=1
+fi
+bash "$LOCAL_DIR/services.sh" down
+
 "$BIN/python" -m services.bench report --raw "$OUT/raw.json" "${runs[@]}" \
+  --tracing-off "$OUT/e2e-untraced.json" \
   --out "$OUT/bench.json" --plot "$OUT/bench.png" || status=1
 say "done in $(since "$t0")s: $OUT/bench.json, $OUT/bench.png"
 exit $status

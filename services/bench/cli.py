@@ -20,7 +20,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.bench import e2e, raw
-from services.bench.report import ROUTED_P99_AT_RATE, build_report, plot_report, print_report
+from services.bench.report import (
+    ROUTED_P99_AT_RATE,
+    build_report,
+    plot_report,
+    print_report,
+    print_tracing_cost,
+)
 from services.bench.stats import rate_ladder
 from services.common.catalog import load_catalog_file
 from services.common.settings import CommonSettings
@@ -228,9 +234,14 @@ def report_command(
     raw_file: Annotated[Path | None, typer.Option("--raw", help="raw result JSON")] = None,
     out: Annotated[Path, typer.Option(help="combined JSON")] = Path(".run/bench/bench.json"),
     plot: Annotated[Path, typer.Option(help="PNG plot")] = Path(".run/bench/bench.png"),
+    tracing_off: Annotated[
+        Path | None,
+        typer.Option(help="e2e result JSON of the first run's setup with tracing off"),
+    ] = None,
 ) -> None:
     """Combine raw and e2e results: targets, table, JSON and PNG."""
     raw_result = json.loads(raw_file.read_text()) if raw_file and raw_file.exists() else None
+    untraced = json.loads(tracing_off.read_text()) if tracing_off and tracing_off.exists() else None
     e2e_results = [json.loads(p.read_text()) for p in runs if p.exists()]
     meta = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -242,8 +253,9 @@ def report_command(
         "loadavg_at_report": [round(x, 2) for x in os.getloadavg()],
         "latency_clock": "Kafka record timestamp of the event minus the time the bench sent it",
     }
-    report = build_report(raw_result, e2e_results, meta)
+    report = build_report(raw_result, e2e_results, meta, untraced)
     print_report(report, console)
+    print_tracing_cost(report, console)
     _write(out, report)
     plot_report(report, plot)
     console.print(f"wrote {plot}")

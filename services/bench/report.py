@@ -109,8 +109,40 @@ def evaluate_targets(raw: dict[str, Any] | None, runs: Sequence[dict[str, Any]])
     ]
 
 
+def tracing_cost(
+    traced: dict[str, Any] | None, untraced: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Per offered rate run both ways: stack CPU ms per closed case and p99 submit->routed,
+    with tracing on (spans recorded) and off (traceparent passed through only)."""
+    if not traced or not untraced:
+        return []
+    rows = []
+    for on in traced.get("steps", []):
+        off = step_at(untraced, on["rate"])
+        if off is None or not on.get("closed") or not off.get("closed"):
+            continue
+        cpu_on = stack_cpu_ms_per_unit(on.get("cpu_s", {}), int(on["closed"]))
+        cpu_off = stack_cpu_ms_per_unit(off.get("cpu_s", {}), int(off["closed"]))
+        rows.append(
+            {
+                "rate": on["rate"],
+                "cpu_ms_per_case_on": cpu_on,
+                "cpu_ms_per_case_off": cpu_off,
+                "cpu_cost_share": (cpu_on / cpu_off - 1) if cpu_on and cpu_off else None,
+                "p99_routed_ms_on": on.get("submit_to_routed", {}).get("p99_ms"),
+                "p99_routed_ms_off": off.get("submit_to_routed", {}).get("p99_ms"),
+                "closed_per_s_on": on.get("closed_per_s"),
+                "closed_per_s_off": off.get("closed_per_s"),
+            }
+        )
+    return rows
+
+
 def build_report(
-    raw: dict[str, Any] | None, runs: Sequence[dict[str, Any]], meta: dict[str, Any]
+    raw: dict[str, Any] | None,
+    runs: Sequence[dict[str, Any]],
+    meta: dict[str, Any],
+    untraced: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     targets = evaluate_targets(raw, runs)
     return {
@@ -119,6 +151,8 @@ def build_report(
         "tongban": list(runs),
         "raw_limit_msgs_per_s": raw_limit(raw),
         "targets": [t.as_dict() for t in targets],
+        "tracing_off": untraced,
+        "tracing_cost": tracing_cost(runs[0] if runs else None, untraced),
     }
 
 
@@ -160,6 +194,25 @@ def _kb(value: float | None) -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def print_tracing_cost(report: dict[str, Any], console: Console) -> None:
+    rows = report.get("tracing_cost") or []
+    if not rows:
+        return
+    table = Table(title="cost of tracing (one process per service; spans recorded, not exported)")
+    for col in ("offered/s", "CPU ms/case on", "off", "cost", "p99 routed ms on", "off"):
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(
+            _fmt(row["rate"], 0),
+            _fmt(row["cpu_ms_per_case_on"]),
+            _fmt(row["cpu_ms_per_case_off"]),
+            _pct(row["cpu_cost_share"]),
+            _fmt(row["p99_routed_ms_on"], 0),
+            _fmt(row["p99_routed_ms_off"], 0),
+        )
+    console.print(table)
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:

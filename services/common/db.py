@@ -45,7 +45,10 @@ def make_engine(settings: CommonSettings, *, pool_size: int | None = None) -> As
         pool_size=pool_size or settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
-        pool_pre_ping=True,  # a restarted PostgreSQL leaves dead pooled connections behind
+        # No pre-ping: it costs a round trip per checkout on every transaction. A restarted
+        # PostgreSQL leaves dead pooled connections behind; the first use of one fails as a
+        # disconnect, SQLAlchemy then drops the whole pool, and the caller retries (consumers
+        # retry the batch, REST answers 503 + Retry-After).
         pool_recycle=1800,
     )
 

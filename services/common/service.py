@@ -32,7 +32,12 @@ from services.common.auth import (
     require,
 )
 from services.common.catalog_follower import CatalogFollower
-from services.common.consumer import ConsumerRunner, Subscription, dead_letter_headers
+from services.common.consumer import (
+    BatchHandlerFn,
+    ConsumerRunner,
+    Subscription,
+    dead_letter_headers,
+)
 from services.common.db import make_engine, make_sessionmaker, runtime_metadata
 from services.common.envelope import Envelope
 from services.common.handover import HandoverSettings
@@ -111,6 +116,7 @@ class ServiceRuntime:
         subscriptions: Mapping[str, Subscription],
         name: str | None = None,
         ignored_types: Iterable[str] | None = None,
+        batch_handler: BatchHandlerFn | None = None,
     ) -> ConsumerRunner:
         """A consumer group of this service; types on the topics it does not handle are
         ignored (they are contract types, just not this consumer's business)."""
@@ -125,6 +131,7 @@ class ServiceRuntime:
             ignored_types=ignored_types
             if ignored_types is not None
             else known - set(subscriptions),
+            batch_handler=batch_handler,
         )
         self.consumers.append(runner)
         return runner

@@ -6,11 +6,10 @@ Run: `python -m services.intake` (port 8001).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-import httpx
 from fastapi import Depends, Header, Request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -33,11 +32,12 @@ from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.handover import load_keys
 from services.common.limits import RateLimiter, rate_limited
-from services.common.logs import mask_personal_data
+from services.common.logs import get_logger, mask_personal_data
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.web import Problem
 from services.intake import access, handlers, models
 from services.intake.validation import refusal_problem, validate_submission
+from services.routing.rules import route_case
 
 CITY_TZ = ZoneInfo("Asia/Shanghai")
 
@@ -45,11 +45,9 @@ CITY_TZ = ZoneInfo("Asia/Shanghai")
 class IntakeSettings(ServiceSettings):
     service: str = "intake"
     http_port: int = 8001
-    routing_url: str = "http://127.0.0.1:8002"
-    # A person is waiting at the counter: the preview is a nicety, never a reason to wait.
-    route_preview_timeout_s: float = 0.5
 
 
+log = get_logger(__name__)
 settings = IntakeSettings()
 runtime = ServiceRuntime(settings)
 
@@ -59,14 +57,6 @@ def _index(published: CatalogPublished) -> CatalogIndex:
 
 
 catalogs: CatalogFollower[CatalogIndex] = runtime.follow_catalog(_index)
-routing_client: httpx.AsyncClient | None = None
-
-
-async def _start_client() -> None:
-    global routing_client
-    routing_client = httpx.AsyncClient(
-        base_url=settings.routing_url, timeout=settings.route_preview_timeout_s
-    )
 
 
 async def _load_handover_keys() -> None:
@@ -77,6 +67,7 @@ async def _load_handover_keys() -> None:
 runtime.consume(
     *CASE_TOPICS,
     name="intake-timeline",
+    batch_handler=handlers.follow_case_events,
     subscriptions={
         t: Subscription(handlers.follow_case_event, spec.model)
         for t, spec in EVENT_TYPES.items()
@@ -85,7 +76,6 @@ runtime.consume(
 )
 runtime.on_startup(_load_handover_keys)
 runtime.on_startup(catalogs.start)
-runtime.on_startup(_start_client)
 runtime.background(catalogs.run, catalogs.stop)
 
 app = runtime.create_app(
@@ -110,22 +100,23 @@ def _catalog() -> CatalogIndex:
     return index
 
 
-async def _route_preview(application: SubmissionRequest, authorization: str | None) -> Route | None:
-    """Routing's prediction, asked on the clerk's behalf (their token goes along)."""
-    if routing_client is None:
+def _route_preview(
+    index: CatalogIndex, application: SubmissionRequest, today: date
+) -> Route | None:
+    """Routing's own rules (a pure function) on this process's copy of the catalog: the same
+    answer routing will give, at no network cost, and never a reason to keep a person waiting
+    at the counter."""
+    version = catalogs.latest_version
+    if version is None:
         return None
     try:
-        answer = await routing_client.post(
-            "/v1/routes/preview",
-            json=application.model_dump(mode="json"),
-            headers={"Authorization": authorization} if authorization else None,
+        outcome = route_case(
+            index, catalog_version=version, application=application, submitted_on=today
         )
-        if answer.status_code != 200:
-            return None
-        body = answer.json()
-        return Route.model_validate(body["route"]) if body.get("route") else None
-    except (httpx.HTTPError, ValueError, KeyError):
-        return None  # routing down or slow: the case is still taken
+    except Exception as exc:  # a preview is a nicety: the case is taken anyway
+        log.warning("route preview failed", error=repr(exc))
+        return None
+    return outcome.route
 
 
 @app.post(
@@ -162,25 +153,25 @@ async def submit(
     notification listing all of them."""
     access.may_submit(principal, application)
     digest = handlers.request_hash(application)
-    if idempotency_key:
-        async with runtime.sessions() as session:
-            replay = await handlers.replay_idempotent(session, idempotency_key, digest)
-        if replay is not None:
-            return replay
     index = _catalog()
     today = datetime.now(CITY_TZ).date()
     result = validate_submission(index, application, today=today)
     problem = refusal_problem(result)
     if problem is not None:
+        # A retry of a case taken before the catalog changed still gets its case back.
+        replay = await _replay(idempotency_key, digest)
+        if replay is not None:
+            return replay
         raise problem
-    preview = (
-        None
-        if result.missing_materials
-        else await _route_preview(application, request.headers.get("authorization"))
-    )
+    preview = None if result.missing_materials else _route_preview(index, application, today)
     case_id = handlers.new_case_id(index.catalog.city.code, today)
     try:
+        # One transaction: the replay check, the case, its events, the key.
         async with unit_of_work(runtime.sessions) as session:
+            if idempotency_key:
+                replay = await handlers.replay_idempotent(session, idempotency_key, digest)
+                if replay is not None:
+                    return replay
             return await handlers.create_case(
                 session,
                 runtime=runtime,
@@ -194,14 +185,18 @@ async def submit(
                 traceparent=request.headers.get("traceparent"),
             )
     except IntegrityError:
-        if not idempotency_key:
-            raise
         # The same key raced in from a retry: answer with the winner's case.
-        async with runtime.sessions() as session:
-            replay = await handlers.replay_idempotent(session, idempotency_key, digest)
+        replay = await _replay(idempotency_key, digest)
         if replay is None:
             raise
         return replay
+
+
+async def _replay(idempotency_key: str | None, digest: str) -> SubmissionResponse | None:
+    if not idempotency_key:
+        return None
+    async with runtime.sessions() as session:
+        return await handlers.replay_idempotent(session, idempotency_key, digest)
 
 
 @app.get("/v1/cases/{case_id}", response_model=CaseView, tags=["cases"])

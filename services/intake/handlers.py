@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -303,34 +304,58 @@ async def withdraw(
 
 async def follow_case_event(session: AsyncSession, envelope: Envelope, payload: Any) -> None:
     """Any event of a case, from any case topic: timeline entry and the counter's view."""
+    await follow_case_events(session, [(envelope, payload)])
+
+
+ADOPTABLE = ("gov.case.submitted.v1", "gov.case.notified.v1")
+
+
+async def follow_case_events(session: AsyncSession, events: Sequence[tuple[Envelope, Any]]) -> None:
+    """A batch of case events, in offset order: one statement for the timeline, one to lock
+    the cases, then each changed case updated once with its events folded in order (the hot
+    path of intake: every event of every case passes here)."""
+    if not events:
+        return
+    # executemany form: one compiled statement whatever the batch size (SQLAlchemy sends
+    # the rows as multi-row VALUES), where `.values([...])` would compile anew per size.
     await session.execute(
-        pg_insert(models.timeline)
-        .values(
-            event_id=envelope.id,
-            case_id=envelope.subject,
-            type=envelope.type,
-            time=envelope.time,
-            source=envelope.source,
-            data=envelope.data,
-        )
-        .on_conflict_do_nothing()
+        pg_insert(models.timeline).on_conflict_do_nothing(),
+        [
+            {
+                "event_id": e.id,
+                "case_id": e.subject,
+                "type": e.type,
+                "time": e.time,
+                "source": e.source,
+                "data": e.data,
+            }
+            for e, _ in events
+        ],
     )
-    case = (
-        await session.execute(
-            select(models.cases.c.status)
-            .where(models.cases.c.case_id == envelope.subject)
-            .with_for_update()
-        )
-    ).first()
-    if case is not None:
-        changes = case_changes(CaseStatus(case.status), envelope.type, envelope.data)
-        if changes:
-            await _update(session, envelope.subject, changes)
-    elif "application" in envelope.data and envelope.type in (
-        "gov.case.submitted.v1",
-        "gov.case.notified.v1",
-    ):
-        await _adopt_case(session, envelope)
+    rows = await session.execute(
+        select(models.cases.c.case_id, models.cases.c.status)
+        .where(models.cases.c.case_id.in_(sorted({e.subject for e, _ in events})))
+        .order_by(models.cases.c.case_id)  # one lock order: no deadlock between batches
+        .with_for_update()
+    )
+    status = {r.case_id: CaseStatus(r.status) for r in rows}
+    pending: dict[str, dict[str, Any]] = {}
+    adopted: set[str] = set()
+    for envelope, _payload in events:
+        case_id = envelope.subject
+        if case_id in adopted:
+            continue  # the adoption replayed the whole timeline, this event included
+        if case_id in status:
+            changes = case_changes(status[case_id], envelope.type, envelope.data)
+            if changes:
+                pending.setdefault(case_id, {}).update(changes)
+                if "status" in changes:
+                    status[case_id] = CaseStatus(changes["status"])
+        elif "application" in envelope.data and envelope.type in ADOPTABLE:
+            await _adopt_case(session, envelope)
+            adopted.add(case_id)
+    for case_id, changes in pending.items():
+        await _update(session, case_id, changes)
 
 
 def case_changes(status: CaseStatus, event_type: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -293,3 +293,46 @@ async def test_events_of_one_case_are_applied_in_order(
 
 async def _count(engine: AsyncEngine, schema: str, n: int) -> bool:
     return len(await widgets(engine, schema)) == n
+
+
+async def test_a_batch_handler_gets_each_fresh_event_once_in_order_and_poison_still_isolated(
+    settings: CommonSettings,
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    schema: str,
+    make_topic: MakeTopic,
+) -> None:
+    topic, dlq = await make_topic("in"), await make_topic("dlq")
+    batches: list[list[tuple[str, int]]] = []
+    # The one-event handler (the slow path's) and the batch handler apply the same way.
+    writer = widget_writer(
+        schema, fail=lambda p: ValueError("cannot apply this one") if p.wid == "w-bad" else None
+    )
+
+    async def apply_batch(session: AsyncSession, events: Any) -> None:
+        batches.append([(e.subject, p.seq) for e, p in events])
+        for envelope, payload in events:
+            await writer.handler(session, envelope, payload)
+
+    first = [made("HC-7", f"w7-{s}", s) for s in range(20)]
+    bad = made("HC-8", "w-bad", 0)
+    await produce(settings, topic, [e.to_record() for e in first] + [first[3].to_record()])
+    runner = ConsumerRunner(
+        settings.model_copy(update={"dlq_topic": dlq, "consumer_handler_attempts": 1}),
+        name=unique("consumer"),
+        topics=[topic],
+        subscriptions={MADE: writer},
+        sessions=sessions,
+        schema=schema,
+        batch_handler=apply_batch,
+    )
+    async with running(runner):
+        await eventually(lambda: _count(engine, schema, 20), what="20 widgets")
+        await produce(settings, topic, [bad.to_record(), made("HC-8", "w8-1", 1).to_record()])
+        await eventually(lambda: _count(engine, schema, 21), what="the record after the poison")
+    seen = [event for batch in batches for event in batch if event[0] == "HC-7"]
+    assert seen == [("HC-7", s) for s in range(20)]  # once each, in order, the copy skipped
+    assert any(len(batch) > 1 for batch in batches)  # batched, not one call per event
+    dead = await read_topic(settings, dlq, min_records=1, idle=0.5)
+    assert [header(r, "ce_subject") for r in dead] == ["HC-8"]
+    assert "cannot apply this one" in str(header(dead[0], "dlq_reason"))

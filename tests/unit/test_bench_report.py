@@ -19,6 +19,7 @@ from services.bench.report import (
     print_report,
     raw_limit,
     stack_cpu_ms_per_unit,
+    tracing_cost,
 )
 
 pytestmark = pytest.mark.unit
@@ -139,3 +140,18 @@ def test_database_counters_per_unit() -> None:
     after = {"xact_commit": 400, "tup_inserted": 1010}
     assert per_unit(before, after, 100) == {"xact_commit": 3.0, "tup_inserted": 10.0}
     assert per_unit(before, after, 0) == {}
+
+
+def test_tracing_cost_compares_cpu_per_case_at_the_same_rates() -> None:
+    traced = a_run("replicas=1", 90, 120)
+    untraced = {"label": "replicas=1 tracing off", "steps": [a_step(50, 50, 20)]}
+    untraced["steps"][0]["cpu_s"] = {"intake-1": 1.6, "machine": 9.0, "others": 1.0}
+    (row,) = tracing_cost(traced, untraced)
+    assert row["rate"] == 50
+    assert row["cpu_ms_per_case_on"] == pytest.approx(1000 * 2.0 / 500)
+    assert row["cpu_ms_per_case_off"] == pytest.approx(1000 * 1.6 / 500)
+    assert row["cpu_cost_share"] == pytest.approx(0.25)
+    assert (row["p99_routed_ms_on"], row["p99_routed_ms_off"]) == (30, 20)
+    assert tracing_cost(traced, None) == []
+    report = build_report(None, [traced], {}, untraced)
+    assert report["tracing_cost"] == [row]
