@@ -144,8 +144,9 @@ def test_database_counters_per_unit() -> None:
 
 def test_tracing_cost_compares_cpu_per_case_at_the_same_rates() -> None:
     traced = a_run("replicas=1", 90, 120)
-    untraced = {"label": "replicas=1 tracing off", "steps": [a_step(50, 50, 20)]}
-    untraced["steps"][0]["cpu_s"] = {"intake-1": 1.6, "machine": 9.0, "others": 1.0}
+    step = a_step(50, 50, 20)
+    step["cpu_s"] = {"intake-1": 1.6, "machine": 9.0, "others": 1.0}
+    untraced: dict[str, Any] = {"label": "replicas=1 tracing off", "steps": [step]}
     (row,) = tracing_cost(traced, untraced)
     assert row["rate"] == 50
     assert row["cpu_ms_per_case_on"] == pytest.approx(1000 * 2.0 / 500)
