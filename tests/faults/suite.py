@@ -43,7 +43,7 @@ def scenarios(size: str) -> list[ScenarioSpec]:
     service_at: tuple[float, ...]
     relay_at: tuple[float, ...]
     if size == "full":
-        n, rate, poison = 3000, 30.0, 200
+        n, rate, poison = 2400, 20.0, 200
         broker_at, service_at, relay_at = (0.2, 0.4, 0.6), (0.2, 0.4, 0.6), (0.3, 0.5, 0.7)
     else:
         n, rate, poison = 300, 20.0, 30
