@@ -382,9 +382,8 @@ def test_compose_runs_postgres_and_every_process_from_the_one_image() -> None:
         assert {*nodes, "postgres"} <= needs, process
     assert len(images) == 1, f"one image for every process, not {images}"
     assert set(SERVICES) <= set(services["console"]["depends_on"])
-    # the services' URLs the console and intake call are the compose names and ports
+    # the services' URLs the console calls are the compose names and ports
     for process, variable, target in [
-        ("intake", "TONGBAN_ROUTING_URL", "routing"),
         ("console", "TONGBAN_INTAKE_URL", "intake"),
         ("console", "TONGBAN_ROUTING_URL", "routing"),
         ("console", "TONGBAN_APPROVAL_URL", "approval"),
@@ -847,7 +846,6 @@ def test_services_and_disruption_budgets_match_the_deployments() -> None:
         assert budget["spec"]["minAvailable"] < floor, f"{name}: a drain could never proceed"
     # the URLs one process calls another by are Services
     for name, variable, target in [
-        ("intake", "TONGBAN_ROUTING_URL", "routing"),
         ("console", "TONGBAN_INTAKE_URL", "intake"),
         ("console", "TONGBAN_ROUTING_URL", "routing"),
         ("console", "TONGBAN_APPROVAL_URL", "approval"),
