@@ -355,6 +355,9 @@ def serve(app_path: str, settings: ServiceSettings) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=20,
+        # Longer than clients keep idle connections (httpx: 5 s), so the client always closes
+        # first: no request is ever sent on a connection the server is closing at that moment.
+        timeout_keep_alive=settings.http_keep_alive_s,
     )
     if provider is not None:
         provider.shutdown()  # flush the spans still batched for the collector

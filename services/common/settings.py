@@ -23,6 +23,7 @@ class CommonSettings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    http_keep_alive_s: int = Field(75, ge=1)
 
     kafka_bootstrap: str = "localhost:9092"
     # Topic provisioning: production clusters use RF 3 / min ISR 2; one dev broker gets 1 / 1.

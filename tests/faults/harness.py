@@ -847,6 +847,13 @@ async def run_scenario(
             await asyncio.sleep(0.5)
         await asyncio.gather(*rating_tasks)
         await asyncio.sleep(3)  # late duplicates, rating events, the intake timeline
+        if poison_sent:
+            # Dead letters of the last poison records may still be on their way.
+            readers = await readers_of_topics(settings)
+            for _ in range(60):
+                if not check_poison(poison_sent, observer.dead_letters, readers)["missing"]:
+                    break
+                await asyncio.sleep(1)
         checked = await database_checks(settings, cases, since)
         # Let the intake timeline catch up on closings it has not applied yet.
         for _ in range(30):
