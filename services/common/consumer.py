@@ -40,6 +40,7 @@ from services.common.metrics import (
     EVENTS_CONSUMED,
     HANDLER_RETRIES,
 )
+from services.common.outbox import discard_pending, flush_pending
 from services.common.settings import CommonSettings
 from services.common.tracing import continued_span
 
@@ -288,17 +289,23 @@ class ConsumerRunner:
             for item in work:
                 for attempt in range(1, attempts + 1):
                     try:
-                        async with session.begin_nested():
-                            inserted = await session.execute(
-                                pg_insert(self._inbox)
-                                .values(self._inbox_row(item))
-                                .on_conflict_do_nothing()
-                                .returning(self._inbox.c.event_id)
-                            )
-                            if inserted.scalar() is None:
-                                self._count(item.record, "duplicate")
-                                break
-                            await self._call(session, item)
+                        try:
+                            async with session.begin_nested():
+                                inserted = await session.execute(
+                                    pg_insert(self._inbox)
+                                    .values(self._inbox_row(item))
+                                    .on_conflict_do_nothing()
+                                    .returning(self._inbox.c.event_id)
+                                )
+                                if inserted.scalar() is None:
+                                    self._count(item.record, "duplicate")
+                                    break
+                                await self._call(session, item)
+                                # This event's outbox rows belong to its savepoint.
+                                await flush_pending(session)
+                        except BaseException:
+                            discard_pending(session)  # rolled back with the savepoint
+                            raise
                         self._count(item.record, "processed")
                         break
                     except PermanentError as exc:
