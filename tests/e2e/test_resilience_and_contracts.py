@@ -123,7 +123,9 @@ async def test_routing_killed_mid_flow_every_case_still_closes_once(
         answer = await http.post(f"{INTAKE}/v1/cases", json=body)
         assert answer.status_code == 201, answer.text  # intake takes it, routing or not
         if n >= 10:
-            assert answer.json()["route_preview"] is None  # no preview while routing is down
+            # The preview is routing's rules run by intake itself: routing's absence costs it
+            # nothing.
+            assert answer.json()["route_preview"] is not None
         case_ids.append(answer.json()["case_id"])
     await asyncio.sleep(1.0)
     await asyncio.to_thread(services, "up")  # restarts the dead routing process only
