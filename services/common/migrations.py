@@ -47,6 +47,12 @@ def run_env(context: Any, target_metadata: MetaData | None = None) -> None:
     url = config.get_main_option("sqlalchemy.url")
 
     def do_run(connection: Connection) -> None:
+        # Replicas of a service start together and all migrate: one at a time (the lock is
+        # held to the end of this transaction); the next finds the schema at head.
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+            {"key": f"tongban-migrate:{schema}"},
+        )
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         context.configure(
             connection=connection,
