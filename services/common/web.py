@@ -94,7 +94,7 @@ def problem_response(problem: Problem, request: Request | None = None) -> JSONRe
     )
 
 
-def dependency_unavailable(exc: BaseException) -> Problem:
+def dependency_unavailable() -> Problem:
     """503 for a database or network failure: the client retries, with the same
     Idempotency-Key where it has one, because a write's outcome may be unknown."""
     return Problem(
@@ -153,7 +153,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         if is_infrastructure_error(exc):
-            return problem_response(dependency_unavailable(exc), request)
+            return problem_response(dependency_unavailable(), request)
         return problem_response(
             Problem(500, "internal_error", "Internal error", "The error was logged; retry later."),
             request,

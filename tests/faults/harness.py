@@ -55,6 +55,7 @@ from services.common.db import asyncpg_dsn
 from services.common.envelope import Envelope
 from services.common.kafka import client_options
 from services.common.settings import CommonSettings
+from tests.kafka_helpers import topic_partitions
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "deploy" / "local"
@@ -285,6 +286,18 @@ async def keep_routable(client: ActingClient, cases: list[PlannedCase]) -> list[
     return kept
 
 
+async def post_submission(client: ActingClient, case: PlannedCase, replica: int) -> httpx.Response:
+    """The counter's POST of a planned case to one intake process, with its own key."""
+    return await client.post(
+        f"{url_of('intake', replica)}/v1/cases",
+        json=case.body,
+        headers={
+            "Idempotency-Key": case.key,
+            **client.headers_for(Role.clerk, office_scope(case.body)),
+        },
+    )
+
+
 def office_scope(body: dict[str, Any]) -> str:
     return (
         "online"
@@ -321,19 +334,13 @@ class LoadDriver:
     async def _submit(
         self, case: PlannedCase, n: int, on_accepted: Callable[[PlannedCase], None]
     ) -> None:
-        headers = {
-            "Idempotency-Key": case.key,
-            **self.client.headers_for(Role.clerk, office_scope(case.body)),
-        }
         deadline = now() + self.give_up_s
         case.submitted_at = now()
         replica = n % self.replicas + 1
         while now() < deadline:
             case.attempts += 1
             try:
-                answer = await self.client.post(
-                    f"{url_of('intake', replica)}/v1/cases", json=case.body, headers=headers
-                )
+                answer = await post_submission(self.client, case, replica)
             except httpx.HTTPError as exc:
                 self.transport_errors += 1
                 self.transport_kinds[type(exc).__name__] += 1
@@ -392,11 +399,9 @@ class Observer:
         )
         await consumer.start()
         partitions = [
-            TopicPartition(topic, p)
+            tp
             for topic in (*CASE_TOPICS, DLQ_TOPIC)
-            for p in sorted(
-                consumer.partitions_for_topic(topic) or await _partitions(consumer, topic)
-            )
+            for tp in await topic_partitions(consumer, topic)
         ]
         consumer.assign(partitions)
         self.start_offsets = await consumer.end_offsets(partitions)
@@ -447,16 +452,6 @@ class Observer:
                 await self._task
         if self._consumer is not None:
             await self._consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    for _ in range(50):
-        found = consumer.partitions_for_topic(topic)
-        if found:
-            return set(found)
-        await consumer._client.force_metadata_update()  # noqa: SLF001 (first use of a topic)
-        await asyncio.sleep(0.1)
-    raise LookupError(f"topic {topic} not found")
 
 
 # --------------------------------------------------------------------------- department
@@ -847,9 +842,9 @@ async def run_scenario(
             await asyncio.sleep(0.5)
         await asyncio.gather(*rating_tasks)
         await asyncio.sleep(3)  # late duplicates, rating events, the intake timeline
+        readers = await readers_of_topics(settings) if poison_sent else {}
         if poison_sent:
             # Dead letters of the last poison records may still be on their way.
-            readers = await readers_of_topics(settings)
             for _ in range(60):
                 if not check_poison(poison_sent, observer.dead_letters, readers)["missing"]:
                     break
@@ -906,9 +901,7 @@ async def run_scenario(
     if driver.retry_after_missing:
         problems.append(f"{driver.retry_after_missing} 429/503 answers without Retry-After")
     poison_report = (
-        check_poison(poison_sent, observer.dead_letters, await readers_of_topics(settings))
-        if poison_sent
-        else None
+        check_poison(poison_sent, observer.dead_letters, readers) if poison_sent else None
     )
     if poison_report and poison_report["missing"]:
         problems.append(f"{len(poison_report['missing'])} poison records not dead-lettered")

@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 
 from services.cli.devclient import ActingClient
-from services.common.auth import Role
 from services.common.settings import CommonSettings
 from tests.faults.harness import (
     TERMINAL,
     Observer,
+    PlannedCase,
     ScenarioSpec,
     Stack,
     Verdict,
@@ -29,12 +29,11 @@ from tests.faults.harness import (
     database_checks,
     keep_routable,
     now,
-    office_scope,
     plan_load,
+    post_submission,
     postgres_restart,
     relay_kills,
     service_kills,
-    url_of,
 )
 
 
@@ -163,14 +162,7 @@ async def overload(
             case = next(cursor)
             t0 = now()
             try:
-                answer = await client.post(
-                    f"{url_of('intake', n % stack.replicas + 1)}/v1/cases",
-                    json=case.body,
-                    headers={
-                        "Idempotency-Key": case.key,
-                        **client.headers_for(Role.clerk, office_scope(case.body)),
-                    },
-                )
+                answer = await post_submission(client, case, n % stack.replicas + 1)
             except httpx.TimeoutException:
                 report.timeouts += 1
                 return
@@ -233,16 +225,9 @@ class _Accepted:
     case_id: str | None
 
 
-async def _post(client: ActingClient, case: Any, replica: int) -> httpx.Response | None:
+async def _post(client: ActingClient, case: PlannedCase, replica: int) -> httpx.Response | None:
     try:
-        return await client.post(
-            f"{url_of('intake', replica)}/v1/cases",
-            json=case.body,
-            headers={
-                "Idempotency-Key": case.key,
-                **client.headers_for(Role.clerk, office_scope(case.body)),
-            },
-        )
+        return await post_submission(client, case, replica)
     except httpx.HTTPError:
         return None
 
