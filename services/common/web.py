@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.failures import is_infrastructure_error
+from services.common.logs import get_logger
+
+log = get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -149,11 +153,27 @@ def install_problem_handlers(app: FastAPI) -> None:
                 ),
                 request,
             )
-        return await on_unexpected(request, exc)
+        return await on_failure(request, exc)
+
+    async def on_failure(request: Request, exc: Exception) -> Response:
+        """Database and network failures (and what looks like them), answered in the app."""
+        if is_infrastructure_error(exc):
+            log.warning(
+                "dependency unavailable: answered 503",
+                path=request.url.path,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
+            return problem_response(dependency_unavailable(), request)
+        log.error("unexpected error: answered 500", path=request.url.path, exc_info=exc)
+        return internal_error(request)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
+        """Anything else: Starlette re-raises it after this answer and uvicorn logs it."""
         if is_infrastructure_error(exc):
             return problem_response(dependency_unavailable(), request)
+        return internal_error(request)
+
+    def internal_error(request: Request) -> Response:
         return problem_response(
             Problem(500, "internal_error", "Internal error", "The error was logged; retry later."),
             request,
@@ -163,12 +183,17 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(DBAPIError, on_database_data_error)
+    # Failures of the database or the network are answered inside the app. A handler for
+    # `Exception` runs in Starlette's outermost middleware, which re-raises after answering,
+    # and uvicorn then closes the connection: a client that had already sent its next
+    # request on it got a reset instead of an answer (seen under overload, when the pool
+    # timed out).
+    for infrastructure in (OSError, asyncpg.InterfaceError, asyncpg.PostgresError, SQLAlchemyError):
+        app.add_exception_handler(infrastructure, on_failure)
     app.add_exception_handler(Exception, on_unexpected)
 
 
 def _is_data_error(exc: BaseException) -> bool:
-    import asyncpg
-
     seen: BaseException | None = exc
     for _ in range(5):
         if seen is None:

@@ -306,12 +306,37 @@ def office_scope(body: dict[str, Any]) -> str:
     )
 
 
+class CounterTerminals:
+    """Many counter terminals, each its own HTTP client with a few connections.
+
+    One client holding hundreds of concurrent connections spends its CPU scanning its own
+    pool (httpcore checks every connection for every request): under overload the load
+    generator, not intake, became the bottleneck and answers seemed to take 20 s. Terminals
+    are also what a city has: many clients, each with a handful of requests in flight.
+    """
+
+    def __init__(self, count: int = 32, connections_each: int = 64, timeout_s: float = 15.0):
+        self.clients = [
+            ActingClient(
+                timeout=httpx.Timeout(timeout_s, connect=5.0),
+                limits=httpx.Limits(max_connections=connections_each),
+            )
+            for _ in range(count)
+        ]
+
+    def __getitem__(self, n: int) -> ActingClient:
+        return self.clients[n % len(self.clients)]
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(c.aclose() for c in self.clients))
+
+
 class LoadDriver:
     """Open-loop submissions at a steady rate; every submission retried with its own
     Idempotency-Key until intake answers it (a killed replica, 503 and 429 included)."""
 
-    def __init__(self, client: ActingClient, replicas: int, give_up_s: float = 240) -> None:
-        self.client = client
+    def __init__(self, terminals: CounterTerminals, replicas: int, give_up_s: float = 240) -> None:
+        self.terminals = terminals
         self.replicas = replicas
         self.give_up_s = give_up_s
         self.statuses: dict[int, int] = defaultdict(int)
@@ -340,7 +365,7 @@ class LoadDriver:
         while now() < deadline:
             case.attempts += 1
             try:
-                answer = await post_submission(self.client, case, replica)
+                answer = await post_submission(self.terminals[n], case, replica)
             except httpx.HTTPError as exc:
                 self.transport_errors += 1
                 self.transport_kinds[type(exc).__name__] += 1
@@ -791,7 +816,8 @@ async def run_scenario(
     await observer.start()
     await department.start(observer.accepted)
     await lag.start()
-    driver = LoadDriver(client, stack.replicas)
+    terminals = CounterTerminals()
+    driver = LoadDriver(terminals, stack.replicas)
     rating_tasks: list[asyncio.Task[None]] = []
 
     def accepted(case: PlannedCase) -> None:
@@ -858,6 +884,7 @@ async def run_scenario(
             checked = await database_checks(settings, cases, since)
     finally:
         await client.aclose()
+        await terminals.aclose()
         await lag.stop()
         await department.stop()
         await observer.stop()

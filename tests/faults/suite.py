@@ -20,6 +20,7 @@ from services.cli.devclient import ActingClient
 from services.common.settings import CommonSettings
 from tests.faults.harness import (
     TERMINAL,
+    CounterTerminals,
     Observer,
     PlannedCase,
     ScenarioSpec,
@@ -127,9 +128,8 @@ async def overload(
     observer = Observer(settings)
     await observer.start()
     since = datetime.now(UTC)
-    client = ActingClient(
-        timeout=httpx.Timeout(30.0, connect=5.0), limits=httpx.Limits(max_connections=2000)
-    )
+    client = ActingClient(timeout=httpx.Timeout(30.0, connect=5.0))
+    terminals = CounterTerminals(timeout_s=30.0)
     accepted: dict[str, str] = {}  # case_id -> key
     planned = await keep_routable(client, plan_load(catalog, 20000, rng, dept_share=0.0))
     cursor = iter(planned)
@@ -142,7 +142,7 @@ async def overload(
             nonlocal done
             while now() < stop_at:
                 case = next(cursor)
-                answer = await _post(client, case, worker % stack.replicas + 1)
+                answer = await _post(terminals[worker], case, worker % stack.replicas + 1)
                 if answer is not None and answer.status_code in (200, 201):
                     accepted[answer.json()["case_id"]] = case.key
                     done += 1
@@ -162,7 +162,7 @@ async def overload(
             case = next(cursor)
             t0 = now()
             try:
-                answer = await post_submission(client, case, n % stack.replicas + 1)
+                answer = await post_submission(terminals[n], case, n % stack.replicas + 1)
             except httpx.TimeoutException:
                 report.timeouts += 1
                 return
@@ -216,6 +216,7 @@ async def overload(
         return report
     finally:
         await client.aclose()
+        await terminals.aclose()
         await observer.stop()
 
 
