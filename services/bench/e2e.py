@@ -40,6 +40,7 @@ from services.bench.procs import (
 )
 from services.bench.stats import StepOutcome, completion_rate, latency_summary, stop_reason
 from services.cli.applicants import application_for
+from services.cli.devclient import ClientFleet
 from services.common.auth import AuthSettings, Role, mint_token
 from services.common.kafka import client_options
 from services.common.settings import CommonSettings
@@ -240,7 +241,7 @@ async def _submit(http: httpx.AsyncClient, url: str, body: bytes, auth: str, ste
 
 
 async def _offer(
-    http: httpx.AsyncClient,
+    http: ClientFleet[httpx.AsyncClient],
     config: E2EConfig,
     bodies: list[tuple[bytes, str]],
     rate: float,
@@ -261,7 +262,7 @@ async def _offer(
         if len(inflight) >= config.max_inflight:
             step.skipped += 1
             continue
-        task = asyncio.create_task(_submit(http, urls[n % len(urls)], body, auth, step))
+        task = asyncio.create_task(_submit(http[n], urls[n % len(urls)], body, auth, step))
         inflight.add(task)
         task.add_done_callback(inflight.discard)
     step.last_send = time.time()
@@ -332,20 +333,23 @@ async def run_e2e(
     for name, pid in pids.items():
         sampler.add(name, pid, kind="service")  # uvicorn without workers: one process
     add_stack(sampler, run_dir)
-    limits = httpx.Limits(
-        max_connections=config.max_inflight, max_keepalive_connections=config.max_inflight
+    # Submissions go through a fleet of clients (16 connections each), as a city's terminals
+    # do; one client with max_inflight connections became the bottleneck past saturation.
+    fleet = ClientFleet(
+        lambda: httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=16)),
+        count=max(1, config.max_inflight // 16),
     )
     steps: list[dict[str, Any]] = []
     outcomes: list[StepOutcome] = []
     stopped = "ladder_end"
-    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=30) as http:
         version = await load_catalog(http, tokens, config, catalog)
         await watcher.start()
         try:
             # Warm-up (not counted): first requests pay imports, pools and connections.
             if config.warmup_cases:
                 warm = await _offer(
-                    http, config, _bodies(catalog, items, rng, config.warmup_cases, tokens), 20.0
+                    fleet, config, _bodies(catalog, items, rng, config.warmup_cases, tokens), 20.0
                 )
                 await _drain(watcher, warm, config.drain_timeout)
             sampler.start()
@@ -362,7 +366,7 @@ async def run_e2e(
                 cpu_before = sampler.snapshot()
                 pg_before = await pg_counters(settings.database_url)
                 began = time.monotonic()
-                step = await _offer(http, config, bodies, rate)
+                step = await _offer(fleet, config, bodies, rate)
                 drained = await _drain(watcher, step, config.drain_timeout)
                 cpu_after = sampler.snapshot()
                 figures = _step_figures(step, watcher, drained)
@@ -392,6 +396,7 @@ async def run_e2e(
         finally:
             processes = await sampler.stop()
             await watcher.stop()
+            await fleet.aclose()
     for proc in processes:  # CPU within the ladder's steps (not warm-up, not the idle probe)
         proc["cpu_s"] = round(sum(s["cpu_s"].get(str(proc["name"]), 0.0) for s in steps), 2)
     best = max((s["closed_per_s"] or 0.0 for s in steps), default=0.0)

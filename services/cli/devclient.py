@@ -8,9 +8,11 @@ token for it (never outside dev/test: `mint_token` refuses without the dev secre
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -84,6 +86,30 @@ class ActingClient(httpx.AsyncClient):
             return "online"
         view = answer.json()
         return _office_scope(view.get("office_code"), view.get("channel"))
+
+
+Client = TypeVar("Client", bound=httpx.AsyncClient)
+
+
+class ClientFleet(Generic[Client]):
+    """Many HTTP clients with a few connections each, as a city's counter terminals are.
+
+    A load generator with one client holding hundreds of concurrent connections spends its
+    CPU in its own pool (httpcore checks every connection for every request): past a few
+    hundred requests in flight the generator, not the service, sets the pace and the
+    answers seem to take seconds. Request n goes through client n modulo the fleet's size.
+    """
+
+    def __init__(self, make: Callable[[], Client], count: int = 32) -> None:
+        if count < 1:
+            raise ValueError("a fleet has at least one client")
+        self.clients = [make() for _ in range(count)]
+
+    def __getitem__(self, n: int) -> Client:
+        return self.clients[n % len(self.clients)]
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(c.aclose() for c in self.clients))
 
 
 def _office_scope(office_code: str | None, channel: str | None) -> str:

@@ -48,7 +48,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts.events import DecisionKind, DecisionMade
 from services.cli.applicants import application_for
-from services.cli.devclient import ActingClient
+from services.cli.devclient import ActingClient, ClientFleet
 from services.cli.ops.lag import compute_lag
 from services.common.auth import Role
 from services.common.db import asyncpg_dsn
@@ -306,36 +306,23 @@ def office_scope(body: dict[str, Any]) -> str:
     )
 
 
-class CounterTerminals:
-    """Many counter terminals, each its own HTTP client with a few connections.
-
-    One client holding hundreds of concurrent connections spends its CPU scanning its own
-    pool (httpcore checks every connection for every request): under overload the load
-    generator, not intake, became the bottleneck and answers seemed to take 20 s. Terminals
-    are also what a city has: many clients, each with a handful of requests in flight.
-    """
-
-    def __init__(self, count: int = 32, connections_each: int = 64, timeout_s: float = 15.0):
-        self.clients = [
-            ActingClient(
-                timeout=httpx.Timeout(timeout_s, connect=5.0),
-                limits=httpx.Limits(max_connections=connections_each),
-            )
-            for _ in range(count)
-        ]
-
-    def __getitem__(self, n: int) -> ActingClient:
-        return self.clients[n % len(self.clients)]
-
-    async def aclose(self) -> None:
-        await asyncio.gather(*(c.aclose() for c in self.clients))
+def counter_terminals(timeout_s: float = 15.0) -> ClientFleet[ActingClient]:
+    """32 terminals of 64 connections each: the load never waits on its own client."""
+    return ClientFleet(
+        lambda: ActingClient(
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=64),
+        )
+    )
 
 
 class LoadDriver:
     """Open-loop submissions at a steady rate; every submission retried with its own
     Idempotency-Key until intake answers it (a killed replica, 503 and 429 included)."""
 
-    def __init__(self, terminals: CounterTerminals, replicas: int, give_up_s: float = 240) -> None:
+    def __init__(
+        self, terminals: ClientFleet[ActingClient], replicas: int, give_up_s: float = 240
+    ) -> None:
         self.terminals = terminals
         self.replicas = replicas
         self.give_up_s = give_up_s
@@ -816,7 +803,7 @@ async def run_scenario(
     await observer.start()
     await department.start(observer.accepted)
     await lag.start()
-    terminals = CounterTerminals()
+    terminals = counter_terminals()
     driver = LoadDriver(terminals, stack.replicas)
     rating_tasks: list[asyncio.Task[None]] = []
 

@@ -20,13 +20,13 @@ from services.cli.devclient import ActingClient
 from services.common.settings import CommonSettings
 from tests.faults.harness import (
     TERMINAL,
-    CounterTerminals,
     Observer,
     PlannedCase,
     ScenarioSpec,
     Stack,
     Verdict,
     broker_fault,
+    counter_terminals,
     database_checks,
     keep_routable,
     now,
@@ -129,7 +129,7 @@ async def overload(
     await observer.start()
     since = datetime.now(UTC)
     client = ActingClient(timeout=httpx.Timeout(30.0, connect=5.0))
-    terminals = CounterTerminals(timeout_s=30.0)
+    terminals = counter_terminals(timeout_s=30.0)
     accepted: dict[str, str] = {}  # case_id -> key
     planned = await keep_routable(client, plan_load(catalog, 20000, rng, dept_share=0.0))
     cursor = iter(planned)
