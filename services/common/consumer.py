@@ -99,8 +99,12 @@ class ConsumerRunner:
         group_id: str | None = None,
         dlq_producer: AIOKafkaProducer | None = None,
         batch_handler: BatchHandlerFn | None = None,
+        linger_s: float = 0.0,
     ) -> None:
         self.settings = settings
+        # After a batch, wait this long before the next fetch so that the next batch is
+        # bigger (for read models off the latency path; 0 for the case loop itself).
+        self.linger_s = linger_s
         self.name = name
         self.topics = list(topics)
         self.subscriptions = dict(subscriptions)
@@ -114,6 +118,9 @@ class ConsumerRunner:
         self._consumer: AIOKafkaConsumer | None = None
         self._stop = asyncio.Event()
         self._batch_lock = asyncio.Lock()
+        # Offsets of applied batches not yet committed to Kafka, and when we last committed.
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._committed_at = 0.0
         self.ready = asyncio.Event()
 
     def stop(self) -> None:
@@ -125,12 +132,13 @@ class ConsumerRunner:
         consumer = make_consumer(
             self.settings, group_id=self.group_id, client_id=f"{self.settings.service}-{self.name}"
         )
-        consumer.subscribe(self.topics, listener=_FinishBatchOnRevoke(self._batch_lock))
+        consumer.subscribe(self.topics, listener=_FinishBatchOnRevoke(self))
         self._consumer = consumer
         await consumer.start()
         if self._dlq_producer is None:
             self._dlq_producer = make_producer(self.settings, client_id=f"{self.name}-dlq")
             await self._dlq_producer.start()
+        self._committed_at = time.monotonic()
         self.ready.set()
         log.info("consumer started", consumer=self.name, topics=self.topics)
         try:
@@ -142,8 +150,19 @@ class ConsumerRunner:
                 if batch:
                     async with self._batch_lock:
                         await self._handle_batch(consumer, batch)
+                    if self.linger_s > 0:
+                        try:
+                            await asyncio.wait_for(self._stop.wait(), timeout=self.linger_s)
+                        except TimeoutError:
+                            pass
+                else:
+                    await self._commit_if_due(consumer)
         finally:
-            # Graceful: the batch in hand finished and committed above; leave the group now.
+            # Graceful: the batch in hand finished above; commit its offsets, leave the group.
+            try:
+                await self.commit_offsets(consumer)
+            except Exception as exc:  # the broker may be gone: the inbox covers a redelivery
+                log.warning("final offset commit failed", consumer=self.name, error=repr(exc))
             await consumer.stop()
             if self._own_dlq_producer and self._dlq_producer is not None:
                 await self._dlq_producer.stop()
@@ -177,6 +196,25 @@ class ConsumerRunner:
                 CONSUMER_LAG.labels(
                     self.settings.service, self.name, tp.topic, str(tp.partition)
                 ).set(max(0, highwater - next_offset))
+        self._uncommitted.update(offsets)
+        await self._commit_if_due(consumer)
+
+    async def _commit_if_due(self, consumer: AIOKafkaConsumer) -> None:
+        interval_s = self.settings.consumer_commit_interval_ms / 1000
+        if self._uncommitted and time.monotonic() - self._committed_at >= interval_s:
+            await self.commit_offsets(consumer)
+
+    async def commit_offsets(
+        self, consumer: AIOKafkaConsumer, only: Iterable[TopicPartition] | None = None
+    ) -> None:
+        """Commit the offsets of applied batches (of the partitions `only`, if given)."""
+        wanted = set(only) if only is not None else None
+        offsets = {tp: o for tp, o in self._uncommitted.items() if wanted is None or tp in wanted}
+        if not offsets:
+            return
+        for tp in offsets:
+            del self._uncommitted[tp]
+        self._committed_at = time.monotonic()
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
@@ -414,14 +452,24 @@ def _first_of_each(work: list[_Work]) -> list[_Work]:
 
 
 class _FinishBatchOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Before partitions move, let the batch in hand finish and commit its offsets."""
+    """Before partitions move, let the batch in hand finish and commit its offsets (and any
+    offsets of earlier batches not committed yet), so the next owner starts where we ended."""
 
-    def __init__(self, batch_lock: asyncio.Lock) -> None:
-        self._lock = batch_lock
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self._runner = runner
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        async with self._lock:
-            pass
+        async with self._runner._batch_lock:
+            consumer = self._runner._consumer
+            if consumer is not None:
+                try:
+                    await self._runner.commit_offsets(consumer, only=revoked)
+                except Exception as exc:  # the inbox covers a redelivery
+                    log.warning(
+                        "offset commit before rebalance failed",
+                        consumer=self._runner.name,
+                        error=repr(exc),
+                    )
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         return None

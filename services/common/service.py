@@ -117,6 +117,7 @@ class ServiceRuntime:
         name: str | None = None,
         ignored_types: Iterable[str] | None = None,
         batch_handler: BatchHandlerFn | None = None,
+        linger_s: float = 0.0,
     ) -> ConsumerRunner:
         """A consumer group of this service; types on the topics it does not handle are
         ignored (they are contract types, just not this consumer's business)."""
@@ -132,6 +133,7 @@ class ServiceRuntime:
             if ignored_types is not None
             else known - set(subscriptions),
             batch_handler=batch_handler,
+            linger_s=linger_s,
         )
         self.consumers.append(runner)
         return runner

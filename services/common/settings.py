@@ -48,6 +48,10 @@ class CommonSettings(BaseSettings):
     # Consumer runner: batch shape, bounded retries for a failing handler, dead letters.
     consumer_max_records: int = Field(500, ge=1)
     consumer_poll_ms: int = Field(200, ge=1)
+    # Offsets are committed at most this often (and always before partitions move and at a
+    # graceful stop). Every applied event is in the inbox, so a crash redelivers at most this
+    # much, which the inbox skips; 0 commits after every batch.
+    consumer_commit_interval_ms: int = Field(500, ge=0)
     consumer_handler_attempts: int = Field(3, ge=1)
     consumer_retry_backoff_s: float = Field(0.2, ge=0)
     consumer_retry_backoff_max_s: float = Field(5.0, ge=0)

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import Depends, Header, Request
+from pydantic import Field
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from contracts.catalog import Catalog
 from contracts.common import Applicant, CaseStatus, Failure, Route, TimelineEntry
@@ -34,7 +34,7 @@ from services.common.handover import load_keys
 from services.common.limits import RateLimiter, rate_limited
 from services.common.logs import get_logger, mask_personal_data
 from services.common.service import ServiceRuntime, ServiceSettings
-from services.common.web import Problem
+from services.common.web import Problem, dependency_unavailable
 from services.intake import access, handlers, models
 from services.intake.validation import refusal_problem, validate_submission
 from services.routing.rules import route_case
@@ -45,6 +45,10 @@ CITY_TZ = ZoneInfo("Asia/Shanghai")
 class IntakeSettings(ServiceSettings):
     service: str = "intake"
     http_port: int = 8001
+    # The timeline (the case views' read model) takes every event of every case topic. It
+    # gathers them for this long before applying a batch: one transaction for many events
+    # instead of one each, at the price of a case view lagging its events by about this much.
+    timeline_linger_ms: int = Field(200, ge=0, le=5000)
 
 
 log = get_logger(__name__)
@@ -68,6 +72,7 @@ runtime.consume(
     *CASE_TOPICS,
     name="intake-timeline",
     batch_handler=handlers.follow_case_events,
+    linger_s=settings.timeline_linger_ms / 1000,
     subscriptions={
         t: Subscription(handlers.follow_case_event, spec.model)
         for t, spec in EVENT_TYPES.items()
@@ -166,12 +171,10 @@ async def submit(
     preview = None if result.missing_materials else _route_preview(index, application, today)
     case_id = handlers.new_case_id(index.catalog.city.code, today)
     try:
-        # One transaction: the replay check, the case, its events, the key.
+        # One transaction: the case, its events, the key. A key already stored (a retry) is
+        # found by the key's own insert, which rolls the whole transaction back: no read of
+        # the key before every submission.
         async with unit_of_work(runtime.sessions) as session:
-            if idempotency_key:
-                replay = await handlers.replay_idempotent(session, idempotency_key, digest)
-                if replay is not None:
-                    return replay
             return await handlers.create_case(
                 session,
                 runtime=runtime,
@@ -184,11 +187,10 @@ async def submit(
                 handover_keys=load_keys(settings),
                 traceparent=request.headers.get("traceparent"),
             )
-    except IntegrityError:
-        # The same key raced in from a retry: answer with the winner's case.
+    except handlers.KeyAlreadyUsed:
         replay = await _replay(idempotency_key, digest)
-        if replay is None:
-            raise
+        if replay is None:  # keys are never deleted: only if the database lost the row
+            raise dependency_unavailable() from None
         return replay
 
 

@@ -166,15 +166,25 @@ async def create_case(
         case_id=case_id, status=status, missing_materials=missing, route_preview=route_preview
     )
     if idempotency_key is not None:
-        await session.execute(
-            models.idempotency_keys.insert().values(
+        stored = await session.execute(
+            pg_insert(models.idempotency_keys)
+            .values(
                 key=idempotency_key,
                 request_hash=digest,
                 case_id=case_id,
                 response=response.model_dump(mode="json"),
             )
+            .on_conflict_do_nothing()
+            .returning(models.idempotency_keys.c.key)
         )
+        if stored.scalar() is None:
+            raise KeyAlreadyUsed(idempotency_key)
     return response
+
+
+class KeyAlreadyUsed(Exception):
+    """The Idempotency-Key belongs to a submission already taken (a retry, or a retry that
+    raced this one): roll this transaction back and answer with the stored submission."""
 
 
 async def load_case(session: AsyncSession, case_id: str, *, lock: bool = False) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import date
 from typing import Any
@@ -225,6 +226,21 @@ async def test_same_idempotency_key_returns_the_same_case(
         other["applicant"] = dict(body["applicant"], phone="13900000000")
     conflict = await submit(http, other, key)
     assert conflict.status_code == 409 and conflict.json()["code"] == "idempotency_key_reused"
+
+
+async def test_racing_retries_with_one_key_make_one_case(
+    catalog: dict[str, Any],
+    http: httpx.AsyncClient,
+    rng: random.Random,
+) -> None:
+    """A terminal that times out and retries at once sends the same key twice in flight:
+    the key's own insert decides, the losers roll back and answer with the winner's case."""
+    item = rng.choice(items_where(catalog, lambda i: True))
+    body = application_for(catalog, item, rng)
+    key = f"counter-9-{rng.random()}"
+    answers = await asyncio.gather(*(submit(http, body, key) for _ in range(6)))
+    assert [a.status_code for a in answers] == [201] * 6, [a.text for a in answers]
+    assert len({a.json()["case_id"] for a in answers}) == 1
 
 
 async def test_wrong_department_and_wrong_state_are_refused(
