@@ -99,12 +99,8 @@ class ConsumerRunner:
         group_id: str | None = None,
         dlq_producer: AIOKafkaProducer | None = None,
         batch_handler: BatchHandlerFn | None = None,
-        linger_s: float = 0.0,
     ) -> None:
         self.settings = settings
-        # After a batch, wait this long before the next fetch so that the next batch is
-        # bigger (for read models off the latency path; 0 for the case loop itself).
-        self.linger_s = linger_s
         self.name = name
         self.topics = list(topics)
         self.subscriptions = dict(subscriptions)
@@ -150,11 +146,6 @@ class ConsumerRunner:
                 if batch:
                     async with self._batch_lock:
                         await self._handle_batch(consumer, batch)
-                    if self.linger_s > 0:
-                        try:
-                            await asyncio.wait_for(self._stop.wait(), timeout=self.linger_s)
-                        except TimeoutError:
-                            pass
                 else:
                     await self._commit_if_due(consumer)
         finally:

@@ -117,7 +117,6 @@ class ServiceRuntime:
         name: str | None = None,
         ignored_types: Iterable[str] | None = None,
         batch_handler: BatchHandlerFn | None = None,
-        linger_s: float = 0.0,
     ) -> ConsumerRunner:
         """A consumer group of this service; types on the topics it does not handle are
         ignored (they are contract types, just not this consumer's business)."""
@@ -133,7 +132,6 @@ class ServiceRuntime:
             if ignored_types is not None
             else known - set(subscriptions),
             batch_handler=batch_handler,
-            linger_s=linger_s,
         )
         self.consumers.append(runner)
         return runner
@@ -330,6 +328,11 @@ class ServiceRuntime:
             version="1.0.0",
             lifespan=self.lifespan,
             responses=problem_responses(),
+            # FastAPI's own telemetry would add a second server span and three internal spans
+            # to every request (probes included) once a global tracer provider is set:
+            # TraceRequests below is the one server span, and carries the caller's trace
+            # through even when tracing is off.
+            telemetry={"tracing": False, "metrics": False, "logs": False},
         )
         install_problem_handlers(app)
         self._install_audit_routes(app)

@@ -11,7 +11,6 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import Depends, Header, Request
-from pydantic import Field
 from sqlalchemy import select
 
 from contracts.catalog import Catalog
@@ -45,10 +44,6 @@ CITY_TZ = ZoneInfo("Asia/Shanghai")
 class IntakeSettings(ServiceSettings):
     service: str = "intake"
     http_port: int = 8001
-    # The timeline (the case views' read model) takes every event of every case topic. It
-    # gathers them for this long before applying a batch: one transaction for many events
-    # instead of one each, at the price of a case view lagging its events by about this much.
-    timeline_linger_ms: int = Field(200, ge=0, le=5000)
 
 
 log = get_logger(__name__)
@@ -72,7 +67,6 @@ runtime.consume(
     *CASE_TOPICS,
     name="intake-timeline",
     batch_handler=handlers.follow_case_events,
-    linger_s=settings.timeline_linger_ms / 1000,
     subscriptions={
         t: Subscription(handlers.follow_case_event, spec.model)
         for t, spec in EVENT_TYPES.items()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -19,6 +22,7 @@ from services.common.tracing import (
     current_traceparent,
     make_provider,
 )
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -99,3 +103,48 @@ async def test_http_requests_get_a_server_span_continuing_the_caller(
         s.attributes and s.attributes["http.response.status_code"] == 200
         for s in spans.get_finished_spans()
     )
+
+
+# Run in a child process: a process sets its global tracer provider once, as every service
+# process does at start-up (configure_tracing).
+_SERVICE_APP_SPANS = """
+import asyncio, json
+import httpx
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from services.common.service import ServiceRuntime, ServiceSettings
+from services.common.tracing import configure_tracing
+
+async def main():
+    settings = ServiceSettings(service="intake")
+    exporter = InMemorySpanExporter()
+    configure_tracing(settings).add_span_processor(SimpleSpanProcessor(exporter))
+    app = ServiceRuntime(settings).create_app(title="t", description="d")
+
+    @app.get("/v1/ping")
+    async def ping():
+        return {}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/v1/ping")).status_code == 200
+        assert (await client.get("/healthz")).status_code == 200
+    print(json.dumps(sorted([s.name, s.kind.name] for s in exporter.get_finished_spans())))
+
+asyncio.run(main())
+"""
+
+
+def test_a_service_request_makes_one_server_span_and_a_probe_none() -> None:
+    """FastAPI's own telemetry stays off: with it, each request made two server spans and
+    three internal ones, and health probes were traced."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVICE_APP_SPANS],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [["GET /v1/ping", "SERVER"]]
