@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import date
 from typing import Any
 
@@ -91,18 +91,32 @@ async def case_status(http: httpx.AsyncClient, case_id: str) -> dict[str, Any]:
 
 
 async def wait_status(
-    http: httpx.AsyncClient, case_id: str, *statuses: str, timeout: float = 60
+    http: httpx.AsyncClient,
+    case_id: str,
+    *statuses: str,
+    timeout: float = 60,
+    with_events: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """The case view once its status is one of `statuses` and its timeline holds every type
+    in `with_events`. Kafka orders nothing across topics: intake may apply a case's `closed`
+    (delivery topic) a moment before its `approved` (approval topic)."""
+
     async def reached() -> dict[str, Any] | None:
         answer = await http.get(f"{INTAKE}/v1/cases/{case_id}")
         if answer.status_code == 404:
             return None  # a case sent straight to Kafka is not at intake yet
         assert answer.status_code == 200, answer.text
         body: dict[str, Any] = answer.json()
-        return body if body["status"] in statuses else None
+        seen = {e["type"] for e in body["timeline"]}
+        if body["status"] not in statuses or not seen.issuperset(with_events):
+            return None
+        return body
 
     result: dict[str, Any] = await eventually(
-        reached, timeout=timeout, interval=0.2, what=f"{case_id} to reach {statuses}"
+        reached,
+        timeout=timeout,
+        interval=0.2,
+        what=f"{case_id} to reach {statuses} with {list(with_events)} in its timeline",
     )
     return result
 

@@ -196,7 +196,8 @@ async def test_console_shows_a_case_live_and_its_timeline_to_closed(
     assert "RESUMED" in printed
     assert Path(printed["SCREENSHOT"].split(" ", 1)[1]).stat().st_size > 10_000
 
-    view = await wait_status(http, case_id, "closed")  # what the browser showed is intake's
+    # what the browser showed is intake's
+    view = await wait_status(http, case_id, "closed", with_events=STEPS)
     assert [e["type"] for e in view["timeline"] if e["type"] in STEPS] == list(STEPS)
 
 

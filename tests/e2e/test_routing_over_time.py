@@ -179,7 +179,7 @@ async def test_a_case_failed_by_a_faulty_catalog_is_retried_after_the_fix_and_cl
     assert "全程网办" in route["explanation"] and "online" in route["explanation"]
 
     # It goes on to the end and leaves triage.
-    closed = await wait_status(http, failed_id, "closed")
+    closed = await wait_status(http, failed_id, "closed", with_events=["gov.case.routed.v1"])
     assert closed["route"]["catalog_version"] == v2["version"] and closed["failure"] is None
     types = [e["type"] for e in closed["timeline"]]
     assert types.index("gov.case.route_failed.v1") < types.index("gov.case.routed.v1")
