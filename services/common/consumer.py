@@ -150,10 +150,7 @@ class ConsumerRunner:
                     await self._commit_if_due(consumer)
         finally:
             # Graceful: the batch in hand finished above; commit its offsets, leave the group.
-            try:
-                await self.commit_offsets(consumer)
-            except Exception as exc:  # the broker may be gone: the inbox covers a redelivery
-                log.warning("final offset commit failed", consumer=self.name, error=repr(exc))
+            await self._commit_or_log(consumer, None, when="at stop")
             await consumer.stop()
             if self._own_dlq_producer and self._dlq_producer is not None:
                 await self._dlq_producer.stop()
@@ -193,9 +190,28 @@ class ConsumerRunner:
     async def _commit_if_due(self, consumer: AIOKafkaConsumer) -> None:
         interval_s = self.settings.consumer_commit_interval_ms / 1000
         if self._uncommitted and time.monotonic() - self._committed_at >= interval_s:
-            await self.commit_offsets(consumer)
+            await self._commit_offsets(consumer)
 
-    async def commit_offsets(
+    async def finish_before_revoke(self, revoked: Iterable[TopicPartition]) -> None:
+        """Before partitions move: let the batch in hand finish, then commit the offsets of
+        the moving partitions, so their next owner starts where this one ended."""
+        async with self._batch_lock:
+            if self._consumer is not None:
+                await self._commit_or_log(self._consumer, revoked, when="before rebalance")
+
+    async def _commit_or_log(
+        self,
+        consumer: AIOKafkaConsumer,
+        only: Iterable[TopicPartition] | None,
+        *,
+        when: str,
+    ) -> None:
+        try:
+            await self._commit_offsets(consumer, only)
+        except Exception as exc:  # the broker may be gone: the inbox covers a redelivery
+            log.warning("offset commit failed", when=when, consumer=self.name, error=repr(exc))
+
+    async def _commit_offsets(
         self, consumer: AIOKafkaConsumer, only: Iterable[TopicPartition] | None = None
     ) -> None:
         """Commit the offsets of applied batches (of the partitions `only`, if given)."""
@@ -443,24 +459,14 @@ def _first_of_each(work: list[_Work]) -> list[_Work]:
 
 
 class _FinishBatchOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Before partitions move, let the batch in hand finish and commit its offsets (and any
-    offsets of earlier batches not committed yet), so the next owner starts where we ended."""
+    """Before partitions move, the runner finishes its batch and commits their offsets (and
+    any offsets of earlier batches not committed yet)."""
 
     def __init__(self, runner: ConsumerRunner) -> None:
         self._runner = runner
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        async with self._runner._batch_lock:
-            consumer = self._runner._consumer
-            if consumer is not None:
-                try:
-                    await self._runner.commit_offsets(consumer, only=revoked)
-                except Exception as exc:  # the inbox covers a redelivery
-                    log.warning(
-                        "offset commit before rebalance failed",
-                        consumer=self._runner.name,
-                        error=repr(exc),
-                    )
+        await self._runner.finish_before_revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         return None

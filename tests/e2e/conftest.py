@@ -25,6 +25,16 @@ ROUTING = "http://127.0.0.1:8002"
 APPROVAL = "http://127.0.0.1:8003"
 DELIVERY = "http://127.0.0.1:8004"
 DEMO_CATALOG = ROOT / "deploy" / "demo" / "catalog.yaml"
+# Every event of an approved case closed without anyone deciding, in lifecycle order.
+APPROVED_CASE_EVENTS = (
+    "gov.case.submitted.v1",
+    "gov.case.routed.v1",
+    "gov.case.accepted.v1",
+    "gov.case.approved.v1",
+    "gov.case.result_issued.v1",
+    "gov.case.delivered.v1",
+    "gov.case.closed.v1",
+)
 
 
 def services(command: str) -> None:

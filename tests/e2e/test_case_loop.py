@@ -14,6 +14,7 @@ from services.cli.applicants import application_for
 from tests.conftest import eventually
 from tests.e2e.conftest import (
     APPROVAL,
+    APPROVED_CASE_EVENTS,
     DELIVERY,
     INTAKE,
     ROUTING,
@@ -105,18 +106,9 @@ async def test_one_case_per_path_closes_with_the_right_route(
         owner = next(d for d in catalog["departments"] if d["code"] == item["owner"])
         assert department["line"] == owner["line"] and department["level"] == delegated_to
     assert route["catalog_version"] >= 1 and route["rule"] and route["explanation"]
-    steps = (
-        "gov.case.submitted.v1",
-        "gov.case.routed.v1",
-        "gov.case.accepted.v1",
-        "gov.case.approved.v1",
-        "gov.case.result_issued.v1",
-        "gov.case.delivered.v1",
-        "gov.case.closed.v1",
-    )
-    view = await wait_status(http, created["case_id"], "closed", with_events=steps)
+    view = await wait_status(http, created["case_id"], "closed", with_events=APPROVED_CASE_EVENTS)
     types = [e["type"] for e in view["timeline"]]
-    for expected in steps:
+    for expected in APPROVED_CASE_EVENTS:
         assert expected in types, (expected, types)
     assert view["deadline"] is not None or item["time_limit_days"] == 0
     result = (await http.get(f"{DELIVERY}/v1/results/{created['case_id']}")).json()

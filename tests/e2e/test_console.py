@@ -28,7 +28,7 @@ import pytest
 from services.cli.applicants import application_for
 from services.cli.devclient import ActingClient
 from tests.conftest import ROOT, eventually
-from tests.e2e.conftest import INTAKE, items_where, wait_status
+from tests.e2e.conftest import APPROVED_CASE_EVENTS, INTAKE, items_where, wait_status
 
 pytestmark = pytest.mark.e2e
 
@@ -38,15 +38,7 @@ BROWSER_TESTS = ROOT / "tests" / "browser"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 RUN_DIR = ROOT / ".run"
 SCREENSHOT = RUN_DIR / "console.png"
-STEPS = (
-    "gov.case.submitted.v1",
-    "gov.case.routed.v1",
-    "gov.case.accepted.v1",
-    "gov.case.approved.v1",
-    "gov.case.result_issued.v1",
-    "gov.case.delivered.v1",
-    "gov.case.closed.v1",
-)
+STEPS = APPROVED_CASE_EVENTS
 
 
 def _browser_ready() -> None:

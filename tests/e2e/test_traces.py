@@ -11,7 +11,7 @@ import pytest
 
 from services.cli.applicants import application_for
 from services.common.settings import CommonSettings
-from tests.e2e.conftest import INTAKE, items_where, wait_status
+from tests.e2e.conftest import APPROVED_CASE_EVENTS, INTAKE, items_where, wait_status
 from tests.kafka_helpers import header, read_topic
 
 pytestmark = pytest.mark.e2e
@@ -42,15 +42,7 @@ async def test_the_request_trace_reaches_the_closing_event(
         for record in await read_topic(settings, topic, idle=0.3):
             if header(record, "ce_subject") == case_id:
                 events[str(header(record, "ce_type"))] = str(header(record, "traceparent"))
-    expected = {
-        "gov.case.submitted.v1",
-        "gov.case.routed.v1",
-        "gov.case.accepted.v1",
-        "gov.case.approved.v1",
-        "gov.case.result_issued.v1",
-        "gov.case.delivered.v1",
-        "gov.case.closed.v1",
-    }
+    expected = set(APPROVED_CASE_EVENTS)
     assert expected <= set(events), events
     trace_ids = {events[t].split("-")[1] for t in expected}
     assert trace_ids == {trace_id}, events
