@@ -2,9 +2,15 @@
 
 Writers call `Outbox.add(session, topic, envelope)` inside the unit of work that changes state,
 so an event exists exactly when its state change committed. The relay publishes unsent rows in
-`id` order with an idempotent producer, waits for every ack, then marks them sent. A crash
-between publish and mark re-publishes the tail on restart (at-least-once on the wire); the
+`id` order with an idempotent producer, waits for every ack, then deletes them. A crash
+between publish and delete re-publishes the tail on restart (at-least-once on the wire); the
 consumers' inbox turns that into exactly-once effects.
+
+Published rows are deleted, not marked: the events live on in Kafka (and in each consumer's
+own tables), a marked row would be kept forever, and marking rewrote the whole row (its
+event body included, about 2 KB) into the WAL and every index, a third of tongban's WAL per
+case. The delete of one batch and the read of the next are one statement: one round trip per
+batch.
 
 One relay per schema is active at a time (a PostgreSQL advisory lock): two relays reading the
 same table in parallel could reorder one case's events. Spare relays wait as hot standbys.
@@ -162,14 +168,22 @@ class OutboxRelay:
             await conn.add_listener(outbox_channel(self.schema), self._on_notify)
             log.info("outbox relay leading", schema=self.schema)
             RELAY_LEADER.labels(self.settings.service).set(1)
+            # Rows an older relay marked sent instead of deleting: nothing reads them.
+            await conn.execute(f'DELETE FROM "{self.schema}".outbox WHERE sent_at IS NOT NULL')
+            published: list[int] = []
             while not self._stop.is_set():
                 self._wake.clear()
-                sent = await self._publish_batch(conn)
-                if sent < self.settings.outbox_batch_size:
+                rows = await self._delete_and_fetch(conn, published)
+                published = await self._publish(rows)
+                if not rows:
                     try:
                         await asyncio.wait_for(self._wake.wait(), self.settings.outbox_poll_s)
                     except TimeoutError:
                         pass
+            if published:  # stopping: what went out must not go out again from a new leader
+                await conn.execute(
+                    f'DELETE FROM "{self.schema}".outbox WHERE id = ANY($1::bigint[])', published
+                )
         finally:
             RELAY_LEADER.labels(self.settings.service).set(0)
             await conn.close(timeout=5)  # closing the session releases the advisory lock
@@ -184,15 +198,32 @@ class OutboxRelay:
             self._producer = producer
         return self._producer
 
-    async def _publish_batch(self, conn: asyncpg.Connection) -> int:
-        rows = await conn.fetch(
+    async def _delete_and_fetch(
+        self, conn: asyncpg.Connection, published: list[int]
+    ) -> list[asyncpg.Record]:
+        """Delete the rows just published and read the next unsent ones, in one statement.
+
+        The SELECT sees the snapshot from before the CTE's delete, hence the `<> ALL` filter.
+        Rows committed out of `id` order are found by a later read (the scan starts from the
+        oldest unsent row every time), so none is skipped."""
+        rows: list[asyncpg.Record] = await conn.fetch(
+            f'WITH published AS (DELETE FROM "{self.schema}".outbox '
+            "WHERE id = ANY($1::bigint[])) "
             f'SELECT id, topic, key, value, headers FROM "{self.schema}".outbox '
-            "WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+            "WHERE sent_at IS NULL AND id <> ALL($1::bigint[]) ORDER BY id LIMIT $2",
+            published,
             self.settings.outbox_batch_size,
         )
+        if published:
+            self._faults.maybe_raise()  # fault suite only: the delete's answer "lost"
         OUTBOX_BACKLOG.labels(self.settings.service).set(len(rows))
+        return rows
+
+    async def _publish(self, rows: list[asyncpg.Record]) -> list[int]:
+        """Publish rows in order and wait for every ack; the ids of what went out (none if
+        the broker failed: the same rows are read and sent again)."""
         if not rows:
-            return 0
+            return []
         try:
             producer = await self._ensure_producer()
             # Enqueue all, then await every ack: the producer pipelines the batch and keeps
@@ -213,16 +244,11 @@ class OutboxRelay:
             log.warning("outbox publish failed; will retry", error=repr(exc), schema=self.schema)
             await self._reset_producer()
             await self._sleep(1.0)
-            return 0
-        await conn.execute(
-            f'UPDATE "{self.schema}".outbox SET sent_at = now() WHERE id = ANY($1::bigint[])',
-            [row["id"] for row in rows],
-        )
-        self._faults.maybe_raise()  # fault suite only: the mark's answer "lost"
+            return []
         for row in rows:
             EVENTS_PUBLISHED.labels(self.settings.service, row["topic"]).inc()
         self.published += len(rows)
-        return len(rows)
+        return [row["id"] for row in rows]
 
     async def _reset_producer(self) -> None:
         if self._own_producer and self._producer is not None:
