@@ -3,8 +3,9 @@ case however often its decision arrives, one rating per case bound to the case, 
 office, the deciding department and its level, and the statistics counted by SQL.
 
 The `delivery` schema is shared with whatever else runs on the stack: every test makes its own
-department and office codes and only looks at rows carrying them, and removes its rows (and
-their unsent outbox events, which no broker should ever see) when it ends.
+department and office codes and only looks at rows carrying them, and removes its rows when it
+ends. Its outbox events are taken out in the transaction that wrote them (`OutboxCapture`):
+the stack's delivery relay may be running, and no broker should ever see them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from contracts.common import DeliveryMethod, ItemSnapshot, Level
 from contracts.events import CaseApproved, CaseDenied, CaseRated, Rating
 from contracts.rest import RatingGrouping, RatingStatsRow
 from services.common import migrations
-from services.common.db import runtime_metadata, unit_of_work
+from services.common.db import unit_of_work
 from services.common.envelope import Envelope
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.web import Problem
@@ -34,11 +35,11 @@ from services.delivery import handlers, models
 from services.delivery.results import CITY_TZ
 from services.delivery.stats import RatedPeriod, rated_period, stats_query
 from tests.auth_helpers import auth_headers
+from tests.outbox_capture import OutboxCapture
 
 pytestmark = pytest.mark.integration
 
 ALL_TIME = RatedPeriod(None, None)
-OUTBOX = runtime_metadata("delivery")[1]
 
 
 @pytest.fixture
@@ -53,11 +54,13 @@ async def runtime(settings: ServiceSettings) -> AsyncIterator[ServiceRuntime]:
 
 
 class Cases:
-    """Case ids made by one test, removed with everything delivery wrote for them."""
+    """Case ids made by one test, removed with everything delivery wrote for them; the events
+    delivery emitted for them are in `emitted`."""
 
     def __init__(self) -> None:
         self.tag = uuid.uuid4().hex[:10].upper()
         self.ids: list[str] = []
+        self.emitted = OutboxCapture("delivery", f"HC-IT-{self.tag}-")
 
     def new(self) -> str:
         case_id = f"HC-IT-{self.tag}-{uuid.uuid4().hex[:12].upper()}"
@@ -72,12 +75,11 @@ class Cases:
 @pytest.fixture
 async def cases(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[Cases]:
     made = Cases()
-    yield made
+    with made.emitted:
+        yield made
+    await made.emitted.discard(sessions)
     if made.ids:
         async with unit_of_work(sessions) as session:
-            await session.execute(
-                delete(OUTBOX).where(OUTBOX.c.key.in_([c.encode() for c in made.ids]))
-            )
             await session.execute(
                 delete(models.ratings).where(models.ratings.c.case_id.in_(made.ids))
             )
@@ -152,14 +154,6 @@ async def rate(
         )
 
 
-async def outbox_types(sessions: async_sessionmaker[AsyncSession], case_id: str) -> list[str]:
-    async with sessions() as session:
-        rows = await session.execute(
-            select(OUTBOX.c.headers).where(OUTBOX.c.key == case_id.encode()).order_by(OUTBOX.c.id)
-        )
-        return [dict(headers)["ce_type"] for (headers,) in rows]
-
-
 async def test_a_decision_applied_twice_issues_one_result_and_one_licence(
     sessions: async_sessionmaker[AsyncSession], runtime: ServiceRuntime, cases: Cases
 ) -> None:
@@ -189,7 +183,7 @@ async def test_a_decision_applied_twice_issues_one_result_and_one_licence(
         licence = await handlers.verify_license(session, row.license_id, row.sha256)
     assert licence.valid and licence.case_id == case_id
     # One result, so one set of delivery events, in order.
-    assert await outbox_types(sessions, case_id) == [
+    assert await cases.emitted.types(sessions, case_id) == [
         "gov.case.result_issued.v1",
         "gov.case.delivered.v1",
         "gov.case.closed.v1",
@@ -252,7 +246,7 @@ async def test_one_rating_per_case_bound_to_case_office_department_and_level(
     )
     assert row.item_code == "MKT-0001"
     # The refused second rating emitted nothing.
-    assert (await outbox_types(sessions, case_id)).count("gov.case.rated.v1") == 1
+    assert (await cases.emitted.types(sessions, case_id)).count("gov.case.rated.v1") == 1
 
 
 async def test_a_counter_pickup_result_is_rated_only_once_collected(
