@@ -168,8 +168,6 @@ class OutboxRelay:
             await conn.add_listener(outbox_channel(self.schema), self._on_notify)
             log.info("outbox relay leading", schema=self.schema)
             RELAY_LEADER.labels(self.settings.service).set(1)
-            # Rows an older relay marked sent instead of deleting: nothing reads them.
-            await conn.execute(f'DELETE FROM "{self.schema}".outbox WHERE sent_at IS NOT NULL')
             published: list[int] = []
             while not self._stop.is_set():
                 self._wake.clear()
@@ -205,7 +203,8 @@ class OutboxRelay:
 
         The SELECT sees the snapshot from before the CTE's delete, hence the `<> ALL` filter.
         Rows committed out of `id` order are found by a later read (the scan starts from the
-        oldest unsent row every time), so none is skipped."""
+        oldest unsent row every time), so none is skipped. Rows with `sent_at` set (marked
+        by relays before they deleted, or held back by a test) are never read again."""
         rows: list[asyncpg.Record] = await conn.fetch(
             f'WITH published AS (DELETE FROM "{self.schema}".outbox '
             "WHERE id = ANY($1::bigint[])) "
