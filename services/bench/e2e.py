@@ -48,6 +48,7 @@ from services.common.settings import CommonSettings
 ROUTED = "gov.case.routed.v1"
 ROUTE_FAILED = "gov.case.route_failed.v1"
 CLOSED = "gov.case.closed.v1"
+CONNECTIONS_PER_CLIENT = 16  # of the bench's client fleet
 
 
 @dataclass(frozen=True)
@@ -333,11 +334,14 @@ async def run_e2e(
     for name, pid in pids.items():
         sampler.add(name, pid, kind="service")  # uvicorn without workers: one process
     add_stack(sampler, run_dir)
-    # Submissions go through a fleet of clients (16 connections each), as a city's terminals
-    # do; one client with max_inflight connections became the bottleneck past saturation.
+    # Submissions go through a fleet of clients with a few connections each, as a city's
+    # terminals do; one client with max_inflight connections became the bottleneck past
+    # saturation.
     fleet = ClientFleet(
-        lambda: httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=16)),
-        count=max(1, config.max_inflight // 16),
+        lambda: httpx.AsyncClient(
+            timeout=30, limits=httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT)
+        ),
+        count=max(1, config.max_inflight // CONNECTIONS_PER_CLIENT),
     )
     steps: list[dict[str, Any]] = []
     outcomes: list[StepOutcome] = []

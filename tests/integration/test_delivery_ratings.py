@@ -60,10 +60,11 @@ class Cases:
     def __init__(self) -> None:
         self.tag = uuid.uuid4().hex[:10].upper()
         self.ids: list[str] = []
-        self.emitted = OutboxCapture("delivery", f"HC-IT-{self.tag}-")
+        self.prefix = f"HC-IT-{self.tag}-"
+        self.emitted = OutboxCapture("delivery", self.prefix)
 
     def new(self) -> str:
-        case_id = f"HC-IT-{self.tag}-{uuid.uuid4().hex[:12].upper()}"
+        case_id = f"{self.prefix}{uuid.uuid4().hex[:12].upper()}"
         self.ids.append(case_id)
         return case_id
 
