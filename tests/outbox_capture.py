@@ -1,26 +1,25 @@
-"""What a service's handlers wrote into its outbox, held back from the stack's relay.
+"""What a service wrote into its outbox for a test's cases, held back from the stack's relay.
 
 Integration tests that call a service's handlers directly write into that service's real
-schema, where the stack's own relay (the e2e services run through the whole test session)
-would publish every committed row to the real topics and then delete it. While an
-`OutboxCapture` is active, the rows whose key starts with the test's prefix are marked sent in
-the transaction that wrote them, right after the outbox flushed them (`before_commit`): the
-relay reads only unsent rows, so it never sees them, and they stay exactly as committed (a
-transaction that rolls back or dies takes its mark with it) for the test to read.
+schema, where the stack's own services (the e2e services run through the whole test session)
+are at work too: their relay would publish every committed row to the real topics and then
+delete it, and their schedulers may act on the test's rows (approval's SLA scheduler fires
+due timers whoever armed them). While an `OutboxCapture` is open, a trigger on the outbox marks
+every row whose key starts with the test's prefix as sent when it is inserted, by whichever
+process: the relay reads only unsent rows, so it never sees them, and they stay exactly as
+committed (a transaction that rolls back takes its rows with it) for the test to read.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
-
-import services.common.outbox  # noqa: F401  # its before_commit flush must be registered first
 
 _MATCH = "position(CAST(:prefix AS bytea) IN key) = 1"
 
@@ -33,35 +32,41 @@ class EmittedEvent:
 
 
 class OutboxCapture:
-    def __init__(self, schema: str, key_prefix: str) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], schema: str, key_prefix: str
+    ) -> None:
+        self.sessions = sessions
         self.schema = schema
         self.key_prefix = key_prefix
+        self._hold = f'"{schema}".hold_{uuid.uuid4().hex[:12]}'
 
-    def __enter__(self) -> OutboxCapture:
-        # Listeners run in the order they were added: the outbox's own flush comes first.
-        event.listen(Session, "before_commit", self._hold)
+    async def __aenter__(self) -> OutboxCapture:
+        prefix = self.key_prefix.replace("'", "''")
+        await self._run(
+            f"CREATE FUNCTION {self._hold}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF position(convert_to('{prefix}', 'UTF8') IN NEW.key) = 1 THEN "
+            "NEW.sent_at := now(); END IF; RETURN NEW; END $$",
+            f'CREATE TRIGGER {self._hold.split(".")[1]} BEFORE INSERT ON "{self.schema}".outbox '
+            f"FOR EACH ROW EXECUTE FUNCTION {self._hold}()",
+        )
         return self
 
-    def __exit__(
+    async def __aexit__(
         self,
         _type: type[BaseException] | None,
         _value: BaseException | None,
         _tb: TracebackType | None,
     ) -> None:
-        event.remove(Session, "before_commit", self._hold)
+        await self._run(f"DROP FUNCTION {self._hold}() CASCADE")  # and its trigger
 
-    def _hold(self, session: Session) -> None:
-        session.execute(
-            text(
-                f'UPDATE "{self.schema}".outbox SET sent_at = now() '
-                f"WHERE sent_at IS NULL AND {_MATCH}"
-            ),
-            {"prefix": self.key_prefix.encode()},
-        )
+    async def _run(self, *statements: str) -> None:
+        async with self.sessions() as session, session.begin():
+            for statement in statements:
+                await session.execute(text(statement))
 
-    async def events(self, sessions: async_sessionmaker[AsyncSession]) -> list[EmittedEvent]:
+    async def events(self) -> list[EmittedEvent]:
         """Every event written under the prefix, in the order it was written."""
-        async with sessions() as session:
+        async with self.sessions() as session:
             rows = await session.execute(
                 text(
                     f'SELECT key, value, headers FROM "{self.schema}".outbox '
@@ -74,11 +79,11 @@ class OutboxCapture:
                 for r in rows
             ]
 
-    async def types(self, sessions: async_sessionmaker[AsyncSession], case_id: str) -> list[str]:
-        return [e.type for e in await self.events(sessions) if e.case_id == case_id]
+    async def types(self, case_id: str) -> list[str]:
+        return [e.type for e in await self.events() if e.case_id == case_id]
 
-    async def discard(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        async with sessions() as session, session.begin():
+    async def discard(self) -> None:
+        async with self.sessions() as session, session.begin():
             await session.execute(
                 text(f'DELETE FROM "{self.schema}".outbox WHERE {_MATCH}'),
                 {"prefix": self.key_prefix.encode()},

@@ -57,11 +57,11 @@ class Cases:
     """Case ids made by one test, removed with everything delivery wrote for them; the events
     delivery emitted for them are in `emitted`."""
 
-    def __init__(self) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.tag = uuid.uuid4().hex[:10].upper()
         self.ids: list[str] = []
         self.prefix = f"HC-IT-{self.tag}-"
-        self.emitted = OutboxCapture("delivery", self.prefix)
+        self.emitted = OutboxCapture(sessions, "delivery", self.prefix)
 
     def new(self) -> str:
         case_id = f"{self.prefix}{uuid.uuid4().hex[:12].upper()}"
@@ -75,10 +75,10 @@ class Cases:
 
 @pytest.fixture
 async def cases(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[Cases]:
-    made = Cases()
-    with made.emitted:
+    made = Cases(sessions)
+    async with made.emitted:
         yield made
-    await made.emitted.discard(sessions)
+    await made.emitted.discard()
     if made.ids:
         async with unit_of_work(sessions) as session:
             await session.execute(
@@ -184,7 +184,7 @@ async def test_a_decision_applied_twice_issues_one_result_and_one_licence(
         licence = await handlers.verify_license(session, row.license_id, row.sha256)
     assert licence.valid and licence.case_id == case_id
     # One result, so one set of delivery events, in order.
-    assert await cases.emitted.types(sessions, case_id) == [
+    assert await cases.emitted.types(case_id) == [
         "gov.case.result_issued.v1",
         "gov.case.delivered.v1",
         "gov.case.closed.v1",
@@ -247,7 +247,7 @@ async def test_one_rating_per_case_bound_to_case_office_department_and_level(
     )
     assert row.item_code == "MKT-0001"
     # The refused second rating emitted nothing.
-    assert (await cases.emitted.types(sessions, case_id)).count("gov.case.rated.v1") == 1
+    assert (await cases.emitted.types(case_id)).count("gov.case.rated.v1") == 1
 
 
 async def test_a_counter_pickup_result_is_rated_only_once_collected(

@@ -28,42 +28,43 @@ async def test_each_timer_fires_once_across_two_schedulers_and_a_crash(
     prefix = f"SLA-{uuid.uuid4().hex[:8]}"
     approval = settings.model_copy(update={"service": "approval"})
     first, second, third = (ServiceRuntime(approval) for _ in range(3))
-    past = datetime.now(UTC) - timedelta(minutes=5)
-    cases = [f"{prefix}-{n:04d}" for n in range(300)]
-    async with unit_of_work(first.sessions) as session:
-        for case_id in cases:
-            points = [
-                clock.ClockPoint(p, past - timedelta(seconds=n), date(2026, 12, 1))
-                for n, p in enumerate((0.5, 0.8, 1.0))
-            ]
+    # The stack's approval service may be running: its scheduler may fire some of these timers
+    # too (they are due), and its relay must not publish these events to the real topics.
+    emitted = OutboxCapture(first.sessions, "approval", prefix)
+    async with emitted:
+        past = datetime.now(UTC) - timedelta(minutes=5)
+        cases = [f"{prefix}-{n:04d}" for n in range(300)]
+        async with unit_of_work(first.sessions) as session:
+            for case_id in cases:
+                points = [
+                    clock.ClockPoint(p, past - timedelta(seconds=n), date(2026, 12, 1))
+                    for n, p in enumerate((0.5, 0.8, 1.0))
+                ]
+                await sla.arm(
+                    session,
+                    case_id=case_id,
+                    department="D-TEST",
+                    step=ClockStep.decision,
+                    points=points,
+                    deadline=date(2026, 12, 1),
+                )
+        # Re-arming the same points must not add timers or re-arm fired ones.
+        async with unit_of_work(first.sessions) as session:
             await sla.arm(
                 session,
-                case_id=case_id,
+                case_id=cases[0],
                 department="D-TEST",
                 step=ClockStep.decision,
-                points=points,
-                deadline=date(2026, 12, 1),
+                points=[clock.ClockPoint(0.5, past, None)],
+                deadline=None,
             )
-    # Re-arming the same points must not add timers or re-arm fired ones.
-    async with unit_of_work(first.sessions) as session:
-        await sla.arm(
-            session,
-            case_id=cases[0],
-            department="D-TEST",
-            step=ClockStep.decision,
-            points=[clock.ClockPoint(0.5, past, None)],
-            deadline=None,
-        )
 
-    async def hammer(runtime: ServiceRuntime) -> None:
-        while True:
-            async with unit_of_work(runtime.sessions) as session:
-                await sla.fire_due(session, runtime=runtime, now=datetime.now(UTC), batch=7)
-            await asyncio.sleep(0)
+        async def hammer(runtime: ServiceRuntime) -> None:
+            while True:
+                async with unit_of_work(runtime.sessions) as session:
+                    await sla.fire_due(session, runtime=runtime, now=datetime.now(UTC), batch=7)
+                await asyncio.sleep(0)
 
-    # The stack's approval relay may be running: keep these events from the real topics.
-    emitted = OutboxCapture("approval", prefix)
-    with emitted:
         racing = [asyncio.create_task(hammer(first)), asyncio.create_task(hammer(second))]
         await asyncio.sleep(0.3)
         racing[0].cancel()  # killed in the middle of whatever transaction it had open
@@ -98,9 +99,9 @@ async def test_each_timer_fires_once_across_two_schedulers_and_a_crash(
             await asyncio.gather(*racing, return_exceptions=True)
 
     try:
-        fired_events = await emitted.events(first.sessions)
+        fired_events = await emitted.events()
     finally:
-        await emitted.discard(first.sessions)
+        await emitted.discard()
     fired = [(e.case_id, e.type, e.data.get("elapsed_ratio", 1.0)) for e in fired_events]
     assert len(fired) == len(set(fired)), "a timer fired twice"
     assert len(fired) == len(cases) * 3, "a timer never fired"
