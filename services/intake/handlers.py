@@ -318,6 +318,7 @@ async def follow_case_event(session: AsyncSession, envelope: Envelope, payload: 
 
 
 ADOPTABLE = ("gov.case.submitted.v1", "gov.case.notified.v1")
+HANDOVER_REFUSED = "handover_refused"  # the failure code of a refused entrusted handover
 
 
 async def follow_case_events(session: AsyncSession, events: Sequence[tuple[Envelope, Any]]) -> None:
@@ -343,12 +344,15 @@ async def follow_case_events(session: AsyncSession, events: Sequence[tuple[Envel
         ],
     )
     rows = await session.execute(
-        select(models.cases.c.case_id, models.cases.c.status)
+        select(models.cases.c.case_id, models.cases.c.status, models.cases.c.failure)
         .where(models.cases.c.case_id.in_(sorted({e.subject for e, _ in events})))
         .order_by(models.cases.c.case_id)  # one lock order: no deadlock between batches
         .with_for_update()
     )
-    status = {r.case_id: CaseStatus(r.status) for r in rows}
+    status: dict[str, CaseStatus] = {}
+    failure: dict[str, dict[str, Any] | None] = {}
+    for r in rows:
+        status[r.case_id], failure[r.case_id] = CaseStatus(r.status), r.failure
     pending: dict[str, dict[str, Any]] = {}
     adopted: set[str] = set()
     for envelope, _payload in events:
@@ -356,11 +360,11 @@ async def follow_case_events(session: AsyncSession, events: Sequence[tuple[Envel
         if case_id in adopted:
             continue  # the adoption replayed the whole timeline, this event included
         if case_id in status:
-            changes = case_changes(status[case_id], envelope.type, envelope.data)
+            changes = case_changes(status[case_id], envelope.type, envelope.data, failure[case_id])
             if changes:
                 pending.setdefault(case_id, {}).update(changes)
-                if "status" in changes:
-                    status[case_id] = CaseStatus(changes["status"])
+                status[case_id] = CaseStatus(changes.get("status", status[case_id]))
+                failure[case_id] = changes.get("failure", failure[case_id])
         elif "application" in envelope.data and envelope.type in ADOPTABLE:
             await _adopt_case(session, envelope)
             adopted.add(case_id)
@@ -368,14 +372,25 @@ async def follow_case_events(session: AsyncSession, events: Sequence[tuple[Envel
         await _update(session, case_id, changes)
 
 
-def case_changes(status: CaseStatus, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
-    """The columns an event changes in the counter's view of a case (pure)."""
+def case_changes(
+    status: CaseStatus,
+    event_type: str,
+    data: dict[str, Any],
+    failure: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The columns an event changes in the counter's view of a case whose status and failure
+    are as given (pure)."""
     changes: dict[str, Any] = {}
     new_status = next_status(status, event_type)
     if new_status is not None:
         changes |= {"status": new_status.value, "status_rank": RANK[new_status]}
     if event_type == "gov.case.routed.v1":
-        changes |= {"route": data["route"], "failure": None}
+        changes["route"] = data["route"]
+        # A route clears a routing failure (a case retried out of triage), not a refused
+        # handover: approval's refusal of the routed case may be applied here before the
+        # routed event itself, since topics are not ordered among themselves.
+        if (failure or {}).get("code") != HANDOVER_REFUSED:
+            changes["failure"] = None
     elif event_type == "gov.case.route_failed.v1":
         changes["failure"] = data["failure"]
     elif event_type in ("gov.case.accepted.v1", "gov.case.deadline_changed.v1"):
@@ -383,7 +398,7 @@ def case_changes(status: CaseStatus, event_type: str, data: dict[str, Any]) -> d
         # extensions; None while unknown (past the calendar).
         changes["deadline"] = date.fromisoformat(data["deadline"]) if data.get("deadline") else None
     elif event_type == "gov.case.handover_refused.v1":
-        changes["failure"] = {"code": "handover_refused", "explanation": data["reason"]}
+        changes["failure"] = {"code": HANDOVER_REFUSED, "explanation": data["reason"]}
     elif event_type == "gov.case.supplement_requested.v1" and new_status is not None:
         changes["missing_materials"] = data["missing_materials"]
     return changes
@@ -418,7 +433,7 @@ async def _adopt_case(session: AsyncSession, envelope: Envelope) -> None:
     )
     changes: dict[str, Any] = {}
     for event_type, data in events:
-        changes |= case_changes(status, event_type, data or {})
+        changes |= case_changes(status, event_type, data or {}, changes.get("failure"))
         status = CaseStatus(changes.get("status", status))
     if changes:
         await _update(session, envelope.subject, changes)

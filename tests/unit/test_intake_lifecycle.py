@@ -59,3 +59,18 @@ def test_events_carry_route_failure_and_deadline_into_the_view() -> None:
     assert str(accepted["deadline"]) == "2026-12-10"
     unknown_deadline = case_changes(S.routed, "gov.case.accepted.v1", {"deadline": None})
     assert unknown_deadline["deadline"] is None
+
+
+def test_a_route_clears_a_routing_failure_but_not_a_refused_handover() -> None:
+    """Approval's refusal of a routed case may reach intake before the routed event (topics
+    are not ordered among themselves): the late route must not wipe the refusal."""
+    route = {"path": "entrusted", "handled_by": "M-X"}
+    routing_failure = {"code": "unknown_item", "explanation": "x"}
+    retried = case_changes(S.route_failed, "gov.case.routed.v1", {"route": route}, routing_failure)
+    assert retried["failure"] is None and retried["route"] == route
+    refused = case_changes(
+        S.submitted, "gov.case.handover_refused.v1", {"reason": "signature does not match"}
+    )
+    assert refused["failure"]["code"] == "handover_refused"
+    late_route = case_changes(S.routed, "gov.case.routed.v1", {"route": route}, refused["failure"])
+    assert "failure" not in late_route and late_route["route"] == route
