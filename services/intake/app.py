@@ -204,18 +204,14 @@ async def get_case(case_id: str, principal: CurrentPrincipal) -> CaseView:
 
 
 async def _case_view(case_id: str, principal: Principal) -> CaseView:
-    async with unit_of_work(runtime.sessions) as session:
+    # The case row and its timeline from one snapshot: under READ COMMITTED each statement
+    # sees its own, and a timeline batch committing between the two reads showed a status
+    # older than the events listed (an `accepted` case as `routed`).
+    async with runtime.sessions() as session:
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         case = await handlers.load_case(session, case_id)
         access.may_read(
             principal, case.office_code, case.channel, (case.route or {}).get("handled_by")
-        )
-        clear = access.sees_personal_data(principal)
-        await runtime.audit(
-            session,
-            principal,
-            "case.read",
-            case_id,
-            {"personal_data": "clear" if clear else "masked"},
         )
         entries = await session.execute(
             select(models.timeline)
@@ -226,6 +222,17 @@ async def _case_view(case_id: str, principal: Principal) -> CaseView:
             TimelineEntry(type=e.type, time=e.time.astimezone(CITY_TZ), source=e.source)
             for e in entries
         ]
+    clear = access.sees_personal_data(principal)
+    # The audit trail's chain is appended under its lock in a transaction of its own (a
+    # REPEATABLE READ snapshot could predate the chain's tail); no view leaves unaudited.
+    async with unit_of_work(runtime.sessions) as session:
+        await runtime.audit(
+            session,
+            principal,
+            "case.read",
+            case_id,
+            {"personal_data": "clear" if clear else "masked"},
+        )
     return CaseView(
         case_id=case.case_id,
         status=CaseStatus(case.status),
