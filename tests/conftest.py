@@ -23,11 +23,13 @@ from services.common.service import ServiceSettings
 from services.common.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parent.parent
+# The run folder of deploy/local/*.sh: pids, logs, env (TONGBAN_RUN_DIR moves a second stack).
+RUN_DIR = Path(os.environ.get("TONGBAN_RUN_DIR") or ROOT / ".run")
 
 
 def _load_run_env() -> None:
     """Let a bare `pytest` find the stack that `make up` started."""
-    env_file = ROOT / ".run" / "env"
+    env_file = RUN_DIR / "env"
     if not env_file.exists():
         return
     for line in env_file.read_text().splitlines():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -18,7 +19,13 @@ import httpx
 
 from services.common.auth import AuthSettings, Role, mint_token
 
-INTAKE_PORT, ROUTING_PORT, APPROVAL_PORT, DELIVERY_PORT = 8001, 8002, 8003, 8004
+# The dev ports, moved by SERVICES_PORT_OFFSET like deploy/local/services.sh moves them (a
+# second stack beside the default one).
+SERVICES_PORT_OFFSET = int(os.environ.get("SERVICES_PORT_OFFSET") or 0)
+INTAKE_PORT, ROUTING_PORT, APPROVAL_PORT, DELIVERY_PORT = (
+    port + SERVICES_PORT_OFFSET for port in (8001, 8002, 8003, 8004)
+)
+CONSOLE_PORT = 8000 + SERVICES_PORT_OFFSET
 _CASE_ACTION = re.compile(
     r"^/v1/cases/(?P<case>[^/]+)/(?P<action>materials|withdraw|pickup|rating)$"
 )
@@ -31,7 +38,9 @@ class ActingClient(httpx.AsyncClient):
     tests can also act as a chosen role, or as nobody.
     """
 
-    def __init__(self, *, intake_url: str = "http://127.0.0.1:8001", **kwargs: Any) -> None:
+    def __init__(
+        self, *, intake_url: str = f"http://127.0.0.1:{INTAKE_PORT}", **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self._settings = AuthSettings()
         self._intake_url = intake_url

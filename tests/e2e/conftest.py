@@ -16,14 +16,20 @@ from typing import Any
 import httpx
 import pytest
 
-from services.cli.devclient import ActingClient
+from services.cli.devclient import (
+    APPROVAL_PORT,
+    DELIVERY_PORT,
+    INTAKE_PORT,
+    ROUTING_PORT,
+    ActingClient,
+)
 from services.common.catalog import load_catalog_file
 from tests.conftest import ROOT, eventually
 
-INTAKE = "http://127.0.0.1:8001"
-ROUTING = "http://127.0.0.1:8002"
-APPROVAL = "http://127.0.0.1:8003"
-DELIVERY = "http://127.0.0.1:8004"
+INTAKE = f"http://127.0.0.1:{INTAKE_PORT}"
+ROUTING = f"http://127.0.0.1:{ROUTING_PORT}"
+APPROVAL = f"http://127.0.0.1:{APPROVAL_PORT}"
+DELIVERY = f"http://127.0.0.1:{DELIVERY_PORT}"
 DEMO_CATALOG = ROOT / "deploy" / "demo" / "catalog.yaml"
 # Every event of an approved case closed without anyone deciding, in lifecycle order.
 APPROVED_CASE_EVENTS = (

@@ -26,17 +26,22 @@ import httpx
 import pytest
 
 from services.cli.applicants import application_for
-from services.cli.devclient import ActingClient
-from tests.conftest import ROOT, eventually
-from tests.e2e.conftest import APPROVED_CASE_EVENTS, INTAKE, items_where, wait_status
+from services.cli.devclient import CONSOLE_PORT, ActingClient
+from tests.conftest import ROOT, RUN_DIR, eventually
+from tests.e2e.conftest import (
+    APPROVAL,
+    APPROVED_CASE_EVENTS,
+    INTAKE,
+    ROUTING,
+    items_where,
+    wait_status,
+)
 
 pytestmark = pytest.mark.e2e
 
-CONSOLE_PORT = 8000
 CONSOLE = f"http://127.0.0.1:{CONSOLE_PORT}"
 BROWSER_TESTS = ROOT / "tests" / "browser"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-RUN_DIR = ROOT / ".run"
 SCREENSHOT = RUN_DIR / "console.png"
 STEPS = APPROVED_CASE_EVENTS
 
@@ -64,7 +69,14 @@ def console(running_services: None) -> Iterator[str]:
         pass
     else:
         pytest.fail(f"port {CONSOLE_PORT} is taken: stop the console running there first")
-    env = {**os.environ, "TONGBAN_HTTP_PORT": str(CONSOLE_PORT), "TONGBAN_SERVICE": "console"}
+    env = {
+        **os.environ,
+        "TONGBAN_HTTP_PORT": str(CONSOLE_PORT),
+        "TONGBAN_SERVICE": "console",
+        "TONGBAN_INTAKE_URL": INTAKE,
+        "TONGBAN_ROUTING_URL": ROUTING,
+        "TONGBAN_APPROVAL_URL": APPROVAL,
+    }
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "services.console"],

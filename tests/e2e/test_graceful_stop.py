@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from services.cli.applicants import application_for
-from tests.conftest import ROOT, eventually
+from tests.conftest import RUN_DIR, eventually
 from tests.e2e.conftest import INTAKE, ROUTING, items_where, services, wait_status
 
 pytestmark = pytest.mark.e2e
@@ -47,9 +47,9 @@ async def test_sigterm_commits_so_a_restart_redelivers_nothing(
             http, case_id, "routed", "accepted", "approved", "result_issued", "delivered", "closed"
         )
 
-    pid_file = ROOT / ".run" / "services" / "routing-1.pid"
+    pid_file = RUN_DIR / "services" / "routing-1.pid"
     pid = int(pid_file.read_text())
-    log_file = ROOT / ".run" / "logs" / "routing-1.log"
+    log_file = RUN_DIR / "logs" / "routing-1.log"
     before = log_file.stat().st_size
     os.kill(pid, signal.SIGTERM)
 

@@ -23,7 +23,7 @@ from services.cli.devclient import ActingClient
 from services.common.auth import Role
 from services.common.envelope import Envelope
 from services.common.settings import CommonSettings
-from tests.conftest import ROOT, eventually
+from tests.conftest import RUN_DIR, eventually
 from tests.e2e.conftest import APPROVAL, INTAKE, ROUTING, items_where, services, wait_status
 from tests.kafka_helpers import header, produce, read_topic
 
@@ -114,7 +114,7 @@ async def test_routing_killed_mid_flow_every_case_still_closes_once(
 ) -> None:
     instant = items_where(catalog, lambda i: bool(i.get("instant")))
     assert instant
-    pid_file = ROOT / ".run" / "services" / "routing-1.pid"
+    pid_file = RUN_DIR / "services" / "routing-1.pid"
     case_ids: list[str] = []
     for n in range(30):
         if n == 10:

@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from services.cli.applicants import application_for
+from services.cli.devclient import APPROVAL_PORT
 from services.common.settings import CommonSettings
-from tests.conftest import ROOT, eventually
+from tests.conftest import ROOT, RUN_DIR, eventually
 from tests.e2e.conftest import APPROVAL, INTAKE, items_where, wait_status
 from tests.kafka_helpers import header, read_topic
 
@@ -36,7 +37,7 @@ def approval_process(port: int) -> subprocess.Popen[bytes]:
         "TONGBAN_SLA_CLOCK_OFFSET_S": str(AHEAD_S),
         "TONGBAN_SLA_POLL_S": "0.2",
     }
-    log = open(ROOT / ".run" / "logs" / f"approval-ahead-{port}.log", "ab")  # noqa: SIM115
+    log = open(RUN_DIR / "logs" / f"approval-ahead-{port}.log", "ab")  # noqa: SIM115
     return subprocess.Popen(
         [sys.executable, "-m", "services.approval"], cwd=ROOT, env=env, stdout=log, stderr=log
     )
@@ -66,12 +67,12 @@ async def test_warnings_and_overdue_fire_once_with_two_processes_and_a_restart(
     for case_id in cases:
         assert (await wait_status(http, case_id, "accepted"))["deadline"] is not None
 
-    first, second = approval_process(8013), approval_process(8023)
+    first, second = approval_process(APPROVAL_PORT + 10), approval_process(APPROVAL_PORT + 20)
     try:
         await asyncio.sleep(2.0)
         first.send_signal(signal.SIGKILL)  # killed mid-flight
         first.wait()
-        first = approval_process(8013)  # and restarted
+        first = approval_process(APPROVAL_PORT + 10)  # and restarted
 
         async def all_fired() -> bool:
             for case_id in cases:
