@@ -48,7 +48,7 @@ from services.common.envelope import Envelope
 from services.common.handover import HandoverTrust, load_trust, verify_handover
 from services.common.logs import mask_name
 from services.common.service import ServiceRuntime, ServiceSettings
-from services.common.web import Problem
+from services.common.web import Problem, errors
 from services.common.workdays import WorkCalendar
 
 
@@ -192,7 +192,12 @@ def _department_reader(principal: Principal, department: str | None) -> None:
     require_scope(principal, department, "department", exempt=())
 
 
-@app.get("/v1/worklist", response_model=list[WorklistEntry], tags=["approval"])
+@app.get(
+    "/v1/worklist",
+    response_model=list[WorklistEntry],
+    tags=["approval"],
+    responses=errors(401, 403, 422, 503),
+)
 async def worklist(
     department: Annotated[str, Query(min_length=1, max_length=64)],
     status: Annotated[CaseStatus | None, Query()] = None,
@@ -222,7 +227,12 @@ async def worklist(
     return entries
 
 
-@app.post("/v1/cases/{case_id}/decisions", response_model=DecisionResponse, tags=["approval"])
+@app.post(
+    "/v1/cases/{case_id}/decisions",
+    response_model=DecisionResponse,
+    tags=["approval"],
+    responses=errors(401, 403, 404, 409, 413, 422, 503),
+)
 async def decide(
     case_id: CaseId, body: DecisionRequest, request: Request, principal: CurrentPrincipal
 ) -> DecisionResponse:
@@ -248,7 +258,12 @@ async def decide(
     return DecisionResponse(case_id=case_id, status=result.state.status)
 
 
-@app.get("/v1/cases/{case_id}", response_model=ApprovalCaseView, tags=["approval"])
+@app.get(
+    "/v1/cases/{case_id}",
+    response_model=ApprovalCaseView,
+    tags=["approval"],
+    responses=errors(401, 403, 404, 422, 503),
+)
 async def get_case(case_id: CaseId, principal: CurrentPrincipal) -> ApprovalCaseView:
     """Status, department and deadline of a case at approval."""
     async with unit_of_work(runtime.sessions) as session:
@@ -281,7 +296,12 @@ async def get_case(case_id: CaseId, principal: CurrentPrincipal) -> ApprovalCase
     )
 
 
-@app.get("/v1/followups", response_model=list[FollowupEntry], tags=["ratings"])
+@app.get(
+    "/v1/followups",
+    response_model=list[FollowupEntry],
+    tags=["ratings"],
+    responses=errors(401, 403, 422, 503),
+)
 async def followups(
     department: Annotated[str, Query(min_length=1, max_length=64)],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -295,7 +315,12 @@ async def followups(
     return [FollowupEntry.model_validate(r) for r in rows]
 
 
-@app.post("/v1/cases/{case_id}/followup", response_model=FollowupEntry, tags=["ratings"])
+@app.post(
+    "/v1/cases/{case_id}/followup",
+    response_model=FollowupEntry,
+    tags=["ratings"],
+    responses=errors(401, 403, 404, 409, 413, 422, 503),
+)
 async def answer_followup(
     case_id: CaseId, body: FollowupAnswerRequest, principal: CurrentPrincipal
 ) -> FollowupEntry:
@@ -317,7 +342,12 @@ async def answer_followup(
     return FollowupEntry.model_validate(row)
 
 
-@app.get("/v1/handovers/refused", response_model=list[HandoverProblemEntry], tags=["operators"])
+@app.get(
+    "/v1/handovers/refused",
+    response_model=list[HandoverProblemEntry],
+    tags=["operators"],
+    responses=errors(401, 403, 422, 503),
+)
 async def refused_handovers(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     *,
@@ -331,7 +361,12 @@ async def refused_handovers(
     return [HandoverProblemEntry.model_validate(r) for r in rows]
 
 
-@app.get("/v1/sla/board", response_model=list[SlaBoardRow], tags=["operators"])
+@app.get(
+    "/v1/sla/board",
+    response_model=list[SlaBoardRow],
+    tags=["operators"],
+    responses=errors(401, 403, 422, 503),
+)
 async def sla_board(
     principal: CurrentPrincipal,
     department: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
@@ -347,7 +382,12 @@ async def sla_board(
     return [SlaBoardRow.model_validate(r) for r in rows]
 
 
-@app.get("/v1/sla/cases", response_model=list[CaseAtRisk], tags=["operators"])
+@app.get(
+    "/v1/sla/cases",
+    response_model=list[CaseAtRisk],
+    tags=["operators"],
+    responses=errors(401, 403, 422, 503),
+)
 async def sla_cases(
     principal: CurrentPrincipal,
     department: Annotated[str | None, Query(min_length=1, max_length=64)] = None,

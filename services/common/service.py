@@ -53,9 +53,10 @@ from services.common.tracing import (
     current_traceparent,
 )
 from services.common.web import (
+    document_problems,
+    errors,
     install_health_routes,
     install_problem_handlers,
-    problem_responses,
 )
 
 log = get_logger(__name__)
@@ -281,7 +282,12 @@ class ServiceRuntime:
         # annotations, and a local alias could not be resolved by FastAPI.
         authenticated = Depends(self.authenticated)
 
-        @app.get("/v1/audit", response_model=audit.AuditPage, tags=["audit"])
+        @app.get(
+            "/v1/audit",
+            response_model=audit.AuditPage,
+            tags=["audit"],
+            responses=errors(401, 403, 422, 503),
+        )
         async def read_audit(
             principal: Principal = authenticated,
             case_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -302,7 +308,12 @@ class ServiceRuntime:
                     limit=limit,
                 )
 
-        @app.get("/v1/audit/verify", response_model=audit.ChainReport, tags=["audit"])
+        @app.get(
+            "/v1/audit/verify",
+            response_model=audit.ChainReport,
+            tags=["audit"],
+            responses=errors(401, 403, 503),
+        )
         async def verify_audit(principal: Principal = authenticated) -> audit.ChainReport:
             """Check the whole hash chain (admins only): the first altered, missing or
             relinked row, if any."""
@@ -327,7 +338,6 @@ class ServiceRuntime:
             description=description,
             version="1.0.0",
             lifespan=self.lifespan,
-            responses=problem_responses(),
             # FastAPI's own telemetry would add a second server span and three internal spans
             # to every request (probes included) once a global tracer provider is set:
             # TraceRequests below is the one server span, and carries the caller's trace
@@ -335,6 +345,7 @@ class ServiceRuntime:
             telemetry={"tracing": False, "metrics": False, "logs": False},
         )
         install_problem_handlers(app)
+        document_problems(app)
         self._install_audit_routes(app)
         install_auth_handlers(app)
         app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes(self.settings))

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contracts.rest import ProblemBody
 from services.common.failures import is_infrastructure_error
 from services.common.logs import get_logger
 
@@ -22,32 +24,80 @@ PROBLEM_JSON = "application/problem+json"
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 
-_PROBLEM_STATUSES = {
-    400: "Bad request",
-    401: "Missing, expired or invalid bearer token",
-    403: "Not allowed for this role or scope",
-    404: "No such resource",
-    409: "Conflicts with the resource's state",
-    413: "Body larger than the limit",
-    422: "The request is not valid (field list in `errors`)",
-    429: "Too many requests (see Retry-After)",
-    500: "Internal error",
-    503: "A dependency is not available (see Retry-After)",
+# OpenAPI: every error response of every operation is problem JSON referencing this one schema
+# (contracts.rest.ProblemBody), registered by `document_problems`.
+PROBLEM_SCHEMA = "Problem"
+PROBLEM_REF = f"#/components/schemas/{PROBLEM_SCHEMA}"
+
+_ERROR_DESCRIPTIONS = {
+    401: "Missing, expired or invalid bearer token (`unauthenticated`, `invalid_token`, "
+    "`token_expired`)",
+    403: "Not allowed for this role or scope (`forbidden`, `forbidden_scope`, ...)",
+    404: "No such resource, or none the caller may see",
+    409: "Conflicts with the resource's state (`invalid_state`, ...)",
+    413: "Body larger than the limit (`payload_too_large`)",
+    422: "The request is not valid (`invalid_request` with the field list in `errors`, or a "
+    "rule's own code)",
+    429: "Too many requests from this client (`rate_limited`); retry after Retry-After",
+    502: "An upstream service did not answer",
+    503: "At capacity, or a dependency is not available; retry after Retry-After",
+}
+
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+# Retry-After of a 429/503 problem that names none (every such answer carries one).
+DEFAULT_RETRY_AFTER_S = 1
+
+_RETRY_AFTER_HEADER = {
+    "description": "Seconds to wait before retrying (RFC 9110 §10.2.3)",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+_WWW_AUTHENTICATE_HEADER = {
+    "description": 'The RFC 6750 bearer challenge, e.g. `Bearer realm="tongban", '
+    'error="invalid_token", error_description="..."`',
+    "required": True,
+    "schema": {"type": "string"},
 }
 
 
-def problem_responses() -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` every route may answer with: RFC 9457 problem JSON."""
-    from contracts.rest import ProblemBody
-
-    schema = ProblemBody.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {
-        status: {
-            "description": description,
-            "content": {PROBLEM_JSON: {"schema": schema}},
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` of the errors one operation can answer, declared at its route:
+    RFC 9457 problem JSON referencing the one Problem schema; a 401 with its
+    `WWW-Authenticate`, a 429 or 503 with its `Retry-After`. A 500 is never declared: it is
+    a bug, not an answer a client should plan for."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in sorted(statuses):
+        if status not in _ERROR_DESCRIPTIONS:
+            raise ValueError(f"no problem status {status}: one of {sorted(_ERROR_DESCRIPTIONS)}")
+        response: dict[str, Any] = {
+            "description": _ERROR_DESCRIPTIONS[status],
+            "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}},
         }
-        for status, description in _PROBLEM_STATUSES.items()
-    }
+        if status == 401:
+            response["headers"] = {"WWW-Authenticate": _WWW_AUTHENTICATE_HEADER}
+        elif status in RETRY_AFTER_STATUSES:
+            response["headers"] = {"Retry-After": _RETRY_AFTER_HEADER}
+        responses[status] = response
+    return responses
+
+
+def document_problems(app: FastAPI) -> None:
+    """Add the Problem schema that `errors()` responses reference to the app's OpenAPI
+    document (FastAPI registers only the models it sees, and would file a model given in
+    `responses` under `application/json`)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            schema = ProblemBody.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(schema.pop("$defs", {}))
+            schemas[PROBLEM_SCHEMA] = {**schema, "title": PROBLEM_SCHEMA}
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class Problem(Exception):
@@ -88,13 +138,14 @@ class Problem(Exception):
 
 
 def problem_response(problem: Problem, request: Request | None = None) -> JSONResponse:
+    retry_after = problem.extra.get("retry_after")
+    if retry_after is None and problem.status in RETRY_AFTER_STATUSES:
+        retry_after = DEFAULT_RETRY_AFTER_S  # the OpenAPI document promises one on each
     return JSONResponse(
         problem.body(str(request.url.path) if request else None),
         status_code=problem.status,
         media_type=PROBLEM_JSON,
-        headers={"Retry-After": str(problem.extra["retry_after"])}
-        if "retry_after" in problem.extra
-        else None,
+        headers={"Retry-After": str(retry_after)} if retry_after is not None else None,
     )
 
 
@@ -204,14 +255,34 @@ def _is_data_error(exc: BaseException) -> bool:
     return False
 
 
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str]
+
+
 def install_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck]) -> None:
-    """`/healthz` (the process answers), `/readyz` (its dependencies answer), `/metrics`."""
+    """`/healthz` (the process answers), `/readyz` (its dependencies answer), `/metrics`.
 
-    @app.get("/healthz", include_in_schema=True, tags=["ops"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    They declare no error response: they need no token, take no input and are never shed.
+    Readiness's 503 is its documented answer for "not ready" (what orchestrators and load
+    balancers act on), with the same body as the 200, not a problem."""
 
-    @app.get("/readyz", include_in_schema=True, tags=["ops"])
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        tags=["ops"],
+        responses={
+            503: {"model": Readiness, "description": "Not ready: a dependency does not answer"}
+        },
+    )
     async def readyz() -> JSONResponse:
         results: dict[str, str] = {}
         ready = True

@@ -46,7 +46,13 @@ from services.common.catalog_follower import CatalogFollower
 from services.common.event_facts import CaseMemory, EventFilter
 from services.common.logs import get_logger
 from services.common.settings import CommonSettings
-from services.common.web import Problem, install_health_routes, install_problem_handlers
+from services.common.web import (
+    Problem,
+    document_problems,
+    errors,
+    install_health_routes,
+    install_problem_handlers,
+)
 from services.console.kafka_views import STREAM_TOPICS, KafkaViews
 from services.console.stream import CaseLookup, LiveStream, sse
 
@@ -187,6 +193,13 @@ async def _available(what: str, compute: Callable[[], Awaitable[dict[str, Any]]]
         return {"available": False, "reason": f"{what}: {_reason(exc)}"}
 
 
+def _retry_after(answer: httpx.Response) -> int:
+    try:
+        return max(1, int(answer.headers.get("retry-after", "1")))
+    except ValueError:  # an HTTP date: not what tongban sends
+        return 1
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer in time"
@@ -213,6 +226,7 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
     )
     app.state.console = console
     install_problem_handlers(app)
+    document_problems(app)
     app.add_middleware(SecurityHeaders)
 
     async def kafka_answers() -> None:
@@ -220,7 +234,12 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
 
     install_health_routes(app, {"kafka": kafka_answers})
 
-    @app.get("/api/stream", tags=["console"], response_class=StreamingResponse)
+    @app.get(
+        "/api/stream",
+        tags=["console"],
+        response_class=StreamingResponse,
+        responses=errors(422, 503),
+    )
     async def stream(
         request: Request,
         case: FilterValue = None,
@@ -263,15 +282,32 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.get("/api/cases/{case_id}", tags=["console"])
+    @app.get("/api/cases/{case_id}", tags=["console"], responses=errors(404, 422, 502, 503))
     async def case_view(case_id: CaseId) -> JSONResponse:
-        """Intake's view of the case (status, route, deadline, whole timeline), masked."""
+        """Intake's view of the case (status, route, deadline, whole timeline), masked.
+        Intake's 404 and 503 come through as they are; any other refusal (the console's own
+        token refused, say) is the console's problem with intake: 502."""
         try:
             answer = await console.upstream(f"{settings.intake_url}/v1/cases/{quote(case_id)}")
         except httpx.HTTPError as exc:
             raise Problem(
                 502, "intake_unavailable", "Intake does not answer", _reason(exc)
             ) from None
+        if answer.status_code == 503:
+            raise Problem(
+                503,
+                "intake_unavailable",
+                "Intake is not available",
+                "Intake answered 503; retry after the given seconds.",
+                retry_after=_retry_after(answer),
+            )
+        if answer.status_code not in (200, 404):
+            raise Problem(
+                502,
+                "intake_refused",
+                "Intake refused the console's request",
+                f"intake answered {answer.status_code} to GET /v1/cases/{{case_id}}",
+            )
         return JSONResponse(
             answer.json(),
             status_code=answer.status_code,

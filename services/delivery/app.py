@@ -25,6 +25,7 @@ from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
 from services.common.service import ServiceRuntime, ServiceSettings
+from services.common.web import errors
 from services.delivery import handlers
 from services.delivery.stats import parse_grouping, rated_period
 
@@ -85,7 +86,12 @@ async def _clerk_of_the_office(principal: Principal, case_id: str) -> None:
     require_scope(principal, _office_scope(row), "office", exempt=())
 
 
-@app.get("/v1/results/{case_id}", response_model=ResultView, tags=["results"])
+@app.get(
+    "/v1/results/{case_id}",
+    response_model=ResultView,
+    tags=["results"],
+    responses=errors(401, 403, 404, 422, 503),
+)
 async def get_result(case_id: str, principal: CurrentPrincipal) -> ResultView:
     """A case's result and how far its delivery has come: for the office that took the case,
     the deciding department, operators and admins (every read is audited)."""
@@ -96,7 +102,12 @@ async def get_result(case_id: str, principal: CurrentPrincipal) -> ResultView:
         return handlers.result_view(row)
 
 
-@app.post("/v1/cases/{case_id}/pickup", response_model=ResultView, tags=["results"])
+@app.post(
+    "/v1/cases/{case_id}/pickup",
+    response_model=ResultView,
+    tags=["results"],
+    responses=errors(401, 403, 404, 409, 413, 422, 503),
+)
 async def pickup(
     case_id: str,
     request: Request,
@@ -116,7 +127,13 @@ async def pickup(
         )
 
 
-@app.post("/v1/cases/{case_id}/rating", response_model=CaseRated, status_code=201, tags=["ratings"])
+@app.post(
+    "/v1/cases/{case_id}/rating",
+    response_model=CaseRated,
+    status_code=201,
+    tags=["ratings"],
+    responses=errors(401, 403, 404, 409, 413, 422, 503),
+)
 async def rate(
     case_id: str, body: RatingRequest, request: Request, principal: CurrentPrincipal
 ) -> CaseRated:
@@ -134,7 +151,12 @@ async def rate(
         )
 
 
-@app.get("/v1/ratings/stats", response_model=list[RatingStatsRow], tags=["ratings"])
+@app.get(
+    "/v1/ratings/stats",
+    response_model=list[RatingStatsRow],
+    tags=["ratings"],
+    responses=errors(401, 403, 422, 503),
+)
 async def rating_stats(
     by: Annotated[
         str,
@@ -165,7 +187,12 @@ async def rating_stats(
         return await handlers.rating_stats(session, grouping, period)
 
 
-@app.get("/v1/licenses/{license_id}/verify", response_model=LicenseVerification, tags=["licenses"])
+@app.get(
+    "/v1/licenses/{license_id}/verify",
+    response_model=LicenseVerification,
+    tags=["licenses"],
+    responses=errors(401, 422, 503),
+)
 async def verify_license(
     license_id: str,
     sha256: Annotated[

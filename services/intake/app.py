@@ -33,7 +33,7 @@ from services.common.handover import load_keys
 from services.common.limits import RateLimiter, rate_limited
 from services.common.logs import get_logger, mask_personal_data
 from services.common.service import ServiceRuntime, ServiceSettings
-from services.common.web import Problem, dependency_unavailable
+from services.common.web import Problem, dependency_unavailable, errors
 from services.intake import access, handlers, models
 from services.intake.validation import refusal_problem, validate_submission
 from services.routing.rules import route_case
@@ -126,6 +126,7 @@ def _route_preview(
     dependencies=[Depends(rate_limited(limiter, after=runtime.authenticated))],
     # OpenAPI links: what a client (or a stateful test) can do next with the new case.
     responses={
+        **errors(401, 403, 409, 413, 422, 429, 503),
         201: {
             "links": {
                 name: {
@@ -138,7 +139,7 @@ def _route_preview(
                     ("Withdraw", "withdraw_v1_cases__case_id__withdraw_post"),
                 )
             }
-        }
+        },
     },
 )
 async def submit(
@@ -195,7 +196,12 @@ async def _replay(idempotency_key: str | None, digest: str) -> SubmissionRespons
         return await handlers.replay_idempotent(session, idempotency_key, digest)
 
 
-@app.get("/v1/cases/{case_id}", response_model=CaseView, tags=["cases"])
+@app.get(
+    "/v1/cases/{case_id}",
+    response_model=CaseView,
+    tags=["cases"],
+    responses=errors(401, 403, 404, 422, 503),
+)
 async def get_case(case_id: str, principal: CurrentPrincipal) -> CaseView:
     """Status, route, deadline and the whole timeline from every case topic. Clerks read their
     office's cases, reviewers their department's; operators and admins read every case with
@@ -252,7 +258,12 @@ def _applicant_view(applicant: dict[str, Any], clear: bool) -> Applicant:
     return Applicant.model_validate(applicant if clear else mask_personal_data(applicant))
 
 
-@app.post("/v1/cases/{case_id}/materials", response_model=SubmissionResponse, tags=["cases"])
+@app.post(
+    "/v1/cases/{case_id}/materials",
+    response_model=SubmissionResponse,
+    tags=["cases"],
+    responses=errors(401, 403, 404, 409, 413, 422, 503),
+)
 async def add_materials(
     case_id: str, body: MaterialsRequest, principal: CurrentPrincipal
 ) -> SubmissionResponse:
@@ -288,7 +299,12 @@ async def add_materials(
     )
 
 
-@app.post("/v1/cases/{case_id}/withdraw", response_model=CaseView, tags=["cases"])
+@app.post(
+    "/v1/cases/{case_id}/withdraw",
+    response_model=CaseView,
+    tags=["cases"],
+    responses=errors(401, 403, 404, 409, 413, 422, 503),
+)
 async def withdraw(
     case_id: str, principal: CurrentPrincipal, body: WithdrawRequest | None = None
 ) -> CaseView:
@@ -303,7 +319,7 @@ async def withdraw(
     return await _case_view(case_id, principal)
 
 
-@app.get("/v1/items", response_model=list[ItemView], tags=["catalog"])
+@app.get("/v1/items", response_model=list[ItemView], tags=["catalog"], responses=errors(401, 503))
 async def items(principal: CurrentPrincipal) -> list[ItemView]:
     """The catalog items in force (intake's copy of the newest catalog version)."""
     index = _catalog()

@@ -87,6 +87,7 @@ def submission_handover(
             "This office cannot sign handovers yet",
             f"Office {application.office_code} has no handover signing key; an administrator "
             "must install it (tongban handover-keys generate).",
+            retry_after=60,  # an administrator's step, not a passing moment
         ) from exc
 
 

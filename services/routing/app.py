@@ -26,7 +26,7 @@ from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
 from services.common.service import ServiceRuntime, ServiceSettings
-from services.common.web import Problem
+from services.common.web import Problem, errors
 from services.routing import handlers, models
 from services.routing.topics import DepartmentTopics
 
@@ -78,7 +78,20 @@ app = runtime.create_app(
 )
 
 
-@app.post("/v1/routes/preview", response_model=RoutePreviewResponse, tags=["routing"])
+def _no_catalog() -> Problem:
+    """503: routing cannot route before an administrator loads a catalog (intake answers the
+    same while its copy is empty)."""
+    return Problem(
+        503, "no_catalog", "No catalog loaded", "Load one: POST /v1/catalog", retry_after=5
+    )
+
+
+@app.post(
+    "/v1/routes/preview",
+    response_model=RoutePreviewResponse,
+    tags=["routing"],
+    responses=errors(401, 403, 413, 422, 503),
+)
 async def preview(
     application: SubmissionRequest, principal: CurrentPrincipal
 ) -> RoutePreviewResponse:
@@ -91,11 +104,16 @@ async def preview(
         version=catalogs.latest_version,
     )
     if outcome is None:
-        raise Problem(503, "no_catalog", "No catalog loaded", "Load one: POST /v1/catalog")
+        raise _no_catalog()
     return RoutePreviewResponse(route=outcome.route, failure=outcome.failure, rule=outcome.rule)
 
 
-@app.get("/v1/triage", response_model=list[TriageEntry], tags=["routing"])
+@app.get(
+    "/v1/triage",
+    response_model=list[TriageEntry],
+    tags=["routing"],
+    responses=errors(401, 403, 422, 503),
+)
 async def triage(
     principal: CurrentPrincipal, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> list[TriageEntry]:
@@ -126,6 +144,7 @@ async def triage(
     "/v1/triage/{case_id}/retry",
     response_model=RoutePreviewResponse,
     tags=["routing"],
+    responses=errors(401, 403, 404, 409, 422, 503),
 )
 async def retry(case_id: str, principal: CurrentPrincipal) -> RoutePreviewResponse:
     """Route a failed case again, typically after a catalog fix.
@@ -154,13 +173,17 @@ async def retry(case_id: str, principal: CurrentPrincipal) -> RoutePreviewRespon
             f"case {case_id!r} is {not_failed.status}; only a route_failed case can be retried",
         ) from None
     except handlers.NoCatalog:
-        raise Problem(
-            503, "no_catalog", "No catalog loaded", "Load one: POST /v1/catalog"
-        ) from None
+        raise _no_catalog() from None
     return RoutePreviewResponse(route=outcome.route, failure=outcome.failure, rule=outcome.rule)
 
 
-@app.post("/v1/catalog", response_model=CatalogVersion, status_code=201, tags=["catalog"])
+@app.post(
+    "/v1/catalog",
+    response_model=CatalogVersion,
+    status_code=201,
+    tags=["catalog"],
+    responses=errors(401, 403, 413, 422, 503),
+)
 async def load_catalog(
     raw: Annotated[dict[str, Any], Body()], principal: CurrentPrincipal
 ) -> CatalogVersion:
@@ -187,7 +210,12 @@ async def load_catalog(
     return _version_view(published.version)
 
 
-@app.get("/v1/catalog/version", response_model=CatalogVersion, tags=["catalog"])
+@app.get(
+    "/v1/catalog/version",
+    response_model=CatalogVersion,
+    tags=["catalog"],
+    responses=errors(401, 404, 503),
+)
 async def catalog_version(principal: CurrentPrincipal) -> CatalogVersion:
     version = catalogs.latest_version
     if version is None:
