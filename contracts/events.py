@@ -1,7 +1,8 @@
 """Event payloads of every topic (DESIGN.md §4): frozen models, past tense, version in the type.
 
 `EVENT_TYPES` maps each CloudEvents `type` to its topic and payload model; producers, consumers,
-the generated JSON Schemas and the AsyncAPI document are all built from it.
+the generated JSON Schemas and the AsyncAPI document are all built from it. `ReplayRecord` is
+the one record that is not an event: the operators' log of dead-letter replays.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from datetime import date
 from enum import StrEnum
 from typing import Any
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from contracts.common import (
     Application,
@@ -33,6 +34,7 @@ DECISIONS_TOPIC = "case.decisions.v1"
 APPROVAL_TOPIC = "case.approval.v1"
 DELIVERY_TOPIC = "case.delivery.v1"
 DLQ_TOPIC = "case.dlq.v1"
+DLQ_REPLAYS_TOPIC = "case.dlq.replays.v1"
 CATALOG_TOPIC = "catalog.v1"
 
 
@@ -255,6 +257,38 @@ class CatalogPublished(Contract):
     catalog: dict[str, Any] = Field(description="the whole catalog, as in the catalog file")
 
 
+# -- case.dlq.replays.v1 (operators: `tongban dlq replay`) ---------------------------------------
+
+
+class ReplayRecord(BaseModel):
+    """One replay of a dead letter: which letter (its place on the dead-letter topic), where its
+    original record was and where it went back to, who replayed it and when. JSON, key
+    `<dlq topic>/<partition>/<offset>`, header `content-type: application/json`; not a
+    CloudEvent. Unknown fields are ignored, so an older reader still sees a newer record (a
+    replay it missed would let a second one through without --force)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dlq_topic: str = Field(description="the dead-letter topic the letter was read from")
+    dlq_partition: int
+    dlq_offset: int
+    original_topic: str = Field(description="where the letter's record came from, and went back")
+    original_partition: int | None
+    original_offset: int | None
+    event_id: str | None = Field(description="its `ce_id`, when it had one")
+    event_type: str | None = Field(description="its `ce_type`, when it had one")
+    case_id: str | None = Field(description="its `ce_subject`, else its key")
+    replayed_to_partition: int
+    replayed_to_offset: int
+    replayed_at: AwareDatetime
+    operator: str = Field(description="who replayed it (`--operator`, else the login name)")
+    forced: bool = Field(False, description="replayed again with `--force`")
+
+    @property
+    def dlq_place(self) -> tuple[str, int, int]:
+        return (self.dlq_topic, self.dlq_partition, self.dlq_offset)
+
+
 @dataclass(frozen=True)
 class EventType:
     type: str
@@ -262,6 +296,13 @@ class EventType:
     model: builtins.type[Contract]
     producer: str
     summary: str
+
+    @property
+    def handledby(self) -> bool:
+        """Its records carry `ce_handledby`, the department deciding the case: routing's
+        `gov.case.routed.v1` (the department topics are filtered by it) and everything
+        approval publishes about a case, which it does for that department."""
+        return self.type == "gov.case.routed.v1" or self.producer == "approval"
 
 
 EVENT_TYPES: dict[str, EventType] = {

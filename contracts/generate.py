@@ -45,11 +45,13 @@ from contracts.events import (
     CATALOG_TOPIC,
     DECISIONS_TOPIC,
     DELIVERY_TOPIC,
+    DLQ_REPLAYS_TOPIC,
     DLQ_TOPIC,
     EVENT_TYPES,
     INTAKE_TOPIC,
     ROUTING_TOPIC,
     EventType,
+    ReplayRecord,
     types_on,
 )
 from contracts.registry import JSON_SCHEMA_DIALECT, SCHEMA_BASE_URL, asyncapi_validator
@@ -68,6 +70,7 @@ COMPONENT_SCHEMAS = "#/components/schemas/"
 
 SERVICES = ("intake", "routing", "approval", "delivery")
 DEPARTMENT_SYSTEMS = "department systems"
+OPERATORS = "operators"  # `tongban dlq` (and the console's dead-letter view)
 
 # Consumer groups of the services: service -> topics it receives.
 RECEIVES: dict[str, tuple[str, ...]] = {
@@ -91,6 +94,13 @@ TOPIC_DESCRIPTIONS: dict[str, str] = {
     CATALOG_TOPIC: (
         "Every published version of the service-item catalog, one record per version. "
         "Compacted, one partition (versions stay in load order)."
+    ),
+    DLQ_REPLAYS_TOPIC: (
+        "The log of dead-letter replays (`tongban dlq replay`), one partition, in replay "
+        "order: each record says which dead letter was replayed, where its original record "
+        "went back to (its original topic, same key, value and headers less the `dlq_*` ones, "
+        "so the same `ce_id`), by whom and when. `tongban dlq` reads it to mark replayed "
+        "letters and to refuse a second replay of one letter without `--force`."
     ),
 }
 
@@ -316,7 +326,7 @@ def _event_message(event: EventType) -> dict[str, Any]:
             f"JSON Schema {SCHEMA_BASE_URL}{event.type}.json."
         ),
         "contentType": CONTENT_TYPE,
-        "headers": _ce_headers(event.type, handledby=event.type == "gov.case.routed.v1"),
+        "headers": _ce_headers(event.type, handledby=event.handledby),
         "payload": {"$ref": COMPONENT_SCHEMAS + event.model.__name__},
         "bindings": _key_binding(event.topic),
     }
@@ -353,6 +363,41 @@ def _dead_letter_message() -> dict[str, Any]:
         "bindings": {
             "kafka": {
                 "key": _string("The original record key (the case id, when it had one)."),
+                "bindingVersion": KAFKA_BINDING_VERSION,
+            }
+        },
+    }
+
+
+REPLAY = "ReplayRecord"
+
+
+def _replay_message() -> dict[str, Any]:
+    return {
+        "name": REPLAY,
+        "title": "Dead-letter replay",
+        "summary": "One replay of a dead letter: which, where it went back to, by whom, when.",
+        "description": (
+            "Written by `tongban dlq replay` after it re-published the original record. JSON, "
+            "not a CloudEvent: the only header is `content-type`."
+        ),
+        "contentType": CONTENT_TYPE,
+        "headers": {
+            "type": "object",
+            "properties": {
+                "content-type": _string("Content type of the record value.", const=CONTENT_TYPE)
+            },
+            "required": ["content-type"],
+            "additionalProperties": True,
+        },
+        "payload": {"$ref": COMPONENT_SCHEMAS + REPLAY},
+        "bindings": {
+            "kafka": {
+                "key": _string(
+                    "The replayed dead letter's place, `<dlq topic>/<partition>/<offset>`: "
+                    "every replay of one letter has the same key.",
+                    minLength=1,
+                ),
                 "bindingVersion": KAFKA_BINDING_VERSION,
             }
         },
@@ -402,15 +447,43 @@ def _operations() -> list[_Operation]:
                 CATALOG_FOLLOWER_NOTE,
             )
         )
-    order = {name: i for i, name in enumerate((*SERVICES, DEPARTMENT_SYSTEMS))}
-    topics = (*CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC)
+    ops += [
+        _Operation(
+            OPERATORS,
+            "receive",
+            DLQ_TOPIC,
+            "operators list and inspect dead letters (tongban dlq list|show, the console)",
+        ),
+        _Operation(
+            OPERATORS,
+            "send",
+            DLQ_REPLAYS_TOPIC,
+            "tongban dlq replay records each replay",
+            "After re-publishing the letter's original record to its original topic; a replay "
+            "whose record could not be written is still refused by the consumers' inbox.",
+        ),
+        _Operation(
+            OPERATORS,
+            "receive",
+            DLQ_REPLAYS_TOPIC,
+            "tongban dlq reads the replays done so far",
+            "To show which letters were replayed, and to refuse a second replay of one letter "
+            "without --force.",
+        ),
+    ]
+    order = {name: i for i, name in enumerate((*SERVICES, DEPARTMENT_SYSTEMS, OPERATORS))}
+    topics = (*CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC, DLQ_REPLAYS_TOPIC)
     return sorted(
         ops, key=lambda op: (order[op.service], op.action != "send", topics.index(op.topic))
     )
 
 
 def _channel_messages(topic: str) -> list[str]:
-    return [DEAD_LETTER] if topic == DLQ_TOPIC else types_on(topic)
+    if topic == DLQ_TOPIC:
+        return [DEAD_LETTER]
+    if topic == DLQ_REPLAYS_TOPIC:
+        return [REPLAY]
+    return types_on(topic)
 
 
 def asyncapi_document() -> dict[str, Any]:
@@ -425,15 +498,20 @@ def asyncapi_document() -> dict[str, Any]:
             raise ValueError(f"two different payload models are both named {name!r}")
         messages[event_type] = _event_message(event)
     messages[DEAD_LETTER] = _dead_letter_message()
+    messages[REPLAY] = _replay_message()
+    if REPLAY in payloads:
+        raise ValueError(f"an event payload model is also named {REPLAY!r}")
+    payloads[REPLAY] = _hoist(ReplayRecord.model_json_schema(), components)
     if clash := set(payloads) & set(components):
         raise ValueError(f"payload names clash with nested schema names: {sorted(clash)}")
     schemas = _sorted({**components, **payloads})
 
     channels: dict[str, Any] = {}
-    for topic in (*CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC):
+    for topic in (*CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC, DLQ_REPLAYS_TOPIC):
         kafka: dict[str, Any] = {"topic": topic}
-        if topic == CATALOG_TOPIC:
+        if topic in (CATALOG_TOPIC, DLQ_REPLAYS_TOPIC):
             kafka["partitions"] = 1
+        if topic == CATALOG_TOPIC:
             kafka["topicConfiguration"] = {"cleanup.policy": ["compact"]}
         kafka["bindingVersion"] = KAFKA_BINDING_VERSION
         channels[topic] = {
@@ -510,8 +588,9 @@ def asyncapi_document() -> dict[str, Any]:
                 "administrative levels (DESIGN.md §4).\n\n"
                 "Every record is a CloudEvents 1.0 event in binary content mode: the attributes "
                 "are `ce_*` headers, the record value is the event data as JSON "
-                f"(`{CONTENT_TYPE}`), the record key is the case id. Routing events add "
-                "`ce_handledby` (the department code); `traceparent` is set where a trace "
+                f"(`{CONTENT_TYPE}`), the record key is the case id. `gov.case.routed.v1` and "
+                "every approval event add `ce_handledby` (the code of the department deciding "
+                "the case); `traceparent` is set where a trace "
                 "exists. Each payload is also published as a standalone JSON Schema "
                 f"(draft 2020-12) at {SCHEMA_BASE_URL}<type>.json. A contract changes only "
                 "with a new version (a new type or topic name)."

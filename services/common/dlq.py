@@ -7,7 +7,8 @@ dead-letter topic unchanged (key, value, headers) and adds:
 
 A replay re-publishes the original record (its key, value and headers without the `dlq_*`
 ones) to its original topic with an idempotent producer, then records the replay on
-`case.dlq.replays.v1` (JSON, key `<dlq topic>/<partition>/<offset>`). The replayed event keeps
+`case.dlq.replays.v1` (a `contracts.events.ReplayRecord` as JSON, key
+`<dlq topic>/<partition>/<offset>`; contracts/asyncapi.yaml). The replayed event keeps
 its `ce_id`: consumers record an event id as processed only when they applied it, and a
 dead-lettered event was not applied, so it is applied once; a replay that is repeated by
 mistake finds its id processed and is skipped by the inbox. Every group reading the original
@@ -22,8 +23,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from pydantic import AwareDatetime, BaseModel, ConfigDict
 
+from contracts.events import DLQ_REPLAYS_TOPIC
+from contracts.events import ReplayRecord as ReplayRecord  # the contract, for the ops tools
 from services.common.envelope import Envelope, EnvelopeError
 from services.common.kafka import TopicSpec
 
@@ -34,7 +36,7 @@ ORIGINAL_TOPIC = "dlq_topic"
 ORIGINAL_PARTITION = "dlq_partition"
 ORIGINAL_OFFSET = "dlq_offset"
 
-REPLAYS_TOPIC = "case.dlq.replays.v1"
+REPLAYS_TOPIC = DLQ_REPLAYS_TOPIC
 
 Headers = list[tuple[str, bytes]]
 
@@ -136,31 +138,6 @@ class DeadLetter:
         except EnvelopeError as exc:
             return str(exc)
         return None
-
-
-class ReplayRecord(BaseModel):
-    """What `case.dlq.replays.v1` keeps about one replay."""
-
-    model_config = ConfigDict(frozen=True)
-
-    dlq_topic: str
-    dlq_partition: int
-    dlq_offset: int
-    original_topic: str
-    original_partition: int | None
-    original_offset: int | None
-    event_id: str | None
-    event_type: str | None
-    case_id: str | None
-    replayed_to_partition: int
-    replayed_to_offset: int
-    replayed_at: AwareDatetime
-    operator: str
-    forced: bool = False
-
-    @property
-    def dlq_place(self) -> tuple[str, int, int]:
-        return (self.dlq_topic, self.dlq_partition, self.dlq_offset)
 
 
 def replay_key(topic: str, partition: int, offset: int) -> bytes:

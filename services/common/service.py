@@ -195,6 +195,11 @@ class ServiceRuntime:
         spec = EVENT_TYPES[event_type]
         if not isinstance(payload, spec.model):
             raise TypeError(f"{event_type} carries {spec.model.__name__}, not {type(payload)}")
+        if bool(handledby) != spec.handledby:
+            # contracts/asyncapi.yaml tells consumers which types carry it: keep that true.
+            raise TypeError(
+                f"{event_type} {'needs' if spec.handledby else 'carries no'} ce_handledby"
+            )
         subject = subject or str(getattr(payload, "case_id"))  # noqa: B009
         # The span applying this request or event is the parent of whoever handles the new
         # event; `traceparent` (the incoming one) only serves when no span is current.

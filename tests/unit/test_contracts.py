@@ -5,7 +5,10 @@ refuses broken ones)."""
 from __future__ import annotations
 
 import copy
-from typing import Any
+import json
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from jsonschema import Draft7Validator, Draft202012Validator, ValidationError
@@ -13,7 +16,15 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
 from contracts import generate, registry
-from contracts.events import CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC, EVENT_TYPES
+from contracts.events import (
+    CASE_TOPICS,
+    CATALOG_TOPIC,
+    DLQ_REPLAYS_TOPIC,
+    DLQ_TOPIC,
+    EVENT_TYPES,
+)
+from services.common import dlq
+from services.common.service import ServiceRuntime, ServiceSettings
 
 pytestmark = pytest.mark.unit
 
@@ -309,6 +320,9 @@ def test_operations_follow_the_design(asyncapi: dict[str, Any]) -> None:
     assert who("receive", "case.approval.v1") == {"delivery", "intake"}
     assert who("receive", "case.delivery.v1") == {"intake"}
     assert who("send", DLQ_TOPIC) == {"intake", "routing", "approval", "delivery"}
+    assert who("receive", DLQ_TOPIC) == {"operators"}
+    assert who("send", DLQ_REPLAYS_TOPIC) == {"operators"}
+    assert who("receive", DLQ_REPLAYS_TOPIC) == {"operators"}
     for op in ops.values():
         channel = op["channel"]["$ref"].removeprefix("#/channels/")
         for message in op["messages"]:
@@ -337,7 +351,13 @@ def test_every_event_type_has_a_message_a_channel_and_a_schema(asyncapi: dict[st
         schema = registry.schema_for(event_type)
         assert schema["$id"] == f"https://tongban.example/schemas/{event_type}.json"
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert set(asyncapi["channels"]) == {*CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC, "dept.cases.v1"}
+    assert set(asyncapi["channels"]) == {
+        *CASE_TOPICS,
+        CATALOG_TOPIC,
+        DLQ_TOPIC,
+        DLQ_REPLAYS_TOPIC,
+        "dept.cases.v1",
+    }
     assert asyncapi["channels"]["dept.cases.v1"]["address"] == "dept.{department}.cases.v1"
     routed = messages["gov.case.routed.v1"]["headers"]
     assert "ce_handledby" in routed["required"]
@@ -426,3 +446,110 @@ def test_nested_violations_and_formats_are_caught() -> None:
     registry.validate_event(
         "gov.case.closed.v1", {**SAMPLES["gov.case.closed.v1"], "closed_at": "2026-11-29T02:03:04Z"}
     )
+
+
+# -- (e) what the services write is what the document declares ----------------------------------
+
+
+def _payload_validator(asyncapi: dict[str, Any], ref: str) -> Draft7Validator:
+    resource = DRAFT7.create_resource({"components": asyncapi["components"]})
+    return Draft7Validator(
+        {"$ref": "urn:asyncapi" + ref}, registry=Registry().with_resource("urn:asyncapi", resource)
+    )
+
+
+@pytest.fixture(scope="module")
+def runtime() -> ServiceRuntime:
+    # Builds no connection: only its envelope() is used.
+    return ServiceRuntime(ServiceSettings(service="contracts"))
+
+
+@pytest.mark.parametrize("event_type", sorted(EVENT_TYPES))
+def test_ce_handledby_is_declared_on_every_message_that_carries_it(
+    asyncapi: dict[str, Any], runtime: ServiceRuntime, event_type: str
+) -> None:
+    """The record headers a service writes fit the message's headers schema, which requires
+    `ce_handledby` exactly on the types that carry it; the runtime refuses to emit one of
+    those types without it (or another type with it), so the document cannot drift."""
+    spec = EVENT_TYPES[event_type]
+    payload = spec.model.model_validate(SAMPLES[event_type])
+    subject = None if "case_id" in SAMPLES[event_type] else "3101/catalog/7"
+    department = "HP-S01-MKT" if spec.handledby else None
+    _topic, envelope = runtime.envelope(event_type, payload, subject=subject, handledby=department)
+    _key, _value, raw = envelope.to_record()
+    headers = {name: value.decode() for name, value in raw}
+    declared = asyncapi["components"]["messages"][event_type]["headers"]
+    Draft7Validator(declared).validate(headers)
+    assert ("ce_handledby" in declared["required"]) == spec.handledby
+    assert ("ce_handledby" in headers) == spec.handledby
+    if spec.handledby:
+        with pytest.raises(ValidationError, match="ce_handledby"):
+            Draft7Validator(declared).validate({**headers, "ce_handledby": ""})
+    with pytest.raises(TypeError, match="ce_handledby"):
+        runtime.envelope(
+            event_type,
+            payload,
+            subject=subject,
+            handledby=None if spec.handledby else "HP-S01-MKT",
+        )
+    assert {t for t, e in EVENT_TYPES.items() if e.handledby} >= {
+        "gov.case.routed.v1",
+        "gov.case.accepted.v1",
+        "gov.case.overdue.v1",
+    }
+
+
+class SentRecords:
+    """A plain stand-in for AIOKafkaProducer.send_and_wait: keeps what was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        *,
+        key: bytes | None = None,
+        value: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> SimpleNamespace:
+        self.sent.append((topic, key, value, headers or []))
+        return SimpleNamespace(partition=1, offset=len(self.sent))
+
+
+async def test_a_replay_is_recorded_as_the_document_declares(asyncapi: dict[str, Any]) -> None:
+    letter = dlq.DeadLetter(
+        topic=DLQ_TOPIC,
+        partition=2,
+        offset=41,
+        timestamp_ms=int(datetime(2026, 11, 29, tzinfo=UTC).timestamp() * 1000),
+        key=CASE_ID.encode(),
+        value=b'{"case_id": "HC-2026-000001"}',
+        headers=(
+            ("ce_id", b"e-1"),
+            ("ce_type", b"gov.case.routed.v1"),
+            ("ce_subject", CASE_ID.encode()),
+            ("dlq_reason", b"handler failed"),
+            ("dlq_source", b"approval/approval-routing"),
+            ("dlq_topic", b"case.routing.v1"),
+            ("dlq_partition", b"0"),
+            ("dlq_offset", b"9"),
+        ),
+    )
+    producer = SentRecords()
+    await dlq.replay(cast(Any, producer), letter, operator="ops-1")
+    (original, *_), (topic, key, value, headers) = producer.sent
+    assert original == "case.routing.v1"
+
+    channel = asyncapi["channels"][DLQ_REPLAYS_TOPIC]
+    assert channel["address"] == topic == DLQ_REPLAYS_TOPIC
+    assert channel["bindings"]["kafka"]["partitions"] == dlq.replays_topic_spec().partitions
+    message = _resolve(asyncapi, channel["messages"]["ReplayRecord"]["$ref"])
+    Draft7Validator(message["headers"]).validate({k: v.decode() for k, v in headers})
+    assert key == dlq.replay_key(DLQ_TOPIC, 2, 41) == b"case.dlq.v1/2/41"
+    record = json.loads(value or b"")
+    payload = _payload_validator(asyncapi, message["payload"]["$ref"])
+    payload.validate(record)
+    assert record["operator"] == "ops-1" and record["event_id"] == "e-1"
+    with pytest.raises(ValidationError):
+        payload.validate({k: v for k, v in record.items() if k != "replayed_to_offset"})
