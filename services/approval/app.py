@@ -231,7 +231,7 @@ async def worklist(
     "/v1/cases/{case_id}/decisions",
     response_model=DecisionResponse,
     tags=["approval"],
-    responses=errors(401, 403, 404, 409, 413, 422, 503),
+    responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
 )
 async def decide(
     case_id: CaseId, body: DecisionRequest, request: Request, principal: CurrentPrincipal
@@ -319,7 +319,7 @@ async def followups(
     "/v1/cases/{case_id}/followup",
     response_model=FollowupEntry,
     tags=["ratings"],
-    responses=errors(401, 403, 404, 409, 413, 422, 503),
+    responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
 )
 async def answer_followup(
     case_id: CaseId, body: FollowupAnswerRequest, principal: CurrentPrincipal

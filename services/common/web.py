@@ -30,6 +30,7 @@ PROBLEM_SCHEMA = "Problem"
 PROBLEM_REF = f"#/components/schemas/{PROBLEM_SCHEMA}"
 
 _ERROR_DESCRIPTIONS = {
+    400: "The body cannot be read as JSON text at all, e.g. not UTF-8 (`malformed_body`)",
     401: "Missing, expired or invalid bearer token (`unauthenticated`, `invalid_token`, "
     "`token_expired`)",
     403: "Not allowed for this role or scope (`forbidden`, `forbidden_scope`, ...)",
@@ -186,7 +187,12 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        codes = {
+            400: "malformed_body",  # FastAPI's answer to a body it cannot decode
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+        }
         code = codes.get(exc.status_code, f"http_{exc.status_code}")
         return problem_response(Problem(exc.status_code, code, str(exc.detail)), request)
 

@@ -106,7 +106,7 @@ async def get_result(case_id: str, principal: CurrentPrincipal) -> ResultView:
     "/v1/cases/{case_id}/pickup",
     response_model=ResultView,
     tags=["results"],
-    responses=errors(401, 403, 404, 409, 413, 422, 503),
+    responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
 )
 async def pickup(
     case_id: str,
@@ -132,7 +132,7 @@ async def pickup(
     response_model=CaseRated,
     status_code=201,
     tags=["ratings"],
-    responses=errors(401, 403, 404, 409, 413, 422, 503),
+    responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
 )
 async def rate(
     case_id: str, body: RatingRequest, request: Request, principal: CurrentPrincipal

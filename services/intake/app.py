@@ -126,7 +126,7 @@ def _route_preview(
     dependencies=[Depends(rate_limited(limiter, after=runtime.authenticated))],
     # OpenAPI links: what a client (or a stateful test) can do next with the new case.
     responses={
-        **errors(401, 403, 409, 413, 422, 429, 503),
+        **errors(400, 401, 403, 409, 413, 422, 429, 503),
         201: {
             "links": {
                 name: {
@@ -262,7 +262,7 @@ def _applicant_view(applicant: dict[str, Any], clear: bool) -> Applicant:
     "/v1/cases/{case_id}/materials",
     response_model=SubmissionResponse,
     tags=["cases"],
-    responses=errors(401, 403, 404, 409, 413, 422, 503),
+    responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
 )
 async def add_materials(
     case_id: str, body: MaterialsRequest, principal: CurrentPrincipal
@@ -303,7 +303,7 @@ async def add_materials(
     "/v1/cases/{case_id}/withdraw",
     response_model=CaseView,
     tags=["cases"],
-    responses=errors(401, 403, 404, 409, 413, 422, 503),
+    responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
 )
 async def withdraw(
     case_id: str, principal: CurrentPrincipal, body: WithdrawRequest | None = None

@@ -90,7 +90,7 @@ def _no_catalog() -> Problem:
     "/v1/routes/preview",
     response_model=RoutePreviewResponse,
     tags=["routing"],
-    responses=errors(401, 403, 413, 422, 503),
+    responses=errors(400, 401, 403, 413, 422, 503),
 )
 async def preview(
     application: SubmissionRequest, principal: CurrentPrincipal
@@ -182,7 +182,7 @@ async def retry(case_id: str, principal: CurrentPrincipal) -> RoutePreviewRespon
     response_model=CatalogVersion,
     status_code=201,
     tags=["catalog"],
-    responses=errors(401, 403, 413, 422, 503),
+    responses=errors(400, 401, 403, 413, 422, 503),
 )
 async def load_catalog(
     raw: Annotated[dict[str, Any], Body()], principal: CurrentPrincipal

@@ -27,6 +27,7 @@ import pytest
 
 from services.cli.applicants import application_for
 from services.cli.devclient import CONSOLE_PORT, ActingClient
+from services.console.app import ConsoleSettings, create_app
 from tests.conftest import ROOT, RUN_DIR, eventually
 from tests.e2e.conftest import (
     APPROVAL,
@@ -129,6 +130,21 @@ async def test_console_api_answers(console: str, catalog: dict[str, Any]) -> Non
         await eventually(intake_group_listed, timeout=30, what="intake's group in the lag view")
         missing = await client.get("/api/cases/NO-SUCH-CASE")
         assert missing.status_code == 404 and missing.json()["code"]
+
+
+async def test_intake_refusing_the_consoles_token_is_a_502_not_a_forwarded_401(
+    running_services: None,
+) -> None:
+    """The console has no login of its own and declares no 401: the real intake refusing the
+    console's token is the console's problem with intake (502), never passed on as a 401."""
+    app = create_app(ConsoleSettings(intake_url=INTAKE, console_token="not-a-jwt"))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://console") as client:
+            answer = await client.get("/api/cases/NO-SUCH-CASE")
+    assert answer.status_code == 502, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["code"] == "intake_refused"
 
 
 async def test_console_shows_a_case_live_and_its_timeline_to_closed(

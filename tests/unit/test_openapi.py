@@ -28,6 +28,7 @@ from services.console.app import create_app as create_console
 from services.delivery.app import app as delivery_app
 from services.intake.app import app as intake_app
 from services.routing.app import app as routing_app
+from tests.auth_helpers import auth_headers
 
 pytestmark = pytest.mark.unit
 
@@ -98,7 +99,8 @@ def test_health_and_readiness_declare_no_error(name: str) -> None:
 
 @pytest.mark.parametrize("name", APPS)
 def test_each_operation_declares_the_errors_its_inputs_and_edges_can_give(name: str) -> None:
-    """What each operation can answer follows from what it takes: a token (401), a body (413),
+    """What each operation can answer follows from what it takes: a token (401), a body (400
+    when it cannot be decoded, 413),
     any input (422: invalid or unstorable), a case id (404); every service route sits behind
     the load shedder and a database (503)."""
     for path, method, operation in operations(document(name)):
@@ -109,13 +111,13 @@ def test_each_operation_declares_the_errors_its_inputs_and_edges_can_give(name: 
         inputs = operation.get("parameters", [])
         has_body = "requestBody" in operation
         assert (401 in declared) == bool(operation.get("security")), where
-        assert (413 in declared) == has_body, where
+        assert (413 in declared) == (400 in declared) == has_body, where
         assert (422 in declared) == (bool(inputs) or has_body), where
         if "{case_id}" in path:  # a case missing, or outside the caller's scope
             assert 404 in declared, where
         if name in SERVICES:
             assert 503 in declared, where
-        assert 500 not in declared and 400 not in declared, where
+        assert 500 not in declared, where
         if 401 in declared:
             challenge = header(declared[401], "WWW-Authenticate")
             assert challenge is not None and challenge["required"], where
@@ -150,6 +152,20 @@ async def test_every_operation_declaring_401_refuses_a_request_without_a_token(
             assert answer.status_code == 401, (path, method, answer.text)
             assert answer.headers["www-authenticate"].startswith("Bearer ")
             assert answer.headers["content-type"] == PROBLEM_JSON
+
+
+async def test_a_body_that_cannot_be_decoded_is_the_declared_400() -> None:
+    transport = httpx.ASGITransport(app=intake_app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+        answer = await client.post(
+            "/v1/cases",
+            content=b"\x9d\xc2\xff{",
+            headers={"Content-Type": "application/json", **auth_headers("clerk", "online")},
+        )
+    assert answer.status_code == 400
+    assert answer.headers["content-type"] == PROBLEM_JSON
+    assert answer.json()["code"] == "malformed_body"
+    assert "400" in document("intake")["paths"]["/v1/cases"]["post"]["responses"]
 
 
 async def test_every_503_problem_carries_retry_after() -> None:
