@@ -1,4 +1,5 @@
-"""REST edges shared by every service: health, readiness, metrics, RFC 9457 problem JSON."""
+"""REST edges shared by every service: health, readiness, metrics, RFC 9457 problem JSON, and
+how their errors are described in OpenAPI (`errors()` per route, one Problem schema)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ _ERROR_DESCRIPTIONS = {
     422: "The request is not valid (`invalid_request` with the field list in `errors`, or a "
     "rule's own code)",
     429: "Too many requests from this client (`rate_limited`); retry after Retry-After",
-    502: "An upstream service did not answer",
+    502: "An upstream service did not answer, or refused this one (`intake_unavailable`, "
+    "`intake_refused`)",
     503: "At capacity, or a dependency is not available; retry after Retry-After",
 }
 
