@@ -4,8 +4,29 @@ from __future__ import annotations
 
 from datetime import date
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+# What no text field may hold: NUL (PostgreSQL's text and jsonb cannot store it). A code also
+# holds no other control character (C0, DEL, C1): codes go into log lines, topic names and
+# record headers, where a line break or an escape sequence is an injection. Patterns rather
+# than validator functions, so that they show in the JSON Schemas and length limits keep
+# their own messages. Unpaired UTF-16 surrogates (a JSON "\ud800" escape decodes into one;
+# no UTF-8 form, so neither PostgreSQL nor Kafka can carry it) never pass pydantic's string
+# check of a constrained string (error type `string_unicode`).
+TEXT_PATTERN = r"^[^\x00]*$"
+CODE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+
+Text = Annotated[str, StringConstraints(pattern=TEXT_PATTERN)]
+"""Free text (names, addresses, reasons, notes, comments): any characters PostgreSQL and
+Kafka can carry. A NUL or an unpaired surrogate is refused (REST: 422 `invalid_value` naming
+the field, `services.common.web`) before anything is written. Lengths stay with each field
+(`Field(max_length=...)`)."""
+
+Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN)]
+"""A code or identifier (item, office, department, division, material, case and licence ids,
+ID numbers, phones): like `Text`, and no control characters at all."""
 
 
 class Contract(BaseModel):
@@ -63,14 +84,14 @@ TERMINAL_STATUSES = frozenset({CaseStatus.closed, CaseStatus.withdrawn})
 
 class Applicant(Contract):
     category: Category
-    name: str = Field(min_length=1, max_length=200)
-    id_number: str = Field(
+    name: Text = Field(min_length=1, max_length=200)
+    id_number: Code = Field(
         min_length=1,
         max_length=32,
         description="18-char resident ID (GB 11643) or unified social credit code (GB 32100)",
     )
-    phone: str | None = Field(default=None, max_length=32)
-    division_code: str = Field(
+    phone: Code | None = Field(default=None, max_length=32)
+    division_code: Code = Field(
         min_length=1,
         max_length=32,
         description="jurisdiction: domicile street (individual), registered street or district",
@@ -78,22 +99,22 @@ class Applicant(Contract):
 
 
 class Material(Contract):
-    code: str = Field(min_length=1, max_length=64)
+    code: Code = Field(min_length=1, max_length=64)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    e_license_id: str | None = Field(default=None, max_length=128)
+    e_license_id: Code | None = Field(default=None, max_length=128)
 
 
 class Delivery(Contract):
     method: DeliveryMethod
-    address: str | None = Field(default=None, max_length=500)
+    address: Text | None = Field(default=None, max_length=500)
 
 
 class Application(Contract):
     """What a counter (or the online channel) submits: `POST /v1/cases` body."""
 
-    item_code: str = Field(min_length=1, max_length=64)
+    item_code: Code = Field(min_length=1, max_length=64)
     channel: Channel
-    office_code: str | None = Field(default=None, max_length=64, description="counter only")
+    office_code: Code | None = Field(default=None, max_length=64, description="counter only")
     applicant: Applicant
     materials: list[Material] = Field(default_factory=list, max_length=200)
     delivery: Delivery

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Annotated, Any
 
 import asyncpg
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contracts.common import CODE_PATTERN, TEXT_PATTERN, Code
 from services.common.failures import is_infrastructure_error
 from services.common.logs import get_logger
 
@@ -21,6 +22,28 @@ log = get_logger(__name__)
 PROBLEM_JSON = "application/problem+json"
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+
+CaseId = Annotated[Code, Path(min_length=1, max_length=64, description="the case id")]
+"""A `{case_id}` path parameter: a NUL, a control character or 65+ characters is a 422 before
+any lookup (never a database error)."""
+
+# What `contracts.common.Text` and `Code` refuse, as pydantic reports it: their pattern (a NUL,
+# a control character in a code) or `string_unicode` (an unpaired surrogate).
+UNSTORABLE_PATTERNS = frozenset({TEXT_PATTERN, CODE_PATTERN})
+UNSTORABLE_MESSAGE = (
+    "holds a character tongban cannot store: NUL, an unpaired surrogate, or (in a code) "
+    "another control character"
+)
+
+
+def _unstorable(error: Mapping[str, Any]) -> bool:
+    if error.get("type") == "string_unicode":
+        return True
+    ctx = error.get("ctx") or {}
+    return error.get("type") == "string_pattern_mismatch" and ctx.get("pattern") in (
+        UNSTORABLE_PATTERNS
+    )
+
 
 _PROBLEM_STATUSES = {
     400: "Bad request",
@@ -122,12 +145,19 @@ def install_problem_handlers(app: FastAPI) -> None:
         errors = [
             {
                 "field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"),
-                "message": err.get("msg", ""),
-                "type": err.get("type", ""),
+                "message": UNSTORABLE_MESSAGE if _unstorable(err) else err.get("msg", ""),
+                "type": "invalid_value" if _unstorable(err) else err.get("type", ""),
             }
             for err in exc.errors()
         ]
         summary = "; ".join(f"{e['field'] or '(body)'}: {e['message']}" for e in errors[:5])
+        if any(e["type"] == "invalid_value" for e in errors):
+            # Text tongban could not store or publish: the same code as a value PostgreSQL
+            # refuses, so a client fixes both the same way; `errors` names the fields.
+            return problem_response(
+                Problem(422, "invalid_value", "A value cannot be stored", summary, errors=errors),
+                request,
+            )
         return problem_response(
             Problem(422, "invalid_request", "The request is not valid", summary, errors=errors),
             request,
