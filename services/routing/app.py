@@ -26,7 +26,7 @@ from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
 from services.common.service import ServiceRuntime, ServiceSettings
-from services.common.web import Problem
+from services.common.web import CaseId, Problem
 from services.routing import handlers, models
 from services.routing.topics import DepartmentTopics
 
@@ -127,7 +127,7 @@ async def triage(
     response_model=RoutePreviewResponse,
     tags=["routing"],
 )
-async def retry(case_id: str, principal: CurrentPrincipal) -> RoutePreviewResponse:
+async def retry(case_id: CaseId, principal: CurrentPrincipal) -> RoutePreviewResponse:
     """Route a failed case again, typically after a catalog fix.
 
     The case's stored application and submission time are routed by the catalog version in
