@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -27,6 +28,23 @@ the field, `services.common.web`) before anything is written. Lengths stay with 
 Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN)]
 """A code or identifier (item, office, department, division, material, case and licence ids,
 ID numbers, phones): like `Text`, and no control characters at all."""
+
+UNSTORABLE_MESSAGE = (
+    "holds a character tongban cannot store: NUL, an unpaired surrogate, or (in a code) "
+    "another control character"
+)
+
+
+def is_unstorable(error: Mapping[str, Any]) -> bool:
+    """Whether a pydantic error (an item of `ValidationError.errors()`) is `Text` or `Code`
+    refusing a value: their pattern, or `string_unicode` (an unpaired surrogate)."""
+    if error.get("type") == "string_unicode":
+        return True
+    ctx = error.get("ctx") or {}
+    return error.get("type") == "string_pattern_mismatch" and ctx.get("pattern") in (
+        TEXT_PATTERN,
+        CODE_PATTERN,
+    )
 
 
 class Contract(BaseModel):

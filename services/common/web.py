@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
 import asyncpg
@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from contracts.common import CODE_PATTERN, TEXT_PATTERN, Code
+from contracts.common import UNSTORABLE_MESSAGE, Code, is_unstorable
 from services.common.failures import is_infrastructure_error
 from services.common.logs import get_logger
 
@@ -26,24 +26,6 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 CaseId = Annotated[Code, Path(min_length=1, max_length=64, description="the case id")]
 """A `{case_id}` path parameter: a NUL, a control character or 65+ characters is a 422 before
 any lookup (never a database error)."""
-
-# What `contracts.common.Text` and `Code` refuse, as pydantic reports it: their pattern (a NUL,
-# a control character in a code) or `string_unicode` (an unpaired surrogate).
-UNSTORABLE_PATTERNS = frozenset({TEXT_PATTERN, CODE_PATTERN})
-UNSTORABLE_MESSAGE = (
-    "holds a character tongban cannot store: NUL, an unpaired surrogate, or (in a code) "
-    "another control character"
-)
-
-
-def _unstorable(error: Mapping[str, Any]) -> bool:
-    if error.get("type") == "string_unicode":
-        return True
-    ctx = error.get("ctx") or {}
-    return error.get("type") == "string_pattern_mismatch" and ctx.get("pattern") in (
-        UNSTORABLE_PATTERNS
-    )
-
 
 _PROBLEM_STATUSES = {
     400: "Bad request",
@@ -144,9 +126,9 @@ def install_problem_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         errors = [
             {
-                "field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"),
-                "message": UNSTORABLE_MESSAGE if _unstorable(err) else err.get("msg", ""),
-                "type": "invalid_value" if _unstorable(err) else err.get("type", ""),
+                "field": _field(err.get("loc", ())),
+                "message": UNSTORABLE_MESSAGE if is_unstorable(err) else err.get("msg", ""),
+                "type": "invalid_value" if is_unstorable(err) else err.get("type", ""),
             }
             for err in exc.errors()
         ]
@@ -221,6 +203,12 @@ def install_problem_handlers(app: FastAPI) -> None:
     for infrastructure in (OSError, asyncpg.InterfaceError, asyncpg.PostgresError, SQLAlchemyError):
         app.add_exception_handler(infrastructure, on_failure)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def _field(loc: Sequence[int | str]) -> str:
+    """`applicant.name`, `materials.0.code`, `path.case_id`: the body's own fields unprefixed
+    (and a field that is itself called `body` kept)."""
+    return ".".join(str(p) for p in (loc[1:] if loc[:1] == ("body",) else loc))
 
 
 def _is_data_error(exc: BaseException) -> bool:
