@@ -232,6 +232,11 @@ async def decide(
     require(principal, Role.reviewer)
     require_scope(principal, body.department, "department", exempt=())
     async with unit_of_work(runtime.sessions) as session:
+        row = await handlers.load_row(session, case_id)
+        if row is None or row.department != body.department:
+            # Another department's case, or one withdrawn before it was routed (no
+            # department): to this reviewer it does not exist.
+            raise _problem(review.case_not_found(case_id))
         result = await handlers.decide_case(
             session,
             runtime=runtime,
@@ -241,7 +246,7 @@ async def decide(
             traceparent=request.headers.get("traceparent"),
         )
         if isinstance(result, review.Refusal):
-            raise _problem(_as_missing_to_others(result, review.case_not_found(case_id)))
+            raise _problem(result)
         await runtime.audit(
             session, principal, "case.decide", case_id, {"decision": body.decision.value}
         )
@@ -365,9 +370,9 @@ async def sla_cases(
 
 
 def _as_missing_to_others(refusal: review.Refusal, missing: review.Refusal) -> review.Refusal:
-    """A reviewer acting on another department's case gets `missing`, the answer for a case
-    that does not exist (the body's department is the caller's own: `require_scope` saw to
-    it), so an id tells nothing about the cases outside the caller's department."""
+    """A reviewer acting on another department's follow-up gets `missing`, the answer for a
+    case without one (the body's department is the caller's own: `require_scope` saw to it),
+    so an id tells nothing about the cases outside the caller's department."""
     return missing if refusal.code == "wrong_department" else refusal
 
 
