@@ -17,9 +17,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, model_validator
 
-from contracts.common import Category, Contract, Level, Mode
-
-Code = str  # a division, office, department, item or material code
+from contracts.common import Category, Code, Contract, Level, Mode, Text
 
 
 class CatalogModel(Contract):
@@ -43,17 +41,17 @@ LEVEL_OFFICE: dict[Level, OfficeKind] = {level: kind for kind, level in OFFICE_L
 
 class City(CatalogModel):
     code: Code = Field(min_length=1, max_length=32)
-    name: str = ""
+    name: Text = ""
 
 
 class Street(CatalogModel):
     code: Code = Field(min_length=1, max_length=32)
-    name: str = ""
+    name: Text = ""
 
 
 class District(CatalogModel):
     code: Code = Field(min_length=1, max_length=32)
-    name: str = ""
+    name: Text = ""
     streets: list[Street] = Field(default_factory=list)
 
 
@@ -63,15 +61,15 @@ class Office(CatalogModel):
     code: Code = Field(min_length=1, max_length=64)
     kind: OfficeKind
     division: Code = Field(min_length=1, max_length=32)
-    name: str = ""
+    name: Text = ""
 
 
 class Department(CatalogModel):
     """Who decides. `line` is the functional line (market, social, ...): delegation follows it."""
 
     code: Code = Field(min_length=1, max_length=64)
-    name: str = ""
-    line: str = Field(min_length=1, max_length=64)
+    name: Text = ""
+    line: Code = Field(min_length=1, max_length=64)
     level: Level
     division: Code = Field(min_length=1, max_length=32)
 
@@ -86,18 +84,18 @@ class Calendar(CatalogModel):
 
 class MaterialSpec(CatalogModel):
     code: Code = Field(min_length=1, max_length=64)
-    name: str = ""
+    name: Text = ""
     required: bool = True
 
 
 class ResultSpec(CatalogModel):
-    kind: str = Field(min_length=1, max_length=64, description="licence | decision_letter | ...")
+    kind: Code = Field(min_length=1, max_length=64, description="licence | decision_letter | ...")
     e_license: bool = False
 
 
 class Item(CatalogModel):
     code: Code = Field(min_length=1, max_length=64)
-    name: str = ""
+    name: Text = ""
     category: Category
     owner: Code = Field(min_length=1, max_length=64, description="a municipal department code")
     mode: Mode

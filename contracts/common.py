@@ -2,10 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 from enum import StrEnum
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+# What no text field may hold: NUL (PostgreSQL's text and jsonb cannot store it). A code also
+# holds no other control character (C0, DEL, C1): codes go into log lines, topic names and
+# record headers, where a line break or an escape sequence is an injection. Patterns rather
+# than validator functions, so that they show in the JSON Schemas and length limits keep
+# their own messages. Unpaired UTF-16 surrogates (a JSON "\ud800" escape decodes into one;
+# no UTF-8 form, so neither PostgreSQL nor Kafka can carry it) never pass pydantic's string
+# check of a constrained string (error type `string_unicode`).
+TEXT_PATTERN = r"^[^\x00]*$"
+CODE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+
+Text = Annotated[str, StringConstraints(pattern=TEXT_PATTERN)]
+"""Free text (names, addresses, reasons, notes, comments): any characters PostgreSQL and
+Kafka can carry. A NUL or an unpaired surrogate is refused (REST: 422 `invalid_value` naming
+the field, `services.common.web`) before anything is written. Lengths stay with each field
+(`Field(max_length=...)`)."""
+
+Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN)]
+"""A code or identifier (item, office, department, division, material, case and licence ids,
+ID numbers, phones): like `Text`, and no control characters at all."""
+
+UNSTORABLE_MESSAGE = (
+    "holds a character tongban cannot store: NUL, an unpaired surrogate, or (in a code) "
+    "another control character"
+)
+
+
+def is_unstorable(error: Mapping[str, Any]) -> bool:
+    """Whether a pydantic error (an item of `ValidationError.errors()`) is `Text` or `Code`
+    refusing a value: their pattern, or `string_unicode` (an unpaired surrogate)."""
+    if error.get("type") == "string_unicode":
+        return True
+    ctx = error.get("ctx") or {}
+    return error.get("type") == "string_pattern_mismatch" and ctx.get("pattern") in (
+        TEXT_PATTERN,
+        CODE_PATTERN,
+    )
 
 
 class Contract(BaseModel):
@@ -63,14 +102,14 @@ TERMINAL_STATUSES = frozenset({CaseStatus.closed, CaseStatus.withdrawn})
 
 class Applicant(Contract):
     category: Category
-    name: str = Field(min_length=1, max_length=200)
-    id_number: str = Field(
+    name: Text = Field(min_length=1, max_length=200)
+    id_number: Code = Field(
         min_length=1,
         max_length=32,
         description="18-char resident ID (GB 11643) or unified social credit code (GB 32100)",
     )
-    phone: str | None = Field(default=None, max_length=32)
-    division_code: str = Field(
+    phone: Code | None = Field(default=None, max_length=32)
+    division_code: Code = Field(
         min_length=1,
         max_length=32,
         description="jurisdiction: domicile street (individual), registered street or district",
@@ -78,22 +117,22 @@ class Applicant(Contract):
 
 
 class Material(Contract):
-    code: str = Field(min_length=1, max_length=64)
+    code: Code = Field(min_length=1, max_length=64)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    e_license_id: str | None = Field(default=None, max_length=128)
+    e_license_id: Code | None = Field(default=None, max_length=128)
 
 
 class Delivery(Contract):
     method: DeliveryMethod
-    address: str | None = Field(default=None, max_length=500)
+    address: Text | None = Field(default=None, max_length=500)
 
 
 class Application(Contract):
     """What a counter (or the online channel) submits: `POST /v1/cases` body."""
 
-    item_code: str = Field(min_length=1, max_length=64)
+    item_code: Code = Field(min_length=1, max_length=64)
     channel: Channel
-    office_code: str | None = Field(default=None, max_length=64, description="counter only")
+    office_code: Code | None = Field(default=None, max_length=64, description="counter only")
     applicant: Applicant
     materials: list[Material] = Field(default_factory=list, max_length=200)
     delivery: Delivery

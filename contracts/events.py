@@ -17,6 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from contracts.common import (
     Application,
+    Code,
     Contract,
     DeliveryMethod,
     Failure,
@@ -26,6 +27,7 @@ from contracts.common import (
     Material,
     ResultDocument,
     Route,
+    Text,
 )
 
 INTAKE_TOPIC = "case.intake.v1"
@@ -105,11 +107,12 @@ class DecisionKind(StrEnum):
 
 
 class DecisionMade(CaseEvent):
-    department: str
+    # Outside input (department systems): held to the same text rules as the REST body.
+    department: Code
     decision: DecisionKind
-    reason: str | None = None
-    legal_basis: str | None = None
-    missing_materials: list[str] = Field(default_factory=list)
+    reason: Text | None = None
+    legal_basis: Text | None = None
+    missing_materials: list[Code] = Field(default_factory=list)
 
 
 # -- case.approval.v1 (approval) ---------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AwareDatetime, Field
 
@@ -12,12 +12,14 @@ from contracts.common import (
     Applicant,
     Application,
     CaseStatus,
+    Code,
     Contract,
     DeliveryMethod,
     Failure,
     Material,
     ResultDocument,
     Route,
+    Text,
     TimelineEntry,
 )
 from contracts.events import DecisionKind, Rating
@@ -53,7 +55,7 @@ class MaterialsRequest(Contract):
 
 
 class WithdrawRequest(Contract):
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: Text | None = Field(default=None, max_length=1000)
 
 
 class CaseView(Contract):
@@ -112,11 +114,13 @@ class CatalogVersion(Contract):
 
 
 class DecisionRequest(Contract):
-    department: str = Field(min_length=1, max_length=64)
+    department: Code = Field(min_length=1, max_length=64)
     decision: DecisionKind
-    reason: str | None = Field(default=None, max_length=2000)
-    legal_basis: str | None = Field(default=None, max_length=2000)
-    missing_materials: list[str] = Field(default_factory=list, max_length=200)
+    reason: Text | None = Field(default=None, max_length=2000)
+    legal_basis: Text | None = Field(default=None, max_length=2000)
+    missing_materials: list[Annotated[Code, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=200
+    )
 
 
 class WorklistEntry(Contract):
@@ -165,8 +169,8 @@ class FollowupEntry(Contract):
 
 
 class FollowupAnswerRequest(Contract):
-    department: str = Field(min_length=1, max_length=64)
-    answer: str = Field(min_length=1, max_length=4000)
+    department: Code = Field(min_length=1, max_length=64)
+    answer: Text = Field(min_length=1, max_length=4000)
 
 
 class HandoverProblemEntry(Contract):
@@ -223,7 +227,7 @@ class ResultView(Contract):
 class PickupRequest(Contract):
     """`POST /v1/cases/{case_id}/pickup` body (optional)."""
 
-    office_code: str | None = Field(
+    office_code: Code | None = Field(
         default=None,
         max_length=64,
         description="the office handing the result over; must be the pickup (intake) office",
@@ -232,12 +236,23 @@ class PickupRequest(Contract):
 
 class RatingRequest(Contract):
     rating: Rating
-    comment: str | None = Field(default=None, max_length=2000)
+    comment: Text | None = Field(default=None, max_length=2000)
+
+
+class LicenseStatus(StrEnum):
+    valid = "valid"
+    invalid = "invalid"  # no such licence, or not the sha256 on record
+    revoked = "revoked"  # DESIGN.md §7 (tongban does not revoke licences yet)
 
 
 class LicenseVerification(Contract):
+    """`GET /v1/licenses/{license_id}/verify`. Anyone may ask; only a caller who may read the
+    licence's case (its office, its department, operators, admins) learns its case, hash,
+    item and issue time: to everyone else they are null, and an unknown id reads the same."""
+
     license_id: str
-    valid: bool
+    status: LicenseStatus
+    valid: bool = Field(description="status is valid")
     case_id: str | None
     sha256: str | None
     item_code: str | None

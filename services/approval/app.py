@@ -10,10 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import Field, model_validator
 
-from contracts.common import CaseStatus
+from contracts.common import CaseStatus, Code
 from contracts.events import (
     DECISIONS_TOPIC,
     DELIVERY_TOPIC,
@@ -40,7 +40,7 @@ from contracts.rest import (
 from services.approval import handlers, review
 from services.approval.clock import local_date
 from services.approval.sla import ClockScheduler
-from services.common.auth import Principal, Role, require, require_scope
+from services.common.auth import Principal, Role, in_scope, require, require_scope
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import Subscription
 from services.common.db import unit_of_work
@@ -48,7 +48,7 @@ from services.common.envelope import Envelope
 from services.common.handover import HandoverTrust, load_trust, verify_handover
 from services.common.logs import mask_name
 from services.common.service import ServiceRuntime, ServiceSettings
-from services.common.web import Problem, errors
+from services.common.web import CaseId, Problem, errors
 from services.common.workdays import WorkCalendar
 
 
@@ -179,7 +179,7 @@ app = runtime.create_app(
     description="Acceptance, deadlines and decisions of routed cases (DESIGN.md §1, §3, §4).",
 )
 
-CaseId = Annotated[str, Path(min_length=1, max_length=64)]
+Department = Annotated[Code, Query(min_length=1, max_length=64)]
 CurrentPrincipal = Annotated[Principal, Depends(runtime.authenticated)]
 OVERSEERS = (Role.operator, Role.admin)
 
@@ -199,7 +199,7 @@ def _department_reader(principal: Principal, department: str | None) -> None:
     responses=errors(401, 403, 422, 503),
 )
 async def worklist(
-    department: Annotated[str, Query(min_length=1, max_length=64)],
+    department: Department,
     status: Annotated[CaseStatus | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     *,
@@ -242,6 +242,11 @@ async def decide(
     require(principal, Role.reviewer)
     require_scope(principal, body.department, "department", exempt=())
     async with unit_of_work(runtime.sessions) as session:
+        row = await handlers.load_row(session, case_id)
+        if row is None or row.department != body.department:
+            # Another department's case, or one withdrawn before it was routed (no
+            # department): to this reviewer it does not exist.
+            raise _problem(review.case_not_found(case_id))
         result = await handlers.decide_case(
             session,
             runtime=runtime,
@@ -265,17 +270,15 @@ async def decide(
     responses=errors(401, 403, 404, 422, 503),
 )
 async def get_case(case_id: CaseId, principal: CurrentPrincipal) -> ApprovalCaseView:
-    """Status, department and deadline of a case at approval."""
+    """Status, department and deadline of a case at approval: for its department's reviewers,
+    operators and admins; to any other reviewer it does not exist (404)."""
+    require(principal, Role.reviewer, *OVERSEERS)
     async with unit_of_work(runtime.sessions) as session:
         row = await handlers.load_row(session, case_id)
-        if row is None:
-            raise Problem(
-                404,
-                "case_not_found",
-                "No such case at approval",
-                f"Case {case_id!r} has not been routed to any department (yet).",
-            )
-        _department_reader(principal, row.department)
+        if row is None or not (
+            principal.role in OVERSEERS or in_scope(principal, row.department, exempt=())
+        ):
+            raise _problem(review.case_not_found(case_id))
         await runtime.audit(session, principal, "case.read", case_id)
     return ApprovalCaseView(
         case_id=row.case_id,
@@ -303,7 +306,7 @@ async def get_case(case_id: CaseId, principal: CurrentPrincipal) -> ApprovalCase
     responses=errors(401, 403, 422, 503),
 )
 async def followups(
-    department: Annotated[str, Query(min_length=1, max_length=64)],
+    department: Department,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     *,
     principal: CurrentPrincipal,
@@ -337,7 +340,7 @@ async def answer_followup(
             now=datetime.now(UTC),
         )
         if isinstance(result, review.Refusal):
-            raise _problem(result)
+            raise _problem(_as_missing_to_others(result, handlers.followup_not_found(case_id)))
         row = await handlers.followup_row(session, case_id)
     return FollowupEntry.model_validate(row)
 
@@ -369,7 +372,7 @@ async def refused_handovers(
 )
 async def sla_board(
     principal: CurrentPrincipal,
-    department: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    department: Annotated[Code | None, Query(min_length=1, max_length=64)] = None,
 ) -> list[SlaBoardRow]:
     """Per department: open cases, warned, overdue, with an unknown deadline, and the nearest
     deadline, most pressing first (operators and admins; a reviewer, their department)."""
@@ -390,7 +393,7 @@ async def sla_board(
 )
 async def sla_cases(
     principal: CurrentPrincipal,
-    department: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    department: Annotated[Code | None, Query(min_length=1, max_length=64)] = None,
     within_days: Annotated[int, Query(ge=0, le=365)] = 3,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[CaseAtRisk]:
@@ -404,6 +407,13 @@ async def sla_cases(
             session, until=until, department=department, limit=limit
         )
     return [CaseAtRisk.model_validate(r) for r in rows]
+
+
+def _as_missing_to_others(refusal: review.Refusal, missing: review.Refusal) -> review.Refusal:
+    """A reviewer acting on another department's follow-up gets `missing`, the answer for a
+    case without one (the body's department is the caller's own: `require_scope` saw to it),
+    so an id tells nothing about the cases outside the caller's department."""
+    return missing if refusal.code == "wrong_department" else refusal
 
 
 def _problem(refusal: review.Refusal) -> Problem:

@@ -524,6 +524,15 @@ async def case_rated(
     )
 
 
+def followup_not_found(case_id: str) -> Refusal:
+    return Refusal(
+        "followup_not_found",
+        404,
+        "No follow-up for this case",
+        f"Case {case_id} has no follow-up: only a dissatisfied rating opens one.",
+    )
+
+
 async def answer_followup(
     session: AsyncSession,
     *,
@@ -539,12 +548,7 @@ async def answer_followup(
         )
     ).first()
     if row is None:
-        return Refusal(
-            "followup_not_found",
-            404,
-            "No follow-up for this case",
-            f"Case {case_id} has no follow-up: only a dissatisfied rating opens one.",
-        )
+        return followup_not_found(case_id)
     if row.department != department:
         return Refusal(
             "wrong_department",

@@ -250,18 +250,22 @@ def deadline_now_known(case: CaseState, calendar: WorkCalendar) -> Outcome | Non
 # -- decisions ---------------------------------------------------------------------------------
 
 
+def case_not_found(case_id: str) -> Refusal:
+    return Refusal(
+        "case_not_found",
+        404,
+        "No such case at approval",
+        f"Case {case_id!r} has not been routed to any department (yet).",
+    )
+
+
 def decide(
     case: CaseState | Unrouted | None, decision: Decision, *, case_id: str, now: datetime
 ) -> Outcome | Refusal:
     """Apply a department's decision. Checked in this order: the case exists, it is routed to
     that department, it is in a state that takes this decision, the decision is complete."""
     if case is None:
-        return Refusal(
-            "case_not_found",
-            404,
-            "No such case at approval",
-            f"Case {case_id!r} has not been routed to any department (yet).",
-        )
+        return case_not_found(case_id)
     if isinstance(case, Unrouted):
         return Refusal(
             "invalid_state",

@@ -463,10 +463,11 @@ def require_scope(
     exempt: Iterable[Role] = (Role.admin,),
 ) -> Principal:
     """403 `forbidden_scope` unless the object (its office or department `scope_value`) is the
-    principal's own scope; `exempt` roles (admin by default) reach every object."""
-    if principal.role in exempt:
-        return principal
-    if scope_value is None or principal.scope != scope_value:
+    principal's own scope; `exempt` roles (admin by default) reach every object.
+
+    For objects the caller names by id (a case, a result), use `in_scope` and answer a case
+    outside the scope exactly as a missing one: a 403 would tell that the id exists."""
+    if not in_scope(principal, scope_value, exempt=exempt):
         raise Problem(
             403,
             "forbidden_scope",
@@ -475,3 +476,13 @@ def require_scope(
             f"{principal.scope or '(none)'}",
         )
     return principal
+
+
+def in_scope(
+    principal: Principal, scope_value: str | None, *, exempt: Iterable[Role] = (Role.admin,)
+) -> bool:
+    """Whether the object (its office or department `scope_value`) is the principal's own
+    scope; `exempt` roles (admin by default) reach every object."""
+    if principal.role in exempt:
+        return True
+    return scope_value is not None and principal.scope == scope_value

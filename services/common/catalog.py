@@ -36,7 +36,7 @@ from contracts.catalog import (
     Office,
     OfficeKind,
 )
-from contracts.common import Category, Channel, Level, Mode
+from contracts.common import UNSTORABLE_MESSAGE, Category, Channel, Level, Mode, is_unstorable
 from services.common.workdays import WorkCalendar
 
 # --------------------------------------------------------------------------- loading
@@ -151,6 +151,8 @@ def _shape_problems(
             message = f"unknown field {loc[-1]!r}; known fields: {known}"
         elif err["type"] == "missing":
             message = "required field is missing"
+        elif is_unstorable(err):
+            message = UNSTORABLE_MESSAGE
         else:
             message = err["msg"]
         problems.append(CatalogProblem(_join(prefix, loc), message))

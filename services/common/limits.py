@@ -1,4 +1,5 @@
-"""Edge limits: request bodies over 1 MiB get 413, and a client over its rate gets 429.
+"""Edge limits: request bodies over 1 MiB get 413, and a client over its rate gets 429 (a
+request head over `http_max_head_bytes` gets 431 from the HTTP server: `http_head`).
 
 `BodySizeLimit` is ASGI middleware that `ServiceRuntime.create_app` installs in every service.
 A declared `Content-Length` over the limit is refused before a byte of the body is read; a
@@ -37,10 +38,14 @@ from services.common.web import Problem, problem_response
 
 MIB = 1024 * 1024
 DEFAULT_MAX_BODY_BYTES = MIB
+# The request line and headers together (services.common.http_head); a bearer token, a
+# traceparent and the usual headers take about 1 KiB.
+DEFAULT_MAX_HEAD_BYTES = 32 * 1024
 
 REJECTED = Counter(
     "tongban_http_rejected_total",
-    "Requests refused at the edge, by reason (payload_too_large, rate_limited, overloaded)",
+    "Requests refused at the edge, by reason (payload_too_large, rate_limited, overloaded, "
+    "request_header_too_large, malformed_request)",
     ["reason"],
 )
 
@@ -49,6 +54,9 @@ class LimitSettings(CommonSettings):
     """The edge limits; a service's settings class may inherit it to make them settable."""
 
     http_max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1)
+    http_max_head_bytes: int = Field(
+        DEFAULT_MAX_HEAD_BYTES, ge=1024, description="request line + headers; over it: 431"
+    )
     rate_limit_per_s: float = Field(50.0, gt=0, description="sustained requests per client")
     rate_limit_burst: int = Field(100, ge=1, description="requests a client may send at once")
     rate_limit_max_clients: int = Field(10_000, ge=1, description="buckets kept (LRU)")

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.common import Contract
+from contracts.common import Code, Contract
 from contracts.events import EVENT_TYPES, CatalogPublished
 from services.common import audit, migrations
 from services.common.auth import (
@@ -41,6 +41,7 @@ from services.common.consumer import (
 from services.common.db import make_engine, make_sessionmaker, runtime_metadata
 from services.common.envelope import Envelope
 from services.common.handover import HandoverSettings
+from services.common.http_head import bounded_http
 from services.common.kafka import ensure_topics, make_producer, standard_topics
 from services.common.limits import BodySizeLimit, LimitSettings, LoadShedder, max_body_bytes
 from services.common.logs import configure_logging, get_logger
@@ -295,8 +296,8 @@ class ServiceRuntime:
         )
         async def read_audit(
             principal: Principal = authenticated,
-            case_id: Annotated[str | None, Query(max_length=64)] = None,
-            actor: Annotated[str | None, Query(max_length=200)] = None,
+            case_id: Annotated[Code | None, Query(max_length=64)] = None,
+            actor: Annotated[Code | None, Query(max_length=200)] = None,
             after_seq: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
             limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         ) -> audit.AuditPage:
@@ -379,6 +380,9 @@ def serve(app_path: str, settings: ServiceSettings) -> None:
         # Longer than clients keep idle connections (httpx: 5 s), so the client always closes
         # first: no request is ever sent on a connection the server is closing at that moment.
         timeout_keep_alive=settings.http_keep_alive_s,
+        # httptools, with the request head bounded and problem JSON for what the server
+        # refuses itself (431, malformed HTTP).
+        http=bounded_http(settings.http_max_head_bytes),
     )
     if provider is not None:
         provider.shutdown()  # flush the spans still batched for the collector

@@ -4,10 +4,10 @@ how their errors are described in OpenAPI (`errors()` per route, one Problem sch
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contracts.common import UNSTORABLE_MESSAGE, Code, is_unstorable
 from contracts.rest import ProblemBody
 from services.common.failures import is_infrastructure_error
 from services.common.logs import get_logger
@@ -24,6 +25,10 @@ log = get_logger(__name__)
 PROBLEM_JSON = "application/problem+json"
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+
+CaseId = Annotated[Code, Path(min_length=1, max_length=64, description="the case id")]
+"""A `{case_id}` path parameter: a NUL, a control character or 65+ characters is a 422 before
+any lookup (never a database error)."""
 
 # OpenAPI: every error response of every operation is problem JSON referencing this one schema
 # (contracts.rest.ProblemBody), registered by `document_problems`.
@@ -38,8 +43,8 @@ _ERROR_DESCRIPTIONS = {
     404: "No such resource, or none the caller may see",
     409: "Conflicts with the resource's state (`invalid_state`, ...)",
     413: "Body larger than the limit (`payload_too_large`)",
-    422: "The request is not valid (`invalid_request` with the field list in `errors`, or a "
-    "rule's own code)",
+    422: "The request is not valid (`invalid_request` with the field list in `errors`, "
+    "`invalid_value` for text the database cannot store, or a rule's own code)",
     429: "Too many requests from this client (`rate_limited`); retry after Retry-After",
     502: "An upstream service did not answer, or refused this one (`intake_unavailable`, "
     "`intake_refused`)",
@@ -175,13 +180,20 @@ def install_problem_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         errors = [
             {
-                "field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"),
-                "message": err.get("msg", ""),
-                "type": err.get("type", ""),
+                "field": _field(err.get("loc", ())),
+                "message": UNSTORABLE_MESSAGE if is_unstorable(err) else err.get("msg", ""),
+                "type": "invalid_value" if is_unstorable(err) else err.get("type", ""),
             }
             for err in exc.errors()
         ]
         summary = "; ".join(f"{e['field'] or '(body)'}: {e['message']}" for e in errors[:5])
+        if any(e["type"] == "invalid_value" for e in errors):
+            # Text tongban could not store or publish: the same code as a value PostgreSQL
+            # refuses, so a client fixes both the same way; `errors` names the fields.
+            return problem_response(
+                Problem(422, "invalid_value", "A value cannot be stored", summary, errors=errors),
+                request,
+            )
         return problem_response(
             Problem(422, "invalid_request", "The request is not valid", summary, errors=errors),
             request,
@@ -250,6 +262,12 @@ def install_problem_handlers(app: FastAPI) -> None:
     for infrastructure in (OSError, asyncpg.InterfaceError, asyncpg.PostgresError, SQLAlchemyError):
         app.add_exception_handler(infrastructure, on_failure)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def _field(loc: Sequence[int | str]) -> str:
+    """`applicant.name`, `materials.0.code`, `path.case_id`: the body's own fields unprefixed
+    (and a field that is itself called `body` kept)."""
+    return ".".join(str(p) for p in (loc[1:] if loc[:1] == ("body",) else loc))
 
 
 def _is_data_error(exc: BaseException) -> bool:

@@ -44,6 +44,7 @@ from services.common.auth import AuthSettings, Role, mint_token
 from services.common.catalog import CatalogIndex
 from services.common.catalog_follower import CatalogFollower
 from services.common.event_facts import CaseMemory, EventFilter
+from services.common.limits import DEFAULT_MAX_HEAD_BYTES
 from services.common.logs import get_logger
 from services.common.settings import CommonSettings
 from services.common.web import (
@@ -74,6 +75,9 @@ class ConsoleSettings(CommonSettings):
         None, description="operator bearer token for the services; required outside dev/test"
     )
     upstream_timeout_s: float = Field(5.0, gt=0)
+    http_max_head_bytes: int = Field(
+        DEFAULT_MAX_HEAD_BYTES, ge=1024, description="request line + headers; over it: 431"
+    )
     kafka_timeout_s: float = Field(10.0, gt=0)
     stream_max_clients: int = Field(20, ge=1, description="open live streams at once")
     stream_keepalive_s: float = Field(15.0, gt=0)
@@ -449,6 +453,7 @@ def serve(settings: ConsoleSettings) -> None:
     waits only briefly for them."""
     import uvicorn
 
+    from services.common.http_head import bounded_http
     from services.common.logs import configure_logging
 
     configure_logging(service=settings.service, level=settings.log_level, json=settings.log_json)
@@ -460,4 +465,5 @@ def serve(settings: ConsoleSettings) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=3,
+        http=bounded_http(settings.http_max_head_bytes),  # as the services: 431 past the limit
     )

@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, Query, Request
+from fastapi import Body, Depends, Path, Query, Request
 
+from contracts.common import Code
 from contracts.events import APPROVAL_TOPIC, CaseApproved, CaseDenied, CaseRated
 from contracts.rest import (
     LicenseVerification,
@@ -20,12 +21,12 @@ from contracts.rest import (
     RatingStatsRow,
     ResultView,
 )
-from services.common.auth import Principal, Role, require, require_scope
+from services.common.auth import Principal, Role, in_scope, require
 from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
 from services.common.service import ServiceRuntime, ServiceSettings
-from services.common.web import errors
+from services.common.web import CaseId, errors
 from services.delivery import handlers
 from services.delivery.stats import parse_grouping, rated_period
 
@@ -67,23 +68,25 @@ def _office_scope(row: Any) -> str:
     return str(row.pickup_office or row.intake_office or "online")
 
 
-def _may_read_result(principal: Principal, row: Any) -> None:
+def _reads_result(principal: Principal, row: Any) -> bool:
+    """The office that took the case, the deciding department, operators and admins. Anyone
+    else is answered as if the case had no result (404), so an id tells them nothing."""
     if principal.role in OVERSEERS:
-        return
+        return True
     if principal.role is Role.reviewer:
-        require_scope(principal, row.department, "department", exempt=())
-        return
-    require(principal, Role.clerk)
-    require_scope(principal, _office_scope(row), "office", exempt=())
+        return in_scope(principal, row.department, exempt=())
+    return principal.role is Role.clerk and in_scope(principal, _office_scope(row), exempt=())
 
 
 async def _clerk_of_the_office(principal: Principal, case_id: str) -> None:
     """Only a clerk of the office that took the case hands its result over or takes its
-    rating."""
+    rating: other roles get 403 whether or not the case exists, clerks of other offices the
+    404 of a case without a result."""
     require(principal, Role.clerk)
     async with runtime.sessions() as session:
         row = await handlers.load_result(session, case_id)
-    require_scope(principal, _office_scope(row), "office", exempt=())
+    if not in_scope(principal, _office_scope(row), exempt=()):
+        raise handlers.result_not_found(case_id)
 
 
 @app.get(
@@ -92,12 +95,13 @@ async def _clerk_of_the_office(principal: Principal, case_id: str) -> None:
     tags=["results"],
     responses=errors(401, 403, 404, 422, 503),
 )
-async def get_result(case_id: str, principal: CurrentPrincipal) -> ResultView:
+async def get_result(case_id: CaseId, principal: CurrentPrincipal) -> ResultView:
     """A case's result and how far its delivery has come: for the office that took the case,
     the deciding department, operators and admins (every read is audited)."""
     async with unit_of_work(runtime.sessions) as session:
         row = await handlers.load_result(session, case_id)
-        _may_read_result(principal, row)
+        if not _reads_result(principal, row):
+            raise handlers.result_not_found(case_id)
         await runtime.audit(session, principal, "result.read", case_id)
         return handlers.result_view(row)
 
@@ -109,7 +113,7 @@ async def get_result(case_id: str, principal: CurrentPrincipal) -> ResultView:
     responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
 )
 async def pickup(
-    case_id: str,
+    case_id: CaseId,
     request: Request,
     principal: CurrentPrincipal,
     body: Annotated[PickupRequest | None, Body()] = None,
@@ -135,7 +139,7 @@ async def pickup(
     responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
 )
 async def rate(
-    case_id: str, body: RatingRequest, request: Request, principal: CurrentPrincipal
+    case_id: CaseId, body: RatingRequest, request: Request, principal: CurrentPrincipal
 ) -> CaseRated:
     """The applicant's one rating of the case (好差评, 一事一评), after delivery, entered at
     the office that took the case (or the online channel)."""
@@ -194,7 +198,7 @@ async def rating_stats(
     responses=errors(401, 422, 503),
 )
 async def verify_license(
-    license_id: str,
+    license_id: Annotated[Code, Path(min_length=1, max_length=128)],
     sha256: Annotated[
         str | None,
         Query(pattern=r"^[0-9a-fA-F]{64}$", description="the hash the holder presented"),
@@ -202,7 +206,12 @@ async def verify_license(
     *,
     principal: CurrentPrincipal,
 ) -> LicenseVerification:
-    """Is this e-licence genuine? Always 200: `valid` is false for an unknown id or a sha256
-    that is not the one on record, so a verifier gets a clear answer either way."""
+    """Is this e-licence genuine? Always 200: `status` is `invalid` (and `valid` false) for an
+    unknown id or a sha256 that is not the one on record, so a verifier gets a clear answer
+    either way. Only a caller who may read the licence's case (its office, its deciding
+    department, operators, admins) also gets its case id, hash, item and issue time; to
+    anyone else those are null, exactly as for an unknown id."""
     async with runtime.sessions() as session:
-        return await handlers.verify_license(session, license_id, sha256)
+        return await handlers.verify_license(
+            session, license_id, sha256, discloses=lambda row: _reads_result(principal, row)
+        )

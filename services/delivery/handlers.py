@@ -5,6 +5,7 @@ events to the outbox in that same transaction."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.common import CaseStatus, DeliveryMethod, ResultDocument
 from contracts.events import CaseApproved, CaseDenied, CaseRated, Rating
-from contracts.rest import LicenseVerification, RatingGrouping, RatingStatsRow, ResultView
+from contracts.rest import (
+    LicenseStatus,
+    LicenseVerification,
+    RatingGrouping,
+    RatingStatsRow,
+    ResultView,
+)
 from services.common.consumer import PermanentError
 from services.common.envelope import Envelope
 from services.common.logs import get_logger
@@ -137,14 +144,19 @@ async def load_result(session: AsyncSession, case_id: str, *, lock: bool = False
     query = select(models.results).where(models.results.c.case_id == case_id)
     row = (await session.execute(query.with_for_update() if lock else query)).first()
     if row is None:
-        raise Problem(
-            404,
-            "result_not_found",
-            "No result for this case yet",
-            f"Case {case_id!r} has no result: results are issued once the case is approved "
-            "or denied. Check the case status at intake (GET /v1/cases/{case_id}).",
-        )
+        raise result_not_found(case_id)
     return row
+
+
+def result_not_found(case_id: str) -> Problem:
+    """No result for the case, or none this caller may see: the two answers are the same."""
+    return Problem(
+        404,
+        "result_not_found",
+        "No result for this case yet",
+        f"Case {case_id!r} has no result: results are issued once the case is approved "
+        "or denied. Check the case status at intake (GET /v1/cases/{case_id}).",
+    )
 
 
 def result_view(row: Any) -> ResultView:
@@ -295,31 +307,49 @@ async def rating_stats(
 
 
 async def verify_license(
-    session: AsyncSession, license_id: str, sha256: str | None
+    session: AsyncSession,
+    license_id: str,
+    sha256: str | None,
+    *,
+    discloses: Callable[[Any], bool] = lambda _row: True,
 ) -> LicenseVerification:
     """valid: the licence exists and, when a sha256 is given, it is the one on record.
 
-    An unknown id is a clear answer too (valid=false, the other fields null), not an error.
+    An unknown id is a clear answer too (invalid, the other fields null), not an error. The
+    case, hash, item and issue time are shown only when `discloses(row)` (the caller may read
+    the case, see delivery's app); otherwise the answer is the status alone, the same shape
+    as for an unknown id.
     """
     r = models.results.c
     row = (
         await session.execute(
-            select(r.case_id, r.sha256, r.item_code, r.issued_at).where(r.license_id == license_id)
+            select(
+                r.case_id,
+                r.sha256,
+                r.item_code,
+                r.issued_at,
+                r.department,
+                r.pickup_office,
+                r.intake_office,
+            ).where(r.license_id == license_id)
         )
     ).first()
-    if row is None:
+    valid = row is not None and (sha256 is None or sha256.lower() == row.sha256)
+    status = LicenseStatus.valid if valid else LicenseStatus.invalid
+    if row is None or not discloses(row):
         return LicenseVerification(
             license_id=license_id,
-            valid=False,
+            status=status,
+            valid=valid,
             case_id=None,
             sha256=None,
             item_code=None,
             issued_at=None,
         )
-    matches = sha256 is None or sha256.lower() == row.sha256
     return LicenseVerification(
         license_id=license_id,
-        valid=matches,
+        status=status,
+        valid=valid,
         case_id=row.case_id,
         sha256=row.sha256,
         item_code=row.item_code,

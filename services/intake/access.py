@@ -1,11 +1,15 @@
 """Who may do what at intake (pure): clerks act for their own office (the online channel is
 the scope `online`), reviewers read the cases routed to their department, operators and admins
-read everything with personal data masked."""
+read everything with personal data masked.
+
+A case outside the caller's scope is answered exactly like a case that does not exist (404
+`case_not_found`): the role is checked before the case is looked up (403 `forbidden` whether
+or not it exists), the scope after, as a yes or no the edge turns into that 404."""
 
 from __future__ import annotations
 
 from contracts.common import Application, Channel
-from services.common.auth import Principal, Role, require, require_scope
+from services.common.auth import Principal, Role, in_scope, require, require_scope
 
 ONLINE_SCOPE = "online"
 MASKED_ROLES = frozenset({Role.operator, Role.admin})
@@ -23,22 +27,26 @@ def may_submit(principal: Principal, application: Application) -> None:
     )
 
 
-def may_act_on(principal: Principal, office_code: str | None, channel: str) -> None:
-    """Supplement or withdraw: the office that took the case."""
+def may_act(principal: Principal) -> None:
+    """Supplement or withdraw: clerks only (403 before any case is looked up)."""
     require(principal, Role.clerk)
-    require_scope(principal, intake_scope(office_code, channel), "office", exempt=())
 
 
-def may_read(
+def acts_for(principal: Principal, office_code: str | None, channel: str) -> bool:
+    """A clerk of the office that took the case (or of the online channel)."""
+    return principal.role is Role.clerk and in_scope(
+        principal, intake_scope(office_code, channel), exempt=()
+    )
+
+
+def reads(
     principal: Principal, office_code: str | None, channel: str, handled_by: str | None
-) -> None:
+) -> bool:
     if principal.role in MASKED_ROLES:
-        return
+        return True
     if principal.role is Role.reviewer:
-        require_scope(principal, handled_by, "department", exempt=())
-        return
-    require(principal, Role.clerk)
-    require_scope(principal, intake_scope(office_code, channel), "office", exempt=())
+        return in_scope(principal, handled_by, exempt=())
+    return acts_for(principal, office_code, channel)
 
 
 def sees_personal_data(principal: Principal) -> bool:

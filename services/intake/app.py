@@ -33,7 +33,7 @@ from services.common.handover import load_keys
 from services.common.limits import RateLimiter, rate_limited
 from services.common.logs import get_logger, mask_personal_data
 from services.common.service import ServiceRuntime, ServiceSettings
-from services.common.web import Problem, dependency_unavailable, errors
+from services.common.web import CaseId, Problem, dependency_unavailable, errors
 from services.intake import access, handlers, models
 from services.intake.validation import refusal_problem, validate_submission
 from services.routing.rules import route_case
@@ -202,7 +202,7 @@ async def _replay(idempotency_key: str | None, digest: str) -> SubmissionRespons
     tags=["cases"],
     responses=errors(401, 403, 404, 422, 503),
 )
-async def get_case(case_id: str, principal: CurrentPrincipal) -> CaseView:
+async def get_case(case_id: CaseId, principal: CurrentPrincipal) -> CaseView:
     """Status, route, deadline and the whole timeline from every case topic. Clerks read their
     office's cases, reviewers their department's; operators and admins read every case with
     the applicant's personal data masked. Every read is on the audit trail."""
@@ -216,9 +216,10 @@ async def _case_view(case_id: str, principal: Principal) -> CaseView:
     async with runtime.sessions() as session:
         await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         case = await handlers.load_case(session, case_id)
-        access.may_read(
+        if not access.reads(
             principal, case.office_code, case.channel, (case.route or {}).get("handled_by")
-        )
+        ):
+            raise handlers.case_not_found(case_id)
         entries = await session.execute(
             select(models.timeline)
             .where(models.timeline.c.case_id == case_id)
@@ -265,13 +266,12 @@ def _applicant_view(applicant: dict[str, Any], clear: bool) -> Applicant:
     responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
 )
 async def add_materials(
-    case_id: str, body: MaterialsRequest, principal: CurrentPrincipal
+    case_id: CaseId, body: MaterialsRequest, principal: CurrentPrincipal
 ) -> SubmissionResponse:
     """Supplement materials: completes a counter case, or answers a review's request."""
+    access.may_act(principal)
     index = _catalog()
-    async with runtime.sessions() as session:
-        case = await handlers.load_case(session, case_id)
-    access.may_act_on(principal, case.office_code, case.channel)
+    case = await _case_of_the_office(case_id, principal)
     item = index.items.get(case.item_code)
     required = [m.code for m in item.materials if m.required] if item is not None else None
     if item is not None:
@@ -306,17 +306,25 @@ async def add_materials(
     responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
 )
 async def withdraw(
-    case_id: str, principal: CurrentPrincipal, body: WithdrawRequest | None = None
+    case_id: CaseId, principal: CurrentPrincipal, body: WithdrawRequest | None = None
 ) -> CaseView:
     """Withdraw before the decision, at the office that took the case."""
-    async with runtime.sessions() as session:
-        case = await handlers.load_case(session, case_id)
-    access.may_act_on(principal, case.office_code, case.channel)
+    access.may_act(principal)
+    await _case_of_the_office(case_id, principal)
     async with unit_of_work(runtime.sessions) as session:
         await handlers.withdraw(
             session, runtime=runtime, case_id=case_id, reason=body.reason if body else None
         )
     return await _case_view(case_id, principal)
+
+
+async def _case_of_the_office(case_id: str, principal: Principal) -> Any:
+    """The case, when the caller's office took it; else 404 as for a case that does not exist."""
+    async with runtime.sessions() as session:
+        case = await handlers.load_case(session, case_id)
+    if not access.acts_for(principal, case.office_code, case.channel):
+        raise handlers.case_not_found(case_id)
+    return case
 
 
 @app.get("/v1/items", response_model=list[ItemView], tags=["catalog"], responses=errors(401, 503))

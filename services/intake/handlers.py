@@ -192,13 +192,18 @@ async def load_case(session: AsyncSession, case_id: str, *, lock: bool = False) 
     query = select(models.cases).where(models.cases.c.case_id == case_id)
     row = (await session.execute(query.with_for_update() if lock else query)).first()
     if row is None:
-        raise Problem(
-            404,
-            "case_not_found",
-            "No such case",
-            f"There is no case {case_id!r}. Check the id from the 201 answer.",
-        )
+        raise case_not_found(case_id)
     return row
+
+
+def case_not_found(case_id: str) -> Problem:
+    """A case that does not exist, or not for this caller: the two answers are the same."""
+    return Problem(
+        404,
+        "case_not_found",
+        "No such case",
+        f"There is no case {case_id!r}. Check the id from the 201 answer.",
+    )
 
 
 async def add_materials(

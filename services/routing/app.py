@@ -26,7 +26,7 @@ from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
 from services.common.service import ServiceRuntime, ServiceSettings
-from services.common.web import Problem, errors
+from services.common.web import CaseId, Problem, errors
 from services.routing import handlers, models
 from services.routing.topics import DepartmentTopics
 
@@ -146,7 +146,7 @@ async def triage(
     tags=["routing"],
     responses=errors(401, 403, 404, 409, 422, 503),
 )
-async def retry(case_id: str, principal: CurrentPrincipal) -> RoutePreviewResponse:
+async def retry(case_id: CaseId, principal: CurrentPrincipal) -> RoutePreviewResponse:
     """Route a failed case again, typically after a catalog fix.
 
     The case's stored application and submission time are routed by the catalog version in

@@ -1,8 +1,11 @@
 """Who may see and do what, generated as a whole matrix: role x own/other scope x endpoint,
-each outcome asserted against the running services (real tokens, real data)."""
+each outcome asserted against the running services (real tokens, real data). A case outside
+the caller's scope reads exactly like a case that does not exist, and licence verification
+tells a stranger only whether the licence is valid."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,7 +59,14 @@ class World:
 async def world(catalog: dict[str, Any]) -> World:
     rng = random.Random("access-matrix")
     item = rng.choice(
-        items_where(catalog, lambda i: not i.get("instant") and i["mode"] == "municipal")
+        items_where(
+            catalog,
+            lambda i: (
+                not i.get("instant")
+                and i["mode"] == "municipal"
+                and bool((i.get("result") or {}).get("e_license"))
+            ),
+        )
     )
     application = application_for(catalog, item, rng, channel="counter", delivery="counter_pickup")
     async with ActingClient(timeout=30) as http:
@@ -102,6 +112,8 @@ class Endpoint:
     name: str
     call: Callable[[ActingClient, World, dict[str, str]], Any]
     allowed: dict[str, set[int]]  # caller -> accepted statuses; everyone else: 403
+    # Callers of the right role but another scope: the case does not exist for them (404).
+    hidden: frozenset[str] = frozenset()
 
 
 def get(url: Callable[[World], str], **params: Any) -> Callable[..., Any]:
@@ -122,7 +134,12 @@ OVERSEERS = {"operator": OK, "admin": OK}
 EVERYONE = {c: OK for c in CALLERS if c not in ("anonymous", "forged")}
 
 ENDPOINTS = [
-    Endpoint("intake.get_case", get(lambda w: f"{INTAKE}/v1/cases/{w.case_id}"), READERS),
+    Endpoint(
+        "intake.get_case",
+        get(lambda w: f"{INTAKE}/v1/cases/{w.case_id}"),
+        READERS,
+        hidden=frozenset({"clerk_other", "reviewer_other"}),
+    ),
     Endpoint("intake.items", get(lambda w: f"{INTAKE}/v1/items"), EVERYONE),
     Endpoint(
         "intake.submit",
@@ -136,11 +153,13 @@ ENDPOINTS = [
             lambda w: {"materials": [{"code": w.application["materials"][0]["code"]}]},
         ),
         {"clerk_own": {409}},
+        hidden=frozenset({"clerk_other"}),
     ),  # allowed, but the case is not waiting for materials
     Endpoint(
         "intake.withdraw",
         post(lambda w: f"{INTAKE}/v1/cases/{w.case_id}/withdraw", lambda w: {}),
         {"clerk_own": {409}},
+        hidden=frozenset({"clerk_other"}),
     ),  # allowed, but decided cases cannot be withdrawn
     Endpoint(
         "routing.preview",
@@ -171,11 +190,17 @@ ENDPOINTS = [
         "approval.get_case",
         get(lambda w: f"{APPROVAL}/v1/cases/{w.case_id}"),
         {"reviewer_own": OK, "operator": OK, "admin": OK},
+        hidden=frozenset({"reviewer_other"}),
     ),
     Endpoint("approval.handovers", get(lambda w: f"{APPROVAL}/v1/handovers/refused"), OVERSEERS),
     Endpoint("approval.sla_board", get(lambda w: f"{APPROVAL}/v1/sla/board"), OVERSEERS),
     Endpoint("approval.sla_cases", get(lambda w: f"{APPROVAL}/v1/sla/cases"), OVERSEERS),
-    Endpoint("delivery.result", get(lambda w: f"{DELIVERY}/v1/results/{w.case_id}"), READERS),
+    Endpoint(
+        "delivery.result",
+        get(lambda w: f"{DELIVERY}/v1/results/{w.case_id}"),
+        READERS,
+        hidden=frozenset({"clerk_other", "reviewer_other"}),
+    ),
     Endpoint("delivery.stats", get(lambda w: f"{DELIVERY}/v1/ratings/stats"), OVERSEERS),
     Endpoint(
         "delivery.verify",
@@ -205,9 +230,9 @@ async def test_access_matrix(world: World, caller: str, endpoint: Endpoint) -> N
     if caller in ("anonymous", "forged"):
         expected = {401}
     else:
-        expected = endpoint.allowed.get(caller, {403})
+        expected = endpoint.allowed.get(caller, {404} if caller in endpoint.hidden else {403})
     assert answer.status_code in expected, (endpoint.name, caller, answer.text[:300])
-    if answer.status_code in (401, 403):
+    if answer.status_code in (401, 403, 404):
         assert answer.headers["content-type"].startswith("application/problem+json")
         assert answer.json()["code"]
     if answer.status_code == 401:
@@ -255,3 +280,115 @@ async def test_reads_and_decisions_are_on_the_hash_chained_audit_trail(world: Wo
         for base in (INTAKE, ROUTING, APPROVAL, DELIVERY):
             report = (await client.get(f"{base}/v1/audit/verify", headers=admin)).json()
             assert report["ok"] is True, (base, report)
+
+
+def missing_like(case_id: str) -> str:
+    """An id of the same shape (`<city>-<date>-<10 hex>`) that no case has."""
+    return case_id[:-10] + "0000000000"
+
+
+def as_missing(answer: httpx.Response, case_id: str, missing: str) -> dict[str, Any]:
+    """The answer's status and body, with the id it names replaced by `missing`."""
+    body: dict[str, Any] = json.loads(answer.text.replace(case_id, missing))
+    return {"status": answer.status_code, **body}
+
+
+# Every endpoint taking a case id, with a caller of the right role but another scope.
+OUT_OF_SCOPE: list[tuple[str, str, str, Callable[[World], Any]]] = [
+    ("clerk_other", "GET", f"{INTAKE}/v1/cases/{{id}}", lambda w: None),
+    ("reviewer_other", "GET", f"{INTAKE}/v1/cases/{{id}}", lambda w: None),
+    (
+        "clerk_other",
+        "POST",
+        f"{INTAKE}/v1/cases/{{id}}/materials",
+        lambda w: {"materials": [{"code": w.application["materials"][0]["code"]}]},
+    ),
+    ("clerk_other", "POST", f"{INTAKE}/v1/cases/{{id}}/withdraw", lambda w: {}),
+    ("reviewer_other", "GET", f"{APPROVAL}/v1/cases/{{id}}", lambda w: None),
+    (
+        "reviewer_other",
+        "POST",
+        f"{APPROVAL}/v1/cases/{{id}}/decisions",
+        lambda w: {"department": w.other_department, "decision": "approve"},
+    ),
+    (
+        "reviewer_other",
+        "POST",
+        f"{APPROVAL}/v1/cases/{{id}}/followup",
+        lambda w: {"department": w.other_department, "answer": "已回访"},
+    ),
+    ("clerk_other", "GET", f"{DELIVERY}/v1/results/{{id}}", lambda w: None),
+    ("reviewer_other", "GET", f"{DELIVERY}/v1/results/{{id}}", lambda w: None),
+    ("clerk_other", "POST", f"{DELIVERY}/v1/cases/{{id}}/pickup", lambda w: None),
+    (
+        "clerk_other",
+        "POST",
+        f"{DELIVERY}/v1/cases/{{id}}/rating",
+        lambda w: {"rating": "very_dissatisfied", "comment": "x"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("caller", "method", "url", "body"),
+    OUT_OF_SCOPE,
+    ids=[f"{c}-{m}-{u.split('/v1/')[1]}" for c, m, u, _ in OUT_OF_SCOPE],
+)
+async def test_a_case_outside_the_scope_answers_like_a_missing_case(
+    world: World, caller: str, method: str, url: str, body: Callable[[World], Any]
+) -> None:
+    missing = missing_like(world.case_id)
+    async with ActingClient(timeout=30) as client:
+        h = headers(client, caller, world)
+        kwargs: dict[str, Any] = {"headers": h}
+        if body(world) is not None:
+            kwargs["json"] = body(world)
+        theirs = await client.request(method, url.format(id=world.case_id), **kwargs)
+        nobodys = await client.request(method, url.format(id=missing), **kwargs)
+        # Nothing happened to the case: its owner still reads it as it was.
+        view = await client.get(
+            f"{DELIVERY}/v1/results/{world.case_id}",
+            headers=client.headers_for(Role.clerk, world.office),
+        )
+    assert nobodys.status_code == 404, nobodys.text
+    assert as_missing(theirs, world.case_id, missing) == as_missing(nobodys, missing, missing)
+    assert theirs.headers["content-type"] == nobodys.headers["content-type"]
+    assert view.json()["status"] == "result_issued" and view.json()["delivered_at"] is None
+
+
+async def test_licence_verification_tells_a_stranger_only_the_status(world: World) -> None:
+    assert world.license_id is not None, "the world's item issues an e-licence"
+    url = f"{DELIVERY}/v1/licenses/{world.license_id}/verify"
+    async with ActingClient(timeout=30) as client:
+        owner = (await client.get(url, headers=client.headers_for(Role.clerk, world.office))).json()
+        sha256 = owner["sha256"]
+        assert owner["status"] == "valid" and owner["valid"] is True
+        assert owner["case_id"] == world.case_id and sha256
+        for caller in ("clerk_other", "reviewer_other"):
+            h = headers(client, caller, world)
+            plain = (await client.get(url, headers=h)).json()
+            right = (await client.get(url, headers=h, params={"sha256": sha256})).json()
+            wrong = (await client.get(url, headers=h, params={"sha256": "0" * 64})).json()
+            unknown = (
+                await client.get(
+                    f"{DELIVERY}/v1/licenses/{world.license_id[:-4]}0000/verify", headers=h
+                )
+            ).json()
+            hidden = {"case_id": None, "sha256": None, "item_code": None, "issued_at": None}
+            assert plain == {
+                "license_id": world.license_id,
+                "status": "valid",
+                "valid": True,
+                **hidden,
+            }
+            assert right == plain
+            assert wrong == {**plain, "status": "invalid", "valid": False}
+            # An unknown licence reads exactly like a forged hash: only the id asked about differs.
+            assert {**unknown, "license_id": world.license_id} == wrong
+        for role, scope in (
+            (Role.reviewer, world.department),
+            (Role.operator, None),
+            (Role.admin, None),
+        ):
+            reader = (await client.get(url, headers=client.headers_for(role, scope))).json()
+            assert reader == owner, role

@@ -258,7 +258,8 @@ async def test_wrong_department_and_wrong_state_are_refused(
         f"{APPROVAL}/v1/cases/{created['case_id']}/decisions",
         json={"department": other, "decision": "approve"},
     )
-    assert wrong.status_code == 403, wrong.text
+    # Another department's reviewer is told what a missing case would tell: nothing.
+    assert wrong.status_code == 404 and wrong.json()["code"] == "case_not_found", wrong.text
     no_basis = await http.post(
         f"{APPROVAL}/v1/cases/{created['case_id']}/decisions",
         json={"department": department, "decision": "deny", "reason": "不符合条件"},
