@@ -89,7 +89,9 @@ async def test_topics_and_consumer_groups_tools(
     assert got[1] == ("3", "3", "0")
     assert all(r["GROUP"] == group for r in rows.values())
 
-    every = await asyncio.to_thread(kafka_cli, "kafka-consumer-groups", "--describe", "--all-groups")
+    every = await asyncio.to_thread(
+        kafka_cli, "kafka-consumer-groups", "--describe", "--all-groups"
+    )
     assert every.returncode == 0, every.stderr
     assert any(r["GROUP"] == group and r.get("LAG") == "6" for r in table(every.stdout))
 
