@@ -46,7 +46,12 @@ from services.common.catalog_follower import CatalogFollower
 from services.common.event_facts import CaseMemory, EventFilter
 from services.common.logs import get_logger
 from services.common.settings import CommonSettings
-from services.common.web import Problem, install_health_routes, install_problem_handlers
+from services.common.web import (
+    Problem,
+    install_health_routes,
+    install_http_metrics,
+    install_problem_handlers,
+)
 from services.console.kafka_views import STREAM_TOPICS, KafkaViews
 from services.console.stream import CaseLookup, LiveStream, sse
 
@@ -358,6 +363,7 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         return await _available("the catalog", compute)
 
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
+    install_http_metrics(app, service=settings.service)
     return app
 
 
