@@ -5,9 +5,10 @@ What is guaranteed (and said in `tongban tail --help`):
   start positions up to the end offsets seen when the tail starts, is read whole and printed
   in exact event-time order (`ce_time`, ties broken by record timestamp, topic, partition,
   offset), across every topic and partition and however large (`merge.SortedBacklog`);
-- records produced after that are printed live through the reorder buffer: in order unless
-  one arrives more than `--order-delay` seconds late (then it prints when due); none is
-  dropped, and none older than the backlog's end is mixed into it.
+- records past those end offsets follow the backlog, live, through the reorder buffer: in
+  order unless one arrives more than `--order-delay` seconds late (then it prints when due,
+  after younger ones; so does one whose event time is older than the backlog's last). None
+  is dropped.
 
 No consumer group: the tail assigns every partition of the chosen topics itself, never
 commits, and leaves no trace on the cluster. Records are put in order first and filtered
