@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fetch the Apache Kafka broker jars (plus a Log4j 2 backend) from Maven Central into
-# .cache/kafka/libs/, using the throw-away Maven project in deploy/local/kafka/pom.xml.
+# Fetch the Apache Kafka broker and command-line tools jars (plus a Log4j 2 backend) from
+# Maven Central into .cache/kafka/libs/, using the throw-away Maven project in
+# deploy/local/kafka/pom.xml.
 #
 # There is no Kafka tarball download here on purpose: Maven Central is the one artefact
 # source we can rely on, and the jars it resolves are exactly the ones in the release.
@@ -29,7 +30,9 @@ MARKER="$LIBS/.fetched"
 M2="$CACHE_DIR/m2"
 POM="$LOCAL_DIR/kafka/pom.xml"
 LOG="$LOG_DIR/fetch-kafka.log"
-WANT="kafka=$KAFKA_VERSION log4j=$LOG4J_VERSION slf4j=$SLF4J_VERSION"
+# The marker names what the folder holds; a cache fetched before the tools were added
+# ("kafka=4.4.0 log4j=..." without "tools") differs from it, so it is fetched again.
+WANT="kafka=$KAFKA_VERSION tools=$KAFKA_VERSION log4j=$LOG4J_VERSION slf4j=$SLF4J_VERSION"
 
 if [[ -f $MARKER && $(<"$MARKER") == "$WANT" ]]; then
   say "Kafka jars already cached ($WANT) in $LIBS"
@@ -78,8 +81,9 @@ elif (( rc != 0 )); then
   die "Maven failed (exit $rc) fetching kafka_2.13:$KAFKA_VERSION. Log: $LOG"
 fi
 
-# Sanity check: the jars kafka.sh relies on must be there.
+# Sanity check: the jars kafka.sh and kafka-cli.sh rely on must be there.
 for jar in "kafka_2.13-$KAFKA_VERSION.jar" "kafka-clients-$KAFKA_VERSION.jar" \
+           "kafka-tools-$KAFKA_VERSION.jar" \
            "log4j-core-$LOG4J_VERSION.jar" "log4j-slf4j2-impl-$LOG4J_VERSION.jar" \
            "slf4j-api-$SLF4J_VERSION.jar"; do
   [[ -f $tmp/$jar ]] || die "Maven finished but $jar is missing from the result; see $LOG"

@@ -51,3 +51,19 @@ RELAY_LEADER = Gauge(
     "1 while this process's outbox relay holds its schema's lock and publishes, else 0",
     ["service"],
 )
+
+# HTTP, by route template (`/v1/cases/{case_id}`, never the path itself: case ids in labels
+# would be personal data and unbounded), method and status; see `web.install_http_metrics`.
+HTTP_LABELS = ["service", "method", "route", "status"]
+HTTP_REQUESTS = Counter(
+    "tongban_http_requests_total",
+    "HTTP requests answered, by route template, method and status",
+    HTTP_LABELS,
+)
+HTTP_SECONDS = Histogram(
+    "tongban_http_request_duration_seconds",
+    "Time from a request's arrival to its last response byte, by route template, method and "
+    "status (streams count their whole life)",
+    HTTP_LABELS,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

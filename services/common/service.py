@@ -57,6 +57,7 @@ from services.common.web import (
     document_problems,
     errors,
     install_health_routes,
+    install_http_metrics,
     install_problem_handlers,
 )
 
@@ -356,13 +357,16 @@ class ServiceRuntime:
         install_auth_handlers(app)
         app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes(self.settings))
         app.add_middleware(TraceRequests)
-        # Outermost: a request refused for load costs no body parsing and no database.
+        # Outermost but for the HTTP metrics: a request refused for load costs no body
+        # parsing and no database.
         app.add_middleware(
             LoadShedder,
             max_in_flight=self.settings.http_max_in_flight,
             queue_timeout_s=self.settings.http_queue_timeout_s,
         )
         install_health_routes(app, {"database": self.check_database, "kafka": self.check_consumers})
+        # Around everything, so refusals (413, 429, 503) are counted and timed too.
+        install_http_metrics(app, service=self.settings.service)
         return app
 
 

@@ -52,6 +52,7 @@ from services.common.web import (
     document_problems,
     errors,
     install_health_routes,
+    install_http_metrics,
     install_problem_handlers,
 )
 from services.console.kafka_views import STREAM_TOPICS, KafkaViews
@@ -398,6 +399,7 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         return await _available("the catalog", compute)
 
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
+    install_http_metrics(app, service=settings.service)
     return app
 
 

@@ -37,6 +37,7 @@ from tests.e2e.conftest import (
     items_where,
     wait_status,
 )
+from tests.integration.test_web import http_samples
 
 pytestmark = pytest.mark.e2e
 
@@ -145,6 +146,27 @@ async def test_intake_refusing_the_consoles_token_is_a_502_not_a_forwarded_401(
     assert answer.status_code == 502, answer.text
     assert answer.headers["content-type"] == "application/problem+json"
     assert answer.json()["code"] == "intake_refused"
+
+
+async def test_console_exports_http_metrics_by_route_template(console: str) -> None:
+    count = "tongban_http_requests_total"
+    async with httpx.AsyncClient(base_url=console, timeout=30) as client:
+
+        async def scrape() -> dict[Any, float]:
+            return http_samples((await client.get("/metrics")).text, "console")
+
+        before = await scrape()
+        assert (await client.get("/")).status_code == 200
+        assert (await client.get("/console.js")).status_code == 200
+        assert (await client.get("/api/cases/NO-SUCH-CASE-0042")).status_code == 404
+        after = await scrape()
+    # The static files count under their mount ("/{path}"); a case id never becomes a label.
+    for key, grew in (
+        ((count, "GET", "/{path}", "200"), 2),
+        ((count, "GET", "/api/cases/{case_id}", "404"), 1),
+    ):
+        assert after.get(key, 0) - before.get(key, 0) == grew, key
+    assert not any("NO-SUCH-CASE" in key[2] for key in after)
 
 
 async def test_console_shows_a_case_live_and_its_timeline_to_closed(

@@ -4,13 +4,15 @@ in a subprocess, against the real broker, on topics of the test's own."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +160,69 @@ async def test_tail_merges_partitions_and_topics_in_time_order(
         "tail", "-t", first, "-t", second, "--from-time", since, "--json", "--timeout", "1.5"
     )
     assert [x["data"]["seq"] for x in json_lines(from_time)] == [8, 9, 10, 11]
+
+
+async def test_tail_prints_a_large_backlog_of_many_topics_in_exact_event_time_order(
+    settings: CommonSettings, make_topic: MakeTopic
+) -> None:
+    """Thousands of events on 3 topics x 4 partitions, their times interleaved across every
+    partition and, within a partition, a few out of order (as when two transactions commit in
+    the other order than they stamped their events): the backlog comes out in exact ce_time
+    order. A reorder window of a fixed delay fails this: the backlog takes longer to fetch
+    than the window, and partitions fetched late hold events older than those already shown."""
+    topics = [await make_topic(f"big{n}", partitions=4) for n in range(3)]
+    count, partitions = 9000, [(t, p) for t in topics for p in range(4)]
+    base = datetime.now(UTC) - timedelta(hours=1)
+    rng = random.Random(20261207)
+    placed: dict[tuple[str, int], list[int]] = {place: [] for place in partitions}
+    for seq in range(count):
+        placed[rng.choice(partitions)].append(seq)
+    for seqs in placed.values():  # neighbours swapped here and there within a partition
+        for i in range(0, len(seqs) - 1, 40):
+            seqs[i], seqs[i + 1] = seqs[i + 1], seqs[i]
+    padding = "x" * 600  # about the size of a real event
+
+    def record(seq: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+        return Envelope(
+            type="gov.case.routed.v1",
+            source="/tongban/test",
+            subject=f"T-BIG-{seq % 500:03d}",
+            data={"case_id": f"T-BIG-{seq % 500:03d}", "seq": seq, "note": padding},
+            time=base + timedelta(milliseconds=seq),
+        ).to_record()
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=20)
+    await producer.start()
+    try:
+        # The last partitions first: fetch order is not time order either.
+        for topic, partition in reversed(partitions):
+            sent = []
+            for seq in placed[(topic, partition)]:
+                key, value, headers = record(seq)
+                stamp = int((base + timedelta(milliseconds=seq)).timestamp() * 1000)
+                sent.append(
+                    await producer.send(
+                        topic,
+                        value,
+                        key=key,
+                        headers=headers,
+                        partition=partition,
+                        timestamp_ms=stamp,
+                    )
+                )
+            await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+    args = [a for t in topics for a in ("-t", t)]
+    result = await run("tail", *args, "--from-beginning", "--max", str(count), "--json")
+    lines = json_lines(result)
+    seqs = [x["data"]["seq"] for x in lines]
+    # Events printed after an event that happened later than they did.
+    running_max = itertools.accumulate(seqs, max)
+    late = sum(1 for seq, latest in zip(seqs, running_max, strict=True) if seq < latest)
+    assert late == 0 and seqs == list(range(count)), f"{late} of {count} came after later ones"
+    assert f"{count} events shown" in result.stderr
 
 
 async def test_tail_filters(

@@ -4,6 +4,7 @@ masked rendering, dead-letter and lag helpers, and argument checks that need no 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,10 +15,10 @@ from typer.testing import CliRunner
 
 from services.cli.main import app
 from services.cli.ops.dlq import LetterFilters, letter_matches, parse_ref, refusal
-from services.cli.ops.events import CITY_TZ, parse_when, status_after, view_of
+from services.cli.ops.events import CITY_TZ, EventView, parse_when, status_after, view_of
 from services.cli.ops.filters import FilterError, check_filters, facts_of_view, select
 from services.cli.ops.lag import chosen_groups, compute_lag, service_of, totals
-from services.cli.ops.merge import TimeMergeBuffer
+from services.cli.ops.merge import SortedBacklog, TimeMergeBuffer
 from services.cli.ops.render import event_json, event_line, json_line
 from services.common.catalog import CatalogIndex
 from services.common.dlq import DeadLetter, ReplayRecord
@@ -184,15 +185,15 @@ def test_filter_values_are_checked(catalog: CatalogIndex) -> None:
 
 def test_merge_orders_records_that_arrive_out_of_order_within_the_delay() -> None:
     buffer: TimeMergeBuffer[str] = TimeMergeBuffer(delay=0.5)
-    buffer.push("p0-t30", timestamp_ms=30, partition="p0", now=0.0)
-    buffer.push("p1-t10", timestamp_ms=10, partition="p1", now=0.1)
-    buffer.push("p2-t20", timestamp_ms=20, partition="p2", now=0.2)
+    buffer.push("p0-t30", key=30, now=0.0)
+    buffer.push("p1-t10", key=10, now=0.1)
+    buffer.push("p2-t20", key=20, now=0.2)
     assert buffer.pop_ready(0.55) == []  # the oldest (t10) arrived at 0.1: due at 0.6
     assert buffer.next_due(0.55) == pytest.approx(0.05)
     assert buffer.pop_ready(0.6) == ["p1-t10"]
     assert buffer.pop_ready(0.7) == ["p2-t20", "p0-t30"]
     # More than `delay` late: printed as soon as due, after newer ones (documented limit).
-    buffer.push("p1-t25", timestamp_ms=25, partition="p1", now=0.7)
+    buffer.push("p1-t25", key=25, now=0.7)
     assert buffer.pop_ready(1.2) == ["p1-t25"]
     assert len(buffer) == 0 and buffer.next_due(2.0) is None
 
@@ -200,24 +201,48 @@ def test_merge_orders_records_that_arrive_out_of_order_within_the_delay() -> Non
 def test_merge_flush_returns_everything_in_time_order() -> None:
     buffer: TimeMergeBuffer[int] = TimeMergeBuffer(delay=10)
     for i, ts in enumerate([50, 10, 40, 20, 30, 10]):
-        buffer.push(ts * 100 + i, timestamp_ms=ts, partition=i, now=0.0)
+        buffer.push(ts * 100 + i, key=(ts, i), now=0.0)
     assert [x // 100 for x in buffer.flush()] == [10, 10, 20, 30, 40, 50]
-
-
-def test_merge_keeps_offset_order_within_a_partition() -> None:
-    buffer: TimeMergeBuffer[str] = TimeMergeBuffer(delay=0)
-    buffer.push("p0-first", timestamp_ms=100, partition="p0", now=0)
-    buffer.push("p0-second-earlier-clock", timestamp_ms=90, partition="p0", now=0)
-    buffer.push("p1", timestamp_ms=95, partition="p1", now=0)
-    assert buffer.flush() == ["p1", "p0-first", "p0-second-earlier-clock"]
 
 
 def test_merge_delay_zero_releases_at_once_and_negative_is_refused() -> None:
     buffer: TimeMergeBuffer[str] = TimeMergeBuffer(delay=0)
-    buffer.push("x", timestamp_ms=1, partition=0, now=5.0)
+    buffer.push("x", key=1, now=5.0)
     assert buffer.pop_ready(5.0) == ["x"]
     with pytest.raises(ValueError):
         TimeMergeBuffer(delay=-1)
+
+
+@pytest.mark.parametrize("run_size", [1, 7, 1000])
+def test_sorted_backlog_gives_exact_order_in_memory_and_spilled(run_size: int) -> None:
+    keys = random.Random(13).sample(range(100_000), 500)
+    with SortedBacklog[tuple[int, str]](lambda item: item[0], run_size=run_size) as backlog:
+        for key in keys:
+            backlog.add((key, f"v{key}"))
+        assert len(backlog) == 500
+        assert backlog.spilled_runs == 500 // run_size
+        assert list(backlog.drain()) == [(k, f"v{k}") for k in sorted(keys)]
+        assert len(backlog) == 0 and backlog.spilled_runs == 0
+
+
+def test_views_order_by_event_time_then_coordinates() -> None:
+    def at(ce_time: bytes | None, *, topic: str, offset: int, ts: int) -> EventView:
+        made = record("gov.case.routed.v1", {}, topic=topic, offset=offset, ts=ts)
+        made.headers = [(k, v) for k, v in made.headers if k != "ce_time"]
+        if ce_time is not None:
+            made.headers.append(("ce_time", ce_time))
+        return view_of(made)
+
+    late_record = at(b"2026-06-15T08:00:00.000001Z", topic="b", offset=0, ts=9_000_000_000_000)
+    early = at(b"2026-06-15T16:00:00+08:00", topic="c", offset=5, ts=1)
+    same_time = at(b"2026-06-15T08:00:00Z", topic="a", offset=9, ts=1)
+    unreadable = at(b"yesterday", topic="a", offset=1, ts=1_781_510_399_000)  # 08:00 - 1 s
+    missing = at(None, topic="a", offset=2, ts=1_781_510_399_000)
+    views = [late_record, early, same_time, unreadable, missing]
+    ordered = sorted(views, key=lambda v: v.sort_key)
+    assert ordered == [unreadable, missing, same_time, early, late_record]
+    assert early.time.isoformat() == "2026-06-15T16:00:00+08:00"
+    assert unreadable.time.isoformat() == "2026-06-15T15:59:59+08:00"  # the record's timestamp
 
 
 # -- rendering and masking -----------------------------------------------------------------------

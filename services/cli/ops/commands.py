@@ -41,7 +41,7 @@ from services.cli.ops.events import CITY_TZ, EventView, parse_when
 from services.cli.ops.filters import FilterError, check_filters
 from services.cli.ops.kafka_io import StartAt, StartKind, latest_catalog
 from services.cli.ops.lag import fetch_lag, service_of, totals
-from services.cli.ops.merge import DEFAULT_DELAY_S
+from services.cli.ops.merge import DEFAULT_DELAY_S, DEFAULT_RUN_SIZE
 from services.cli.ops.render import event_line, json_line, masked_headers
 from services.cli.ops.tail import TailError, TailOptions, run_tail
 from services.common.catalog import CatalogFileError, CatalogIndex, load_catalog_file
@@ -90,10 +90,15 @@ def _local(moment: datetime) -> str:
 TAIL_HELP = f"""Follow the case topics live: one line per event, merged in time order.
 
 Default: every case topic (case.intake/routing/decisions/approval/delivery.v1) from now on;
---dlq adds the dead-letter topic, --topic chooses topics. Events from all partitions are
-merged by record timestamp through a reorder buffer: an event is held at most --order-delay
-seconds (default {DEFAULT_DELAY_S}) so that one arriving up to that late still prints in its
-place; a backlog (--from-beginning, --from-time, --from-offset) prints in exact order.
+--dlq adds the dead-letter topic, --topic chooses topics. Events of all topics and partitions
+are merged by event time (ce_time; ties by record timestamp, topic, partition, offset).
+
+A backlog (--from-beginning, --from-time, --from-offset): every record from there up to the
+end offsets seen at the start is read first, then printed in exact event-time order, however
+large (past {DEFAULT_RUN_SIZE:,} records, sorted runs go to temporary files). Live events
+after it print through a reorder buffer: each is held at most --order-delay seconds (default
+{DEFAULT_DELAY_S}), so one arriving up to that late still prints in its place; one arriving
+later prints when due, after younger ones. No event is dropped.
 
 Filters (repeat one to allow several values; different filters must all match): --case and
 --type take globs (--type routed, --type 'gov.case.*'); --department, --office and --path
@@ -232,6 +237,24 @@ def tail(
             stop.set()
 
     stop = asyncio.Event()
+    # The bar shows while a backlog is read (nothing is printed then) and goes away before
+    # its first line; on a terminal only.
+    reading = Progress(
+        TextColumn("reading the backlog"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+    def backlog_read(done: int, total: int) -> None:
+        if not reading.tasks:
+            reading.add_task("backlog", total=total)
+        reading.update(reading.tasks[0].id, completed=done, total=total)
+        if done >= total:
+            reading.stop()
 
     async def main() -> int:
         nonlocal options
@@ -246,10 +269,16 @@ def tail(
             options = replace(options, catalog=found[1])
         check_filters(filters, options.catalog)
         return await run_tail(
-            settings, options, emit=emit, note=lambda m: err.print(f"[dim]{m}[/]"), stop=stop
+            settings,
+            options,
+            emit=emit,
+            note=lambda m: err.print(f"[dim]{m}[/]"),
+            stop=stop,
+            progress=backlog_read,
         )
 
-    _run(main(), settings)
+    with reading:
+        _run(main(), settings)
     if broken_pipe:
         # Keep the interpreter from complaining about the closed pipe when it exits.
         with contextlib.suppress(OSError):

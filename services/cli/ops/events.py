@@ -10,13 +10,18 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from functools import cached_property
+from typing import Any, Protocol, TypeAlias
 from zoneinfo import ZoneInfo
 
 from contracts.common import CaseStatus
 from services.common.event_facts import short_type
 
 CITY_TZ = ZoneInfo("Asia/Shanghai")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# (event time in µs since the epoch, record timestamp ms, topic, partition, offset)
+SortKey: TypeAlias = tuple[int, int, str, int, int]
 
 
 class RecordLike(Protocol):
@@ -60,14 +65,41 @@ class EventView:
             return str(self.data["case_id"])
         return None
 
+    @cached_property
+    def event_time(self) -> datetime:
+        """When the event happened: its `ce_time`, or the record's timestamp for a record
+        without a readable one (poison records). What `tail` shows and orders by."""
+        stamped = _rfc3339(self.headers.get("ce_time"))
+        if stamped is not None:
+            return stamped
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+
     @property
     def time(self) -> datetime:
-        """The record's timestamp (what the merge orders by), in the city's time zone."""
-        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC).astimezone(CITY_TZ)
+        """The event time in the city's time zone."""
+        return self.event_time.astimezone(CITY_TZ)
+
+    @cached_property
+    def sort_key(self) -> SortKey:
+        """Event time to the microsecond, then the record's timestamp, topic, partition and
+        offset: a total order (no two records share topic, partition and offset)."""
+        moment = self.event_time
+        micros = (moment - _EPOCH) // timedelta(microseconds=1)
+        return (micros, self.timestamp_ms, self.topic, self.partition, self.offset)
 
     @property
     def coordinates(self) -> str:
         return f"{self.topic}/{self.partition}@{self.offset}"
+
+
+def _rfc3339(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None  # RFC 3339 always has an offset
 
 
 def decode_headers(headers: Any) -> dict[str, str]:

@@ -1,9 +1,19 @@
-"""`tongban tail`: follow case topics, merged in time order, filtered, masked.
+"""`tongban tail`: follow case topics, merged in event-time order, filtered, masked.
+
+What is guaranteed (and said in `tongban tail --help`):
+- a backlog (`--from-beginning`, `--from-time`, `--from-offset`), i.e. every record from the
+  start positions up to the end offsets seen when the tail starts, is read whole and printed
+  in exact event-time order (`ce_time`, ties broken by record timestamp, topic, partition,
+  offset), across every topic and partition and however large (`merge.SortedBacklog`);
+- records past those end offsets follow the backlog, live, through the reorder buffer: in
+  order unless one arrives more than `--order-delay` seconds late (then it prints when due,
+  after younger ones; so does one whose event time is older than the backlog's last). None
+  is dropped.
 
 No consumer group: the tail assigns every partition of the chosen topics itself, never
-commits, and leaves no trace on the cluster. Records pass the time-order merge buffer
-(`merge.py`) first and the filters after, so that a case's facts are learnt in the order its
-events happened (`services.common.event_facts.CaseMemory`).
+commits, and leaves no trace on the cluster. Records are put in order first and filtered
+after, so that a case's facts are learnt in the order its events happened
+(`services.common.event_facts.CaseMemory`).
 """
 
 from __future__ import annotations
@@ -18,12 +28,13 @@ from contracts.events import CASE_TOPICS
 from services.cli.ops.events import EventView, view_of
 from services.cli.ops.filters import select
 from services.cli.ops.kafka_io import StartAt, StartKind, make_reader, partitions_of, seek_start
-from services.cli.ops.merge import DEFAULT_DELAY_S, TimeMergeBuffer
+from services.cli.ops.merge import DEFAULT_DELAY_S, SortedBacklog, TimeMergeBuffer
 from services.common.catalog import CatalogIndex
 from services.common.event_facts import CaseMemory, EventFilter
 from services.common.settings import CommonSettings
 
 POLL_S = 0.2
+YIELD_EVERY = 1000  # backlog records printed between two turns of the event loop
 
 
 class TailError(RuntimeError):
@@ -57,9 +68,11 @@ async def run_tail(
     emit: Callable[[EventView], None],
     note: Callable[[str], None],
     stop: asyncio.Event,
+    progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Show events until `stop`, `max_events` shown or `idle_timeout` s without records;
-    return how many were shown."""
+    return how many were shown. `progress(read, total)` follows the reading of a backlog
+    (`read == total` once it is read)."""
     consumer = make_reader(settings, client_id=f"{settings.service}-tail")
     await consumer.start()
     try:
@@ -80,73 +93,96 @@ async def run_tail(
             f"tailing {len(found)} topics ({len(partitions)} partitions) on "
             f"{settings.kafka_bootstrap} {options.start.describe()}; Ctrl-C stops"
         )
-        return await _follow(consumer, partitions, ends, options, emit=emit, stop=stop)
+        return await _follow(consumer, ends, options, emit=emit, stop=stop, progress=progress)
     finally:
         await consumer.stop()
 
 
 async def _follow(
     consumer: AIOKafkaConsumer,
-    partitions: list[TopicPartition],
     ends: dict[TopicPartition, int],
     options: TailOptions,
     *,
     emit: Callable[[EventView], None],
     stop: asyncio.Event,
+    progress: Callable[[int, int], None] | None,
 ) -> int:
     loop = asyncio.get_running_loop()
     buffer: TimeMergeBuffer[EventView] = TimeMergeBuffer(options.order_delay)
     memory = CaseMemory()
-    backlog = options.start.kind is not StartKind.now
     shown = 0
-    last_record = loop.time()
 
-    def release(views: list[EventView]) -> bool:
+    def release(view: EventView) -> bool:
         """Filter and show; True once `max_events` are shown."""
         nonlocal shown
-        for view in views:
-            if select(view, options.filters, memory=memory, catalog=options.catalog):
-                emit(view)
-                shown += 1
-                if options.max_events is not None and shown >= options.max_events:
-                    return True
+        if select(view, options.filters, memory=memory, catalog=options.catalog):
+            emit(view)
+            shown += 1
+            if options.max_events is not None and shown >= options.max_events:
+                return True
         return False
 
+    if options.start.kind is not StartKind.now:
+        with SortedBacklog[EventView](lambda view: view.sort_key) as backlog:
+            await _read_backlog(consumer, ends, backlog, buffer, stop=stop, progress=progress)
+            for count, view in enumerate(backlog.drain(), 1):
+                if stop.is_set() or release(view):
+                    return shown
+                if count % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # let Ctrl-C (a loop signal handler) through
+
+    last_record = loop.time()  # the idle timeout counts from the end of the backlog
     while not stop.is_set():
         due = buffer.next_due(loop.time())
         wait = POLL_S if due is None else min(POLL_S, due)
         batch = await consumer.getmany(timeout_ms=max(1, int(wait * 1000)))
         now = loop.time()
-        for tp, records in batch.items():
+        for records in batch.values():
             for record in records:
-                buffer.push(view_of(record), timestamp_ms=record.timestamp, partition=tp, now=now)
+                view = view_of(record)
+                buffer.push(view, key=view.sort_key, now=now)
             if records:
                 last_record = now
-        if backlog and await _caught_up(consumer, partitions, ends):
-            # The backlog is all fetched: nothing older can come; print it in order now.
-            backlog = False
-            last_record = now  # the idle timeout counts from the end of the backlog
-            ready = buffer.flush()
-        else:
-            ready = buffer.pop_ready(now)
-        if release(ready):
+        if any(release(view) for view in buffer.pop_ready(now)):
             return shown
-        idle = now - last_record
         if (
             options.idle_timeout is not None
-            and not backlog
             and not buffer
-            and idle >= options.idle_timeout
+            and now - last_record >= options.idle_timeout
         ):
             break
-    release(buffer.flush())
+    for view in buffer.flush():
+        if release(view):
+            break
     return shown
 
 
-async def _caught_up(
-    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], ends: dict[TopicPartition, int]
-) -> bool:
-    for tp in partitions:
-        if await consumer.position(tp) < ends[tp]:
-            return False
-    return True
+async def _read_backlog(
+    consumer: AIOKafkaConsumer,
+    ends: dict[TopicPartition, int],
+    backlog: SortedBacklog[EventView],
+    live: TimeMergeBuffer[EventView],
+    *,
+    stop: asyncio.Event,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Every record before the end offsets seen at the start into `backlog`; records past
+    them (produced since) into the `live` buffer. A bounded read: it ends at those offsets."""
+    loop = asyncio.get_running_loop()
+    starts = {tp: await consumer.position(tp) for tp in ends}
+    pending = {tp for tp, end in ends.items() if starts[tp] < end}
+    # An upper bound (compacted topics and transaction markers leave offsets unused).
+    total = sum(ends[tp] - starts[tp] for tp in pending)
+    while pending and not stop.is_set():
+        batch = await consumer.getmany(*pending, timeout_ms=int(POLL_S * 1000))
+        now = loop.time()
+        for tp, records in batch.items():
+            for record in records:
+                view = view_of(record)
+                if record.offset < ends[tp]:
+                    backlog.add(view)
+                else:
+                    live.push(view, key=view.sort_key, now=now)
+        pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+        if progress is not None:
+            progress(len(backlog), total if pending else len(backlog))
