@@ -2,7 +2,8 @@
 
 Every service builds a `ServiceRuntime` in its `app.py`, registers its consumers, and hands
 `runtime.lifespan` to FastAPI; `serve()` runs it under uvicorn. Startup migrates the service's
-schema and creates missing topics, so a fresh machine needs no manual step.
+schema (as its owner when TONGBAN_MIGRATION_DATABASE_URL is given, see migrations.py) and
+creates missing topics, so a fresh machine needs no manual step.
 """
 
 from __future__ import annotations
