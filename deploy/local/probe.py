@@ -6,6 +6,7 @@ on stderr); the shell scripts own the retry loop and the overall deadline.
     probe.py kafka --bootstrap 127.0.0.1:9092,127.0.0.1:9094 --expect-ids 1,2
     probe.py pg --url postgresql+asyncpg://tongban:tongban@127.0.0.1:5432/tongban
     probe.py pg-ensure-db --url postgresql+asyncpg://tongban:tongban@127.0.0.1:5432/tongban
+    probe.py pg-sql --url ... --file deploy/postgres/roles.sql
 
 Runs with the project venv (aiokafka, asyncpg). The modules are imported by name so
 this file type-checks whether or not the libraries ship type information.
@@ -111,15 +112,31 @@ async def pg_ensure_db(url: str, timeout: float) -> str:
     return f"created database {name}"
 
 
+async def pg_sql(url: str, file: str, timeout: float) -> str:
+    """Run a file of SQL statements (no parameters) in one transaction."""
+    asyncpg: Any = importlib.import_module("asyncpg")
+    with open(file, encoding="utf-8") as f:
+        script = f.read()
+    conn = await asyncpg.connect(asyncpg_dsn(url), timeout=timeout)
+    try:
+        async with conn.transaction():
+            await asyncio.wait_for(conn.execute(script), timeout)
+    finally:
+        await conn.close(timeout=timeout)
+    return f"ran {file}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="cmd", required=True)
     k = sub.add_parser("kafka")
     k.add_argument("--bootstrap", required=True, help="comma list host:port, each is probed")
     k.add_argument("--expect-ids", required=True, help="comma list of node ids that must be listed")
-    for name in ("pg", "pg-ensure-db"):
+    for name in ("pg", "pg-ensure-db", "pg-sql"):
         p = sub.add_parser(name)
         p.add_argument("--url", required=True)
+        if name == "pg-sql":
+            p.add_argument("--file", required=True)
     parser.add_argument("--timeout", type=float, default=5.0, help="per request, seconds")
     args = parser.parse_args()
     # aiokafka logs every refused connection; the one-line reason below is enough.
@@ -132,6 +149,8 @@ def main() -> int:
             result = asyncio.run(probe_kafka(addresses, ids, args.timeout))
         elif args.cmd == "pg":
             result = asyncio.run(probe_pg(args.url, args.timeout))
+        elif args.cmd == "pg-sql":
+            result = asyncio.run(pg_sql(args.url, args.file, args.timeout))
         else:
             result = asyncio.run(pg_ensure_db(args.url, args.timeout))
     except Exception as exc:  # any failure means "not ready"; say why

@@ -44,6 +44,10 @@ cmd_up() {
       (
         close_extra_fds
         export TONGBAN_HTTP_PORT=$port TONGBAN_SERVICE=$svc
+        # The service works as its own run-time role (stack.sh: TONGBAN_<SVC>_DATABASE_URL)
+        # and migrates as the schema owner (TONGBAN_MIGRATION_DATABASE_URL).
+        local role_url="TONGBAN_${svc^^}_DATABASE_URL"
+        [[ -z ${!role_url:-} ]] || export TONGBAN_DATABASE_URL=${!role_url}
         cd "$REPO"
         exec "$VENV_PY" -m "services.$svc" >>"$log" 2>&1 </dev/null
       ) &

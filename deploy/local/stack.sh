@@ -16,6 +16,13 @@
 #   export TONGBAN_KAFKA_BOOTSTRAP=127.0.0.1:9092[,127.0.0.1:9094,127.0.0.1:9096]
 #   export TONGBAN_KAFKA_BROKERS=1|3
 #   export TONGBAN_DATABASE_URL=postgresql+asyncpg://tongban:tongban@127.0.0.1:5432/tongban
+#   export TONGBAN_MIGRATION_DATABASE_URL=postgresql+asyncpg://tongban_owner:...   (embedded)
+#   export TONGBAN_INTAKE_DATABASE_URL=postgresql+asyncpg://tongban_intake:...   (and ROUTING,
+#          APPROVAL, DELIVERY; embedded)
+# TONGBAN_DATABASE_URL is the administrator's (tests make throw-away schemas, the fault suite
+# and the bench read every service's tables); `tongban migrate` runs as the schema owner;
+# services.sh gives each service its own run-time role's URL as its TONGBAN_DATABASE_URL.
+# With an external server the variables are passed on as they were given.
 # shellcheck source-path=SCRIPTDIR disable=SC2034  # SCRIPT_NAME is read by lib.sh
 set -euo pipefail
 SCRIPT_NAME=stack
@@ -59,6 +66,19 @@ cmd_up() {
       env_line TONGBAN_KAFKA_MIN_INSYNC 2
     fi
     env_line TONGBAN_DATABASE_URL "$db_url"
+    local owner_url
+    if owner_url=$("$LOCAL_DIR/postgres.sh" url owner 2>/dev/null); then   # embedded server
+      env_line TONGBAN_MIGRATION_DATABASE_URL "$owner_url"
+      local svc
+      for svc in intake routing approval delivery; do
+        env_line "TONGBAN_${svc^^}_DATABASE_URL" "$("$LOCAL_DIR/postgres.sh" url "$svc")"
+      done
+    else
+      local name
+      for name in TONGBAN_MIGRATION_DATABASE_URL TONGBAN_{INTAKE,ROUTING,APPROVAL,DELIVERY}_DATABASE_URL; do
+        [[ -z ${!name:-} ]] || env_line "$name" "${!name}"
+      done
+    fi
   } >"$ENV_FILE.tmp"
   mv "$ENV_FILE.tmp" "$ENV_FILE"
 
@@ -92,6 +112,7 @@ cmd_status() {
 
 cmd_clean() {
   cmd_down
+  "$LOCAL_DIR/postgres.sh" clean
   rm -rf "$RUN_DIR"
   echo "[stack] removed $RUN_DIR"
 }

@@ -35,16 +35,30 @@ def migrate(
         list[str] | None,
         typer.Argument(help="services to migrate (default: all four)", show_default=False),
     ] = None,
+    runtime_role: Annotated[
+        str,
+        typer.Option(
+            help="each service's run-time role, granted its own schema after the upgrade "
+            "({service} is replaced); skipped when the role does not exist"
+        ),
+    ] = "tongban_{service}",
 ) -> None:
-    """Bring each service's PostgreSQL schema to its newest Alembic revision."""
+    """Bring each service's PostgreSQL schema to its newest Alembic revision, as the schema
+    owner (TONGBAN_MIGRATION_DATABASE_URL, else TONGBAN_DATABASE_URL), then grant each
+    service's run-time role its tables (INSERT and SELECT only on the audit trail)."""
     settings = CommonSettings()
     chosen = service or list(SERVICES)
     unknown = sorted(set(chosen) - set(SERVICES))
     if unknown:
         raise typer.BadParameter(f"unknown service {unknown}; choose from {', '.join(SERVICES)}")
+    url = settings.migration_url
     for name in chosen:
-        migrations.upgrade(name, settings.database_url)
-        console.print(f"[green]migrated[/] {name}")
+        role = runtime_role.format(service=name)
+        granted = migrations.migrate(name, url, role)
+        note = f", granted to {role}" if granted else f" ({role} not granted: no such role)"
+        if role == migrations.role_of(url):
+            note = ""
+        console.print(f"[green]migrated[/] {name}{note}")
 
 
 @app.command()

@@ -2,7 +2,8 @@
 
 Every service builds a `ServiceRuntime` in its `app.py`, registers its consumers, and hands
 `runtime.lifespan` to FastAPI; `serve()` runs it under uvicorn. Startup migrates the service's
-schema and creates missing topics, so a fresh machine needs no manual step.
+schema (as its owner when TONGBAN_MIGRATION_DATABASE_URL is given, see migrations.py) and
+creates missing topics, so a fresh machine needs no manual step.
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ class ServiceRuntime:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await asyncio.to_thread(migrations.upgrade, self.schema, self.settings.database_url)
+        await asyncio.to_thread(self._migrate)
         await ensure_topics(self.settings, standard_topics())
         for fn in self._startup:
             await fn()
@@ -237,6 +238,14 @@ class ServiceRuntime:
         for fn in self._background:
             self._supervise(getattr(fn, "__name__", "background"), fn)
         log.info("service started", service=self.settings.service)
+
+    def _migrate(self) -> None:
+        owner_url, url = self.settings.migration_database_url, self.settings.database_url
+        if owner_url:
+            migrations.migrate(self.schema, owner_url, migrations.role_of(url))
+        elif not migrations.is_current(self.schema, url):
+            log.info("schema behind its migrations; migrating as the service's own role")
+            migrations.upgrade(self.schema, url)
 
     def _supervise(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a long-lived loop; if it crashes on something unforeseen (a broker error

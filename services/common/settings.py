@@ -39,7 +39,13 @@ class CommonSettings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
 
+    # The role the service works as: its run-time role (tongban_<service>), which owns
+    # nothing. TONGBAN_MIGRATION_DATABASE_URL, when given, is the schema owner's
+    # (tongban_owner): start-up migrates with it and grants the run-time role its tables.
+    # Without it a service only checks its schema is current, and migrates with
+    # `database_url` only when it is not (a single-role setup: that role owns the schema).
     database_url: str = DEV_DATABASE_URL
+    migration_database_url: str | None = None
     db_pool_size: int = Field(10, ge=1)
     db_max_overflow: int = Field(10, ge=0)
     # A request waits at most this long for a pooled connection, then gets 503 + Retry-After.
@@ -87,6 +93,11 @@ class CommonSettings(BaseSettings):
     @property
     def is_dev(self) -> bool:
         return self.environment in ("dev", "test")
+
+    @property
+    def migration_url(self) -> str:
+        """What migrations run with: the schema owner's URL when given, else the one URL."""
+        return self.migration_database_url or self.database_url
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -47,7 +47,7 @@ async def runtime(settings: ServiceSettings) -> AsyncIterator[ServiceRuntime]:
     """delivery's runtime as app.py wires it, minus the lifespan: the handlers only use it to
     write events into delivery's outbox (no relay, no consumer, no Kafka here)."""
     # Alembic's env runs its own event loop; keep it off ours.
-    await asyncio.to_thread(migrations.upgrade, "delivery", settings.database_url)
+    await asyncio.to_thread(migrations.upgrade, "delivery", settings.migration_url)
     runtime = ServiceRuntime(settings.model_copy(update={"service": "delivery"}))
     yield runtime
     await runtime.engine.dispose()

@@ -32,8 +32,8 @@ async def test_every_service_migrates_its_own_schema(
 ) -> None:
     for service in SERVICES:
         # Alembic's env runs its own event loop; keep it off ours.
-        await asyncio.to_thread(migrations.upgrade, service, settings.database_url)
-        await asyncio.to_thread(migrations.upgrade, service, settings.database_url)  # no-op
+        await asyncio.to_thread(migrations.upgrade, service, settings.migration_url)
+        await asyncio.to_thread(migrations.upgrade, service, settings.migration_url)  # no-op
     for service in SERVICES:
         assert {"alembic_version", "outbox", "inbox"} <= await tables(engine, service)
         async with engine.connect() as conn:

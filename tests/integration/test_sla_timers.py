@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 async def test_each_timer_fires_once_across_two_schedulers_and_a_crash(
     settings: ServiceSettings,
 ) -> None:
-    await asyncio.to_thread(migrations.upgrade, "approval", settings.database_url)
+    await asyncio.to_thread(migrations.upgrade, "approval", settings.migration_url)
     prefix = f"SLA-{uuid.uuid4().hex[:8]}"
     approval = settings.model_copy(update={"service": "approval"})
     first, second, third = (ServiceRuntime(approval) for _ in range(3))

@@ -281,7 +281,10 @@ COMPOSE_PROCESS_SCHEMA: dict[str, Any] = {
             "additionalProperties": {
                 "type": "object",
                 "required": ["condition"],
-                "properties": {"condition": {"const": "service_healthy"}},
+                # healthy, or (the one-shot `migrate`) completed
+                "properties": {
+                    "condition": {"enum": ["service_healthy", "service_completed_successfully"]}
+                },
             },
         },
         "ports": {
@@ -375,7 +378,11 @@ def test_compose_runs_postgres_and_every_process_from_the_one_image() -> None:
         assert env["TONGBAN_HTTP_HOST"] == "0.0.0.0"
         assert set(env["TONGBAN_KAFKA_BOOTSTRAP"].split(",")) == bootstrap, process
         assert env["TONGBAN_KAFKA_REPLICATION"] == "3" and env["TONGBAN_KAFKA_MIN_INSYNC"] == "2"
-        assert "@postgres:5432/" in env["TONGBAN_DATABASE_URL"]
+        if process in SERVICES:  # each service as its own run-time role; the console none
+            assert f"//tongban_{process}:" in env["TONGBAN_DATABASE_URL"], process
+            assert "@postgres:5432/" in env["TONGBAN_DATABASE_URL"]
+            assert needs_completed(service, "migrate"), process
+        assert "TONGBAN_MIGRATION_DATABASE_URL" not in env, f"{process} owns no schema"
         probe = " ".join(service["healthcheck"]["test"])
         assert re.search(rf"127\.0\.0\.1:{port}/(healthz|readyz)\b", probe), (process, probe)
         needs = set(service["depends_on"])
@@ -390,6 +397,28 @@ def test_compose_runs_postgres_and_every_process_from_the_one_image() -> None:
     ]:
         url = services[process]["environment"][variable]
         assert url == f"http://{target}:{default_port(target)}", (process, variable)
+
+
+def needs_completed(service: dict[str, Any], other: str) -> bool:
+    condition = service["depends_on"].get(other, {}).get("condition")
+    return bool(condition == "service_completed_successfully")
+
+
+def test_compose_migrates_as_the_owner_and_keeps_personal_data_out_of_postgres_log() -> None:
+    services = compose()["services"]
+    migrate = services["migrate"]
+    assert migrate["command"] == ["tongban", "migrate"]
+    assert "//tongban_owner:" in migrate["environment"]["TONGBAN_MIGRATION_DATABASE_URL"]
+    assert migrate["image"] == services["intake"]["image"]
+    postgres = services["postgres"]
+    assert "./postgres/roles.sql:/docker-entrypoint-initdb.d/10-roles.sql:ro" in postgres["volumes"]
+    assert (COMPOSE.parent / "postgres" / "roles.sql").is_file()
+    settings = dict(
+        arg.split("=", 1) for arg in postgres["command"] if "=" in arg and not arg.startswith("-")
+    )
+    assert settings["log_min_messages"] == "log"
+    assert settings["log_min_error_statement"] == "panic"
+    assert settings["log_parameter_max_length_on_error"] == "0"
 
 
 def test_compose_config_is_valid_for_the_docker_cli() -> None:
@@ -782,6 +811,25 @@ def test_every_process_runs_as_a_deployment_with_probes_resources_and_no_root() 
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert "/tmp" in mounts
     assert images == {IMAGE}, f"one image for every process, not {images}"
+
+
+def test_each_service_migrates_as_the_owner_before_it_starts_as_its_own_role() -> None:
+    deployments = of_kind("Deployment")
+    for name in SERVICES:
+        pod = deployments[name]["spec"]["template"]["spec"]
+        (init,) = pod["initContainers"]
+        assert init["image"] == IMAGE
+        assert init["command"] == ["tongban", "migrate", name]
+        env = environment(init)
+        owner = env["TONGBAN_MIGRATION_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+        assert owner == {"name": "tongban-database", "key": "owner"}
+        assert init["securityContext"]["readOnlyRootFilesystem"] is True
+        assert "/tmp" in {m["mountPath"] for m in init["volumeMounts"]}
+        # the service itself holds only its run-time role's URL
+        env = environment(the_container(deployments[name]))
+        assert "TONGBAN_MIGRATION_DATABASE_URL" not in env, name
+        runtime = env["TONGBAN_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+        assert runtime == {"name": "tongban-database", "key": name}
 
 
 def test_secrets_reach_the_processes_that_need_them() -> None:
