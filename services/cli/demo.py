@@ -22,7 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from services.cli.applicants import application_for
-from services.cli.devclient import ActingClient
+from services.cli.devclient import (
+    APPROVAL_PORT,
+    DELIVERY_PORT,
+    INTAKE_PORT,
+    ROUTING_PORT,
+    ActingClient,
+)
 from services.common.catalog import load_catalog_file
 
 ENDED = {"closed", "withdrawn"}
@@ -45,10 +51,11 @@ class DemoCase:
 
 @dataclass(frozen=True)
 class Endpoints:
-    intake: str = "http://127.0.0.1:8001"
-    routing: str = "http://127.0.0.1:8002"
-    approval: str = "http://127.0.0.1:8003"
-    delivery: str = "http://127.0.0.1:8004"
+    # The dev ports, moved by SERVICES_PORT_OFFSET as deploy/local/services.sh moves them.
+    intake: str = f"http://127.0.0.1:{INTAKE_PORT}"
+    routing: str = f"http://127.0.0.1:{ROUTING_PORT}"
+    approval: str = f"http://127.0.0.1:{APPROVAL_PORT}"
+    delivery: str = f"http://127.0.0.1:{DELIVERY_PORT}"
 
 
 def in_force(item: dict[str, Any], today: date) -> bool:

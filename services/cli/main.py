@@ -145,7 +145,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="random seed of the generated applicants")] = 7,
     timeout: Annotated[float, typer.Option(help="seconds to wait for every case to end")] = 180,
 ) -> None:
-    """Run the case loop end to end on the running services (make demo starts them)."""
+    """Run the case loop end to end on the running services (make demo starts them; their
+    ports move with SERVICES_PORT_OFFSET, as in deploy/local/services.sh)."""
     from services.cli.demo import Endpoints, run_demo
 
     code = asyncio.run(
