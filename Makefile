@@ -25,7 +25,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-install: $(VENV)/.installed ## create .venv with the tongban command and fetch the Kafka jars
+# tests/unit/test_openapi.py's client generator, in a venv of its own: its pins (httpx < 0.29,
+# typer < 0.28) would otherwise hold tongban's own packages back.
+CODEGEN := $(VENV)/codegen
+$(CODEGEN)/bin/openapi-python-client: | $(BIN)/python
+	$(PYTHON) -m venv $(CODEGEN)
+	$(CODEGEN)/bin/pip install --quiet 'openapi-python-client==0.29.*'
+
+install: $(VENV)/.installed $(CODEGEN)/bin/openapi-python-client ## create .venv with the tongban command and fetch the Kafka jars
 	@bash deploy/local/fetch-kafka.sh
 	@bash deploy/local/browser.sh
 
