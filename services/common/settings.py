@@ -56,6 +56,11 @@ class CommonSettings(BaseSettings):
     consumer_retry_backoff_s: float = Field(0.2, ge=0)
     consumer_retry_backoff_max_s: float = Field(5.0, ge=0)
     dlq_topic: str = "case.dlq.v1"
+    # The largest dead letter written whole (key, value, headers, batch overhead). Keep it at
+    # most the dead-letter topic's max.message.bytes (broker default 1 MiB); a bigger letter
+    # keeps the head of its value and points at the original's topic/partition/offset.
+    dlq_max_record_bytes: int = Field(1_048_576, ge=4096)
+
 
     # Outbox relay: NOTIFY wakes it; the poll is only a safety net.
     outbox_batch_size: int = Field(500, ge=1)
