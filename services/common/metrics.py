@@ -35,6 +35,11 @@ DEAD_LETTERS_TRUNCATED = Counter(
     "Dead letters too big for the dead-letter topic, written with the head of their value",
     ["service", "consumer", "topic"],
 )
+INBOX_PRUNED = Counter(
+    "tongban_inbox_pruned_total",
+    "Inbox rows deleted because they are older than TONGBAN_INBOX_RETENTION_DAYS",
+    ["service"],
+)
 HANDLER_RETRIES = Counter(
     "tongban_handler_retries_total",
     "Retries of a failing event handler before success or dead letter",

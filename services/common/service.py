@@ -37,7 +37,7 @@ from services.common.db import inbox_key, make_engine, make_sessionmaker, runtim
 from services.common.dlq import DeadLetterWriter, LetterShape
 from services.common.envelope import Envelope
 from services.common.handover import HandoverSettings
-from services.common.inbox import CATALOG_FOLLOWER
+from services.common.inbox import CATALOG_FOLLOWER, InboxPruner
 from services.common.kafka import ensure_topics, make_producer, standard_topics
 from services.common.limits import BodySizeLimit, LimitSettings, LoadShedder, max_body_bytes
 from services.common.logs import configure_logging, get_logger
@@ -78,6 +78,8 @@ class ServiceRuntime:
         self._startup: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._stoppers: list[Callable[[], None]] = []
+        self.inbox_pruner = InboxPruner(settings, sessions=self.sessions, schema=self.schema)
+        self.background(self.inbox_pruner.run, self.inbox_pruner.stop)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._stopped = asyncio.Event()  # cuts short a dead letter waiting for the broker
