@@ -320,6 +320,18 @@ class DeadLetter:
     def original_headers(self) -> Headers:
         return [(k, v) for k, v in self.headers if not k.startswith(DLQ_PREFIX)]
 
+    @property
+    def altered(self) -> str | None:
+        """Why this letter is not the original record (truncated, headers escaped), if so:
+        replaying it would publish something else; the original is at its dlq_* place."""
+        truncated = self.header(TRUNCATED)
+        if truncated is not None:
+            return f"truncated ({truncated})"
+        escaped = self.header(ESCAPED_HEADERS)
+        if escaped is not None:
+            return f"headers that were not UTF-8 are escaped ({escaped})"
+        return None
+
     def envelope_problem(self) -> str | None:
         """Why the original is not a valid CloudEvent (it would be dead-lettered again)."""
         try:
@@ -378,6 +390,8 @@ async def replay(
     target = letter.original_topic
     if not target:
         raise ReplayError(f"dead letter {letter.ref} names no original topic ({ORIGINAL_TOPIC})")
+    if letter.altered is not None:
+        raise ReplayError(f"dead letter {letter.ref} is not the original record: {letter.altered}")
     sent = await producer.send_and_wait(
         target, key=letter.key, value=letter.value, headers=letter.original_headers()
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from services.cli.ops.dlq import refusal
 from services.common.db import INBOX_LITERAL_MAX, inbox_key
 from services.common.dlq import (
     ESCAPED_HEADERS,
@@ -114,3 +115,29 @@ def test_inbox_keys_are_the_id_up_to_64_characters_and_a_digest_above() -> None:
     assert inbox_key(long_a) != inbox_key(long_b)
     # A literal id that looks like a digest key is longer than 64: it is digested itself.
     assert inbox_key(inbox_key(long_a)) != inbox_key(long_a)
+
+
+def as_read_back(letter_headers: list[tuple[str, bytes]], value: bytes | None) -> DeadLetter:
+    return DeadLetter(
+        topic="case.dlq.v1",
+        partition=0,
+        offset=5,
+        timestamp_ms=0,
+        key=b"HC-1",
+        value=value,
+        headers=tuple(letter_headers),
+    )
+
+
+def test_a_truncated_or_escaped_letter_is_never_replayed_even_with_force() -> None:
+    big = shape_letter(Record(b"v" * 200_000), "r", "s", max_bytes=MAX)
+    truncated = as_read_back(big.headers, big.value)
+    assert truncated.altered is not None and truncated.altered.startswith("truncated")
+    why = refusal(truncated, [], force=True) or ""
+    assert "truncated" in why and "case.intake.v1/3@17" in why
+    escaped = as_read_back(
+        dead_letter_headers(Record(b"{}", headers=[("ce_source", b"\xff")]), "r", "s"), b"{}"
+    )
+    assert "ce_source" in (refusal(escaped, [], force=True) or "")
+    whole = as_read_back(dead_letter_headers(Record(b"{}"), "r", "s"), b"{}")
+    assert whole.altered is None

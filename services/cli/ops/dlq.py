@@ -135,6 +135,11 @@ def refusal(letter: DeadLetter, earlier: Sequence[ReplayRecord], *, force: bool)
     """Why this letter is not replayed now (None: go ahead)."""
     if not letter.original_topic:
         return "no dlq_topic header: the original topic is unknown"
+    if letter.altered is not None:  # not even with --force: it would publish other bytes
+        return (
+            f"the letter is {letter.altered}; the original is {letter.original_topic}/"
+            f"{letter.original_partition}@{letter.original_offset} while that topic keeps it"
+        )
     if force:
         return None
     if earlier:
