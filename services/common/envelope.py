@@ -40,6 +40,9 @@ _NOT_IN_ATTRIBUTES = re.compile(
 # In event data: what PostgreSQL text and JSONB cannot store (NUL) or UTF-8 cannot encode
 # (lone surrogates, which JSON's \u escapes can produce).
 _NOT_IN_DATA = re.compile("[\x00\ud800-\udfff]")
+# Strict JSON has no raw control characters in strings and strict UTF-8 no surrogates: only
+# these escapes can bring either into parsed data, so the walk runs only when one is there.
+_MAYBE_UNSTORABLE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
 
 Headers = list[tuple[str, bytes]]
 
@@ -113,11 +116,11 @@ class Envelope:
             raise EnvelopeError(f"content-type {content_type!r:.100} is not {CONTENT_TYPE}")
         if value is None:
             raise EnvelopeError("record has no value (tombstone) where event data is expected")
-        _check_data(value)
+        parsed = _check_data(value)
         bare_traceparent = header_map.pop("traceparent", None)
         try:
             event = ce_kafka.from_binary(
-                ce_kafka.KafkaMessage(headers=header_map, key=key, value=value), _FORMAT
+                ce_kafka.KafkaMessage(headers=header_map, key=key, value=value), _Parsed(parsed)
             )
         except Exception as exc:  # the SDK raises several types for bad attributes
             raise EnvelopeError(f"invalid CloudEvent attributes: {exc}") from exc
@@ -150,11 +153,24 @@ class Envelope:
         )
 
 
+class _Parsed(JSONFormat):
+    """The JSON format, handing the SDK the data `_check_data` parsed (no second parse)."""
+
+    def __init__(self, data: Any) -> None:
+        super().__init__()
+        self._data = data
+
+    def read_data(self, body: bytes, datacontenttype: str | None) -> Any:
+        return self._data
+
+
 def _check_attribute(name: str, raw: bytes) -> None:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise EnvelopeError(f"{name} is not UTF-8 (byte {exc.start})") from exc
+    if text.isascii() and text.isprintable():
+        return  # the common case: U+0020..U+007E only, nothing CloudEvents forbids
     bad = _NOT_IN_ATTRIBUTES.search(text)
     if bad is not None:
         raise EnvelopeError(
@@ -167,8 +183,8 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _check_data(value: bytes) -> None:
-    """The value is UTF-8 JSON (no NaN/Infinity) whose strings PostgreSQL can store."""
+def _check_data(value: bytes) -> Any:
+    """The value parsed: UTF-8 JSON (no NaN/Infinity) whose strings PostgreSQL can store."""
     try:
         data = json.loads(value.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError as exc:
@@ -177,6 +193,8 @@ def _check_data(value: bytes) -> None:
         raise EnvelopeError("value is not JSON: nested too deeply") from exc
     except ValueError as exc:  # JSONDecodeError, NaN, an integer of thousands of digits
         raise EnvelopeError(f"value is not JSON: {str(exc)[:200]}") from exc
+    if _MAYBE_UNSTORABLE.search(value) is None:
+        return data
     todo: list[Any] = [data]  # a loop, not recursion: nesting depth is the sender's choice
     while todo:
         node = todo.pop()
@@ -190,3 +208,4 @@ def _check_data(value: bytes) -> None:
                 f"event data holds U+{ord(bad.group()):04X}, which cannot be stored "
                 "(PostgreSQL text has no NUL; UTF-8 has no lone surrogates)"
             )
+    return data
