@@ -262,7 +262,7 @@ class ConsumerRunner:
                 log.warning(
                     "database unavailable; retrying batch",
                     consumer=self.name,
-                    error=repr(exc),
+                    error=describe_error(exc),  # no statement parameters: personal data
                     retry_in_s=backoff,
                 )
                 try:

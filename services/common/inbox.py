@@ -26,7 +26,7 @@ import asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.common.failures import is_infrastructure_error
+from services.common.failures import describe_error, is_infrastructure_error
 from services.common.logs import get_logger
 from services.common.metrics import INBOX_PRUNED
 from services.common.settings import CommonSettings
@@ -91,7 +91,9 @@ class InboxPruner:
             except Exception as exc:
                 if not is_infrastructure_error(exc):
                     raise  # a bug: the runtime's supervisor logs it and restarts the task
-                log.warning("inbox pruning postponed: database unavailable", error=repr(exc))
+                log.warning(
+                    "inbox pruning postponed: database unavailable", error=describe_error(exc)
+                )
             await self._pause(self.settings.inbox_prune_interval_s)
 
     async def _pause(self, seconds: float) -> None:
