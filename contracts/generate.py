@@ -343,6 +343,15 @@ def _dead_letter_message() -> dict[str, Any]:
         "dlq_topic": _string("The topic the record was read from."),
         "dlq_partition": _string("Its partition, as a decimal string.", pattern="^[0-9]+$"),
         "dlq_offset": _string("Its offset, as a decimal string.", pattern="^[0-9]+$"),
+        "dlq_truncated": _string(
+            "Present when the letter is not the whole original (it did not fit the dead-letter "
+            "topic): what was kept and what was dropped. The original stays at `dlq_topic`/"
+            "`dlq_partition`/`dlq_offset`; such a letter is never replayed."
+        ),
+        "dlq_escaped_headers": _string(
+            "Present when original header values were not UTF-8: their names, comma-separated "
+            "(their bytes are written escaped, e.g. `\\xff`)."
+        ),
     }
     return {
         "name": DEAD_LETTER,

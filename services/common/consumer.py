@@ -4,9 +4,13 @@ The guarantees (DESIGN.md §2):
 - idempotent: every processed event id is inserted into the inbox `(consumer, event_id)` in the
   same transaction as the handler's effect; a redelivered event finds its row and is skipped;
 - at-least-once: offsets are committed only after that transaction commits;
-- a poison record (not a CloudEvent, not JSON, unknown type, schema-invalid) or a handler that
-  keeps failing after bounded retries goes to the dead-letter topic with `dlq_reason` and
-  `dlq_source` headers, and the partition moves on;
+- no record stalls a partition: a record that cannot be parsed (not a CloudEvent, attributes
+  that are not UTF-8 or hold control characters, data that is not JSON or that PostgreSQL
+  cannot store), validated (unknown type, schema-invalid) or stored (a value too long for
+  its column: dead-lettered at once), or whose handler keeps failing after bounded retries,
+  goes to the dead-letter topic with `dlq_reason` and `dlq_source` headers (services/common/
+  dlq.py: a letter too big for the topic is truncated, never retried forever), and the
+  partition moves on. Event ids of any length are stored (`inbox_key`);
 - database or broker outages are not the event's fault: the batch is retried, never
   dead-lettered, until the infrastructure is back;
 - per-case order: records of one partition (one case's key) are applied in offset order.
@@ -18,25 +22,28 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.common.db import runtime_metadata
+from services.common.db import inbox_key, runtime_metadata
+from services.common.dlq import DeadLetterWriter, LetterShape
 from services.common.envelope import Envelope, EnvelopeError
-from services.common.failures import is_infrastructure_error
+from services.common.failures import describe_error, is_data_error, is_infrastructure_error
 from services.common.kafka import make_consumer, make_producer
 from services.common.logs import get_logger
 from services.common.metrics import (
     BATCH_SECONDS,
     CONSUMER_LAG,
     DEAD_LETTERS,
+    DEAD_LETTERS_TRUNCATED,
     EVENTS_CONSUMED,
     HANDLER_RETRIES,
 )
@@ -73,6 +80,11 @@ class _Work:
     record: ConsumerRecord[bytes, bytes]
     envelope: Envelope
     payload: Any
+
+    @cached_property
+    def key(self) -> str:
+        """The event's key in the inbox."""
+        return inbox_key(self.envelope.id)
 
 
 @dataclass
@@ -111,6 +123,7 @@ class ConsumerRunner:
         self.batch_handler = batch_handler
         self._dlq_producer = dlq_producer
         self._own_dlq_producer = dlq_producer is None
+        self._letters: DeadLetterWriter | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._stop = asyncio.Event()
         self._batch_lock = asyncio.Lock()
@@ -134,6 +147,12 @@ class ConsumerRunner:
         if self._dlq_producer is None:
             self._dlq_producer = make_producer(self.settings, client_id=f"{self.name}-dlq")
             await self._dlq_producer.start()
+        self._letters = DeadLetterWriter(
+            self._dlq_producer,
+            topic=self.settings.dlq_topic,
+            max_bytes=self.settings.dlq_max_record_bytes,
+            retry_backoff_max_s=self.settings.consumer_retry_backoff_max_s,
+        )
         self._committed_at = time.monotonic()
         self.ready.set()
         log.info("consumer started", consumer=self.name, topics=self.topics)
@@ -173,7 +192,8 @@ class ConsumerRunner:
         if dead is None:
             return  # stopping during an outage: leave offsets, the next owner redoes the batch
         for letter in dead:
-            await self._dead_letter(letter)
+            if not await self._dead_letter(letter):
+                return  # stopping while the broker is away: the next owner redoes the batch
         BATCH_SECONDS.labels(self.settings.service, self.name).observe(
             time.perf_counter() - started
         )
@@ -242,7 +262,7 @@ class ConsumerRunner:
                 log.warning(
                     "database unavailable; retrying batch",
                     consumer=self.name,
-                    error=repr(exc),
+                    error=describe_error(exc),  # no statement parameters: personal data
                     retry_in_s=backoff,
                 )
                 try:
@@ -255,14 +275,22 @@ class ConsumerRunner:
 
     def _parse(self, record: ConsumerRecord[bytes, bytes]) -> _Work | _DeadLetter | None:
         try:
-            envelope = Envelope.from_record(record.key, record.value, list(record.headers))
+            return self._parse_or_raise(record)
+        except Exception as exc:  # whatever a record holds, it must not stop the partition
+            return _DeadLetter(record, f"unreadable: {describe_error(exc)}")
+
+    def _parse_or_raise(self, record: ConsumerRecord[bytes, bytes]) -> _Work | _DeadLetter | None:
+        try:
+            envelope = Envelope.from_record(record.key, record.value, list(record.headers or ()))
         except EnvelopeError as exc:
             return _DeadLetter(record, f"malformed: {exc}")
         subscription = self.subscriptions.get(envelope.type)
         if subscription is None:
             if envelope.type in self.ignored_types:
                 return None
-            return _DeadLetter(record, f"unknown event type {envelope.type!r} on {record.topic}")
+            return _DeadLetter(
+                record, f"unknown event type {envelope.type[:200]!r} on {record.topic}"
+            )
         payload: Any = envelope.data
         if subscription.model is not None:
             try:
@@ -297,20 +325,27 @@ class ConsumerRunner:
     async def _apply_fast(self, work: list[_Work]) -> None:
         """The whole batch in one transaction with one inbox statement: the common case."""
         async with self.sessions() as session, session.begin():
-            # executemany with RETURNING: one cached statement for any batch size.
-            result = await session.execute(
-                pg_insert(self._inbox).on_conflict_do_nothing().returning(self._inbox.c.event_id),
-                [self._inbox_row(w) for w in _first_of_each(work)],
-            )
+            try:
+                # executemany with RETURNING: one cached statement for any batch size.
+                result = await session.execute(
+                    pg_insert(self._inbox)
+                    .on_conflict_do_nothing()
+                    .returning(self._inbox.c.event_id),
+                    [self._inbox_row(w) for w in _first_of_each(work)],
+                )
+            except Exception as exc:
+                if is_infrastructure_error(exc):
+                    raise
+                raise _HandlerFailed() from exc  # one record's row cannot be stored: isolate it
             fresh = set(result.scalars().all())
             applied: set[str] = set()
             todo: list[_Work] = []
             for item in work:
-                event_id = item.envelope.id
-                if event_id not in fresh or event_id in applied:
+                key = item.key
+                if key not in fresh or key in applied:
                     self._count(item.record, "duplicate")
                     continue
-                applied.add(event_id)
+                applied.add(key)
                 todo.append(item)
             try:
                 if self.batch_handler is not None:
@@ -323,7 +358,7 @@ class ConsumerRunner:
                     raise
                 raise _HandlerFailed() from exc
         for item in work:
-            if item.envelope.id in applied:
+            if item.key in applied:
                 self._count(item.record, "processed")
 
     async def _apply_one_by_one(self, work: list[_Work]) -> list[_DeadLetter]:
@@ -359,11 +394,19 @@ class ConsumerRunner:
                     except Exception as exc:
                         if is_infrastructure_error(exc):
                             raise
+                        if is_data_error(exc):
+                            # PostgreSQL refuses the values themselves (too long for a
+                            # column, out of range): they fail the same way every time.
+                            dead.append(
+                                _DeadLetter(item.record, f"unstorable: {describe_error(exc)}")
+                            )
+                            break
                         if attempt == attempts:
                             dead.append(
                                 _DeadLetter(
                                     item.record,
-                                    f"handler failed after {attempts} attempts: {exc!r}",
+                                    f"handler failed after {attempts} attempts: "
+                                    f"{describe_error(exc)}",
                                 )
                             )
                             break
@@ -371,9 +414,9 @@ class ConsumerRunner:
                         log.warning(
                             "handler failed; retrying",
                             consumer=self.name,
-                            event_id=item.envelope.id,
+                            event_id=item.envelope.id[:100],
                             attempt=attempt,
-                            error=repr(exc),
+                            error=describe_error(exc),
                         )
                         await asyncio.sleep(
                             min(
@@ -401,59 +444,43 @@ class ConsumerRunner:
             await subscription.handler(session, envelope, item.payload)
 
     def _inbox_row(self, item: _Work) -> dict[str, str]:
-        return {"consumer": self.name, "event_id": item.envelope.id, "topic": item.record.topic}
+        return {"consumer": self.name, "event_id": item.key, "topic": item.record.topic}
 
     def _count(self, record: ConsumerRecord[bytes, bytes], outcome: str) -> None:
         EVENTS_CONSUMED.labels(self.settings.service, self.name, record.topic, outcome).inc()
 
     # -- dead letters --------------------------------------------------------------------------
 
-    async def _dead_letter(self, letter: _DeadLetter) -> None:
+    async def _dead_letter(self, letter: _DeadLetter) -> bool:
+        """Store the letter; False if the runner stops while the broker is away."""
         record = letter.record
-        assert self._dlq_producer is not None
-        headers = dead_letter_headers(record, letter.reason, f"{self.settings.service}/{self.name}")
+        assert self._letters is not None
         log.warning(
             "dead-lettered",
             consumer=self.name,
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
-            reason=letter.reason,
+            reason=letter.reason[:500],
         )
-        while True:
-            try:
-                await self._dlq_producer.send_and_wait(
-                    self.settings.dlq_topic, key=record.key, value=record.value, headers=headers
-                )
-                break
-            except KafkaError as exc:
-                # Never commit past a record whose dead letter is not safely stored.
-                log.warning("dead-letter publish failed; retrying", error=repr(exc))
-                await asyncio.sleep(1.0)
+        shape = await self._letters.write(
+            record, letter.reason, f"{self.settings.service}/{self.name}", stop=self._stop
+        )
+        if shape is None:
+            return False
+        if shape is not LetterShape.WHOLE:
+            DEAD_LETTERS_TRUNCATED.labels(self.settings.service, self.name, record.topic).inc()
         DEAD_LETTERS.labels(self.settings.service, self.name, record.topic).inc()
         self._count(record, "dead_lettered")
-
-
-def dead_letter_headers(
-    record: ConsumerRecord[bytes, bytes], reason: str, source: str
-) -> list[tuple[str, bytes]]:
-    """The original headers plus why, who and where: what `tongban dlq` shows and replays."""
-    return [
-        *[(k, v) for k, v in record.headers if not k.startswith("dlq_")],
-        ("dlq_reason", reason[:2000].encode()),
-        ("dlq_source", source.encode()),
-        ("dlq_topic", record.topic.encode()),
-        ("dlq_partition", str(record.partition).encode()),
-        ("dlq_offset", str(record.offset).encode()),
-    ]
+        return True
 
 
 def _first_of_each(work: list[_Work]) -> list[_Work]:
     seen: set[str] = set()
     out = []
     for item in work:
-        if item.envelope.id not in seen:
-            seen.add(item.envelope.id)
+        if item.key not in seen:
+            seen.add(item.key)
             out.append(item)
     return out
 

@@ -6,6 +6,7 @@ never reads another's. The runtime tables (outbox, inbox) live beside the servic
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    Text,
     func,
     text,
 )
@@ -80,7 +82,8 @@ def runtime_metadata(schema: str) -> tuple[MetaData, Table, Table]:
 
     outbox: events written in the caller's transaction, published by the relay in `id` order.
     inbox: (consumer, event_id) of every processed event; the primary key makes a redelivered
-    event a no-op in the same transaction as its effect.
+    event a no-op in the same transaction as its effect. `event_id` holds `inbox_key(id)`;
+    rows older than the topics' retention are pruned (services/common/inbox.py).
     """
     metadata = MetaData(schema=schema)
     outbox = Table(
@@ -101,12 +104,46 @@ def runtime_metadata(schema: str) -> tuple[MetaData, Table, Table]:
         "inbox",
         metadata,
         Column("consumer", String(128), nullable=False),
-        Column("event_id", String(64), nullable=False),
+        Column("event_id", Text, nullable=False),
         Column("topic", String(249), nullable=False),
         Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         PrimaryKeyConstraint("consumer", "event_id", name="pk_inbox"),
     )
+    # The pruner deletes the oldest rows in small batches; this keeps each batch an index range.
+    Index("ix_inbox_processed_at", inbox.c.processed_at)
     return metadata, outbox, inbox
+
+
+# An id of up to this many characters is its own inbox key (at most 256 bytes of UTF-8, well
+# inside a btree entry's ~2.7 kB); a longer one is keyed by its digest. The digest key is
+# longer than any literal key, so the two kinds never meet: every id has one key of its own.
+INBOX_LITERAL_MAX = 64
+_DIGEST_PREFIX = "sha256:"
+
+
+def inbox_key(event_id: str) -> str:
+    """The inbox's key for a CloudEvents id of any length (ids up to 64 characters: as is,
+    which is what every inbox row written before long ids were accepted holds)."""
+    if len(event_id) <= INBOX_LITERAL_MAX:
+        return event_id
+    digest = hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return _DIGEST_PREFIX + digest
+
+
+def widen_inbox(conn: Connection, schema: str) -> None:
+    """Inbox v2, one migration in each service: keys of any id (`inbox_key`) and the index
+    the pruner reads. varchar(64) -> text rewrites neither the table nor its index."""
+    conn.execute(text(f'ALTER TABLE "{schema}".inbox ALTER COLUMN event_id TYPE text'))
+    conn.execute(
+        text(f'CREATE INDEX IF NOT EXISTS ix_inbox_processed_at ON "{schema}".inbox (processed_at)')
+    )
+
+
+def narrow_inbox(conn: Connection, schema: str) -> None:
+    """Back to inbox v1: digest keys (longer than 64) cannot stay; their rows go."""
+    conn.execute(text(f'DROP INDEX IF EXISTS "{schema}".ix_inbox_processed_at'))
+    conn.execute(text(f'DELETE FROM "{schema}".inbox WHERE length(event_id) > 64'))
+    conn.execute(text(f'ALTER TABLE "{schema}".inbox ALTER COLUMN event_id TYPE varchar(64)'))
 
 
 def create_runtime_tables(conn: Connection, schema: str) -> None:
@@ -114,8 +151,9 @@ def create_runtime_tables(conn: Connection, schema: str) -> None:
 
     The trigger fires once per INSERT statement, so the writer pays no extra round trip and
     PostgreSQL folds identical notifications of one transaction into one, sent at commit.
-    This is the v1 shape used by every service's first migration: change the tables only
-    together with a new migration in each service.
+    Used by every service's first migration, with today's shape of the tables (a fresh
+    schema); later shapes come with a migration in each service that brings an existing
+    schema to them (`widen_inbox`) and does nothing to a fresh one.
     """
     conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     metadata, _outbox, _inbox = runtime_metadata(schema)

@@ -15,6 +15,8 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
+from services.common.logs import mask_text
+
 _SQLSTATE_RETRYABLE = {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08003", "08006"}
 
 
@@ -29,6 +31,10 @@ class AmbiguousCommitError(TimeoutError):
 
 def is_infrastructure_error(exc: BaseException) -> bool:
     """True for failures of the database or network, which retrying will heal."""
+    if isinstance(exc, asyncpg.DataError):
+        # A value asyncpg cannot send (a lone surrogate, an int beyond int64): the data's
+        # fault, never healed by a retry, although asyncpg derives it from InterfaceError.
+        return False
     if isinstance(exc, OSError | TimeoutError | ConnectionError | asyncpg.InterfaceError):
         return True
     if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError):
@@ -45,6 +51,46 @@ def is_infrastructure_error(exc: BaseException) -> bool:
         return True
     cause = exc.__cause__
     return cause is not None and cause is not exc and is_infrastructure_error(cause)
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of the PostgreSQL error behind `exc` (through SQLAlchemy's wrappers)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return None
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when PostgreSQL (or asyncpg) refused the values themselves: SQLSTATE class 22
+    (too long for its column, NUL, out of range, malformed). The same values fail the same
+    way every time, so retrying is pointless: the event is dead-lettered at once."""
+    if isinstance(exc, asyncpg.DataError | UnicodeError):
+        return True
+    state = _sqlstate(exc)
+    return state is not None and state.startswith("22")
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short reason for a dead letter or a log line, without the statement's parameters
+    (they may hold personal data): the driver's class, SQLSTATE and first line."""
+    cause: BaseException = exc
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, BaseException):
+        cause = orig.__cause__ or orig
+    state = _sqlstate(exc)
+    message = (str(cause).splitlines() or [""])[0]
+    if isinstance(cause, asyncpg.DataError):
+        # "invalid input for query argument $1: <the value> (...)": keep only the first part.
+        message = message.split(":", 1)[0]
+    text = f"{type(cause).__name__}" + (f" [{state}]" if state else "")
+    return f"{text}: {mask_text(message)[:500]}" if message else text
 
 
 class AmbiguousCommits:

@@ -30,6 +30,16 @@ OUTBOX_BACKLOG = Gauge(
     "Unsent outbox rows seen by the relay at its last scan",
     ["service"],
 )
+DEAD_LETTERS_TRUNCATED = Counter(
+    "tongban_dead_letters_truncated_total",
+    "Dead letters too big for the dead-letter topic, written with the head of their value",
+    ["service", "consumer", "topic"],
+)
+INBOX_PRUNED = Counter(
+    "tongban_inbox_pruned_total",
+    "Inbox rows deleted because they are older than TONGBAN_INBOX_RETENTION_DAYS",
+    ["service"],
+)
 HANDLER_RETRIES = Counter(
     "tongban_handler_retries_total",
     "Retries of a failing event handler before success or dead letter",

@@ -33,20 +33,17 @@ from services.common.auth import (
     require,
 )
 from services.common.catalog_follower import CatalogFollower
-from services.common.consumer import (
-    BatchHandlerFn,
-    ConsumerRunner,
-    Subscription,
-    dead_letter_headers,
-)
-from services.common.db import make_engine, make_sessionmaker, runtime_metadata
+from services.common.consumer import BatchHandlerFn, ConsumerRunner, Subscription
+from services.common.db import inbox_key, make_engine, make_sessionmaker, runtime_metadata
+from services.common.dlq import DeadLetterWriter, LetterShape
 from services.common.envelope import Envelope
 from services.common.handover import HandoverSettings
 from services.common.http_head import bounded_http
+from services.common.inbox import CATALOG_FOLLOWER, InboxPruner
 from services.common.kafka import ensure_topics, make_producer, standard_topics
 from services.common.limits import BodySizeLimit, LimitSettings, LoadShedder, max_body_bytes
 from services.common.logs import configure_logging, get_logger
-from services.common.metrics import DEAD_LETTERS, TASK_RESTARTS
+from services.common.metrics import DEAD_LETTERS, DEAD_LETTERS_TRUNCATED, TASK_RESTARTS
 from services.common.outbox import Outbox, OutboxRelay
 from services.common.tracing import (
     TraceRequests,
@@ -85,8 +82,11 @@ class ServiceRuntime:
         self._startup: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._stoppers: list[Callable[[], None]] = []
+        self.inbox_pruner = InboxPruner(settings, sessions=self.sessions, schema=self.schema)
+        self.background(self.inbox_pruner.run, self.inbox_pruner.stop)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._stopped = asyncio.Event()  # cuts short a dead letter waiting for the broker
         self._dlq_producer: AIOKafkaProducer | None = None
         self.source = f"/tongban/{settings.service}"
         # One authentication dependency per app, so FastAPI runs it once per request.
@@ -148,13 +148,14 @@ class ServiceRuntime:
     async def dead_letter_once(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         """Dead-letter a record read outside a consumer group (every replica reads the whole
         compacted catalog topic, at every start): the inbox row keyed by its position makes
-        the first reader of this service send it, and nobody again."""
+        the first reader of this service send it, and nobody again (the inbox pruner keeps
+        these rows: the compacted topic keeps the record)."""
         inbox = runtime_metadata(self.schema)[2]
         position = f"{record.topic}/{record.partition}/{record.offset}"
         async with self.sessions() as session, session.begin():
             fresh = await session.execute(
                 pg_insert(inbox)
-                .values(consumer="catalog-follower", event_id=position[:64], topic=record.topic)
+                .values(consumer=CATALOG_FOLLOWER, event_id=inbox_key(position), topic=record.topic)
                 .on_conflict_do_nothing()
                 .returning(inbox.c.event_id)
             )
@@ -165,15 +166,22 @@ class ServiceRuntime:
                 producer = make_producer(self.settings, client_id="catalog-dlq")
                 await producer.start()
                 self._dlq_producer = producer
-            await producer.send_and_wait(
-                self.settings.dlq_topic,
-                key=record.key,
-                value=record.value,
-                headers=dead_letter_headers(
-                    record, reason, f"{self.settings.service}/catalog-follower"
-                ),
+            letters = DeadLetterWriter(
+                producer,
+                topic=self.settings.dlq_topic,
+                max_bytes=self.settings.dlq_max_record_bytes,
+                retry_backoff_max_s=self.settings.consumer_retry_backoff_max_s,
             )
-        DEAD_LETTERS.labels(self.settings.service, "catalog-follower", record.topic).inc()
+            shape = await letters.write(
+                record, reason, f"{self.settings.service}/{CATALOG_FOLLOWER}", stop=self._stopped
+            )
+            if shape is None:  # stopping: roll the mark back, the next start sends it
+                raise RuntimeError("stopped before the catalog dead letter was stored")
+        if shape is not LetterShape.WHOLE:
+            DEAD_LETTERS_TRUNCATED.labels(
+                self.settings.service, CATALOG_FOLLOWER, record.topic
+            ).inc()
+        DEAD_LETTERS.labels(self.settings.service, CATALOG_FOLLOWER, record.topic).inc()
 
     def on_startup(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self._startup.append(fn)
@@ -232,6 +240,7 @@ class ServiceRuntime:
         for fn in self._startup:
             await fn()
         self._stopping = False
+        self._stopped.clear()
         self._supervise("outbox-relay", self.relay.run)
         for runner in self.consumers:
             self._supervise(runner.name, runner.run)
@@ -272,6 +281,7 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         self._stopping = True
+        self._stopped.set()
         for runner in self.consumers:
             runner.stop()
         for stop in self._stoppers:

@@ -62,6 +62,19 @@ class CommonSettings(BaseSettings):
     consumer_retry_backoff_s: float = Field(0.2, ge=0)
     consumer_retry_backoff_max_s: float = Field(5.0, ge=0)
     dlq_topic: str = "case.dlq.v1"
+    # The largest dead letter written whole (key, value, headers, batch overhead). Keep it at
+    # most the dead-letter topic's max.message.bytes (broker default 1 MiB); a bigger letter
+    # keeps the head of its value and points at the original's topic/partition/offset.
+    dlq_max_record_bytes: int = Field(1_048_576, ge=4096)
+
+    # Inbox pruning (services/common/inbox.py): an inbox row only matters while a copy of its
+    # event can still arrive: from the topic (its retention: 7 days, Kafka's default) or as
+    # a replayed dead letter (case.dlq.v1 keeps them 30 days, deploy/kubernetes/topics.yaml).
+    # Rows older than this go, in batches of `inbox_prune_batch` with a pause between them.
+    inbox_retention_days: float = Field(30.0, gt=0)
+    inbox_prune_interval_s: float = Field(600.0, gt=0)
+    inbox_prune_batch: int = Field(1000, ge=1)
+    inbox_prune_pause_s: float = Field(0.2, ge=0)
 
     # Outbox relay: NOTIFY wakes it; the poll is only a safety net.
     outbox_batch_size: int = Field(500, ge=1)

@@ -22,6 +22,7 @@ from contracts.events import (
     CaseWithdrawn,
 )
 from contracts.rest import SubmissionResponse
+from services.common.db import inbox_key
 from services.common.envelope import Envelope
 from services.common.handover import HandoverKeyError, HandoverKeys, sign_handover
 from services.common.service import ServiceRuntime
@@ -339,7 +340,7 @@ async def follow_case_events(session: AsyncSession, events: Sequence[tuple[Envel
         pg_insert(models.timeline).on_conflict_do_nothing(),
         [
             {
-                "event_id": e.id,
+                "event_id": inbox_key(e.id),
                 "case_id": e.subject,
                 "type": e.type,
                 "time": e.time,

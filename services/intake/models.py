@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Date, DateTime, Index, Integer, MetaData, String, Table, func
+from sqlalchemy import Column, Date, DateTime, Index, Integer, MetaData, String, Table, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData(schema="intake")
@@ -29,7 +29,8 @@ Index("ix_cases_office", cases.c.office_code, cases.c.created_at)
 timeline = Table(
     "timeline",
     metadata,
-    Column("event_id", String(64), primary_key=True),
+    # inbox_key(ce_id): an id of any length (services/common/db.py)
+    Column("event_id", Text, primary_key=True),
     Column("case_id", String(64), nullable=False),
     Column("type", String(128), nullable=False),
     Column("time", DateTime(timezone=True), nullable=False),

@@ -528,3 +528,63 @@ async def test_dlq_list_show_and_replay_once(
 
 def header_value(headers: list[tuple[str, bytes]], name: str) -> str:
     return next(v.decode() for k, v in headers if k == name)
+
+
+async def test_dlq_list_and_show_cope_with_hostile_dead_letters(
+    settings: CommonSettings, make_topic: MakeTopic
+) -> None:
+    """A dead letter holds whatever was produced: markup, terminal escapes, NUL, lone
+    surrogates, bytes that are not UTF-8, ids of 200 000 characters, JSON nested 100 000 deep.
+    Operators still list, show and (refuse to) replay it."""
+    dlq, original = await make_topic("dlq", partitions=1), await make_topic("orig")
+    key, _value, headers = event("gov.case.submitted.v1", "T-HOSTILE", {})
+    hostile_headers = [
+        *[(k, v) for k, v in headers if k != "ce_id"],
+        ("ce_id", b"id-" + b"9" * 200_000),
+        ("x-escape", b"\x1b[2J\x1b[31mred\x00"),
+        ("x-binary", b"\xff\xfe\x00"),
+        ("x-surrogate", "\ud800".encode("utf-8", "surrogatepass")),
+    ]
+    values = [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"name": "\\ud800", "n": ' + b"7" * 5000 + b"}",
+        b'{"name": "\\udfff"}',
+        b"\x1b]0;owned\x07 [bold]not markup[/bogus]",
+    ]
+    reason = "malformed: [/bogus] \x1b[31m \ud800 reason"
+    await produce_placed(
+        settings,
+        dlq,
+        [
+            (
+                0,
+                now_ms(),
+                key,
+                value,
+                [
+                    *hostile_headers,
+                    *dead_letter_headers([], "x", original, 0, i)[1:],
+                    ("dlq_reason", reason.encode("utf-8", "surrogatepass")),
+                ],
+            )
+            for i, value in enumerate(values)
+        ],
+    )
+    opts = ["--dlq-topic", dlq, "--replays-topic", unique("replays")]
+
+    listed = await run("dlq", "list", *opts, "--json")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    entries = json_lines(listed)
+    assert [x["ref"] for x in entries] == ["0:0", "0:1", "0:2", "0:3"]
+    assert all(x["data"] is None and x["value_text"] for x in entries)
+    assert len(entries[0]["event_id"]) < 300 and "more characters" in entries[0]["event_id"]
+    assert "\x1b" not in listed.stdout and "\\x1b" in listed.stdout
+    table = await run("dlq", "list", *opts)
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert "4 dead letters" in table.stdout and "\x1b" not in table.stdout
+    for ref in ("0:0", "0:1", "0:3"):
+        shown = await run("dlq", "show", ref, *opts)
+        assert shown.returncode == 0, shown.stderr[-2000:]
+        assert "[/bogus]" in shown.stdout and "\x1b" not in shown.stdout
+    refused = await run("dlq", "replay", "0:2", *opts)
+    assert refused.returncode == 1 and "not a valid CloudEvent" in refused.stdout

@@ -87,3 +87,63 @@ def test_malformed_records_are_refused_with_a_reason(mutate, message) -> None:
     key, value, headers = mutate(*sample().to_record())
     with pytest.raises(EnvelopeError, match=message):
         Envelope.from_record(key, value, headers)
+
+
+def with_header(name: str, raw: bytes) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    key, value, headers = sample().to_record()
+    return key, value, [(n, v) for n, v in headers if n != name] + [(name, raw)]
+
+
+def with_value(raw: bytes) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    key, _value, headers = sample().to_record()
+    return key, raw, headers
+
+
+SURROGATE = "\ud800".encode("utf-8", "surrogatepass")  # what a careless encoder writes
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (with_header("ce_id", b"\xff\xfe"), "ce_id is not UTF-8"),
+        (with_header("ce_id", SURROGATE), "ce_id is not UTF-8"),
+        (with_header("ce_id", b"a\x00b"), "ce_id holds U\\+0000"),
+        (with_header("ce_source", b"/a\nb"), "ce_source holds U\\+000A"),
+        (with_header("ce_type", "x\x85y".encode()), "ce_type holds U\\+0085"),
+        (with_header("ce_subject", "HC\ufffe".encode()), "ce_subject holds U\\+FFFE"),
+        (with_header("ce_handledby", "D\U0010ffff".encode()), "U\\+10FFFF"),
+        (with_header("traceparent", b"00-\x01"), "traceparent holds U\\+0001"),
+        (with_header("content-type", b"application/json\xc3"), "content-type is not UTF-8"),
+        (with_header("ce_id", b""), "empty CloudEvents attributes"),
+        (with_header("ce_time", b"0001-01-01T00:00:00+05:00"), "range of UTC"),
+        ((b"\xff", *sample().to_record()[1:]), "record key is not UTF-8"),
+        (with_value(b'{"name": "\\u0000"}'), "U\\+0000, which cannot be stored"),
+        (with_value(b'{"name": "\\ud800"}'), "U\\+D800, which cannot be stored"),
+        (with_value(b'{"\\udfff": 1}'), "U\\+DFFF"),
+        (with_value(b'{"a": [{"b": ["\\u0000"]}]}'), "U\\+0000"),
+        (with_value(b'{"a": NaN}'), "not JSON"),
+        (with_value(b'{"a": -Infinity}'), "not JSON"),
+        (with_value(b"[" * 100_000 + b"]" * 100_000), "nested too deeply"),
+        (with_value(b'{"a": ' + b"9" * 5000 + b"}"), "not JSON"),
+        (with_value('{"a": 1}'.encode("utf-16")), "value is not UTF-8"),
+        (with_value(b'{"a": "\xff"}'), "value is not UTF-8"),
+    ],
+)
+def test_hostile_attributes_and_data_are_malformed_never_another_error(
+    record: tuple[bytes, bytes, list[tuple[str, bytes]]], message: str
+) -> None:
+    """CloudEvents 1.0 strings carry no control characters, noncharacters or surrogates;
+    event data must be JSON that PostgreSQL can store. Anything else is an EnvelopeError
+    (a dead letter), never another exception that would stop the consumer."""
+    with pytest.raises(EnvelopeError, match=message):
+        Envelope.from_record(*record)
+
+
+def test_an_id_of_any_length_and_any_allowed_character_is_accepted() -> None:
+    long_id = "事件-" * 50_000 + "\U0001f600"
+    key, value, headers = sample(
+        id=long_id, data={"note": "tab\tand\nnewline are data"}
+    ).to_record()
+    parsed = Envelope.from_record(key, value, headers)
+    assert parsed.id == long_id
+    assert parsed.data == {"note": "tab\tand\nnewline are data"}

@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from services.cli.ops.dlq import (
     LetterFilters,
@@ -34,6 +35,7 @@ from services.cli.ops.dlq import (
     load_replays,
     parse_ref,
     partition_count,
+    printable,
     refusal,
     replay_letters,
 )
@@ -413,15 +415,22 @@ def _original(letter: DeadLetter) -> str:
     return f"{letter.original_topic}/{letter.original_partition}@{letter.original_offset}"
 
 
+def _letter_data(value: bytes) -> tuple[Any, str | None]:
+    """(the value as masked JSON, None), or (None, its head as printable masked text) when
+    it is not JSON that can be written out again (a dead letter may hold anything)."""
+    try:
+        parsed = json.loads(value.decode("utf-8"))
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")  # lone surrogates fail here
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, 5000-digit numbers, nesting
+        return None, printable(mask_text(value[:2000].decode("utf-8", errors="replace")), 2000)
+    return (mask_event_data(parsed) if isinstance(parsed, dict) else parsed), None
+
+
 def _letter_dict(letter: DeadLetter, replays: list[ReplayRecord]) -> dict[str, Any]:
     data: Any = None
     value_text: str | None = None
     if letter.value is not None:
-        try:
-            parsed = json.loads(letter.value)
-            data = mask_event_data(parsed) if isinstance(parsed, dict) else parsed
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            value_text = mask_text(letter.value[:2000].decode("utf-8", errors="replace"))
+        data, value_text = _letter_data(letter.value)
     return {
         "ref": letter.ref,
         "dlq_topic": letter.topic,
@@ -433,12 +442,17 @@ def _letter_dict(letter: DeadLetter, replays: list[ReplayRecord]) -> dict[str, A
             "partition": letter.original_partition,
             "offset": letter.original_offset,
         },
-        "type": letter.event_type,
-        "event_id": letter.event_id,
-        "case_id": mask_text(letter.case_id) if letter.case_id else None,
-        "source": letter.source,
-        "reason": mask_text(letter.reason),
-        "headers": masked_headers({k: v.decode("utf-8", "replace") for k, v in letter.headers}),
+        "type": printable(letter.event_type) if letter.event_type is not None else None,
+        "event_id": printable(letter.event_id) if letter.event_id is not None else None,
+        "case_id": printable(mask_text(letter.case_id)) if letter.case_id else None,
+        "source": printable(letter.source),
+        "reason": printable(mask_text(letter.reason), 2000),
+        "headers": masked_headers(
+            {
+                printable(k, 100): printable(v.decode("utf-8", "replace"), 500)
+                for k, v in letter.headers
+            }
+        ),
         "data": data,
         **({"value_text": value_text} if value_text is not None else {}),
         "replays": [r.model_dump(mode="json") for r in replays],
@@ -486,11 +500,12 @@ def dlq_list(
         table.add_row(
             letter.ref,
             _local(letter.time),
-            _original(letter),
-            short_type(letter.event_type) if letter.event_type else "(none)",
-            mask_text(letter.case_id or "-"),
-            letter.source or "-",
-            mask_text(letter.reason)[:100],
+            Text(printable(_original(letter))),
+            # Text(): what a dead letter holds is never read as rich markup.
+            Text(printable(short_type(letter.event_type), 60) if letter.event_type else "(none)"),
+            Text(printable(mask_text(letter.case_id or "-"), 60)),
+            Text(printable(letter.source or "-", 60)),
+            Text(printable(mask_text(letter.reason), 100)),
             f"[green]{len(replays)}x[/]" if replays else "-",
         )
     out.print(table)
@@ -536,18 +551,18 @@ def dlq_show(
     facts.add_column()
     for label, value in (
         ("time", _local(letter.time)),
-        ("original", _original(letter)),
-        ("type", letter.event_type or "(none)"),
-        ("event id", letter.event_id or "(none)"),
+        ("original", printable(_original(letter))),
+        ("type", entry["type"] or "(none)"),
+        ("event id", entry["event_id"] or "(none)"),
         ("case", entry["case_id"] or "-"),
-        ("source", letter.source or "-"),
+        ("source", entry["source"] or "-"),
         ("reason", entry["reason"]),
     ):
-        facts.add_row(label, value)
+        facts.add_row(label, Text(value))  # never read as rich markup
     out.print(facts)
     headers = Table("header", "value", title="headers")
     for name, value in entry["headers"].items():
-        headers.add_row(name, value)
+        headers.add_row(Text(name), Text(value))
     out.print(headers)
     if replays:
         done = Table("replayed at", "operator", "to", "forced", title="replays")
@@ -565,7 +580,7 @@ def dlq_show(
     if entry["data"] is not None:
         out.print_json(json.dumps(entry["data"], ensure_ascii=False))
     else:
-        out.print(entry.get("value_text") or "(no value)")
+        out.print(Text(entry.get("value_text") or "(no value)"))
 
 
 @dlq_app.command("replay")

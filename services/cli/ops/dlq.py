@@ -7,6 +7,7 @@ offset is accepted when the topic has a single partition.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,22 @@ from services.common.kafka import ensure_topics, make_producer
 from services.common.settings import CommonSettings
 
 _REF = re.compile(r"^(?:(\d+):)?(\d+)$")
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """`text` safe for a terminal and for UTF-8 output, at most about `limit` characters: a
+    dead letter holds whatever was produced (escape sequences, NUL, lone surrogates, ids of
+    200 000 characters); control characters, surrogates and noncharacters show as escapes."""
+    cut = len(text) > limit
+    shown = "".join(
+        ch
+        if unicodedata.category(ch) not in ("Cc", "Cs", "Cn") or ch in "\t"
+        else ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+        if unicodedata.category(ch) != "Cs"
+        else f"\\u{ord(ch):04x}"
+        for ch in text[:limit]
+    )
+    return shown + (f"... ({len(text) - limit} more characters)" if cut else "")
 
 
 def parse_ref(text: str, *, partitions: int | None) -> tuple[int, int]:
@@ -118,6 +135,11 @@ def refusal(letter: DeadLetter, earlier: Sequence[ReplayRecord], *, force: bool)
     """Why this letter is not replayed now (None: go ahead)."""
     if not letter.original_topic:
         return "no dlq_topic header: the original topic is unknown"
+    if letter.altered is not None:  # not even with --force: it would publish other bytes
+        return (
+            f"the letter is {letter.altered}; the original is {letter.original_topic}/"
+            f"{letter.original_partition}@{letter.original_offset} while that topic keeps it"
+        )
     if force:
         return None
     if earlier:
