@@ -395,35 +395,34 @@ async def test_health_checks_answer_while_a_64_mib_header_is_refused(
     catalog: dict[str, Any],
 ) -> None:
     """Today's failure: a 64 MiB header was read in full before the token check, and health
-    checks waited for it. Now the 431 comes while most of it is unsent, and the probe in
-    between is answered."""
+    checks waited for it. Now the 431 comes while the head is still incomplete (the client
+    has sent 1 MiB of it and waits), and probes are answered while the rest pours in."""
     url = httpx.URL(INTAKE)
     total = 64 * 1024 * 1024
     chunk = b"a" * (64 * 1024)
     reader, writer = await asyncio.open_connection(url.host, url.port)
-    sent = 0
+    writer.write(b"GET /v1/items HTTP/1.1\r\nHost: intake\r\nAuthorization: Bearer ")
+    for _ in range(16):
+        writer.write(chunk)
+    await writer.drain()
+    # The head is unfinished: a server that waits for all of it never answers here.
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=30)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
 
-    async def send() -> None:
-        nonlocal sent
-        writer.write(b"GET /v1/items HTTP/1.1\r\nHost: intake\r\nAuthorization: Bearer ")
+    async def send_the_rest() -> None:
         with contextlib.suppress(ConnectionError):
-            while sent < total:
+            for _ in range(16, total // len(chunk)):
                 writer.write(chunk)
                 await writer.drain()
-                sent += len(chunk)
 
-    sender = asyncio.create_task(send())
+    sender = asyncio.create_task(send_the_rest())
     async with httpx.AsyncClient(timeout=30) as probe:
         health = await probe.get(f"{INTAKE}/healthz")
-    answer = await reader.readuntil(b"\r\n\r\n")
-    sent_when_answered = sent
     sender.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sender
     writer.close()
     assert health.status_code == 200
-    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
-    assert sent_when_answered < total
 
 
 async def test_malformed_http_gets_a_400_problem(catalog: dict[str, Any]) -> None:
