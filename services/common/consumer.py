@@ -26,7 +26,7 @@ from functools import cached_property
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
@@ -34,7 +34,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.db import inbox_key, runtime_metadata
-from services.common.dlq import DeadLetterWriter, LetterShape
+from services.common.dlq import DeadLetterWriter, LetterShape, unreadable_record
 from services.common.envelope import Envelope, EnvelopeError
 from services.common.failures import describe_error, is_data_error, is_infrastructure_error
 from services.common.kafka import make_consumer, make_producer
@@ -129,6 +129,9 @@ class ConsumerRunner:
         self._batch_lock = asyncio.Lock()
         # Offsets of applied batches not yet committed to Kafka, and when we last committed.
         self._uncommitted: dict[TopicPartition, int] = {}
+        # The next offset of each partition after the last batch this runner handled (since
+        # the partition was assigned): where to restart after an unreadable record.
+        self._handled_to: dict[TopicPartition, int] = {}
         self._committed_at = 0.0
         self.ready = asyncio.Event()
 
@@ -158,10 +161,16 @@ class ConsumerRunner:
         log.info("consumer started", consumer=self.name, topics=self.topics)
         try:
             while not self._stop.is_set():
-                batch = await consumer.getmany(
-                    timeout_ms=self.settings.consumer_poll_ms,
-                    max_records=self.settings.consumer_max_records,
-                )
+                try:
+                    batch = await consumer.getmany(
+                        timeout_ms=self.settings.consumer_poll_ms,
+                        max_records=self.settings.consumer_max_records,
+                    )
+                except Exception as exc:
+                    if isinstance(exc, KafkaError):
+                        raise
+                    await self._pass_unreadable(consumer, exc)
+                    continue
                 if batch:
                     async with self._batch_lock:
                         await self._handle_batch(consumer, batch)
@@ -198,6 +207,7 @@ class ConsumerRunner:
             time.perf_counter() - started
         )
         offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+        self._handled_to.update(offsets)
         for tp, next_offset in offsets.items():
             highwater = consumer.highwater(tp)
             if highwater is not None:
@@ -207,10 +217,89 @@ class ConsumerRunner:
         self._uncommitted.update(offsets)
         await self._commit_if_due(consumer)
 
+    # -- records the Kafka client cannot read ----------------------------------------------------
+
+    async def _pass_unreadable(self, consumer: AIOKafkaConsumer, error: Exception) -> None:
+        """A fetched record the client library cannot even parse (e.g. a header name that is
+        not UTF-8, which no Java client writes but a raw producer can) makes `getmany` raise
+        for every partition, again at every call. Worse, the client then drops the records it
+        had already taken from other partitions in that call and moves their positions past
+        them. So: rewind every assigned partition to where this runner really is, then read
+        them one at a time; the partition that fails has its unreadable record at its
+        position: dead-letter it by reference (topic, partition, offset: there are no bytes to
+        copy) and step over it. Every other record is applied as usual."""
+        log.warning("a fetched record cannot be read", consumer=self.name, error=repr(error))
+        # getmany is called outside the batch lock, as in `run`: a rebalance waits for the
+        # lock, and getmany waits for the rebalance. A partition that moves meanwhile is its
+        # next owner's (IllegalStateError on seek): it rewinds from the committed offsets.
+        try:
+            for tp in consumer.assignment():
+                consumer.seek(tp, await self._handled_position(consumer, tp))
+            for tp in sorted(consumer.assignment()):
+                while not self._stop.is_set():
+                    at = await self._handled_position(consumer, tp)
+                    try:
+                        records = await consumer.getmany(
+                            tp,
+                            timeout_ms=self.settings.consumer_poll_ms,
+                            max_records=self.settings.consumer_max_records,
+                        )
+                    except Exception as exc:
+                        if isinstance(exc, KafkaError):
+                            raise
+                        await self._skip_unreadable(consumer, tp, at, exc)
+                        continue
+                    if not records.get(tp):
+                        break  # read up to what the broker has: back to the normal loop
+                    async with self._batch_lock:
+                        await self._handle_batch(consumer, records)
+        except IllegalStateError as exc:
+            log.info("partitions moved while passing an unreadable record", error=repr(exc))
+
+    async def _handled_position(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
+        if tp in self._handled_to:
+            return self._handled_to[tp]
+        committed = await consumer.committed(tp)
+        if committed is not None:
+            return int(committed)
+        return int((await consumer.beginning_offsets([tp]))[tp])
+
+    async def _skip_unreadable(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, error: Exception
+    ) -> None:
+        """The record at `offset` cannot be read: find it exactly (the records before it in the
+        fetch are readable: apply them one by one), dead-letter it, move past it."""
+        consumer.seek(tp, offset)
+        while True:
+            try:
+                records = await consumer.getmany(tp, timeout_ms=1000, max_records=1)
+            except Exception as exc:
+                if isinstance(exc, KafkaError):
+                    raise
+                error = exc
+                break
+            if not records.get(tp) or self._stop.is_set():
+                return  # the record is gone (retention) or not fetched: the loop goes on
+            async with self._batch_lock:
+                await self._handle_batch(consumer, records)
+            offset = self._handled_to.get(tp, offset)
+        unreadable = unreadable_record(tp.topic, tp.partition, offset)
+        reason = f"unreadable: the Kafka client cannot parse the record ({error!r})"
+        async with self._batch_lock:
+            if not await self._dead_letter(_DeadLetter(unreadable, reason[:2000])):
+                return  # stopping while the broker is away: not past it
+            consumer.seek(tp, offset + 1)
+            self._handled_to[tp] = offset + 1
+            self._uncommitted[tp] = offset + 1
+
     async def _commit_if_due(self, consumer: AIOKafkaConsumer) -> None:
         interval_s = self.settings.consumer_commit_interval_ms / 1000
         if self._uncommitted and time.monotonic() - self._committed_at >= interval_s:
             await self._commit_offsets(consumer)
+
+    def forget_positions(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in partitions:
+            self._handled_to.pop(tp, None)
 
     async def finish_before_revoke(self, revoked: Iterable[TopicPartition]) -> None:
         """Before partitions move: let the batch in hand finish, then commit the offsets of
@@ -496,4 +585,5 @@ class _FinishBatchOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._runner.finish_before_revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+        # Where this runner was in a partition it held before may be stale now.
+        self._runner.forget_positions(assigned)

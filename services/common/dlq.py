@@ -38,6 +38,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.structs import ConsumerRecord
 
 from contracts.events import DLQ_REPLAYS_TOPIC
 from contracts.events import ReplayRecord as ReplayRecord  # the contract, for the ops tools
@@ -147,6 +148,24 @@ def shape_letter(record: Any, reason: str, source: str, *, max_bytes: int) -> Le
         head,
         [*kept, (TRUNCATED, note.format(kept=len(head)).encode("utf-8", "backslashreplace"))],
         LetterShape.TRUNCATED,
+    )
+
+
+def unreadable_record(topic: str, partition: int, offset: int) -> ConsumerRecord[bytes, bytes]:
+    """Stands for a record the Kafka client could not parse: its letter can only say where it
+    is (`dlq_topic`, `dlq_partition`, `dlq_offset`); there are no bytes to copy."""
+    return ConsumerRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=-1,
+        timestamp_type=0,
+        key=None,
+        value=b"",  # a record needs a key or a value
+        checksum=None,
+        serialized_key_size=-1,
+        serialized_value_size=-1,
+        headers=(),
     )
 
 

@@ -17,6 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -27,6 +28,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from contracts.events import CatalogPublished
+from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import ConsumerRunner, Subscription
 from services.common.db import inbox_key
 from services.common.envelope import Envelope
@@ -435,3 +438,122 @@ async def test_generated_hostile_records_never_stop_the_partition(
         )
 
     await eventually(all_accounted, timeout=30, what="each hostile record applied xor dead")
+
+
+class _NotUtf8Name(str):
+    """A header name whose bytes on the wire are not UTF-8: no Java client writes one, but
+    any raw producer can. aiokafka's own parser then fails the whole fetch."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return b"\xff\xfe" + str(self).encode()
+
+
+async def _produce_with_unreadable_header_name(
+    settings: CommonSettings, topic: str, partition: int, record: Record
+) -> int:
+    """The record with a header name that is not UTF-8 added; its offset."""
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        # The pure-Python builder writes whatever `encode` returns (the C one would refuse).
+        batch._builder = _DefaultRecordBatchBuilderPy(
+            2,
+            0,
+            is_transactional=0,
+            producer_id=-1,
+            producer_epoch=-1,
+            base_sequence=0,
+            batch_size=1 << 20,
+        )
+        key, value, headers = record
+        assert batch.append(
+            timestamp=None, key=key, value=value, headers=[*headers, (_NotUtf8Name("x"), b"1")]
+        )
+        meta = await (await producer.send_batch(batch, topic, partition=partition))
+        return int(meta.offset)
+    finally:
+        await producer.stop()
+
+
+async def test_a_record_the_kafka_client_cannot_parse_is_dead_lettered_by_reference(
+    settings: CommonSettings,
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    schema: str,
+    make_topic: MakeTopic,
+) -> None:
+    """A header name that is not UTF-8 makes aiokafka's getmany raise for the whole fetch (and
+    drop what it took from other partitions). The runner steps over exactly that record with a
+    dead letter that names where it is, and applies every other record, on every partition."""
+    topic, dlq = await make_topic("in", partitions=2), await make_topic("dlq")
+    calls: Counter[str] = Counter()
+    before = [made(f"HC-B{p}", f"w-before-{p}").to_record() for p in (0, 1)]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for p, (key, value, headers) in enumerate(before):
+            await producer.send_and_wait(topic, value, key=key, headers=headers, partition=p)
+    finally:
+        await producer.stop()
+    await _produce_with_unreadable_header_name(
+        settings, topic, 0, made("HC-BAD", "w-bad").to_record()
+    )
+    after = [made(f"HC-A{n}", f"w-after-{n}").to_record() for n in range(6)]
+    await produce(settings, topic, after)
+    async with running(
+        runner_for(settings, sessions, schema, topic, widget_writer(schema, calls), dlq=dlq)
+    ) as runner:
+        await eventually(
+            lambda: has_widget(engine, schema, "w-after-5"), what="records after the bad one"
+        )
+        letters = await read_topic(settings, dlq, min_records=1, idle=0.5)
+        for n in range(6):
+            assert await has_widget(engine, schema, f"w-after-{n}")
+        assert runner._consumer is not None
+    assert calls["w-bad"] == 0
+    assert {w for w in calls if calls[w] != 1} == set(), calls
+    assert {f"w-before-{p}" for p in (0, 1)} <= set(calls)
+    assert len(letters) == 1
+    assert header(letters[0], "dlq_topic") == topic
+    assert header(letters[0], "dlq_partition") == "0"
+    assert header(letters[0], "dlq_offset") == "1"
+    assert (header(letters[0], "dlq_reason") or "").startswith("unreadable:")
+
+
+async def test_the_catalog_follower_steps_over_a_record_the_kafka_client_cannot_parse(
+    settings: CommonSettings, make_topic: MakeTopic
+) -> None:
+    """Every process reads the whole catalog topic itself: an unparseable record there must
+    not stop any of them from following the versions before and after it."""
+    topic = await make_topic("catalog", partitions=1)
+
+    def version(n: int) -> Record:
+        published = CatalogPublished(version=n, loaded_at=datetime.now(UTC), catalog={})
+        return Envelope(
+            type="gov.catalog.published.v1",
+            source="/tongban/routing",
+            subject=f"catalog-{n}",
+            data=published.model_dump(mode="json"),
+        ).to_record()
+
+    await produce(settings, topic, [version(1)])
+    bad = await _produce_with_unreadable_header_name(settings, topic, 0, version(2))
+    await produce(settings, topic, [version(3)])
+    unreadable: list[tuple[int, str]] = []
+
+    async def on_unreadable(record: Any, reason: str) -> None:
+        unreadable.append((record.offset, reason))
+
+    follower = CatalogFollower(
+        settings, lambda published: published.version, on_unreadable=on_unreadable, topic=topic
+    )
+    await follower.start(timeout=30)
+    follower.stop()
+    await follower.run()
+    assert sorted(follower.versions) == [1, 3]
+    assert [(offset, reason.split(" ")[0]) for offset, reason in unreadable] == [
+        (bad, "unreadable:")
+    ]
