@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -24,6 +25,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,21 @@ def alembic_config(service: str, database_url: str) -> Config:
     return config
 
 
+def run_in_transaction(database_url: str, work: Callable[[Connection], T]) -> T:
+    """`work` on a connection of its own, in one transaction (blocking: migrations run
+    before a service serves, or from the command line)."""
+
+    async def run() -> T:
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.begin() as connection:
+                return await connection.run_sync(work)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
 def upgrade(service: str, database_url: str, revision: str = "head") -> None:
     """Bring one service's schema to `revision` (blocking; call before serving)."""
     command.upgrade(alembic_config(service, database_url), revision)
@@ -62,15 +80,7 @@ def is_current(service: str, database_url: str) -> bool:
         context = MigrationContext.configure(connection, opts={"version_table_schema": service})
         return set(context.get_current_heads())
 
-    async def run() -> set[str]:
-        engine = create_async_engine(database_url)
-        try:
-            async with engine.connect() as connection:
-                return await connection.run_sync(current)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run()) == heads
+    return run_in_transaction(database_url, current) == heads
 
 
 def role_of(database_url: str) -> str | None:
@@ -126,15 +136,7 @@ def grant_runtime(service: str, database_url: str, role: str) -> bool:
             connection.execute(text(statement))
         return True
 
-    async def run() -> bool:
-        engine = create_async_engine(database_url)
-        try:
-            async with engine.begin() as connection:
-                return await connection.run_sync(do_grant)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
+    return run_in_transaction(database_url, do_grant)
 
 
 def migrate(service: str, migration_url: str, runtime_role: str | None) -> bool:
@@ -172,12 +174,4 @@ def run_env(context: Any, target_metadata: MetaData | None = None) -> None:
         with context.begin_transaction():
             context.run_migrations()
 
-    async def run_async() -> None:
-        engine = create_async_engine(url)
-        try:
-            async with engine.begin() as connection:
-                await connection.run_sync(do_run)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run_async())
+    run_in_transaction(url, do_run)

@@ -8,11 +8,10 @@ import os
 import subprocess
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.common.settings import CommonSettings
-from tests.conftest import ROOT, MakeTopic, unique
-from tests.integration.test_ops_cli import now_ms, produce_placed
+from tests.conftest import ROOT, MakeTopic
+from tests.integration.test_ops_cli import group_behind
 
 pytestmark = pytest.mark.integration
 
@@ -50,22 +49,7 @@ async def test_topics_and_consumer_groups_tools(
     settings: CommonSettings, make_topic: MakeTopic
 ) -> None:
     topic = await make_topic("clitools")
-    group = unique("clitools")
-    await produce_placed(
-        settings,
-        topic,
-        [(0, now_ms(), b"k", b"{}", []) for _ in range(10)]
-        + [(1, now_ms(), b"k", b"{}", []) for _ in range(3)],
-    )
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        consumer.assign([TopicPartition(topic, p) for p in range(3)])
-        await consumer.commit({TopicPartition(topic, 0): 4, TopicPartition(topic, 1): 3})
-    finally:
-        await consumer.stop()
+    group = await group_behind(settings, topic, "clitools")
 
     listed = await asyncio.to_thread(kafka_cli, "kafka-topics", "--list")
     assert listed.returncode == 0, listed.stderr

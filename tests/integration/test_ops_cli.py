@@ -360,11 +360,10 @@ async def test_tail_of_a_missing_topic_fails_clearly() -> None:
 # -- lag -----------------------------------------------------------------------------------------
 
 
-async def test_lag_per_partition_after_consuming_some(
-    settings: CommonSettings, make_topic: MakeTopic
-) -> None:
-    topic = await make_topic("lag")
-    group = unique("lagtest")
+async def group_behind(settings: CommonSettings, topic: str, prefix: str) -> str:
+    """A consumer group on `topic` (3 partitions) that has read 4 of partition 0's 10
+    records, all 3 of partition 1's and none of partition 2 (empty): lag 6, 0, 0."""
+    group = unique(prefix)
     await produce_placed(
         settings,
         topic,
@@ -380,6 +379,14 @@ async def test_lag_per_partition_after_consuming_some(
         await consumer.commit({TopicPartition(topic, 0): 4, TopicPartition(topic, 1): 3})
     finally:
         await consumer.stop()
+    return group
+
+
+async def test_lag_per_partition_after_consuming_some(
+    settings: CommonSettings, make_topic: MakeTopic
+) -> None:
+    topic = await make_topic("lag")
+    group = await group_behind(settings, topic, "lagtest")
 
     body = json.loads((await run("lag", "--group", group, "--json")).stdout)
     rows = {r["partition"]: r for r in body["partitions"]}
