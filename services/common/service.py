@@ -254,7 +254,17 @@ class ServiceRuntime:
             migrations.migrate(self.schema, owner_url, migrations.role_of(url))
         elif not migrations.is_current(self.schema, url):
             log.info("schema behind its migrations; migrating as the service's own role")
-            migrations.upgrade(self.schema, url)
+            try:
+                migrations.upgrade(self.schema, url)
+            except Exception as exc:
+                if getattr(getattr(exc, "orig", None), "sqlstate", None) != "42501":
+                    raise
+                # A run-time role that owns nothing cannot migrate: say what to do instead.
+                raise RuntimeError(
+                    f"the {self.schema} schema is behind its migrations and this service's "
+                    "database role may not change it: run `tongban migrate` as the schema "
+                    "owner first, or give the service TONGBAN_MIGRATION_DATABASE_URL"
+                ) from exc
 
     def _supervise(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run a long-lived loop; if it crashes on something unforeseen (a broker error
