@@ -13,13 +13,12 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from contracts.events import CATALOG_TOPIC, CatalogPublished
 from services.common.dlq import unreadable_record
 from services.common.envelope import Envelope
-from services.common.kafka import client_options
+from services.common.kafka import ReadableFetch, client_options
 from services.common.logs import get_logger
 from services.common.settings import CommonSettings
 
@@ -48,8 +47,8 @@ class CatalogFollower(Generic[T]):
         self.caught_up = asyncio.Event()
         self._stop = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
-        # The offset after the last record taken: where to rewind to after an unreadable one.
-        self._next = 0
+        self._fetch: ReadableFetch | None = None
+        self._unparseable: list[tuple[TopicPartition, int, Exception]] = []
 
     @property
     def latest_version(self) -> int | None:
@@ -85,7 +84,6 @@ class CatalogFollower(Generic[T]):
         tp = TopicPartition(self.topic, 0)
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        self._next = (await consumer.beginning_offsets([tp]))[tp]
         end = (await consumer.end_offsets([tp]))[tp]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -102,19 +100,24 @@ class CatalogFollower(Generic[T]):
             await self._consumer.stop()
 
     async def _poll(self, consumer: AIOKafkaConsumer, timeout_ms: int) -> None:
-        try:
-            batch = await consumer.getmany(timeout_ms=timeout_ms)
-        except Exception as exc:
-            if isinstance(exc, KafkaError):
-                raise
-            await self._step_over_unreadable(consumer, exc)
-            return
+        if self._fetch is None or self._fetch.consumer is not consumer:
+            self._fetch = ReadableFetch(consumer, self._note_unparseable)
+        batch = await self._fetch.getmany(timeout_ms=timeout_ms)
         for records in batch.values():
             for record in records:
                 await self._take(record)
+        while self._unparseable:
+            tp, offset, error = self._unparseable.pop(0)
+            await self._unreadable(
+                unreadable_record(tp.topic, tp.partition, offset),
+                f"unreadable: the Kafka client cannot parse the record ({error!r})",
+            )
+
+    def _note_unparseable(self, tp: TopicPartition, offset: int, error: Exception) -> None:
+        log.error("unparseable catalog record skipped", offset=offset, error=repr(error))
+        self._unparseable.append((tp, offset, error))
 
     async def _take(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        self._next = record.offset + 1
         if record.value is None:
             return  # a tombstone: versions are never deleted by us
         try:
@@ -130,30 +133,3 @@ class CatalogFollower(Generic[T]):
                 await self.on_unreadable(record, reason)
             except Exception as dl_exc:  # the skip is logged either way
                 log.error("catalog dead letter failed", error=repr(dl_exc))
-
-    async def _step_over_unreadable(self, consumer: AIOKafkaConsumer, error: Exception) -> None:
-        """A record the Kafka client cannot parse (a header name that is not UTF-8) fails the
-        fetch, and the client drops what it took before it in that call: rewind to the last
-        record taken, take the readable ones one by one, and skip the unreadable one (its dead
-        letter names its offset; there are no bytes to copy)."""
-        tp = TopicPartition(self.topic, 0)
-        consumer.seek(tp, self._next)
-        while True:
-            try:
-                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=1)
-            except Exception as exc:
-                if isinstance(exc, KafkaError):
-                    raise
-                error = exc
-                break
-            if not batch.get(tp):
-                return
-            await self._take(batch[tp][0])
-        offset = self._next
-        log.error("unparseable catalog record skipped", offset=offset, error=repr(error))
-        await self._unreadable(
-            unreadable_record(tp.topic, tp.partition, offset),
-            f"unreadable: the Kafka client cannot parse the record ({error!r})",
-        )
-        self._next = offset + 1
-        consumer.seek(tp, self._next)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import string
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import ConsumerRecord
 
 from contracts.events import CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC
 from services.common.logs import get_logger
@@ -208,3 +209,100 @@ async def ensure_topics(settings: CommonSettings, topics: list[TopicSpec]) -> li
         return created
     finally:
         await admin.close()
+
+
+# Told of each record the client could not parse: its partition, offset, and the error.
+OnUnreadable = Callable[[TopicPartition, int, Exception], None]
+
+
+def log_unreadable(tp: TopicPartition, offset: int, error: Exception) -> None:
+    log.warning(
+        "unreadable record skipped",
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=offset,
+        error=repr(error),
+    )
+
+
+class ReadableFetch:
+    """`consumer.getmany` for readers (operators' tools, the console, the catalog follower)
+    that steps over records the Kafka client cannot parse.
+
+    A record whose header name is not UTF-8 (no Java client writes one; a raw producer can)
+    makes aiokafka's getmany raise for every partition at every call, and drop what it had
+    already taken from other partitions in that call while moving their positions past it.
+    So this keeps, per partition, the offset after the last record it returned; on such an
+    error it rewinds every partition there, reads on partition by partition, and reports the
+    unreadable record's place to `on_unreadable` (there are no bytes to show) instead of
+    stopping; by default it is logged.
+    Consumer groups that apply events do the same in ConsumerRunner, with dead letters.
+    """
+
+    def __init__(
+        self, consumer: AIOKafkaConsumer, on_unreadable: OnUnreadable = log_unreadable
+    ) -> None:
+        self.consumer = consumer
+        self.on_unreadable = on_unreadable
+        self.next_offsets: dict[TopicPartition, int] = {}
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int, max_records: int | None = None
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        wanted = list(partitions) or sorted(self.consumer.assignment())
+        for tp in wanted:
+            if tp not in self.next_offsets:
+                self.next_offsets[tp] = await self.consumer.position(tp)
+        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+        try:
+            batch = await self.consumer.getmany(
+                *partitions, timeout_ms=timeout_ms, max_records=max_records
+            )
+        except Exception as exc:
+            if isinstance(exc, KafkaError):
+                raise
+            batch = await self._step_over(wanted, exc)
+        for tp, records in batch.items():
+            if records:
+                self.next_offsets[tp] = records[-1].offset + 1
+        return batch
+
+    async def _step_over(
+        self, wanted: list[TopicPartition], error: Exception
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        for tp in wanted:
+            self.consumer.seek(tp, self.next_offsets[tp])
+        found: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        for tp in wanted:
+            try:
+                batch = await self.consumer.getmany(tp, timeout_ms=500)
+            except Exception as exc:
+                if isinstance(exc, KafkaError):
+                    raise
+                found[tp] = await self._find_and_skip(tp)
+                continue
+            found[tp] = batch.get(tp, [])
+            if found[tp]:
+                self.next_offsets[tp] = found[tp][-1].offset + 1
+        return found
+
+    async def _find_and_skip(self, tp: TopicPartition) -> list[ConsumerRecord[bytes, bytes]]:
+        """The readable records before the unreadable one in `tp`; skips that one."""
+        readable: list[ConsumerRecord[bytes, bytes]] = []
+        self.consumer.seek(tp, self.next_offsets[tp])
+        while True:
+            try:
+                batch = await self.consumer.getmany(tp, timeout_ms=500, max_records=1)
+            except Exception as exc:
+                if isinstance(exc, KafkaError):
+                    raise
+                offset = self.next_offsets[tp]
+                self.on_unreadable(tp, offset, exc)
+                self.next_offsets[tp] = offset + 1
+                self.consumer.seek(tp, offset + 1)
+                return readable
+            records = batch.get(tp, [])
+            if not records:
+                return readable
+            readable.extend(records)
+            self.next_offsets[tp] = records[-1].offset + 1

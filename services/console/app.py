@@ -44,6 +44,7 @@ from services.common.auth import AuthSettings, Role, mint_token
 from services.common.catalog import CatalogIndex
 from services.common.catalog_follower import CatalogFollower
 from services.common.event_facts import CaseMemory, EventFilter
+from services.common.kafka import ReadableFetch
 from services.common.limits import DEFAULT_MAX_HEAD_BYTES
 from services.common.logs import get_logger
 from services.common.settings import CommonSettings
@@ -429,8 +430,9 @@ async def _events(
                 event="ready",
             )
             quiet_since = time.monotonic()
+            fetch = ReadableFetch(consumer)  # steps over (and logs) records nobody can parse
             while not console.closing.is_set() and not await request.is_disconnected():
-                batch = await consumer.getmany(timeout_ms=500, max_records=500)
+                batch = await fetch.getmany(timeout_ms=500, max_records=500)
                 # Per partition in order; across partitions by time (one case's events can
                 # sit on several topics).
                 records = sorted(

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts.events import CASE_TOPICS, DLQ_TOPIC
-from services.common.kafka import client_options
+from services.common.kafka import ReadableFetch, client_options
 from services.common.logs import get_logger, mask_text
 from services.common.settings import CommonSettings
 
@@ -190,8 +190,9 @@ class KafkaViews:
                 reader.seek(tp, max(starts[tp], end - recent))
             records: list[Any] = []
             pending = dict(wanted)
+            fetch = ReadableFetch(reader)
             while pending:
-                batch = await reader.getmany(timeout_ms=500, max_records=1000)
+                batch = await fetch.getmany(timeout_ms=500, max_records=1000)
                 if not batch:
                     break  # nothing more arrives (compaction or deletion left gaps)
                 for tp, found in batch.items():

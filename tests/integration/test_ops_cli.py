@@ -162,6 +162,29 @@ async def test_tail_merges_partitions_and_topics_in_time_order(
     assert [x["data"]["seq"] for x in json_lines(from_time)] == [8, 9, 10, 11]
 
 
+async def test_tail_steps_over_a_record_the_kafka_client_cannot_parse(
+    settings: CommonSettings, make_topic: MakeTopic
+) -> None:
+    """A header name that is not UTF-8 fails aiokafka's whole fetch: tail says where the
+    record is and shows every other one, in both partitions, the backlog and live."""
+    from tests.integration.test_hostile_records import _produce_with_unreadable_header_name
+
+    topic = await make_topic("tail_bad", partitions=2)
+    base = now_ms() - 10_000
+    records = [
+        (i % 2, base + i * 100, *event("gov.case.routed.v1", f"T-OK-{i}", {"seq": i}))
+        for i in range(6)
+    ]
+    await produce_placed(settings, topic, records[:4])
+    bad = await _produce_with_unreadable_header_name(
+        settings, topic, 0, event("gov.case.routed.v1", "T-BAD", {"seq": 99})
+    )
+    await produce_placed(settings, topic, records[4:])
+    result = await run("tail", "-t", topic, "--from-beginning", "--json", "--timeout", "2")
+    assert [x["case_id"] for x in json_lines(result)] == [f"T-OK-{i}" for i in range(6)]
+    assert f"unreadable record skipped: {topic}/0 offset {bad}" in " ".join(result.stderr.split())
+
+
 async def test_tail_prints_a_large_backlog_of_many_topics_in_exact_event_time_order(
     settings: CommonSettings, make_topic: MakeTopic
 ) -> None:

@@ -16,7 +16,7 @@ from aiokafka.structs import ConsumerRecord
 from contracts.events import CATALOG_TOPIC, CatalogPublished
 from services.common.catalog import CatalogIndex, validate_catalog
 from services.common.envelope import Envelope, EnvelopeError
-from services.common.kafka import client_options
+from services.common.kafka import ReadableFetch, client_options
 from services.common.settings import CommonSettings
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -107,10 +107,11 @@ async def read_until_end(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     pending = {tp for tp, end in ends.items() if await consumer.position(tp) < end}
+    fetch = ReadableFetch(consumer)  # steps over (and logs) records nobody can parse
     while pending:
         if loop.time() > deadline:
             raise TimeoutError(f"reading {sorted(str(tp) for tp in pending)} took over {timeout}s")
-        batch = await consumer.getmany(*pending, timeout_ms=500)
+        batch = await fetch.getmany(*pending, timeout_ms=500)
         for tp, recs in batch.items():
             records.extend(r for r in recs if r.offset < ends[tp])
         pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}

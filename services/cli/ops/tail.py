@@ -22,7 +22,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
+from rich.markup import escape
 
 from contracts.events import CASE_TOPICS
 from services.cli.ops.events import EventView, view_of
@@ -31,6 +32,7 @@ from services.cli.ops.kafka_io import StartAt, StartKind, make_reader, partition
 from services.cli.ops.merge import DEFAULT_DELAY_S, SortedBacklog, TimeMergeBuffer
 from services.common.catalog import CatalogIndex
 from services.common.event_facts import CaseMemory, EventFilter
+from services.common.kafka import ReadableFetch
 from services.common.settings import CommonSettings
 
 POLL_S = 0.2
@@ -93,13 +95,22 @@ async def run_tail(
             f"tailing {len(found)} topics ({len(partitions)} partitions) on "
             f"{settings.kafka_bootstrap} {options.start.describe()}; Ctrl-C stops"
         )
-        return await _follow(consumer, ends, options, emit=emit, stop=stop, progress=progress)
+
+        def unreadable(tp: TopicPartition, offset: int, error: Exception) -> None:
+            # Skipped (the Kafka client cannot parse it), and said so with its place.
+            note(
+                f"[yellow]unreadable record skipped:[/] {escape(tp.topic)}/{tp.partition} "
+                f"offset {offset} ({escape(repr(error)[:300])})"
+            )
+
+        fetch = ReadableFetch(consumer, unreadable)
+        return await _follow(fetch, ends, options, emit=emit, stop=stop, progress=progress)
     finally:
         await consumer.stop()
 
 
 async def _follow(
-    consumer: AIOKafkaConsumer,
+    fetch: ReadableFetch,
     ends: dict[TopicPartition, int],
     options: TailOptions,
     *,
@@ -124,7 +135,7 @@ async def _follow(
 
     if options.start.kind is not StartKind.now:
         with SortedBacklog[EventView](lambda view: view.sort_key) as backlog:
-            await _read_backlog(consumer, ends, backlog, buffer, stop=stop, progress=progress)
+            await _read_backlog(fetch, ends, backlog, buffer, stop=stop, progress=progress)
             for count, view in enumerate(backlog.drain(), 1):
                 if stop.is_set() or release(view):
                     return shown
@@ -135,7 +146,7 @@ async def _follow(
     while not stop.is_set():
         due = buffer.next_due(loop.time())
         wait = POLL_S if due is None else min(POLL_S, due)
-        batch = await consumer.getmany(timeout_ms=max(1, int(wait * 1000)))
+        batch = await fetch.getmany(timeout_ms=max(1, int(wait * 1000)))
         now = loop.time()
         for records in batch.values():
             for record in records:
@@ -158,7 +169,7 @@ async def _follow(
 
 
 async def _read_backlog(
-    consumer: AIOKafkaConsumer,
+    fetch: ReadableFetch,
     ends: dict[TopicPartition, int],
     backlog: SortedBacklog[EventView],
     live: TimeMergeBuffer[EventView],
@@ -169,12 +180,12 @@ async def _read_backlog(
     """Every record before the end offsets seen at the start into `backlog`; records past
     them (produced since) into the `live` buffer. A bounded read: it ends at those offsets."""
     loop = asyncio.get_running_loop()
-    starts = {tp: await consumer.position(tp) for tp in ends}
+    starts = {tp: await fetch.consumer.position(tp) for tp in ends}
     pending = {tp for tp, end in ends.items() if starts[tp] < end}
     # An upper bound (compacted topics and transaction markers leave offsets unused).
     total = sum(ends[tp] - starts[tp] for tp in pending)
     while pending and not stop.is_set():
-        batch = await consumer.getmany(*pending, timeout_ms=int(POLL_S * 1000))
+        batch = await fetch.getmany(*pending, timeout_ms=int(POLL_S * 1000))
         now = loop.time()
         for tp, records in batch.items():
             for record in records:
@@ -183,6 +194,6 @@ async def _read_backlog(
                     backlog.add(view)
                 else:
                     live.push(view, key=view.sort_key, now=now)
-        pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+        pending = {tp for tp in pending if await fetch.consumer.position(tp) < ends[tp]}
         if progress is not None:
             progress(len(backlog), total if pending else len(backlog))
