@@ -1,11 +1,11 @@
-"""The catalog: loading a file, validating it whole, indexing a version, and the intake-office
-rule every service shares (DESIGN.md §3).
+"""The catalog as a file (DESIGN.md §3): loading it and validating it whole.
 
 - `load_catalog_file` / `parse_catalog_text`: YAML or JSON to a plain dict.
 - `validate_catalog`: the shape (pydantic) and every cross-reference, all problems at once, so
   an operator fixes a refused file in one pass.
-- `CatalogIndex`: one catalog version with dict lookups, built once per version.
-- `item_in_force`, `effective_intake_levels`, `office_allowed`: pure rules over the index.
+
+A validated catalog is indexed and applied by the pure policy in `services/policy/`
+(`CatalogIndex`, intake's and routing's rules).
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ from contracts.catalog import (
     District,
     Item,
     Office,
-    OfficeKind,
 )
-from contracts.common import UNSTORABLE_MESSAGE, Category, Channel, Level, Mode, is_unstorable
-from services.common.workdays import WorkCalendar
+from contracts.common import UNSTORABLE_MESSAGE, Level, Mode, is_unstorable
+from services.policy.intake_rules import effective_intake_levels
 
 # --------------------------------------------------------------------------- loading
 
@@ -249,9 +248,6 @@ def _duplicates(
         else:
             seen[code] = (path, entry)
     return {code: entry for code, (_, entry) in seen.items()}
-
-
-_LEVEL_ZH = {Level.municipal: "市级", Level.district: "区级", Level.street: "街镇"}
 
 
 def validate_catalog(raw: Any) -> tuple[Catalog | None, list[CatalogProblem]]:
@@ -518,229 +514,3 @@ def _check_items(
             "material",
             out,
         )
-
-
-# --------------------------------------------------------------------------- rules on items
-
-
-_DEFAULT_INTAKE = {Category.enterprise: Level.district, Category.individual: Level.street}
-
-
-def effective_intake_levels(item: Item) -> frozenset[Level]:
-    """The levels whose counters may take the item (the municipal center always may).
-
-    Explicit `intake_levels` win. Absent, the two concentrations: enterprise -> district,
-    individual -> street; except a `municipal` item, which has no basic-level path yet and is
-    taken only at the municipal center (DESIGN.md §1)."""
-    if item.intake_levels is not None:
-        return frozenset(item.intake_levels)
-    if item.mode is Mode.municipal:
-        return frozenset()
-    return frozenset({_DEFAULT_INTAKE[item.category]})
-
-
-def item_in_force(item: Item, on: date) -> bool:
-    """In force from `effective_from` to `effective_to`, both inclusive; None is open-ended."""
-    if item.effective_from is not None and on < item.effective_from:
-        return False
-    return item.effective_to is None or on <= item.effective_to
-
-
-# --------------------------------------------------------------------------- index
-
-
-class CatalogIndex:
-    """One catalog version with dict lookups; built once per version, then read-only."""
-
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-        self.city_code = catalog.city.code
-        self.items: dict[str, Item] = {}
-        for item in catalog.items:
-            self.items.setdefault(item.code, item)
-        self.offices: dict[str, Office] = {}
-        for office in catalog.offices:
-            self.offices.setdefault(office.code, office)
-        self.departments: dict[str, Department] = {}
-        self.units: dict[tuple[str, Level, str], Department] = {}
-        for dept in catalog.departments:
-            self.departments.setdefault(dept.code, dept)
-            self.units.setdefault((dept.line, dept.level, dept.division), dept)
-        self.districts = {d.code: d for d in catalog.districts}
-        self.street_district: dict[str, str] = {
-            s.code: d.code for d in catalog.districts for s in d.streets
-        }
-        self.calendar = WorkCalendar.of(catalog.calendar)
-        self.offices_by_level: dict[Level, tuple[Office, ...]] = {
-            level: tuple(o for o in self.offices.values() if OFFICE_LEVEL[o.kind] is level)
-            for level in Level
-        }
-
-    def division_level(self, code: str) -> Level | None:
-        """municipal (the city itself), district, street, or None (not in this city)."""
-        if code == self.city_code:
-            return Level.municipal
-        if code in self.districts:
-            return Level.district
-        if code in self.street_district:
-            return Level.street
-        return None
-
-    def district_of(self, division_code: str) -> str | None:
-        """The district a district or street code lies in; None for the city or unknown codes."""
-        if division_code in self.districts:
-            return division_code
-        return self.street_district.get(division_code)
-
-    def department(self, *, line: str, level: Level, division: str) -> Department | None:
-        return self.units.get((line, level, division))
-
-
-# --------------------------------------------------------------------------- intake office
-
-KIND_ZH = {
-    OfficeKind.municipal_center: "市级行政服务中心",
-    OfficeKind.district_center: "区级行政服务中心",
-    OfficeKind.street_center: "街镇社区事务受理服务中心",
-}
-MAX_SUGGESTED_OFFICES = 20
-
-
-@dataclass(frozen=True, slots=True)
-class OfficeGuidance:
-    """Where a refused applicant can go instead."""
-
-    levels: tuple[Level, ...]
-    office_kinds: tuple[OfficeKind, ...]
-    offices: tuple[str, ...]  # nearest to the applicant first (at most MAX_SUGGESTED_OFFICES)
-    online: bool  # the online channel takes the item
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "levels": [level.value for level in self.levels],
-            "office_kinds": [kind.value for kind in self.office_kinds],
-            "offices": list(self.offices),
-            "online": self.online,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class OfficeDecision:
-    allowed: bool
-    code: str | None = None  # office_not_allowed | unknown_office when refused
-    field: str | None = None  # the submission field at fault: channel | office_code
-    message: str = ""
-    office: Office | None = None  # the intake office (None on the online channel)
-    guidance: OfficeGuidance | None = None
-
-
-def _taking_levels(item: Item) -> tuple[Level, ...]:
-    levels = effective_intake_levels(item) | {Level.municipal}
-    if item.mode is Mode.online:
-        levels = frozenset(Level)
-    return tuple(level for level in Level if level in levels)
-
-
-def _guidance(index: CatalogIndex, item: Item, applicant_division: str | None) -> OfficeGuidance:
-    levels = _taking_levels(item)
-    street = applicant_division if applicant_division in index.street_district else None
-    district = index.district_of(applicant_division) if applicant_division else None
-
-    def rank(office: Office) -> tuple[int, str]:
-        if street is not None and office.division == street:
-            return 0, office.code
-        if district is not None and office.division == district:
-            return 1, office.code
-        if district is not None and index.district_of(office.division) == district:
-            return 2, office.code
-        if office.kind is OfficeKind.municipal_center:
-            return 3, office.code
-        return 4, office.code
-
-    candidates = sorted((o for level in levels for o in index.offices_by_level[level]), key=rank)
-    return OfficeGuidance(
-        levels=levels,
-        office_kinds=tuple(LEVEL_OFFICE[level] for level in levels),
-        offices=tuple(o.code for o in candidates[:MAX_SUGGESTED_OFFICES]),
-        online=item.mode is Mode.online,
-    )
-
-
-def _where_instead(guidance: OfficeGuidance) -> str:
-    kinds_zh = "、".join(KIND_ZH[k] for k in guidance.office_kinds)
-    kinds_en = ", ".join(k.value for k in guidance.office_kinds)
-    offices = ", ".join(guidance.offices) or "-"
-    return f"可前往{kinds_zh}：{offices} / it may be taken at: {kinds_en} ({offices})"
-
-
-def office_allowed(
-    index: CatalogIndex,
-    item: Item,
-    *,
-    channel: Channel,
-    office_code: str | None,
-    applicant_division: str | None = None,
-) -> OfficeDecision:
-    """May this channel/office take this item (DESIGN.md §3)? The online channel takes only
-    `online` items; at a counter an `online` item is taken anywhere (assisted online), the
-    municipal center takes any item, and otherwise the office's level must be among the item's
-    intake levels. A refusal carries guidance, nearest to `applicant_division` first."""
-    if channel is Channel.online:
-        if item.mode is Mode.online:
-            return OfficeDecision(allowed=True)
-        guidance = _guidance(index, item, applicant_division)
-        return OfficeDecision(
-            allowed=False,
-            code="office_not_allowed",
-            field="channel",
-            message=(
-                f"事项 {item.code} 不是全程网办事项，不能在线申请 / item {item.code} is not a "
-                f"fully-online item and cannot be applied for online; {_where_instead(guidance)}"
-            ),
-            guidance=guidance,
-        )
-    if not office_code:
-        guidance = _guidance(index, item, applicant_division)
-        return OfficeDecision(
-            allowed=False,
-            code="unknown_office",
-            field="office_code",
-            message=(
-                "窗口收件须填写收件机构 / a counter submission names its office_code; "
-                + _where_instead(guidance)
-            ),
-            guidance=guidance,
-        )
-    office = index.offices.get(office_code)
-    if office is None:
-        guidance = _guidance(index, item, applicant_division)
-        return OfficeDecision(
-            allowed=False,
-            code="unknown_office",
-            field="office_code",
-            message=(
-                f"收件机构 {office_code} 不在目录中 / office {office_code!r} is not in the "
-                f"catalog; {_where_instead(guidance)}"
-            ),
-            guidance=guidance,
-        )
-    level = OFFICE_LEVEL[office.kind]
-    if (
-        item.mode is Mode.online
-        or office.kind is OfficeKind.municipal_center
-        or level in effective_intake_levels(item)
-    ):
-        return OfficeDecision(allowed=True, office=office)
-    guidance = _guidance(index, item, applicant_division)
-    return OfficeDecision(
-        allowed=False,
-        code="office_not_allowed",
-        field="office_code",
-        office=office,
-        message=(
-            f"{KIND_ZH[office.kind]} {office.code} 不能收取事项 {item.code}（{_LEVEL_ZH[level]}"
-            f"不在收件层级内）/ {office.kind.value} {office.code} may not take item {item.code} "
-            f"({level.value} is not among its intake levels); {_where_instead(guidance)}"
-        ),
-        guidance=guidance,
-    )

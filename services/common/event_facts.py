@@ -30,8 +30,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.catalog import CatalogIndex
 from services.common.logs import PERSONAL_KEYS, mask_name, mask_personal_data
+from services.policy.catalog_index import CatalogIndex
 
 _VERSION_SUFFIX = re.compile(r"\.v\d+$")
 

@@ -41,7 +41,6 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from contracts.catalog import Catalog
 from contracts.events import EVENT_TYPES, CatalogPublished
 from services.common.auth import AuthSettings, Role, mint_token
-from services.common.catalog import CatalogIndex
 from services.common.catalog_follower import CatalogFollower
 from services.common.event_facts import CaseMemory, EventFilter
 from services.common.kafka import ReadableFetch
@@ -58,6 +57,7 @@ from services.common.web import (
 )
 from services.console.kafka_views import STREAM_TOPICS, KafkaViews
 from services.console.stream import CaseLookup, LiveStream, sse
+from services.policy.catalog_index import CatalogIndex
 
 log = get_logger(__name__)
 

@@ -24,8 +24,8 @@ from contracts.events import (
     INTAKE_TOPIC,
     ROUTING_TOPIC,
 )
-from services.common.catalog import CatalogIndex
 from services.common.event_facts import Facts, short_type
+from services.policy.catalog_index import CatalogIndex
 
 FAMILY_OF_TOPIC = {
     INTAKE_TOPIC: "intake",

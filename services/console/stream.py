@@ -12,7 +12,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from services.common.catalog import CatalogIndex
 from services.common.envelope import Envelope, EnvelopeError
 from services.common.event_facts import (
     CaseMemory,
@@ -25,6 +24,7 @@ from services.common.event_facts import (
 from services.common.logs import get_logger, mask_text
 from services.console.events import stream_item
 from services.console.kafka_views import header_text
+from services.policy.catalog_index import CatalogIndex
 
 log = get_logger(__name__)
 

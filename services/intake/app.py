@@ -25,7 +25,6 @@ from contracts.rest import (
     WithdrawRequest,
 )
 from services.common.auth import Principal
-from services.common.catalog import CatalogIndex, effective_intake_levels
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import Subscription
 from services.common.db import unit_of_work
@@ -36,7 +35,9 @@ from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.web import CaseId, Problem, dependency_unavailable, errors
 from services.intake import access, handlers, models
 from services.intake.validation import refusal_problem, validate_submission
-from services.routing.rules import route_case
+from services.policy.catalog_index import CatalogIndex
+from services.policy.intake_rules import effective_intake_levels
+from services.policy.routing_rules import route_case
 
 CITY_TZ = ZoneInfo("Asia/Shanghai")
 
@@ -102,9 +103,9 @@ def _catalog() -> CatalogIndex:
 def _route_preview(
     index: CatalogIndex, application: SubmissionRequest, today: date
 ) -> Route | None:
-    """Routing's own rules (a pure function) on this process's copy of the catalog: the same
-    answer routing will give, at no network cost, and never a reason to keep a person waiting
-    at the counter."""
+    """The routing rules of `services.policy` (pure, the very code routing decides by) on this
+    process's copy of the catalog: the same answer routing will give, at no network cost, and
+    never a reason to keep a person waiting at the counter."""
     version = catalogs.latest_version
     if version is None:
         return None

@@ -31,8 +31,14 @@ from stdnum.exceptions import ValidationError as StdnumError
 
 from contracts.catalog import Item
 from contracts.common import Application, Category, Channel, DeliveryMethod
-from services.common.catalog import CatalogIndex, item_in_force, office_allowed
 from services.common.web import Problem
+from services.policy.catalog_index import CatalogIndex
+from services.policy.intake_rules import (
+    item_in_force,
+    missing_materials,
+    office_allowed,
+    unknown_material,
+)
 
 TITLES = {
     "invalid_id_number": "The ID number is not valid",
@@ -208,19 +214,10 @@ def validate_submission(
                 decision.message,
                 decision.guidance.as_dict() if decision.guidance is not None else None,
             )
-        known = {m.code for m in item.materials}
-        given = set()
         for i, material in enumerate(application.materials):
-            if material.code not in known:
-                valid = ", ".join(m.code for m in item.materials) or "(none)"
-                refuse(
-                    "unknown_material",
-                    f"materials[{i}].code",
-                    f"material {material.code!r} is not one of item {item.code}'s materials; "
-                    f"valid codes: {valid}",
-                )
-            given.add(material.code)
-        missing = tuple(m.code for m in item.materials if m.required and m.code not in given)
+            if (unknown := unknown_material(item, material.code)) is not None:
+                refuse("unknown_material", f"materials[{i}].code", unknown)
+        missing = missing_materials(item, (m.code for m in application.materials))
 
     delivery = application.delivery
     if delivery.method is DeliveryMethod.postal and not (delivery.address or "").strip():

@@ -20,13 +20,13 @@ from contracts.rest import (
     TriageEntry,
 )
 from services.common.auth import Principal, Role, require
-from services.common.catalog import CatalogIndex
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.web import CaseId, Problem, errors
+from services.policy.catalog_index import CatalogIndex
 from services.routing import handlers, models
 from services.routing.topics import DepartmentTopics
 

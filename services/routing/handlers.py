@@ -14,12 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contracts.catalog import Catalog
 from contracts.common import Application, Failure, Handover
 from contracts.events import CaseRouted, CaseRouteFailed, CaseSubmitted, CatalogPublished
-from services.common.catalog import CatalogIndex, validate_catalog
+from services.common.catalog import validate_catalog
 from services.common.catalog_follower import CatalogFollower
 from services.common.envelope import Envelope
 from services.common.service import ServiceRuntime
+from services.policy.catalog_index import CatalogIndex
+from services.policy.routing_rules import RouteOutcome, route_case
 from services.routing import models
-from services.routing.rules import RouteOutcome, route_case
 from services.routing.topics import DepartmentTopics, department_copy_rows
 from services.routing.versions import VersionTimeline
 

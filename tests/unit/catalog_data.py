@@ -16,7 +16,8 @@ from stdnum.cn import ric, uscc
 
 from contracts.catalog import Catalog
 from contracts.common import Applicant, Application, Category, Channel, Delivery, Material
-from services.common.catalog import CatalogIndex, validate_catalog
+from services.common.catalog import validate_catalog
+from services.policy.catalog_index import CatalogIndex
 
 _BASE: dict[str, Any] = {
     "city": {"code": "T", "name": "测试市"},

@@ -8,13 +8,13 @@ import pytest
 from contracts.common import Level
 from services.common.catalog import (
     CatalogFileError,
-    CatalogIndex,
     CatalogProblem,
-    item_in_force,
     load_catalog_file,
     parse_catalog_text,
     validate_catalog,
 )
+from services.policy.catalog_index import CatalogIndex
+from services.policy.intake_rules import item_in_force
 from tests.unit.catalog_data import base_catalog, catalog, index
 
 pytestmark = pytest.mark.unit

@@ -26,8 +26,8 @@ from services.common.kafka import (
 )
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.settings import CommonSettings
+from services.policy.routing_rules import route_case
 from services.routing.handlers import department_codes, effect_of, emit_effect
-from services.routing.rules import route_case
 from services.routing.topics import DepartmentTopics, department_copy_rows
 from tests.unit.catalog_data import TODAY, application, index
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from services.common.catalog import CatalogIndex
 from services.common.event_facts import (
     CaseMemory,
     EventFilter,
@@ -19,6 +18,7 @@ from services.common.event_facts import (
     short_type,
     type_matches,
 )
+from services.policy.catalog_index import CatalogIndex
 from tests.unit import catalog_data
 
 pytestmark = pytest.mark.unit

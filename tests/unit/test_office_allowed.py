@@ -2,7 +2,7 @@ import pytest
 
 from contracts.catalog import OfficeKind
 from contracts.common import Channel, Level
-from services.common.catalog import (
+from services.policy.intake_rules import (
     MAX_SUGGESTED_OFFICES,
     OfficeDecision,
     effective_intake_levels,

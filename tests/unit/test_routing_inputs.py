@@ -9,8 +9,8 @@ import pytest
 
 from contracts.common import Channel, Handover
 from contracts.events import CaseRouted, CaseRouteFailed, CaseSubmitted
+from services.policy.routing_rules import RouteOutcome, route_case
 from services.routing.handlers import NO_CATALOG, effect_of
-from services.routing.rules import RouteOutcome, route_case
 from tests.unit.catalog_data import TODAY, application, index
 
 pytestmark = pytest.mark.unit

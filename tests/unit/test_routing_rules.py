@@ -3,7 +3,7 @@ from datetime import date
 import pytest
 
 from contracts.common import Channel, Level, Mode
-from services.routing.rules import RouteOutcome, jurisdiction, route_case
+from services.policy.routing_rules import RouteOutcome, jurisdiction, route_case
 from tests.unit.catalog_data import TODAY, application, base_catalog, index
 
 pytestmark = pytest.mark.unit

@@ -20,10 +20,10 @@ from services.cli.ops.filters import FilterError, check_filters, facts_of_view, 
 from services.cli.ops.lag import chosen_groups, compute_lag, service_of, totals
 from services.cli.ops.merge import SortedBacklog, TimeMergeBuffer
 from services.cli.ops.render import event_json, event_line, json_line
-from services.common.catalog import CatalogIndex
 from services.common.dlq import DeadLetter, ReplayRecord
 from services.common.envelope import Envelope
 from services.common.event_facts import CaseMemory, EventFilter
+from services.policy.catalog_index import CatalogIndex
 from tests.unit import catalog_data
 
 pytestmark = pytest.mark.unit

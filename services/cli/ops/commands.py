@@ -46,12 +46,13 @@ from services.cli.ops.lag import fetch_lag, service_of, totals
 from services.cli.ops.merge import DEFAULT_DELAY_S, DEFAULT_RUN_SIZE
 from services.cli.ops.render import event_line, json_line, masked_headers
 from services.cli.ops.tail import TailError, TailOptions, run_tail
-from services.common.catalog import CatalogFileError, CatalogIndex, load_catalog_file
+from services.common.catalog import CatalogFileError, load_catalog_file
 from services.common.catalog import validate_catalog as _validate_catalog
 from services.common.dlq import REPLAYS_TOPIC, DeadLetter, ReplayRecord
 from services.common.event_facts import EventFilter, mask_event_data, short_type
 from services.common.logs import mask_text
 from services.common.settings import CommonSettings
+from services.policy.catalog_index import CatalogIndex
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

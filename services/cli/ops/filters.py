@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from contracts.common import Mode
 from services.cli.ops.events import EventView
-from services.common.catalog import CatalogIndex
 from services.common.event_facts import CaseMemory, EventFilter, Facts, facts_of
+from services.policy.catalog_index import CatalogIndex
 
 
 class FilterError(ValueError):

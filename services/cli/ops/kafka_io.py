@@ -14,10 +14,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from contracts.events import CATALOG_TOPIC, CatalogPublished
-from services.common.catalog import CatalogIndex, validate_catalog
+from services.common.catalog import validate_catalog
 from services.common.envelope import Envelope, EnvelopeError
 from services.common.kafka import ReadableFetch, client_options
 from services.common.settings import CommonSettings
+from services.policy.catalog_index import CatalogIndex
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 

@@ -30,10 +30,10 @@ from services.cli.ops.events import EventView, view_of
 from services.cli.ops.filters import select
 from services.cli.ops.kafka_io import StartAt, StartKind, make_reader, partitions_of, seek_start
 from services.cli.ops.merge import DEFAULT_DELAY_S, SortedBacklog, TimeMergeBuffer
-from services.common.catalog import CatalogIndex
 from services.common.event_facts import CaseMemory, EventFilter
 from services.common.kafka import ReadableFetch
 from services.common.settings import CommonSettings
+from services.policy.catalog_index import CatalogIndex
 
 POLL_S = 0.2
 YIELD_EVERY = 1000  # backlog records printed between two turns of the event loop
