@@ -34,7 +34,8 @@ from services.common.logs import get_logger, mask_personal_data
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.web import CaseId, Problem, dependency_unavailable, errors
 from services.intake import access, handlers, models
-from services.intake.validation import refusal_problem, validate_submission
+from services.intake.problems import refusal_problem
+from services.intake.validation import validate_submission
 from services.policy.catalog_index import CatalogIndex
 from services.policy.intake_rules import effective_intake_levels
 from services.policy.routing_rules import route_case

@@ -31,7 +31,6 @@ from stdnum.exceptions import ValidationError as StdnumError
 
 from contracts.catalog import Item
 from contracts.common import Application, Category, Channel, DeliveryMethod
-from services.common.web import Problem
 from services.policy.catalog_index import CatalogIndex
 from services.policy.intake_rules import (
     item_in_force,
@@ -96,21 +95,6 @@ class ValidationResult:
     def refusal(self) -> Refusal | None:
         """The refusal that names the problem (first by ORDER)."""
         return self.refusals[0] if self.refusals else None
-
-    def problem(self) -> Problem:
-        """RFC 9457 problem: status 422, the first refusal's code, title and detail, every
-        field error, and `guidance` (where to go instead) when an office was refused."""
-        first = self.refusal
-        if first is None:
-            raise ValueError("an accepted submission has no problem")
-        errors = [e.as_dict() for r in self.refusals for e in r.errors]
-        extra: dict[str, Any] = {}
-        guidance = next((r.guidance for r in self.refusals if r.guidance is not None), None)
-        if guidance is not None:
-            extra["guidance"] = dict(guidance)
-        others = [r.detail for r in self.refusals[1:]]
-        detail = first.detail + ("" if not others else " Also: " + " ".join(others))
-        return Problem(first.status, first.code, first.title, detail, errors=errors, **extra)
 
 
 # --------------------------------------------------------------------------- ID numbers
@@ -236,8 +220,3 @@ def validate_submission(
         item=item,
         id_number=applicant.id_number.strip().upper() if id_problem is None else None,
     )
-
-
-def refusal_problem(result: ValidationResult) -> Problem | None:
-    """The RFC 9457 problem to answer with, or None when the submission is taken."""
-    return None if result.ok else result.problem()

@@ -4,10 +4,10 @@ from typing import Any
 import pytest
 
 from contracts.common import Category, Channel, Delivery
+from services.intake.problems import refusal_problem, submission_problem
 from services.intake.validation import (
     ValidationResult,
     credit_code_problem,
-    refusal_problem,
     resident_id_problem,
     validate_submission,
 )
@@ -25,7 +25,7 @@ def check(item: str, **kwargs) -> ValidationResult:
 def refused(result: ValidationResult, code: str, field: str) -> dict[str, Any]:
     assert not result.ok and result.refusal is not None
     assert result.refusal.code == code
-    problem = result.problem()
+    problem = submission_problem(result)
     body = problem.body()
     assert body["status"] == 422 and body["code"] == code and body["title"]
     assert any(e["field"] == field and e["code"] == code and e["message"] for e in body["errors"])
@@ -202,7 +202,7 @@ def test_every_refusal_is_listed_and_the_first_names_the_problem() -> None:
         "unknown_material",
         "invalid_delivery",
     ]
-    body = result.problem().body("/v1/cases")
+    body = submission_problem(result).body("/v1/cases")
     assert body["code"] == "invalid_id_number" and body["instance"] == "/v1/cases"
     assert [e["field"] for e in body["errors"]] == [
         "applicant.id_number",
@@ -216,4 +216,4 @@ def test_every_refusal_is_listed_and_the_first_names_the_problem() -> None:
 
 def test_problem_of_an_accepted_submission_is_a_bug() -> None:
     with pytest.raises(ValueError):
-        check("DEL-D", office="T1-DC").problem()
+        submission_problem(check("DEL-D", office="T1-DC"))
