@@ -47,10 +47,11 @@ down: ## stop everything `make up` started
 status: ## show what is running
 	@bash deploy/local/stack.sh status
 
-lint: install ## ruff and mypy
+lint: install ## ruff, mypy and the import contracts (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy services contracts tests
+	$(BIN)/lint-imports --no-logo
 
 test: install lint ## lint, start the stack, run every test (one and three brokers), stop
 	@bash deploy/local/run-tests.sh
