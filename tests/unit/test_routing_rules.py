@@ -3,7 +3,17 @@ from datetime import date
 import pytest
 
 from contracts.common import Channel, Level, Mode
-from services.policy.routing_rules import RouteOutcome, jurisdiction, route_case
+from services.policy.routing_rules import (
+    RULES,
+    RouteOutcome,
+    Routing,
+    jurisdiction,
+    r4_online,
+    r5_delegated,
+    r6_entrusted,
+    r7_municipal,
+    route_case,
+)
 from tests.unit.catalog_data import TODAY, application, base_catalog, index
 
 pytestmark = pytest.mark.unit
@@ -306,3 +316,47 @@ def test_routing_follows_the_catalog_data_not_names() -> None:
     assert outcome.route is not None
     assert (outcome.route.handled_by, outcome.route.same_city) == ("Z", True)
     assert outcome.route.catalog_version == 2
+
+
+# --------------------------------------------------------------------------- the rule table
+
+
+def test_the_rule_table_is_r1_to_r7_in_order() -> None:
+    assert [rule.__name__.split("_")[0] for rule in RULES] == [f"r{n}" for n in range(1, 8)]
+
+
+PATH_RULES = {
+    "R4-online": r4_online,
+    "R5-delegated": r5_delegated,
+    "R6-entrusted": r6_entrusted,
+    "R7-municipal": r7_municipal,
+}
+
+
+@pytest.mark.parametrize(
+    ("item", "office", "decided_by"),
+    [
+        ("ONL-I", "T11-SC", "R4-online"),
+        ("DEL-D", "T1-DC", "R5-delegated"),
+        ("ENT-I", "T12-SC", "R6-entrusted"),
+        ("MUN-E", "T-MC", "R7-municipal"),
+    ],
+)
+def test_each_path_rule_decides_its_own_mode_and_passes_the_others_on(
+    item: str, office: str, decided_by: str
+) -> None:
+    """After R1-R3 resolve the facts, the path rules before the deciding one pass the case on:
+    one rule function, one mode."""
+    case = Routing(
+        index=INDEX,
+        catalog_version=7,
+        application=application(item, office=office, division="T11"),
+        submitted_on=TODAY,
+        inputs={},
+    )
+    assert [rule(case) for rule in RULES[:3]] == [None, None, None]
+    rules = list(PATH_RULES.items())
+    for name, rule in rules[: list(PATH_RULES).index(decided_by)]:
+        assert rule(case) is None, name
+    outcome = PATH_RULES[decided_by](case)
+    assert outcome is not None and outcome.rule == decided_by and outcome.ok
