@@ -134,6 +134,28 @@ def _where_instead(guidance: OfficeGuidance) -> str:
     return f"可前往{kinds_zh}：{offices} / it may be taken at: {kinds_en} ({offices})"
 
 
+def _refused(
+    index: CatalogIndex,
+    item: Item,
+    applicant_division: str | None,
+    *,
+    code: str,
+    field: str,
+    reason: str,
+    office: Office | None = None,
+) -> OfficeDecision:
+    """A refusal: why (`reason`), then where the item may be taken instead."""
+    guidance = _guidance(index, item, applicant_division)
+    return OfficeDecision(
+        allowed=False,
+        code=code,
+        field=field,
+        message=f"{reason}; {_where_instead(guidance)}",
+        office=office,
+        guidance=guidance,
+    )
+
+
 def office_allowed(
     index: CatalogIndex,
     item: Item,
@@ -149,41 +171,30 @@ def office_allowed(
     if channel is Channel.online:
         if item.mode is Mode.online:
             return OfficeDecision(allowed=True)
-        guidance = _guidance(index, item, applicant_division)
-        return OfficeDecision(
-            allowed=False,
+        return _refused(
+            index,
+            item,
+            applicant_division,
             code="office_not_allowed",
             field="channel",
-            message=(
+            reason=(
                 f"事项 {item.code} 不是全程网办事项，不能在线申请 / item {item.code} is not a "
-                f"fully-online item and cannot be applied for online; {_where_instead(guidance)}"
+                "fully-online item and cannot be applied for online"
             ),
-            guidance=guidance,
         )
-    if not office_code:
-        guidance = _guidance(index, item, applicant_division)
-        return OfficeDecision(
-            allowed=False,
-            code="unknown_office",
-            field="office_code",
-            message=(
-                "窗口收件须填写收件机构 / a counter submission names its office_code; "
-                + _where_instead(guidance)
-            ),
-            guidance=guidance,
-        )
-    office = index.offices.get(office_code)
+    office = index.offices.get(office_code) if office_code else None
     if office is None:
-        guidance = _guidance(index, item, applicant_division)
-        return OfficeDecision(
-            allowed=False,
+        return _refused(
+            index,
+            item,
+            applicant_division,
             code="unknown_office",
             field="office_code",
-            message=(
-                f"收件机构 {office_code} 不在目录中 / office {office_code!r} is not in the "
-                f"catalog; {_where_instead(guidance)}"
+            reason=(
+                f"收件机构 {office_code} 不在目录中 / office {office_code!r} is not in the catalog"
+                if office_code
+                else "窗口收件须填写收件机构 / a counter submission names its office_code"
             ),
-            guidance=guidance,
         )
     level = OFFICE_LEVEL[office.kind]
     if (
@@ -192,16 +203,16 @@ def office_allowed(
         or level in effective_intake_levels(item)
     ):
         return OfficeDecision(allowed=True, office=office)
-    guidance = _guidance(index, item, applicant_division)
-    return OfficeDecision(
-        allowed=False,
+    return _refused(
+        index,
+        item,
+        applicant_division,
         code="office_not_allowed",
         field="office_code",
         office=office,
-        message=(
+        reason=(
             f"{KIND_ZH[office.kind]} {office.code} 不能收取事项 {item.code}（{LEVEL_ZH[level]}"
             f"不在收件层级内）/ {office.kind.value} {office.code} may not take item {item.code} "
-            f"({level.value} is not among its intake levels); {_where_instead(guidance)}"
+            f"({level.value} is not among its intake levels)"
         ),
-        guidance=guidance,
     )

@@ -249,6 +249,25 @@ def r3_intake_office(case: Routing) -> RouteOutcome | None:
     return None
 
 
+def _owner_decides(
+    case: Routing,
+    rule: str,
+    path: Mode,
+    *,
+    explanation: str,
+    entrusted_receiver: str | None = None,
+) -> RouteOutcome:
+    """R4, R6, R7: the item's municipal owner department decides."""
+    return case.routed(
+        rule,
+        path=path,
+        level=Level.municipal,
+        handled_by=case.item.owner,
+        explanation=explanation,
+        entrusted_receiver=entrusted_receiver,
+    )
+
+
 def r4_online(case: Routing) -> RouteOutcome | None:
     """R4: fully online, decided by the owner."""
     item, office = case.item, case.office
@@ -256,11 +275,10 @@ def r4_online(case: Routing) -> RouteOutcome | None:
         return None
     assisted = f"，由 {office.code} 帮办" if office is not None else ""
     assisted_en = f", assisted at {office.code}" if office is not None else ""
-    return case.routed(
+    return _owner_decides(
+        case,
         R4_ONLINE,
-        path=Mode.online,
-        level=Level.municipal,
-        handled_by=item.owner,
+        Mode.online,
         explanation=(
             f"全程网办：由事项主管部门 {_named(case.owner, item.owner)} 在线办理{assisted} / "
             f"Fully online: decided by the owner department {item.owner}{assisted_en}"
@@ -333,11 +351,10 @@ def r6_entrusted(case: Routing) -> RouteOutcome | None:
     if item.mode is not Mode.entrusted:
         return None
     receiver = case.office.code if case.office is not None else None
-    return case.routed(
+    return _owner_decides(
+        case,
         R6_ENTRUSTED,
-        path=Mode.entrusted,
-        level=Level.municipal,
-        handled_by=item.owner,
+        Mode.entrusted,
         entrusted_receiver=receiver,
         explanation=(
             f"委托基层收件：{receiver or '线上'} 收件，由市级主管部门 "
@@ -351,11 +368,10 @@ def r6_entrusted(case: Routing) -> RouteOutcome | None:
 def r7_municipal(case: Routing) -> RouteOutcome:
     """R7: municipal window; decides every case the rules before it passed on."""
     item = case.item
-    return case.routed(
+    return _owner_decides(
+        case,
         R7_MUNICIPAL,
-        path=Mode.municipal,
-        level=Level.municipal,
-        handled_by=item.owner,
+        Mode.municipal,
         explanation=(
             f"市级窗口办理：由市级主管部门 {_named(case.owner, item.owner)} 办理 / Municipal: "
             f"decided by the owner department {item.owner}"
