@@ -14,11 +14,10 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
 
+from services.common.city import CITY_TZ
 from services.common.workdays import WorkCalendar, deadline, is_working_day
 
-CITY_TZ = ZoneInfo("Asia/Shanghai")
 OVERDUE_POINT = 1.0
 
 

@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import quote
-from zoneinfo import ZoneInfo
 
 import httpx
 from fastapi import FastAPI, Path, Query, Request
@@ -42,6 +41,7 @@ from contracts.catalog import Catalog
 from contracts.events import EVENT_TYPES, CatalogPublished
 from services.common.auth import AuthSettings, Role, mint_token
 from services.common.catalog_follower import CatalogFollower
+from services.common.city import CITY_TZ
 from services.common.event_facts import CaseMemory, EventFilter
 from services.common.kafka import ReadableFetch
 from services.common.limits import DEFAULT_MAX_HEAD_BYTES
@@ -62,7 +62,6 @@ from services.policy.catalog_index import CatalogIndex
 log = get_logger(__name__)
 
 STATIC = FilePath(__file__).resolve().parent / "static"
-CITY_TZ = ZoneInfo("Asia/Shanghai")
 FilterValue = Annotated[str | None, Query(max_length=2000)]
 CaseId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 

@@ -22,6 +22,7 @@ from contracts.rest import (
     RatingStatsRow,
     ResultView,
 )
+from services.common.city import CITY_TZ
 from services.common.consumer import PermanentError
 from services.common.envelope import Envelope
 from services.common.logs import get_logger
@@ -29,7 +30,6 @@ from services.common.service import ServiceRuntime
 from services.common.web import Problem
 from services.delivery import models
 from services.delivery.results import (
-    CITY_TZ,
     DELIVERED,
     DeliveryFacts,
     UndeliverableError,

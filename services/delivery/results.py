@@ -16,7 +16,6 @@ import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from contracts.common import CaseStatus, DeliveryMethod, ItemSnapshot, ResultDocument
 from contracts.events import (
@@ -27,8 +26,7 @@ from contracts.events import (
     CaseEvent,
     CaseResultIssued,
 )
-
-CITY_TZ = ZoneInfo("Asia/Shanghai")
+from services.common.city import CITY_TZ
 
 RESULT_ISSUED = "gov.case.result_issued.v1"
 DELIVERED = "gov.case.delivered.v1"

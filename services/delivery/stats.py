@@ -16,9 +16,9 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from contracts.events import Rating
 from contracts.rest import RatingGrouping
+from services.common.city import CITY_TZ
 from services.common.web import Problem
 from services.delivery import models
-from services.delivery.results import CITY_TZ
 
 GOOD = (Rating.very_satisfied, Rating.satisfied)
 BAD = (Rating.dissatisfied, Rating.very_dissatisfied)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
 from fastapi import Depends, Header, Request
 from sqlalchemy import select
@@ -26,6 +25,7 @@ from contracts.rest import (
 )
 from services.common.auth import Principal
 from services.common.catalog_follower import CatalogFollower
+from services.common.city import CITY_TZ
 from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.handover import load_keys
@@ -39,8 +39,6 @@ from services.intake.validation import validate_submission
 from services.policy.catalog_index import CatalogIndex
 from services.policy.intake_rules import effective_intake_levels
 from services.policy.routing_rules import route_case
-
-CITY_TZ = ZoneInfo("Asia/Shanghai")
 
 
 class IntakeSettings(ServiceSettings):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, insert, null, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -16,6 +15,7 @@ from contracts.common import Application, Failure, Handover
 from contracts.events import CaseRouted, CaseRouteFailed, CaseSubmitted, CatalogPublished
 from services.common.catalog import validate_catalog
 from services.common.catalog_follower import CatalogFollower
+from services.common.city import CITY_TZ
 from services.common.envelope import Envelope
 from services.common.service import ServiceRuntime
 from services.policy.catalog_index import CatalogIndex
@@ -23,8 +23,6 @@ from services.policy.routing_rules import RouteOutcome, route_case
 from services.routing import models
 from services.routing.topics import DepartmentTopics, department_copy_rows
 from services.routing.versions import VersionTimeline
-
-CITY_TZ = ZoneInfo("Asia/Shanghai")
 
 
 class CatalogRefused(Exception):

@@ -26,13 +26,13 @@ from contracts.common import DeliveryMethod, ItemSnapshot, Level
 from contracts.events import CaseApproved, CaseDenied, CaseRated, Rating
 from contracts.rest import RatingGrouping, RatingStatsRow
 from services.common import migrations
+from services.common.city import CITY_TZ
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.web import Problem
 from services.delivery import app as delivery_app
 from services.delivery import handlers, models
-from services.delivery.results import CITY_TZ
 from services.delivery.stats import RatedPeriod, rated_period, stats_query
 from tests.auth_helpers import auth_headers
 from tests.outbox_capture import OutboxCapture

@@ -15,12 +15,13 @@ from contracts.common import CaseStatus, Handover, Mode
 from contracts.events import DecisionKind
 from services.approval import clock, review
 from services.approval.review import CaseState, Decision
+from services.common.city import CITY_TZ
 from services.common.workdays import WorkCalendar, deadline, is_working_day
 from tests.unit.test_approval_review import CALENDAR, make_routed
 
 pytestmark = pytest.mark.unit
 
-CITY = clock.CITY_TZ
+CITY = CITY_TZ
 
 
 def at(day: date, hour: int = 10) -> datetime:

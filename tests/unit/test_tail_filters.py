@@ -15,11 +15,12 @@ from typer.testing import CliRunner
 
 from services.cli.main import app
 from services.cli.ops.dlq import LetterFilters, letter_matches, parse_ref, refusal
-from services.cli.ops.events import CITY_TZ, EventView, parse_when, status_after, view_of
+from services.cli.ops.events import EventView, parse_when, status_after, view_of
 from services.cli.ops.filters import FilterError, check_filters, facts_of_view, select
 from services.cli.ops.lag import chosen_groups, compute_lag, service_of, totals
 from services.cli.ops.merge import SortedBacklog, TimeMergeBuffer
 from services.cli.ops.render import event_json, event_line, json_line
+from services.common.city import CITY_TZ
 from services.common.dlq import DeadLetter, ReplayRecord
 from services.common.envelope import Envelope
 from services.common.event_facts import CaseMemory, EventFilter

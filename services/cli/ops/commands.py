@@ -39,7 +39,7 @@ from services.cli.ops.dlq import (
     refusal,
     replay_letters,
 )
-from services.cli.ops.events import CITY_TZ, EventView, parse_when
+from services.cli.ops.events import EventView, parse_when
 from services.cli.ops.filters import FilterError, check_filters
 from services.cli.ops.kafka_io import StartAt, StartKind, latest_catalog
 from services.cli.ops.lag import fetch_lag, service_of, totals
@@ -48,6 +48,7 @@ from services.cli.ops.render import event_line, json_line, masked_headers
 from services.cli.ops.tail import TailError, TailOptions, run_tail
 from services.common.catalog import CatalogFileError, load_catalog_file
 from services.common.catalog import validate_catalog as _validate_catalog
+from services.common.city import CITY_TZ
 from services.common.dlq import REPLAYS_TOPIC, DeadLetter, ReplayRecord
 from services.common.event_facts import EventFilter, mask_event_data, short_type
 from services.common.logs import mask_text

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, Protocol, TypeAlias
-from zoneinfo import ZoneInfo
 
 from contracts.common import CaseStatus
+from services.common.city import CITY_TZ
 from services.common.event_facts import short_type
 
-CITY_TZ = ZoneInfo("Asia/Shanghai")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # (event time in µs since the epoch, record timestamp ms, topic, partition, offset)
