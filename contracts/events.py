@@ -1,17 +1,20 @@
 """Event payloads of every topic (DESIGN.md §4): frozen models, past tense, version in the type.
 
-`EVENT_TYPES` maps each CloudEvents `type` to its topic and payload model; producers, consumers,
-the generated JSON Schemas and the AsyncAPI document are all built from it. `ReplayRecord` is
+Each payload class declares its CloudEvents `type` and topic once, with `@event`: the class
+carries them (`CaseSubmitted.TYPE`, `.TOPIC`), and `EVENT_TYPES`, derived from the declarations,
+maps each type to its topic and payload model; producers, consumers, the generated JSON Schemas
+and the AsyncAPI document are all built from it. `ReplayRecord` is
 the one record that is not an event: the operators' log of dead-letter replays.
 """
 
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -40,13 +43,60 @@ DLQ_REPLAYS_TOPIC = "case.dlq.replays.v1"
 CATALOG_TOPIC = "catalog.v1"
 
 
-class CaseEvent(Contract):
+@dataclass(frozen=True)
+class EventType:
+    type: str
+    topic: str
+    model: builtins.type[Event]
+    producer: str
+    summary: str
+
+    @property
+    def handledby(self) -> bool:
+        """Its records carry `ce_handledby`, the department deciding the case: routing's
+        `gov.case.routed.v1` (the department topics are filtered by it) and everything
+        approval publishes about a case, which it does for that department."""
+        return self.type == "gov.case.routed.v1" or self.producer == "approval"
+
+
+class Event(Contract):
+    """A payload that is an event: its class knows its CloudEvents `type` and its topic, set
+    once by `@event`, so services emit and subscribe by class and never spell a type."""
+
+    TYPE: ClassVar[str]
+    TOPIC: ClassVar[str]
+
+
+EVENT_TYPES: dict[str, EventType] = {}
+E = TypeVar("E", bound=type[Event])
+
+
+def event(type_: str, topic: str, producer: str, summary: str) -> Callable[[E], E]:
+    """Declare a payload class the payload of event type `type_` on `topic`, in EVENT_TYPES."""
+
+    def declare(model: E) -> E:
+        if type_ in EVENT_TYPES or "TYPE" in model.__dict__:
+            raise TypeError(f"{type_} ({model.__name__}) declared twice")
+        model.TYPE, model.TOPIC = type_, topic
+        EVENT_TYPES[type_] = EventType(type_, topic, model, producer, summary)
+        return model
+
+    return declare
+
+
+class CaseEvent(Event):
     case_id: str
 
 
 # -- case.intake.v1 (intake) -------------------------------------------------------------------
 
 
+@event(
+    "gov.case.notified.v1",
+    INTAKE_TOPIC,
+    "intake",
+    "One-time notification of missing materials at the counter",
+)
 class CaseNotified(CaseEvent):
     """One-time notification (一次性告知): every missing material listed at once."""
 
@@ -55,6 +105,12 @@ class CaseNotified(CaseEvent):
     notified_at: AwareDatetime
 
 
+@event(
+    "gov.case.submitted.v1",
+    INTAKE_TOPIC,
+    "intake",
+    "Materials complete; the case goes to routing",
+)
 class CaseSubmitted(CaseEvent):
     """The materials are complete: routing takes it from here."""
 
@@ -65,6 +121,12 @@ class CaseSubmitted(CaseEvent):
     )
 
 
+@event(
+    "gov.case.supplemented.v1",
+    INTAKE_TOPIC,
+    "intake",
+    "Materials answering a supplement request",
+)
 class CaseSupplemented(CaseEvent):
     """Materials answering a supplement request (at the counter or during review)."""
 
@@ -72,6 +134,7 @@ class CaseSupplemented(CaseEvent):
     supplemented_at: AwareDatetime
 
 
+@event("gov.case.withdrawn.v1", INTAKE_TOPIC, "intake", "The applicant withdrew the case")
 class CaseWithdrawn(CaseEvent):
     reason: str | None = None
     withdrawn_at: AwareDatetime
@@ -80,6 +143,7 @@ class CaseWithdrawn(CaseEvent):
 # -- case.routing.v1 (routing) -----------------------------------------------------------------
 
 
+@event("gov.case.routed.v1", ROUTING_TOPIC, "routing", "Handling level and department decided")
 class CaseRouted(CaseEvent):
     route: Route
     item: ItemSnapshot
@@ -88,6 +152,12 @@ class CaseRouted(CaseEvent):
     handover: Handover | None = None
 
 
+@event(
+    "gov.case.route_failed.v1",
+    ROUTING_TOPIC,
+    "routing",
+    "No route: the case waits in the triage queue",
+)
 class CaseRouteFailed(CaseEvent):
     failure: Failure
     rule: str
@@ -106,6 +176,12 @@ class DecisionKind(StrEnum):
     deny = "deny"
 
 
+@event(
+    "gov.case.decision.v1",
+    DECISIONS_TOPIC,
+    "department systems",
+    "A department's decision: accept, request_supplement, approve or deny",
+)
 class DecisionMade(CaseEvent):
     # Outside input (department systems): held to the same text rules as the REST body.
     department: Code
@@ -118,6 +194,12 @@ class DecisionMade(CaseEvent):
 # -- case.approval.v1 (approval) ---------------------------------------------------------------
 
 
+@event(
+    "gov.case.accepted.v1",
+    APPROVAL_TOPIC,
+    "approval",
+    "Formally accepted; the legal clock starts",
+)
 class CaseAccepted(CaseEvent):
     department: str
     accepted_at: AwareDatetime
@@ -125,6 +207,12 @@ class CaseAccepted(CaseEvent):
     time_limit_days: int
 
 
+@event(
+    "gov.case.supplement_requested.v1",
+    APPROVAL_TOPIC,
+    "approval",
+    "Supplement requested; the clock pauses",
+)
 class CaseSupplementRequested(CaseEvent):
     department: str
     missing_materials: list[str]
@@ -146,10 +234,12 @@ class DecisionOutcome(CaseEvent):
     applicant_id_number: str
 
 
+@event("gov.case.approved.v1", APPROVAL_TOPIC, "approval", "Approved")
 class CaseApproved(DecisionOutcome):
     pass
 
 
+@event("gov.case.denied.v1", APPROVAL_TOPIC, "approval", "Denied, with its legal basis")
 class CaseDenied(DecisionOutcome):
     legal_basis: str
 
@@ -159,6 +249,12 @@ class ClockStep(StrEnum):
     followup = "followup"  # the answer owed to a bad rating
 
 
+@event(
+    "gov.case.sla_warning.v1",
+    APPROVAL_TOPIC,
+    "approval",
+    "A share of the committed time limit has passed",
+)
 class CaseSlaWarning(CaseEvent):
     department: str
     deadline: date | None = Field(description="null while the deadline is past the calendar")
@@ -166,12 +262,24 @@ class CaseSlaWarning(CaseEvent):
     step: ClockStep = ClockStep.decision
 
 
+@event(
+    "gov.case.overdue.v1",
+    APPROVAL_TOPIC,
+    "approval",
+    "The committed time limit (or a follow-up's) has passed",
+)
 class CaseOverdue(CaseEvent):
     department: str
     deadline: date
     step: ClockStep = ClockStep.decision
 
 
+@event(
+    "gov.case.deadline_changed.v1",
+    APPROVAL_TOPIC,
+    "approval",
+    "The deadline moved (supplement ended, calendar extended)",
+)
 class CaseDeadlineChanged(CaseEvent):
     """The deadline moved: a supplement round ended (the paused days do not count), or the
     calendar now covers a deadline that was unknown."""
@@ -182,6 +290,12 @@ class CaseDeadlineChanged(CaseEvent):
     paused_working_days: int = 0
 
 
+@event(
+    "gov.case.deadline_unknown.v1",
+    APPROVAL_TOPIC,
+    "approval",
+    "Alarm: the deadline is past the calendar's covers_until",
+)
 class CaseDeadlineUnknown(CaseEvent):
     """Alarm: the deadline falls past the last date the catalog calendar covers. tongban does
     not guess; the case shows no deadline until the calendar is extended."""
@@ -192,6 +306,12 @@ class CaseDeadlineUnknown(CaseEvent):
     covers_until: date
 
 
+@event(
+    "gov.case.handover_refused.v1",
+    APPROVAL_TOPIC,
+    "approval",
+    "An entrusted handover failed verification",
+)
 class CaseHandoverRefused(CaseEvent):
     """Entrusted intake whose signed handover does not match what arrived: not accepted,
     flagged for operators."""
@@ -201,6 +321,12 @@ class CaseHandoverRefused(CaseEvent):
     reason: str
 
 
+@event(
+    "gov.case.followup_opened.v1",
+    APPROVAL_TOPIC,
+    "approval",
+    "A bad rating opened a follow-up for the department",
+)
 class CaseFollowupOpened(CaseEvent):
     """A dissatisfied rating opens a follow-up the department must answer in time."""
 
@@ -211,6 +337,12 @@ class CaseFollowupOpened(CaseEvent):
     opened_at: AwareDatetime
 
 
+@event(
+    "gov.case.followup_answered.v1",
+    APPROVAL_TOPIC,
+    "approval",
+    "The department answered the follow-up",
+)
 class CaseFollowupAnswered(CaseEvent):
     department: str
     answer: str
@@ -220,11 +352,18 @@ class CaseFollowupAnswered(CaseEvent):
 # -- case.delivery.v1 (delivery) ---------------------------------------------------------------
 
 
+@event(
+    "gov.case.result_issued.v1",
+    DELIVERY_TOPIC,
+    "delivery",
+    "The result (licence, e-licence or decision letter) is issued",
+)
 class CaseResultIssued(CaseEvent):
     result: ResultDocument
     issued_at: AwareDatetime
 
 
+@event("gov.case.delivered.v1", DELIVERY_TOPIC, "delivery", "The result reached the applicant")
 class CaseDelivered(CaseEvent):
     method: DeliveryMethod
     delivered_at: AwareDatetime
@@ -232,6 +371,7 @@ class CaseDelivered(CaseEvent):
     office_code: str | None = None
 
 
+@event("gov.case.closed.v1", DELIVERY_TOPIC, "delivery", "The case is closed")
 class CaseClosed(CaseEvent):
     outcome: str = Field(description="approved | denied")
     closed_at: AwareDatetime
@@ -245,6 +385,7 @@ class Rating(StrEnum):
     very_dissatisfied = "very_dissatisfied"
 
 
+@event("gov.case.rated.v1", DELIVERY_TOPIC, "delivery", "The applicant rated the service (好差评)")
 class CaseRated(CaseEvent):
     rating: Rating
     comment: str | None = None
@@ -254,7 +395,8 @@ class CaseRated(CaseEvent):
 # -- catalog.v1 (routing, compacted) -----------------------------------------------------------
 
 
-class CatalogPublished(Contract):
+@event("gov.catalog.published.v1", CATALOG_TOPIC, "routing", "A whole catalog version")
+class CatalogPublished(Event):
     version: int
     loaded_at: AwareDatetime
     catalog: dict[str, Any] = Field(description="the whole catalog, as in the catalog file")
@@ -291,179 +433,6 @@ class ReplayRecord(BaseModel):
     def dlq_place(self) -> tuple[str, int, int]:
         return (self.dlq_topic, self.dlq_partition, self.dlq_offset)
 
-
-@dataclass(frozen=True)
-class EventType:
-    type: str
-    topic: str
-    model: builtins.type[Contract]
-    producer: str
-    summary: str
-
-    @property
-    def handledby(self) -> bool:
-        """Its records carry `ce_handledby`, the department deciding the case: routing's
-        `gov.case.routed.v1` (the department topics are filtered by it) and everything
-        approval publishes about a case, which it does for that department."""
-        return self.type == "gov.case.routed.v1" or self.producer == "approval"
-
-
-EVENT_TYPES: dict[str, EventType] = {
-    e.type: e
-    for e in (
-        EventType(
-            "gov.case.notified.v1",
-            INTAKE_TOPIC,
-            CaseNotified,
-            "intake",
-            "One-time notification of missing materials at the counter",
-        ),
-        EventType(
-            "gov.case.submitted.v1",
-            INTAKE_TOPIC,
-            CaseSubmitted,
-            "intake",
-            "Materials complete; the case goes to routing",
-        ),
-        EventType(
-            "gov.case.supplemented.v1",
-            INTAKE_TOPIC,
-            CaseSupplemented,
-            "intake",
-            "Materials answering a supplement request",
-        ),
-        EventType(
-            "gov.case.withdrawn.v1",
-            INTAKE_TOPIC,
-            CaseWithdrawn,
-            "intake",
-            "The applicant withdrew the case",
-        ),
-        EventType(
-            "gov.case.routed.v1",
-            ROUTING_TOPIC,
-            CaseRouted,
-            "routing",
-            "Handling level and department decided",
-        ),
-        EventType(
-            "gov.case.route_failed.v1",
-            ROUTING_TOPIC,
-            CaseRouteFailed,
-            "routing",
-            "No route: the case waits in the triage queue",
-        ),
-        EventType(
-            "gov.case.decision.v1",
-            DECISIONS_TOPIC,
-            DecisionMade,
-            "department systems",
-            "A department's decision: accept, request_supplement, approve or deny",
-        ),
-        EventType(
-            "gov.case.accepted.v1",
-            APPROVAL_TOPIC,
-            CaseAccepted,
-            "approval",
-            "Formally accepted; the legal clock starts",
-        ),
-        EventType(
-            "gov.case.supplement_requested.v1",
-            APPROVAL_TOPIC,
-            CaseSupplementRequested,
-            "approval",
-            "Supplement requested; the clock pauses",
-        ),
-        EventType("gov.case.approved.v1", APPROVAL_TOPIC, CaseApproved, "approval", "Approved"),
-        EventType(
-            "gov.case.denied.v1",
-            APPROVAL_TOPIC,
-            CaseDenied,
-            "approval",
-            "Denied, with its legal basis",
-        ),
-        EventType(
-            "gov.case.sla_warning.v1",
-            APPROVAL_TOPIC,
-            CaseSlaWarning,
-            "approval",
-            "A share of the committed time limit has passed",
-        ),
-        EventType(
-            "gov.case.overdue.v1",
-            APPROVAL_TOPIC,
-            CaseOverdue,
-            "approval",
-            "The committed time limit (or a follow-up's) has passed",
-        ),
-        EventType(
-            "gov.case.deadline_changed.v1",
-            APPROVAL_TOPIC,
-            CaseDeadlineChanged,
-            "approval",
-            "The deadline moved (supplement ended, calendar extended)",
-        ),
-        EventType(
-            "gov.case.deadline_unknown.v1",
-            APPROVAL_TOPIC,
-            CaseDeadlineUnknown,
-            "approval",
-            "Alarm: the deadline is past the calendar's covers_until",
-        ),
-        EventType(
-            "gov.case.handover_refused.v1",
-            APPROVAL_TOPIC,
-            CaseHandoverRefused,
-            "approval",
-            "An entrusted handover failed verification",
-        ),
-        EventType(
-            "gov.case.followup_opened.v1",
-            APPROVAL_TOPIC,
-            CaseFollowupOpened,
-            "approval",
-            "A bad rating opened a follow-up for the department",
-        ),
-        EventType(
-            "gov.case.followup_answered.v1",
-            APPROVAL_TOPIC,
-            CaseFollowupAnswered,
-            "approval",
-            "The department answered the follow-up",
-        ),
-        EventType(
-            "gov.case.result_issued.v1",
-            DELIVERY_TOPIC,
-            CaseResultIssued,
-            "delivery",
-            "The result (licence, e-licence or decision letter) is issued",
-        ),
-        EventType(
-            "gov.case.delivered.v1",
-            DELIVERY_TOPIC,
-            CaseDelivered,
-            "delivery",
-            "The result reached the applicant",
-        ),
-        EventType(
-            "gov.case.closed.v1", DELIVERY_TOPIC, CaseClosed, "delivery", "The case is closed"
-        ),
-        EventType(
-            "gov.case.rated.v1",
-            DELIVERY_TOPIC,
-            CaseRated,
-            "delivery",
-            "The applicant rated the service (好差评)",
-        ),
-        EventType(
-            "gov.catalog.published.v1",
-            CATALOG_TOPIC,
-            CatalogPublished,
-            "routing",
-            "A whole catalog version",
-        ),
-    )
-}
 
 CASE_TOPICS = (INTAKE_TOPIC, ROUTING_TOPIC, DECISIONS_TOPIC, APPROVAL_TOPIC, DELIVERY_TOPIC)
 

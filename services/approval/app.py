@@ -42,7 +42,6 @@ from services.approval.clock import local_date
 from services.approval.sla import ClockScheduler
 from services.common.auth import Principal, Role, in_scope, require, require_scope
 from services.common.catalog_follower import CatalogFollower
-from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
 from services.common.handover import HandoverTrust, load_trust, verify_handover
@@ -152,22 +151,22 @@ async def _on_decision(session: Any, envelope: Envelope, payload: DecisionMade) 
 # own consumer's retries while the routing consumer goes on and takes the case.
 runtime.consume(
     ROUTING_TOPIC,
-    subscriptions={"gov.case.routed.v1": Subscription(_on_routed, CaseRouted)},
+    subscriptions={CaseRouted: _on_routed},
 )
 runtime.consume(
     DECISIONS_TOPIC,
-    subscriptions={"gov.case.decision.v1": Subscription(_on_decision, DecisionMade)},
+    subscriptions={DecisionMade: _on_decision},
 )
 runtime.consume(
     INTAKE_TOPIC,
     subscriptions={
-        "gov.case.withdrawn.v1": Subscription(handlers.case_withdrawn, CaseWithdrawn),
-        "gov.case.supplemented.v1": Subscription(_on_supplemented, CaseSupplemented),
+        CaseWithdrawn: handlers.case_withdrawn,
+        CaseSupplemented: _on_supplemented,
     },
 )
 runtime.consume(
     DELIVERY_TOPIC,
-    subscriptions={"gov.case.rated.v1": Subscription(_on_rated, CaseRated)},
+    subscriptions={CaseRated: _on_rated},
 )
 runtime.on_startup(_load_trust)
 runtime.on_startup(calendars.start)

@@ -164,10 +164,9 @@ async def _emit(
     outcome: Outcome,
     traceparent: str | None,
 ) -> None:
-    for event_type, payload in outcome.events:
+    for payload in outcome.events:
         await runtime.emit(
             session,
-            event_type,
             payload,
             handledby=outcome.state.department,
             traceparent=traceparent,
@@ -510,7 +509,6 @@ async def case_rated(
     )
     await runtime.emit(
         session,
-        "gov.case.followup_opened.v1",
         CaseFollowupOpened(
             case_id=case.case_id,
             department=case.department,
@@ -573,7 +571,7 @@ async def answer_followup(
     answered = CaseFollowupAnswered(
         case_id=case_id, department=department, answer=answer, answered_at=now
     )
-    await runtime.emit(session, "gov.case.followup_answered.v1", answered, handledby=department)
+    await runtime.emit(session, answered, handledby=department)
     return answered
 
 

@@ -123,10 +123,10 @@ class Decision:
 
 @dataclass(frozen=True)
 class Outcome:
-    """The new state and the events (type, payload) to emit in the same transaction."""
+    """The new state and the events to emit in the same transaction."""
 
     state: CaseState
-    events: tuple[tuple[str, CaseEvent], ...] = ()
+    events: tuple[CaseEvent, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ def take(
             office_code=route.entrusted_receiver or routed.application.office_code,
             reason=handover_problem,
         )
-        return Outcome(state, (("gov.case.handover_refused.v1", refused),))
+        return Outcome(state, (refused,))
     accepted = CaseAccepted(
         case_id=state.case_id,
         department=state.department,
@@ -211,23 +211,20 @@ def take(
         deadline=state.deadline,
         time_limit_days=limit,
     )
-    events: list[tuple[str, CaseEvent]] = [("gov.case.accepted.v1", accepted)]
+    events: list[CaseEvent] = [accepted]
     if state.instant:
         state = replace(
             state, status=CaseStatus.approved, decision=DecisionKind.approve, decided_at=now
         )
-        events.append(("gov.case.approved.v1", _approved(state)))
+        events.append(_approved(state))
     elif state.deadline is None and calendar is not None:
         events.append(
-            (
-                "gov.case.deadline_unknown.v1",
-                CaseDeadlineUnknown(
-                    case_id=state.case_id,
-                    department=state.department,
-                    accepted_on=local_date(accepted_at),
-                    time_limit_days=limit,
-                    covers_until=calendar.covers_until,
-                ),
+            CaseDeadlineUnknown(
+                case_id=state.case_id,
+                department=state.department,
+                accepted_on=local_date(accepted_at),
+                time_limit_days=limit,
+                covers_until=calendar.covers_until,
             )
         )
     return Outcome(state, tuple(events))
@@ -244,7 +241,7 @@ def deadline_now_known(case: CaseState, calendar: WorkCalendar) -> Outcome | Non
     changed = CaseDeadlineChanged(
         case_id=case.case_id, department=case.department, deadline=new, reason="calendar_extended"
     )
-    return Outcome(state, (("gov.case.deadline_changed.v1", changed),))
+    return Outcome(state, (changed,))
 
 
 # -- decisions ---------------------------------------------------------------------------------
@@ -311,7 +308,7 @@ def decide(
             missing_materials=list(missing),
             reason=reason,
         )
-        return Outcome(state, (("gov.case.supplement_requested.v1", requested),))
+        return Outcome(state, (requested,))
     if decision.kind is DecisionKind.deny:
         legal_basis = _clean(decision.legal_basis)
         if legal_basis is None:
@@ -330,7 +327,7 @@ def decide(
             legal_basis=legal_basis,
             decided_at=now,
         )
-        return Outcome(state, (("gov.case.denied.v1", _denied(state)),))
+        return Outcome(state, (_denied(state),))
     assert decision.kind is DecisionKind.approve
     state = replace(
         case,
@@ -340,7 +337,7 @@ def decide(
         legal_basis=_clean(decision.legal_basis),
         decided_at=now,
     )
-    return Outcome(state, (("gov.case.approved.v1", _approved(state)),))
+    return Outcome(state, (_approved(state),))
 
 
 def _why_not(case: CaseState, kind: DecisionKind) -> str:
@@ -383,7 +380,7 @@ def supplemented(
         reason="supplemented",
         paused_working_days=clock.paused_working_days(calendar, intervals) if calendar else 0,
     )
-    return Outcome(state, (("gov.case.deadline_changed.v1", changed),))
+    return Outcome(state, (changed,))
 
 
 def withdrawn(case: CaseState, *, at: datetime) -> Outcome | None:

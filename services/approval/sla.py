@@ -99,12 +99,12 @@ async def fire_due(
     ).all()
     for row in due:
         try:
-            event_type, payload = _clock_event(row)
+            payload = _clock_event(row)
         except ValueError as exc:
             # A row no event can be made of must not block every timer behind it.
             log.error("unusable clock timer skipped", case_id=row.case_id, error=repr(exc))
             continue
-        await runtime.emit(session, event_type, payload, handledby=row.department)
+        await runtime.emit(session, payload, handledby=row.department)
     if due:
         await session.execute(
             update(timers)
@@ -125,13 +125,13 @@ async def fire_due(
     return len(due)
 
 
-def _clock_event(row: Any) -> tuple[str, CaseOverdue | CaseSlaWarning]:
+def _clock_event(row: Any) -> CaseOverdue | CaseSlaWarning:
     step = ClockStep(row.step)
     if row.point >= 1:
-        return "gov.case.overdue.v1", CaseOverdue(
+        return CaseOverdue(
             case_id=row.case_id, department=row.department, deadline=row.deadline, step=step
         )
-    return "gov.case.sla_warning.v1", CaseSlaWarning(
+    return CaseSlaWarning(
         case_id=row.case_id,
         department=row.department,
         deadline=row.deadline,

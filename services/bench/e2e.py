@@ -29,7 +29,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from contracts.events import DELIVERY_TOPIC, ROUTING_TOPIC
+from contracts.events import DELIVERY_TOPIC, ROUTING_TOPIC, CaseClosed, CaseRouted, CaseRouteFailed
 from services.bench.procs import (
     ProcessSampler,
     add_stack,
@@ -45,9 +45,7 @@ from services.common.auth import AuthSettings, Role, mint_token
 from services.common.kafka import client_options
 from services.common.settings import CommonSettings
 
-ROUTED = "gov.case.routed.v1"
-ROUTE_FAILED = "gov.case.route_failed.v1"
-CLOSED = "gov.case.closed.v1"
+ROUTED, ROUTE_FAILED, CLOSED = CaseRouted.TYPE, CaseRouteFailed.TYPE, CaseClosed.TYPE
 CONNECTIONS_PER_CLIENT = 16  # of the bench's client fleet
 
 

@@ -21,8 +21,8 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.common import Code, Contract
-from contracts.events import EVENT_TYPES, CatalogPublished
+from contracts.common import Code
+from contracts.events import EVENT_TYPES, CatalogPublished, Event
 from services.common import audit, migrations
 from services.common.auth import (
     AuthSettings,
@@ -33,7 +33,7 @@ from services.common.auth import (
     require,
 )
 from services.common.catalog_follower import CatalogFollower
-from services.common.consumer import BatchHandlerFn, ConsumerRunner, Subscription
+from services.common.consumer import BatchHandlerFn, ConsumerRunner, HandlerFn, Subscription
 from services.common.db import inbox_key, make_engine, make_sessionmaker, runtime_metadata
 from services.common.dlq import DeadLetterWriter, LetterShape
 from services.common.envelope import Envelope
@@ -117,24 +117,27 @@ class ServiceRuntime:
     def consume(
         self,
         *topics: str,
-        subscriptions: Mapping[str, Subscription],
+        subscriptions: Mapping[type[Event], HandlerFn],
         name: str | None = None,
         ignored_types: Iterable[str] | None = None,
         batch_handler: BatchHandlerFn | None = None,
     ) -> ConsumerRunner:
-        """A consumer group of this service; types on the topics it does not handle are
-        ignored (they are contract types, just not this consumer's business)."""
+        """A consumer group of this service, applying each event class with its handler;
+        types on the topics it does not handle are ignored (they are contract types, just not
+        this consumer's business)."""
+        stray = [model.__name__ for model in subscriptions if model.TOPIC not in topics]
+        if stray:
+            raise ValueError(f"{', '.join(stray)} not on {', '.join(topics)}")
+        by_type = {model.TYPE: Subscription(fn, model) for model, fn in subscriptions.items()}
         known = {t for t, e in EVENT_TYPES.items() if e.topic in topics}
         runner = ConsumerRunner(
             self.settings,
             name=name or f"{self.settings.service}-{'-'.join(t.split('.')[1] for t in topics)}",
             topics=topics,
-            subscriptions=subscriptions,
+            subscriptions=by_type,
             sessions=self.sessions,
             schema=self.schema,
-            ignored_types=ignored_types
-            if ignored_types is not None
-            else known - set(subscriptions),
+            ignored_types=ignored_types if ignored_types is not None else known - set(by_type),
             batch_handler=batch_handler,
         )
         self.consumers.append(runner)
@@ -196,16 +199,17 @@ class ServiceRuntime:
 
     def envelope(
         self,
-        event_type: str,
-        payload: Contract,
+        payload: Event,
         *,
         subject: str | None = None,
         handledby: str | None = None,
         traceparent: str | None = None,
     ) -> tuple[str, Envelope]:
-        spec = EVENT_TYPES[event_type]
-        if not isinstance(payload, spec.model):
-            raise TypeError(f"{event_type} carries {spec.model.__name__}, not {type(payload)}")
+        spec = EVENT_TYPES.get(getattr(payload, "TYPE", ""))
+        if spec is None or type(payload) is not spec.model:
+            # e.g. DecisionOutcome, the base of two events, or a subclass of an event
+            raise TypeError(f"{type(payload).__name__} is not an event of contracts.events")
+        event_type = spec.type
         if bool(handledby) != spec.handledby:
             # contracts/asyncapi.yaml tells consumers which types carry it: keep that true.
             raise TypeError(
@@ -224,11 +228,10 @@ class ServiceRuntime:
             traceparent=traceparent,
         )
 
-    async def emit(
-        self, session: AsyncSession, event_type: str, payload: Contract, **kwargs: Any
-    ) -> Envelope:
-        """Write the event into the outbox in the caller's transaction."""
-        topic, envelope = self.envelope(event_type, payload, **kwargs)
+    async def emit(self, session: AsyncSession, payload: Event, **kwargs: Any) -> Envelope:
+        """Write the event into the outbox in the caller's transaction: its type and topic
+        are those of the payload's class."""
+        topic, envelope = self.envelope(payload, **kwargs)
         await self.outbox.add(session, topic, envelope)
         return envelope
 

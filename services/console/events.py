@@ -23,6 +23,13 @@ from contracts.events import (
     DLQ_TOPIC,
     INTAKE_TOPIC,
     ROUTING_TOPIC,
+    CaseDeadlineUnknown,
+    CaseDenied,
+    CaseFollowupOpened,
+    CaseHandoverRefused,
+    CaseOverdue,
+    CaseRouteFailed,
+    CaseSlaWarning,
 )
 from services.common.event_facts import Facts, short_type
 from services.policy.catalog_index import CatalogIndex
@@ -38,14 +45,14 @@ FAMILY_OF_TOPIC = {
 # Events an operator must not miss: coloured as alerts whatever topic they come from.
 ALERT_TYPES = frozenset(
     {
-        "gov.case.route_failed.v1",
-        "gov.case.denied.v1",
-        "gov.case.overdue.v1",
-        "gov.case.deadline_unknown.v1",
-        "gov.case.handover_refused.v1",
+        CaseRouteFailed.TYPE,
+        CaseDenied.TYPE,
+        CaseOverdue.TYPE,
+        CaseDeadlineUnknown.TYPE,
+        CaseHandoverRefused.TYPE,
     }
 )
-WARNING_TYPES = frozenset({"gov.case.sla_warning.v1", "gov.case.followup_opened.v1"})
+WARNING_TYPES = frozenset({CaseSlaWarning.TYPE, CaseFollowupOpened.TYPE})
 
 
 def family(topic: str, event_type: str | None) -> str:

@@ -22,7 +22,6 @@ from contracts.rest import (
     ResultView,
 )
 from services.common.auth import Principal, Role, in_scope, require
-from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
 from services.common.service import ServiceRuntime, ServiceSettings
@@ -48,8 +47,8 @@ async def _on_decision(session: Any, envelope: Envelope, payload: Any) -> None:
 runtime.consume(
     APPROVAL_TOPIC,
     subscriptions={
-        "gov.case.approved.v1": Subscription(_on_decision, CaseApproved),
-        "gov.case.denied.v1": Subscription(_on_decision, CaseDenied),
+        CaseApproved: _on_decision,
+        CaseDenied: _on_decision,
     },
 )
 

@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.common import CaseStatus, DeliveryMethod, ResultDocument
-from contracts.events import CaseApproved, CaseDenied, CaseRated, Rating
+from contracts.events import CaseApproved, CaseDelivered, CaseDenied, CaseRated, Rating
 from contracts.rest import (
     LicenseStatus,
     LicenseVerification,
@@ -30,8 +30,8 @@ from services.common.service import ServiceRuntime
 from services.common.web import Problem
 from services.delivery import models
 from services.delivery.results import (
-    DELIVERED,
     DeliveryFacts,
+    Step,
     UndeliverableError,
     delivery_events,
     issue_result,
@@ -53,14 +53,14 @@ def _now() -> datetime:
 async def _emit_all(
     session: AsyncSession,
     runtime: ServiceRuntime,
-    steps: tuple[str, ...],
+    steps: tuple[Step, ...],
     facts: DeliveryFacts,
     *,
     at: datetime,
     traceparent: str | None,
 ) -> None:
-    for event_type, event in delivery_events(steps, facts, at=at):
-        await runtime.emit(session, event_type, event, traceparent=traceparent)
+    for event in delivery_events(steps, facts, at=at):
+        await runtime.emit(session, event, traceparent=traceparent)
 
 
 # -- consumer: case.approval.v1 ---------------------------------------------------------------
@@ -87,7 +87,7 @@ async def issue_and_deliver(
     if plan.needs_tracking_number:
         serial = (await session.execute(select(models.tracking_serial.next_value()))).scalar_one()
         tracking = tracking_number(int(serial))
-    delivered = DELIVERED in plan.on_issue
+    delivered = CaseDelivered in plan.on_issue
     status = plan.status_after_issue
     pickup_office = decision.intake_office if plan.method is DeliveryMethod.counter_pickup else None
     inserted = await session.execute(
@@ -294,7 +294,7 @@ async def rate(
             f"Case {case_id} was rated before; each case takes one rating (一事一评).",
         )
     event = CaseRated(case_id=case_id, rating=rating, comment=comment, rated_at=now)
-    await runtime.emit(session, "gov.case.rated.v1", event, traceparent=traceparent)
+    await runtime.emit(session, event, traceparent=traceparent)
     return event.model_copy(update={"rated_at": now.astimezone(CITY_TZ)})
 
 

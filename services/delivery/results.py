@@ -28,9 +28,8 @@ from contracts.events import (
 )
 from services.common.city import CITY_TZ
 
-RESULT_ISSUED = "gov.case.result_issued.v1"
-DELIVERED = "gov.case.delivered.v1"
-CLOSED = "gov.case.closed.v1"
+# A delivery step is the event class it emits.
+Step = type[CaseEvent]
 
 APPROVED = "approved"
 DENIED = "denied"
@@ -219,8 +218,8 @@ class DeliveryPlan:
     """
 
     method: DeliveryMethod
-    on_issue: tuple[str, ...]
-    on_pickup: tuple[str, ...]
+    on_issue: tuple[Step, ...]
+    on_pickup: tuple[Step, ...]
     needs_tracking_number: bool
 
     @property
@@ -232,14 +231,14 @@ class DeliveryPlan:
         return _status_after(self.on_issue + self.on_pickup)
 
 
-_STATUS_OF = {
-    RESULT_ISSUED: CaseStatus.result_issued,
-    DELIVERED: CaseStatus.delivered,
-    CLOSED: CaseStatus.closed,
+_STATUS_OF: dict[Step, CaseStatus] = {
+    CaseResultIssued: CaseStatus.result_issued,
+    CaseDelivered: CaseStatus.delivered,
+    CaseClosed: CaseStatus.closed,
 }
 
 
-def _status_after(events: tuple[str, ...]) -> CaseStatus:
+def _status_after(events: tuple[Step, ...]) -> CaseStatus:
     return _STATUS_OF[events[-1]]
 
 
@@ -248,12 +247,12 @@ def plan_delivery(method: DeliveryMethod, *, address: str | None = None) -> Deli
     number (handed to the post); counter_pickup: issued, then delivered and closed when the
     applicant collects it at the intake office."""
     if method is DeliveryMethod.electronic:
-        return DeliveryPlan(method, (RESULT_ISSUED, DELIVERED, CLOSED), (), False)
+        return DeliveryPlan(method, (CaseResultIssued, CaseDelivered, CaseClosed), (), False)
     if method is DeliveryMethod.postal:
         if not (address and address.strip()):
             raise UndeliverableError("postal delivery needs an address; the case has none")
-        return DeliveryPlan(method, (RESULT_ISSUED, DELIVERED, CLOSED), (), True)
-    return DeliveryPlan(method, (RESULT_ISSUED,), (DELIVERED, CLOSED), False)
+        return DeliveryPlan(method, (CaseResultIssued, CaseDelivered, CaseClosed), (), True)
+    return DeliveryPlan(method, (CaseResultIssued,), (CaseDelivered, CaseClosed), False)
 
 
 @dataclass(frozen=True)
@@ -270,17 +269,17 @@ class DeliveryFacts:
 
 
 def delivery_events(
-    steps: tuple[str, ...], facts: DeliveryFacts, *, at: datetime
-) -> list[tuple[str, CaseEvent]]:
+    steps: tuple[Step, ...], facts: DeliveryFacts, *, at: datetime
+) -> list[CaseEvent]:
     """The events of `steps` (a plan's `on_issue` or `on_pickup`), in order, all at `at`."""
-    events: list[tuple[str, CaseEvent]] = []
+    events: list[CaseEvent] = []
     for step in steps:
         event: CaseEvent
-        if step == RESULT_ISSUED:
+        if step is CaseResultIssued:
             event = CaseResultIssued(
                 case_id=facts.case_id, result=facts.document, issued_at=facts.issued_at
             )
-        elif step == DELIVERED:
+        elif step is CaseDelivered:
             event = CaseDelivered(
                 case_id=facts.case_id,
                 method=facts.method,
@@ -288,9 +287,9 @@ def delivery_events(
                 tracking_number=facts.tracking_number,
                 office_code=facts.office_code,
             )
-        elif step == CLOSED:
+        elif step is CaseClosed:
             event = CaseClosed(case_id=facts.case_id, outcome=facts.outcome, closed_at=at)
         else:
-            raise ValueError(f"no delivery step {step!r}")
-        events.append((step, event))
+            raise ValueError(f"no delivery step {step.__name__}")
+        events.append(event)
     return events

@@ -26,7 +26,6 @@ from contracts.rest import (
 from services.common.auth import Principal
 from services.common.catalog_follower import CatalogFollower
 from services.common.city import CITY_TZ
-from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.handover import load_keys
 from services.common.limits import RateLimiter, rate_limited
@@ -68,8 +67,8 @@ runtime.consume(
     name="intake-timeline",
     batch_handler=handlers.follow_case_events,
     subscriptions={
-        t: Subscription(handlers.follow_case_event, spec.model)
-        for t, spec in EVENT_TYPES.items()
+        spec.model: handlers.follow_case_event
+        for spec in EVENT_TYPES.values()
         if spec.topic in CASE_TOPICS
     },
 )

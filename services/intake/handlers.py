@@ -16,9 +16,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.common import Application, CaseStatus, Channel, Handover, Material
 from contracts.events import (
+    CaseAccepted,
+    CaseDeadlineChanged,
+    CaseHandoverRefused,
     CaseNotified,
+    CaseRouted,
+    CaseRouteFailed,
     CaseSubmitted,
     CaseSupplemented,
+    CaseSupplementRequested,
     CaseWithdrawn,
 )
 from contracts.rest import SubmissionResponse
@@ -143,7 +149,6 @@ async def create_case(
     if missing:
         await runtime.emit(
             session,
-            "gov.case.notified.v1",
             CaseNotified(
                 case_id=case_id,
                 application=application,
@@ -155,7 +160,6 @@ async def create_case(
     else:
         await runtime.emit(
             session,
-            "gov.case.submitted.v1",
             CaseSubmitted(
                 case_id=case_id,
                 application=application,
@@ -229,7 +233,6 @@ async def add_materials(
         missing = [code for code in needed if code not in merged]
         await runtime.emit(
             session,
-            "gov.case.supplemented.v1",
             CaseSupplemented(case_id=case_id, materials=materials, supplemented_at=now),
         )
         new_status: CaseStatus = status
@@ -240,7 +243,6 @@ async def add_materials(
             )
             await runtime.emit(
                 session,
-                "gov.case.submitted.v1",
                 CaseSubmitted(
                     case_id=case_id,
                     application=application,
@@ -262,7 +264,6 @@ async def add_materials(
         new_status = CaseStatus.accepted
         await runtime.emit(
             session,
-            "gov.case.supplemented.v1",
             CaseSupplemented(case_id=case_id, materials=materials, supplemented_at=now),
         )
     else:
@@ -304,7 +305,6 @@ async def withdraw(
     now = datetime.now(UTC)
     await runtime.emit(
         session,
-        "gov.case.withdrawn.v1",
         CaseWithdrawn(case_id=case_id, reason=reason, withdrawn_at=now),
     )
     await session.execute(
@@ -324,7 +324,7 @@ async def follow_case_event(session: AsyncSession, envelope: Envelope, payload: 
     await follow_case_events(session, [(envelope, payload)])
 
 
-ADOPTABLE = ("gov.case.submitted.v1", "gov.case.notified.v1")
+ADOPTABLE = (CaseSubmitted.TYPE, CaseNotified.TYPE)
 HANDOVER_REFUSED = "handover_refused"  # the failure code of a refused entrusted handover
 
 
@@ -391,22 +391,22 @@ def case_changes(
     new_status = next_status(status, event_type)
     if new_status is not None:
         changes |= {"status": new_status.value, "status_rank": RANK[new_status]}
-    if event_type == "gov.case.routed.v1":
+    if event_type == CaseRouted.TYPE:
         changes["route"] = data["route"]
         # A route clears a routing failure (a case retried out of triage), not a refused
         # handover: approval's refusal of the routed case may be applied here before the
         # routed event itself, since topics are not ordered among themselves.
         if (failure or {}).get("code") != HANDOVER_REFUSED:
             changes["failure"] = None
-    elif event_type == "gov.case.route_failed.v1":
+    elif event_type == CaseRouteFailed.TYPE:
         changes["failure"] = data["failure"]
-    elif event_type in ("gov.case.accepted.v1", "gov.case.deadline_changed.v1"):
+    elif event_type in (CaseAccepted.TYPE, CaseDeadlineChanged.TYPE):
         # The deadline as it stands: set at acceptance, moved by supplements and calendar
         # extensions; None while unknown (past the calendar).
         changes["deadline"] = date.fromisoformat(data["deadline"]) if data.get("deadline") else None
-    elif event_type == "gov.case.handover_refused.v1":
+    elif event_type == CaseHandoverRefused.TYPE:
         changes["failure"] = {"code": HANDOVER_REFUSED, "explanation": data["reason"]}
-    elif event_type == "gov.case.supplement_requested.v1" and new_status is not None:
+    elif event_type == CaseSupplementRequested.TYPE and new_status is not None:
         changes["missing_materials"] = data["missing_materials"]
     return changes
 

@@ -8,6 +8,21 @@ between `accepted` and `supplement_requested`, which share a rank.
 from __future__ import annotations
 
 from contracts.common import CaseStatus
+from contracts.events import (
+    CaseAccepted,
+    CaseApproved,
+    CaseClosed,
+    CaseDelivered,
+    CaseDenied,
+    CaseNotified,
+    CaseResultIssued,
+    CaseRouted,
+    CaseRouteFailed,
+    CaseSubmitted,
+    CaseSupplemented,
+    CaseSupplementRequested,
+    CaseWithdrawn,
+)
 
 RANK: dict[CaseStatus, int] = {
     CaseStatus.awaiting_supplement: 0,
@@ -25,18 +40,18 @@ RANK: dict[CaseStatus, int] = {
 }
 
 STATUS_OF_EVENT: dict[str, CaseStatus] = {
-    "gov.case.notified.v1": CaseStatus.awaiting_supplement,
-    "gov.case.submitted.v1": CaseStatus.submitted,
-    "gov.case.withdrawn.v1": CaseStatus.withdrawn,
-    "gov.case.routed.v1": CaseStatus.routed,
-    "gov.case.route_failed.v1": CaseStatus.route_failed,
-    "gov.case.accepted.v1": CaseStatus.accepted,
-    "gov.case.supplement_requested.v1": CaseStatus.supplement_requested,
-    "gov.case.approved.v1": CaseStatus.approved,
-    "gov.case.denied.v1": CaseStatus.denied,
-    "gov.case.result_issued.v1": CaseStatus.result_issued,
-    "gov.case.delivered.v1": CaseStatus.delivered,
-    "gov.case.closed.v1": CaseStatus.closed,
+    CaseNotified.TYPE: CaseStatus.awaiting_supplement,
+    CaseSubmitted.TYPE: CaseStatus.submitted,
+    CaseWithdrawn.TYPE: CaseStatus.withdrawn,
+    CaseRouted.TYPE: CaseStatus.routed,
+    CaseRouteFailed.TYPE: CaseStatus.route_failed,
+    CaseAccepted.TYPE: CaseStatus.accepted,
+    CaseSupplementRequested.TYPE: CaseStatus.supplement_requested,
+    CaseApproved.TYPE: CaseStatus.approved,
+    CaseDenied.TYPE: CaseStatus.denied,
+    CaseResultIssued.TYPE: CaseStatus.result_issued,
+    CaseDelivered.TYPE: CaseStatus.delivered,
+    CaseClosed.TYPE: CaseStatus.closed,
 }
 
 # Before a decision the applicant may still withdraw (DESIGN.md §1).
@@ -56,7 +71,7 @@ def next_status(current: CaseStatus, event_type: str) -> CaseStatus | None:
     """The status after `event_type`, or None when the event leaves the status as it is."""
     if current is CaseStatus.withdrawn:
         return None
-    if event_type == "gov.case.supplemented.v1":
+    if event_type == CaseSupplemented.TYPE:
         # Materials answering a review's request: the review resumes.
         return CaseStatus.accepted if current is CaseStatus.supplement_requested else None
     target = STATUS_OF_EVENT.get(event_type)

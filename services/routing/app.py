@@ -21,7 +21,6 @@ from contracts.rest import (
 )
 from services.common.auth import Principal, Role, require
 from services.common.catalog_follower import CatalogFollower
-from services.common.consumer import Subscription
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
 from services.common.service import ServiceRuntime, ServiceSettings
@@ -63,7 +62,7 @@ async def _ensure_department_topics() -> None:
 
 runtime.consume(
     INTAKE_TOPIC,
-    subscriptions={"gov.case.submitted.v1": Subscription(_on_submitted, CaseSubmitted)},
+    subscriptions={CaseSubmitted: _on_submitted},
 )
 runtime.on_startup(catalogs.start)
 runtime.on_startup(_ensure_department_topics)

@@ -77,7 +77,6 @@ class Effect:
     """What one routing decision changes: the routes row's decision columns and the event."""
 
     values: dict[str, Any]
-    event_type: str
     event: CaseRouted | CaseRouteFailed
     handled_by: str | None
 
@@ -94,7 +93,6 @@ def effect_of(submitted: CaseSubmitted, outcome: RouteOutcome | None) -> Effect:
                 "failure": null(),
                 "inputs": dict(outcome.inputs),
             },
-            event_type="gov.case.routed.v1",
             event=CaseRouted(
                 case_id=submitted.case_id,
                 route=route,
@@ -120,7 +118,6 @@ def effect_of(submitted: CaseSubmitted, outcome: RouteOutcome | None) -> Effect:
             "failure": failure.model_dump(mode="json"),
             "inputs": inputs if inputs is not None else null(),
         },
-        event_type="gov.case.route_failed.v1",
         event=CaseRouteFailed(
             case_id=submitted.case_id,
             failure=failure,
@@ -145,9 +142,9 @@ async def emit_effect(
     (same ce_id and headers, key = case id), to its department's topic, in one INSERT of the
     caller's transaction (services.routing.topics)."""
     topic, envelope = runtime.envelope(
-        effect.event_type, effect.event, handledby=effect.handled_by, traceparent=traceparent
+        effect.event, handledby=effect.handled_by, traceparent=traceparent
     )
-    department = effect.handled_by if effect.event_type == "gov.case.routed.v1" else None
+    department = effect.handled_by if isinstance(effect.event, CaseRouted) else None
     if department is not None:
         topics.want(department)  # no I/O: queues the topic's creation if not seen yet
     await session.execute(
@@ -278,12 +275,7 @@ async def load_catalog(
         )
     )
     published = CatalogPublished(version=version, loaded_at=now, catalog=body)
-    await runtime.emit(
-        session,
-        "gov.catalog.published.v1",
-        published,
-        subject=f"{catalog.city.code}/catalog/{version}",
-    )
+    await runtime.emit(session, published, subject=f"{catalog.city.code}/catalog/{version}")
     return published
 
 

@@ -105,8 +105,8 @@ def test_supplement_rounds_move_the_deadline_by_the_paused_working_days() -> Non
     assert isinstance(asked, review.Outcome)
     resumed = review.supplemented(asked.state, now=at(date(2026, 12, 3)), calendar=CALENDAR)
     assert resumed is not None
-    ((event_type, changed),) = resumed.events
-    assert event_type == "gov.case.deadline_changed.v1"
+    (changed,) = resumed.events
+    assert changed.TYPE == "gov.case.deadline_changed.v1"
     # Tue 1, Wed 2, Thu 3 December did not count: three working days later.
     assert changed.deadline == resumed.state.deadline == date(2026, 12, 16)  # type: ignore[attr-defined]
     assert changed.paused_working_days == 3  # type: ignore[attr-defined]
@@ -130,13 +130,13 @@ def test_a_deadline_past_the_calendar_raises_an_alarm_and_a_new_calendar_sets_it
         make_routed(time_limit_days=10), now=datetime(2026, 11, 27, 2, tzinfo=UTC), calendar=short
     )
     assert outcome.state.deadline is None
-    types = [t for t, _ in outcome.events]
+    types = [e.TYPE for e in outcome.events]
     assert types == ["gov.case.accepted.v1", "gov.case.deadline_unknown.v1"]
-    alarm = outcome.events[1][1]
+    alarm = outcome.events[1]
     assert alarm.covers_until == date(2026, 12, 5)  # type: ignore[attr-defined]
     known = review.deadline_now_known(outcome.state, CALENDAR)
     assert known is not None and known.state.deadline == date(2026, 12, 11)
-    assert known.events[0][0] == "gov.case.deadline_changed.v1"
+    assert known.events[0].TYPE == "gov.case.deadline_changed.v1"
     assert review.deadline_now_known(known.state, CALENDAR) is None  # set once
 
 
@@ -166,5 +166,5 @@ def test_an_entrusted_case_is_accepted_as_of_its_signed_handover() -> None:
         handover_problem="digest does not match",
     )
     assert refused.state.status is CaseStatus.routed and refused.state.accepted_at is None
-    assert [t for t, _ in refused.events] == ["gov.case.handover_refused.v1"]
+    assert [e.TYPE for e in refused.events] == ["gov.case.handover_refused.v1"]
     assert refused.state not in () and refused.state.handover_problem == "digest does not match"

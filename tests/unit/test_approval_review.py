@@ -134,8 +134,8 @@ def test_a_routed_case_is_accepted_at_once_with_its_deadline() -> None:
     assert state.accepted_at == NOW
     # Accepted Wed 30 Sep (local); 1-2 Oct holidays, weekend; 5th working day is Fri 9 Oct.
     assert state.deadline == date(2026, 10, 9)
-    [(event_type, event)] = outcome.events
-    assert event_type == "gov.case.accepted.v1"
+    [event] = outcome.events
+    assert event.TYPE == "gov.case.accepted.v1"
     assert event == CaseAccepted(
         case_id=state.case_id,
         department=DEPT,
@@ -160,11 +160,11 @@ def test_an_instant_item_is_approved_as_soon_as_it_is_accepted() -> None:
     outcome = review.take(make_routed(instant=True, time_limit_days=0), now=NOW, calendar=CALENDAR)
     assert outcome.state.status is CaseStatus.approved
     assert outcome.state.decided_at == NOW
-    assert [t for t, _ in outcome.events] == ["gov.case.accepted.v1", "gov.case.approved.v1"]
-    approved = outcome.events[1][1]
+    assert [e.TYPE for e in outcome.events] == ["gov.case.accepted.v1", "gov.case.approved.v1"]
+    approved = outcome.events[1]
     assert isinstance(approved, CaseApproved)
     assert approved.department == DEPT
-    assert outcome.events[0][1].model_dump()["deadline"] == date(2026, 9, 30)
+    assert outcome.events[0].model_dump()["deadline"] == date(2026, 9, 30)
 
 
 def test_an_instant_route_is_enough_even_if_the_snapshot_says_otherwise() -> None:
@@ -181,8 +181,8 @@ def test_approve_carries_what_delivery_needs() -> None:
     assert outcome.state.status is CaseStatus.approved
     assert outcome.state.decision is DecisionKind.approve
     assert outcome.state.decided_at == LATER
-    [(event_type, event)] = outcome.events
-    assert event_type == "gov.case.approved.v1"
+    [event] = outcome.events
+    assert event.TYPE == "gov.case.approved.v1"
     assert isinstance(event, CaseApproved)
     assert event.model_dump(mode="json") == {
         "case_id": "HC-20260930-ABC",
@@ -208,7 +208,7 @@ def test_approve_carries_what_delivery_needs() -> None:
 
 def test_the_intake_office_falls_back_to_the_application() -> None:
     case = accepted_case(intake_office=None, office_code="HC0101-SC")
-    [(_, event)] = ok(review.decide(case, APPROVE, case_id="x", now=LATER)).events
+    [event] = ok(review.decide(case, APPROVE, case_id="x", now=LATER)).events
     assert isinstance(event, CaseApproved)
     assert event.intake_office == "HC0101-SC"
 
@@ -217,8 +217,8 @@ def test_deny_with_its_legal_basis() -> None:
     outcome = ok(review.decide(accepted_case(), DENY, case_id="x", now=LATER))
     assert outcome.state.status is CaseStatus.denied
     assert outcome.state.legal_basis == "《食品经营许可管理办法》第十条"
-    [(event_type, event)] = outcome.events
-    assert event_type == "gov.case.denied.v1"
+    [event] = outcome.events
+    assert event.TYPE == "gov.case.denied.v1"
     assert isinstance(event, CaseDenied)
     assert event.legal_basis == "《食品经营许可管理办法》第十条"
     assert event.reason == "不符合条件"
@@ -253,14 +253,11 @@ def test_request_supplement_lists_every_missing_material_once() -> None:
     assert outcome.state.missing_materials == ("M02", "M03")
     assert outcome.state.pauses == (review.Pause(requested_at=LATER),)
     assert outcome.events == (
-        (
-            "gov.case.supplement_requested.v1",
-            CaseSupplementRequested(
-                case_id="HC-20260930-ABC",
-                department=DEPT,
-                missing_materials=["M02", "M03"],
-                reason="请补正",
-            ),
+        CaseSupplementRequested(
+            case_id="HC-20260930-ABC",
+            department=DEPT,
+            missing_materials=["M02", "M03"],
+            reason="请补正",
         ),
     )
 
@@ -280,7 +277,7 @@ def test_supplemented_resumes_the_review_and_closes_the_pause() -> None:
     waiting = ok(review.decide(accepted_case(), SUPPLEMENT, case_id="x", now=LATER)).state
     back = review.supplemented(waiting, now=LATER + timedelta(days=2), calendar=CALENDAR)
     assert back is not None
-    assert [t for t, _ in back.events] == ["gov.case.deadline_changed.v1"]
+    assert [e.TYPE for e in back.events] == ["gov.case.deadline_changed.v1"]
     assert back.state.status is CaseStatus.accepted
     assert back.state.missing_materials == ()
     assert back.state.pauses == (
@@ -401,4 +398,4 @@ def test_the_state_machine(status: CaseStatus, kind: DecisionKind) -> None:
         outcome = ok(result)
         assert outcome.state.status is expected
         assert len(outcome.events) == 1
-        assert outcome.events[0][1].case_id == case.case_id
+        assert outcome.events[0].case_id == case.case_id

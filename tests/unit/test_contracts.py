@@ -15,15 +15,22 @@ from jsonschema import Draft7Validator, Draft202012Validator, ValidationError
 from referencing import Registry
 from referencing.jsonschema import DRAFT7
 
-from contracts import generate, registry
+from contracts import events, generate, registry
 from contracts.events import (
+    APPROVAL_TOPIC,
     CASE_TOPICS,
     CATALOG_TOPIC,
     DLQ_REPLAYS_TOPIC,
     DLQ_TOPIC,
     EVENT_TYPES,
+    ROUTING_TOPIC,
+    CaseApproved,
+    CaseDenied,
+    CaseRouted,
+    DecisionOutcome,
 )
 from services.common import dlq
+from services.common.consumer import Subscription
 from services.common.service import ServiceRuntime, ServiceSettings
 
 pytestmark = pytest.mark.unit
@@ -393,6 +400,37 @@ def test_every_event_type_has_a_sample() -> None:
     assert set(SAMPLES) == set(EVENT_TYPES)
 
 
+def test_each_event_class_carries_its_one_type_and_topic() -> None:
+    """Declared once with `@event`: services emit and subscribe by class, the registry (and
+    with it the schemas and the AsyncAPI document) is derived from the same declarations."""
+    for event_type, spec in EVENT_TYPES.items():
+        assert (spec.model.TYPE, spec.model.TOPIC) == (event_type, spec.topic)
+    assert len({spec.model for spec in EVENT_TYPES.values()}) == len(EVENT_TYPES)
+    with pytest.raises(TypeError, match="declared twice"):
+        events.event("gov.case.routed.v1", ROUTING_TOPIC, "routing", "again")(CaseRouted)
+
+
+def test_a_consumer_is_wired_by_class_to_the_types_on_its_topics(
+    runtime: ServiceRuntime,
+) -> None:
+    async def handle(session: Any, envelope: Any, payload: Any) -> None:
+        pass
+
+    runner = runtime.consume(APPROVAL_TOPIC, subscriptions={CaseApproved: handle})
+    runtime.consumers.remove(runner)
+    assert runner.subscriptions == {CaseApproved.TYPE: Subscription(handle, CaseApproved)}
+    assert CaseDenied.TYPE in runner.ignored_types
+    with pytest.raises(ValueError, match="CaseRouted not on case.approval.v1"):
+        runtime.consume(APPROVAL_TOPIC, subscriptions={CaseRouted: handle})
+
+
+def test_only_a_declared_event_class_is_emitted(runtime: ServiceRuntime) -> None:
+    """DecisionOutcome is the base of approved and denied, not an event of its own."""
+    outcome = DecisionOutcome.model_validate(SAMPLES[CaseApproved.TYPE])
+    with pytest.raises(TypeError, match="DecisionOutcome is not an event"):
+        runtime.envelope(outcome, handledby="HP-S01-MKT")
+
+
 @pytest.mark.parametrize("event_type", sorted(EVENT_TYPES))
 def test_a_valid_event_passes_and_a_broken_one_fails(event_type: str) -> None:
     sample = SAMPLES[event_type]
@@ -475,7 +513,8 @@ def test_ce_handledby_is_declared_on_every_message_that_carries_it(
     payload = spec.model.model_validate(SAMPLES[event_type])
     subject = None if "case_id" in SAMPLES[event_type] else "3101/catalog/7"
     department = "HP-S01-MKT" if spec.handledby else None
-    _topic, envelope = runtime.envelope(event_type, payload, subject=subject, handledby=department)
+    topic, envelope = runtime.envelope(payload, subject=subject, handledby=department)
+    assert (topic, envelope.type) == (spec.topic, event_type)  # from the payload's class
     _key, _value, raw = envelope.to_record()
     headers = {name: value.decode() for name, value in raw}
     declared = asyncapi["components"]["messages"][event_type]["headers"]
@@ -487,7 +526,6 @@ def test_ce_handledby_is_declared_on_every_message_that_carries_it(
             Draft7Validator(declared).validate({**headers, "ce_handledby": ""})
     with pytest.raises(TypeError, match="ce_handledby"):
         runtime.envelope(
-            event_type,
             payload,
             subject=subject,
             handledby=None if spec.handledby else "HP-S01-MKT",

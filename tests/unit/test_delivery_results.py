@@ -8,10 +8,7 @@ import pytest
 from contracts.common import CaseStatus, DeliveryMethod, ItemSnapshot, ResultDocument
 from contracts.events import CaseApproved, CaseClosed, CaseDelivered, CaseDenied, CaseResultIssued
 from services.delivery.results import (
-    CLOSED,
     DECISION_LETTER_KIND,
-    DELIVERED,
-    RESULT_ISSUED,
     DeliveryFacts,
     UndeliverableError,
     canonical_json,
@@ -217,7 +214,7 @@ def test_tracking_numbers_are_s10_shaped_and_distinct() -> None:
 
 def test_electronic_is_delivered_and_closed_at_once() -> None:
     plan = plan_delivery(DeliveryMethod.electronic)
-    assert plan.on_issue == (RESULT_ISSUED, DELIVERED, CLOSED)
+    assert plan.on_issue == (CaseResultIssued, CaseDelivered, CaseClosed)
     assert plan.on_pickup == ()
     assert not plan.needs_tracking_number
     assert plan.status_after_issue is CaseStatus.closed
@@ -225,7 +222,7 @@ def test_electronic_is_delivered_and_closed_at_once() -> None:
 
 def test_postal_gets_a_tracking_number_then_is_delivered_and_closed() -> None:
     plan = plan_delivery(DeliveryMethod.postal, address="海城市东湖区湖滨路1号")
-    assert plan.on_issue == (RESULT_ISSUED, DELIVERED, CLOSED)
+    assert plan.on_issue == (CaseResultIssued, CaseDelivered, CaseClosed)
     assert plan.needs_tracking_number
     assert plan.status_after_issue is CaseStatus.closed
 
@@ -238,9 +235,9 @@ def test_postal_without_an_address_cannot_be_delivered(address: str | None) -> N
 
 def test_counter_pickup_waits_at_the_office_until_collected() -> None:
     plan = plan_delivery(DeliveryMethod.counter_pickup)
-    assert plan.on_issue == (RESULT_ISSUED,)
+    assert plan.on_issue == (CaseResultIssued,)
     assert plan.status_after_issue is CaseStatus.result_issued
-    assert plan.on_pickup == (DELIVERED, CLOSED)
+    assert plan.on_pickup == (CaseDelivered, CaseClosed)
     assert plan.status_after_pickup is CaseStatus.closed
     assert not plan.needs_tracking_number
 
@@ -257,17 +254,15 @@ def test_delivery_events_follow_the_plan_in_order() -> None:
     )
     plan = plan_delivery(DeliveryMethod.postal, address="somewhere")
     events = delivery_events(plan.on_issue, facts, at=ISSUED_AT)
-    assert [t for t, _ in events] == [RESULT_ISSUED, DELIVERED, CLOSED]
-    assert events[0][1] == CaseResultIssued(
-        case_id="C1", result=issued.document, issued_at=ISSUED_AT
-    )
-    assert events[1][1] == CaseDelivered(
+    assert [type(e) for e in events] == [CaseResultIssued, CaseDelivered, CaseClosed]
+    assert events[0] == CaseResultIssued(case_id="C1", result=issued.document, issued_at=ISSUED_AT)
+    assert events[1] == CaseDelivered(
         case_id="C1",
         method=DeliveryMethod.postal,
         delivered_at=ISSUED_AT,
         tracking_number="TA000000015CN",
     )
-    assert events[2][1] == CaseClosed(case_id="C1", outcome="approved", closed_at=ISSUED_AT)
+    assert events[2] == CaseClosed(case_id="C1", outcome="approved", closed_at=ISSUED_AT)
 
 
 def test_pickup_events_name_the_office_and_close_a_denial_as_denied() -> None:
@@ -284,7 +279,7 @@ def test_pickup_events_name_the_office_and_close_a_denial_as_denied() -> None:
     events = delivery_events(
         plan_delivery(DeliveryMethod.counter_pickup).on_pickup, facts, at=picked_up
     )
-    delivered, closed = (e for _, e in events)
+    delivered, closed = events
     assert isinstance(delivered, CaseDelivered) and delivered.office_code == "HC01-DC"
     assert delivered.delivered_at == picked_up
     assert isinstance(closed, CaseClosed) and closed.outcome == "denied"
