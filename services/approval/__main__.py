@@ -1,4 +1,4 @@
-from services.approval.app import settings
+from services.approval.app import create_app, settings
 from services.common.service import serve
 
-serve("services.approval.app:app", settings)
+serve(create_app, settings)

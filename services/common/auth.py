@@ -18,10 +18,9 @@ Outside dev/test a secret or a public key must be configured and the dev secret 
 dev/test, with no secret set, every process uses `DEV_ONLY_JWT_SECRET`, so `tongban token
 --role clerk --scope HC01-DC` mints a token the local services accept without setup.
 
-Route wiring (services decide who may do what; this module only says who is calling):
-
-    authenticated = authenticate(settings)
-    CurrentPrincipal = Annotated[Principal, Depends(authenticated)]
+Route wiring (services decide who may do what; this module only says who is calling): the
+app keeps its `AuthSettings` in `app.state.auth_settings` (`ServiceRuntime.create_app` puts
+them there), and every route takes
 
     @router.post("/v1/cases")
     async def submit(principal: CurrentPrincipal, ...) -> ...:
@@ -36,7 +35,7 @@ A 401 answer is problem JSON (`unauthenticated`, `invalid_token`, `token_expired
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -52,6 +51,7 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from services.common.refusals import refused
 from services.common.settings import CommonSettings
 from services.common.web import Problem, problem_response
 
@@ -408,45 +408,43 @@ bearer_scheme = HTTPBearer(
     "in dev)",
 )
 
-Authenticator = Callable[[Request, HTTPAuthorizationCredentials | None], Awaitable[Principal]]
 
-
-def authenticate(settings: AuthSettings) -> Authenticator:
-    """A FastAPI dependency answering the caller's `Principal`, or 401. Create it once per app
-    and reuse the same object (FastAPI then runs it once per request); the principal is also
-    left on `request.state.principal` for the rate limiter's key."""
-
-    async def authenticated(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-    ) -> Principal:
-        if credentials is None:
+async def authenticated(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Principal:
+    """The FastAPI dependency answering the caller's `Principal`, or 401, checked against the
+    app's `app.state.auth_settings`. One function for every app, so FastAPI runs it once per
+    request; the principal is also left on `request.state.principal` for the rate limiter."""
+    settings: AuthSettings = request.app.state.auth_settings
+    if credentials is None:
+        raise AuthProblem(
+            "unauthenticated",
+            "Authentication required",
+            "send `Authorization: Bearer <token>`",
+        )
+    try:
+        principal = decode_token(credentials.credentials, settings)
+    except AuthError as exc:
+        if exc.reason == "expired":
             raise AuthProblem(
-                "unauthenticated",
-                "Authentication required",
-                "send `Authorization: Bearer <token>`",
-            )
-        try:
-            principal = decode_token(credentials.credentials, settings)
-        except AuthError as exc:
-            if exc.reason == "expired":
-                raise AuthProblem(
-                    "token_expired", "The token has expired", exc.message, error="invalid_token"
-                ) from None
-            raise AuthProblem(
-                "invalid_token", "The token is not valid", exc.message, error="invalid_token"
+                "token_expired", "The token has expired", exc.message, error="invalid_token"
             ) from None
-        request.state.principal = principal
-        return principal
+        raise AuthProblem(
+            "invalid_token", "The token is not valid", exc.message, error="invalid_token"
+        ) from None
+    request.state.principal = principal
+    return principal
 
-    return authenticated
+
+CurrentPrincipal = Annotated[Principal, Depends(authenticated)]
 
 
 def require(principal: Principal, *roles: Role) -> Principal:
     """403 `forbidden` unless the principal has one of `roles`."""
     if principal.role not in roles:
         allowed = ", ".join(r.value for r in roles) or "no role"
-        raise Problem(
+        raise refused(
             403,
             "forbidden",
             "Not allowed for this role",
@@ -468,7 +466,7 @@ def require_scope(
     For objects the caller names by id (a case, a result), use `in_scope` and answer a case
     outside the scope exactly as a missing one: a 403 would tell that the id exists."""
     if not in_scope(principal, scope_value, exempt=exempt):
-        raise Problem(
+        raise refused(
             403,
             "forbidden_scope",
             f"Not allowed for this {what}",

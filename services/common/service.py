@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
-from fastapi import Depends, FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Query
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,7 +28,7 @@ from services.common.auth import (
     AuthSettings,
     Principal,
     Role,
-    authenticate,
+    authenticated,
     install_auth_handlers,
     require,
 )
@@ -61,6 +61,7 @@ from services.common.web import (
 
 log = get_logger(__name__)
 T = TypeVar("T")
+S = TypeVar("S", bound="ServiceSettings")
 
 
 class ServiceSettings(HandoverSettings, AuthSettings, LimitSettings, TracingSettings):
@@ -89,8 +90,6 @@ class ServiceRuntime:
         self._stopped = asyncio.Event()  # cuts short a dead letter waiting for the broker
         self._dlq_producer: AIOKafkaProducer | None = None
         self.source = f"/tongban/{settings.service}"
-        # One authentication dependency per app, so FastAPI runs it once per request.
-        self.authenticated = authenticate(settings)
 
     async def audit(
         self,
@@ -319,7 +318,7 @@ class ServiceRuntime:
     def _install_audit_routes(self, app: FastAPI) -> None:
         # Depends() as the default (not in an Annotated alias): this module postpones
         # annotations, and a local alias could not be resolved by FastAPI.
-        authenticated = Depends(self.authenticated)
+        caller = Depends(authenticated)
 
         @app.get(
             "/v1/audit",
@@ -328,7 +327,7 @@ class ServiceRuntime:
             responses=errors(401, 403, 422, 503),
         )
         async def read_audit(
-            principal: Principal = authenticated,
+            principal: Principal = caller,
             case_id: Annotated[Code | None, Query(max_length=64)] = None,
             actor: Annotated[Code | None, Query(max_length=200)] = None,
             after_seq: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
@@ -353,7 +352,7 @@ class ServiceRuntime:
             tags=["audit"],
             responses=errors(401, 403, 503),
         )
-        async def verify_audit(principal: Principal = authenticated) -> audit.ChainReport:
+        async def verify_audit(principal: Principal = caller) -> audit.ChainReport:
             """Check the whole hash chain (admins only): the first altered, missing or
             relinked row, if any."""
             require(principal, Role.admin)
@@ -371,7 +370,17 @@ class ServiceRuntime:
         if not all(r.ready.is_set() for r in self.consumers):
             raise RuntimeError("consumers not yet in their group")
 
-    def create_app(self, *, title: str, description: str) -> FastAPI:
+    def create_app(
+        self,
+        *,
+        title: str,
+        description: str,
+        routers: Iterable[APIRouter] = (),
+        service: object = None,
+    ) -> FastAPI:
+        """The service's FastAPI app: its `routers` (the service's api.py), the audit routes,
+        health, metrics and the shared middleware. `service` (the service's parts: runtime,
+        catalog copy...) is what the routes' dependency reads from `app.state.service`."""
         app = FastAPI(
             title=title,
             description=description,
@@ -383,8 +392,12 @@ class ServiceRuntime:
             # through even when tracing is off.
             telemetry={"tracing": False, "metrics": False, "logs": False},
         )
+        app.state.auth_settings = self.settings
+        app.state.service = service
+        app.state.runtime = self
         install_problem_handlers(app)
-        document_problems(app)
+        for router in routers:
+            app.include_router(router)
         self._install_audit_routes(app)
         install_auth_handlers(app)
         app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes(self.settings))
@@ -397,17 +410,19 @@ class ServiceRuntime:
             queue_timeout_s=self.settings.http_queue_timeout_s,
         )
         install_health_routes(app, {"database": self.check_database, "kafka": self.check_consumers})
+        document_problems(app)
         # Around everything, so refusals (413, 429, 503) are counted and timed too.
         install_http_metrics(app, service=self.settings.service)
         return app
 
 
-def serve(app_path: str, settings: ServiceSettings) -> None:
-    """Run a service under uvicorn; SIGTERM drains HTTP, then stops consumers gracefully."""
+def serve(create_app: Callable[[S], FastAPI], settings: S) -> None:
+    """Run a service under uvicorn; SIGTERM drains HTTP, then stops consumers gracefully. The
+    app is built after logging is configured, from the settings given."""
     configure_logging(service=settings.service, level=settings.log_level, json=settings.log_json)
     provider = configure_tracing(settings)
     uvicorn.run(
-        app_path,
+        create_app(settings),
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,

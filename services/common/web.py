@@ -22,6 +22,7 @@ from contracts.rest import ProblemBody
 from services.common.failures import is_infrastructure_error
 from services.common.logs import get_logger
 from services.common.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from services.common.refusals import Refusal, Refused
 
 log = get_logger(__name__)
 
@@ -254,6 +255,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(Refused, on_refused)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(DBAPIError, on_database_data_error)
@@ -368,3 +370,21 @@ def install_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck]) -> No
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def problem_of(refusal: Refusal) -> Problem:
+    """The problem JSON of a domain refusal (services.common.refusals)."""
+    return Problem(
+        refusal.status,
+        refusal.code,
+        refusal.title,
+        refusal.detail,
+        errors=[e.as_dict() for e in refusal.errors],
+        **refusal.extra,
+    )
+
+
+async def on_refused(request: Request, exc: Exception) -> Response:
+    """The app's answer to a handler's `Refused`: its refusal as problem JSON."""
+    assert isinstance(exc, Refused)
+    return problem_response(problem_of(exc.refusal), request)

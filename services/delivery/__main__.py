@@ -1,4 +1,4 @@
 from services.common.service import serve
-from services.delivery.app import settings
+from services.delivery.app import create_app, settings
 
-serve("services.delivery.app:app", settings)
+serve(create_app, settings)

@@ -1,4 +1,4 @@
 from services.common.service import serve
-from services.intake.app import settings
+from services.intake.app import create_app, settings
 
-serve("services.intake.app:app", settings)
+serve(create_app, settings)

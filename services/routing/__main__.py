@@ -1,4 +1,4 @@
 from services.common.service import serve
-from services.routing.app import settings
+from services.routing.app import RoutingSettings, create_app
 
-serve("services.routing.app:app", settings)
+serve(create_app, RoutingSettings())

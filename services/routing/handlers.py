@@ -1,8 +1,10 @@
-"""routing's event handlers and catalog loading: plain functions over a session."""
+"""routing's event handlers and commands: plain functions over a session and the process's
+parts (`Routing`). A refused command raises `Refused` (services.common.refusals); reads are in
+`queries`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,45 +18,49 @@ from contracts.events import CaseRouted, CaseRouteFailed, CaseSubmitted, Catalog
 from services.common.catalog import validate_catalog
 from services.common.catalog_follower import CatalogFollower
 from services.common.city import CITY_TZ
+from services.common.department_topics import DepartmentTopics, department_copy_rows
 from services.common.envelope import Envelope
+from services.common.refusals import FieldError, Refusal, Refused, refused
 from services.common.service import ServiceRuntime
 from services.policy.catalog_index import CatalogIndex
 from services.policy.routing_rules import RouteOutcome, route_case
 from services.routing import models
-from services.routing.topics import DepartmentTopics, department_copy_rows
-from services.routing.versions import VersionTimeline
+from services.routing.domain.versions import VersionTimeline
+
+Catalogs = CatalogFollower[tuple[int, CatalogIndex]]
 
 
-class CatalogRefused(Exception):
-    def __init__(self, problems: list[dict[str, str]]) -> None:
-        super().__init__(f"{len(problems)} problem(s) in the catalog")
-        self.problems = problems
+@dataclass(frozen=True)
+class Routing:
+    """The parts of one routing process (built by `app.create_app`): its runtime, its copy of
+    the catalog versions, and the keeper of the departments' topics."""
+
+    runtime: ServiceRuntime
+    catalogs: Catalogs
+    topics: DepartmentTopics
+    timeline: VersionTimeline = field(default_factory=VersionTimeline)
 
 
 def build_index(published: CatalogPublished) -> tuple[int, CatalogIndex]:
     return published.version, CatalogIndex(Catalog.model_validate(published.catalog))
 
 
-TIMELINE = VersionTimeline()
-
-
-def version_for(
-    follower: CatalogFollower[tuple[int, CatalogIndex]], submitted: CaseSubmitted
-) -> int | None:
-    """The catalog version in force when the case was submitted (see services.routing.versions)."""
-    return TIMELINE.select(follower.published, submitted.submitted_at)
+NO_CATALOG_LOADED = Refusal(
+    503, "no_catalog", "No catalog loaded", "Load one: POST /v1/catalog", extra={"retry_after": 5}
+)
 
 
 def decide(
-    follower: CatalogFollower[tuple[int, CatalogIndex]],
+    follower: Catalogs,
     submitted: CaseSubmitted,
     *,
     version: int | None = None,
+    timeline: VersionTimeline | None = None,
 ) -> RouteOutcome | None:
-    """Route by `version`, by default the version in force at the submission; None when no
-    catalog has been loaded."""
+    """Route by `version`, by default the version in force at the submission (see
+    services.routing.domain.versions); None when no catalog has been loaded."""
     if version is None:
-        version = version_for(follower, submitted)
+        version = (timeline or VersionTimeline()).select(follower.published, submitted.submitted_at)
     built = follower.at(version) if version is not None else None
     if built is None:
         return None
@@ -154,17 +160,11 @@ async def emit_effect(
 
 
 async def route_submission(
-    session: AsyncSession,
-    envelope: Envelope,
-    submitted: CaseSubmitted,
-    *,
-    runtime: ServiceRuntime,
-    follower: CatalogFollower[tuple[int, CatalogIndex]],
-    topics: DepartmentTopics,
+    session: AsyncSession, envelope: Envelope, submitted: CaseSubmitted, *, routing: Routing
 ) -> None:
     """Route a submitted case by the catalog version in force at its submission; a routed case
     is also written to its department's topic."""
-    effect = effect_of(submitted, decide(follower, submitted))
+    effect = effect_of(submitted, decide(routing.catalogs, submitted, timeline=routing.timeline))
     row: dict[str, Any] = {
         "case_id": submitted.case_id,
         "item_code": submitted.application.item_code,
@@ -184,32 +184,15 @@ async def route_submission(
     if inserted.scalar() is None:
         return  # routed before (a resubmission of the same case id): one route per case
     await emit_effect(
-        session, effect, runtime=runtime, topics=topics, traceparent=envelope.traceparent
+        session,
+        effect,
+        runtime=routing.runtime,
+        topics=routing.topics,
+        traceparent=envelope.traceparent,
     )
 
 
-class CaseNotFound(Exception):
-    pass
-
-
-class NotInTriage(Exception):
-    def __init__(self, status: str) -> None:
-        super().__init__(f"the case is {status}, not route_failed")
-        self.status = status
-
-
-class NoCatalog(Exception):
-    pass
-
-
-async def retry_route(
-    session: AsyncSession,
-    case_id: str,
-    *,
-    runtime: ServiceRuntime,
-    follower: CatalogFollower[tuple[int, CatalogIndex]],
-    topics: DepartmentTopics,
-) -> RouteOutcome:
+async def retry_route(session: AsyncSession, case_id: str, *, routing: Routing) -> RouteOutcome:
     """An operator re-routes a failed case from triage (`POST /v1/triage/{case_id}/retry`).
 
     The case is routed again from its stored application and `submitted_at` (R1 still checks
@@ -223,27 +206,32 @@ async def retry_route(
     change, and `gov.case.routed.v1` (with ce_handledby; also to the department's topic) or
     `gov.case.route_failed.v1` is written to the outbox, all in the caller's transaction.
 
-    Raises CaseNotFound (routing has no such case), NotInTriage (it is not route_failed),
-    NoCatalog (nothing loaded to route by).
+    Refused: `case_not_found` (routing has no such case), `not_in_triage` (it is not
+    route_failed), `no_catalog` (nothing loaded to route by).
     """
     routes = models.routes
     row = (
         await session.execute(select(routes).where(routes.c.case_id == case_id).with_for_update())
     ).one_or_none()
     if row is None:
-        raise CaseNotFound(case_id)
+        raise refused(404, "case_not_found", "No such case", f"routing has no case {case_id!r}")
     if row.status != "route_failed":
-        raise NotInTriage(row.status)
-    version = follower.latest_version
+        raise refused(
+            409,
+            "not_in_triage",
+            "The case is not in triage",
+            f"case {case_id!r} is {row.status}; only a route_failed case can be retried",
+        )
+    version = routing.catalogs.latest_version
     if version is None:
-        raise NoCatalog()
+        raise Refused(NO_CATALOG_LOADED)
     submitted = CaseSubmitted(
         case_id=row.case_id,
         application=Application.model_validate(row.application),
         submitted_at=row.submitted_at,
         handover=Handover.model_validate(row.handover) if row.handover is not None else None,
     )
-    outcome = decide(follower, submitted, version=version)
+    outcome = decide(routing.catalogs, submitted, version=version)
     assert outcome is not None  # the version exists
     effect = effect_of(submitted, outcome)
     await session.execute(
@@ -251,7 +239,7 @@ async def retry_route(
         .where(routes.c.case_id == case_id)
         .values(**effect.values, decided_at=func.now(), retries=routes.c.retries + 1)
     )
-    await emit_effect(session, effect, runtime=runtime, topics=topics)
+    await emit_effect(session, effect, runtime=routing.runtime, topics=routing.topics)
     return outcome
 
 
@@ -262,7 +250,13 @@ async def load_catalog(
     whole with every problem listed (the version in force stays)."""
     catalog, problems = validate_catalog(raw)
     if catalog is None or problems:
-        raise CatalogRefused([{"field": p.path, "message": p.message} for p in problems])
+        raise refused(
+            422,
+            "invalid_catalog",
+            "The catalog is refused whole",
+            f"{len(problems)} problem(s); the version in force stays. Fix them all and load again.",
+            errors=tuple(FieldError(p.path, p.message) for p in problems),
+        )
     # Serialise loads: versions are consecutive and never collide.
     await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('routing-catalog'))"))
     current = (await session.execute(select(func.max(models.catalog_versions.c.version)))).scalar()
@@ -282,3 +276,13 @@ async def load_catalog(
 def department_codes(published: CatalogPublished) -> list[str]:
     """The codes of every department of a catalog version (their topics are created)."""
     return [str(d["code"]) for d in published.catalog.get("departments", [])]
+
+
+async def ensure_department_topics(routing: Routing) -> None:
+    """At start-up, the topics of the latest catalog version's departments (a restart heals a
+    creation that failed); best effort, the background task retries."""
+    version = routing.catalogs.latest_version
+    if version is not None:
+        await routing.topics.ensure(
+            department_codes(routing.catalogs.published[version]), reason="startup"
+        )

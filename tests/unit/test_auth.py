@@ -9,23 +9,23 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from pydantic import ValidationError
 
 from services.common.auth import (
     DEV_ONLY_JWT_SECRET,
     AuthError,
     AuthSettings,
+    CurrentPrincipal,
     Principal,
     Role,
-    authenticate,
     decode_token,
     install_auth_handlers,
     mint_token,
@@ -301,12 +301,11 @@ def test_key_errors_are_refused_at_construction(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- HTTP edge
 
 SETTINGS = AuthSettings(environment="test", auth_jwt_secret=SECRET)
-authenticated = authenticate(SETTINGS)
-CurrentPrincipal = Annotated[Principal, Depends(authenticated)]
 
 
 def make_app() -> FastAPI:
     app = FastAPI()
+    app.state.auth_settings = SETTINGS
     install_problem_handlers(app)
     install_auth_handlers(app)
 

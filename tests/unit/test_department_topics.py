@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts.events import CASE_TOPICS, CATALOG_TOPIC, DECISIONS_TOPIC, DLQ_TOPIC, CaseSubmitted
+from services.common.department_topics import DepartmentTopics, department_copy_rows
 from services.common.envelope import Envelope
 from services.common.kafka import (
     MAX_TOPIC_NAME,
@@ -28,7 +29,6 @@ from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.settings import CommonSettings
 from services.policy.routing_rules import route_case
 from services.routing.handlers import department_codes, effect_of, emit_effect
-from services.routing.topics import DepartmentTopics, department_copy_rows
 from tests.unit.catalog_data import TODAY, application, index
 
 pytestmark = pytest.mark.unit

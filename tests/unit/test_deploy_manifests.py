@@ -131,8 +131,8 @@ def consumer_groups() -> dict[str, dict[str, tuple[str, ...]]]:
     """service -> {consumer group -> its topics}, from the consumers each app registers."""
     groups: dict[str, dict[str, tuple[str, ...]]] = {}
     for service in SERVICES:
-        module = importlib.import_module(f"services.{service}.app")
-        groups[service] = {r.group_id: tuple(r.topics) for r in module.runtime.consumers}
+        runtime = importlib.import_module(f"services.{service}.app").create_app().state.runtime
+        groups[service] = {r.group_id: tuple(r.topics) for r in runtime.consumers}
     return groups
 
 

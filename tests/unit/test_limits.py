@@ -11,7 +11,13 @@ from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel
 
 from services.common import auth
-from services.common.auth import AuthSettings, Principal, authenticate, decode_token, mint_token
+from services.common.auth import (
+    AuthSettings,
+    Principal,
+    authenticated,
+    decode_token,
+    mint_token,
+)
 from services.common.limits import MIB, BodySizeLimit, RateLimiter, max_body_bytes, rate_limited
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.settings import CommonSettings
@@ -164,11 +170,11 @@ def test_invalid_limiter_settings() -> None:
 
 
 SETTINGS = AuthSettings(environment="test")
-authenticated = authenticate(SETTINGS)
 
 
 def rate_app(limiter: RateLimiter) -> FastAPI:
     app = FastAPI()
+    app.state.auth_settings = SETTINGS
     install_problem_handlers(app)
 
     @app.get("/open", dependencies=[Depends(rate_limited(limiter))])

@@ -22,21 +22,15 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.approval.app import app as approval_app
 from services.common.web import PROBLEM_JSON, PROBLEM_REF, PROBLEM_SCHEMA
 from services.console.app import create_app as create_console
-from services.delivery.app import app as delivery_app
-from services.intake.app import app as intake_app
-from services.routing.app import app as routing_app
 from tests.auth_helpers import auth_headers
 
 pytestmark = pytest.mark.unit
 
 SERVICES: dict[str, FastAPI] = {
-    "intake": intake_app,
-    "routing": routing_app,
-    "approval": approval_app,
-    "delivery": delivery_app,
+    service: importlib.import_module(f"services.{service}.app").create_app()
+    for service in ("intake", "routing", "approval", "delivery")
 }
 APPS: dict[str, FastAPI] = {**SERVICES, "console": create_console()}
 OPS_PATHS = ("/healthz", "/readyz")
@@ -156,7 +150,7 @@ async def test_every_operation_declaring_401_refuses_a_request_without_a_token(
 
 
 async def test_a_body_that_cannot_be_decoded_is_the_declared_400() -> None:
-    transport = httpx.ASGITransport(app=intake_app, raise_app_exceptions=False)
+    transport = httpx.ASGITransport(app=SERVICES["intake"], raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
         answer = await client.post(
             "/v1/cases",

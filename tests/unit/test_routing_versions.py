@@ -10,8 +10,8 @@ from contracts.events import CaseSubmitted, CatalogPublished
 from services.common.catalog_follower import CatalogFollower
 from services.common.settings import CommonSettings
 from services.policy.catalog_index import CatalogIndex
+from services.routing.domain.versions import VersionTimeline, version_in_force
 from services.routing.handlers import build_index, decide
-from services.routing.versions import VersionTimeline, version_in_force
 from tests.unit.catalog_data import application, base_catalog
 
 pytestmark = pytest.mark.unit

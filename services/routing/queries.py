@@ -1,0 +1,48 @@
+"""routing's reads: the triage queue and the catalog version in force. No writes here."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.rest import CatalogVersion, TriageEntry
+from services.common.refusals import refused
+from services.routing import models
+from services.routing.handlers import Catalogs
+
+
+async def triage(session: AsyncSession, *, limit: int) -> list[TriageEntry]:
+    """Cases that could not be routed, newest first: they wait here, never dropped."""
+    routes = models.routes
+    rows = await session.execute(
+        select(routes)
+        .where(routes.c.status == "route_failed")
+        .order_by(routes.c.decided_at.desc())
+        .limit(limit)
+    )
+    return [
+        TriageEntry(
+            case_id=r.case_id,
+            item_code=r.item_code,
+            failure=r.failure,
+            rule=r.rule,
+            catalog_version=r.catalog_version,
+            failed_at=r.decided_at,
+        )
+        for r in rows
+    ]
+
+
+def catalog_version(catalogs: Catalogs, version: int | None = None) -> CatalogVersion:
+    """The version `version` (by default the latest) of the catalog this process holds."""
+    version = catalogs.latest_version if version is None else version
+    if version is None:
+        raise refused(404, "no_catalog", "No catalog loaded", "Load one: POST /v1/catalog")
+    published = catalogs.published[version]
+    catalog = published.catalog
+    return CatalogVersion(
+        version=version,
+        loaded_at=published.loaded_at,
+        city=str(catalog["city"]["code"]),
+        items=len(catalog["items"]),
+    )
