@@ -11,8 +11,6 @@ from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_fastapi_instrumentator import Instrumentator
-from prometheus_fastapi_instrumentator.metrics import Info
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,8 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from contracts.common import UNSTORABLE_MESSAGE, Code, is_unstorable
 from contracts.rest import ProblemBody
 from services.common.failures import is_infrastructure_error
+from services.common.http_metrics import HttpMetrics
 from services.common.logs import get_logger
-from services.common.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from services.common.refusals import Refusal, Refused
 
 log = get_logger(__name__)
@@ -295,42 +293,10 @@ class Readiness(BaseModel):
     checks: dict[str, str]
 
 
-UNMATCHED_ROUTE = "<unmatched>"
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
 def install_http_metrics(app: FastAPI, *, service: str) -> None:
-    """`tongban_http_requests_total` and `tongban_http_request_duration_seconds` for every
-    request, by route template, method and status. Call it after the other middleware: the
-    outermost layer also counts what they refuse (413, 429, 503).
-
-    prometheus-fastapi-instrumentator finds the template (routers, prefixes, root path) and
-    times the request; the metrics are ours (one set per process, labelled by service). Labels
-    stay few and free of anything a client typed: a request no route took (404, or a
-    trailing-slash redirect, for which the library would report the raw path) counts under
-    `<unmatched>`; one served by a mounted app (the console's static files) under
-    `<mount>/{path}`, as FastAPI names it; an unknown method under `OTHER`."""
-
-    def observe(info: Info) -> None:
-        scope = info.request.scope
-        # The router puts the endpoint of the route or mount it chose into the scope, and a
-        # mount its own path into root_path (the library names a mount by that path, or
-        # not at all for a mount at "/").
-        mount = str(scope.get("root_path", ""))
-        if "endpoint" not in scope:
-            route = UNMATCHED_ROUTE
-        elif info.modified_handler.startswith("/") and info.modified_handler != mount:
-            route = info.modified_handler
-        else:
-            route = mount.rstrip("/") + "/{path}"
-        method = info.method if info.method in _METHODS else "OTHER"
-        labels = (service, method, route, info.modified_status)
-        HTTP_REQUESTS.labels(*labels).inc()
-        HTTP_SECONDS.labels(*labels).observe(info.modified_duration)
-
-    Instrumentator(should_group_status_codes=False, should_group_untemplated=True).add(
-        observe
-    ).instrument(app)
+    """Request counts and latency by route template (services.common.http_metrics). Call it
+    after the other middleware: the outermost layer also counts what they refuse."""
+    app.add_middleware(HttpMetrics, service=service)
 
 
 def install_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck]) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from services.cli.devclient import ActingClient
 from services.common.auth import Role
-from services.common.web import UNMATCHED_ROUTE
+from services.common.http_metrics import UNMATCHED_ROUTE
 from tests.conftest import unique
 from tests.e2e.conftest import APPROVAL, DELIVERY, INTAKE, ROUTING
 from tests.integration.test_web import http_samples

@@ -13,8 +13,8 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.common.http_metrics import UNMATCHED_ROUTE
 from services.common.web import (
-    UNMATCHED_ROUTE,
     Problem,
     install_health_routes,
     install_http_metrics,

@@ -131,6 +131,20 @@ def test_expiry_within_the_leeway_passes() -> None:
     assert decode_token(token, settings).subject == "a"
 
 
+def test_a_token_verified_before_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verified tokens are remembered (PyJWT's decode is slow); their expiry is checked at
+    every use, with the same leeway, and another key never reuses the verdict."""
+    settings = dev()
+    token = mint_token(settings, subject="a", role="admin", ttl_s=60)
+    assert decode_token(token, settings).subject == "a"
+    assert reason(token, dev(auth_jwt_secret=OTHER_SECRET)) == "bad_signature"
+    now = datetime.now(UTC).timestamp()
+    monkeypatch.setattr("services.common.auth.time.time", lambda: now + 60 + 29)
+    assert decode_token(token, settings).subject == "a"  # within the 30 s leeway
+    monkeypatch.setattr("services.common.auth.time.time", lambda: now + 60 + 31)
+    assert reason(token, settings) == "expired"
+
+
 def test_not_yet_valid_token() -> None:
     settings = dev()
     later = datetime.now(UTC) + timedelta(hours=1)
