@@ -28,8 +28,8 @@ from services.bench.report import (
     print_tracing_cost,
 )
 from services.bench.stats import rate_ladder
-from services.common.catalog import load_catalog_file
 from services.common.settings import CommonSettings
+from services.operators.catalog_file import load_catalog_file
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CATALOG = ROOT / "deploy" / "demo" / "catalog.yaml"

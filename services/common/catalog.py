@@ -1,8 +1,7 @@
-"""The catalog as a file (DESIGN.md §3): loading it and validating it whole.
-
-- `load_catalog_file` / `parse_catalog_text`: YAML or JSON to a plain dict.
-- `validate_catalog`: the shape (pydantic) and every cross-reference, all problems at once, so
-  an operator fixes a refused file in one pass.
+"""The catalog (DESIGN.md §3) validated whole: `validate_catalog` checks the shape (pydantic)
+and every cross-reference and lists all problems at once, so an operator fixes a refused
+catalog in one pass. Reading a catalog file into the dict it takes: services/operators/
+catalog_file.py.
 
 A validated catalog is indexed and applied by the pure policy in `services/policy/`
 (`CatalogIndex`, intake's and routing's rules).
@@ -11,16 +10,13 @@ A validated catalog is indexed and applied by the pure policy in `services/polic
 from __future__ import annotations
 
 import copy
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from types import UnionType
 from typing import Any, Generic, TypeVar, Union, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from contracts.catalog import (
@@ -37,59 +33,6 @@ from contracts.catalog import (
 )
 from contracts.common import UNSTORABLE_MESSAGE, Level, Mode, is_unstorable
 from services.policy.intake_rules import effective_intake_levels
-
-# --------------------------------------------------------------------------- loading
-
-
-class CatalogFileError(ValueError):
-    """The file cannot be read as a catalog at all (syntax, encoding, not a mapping)."""
-
-
-class _CatalogYamlLoader(yaml.SafeLoader):
-    """Safe YAML without implicit integers: codes like `0101` or `310101` stay the strings they
-    were written as (YAML 1.1 would read `0101` as octal 65). Integer fields such as
-    `time_limit_days` still validate: pydantic reads "5" as 5."""
-
-
-_CatalogYamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def parse_catalog_text(text: str, *, fmt: str | None = None) -> dict[str, Any]:
-    """Parse catalog text; `fmt` is "json" or "yaml", or None to tell by the content."""
-    text = text.lstrip("\ufeff")
-    if fmt is None:
-        fmt = "json" if text.lstrip().startswith("{") else "yaml"
-    try:
-        if fmt == "json":
-            data = json.loads(text)
-        elif fmt == "yaml":
-            data = yaml.load(text, Loader=_CatalogYamlLoader)  # a SafeLoader subclass
-        else:
-            raise CatalogFileError(f"unknown catalog format {fmt!r}: use json or yaml")
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise CatalogFileError(f"not valid {fmt.upper()}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CatalogFileError(
-            "a catalog is a mapping with city, districts, offices, departments, calendar, items; "
-            f"got {type(data).__name__}"
-        )
-    return data
-
-
-def load_catalog_file(path: str | Path) -> dict[str, Any]:
-    """Read a catalog file: JSON for `.json`, YAML for `.yaml`/`.yml`, else by its content."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CatalogFileError(f"cannot read {path}: {exc}") from exc
-    suffix = path.suffix.lower()
-    fmt = "json" if suffix == ".json" else "yaml" if suffix in {".yaml", ".yml"} else None
-    return parse_catalog_text(text, fmt=fmt)
-
 
 # --------------------------------------------------------------------------- validation
 

@@ -42,7 +42,6 @@ from contracts.events import EVENT_TYPES, CatalogPublished
 from services.common.auth import AuthSettings, Role, mint_token
 from services.common.catalog_follower import CatalogFollower
 from services.common.city import CITY_TZ
-from services.common.event_facts import CaseMemory, EventFilter
 from services.common.kafka import ReadableFetch
 from services.common.limits import DEFAULT_MAX_HEAD_BYTES
 from services.common.logs import get_logger
@@ -57,6 +56,7 @@ from services.common.web import (
 )
 from services.console.kafka_views import STREAM_TOPICS, KafkaViews
 from services.console.stream import CaseLookup, LiveStream, sse
+from services.operators.event_facts import CaseMemory, EventFilter
 from services.policy.catalog_index import CatalogIndex
 
 log = get_logger(__name__)

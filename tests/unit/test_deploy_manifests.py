@@ -139,10 +139,10 @@ def consumer_groups() -> dict[str, dict[str, tuple[str, ...]]]:
 def expected_topics() -> dict[str, TopicSpec]:
     specs = {spec.name: spec for spec in standard_topics()}
     try:
-        dlq = importlib.import_module("services.common.dlq")
+        dead_letters = importlib.import_module("services.operators.dead_letters")
     except ImportError:  # no replay log in this version of the code
         return specs
-    replays: TopicSpec = dlq.replays_topic_spec()
+    replays: TopicSpec = dead_letters.replays_topic_spec()
     specs[replays.name] = replays
     return specs
 

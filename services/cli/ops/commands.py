@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from contracts.events import ReplayRecord
 from services.cli.ops.dlq import (
     LetterFilters,
     ReplayOutcome,
@@ -46,13 +47,13 @@ from services.cli.ops.lag import fetch_lag, service_of, totals
 from services.cli.ops.merge import DEFAULT_DELAY_S, DEFAULT_RUN_SIZE
 from services.cli.ops.render import event_line, json_line, masked_headers
 from services.cli.ops.tail import TailError, TailOptions, run_tail
-from services.common.catalog import CatalogFileError, load_catalog_file
 from services.common.catalog import validate_catalog as _validate_catalog
 from services.common.city import CITY_TZ
-from services.common.dlq import REPLAYS_TOPIC, DeadLetter, ReplayRecord
-from services.common.event_facts import EventFilter, mask_event_data, short_type
 from services.common.logs import mask_text
 from services.common.settings import CommonSettings
+from services.operators.catalog_file import CatalogFileError, load_catalog_file
+from services.operators.dead_letters import REPLAYS_TOPIC, DeadLetter
+from services.operators.event_facts import EventFilter, mask_event_data, short_type
 from services.policy.catalog_index import CatalogIndex
 
 out = Console(highlight=False, soft_wrap=True)
