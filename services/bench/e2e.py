@@ -332,15 +332,7 @@ async def run_e2e(
     for name, pid in pids.items():
         sampler.add(name, pid, kind="service")  # uvicorn without workers: one process
     add_stack(sampler, run_dir)
-    # Submissions go through a fleet of clients with a few connections each, as a city's
-    # terminals do; one client with max_inflight connections became the bottleneck past
-    # saturation.
-    fleet = ClientFleet(
-        lambda: httpx.AsyncClient(
-            timeout=30, limits=httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT)
-        ),
-        count=max(1, config.max_inflight // CONNECTIONS_PER_CLIENT),
-    )
+    fleet = _client_fleet(config)
     steps: list[dict[str, Any]] = []
     outcomes: list[StepOutcome] = []
     stopped = "ladder_end"
@@ -355,30 +347,14 @@ async def run_e2e(
                 )
                 await _drain(watcher, warm, config.drain_timeout)
             sampler.start()
-            idle: dict[str, float] = {}
-            if config.idle_seconds > 0:
-                before = sampler.snapshot()
-                await asyncio.sleep(config.idle_seconds)
-                spent = cpu_deltas(before, sampler.snapshot())
-                idle = {k: round(v / config.idle_seconds, 3) for k, v in spent.items()}
+            idle = await _idle_cpu(sampler, config.idle_seconds)
             for rate in config.rates:
                 count = max(1, round(rate * config.step_seconds))
                 bodies = _bodies(catalog, items, rng, count, tokens)
                 on_step(f"{label} {rate:g}/s", None, 0, 1)
-                cpu_before = sampler.snapshot()
-                pg_before = await pg_counters(settings.database_url)
-                began = time.monotonic()
-                step = await _offer(fleet, config, bodies, rate)
-                drained = await _drain(watcher, step, config.drain_timeout)
-                cpu_after = sampler.snapshot()
-                figures = _step_figures(step, watcher, drained)
-                figures["wall_s"] = round(time.monotonic() - began, 2)
-                await asyncio.sleep(1.1)  # let the backends flush their statistics
-                figures["pg_per_closed_case"] = per_unit(
-                    pg_before, await pg_counters(settings.database_url), figures["closed"]
+                figures = await _measured_step(
+                    fleet, config, bodies, rate, watcher=watcher, sampler=sampler, settings=settings
                 )
-                figures["cpu_s"] = cpu_deltas(cpu_before, cpu_after)
-                figures["loadavg"] = [round(x, 2) for x in os.getloadavg()]
                 steps.append(figures)
                 on_step(f"{label} {rate:g}/s", figures, 1, 1)
                 outcomes.append(
@@ -415,3 +391,54 @@ async def run_e2e(
         "idle_cpu_s_per_s": idle,
         "services": sorted(pids),
     }
+
+
+def _client_fleet(config: E2EConfig) -> ClientFleet[httpx.AsyncClient]:
+    """Submissions go through a fleet of clients with a few connections each, as a city's
+    terminals do; one client with max_inflight connections became the bottleneck past
+    saturation."""
+    return ClientFleet(
+        lambda: httpx.AsyncClient(
+            timeout=30, limits=httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT)
+        ),
+        count=max(1, config.max_inflight // CONNECTIONS_PER_CLIENT),
+    )
+
+
+async def _idle_cpu(sampler: ProcessSampler, seconds: float) -> dict[str, float]:
+    """CPU seconds per second each group takes with no case arriving (none if `seconds` is 0)."""
+    if seconds <= 0:
+        return {}
+    before = sampler.snapshot()
+    await asyncio.sleep(seconds)
+    spent = cpu_deltas(before, sampler.snapshot())
+    return {k: round(v / seconds, 3) for k, v in spent.items()}
+
+
+async def _measured_step(
+    fleet: ClientFleet[httpx.AsyncClient],
+    config: E2EConfig,
+    bodies: list[tuple[bytes, str]],
+    rate: float,
+    *,
+    watcher: CaseWatcher,
+    sampler: ProcessSampler,
+    settings: CommonSettings,
+) -> dict[str, Any]:
+    """One rung of the ladder: offer `bodies` at `rate`, wait for their cases, and what it
+    took (latencies, CPU per group, PostgreSQL work per closed case)."""
+    cpu_before = sampler.snapshot()
+    pg_before = await pg_counters(settings.database_url)
+    began = time.monotonic()
+    step = await _offer(fleet, config, bodies, rate)
+    drained = await _drain(watcher, step, config.drain_timeout)
+    cpu_after = sampler.snapshot()
+    figures = _step_figures(step, watcher, drained)
+    figures["wall_s"] = round(time.monotonic() - began, 2)
+    await asyncio.sleep(1.1)  # let the backends flush their statistics
+    figures["pg_per_closed_case"] = per_unit(
+        pg_before, await pg_counters(settings.database_url), figures["closed"]
+    )
+    figures["cpu_s"] = cpu_deltas(cpu_before, cpu_after)
+    figures["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    return figures

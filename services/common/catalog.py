@@ -385,75 +385,93 @@ def _check_items(
         ((f"items[{i}].code", it) for i, it in items.entries), lambda it: it.code, "item", out
     )
     all_departments = {d.code: d for _, d in departments.entries}
-    # (line, level) pairs that have a department somewhere: delegation needs a receiver.
     for i, item in items.entries:
         at = f"items[{i}]"
-        owner = municipal_departments.get(item.owner)
-        if owner is None:
-            if item.owner in all_departments:
-                level = all_departments[item.owner].level.value
-                out.append(
-                    CatalogProblem(
-                        f"{at}.owner",
-                        f"owner {item.owner!r} is a {level} department; an item is owned by a "
-                        "municipal department",
-                    )
-                )
-            elif item.owner not in departments.broken_codes:
-                out.append(CatalogProblem(f"{at}.owner", f"unknown department {item.owner!r}"))
-
-        if item.mode is Mode.delegated:
-            if item.delegated_to is None:
-                out.append(
-                    CatalogProblem(
-                        f"{at}.delegated_to",
-                        "a delegated item names delegated_to: district or street",
-                    )
-                )
-            elif item.delegated_to is Level.municipal:
-                out.append(
-                    CatalogProblem(f"{at}.delegated_to", "delegated_to is district or street")
-                )
-        elif item.delegated_to is not None:
-            out.append(
-                CatalogProblem(
-                    f"{at}.delegated_to",
-                    f"only a delegated item names delegated_to (this one is {item.mode.value})",
-                )
-            )
-
+        if item.owner not in municipal_departments:
+            _check_owner(item, at, all_departments, departments.broken_codes, out)
+        _check_delegation(item, at, out)
         if office_levels is not None:
-            for j, level in enumerate(item.intake_levels or ()):
-                if level not in office_levels:
-                    out.append(
-                        CatalogProblem(
-                            f"{at}.intake_levels[{j}]",
-                            f"no {LEVEL_OFFICE[level].value} office in the city takes "
-                            f"{level.value}-level intake",
-                        )
-                    )
-            takers = (effective_intake_levels(item) | {Level.municipal}) & office_levels
-            if item.mode is not Mode.online and not takers:
-                out.append(
-                    CatalogProblem(at, "no office in the city may take this item at a counter")
-                )
-
-        if item.time_limit_days < 0:
-            out.append(CatalogProblem(f"{at}.time_limit_days", "must not be negative"))
-        if (
-            item.effective_from is not None
-            and item.effective_to is not None
-            and item.effective_to < item.effective_from
-        ):
-            out.append(
-                CatalogProblem(
-                    f"{at}.effective_to",
-                    f"{item.effective_to} is before effective_from {item.effective_from}",
-                )
-            )
+            _check_intake(item, at, office_levels, out)
+        _check_time_limits(item, at, out)
         _duplicates(
             ((f"{at}.materials[{j}].code", m) for j, m in enumerate(item.materials)),
             lambda m: m.code,
             "material",
             out,
+        )
+
+
+def _check_owner(
+    item: Item,
+    at: str,
+    all_departments: Mapping[str, Department],
+    broken_codes: set[str],
+    out: list[CatalogProblem],
+) -> None:
+    """An owner that is not a municipal department: another level's, or unknown."""
+    if item.owner in all_departments:
+        level = all_departments[item.owner].level.value
+        out.append(
+            CatalogProblem(
+                f"{at}.owner",
+                f"owner {item.owner!r} is a {level} department; an item is owned by a "
+                "municipal department",
+            )
+        )
+    elif item.owner not in broken_codes:
+        out.append(CatalogProblem(f"{at}.owner", f"unknown department {item.owner!r}"))
+
+
+def _check_delegation(item: Item, at: str, out: list[CatalogProblem]) -> None:
+    """A delegated item names the level it is delegated to (below the city); no other does."""
+    if item.mode is Mode.delegated:
+        if item.delegated_to is None:
+            out.append(
+                CatalogProblem(
+                    f"{at}.delegated_to",
+                    "a delegated item names delegated_to: district or street",
+                )
+            )
+        elif item.delegated_to is Level.municipal:
+            out.append(CatalogProblem(f"{at}.delegated_to", "delegated_to is district or street"))
+    elif item.delegated_to is not None:
+        out.append(
+            CatalogProblem(
+                f"{at}.delegated_to",
+                f"only a delegated item names delegated_to (this one is {item.mode.value})",
+            )
+        )
+
+
+def _check_intake(
+    item: Item, at: str, office_levels: set[Level], out: list[CatalogProblem]
+) -> None:
+    """Every intake level has an office of its kind, and a counter item has a counter."""
+    for j, level in enumerate(item.intake_levels or ()):
+        if level not in office_levels:
+            out.append(
+                CatalogProblem(
+                    f"{at}.intake_levels[{j}]",
+                    f"no {LEVEL_OFFICE[level].value} office in the city takes "
+                    f"{level.value}-level intake",
+                )
+            )
+    takers = (effective_intake_levels(item) | {Level.municipal}) & office_levels
+    if item.mode is not Mode.online and not takers:
+        out.append(CatalogProblem(at, "no office in the city may take this item at a counter"))
+
+
+def _check_time_limits(item: Item, at: str, out: list[CatalogProblem]) -> None:
+    if item.time_limit_days < 0:
+        out.append(CatalogProblem(f"{at}.time_limit_days", "must not be negative"))
+    if (
+        item.effective_from is not None
+        and item.effective_to is not None
+        and item.effective_to < item.effective_from
+    ):
+        out.append(
+            CatalogProblem(
+                f"{at}.effective_to",
+                f"{item.effective_to} is before effective_from {item.effective_from}",
+            )
         )
