@@ -99,14 +99,15 @@ def component_docs() -> list[dict[str, Any]]:
 
 @cache
 def settings_class(process: str) -> type[CommonSettings]:
-    """The settings class a process reads (the CommonSettings subclass of its app.py)."""
+    """The settings class a process reads: the CommonSettings subclass its app.py has that is
+    defined in its own package (app.py itself, or a module beside it)."""
     module = importlib.import_module(f"services.{process}.app")
     found = [
         value
         for value in vars(module).values()
         if isinstance(value, type)
         and issubclass(value, CommonSettings)
-        and value.__module__ == module.__name__
+        and value.__module__.startswith(f"services.{process}.")
     ]
     assert len(found) == 1, f"services.{process}.app defines {found}"
     return found[0]
