@@ -333,9 +333,6 @@ async def run_e2e(
         sampler.add(name, pid, kind="service")  # uvicorn without workers: one process
     add_stack(sampler, run_dir)
     fleet = _client_fleet(config)
-    steps: list[dict[str, Any]] = []
-    outcomes: list[StepOutcome] = []
-    stopped = "ladder_end"
     async with httpx.AsyncClient(timeout=30) as http:
         version = await load_catalog(http, tokens, config, catalog)
         await watcher.start()
@@ -348,29 +345,16 @@ async def run_e2e(
                 await _drain(watcher, warm, config.drain_timeout)
             sampler.start()
             idle = await _idle_cpu(sampler, config.idle_seconds)
-            for rate in config.rates:
-                count = max(1, round(rate * config.step_seconds))
-                bodies = _bodies(catalog, items, rng, count, tokens)
-                on_step(f"{label} {rate:g}/s", None, 0, 1)
-                figures = await _measured_step(
-                    fleet, config, bodies, rate, watcher=watcher, sampler=sampler, settings=settings
-                )
-                steps.append(figures)
-                on_step(f"{label} {rate:g}/s", figures, 1, 1)
-                outcomes.append(
-                    StepOutcome(
-                        offered=rate,
-                        submitted=figures["submitted"],
-                        closed=figures["closed"],
-                        closed_per_s=figures["closed_per_s"],
-                    )
-                )
-                reason = stop_reason(
-                    outcomes, min_gain=config.min_gain, measure_up_to=config.measure_up_to
-                )
-                if reason is not None:
-                    stopped = reason
-                    break
+            steps, stopped = await _climb(
+                config,
+                lambda count: _bodies(catalog, items, rng, count, tokens),
+                fleet=fleet,
+                watcher=watcher,
+                sampler=sampler,
+                settings=settings,
+                label=label,
+                on_step=on_step,
+            )
         finally:
             processes = await sampler.stop()
             await watcher.stop()
@@ -391,6 +375,43 @@ async def run_e2e(
         "idle_cpu_s_per_s": idle,
         "services": sorted(pids),
     }
+
+
+async def _climb(
+    config: E2EConfig,
+    bodies: Callable[[int], list[tuple[bytes, str]]],
+    *,
+    fleet: ClientFleet[httpx.AsyncClient],
+    watcher: CaseWatcher,
+    sampler: ProcessSampler,
+    settings: CommonSettings,
+    label: str,
+    on_step: Callable[[str, dict[str, Any] | None, float, float], None],
+) -> tuple[list[dict[str, Any]], str]:
+    """Rung after rung up the ladder of rates, until its end or until `stop_reason` sees the
+    closed cases stop rising: the figures of every rung, and why it stopped."""
+    steps: list[dict[str, Any]] = []
+    outcomes: list[StepOutcome] = []
+    for rate in config.rates:
+        offered = bodies(max(1, round(rate * config.step_seconds)))
+        on_step(f"{label} {rate:g}/s", None, 0, 1)
+        figures = await _measured_step(
+            fleet, config, offered, rate, watcher=watcher, sampler=sampler, settings=settings
+        )
+        steps.append(figures)
+        on_step(f"{label} {rate:g}/s", figures, 1, 1)
+        outcomes.append(
+            StepOutcome(
+                offered=rate,
+                submitted=figures["submitted"],
+                closed=figures["closed"],
+                closed_per_s=figures["closed_per_s"],
+            )
+        )
+        reason = stop_reason(outcomes, min_gain=config.min_gain, measure_up_to=config.measure_up_to)
+        if reason is not None:
+            return steps, reason
+    return steps, "ladder_end"
 
 
 def _client_fleet(config: E2EConfig) -> ClientFleet[httpx.AsyncClient]:
