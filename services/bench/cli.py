@@ -11,13 +11,21 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from services.bench import e2e, raw
 from services.bench.report import (
@@ -28,8 +36,8 @@ from services.bench.report import (
     print_tracing_cost,
 )
 from services.bench.stats import rate_ladder
-from services.common.catalog import load_catalog_file
 from services.common.settings import CommonSettings
+from services.operators.catalog_file import load_catalog_file
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CATALOG = ROOT / "deploy" / "demo" / "catalog.yaml"
@@ -161,11 +169,7 @@ def e2e_command(
 ) -> None:
     """(b) tongban end to end: instant cases at rising open-loop rates until closed/s stops
     rising."""
-    ladder = (
-        [float(r) for r in rates.split(",") if r.strip()]
-        if rates
-        else rate_ladder(start_rate, max_rate)
-    )
+    ladder = _offered_rates(rates, start_rate, max_rate)
     config = e2e.E2EConfig(
         intake_urls=intake_url or default_intake_urls(),
         routing_url=routing_url or f"http://127.0.0.1:{8002 + port_offset()}",
@@ -183,20 +187,6 @@ def e2e_command(
         f"rates {', '.join(f'{r:g}' for r in ladder)}"
     )
     with _progress() as progress:
-        tasks: dict[str, Any] = {}
-
-        def on_step(name: str, figures: dict[str, Any] | None, done: float, total: float) -> None:
-            if name not in tasks:
-                tasks[name] = progress.add_task(name, total=total, note="")
-            note = ""
-            if figures is not None:
-                note = (
-                    f"closed/s {figures['closed_per_s']}  "
-                    f"p99 routed {figures['submit_to_routed']['p99_ms']} ms  "
-                    f"p99 closed {figures['submit_to_closed']['p99_ms']} ms"
-                )
-            progress.update(tasks[name], completed=done, note=note)
-
         result = asyncio.run(
             e2e.run_e2e(
                 config,
@@ -204,13 +194,39 @@ def e2e_command(
                 settings=CommonSettings(),
                 run_dir=run_dir(),
                 label=label,
-                on_step=on_step,
+                on_step=_step_bars(progress),
             )
         )
     console.print(
         f"{label}: best {result['max_closed_per_s']} closed cases/s ({result['stopped']})"
     )
     _write(out, result)
+
+
+def _offered_rates(rates: str | None, start_rate: float, max_rate: float) -> list[float]:
+    """`--rates` as given, else from `start_rate` doubling up to `max_rate`."""
+    if rates:
+        return [float(r) for r in rates.split(",") if r.strip()]
+    return rate_ladder(start_rate, max_rate)
+
+
+def _step_bars(progress: Progress) -> Callable[[str, dict[str, Any] | None, float, float], None]:
+    """`run_e2e`'s `on_step`: a bar per step of the ladder, with its figures once measured."""
+    tasks: dict[str, TaskID] = {}
+
+    def on_step(name: str, figures: dict[str, Any] | None, done: float, total: float) -> None:
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=total, note="")
+        note = ""
+        if figures is not None:
+            note = (
+                f"closed/s {figures['closed_per_s']}  "
+                f"p99 routed {figures['submit_to_routed']['p99_ms']} ms  "
+                f"p99 closed {figures['submit_to_closed']['p99_ms']} ms"
+            )
+        progress.update(tasks[name], completed=done, note=note)
+
+    return on_step
 
 
 def _git_commit() -> str | None:

@@ -332,18 +332,7 @@ async def run_e2e(
     for name, pid in pids.items():
         sampler.add(name, pid, kind="service")  # uvicorn without workers: one process
     add_stack(sampler, run_dir)
-    # Submissions go through a fleet of clients with a few connections each, as a city's
-    # terminals do; one client with max_inflight connections became the bottleneck past
-    # saturation.
-    fleet = ClientFleet(
-        lambda: httpx.AsyncClient(
-            timeout=30, limits=httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT)
-        ),
-        count=max(1, config.max_inflight // CONNECTIONS_PER_CLIENT),
-    )
-    steps: list[dict[str, Any]] = []
-    outcomes: list[StepOutcome] = []
-    stopped = "ladder_end"
+    fleet = _client_fleet(config)
     async with httpx.AsyncClient(timeout=30) as http:
         version = await load_catalog(http, tokens, config, catalog)
         await watcher.start()
@@ -355,46 +344,17 @@ async def run_e2e(
                 )
                 await _drain(watcher, warm, config.drain_timeout)
             sampler.start()
-            idle: dict[str, float] = {}
-            if config.idle_seconds > 0:
-                before = sampler.snapshot()
-                await asyncio.sleep(config.idle_seconds)
-                spent = cpu_deltas(before, sampler.snapshot())
-                idle = {k: round(v / config.idle_seconds, 3) for k, v in spent.items()}
-            for rate in config.rates:
-                count = max(1, round(rate * config.step_seconds))
-                bodies = _bodies(catalog, items, rng, count, tokens)
-                on_step(f"{label} {rate:g}/s", None, 0, 1)
-                cpu_before = sampler.snapshot()
-                pg_before = await pg_counters(settings.database_url)
-                began = time.monotonic()
-                step = await _offer(fleet, config, bodies, rate)
-                drained = await _drain(watcher, step, config.drain_timeout)
-                cpu_after = sampler.snapshot()
-                figures = _step_figures(step, watcher, drained)
-                figures["wall_s"] = round(time.monotonic() - began, 2)
-                await asyncio.sleep(1.1)  # let the backends flush their statistics
-                figures["pg_per_closed_case"] = per_unit(
-                    pg_before, await pg_counters(settings.database_url), figures["closed"]
-                )
-                figures["cpu_s"] = cpu_deltas(cpu_before, cpu_after)
-                figures["loadavg"] = [round(x, 2) for x in os.getloadavg()]
-                steps.append(figures)
-                on_step(f"{label} {rate:g}/s", figures, 1, 1)
-                outcomes.append(
-                    StepOutcome(
-                        offered=rate,
-                        submitted=figures["submitted"],
-                        closed=figures["closed"],
-                        closed_per_s=figures["closed_per_s"],
-                    )
-                )
-                reason = stop_reason(
-                    outcomes, min_gain=config.min_gain, measure_up_to=config.measure_up_to
-                )
-                if reason is not None:
-                    stopped = reason
-                    break
+            idle = await _idle_cpu(sampler, config.idle_seconds)
+            steps, stopped = await _climb(
+                config,
+                lambda count: _bodies(catalog, items, rng, count, tokens),
+                fleet=fleet,
+                watcher=watcher,
+                sampler=sampler,
+                settings=settings,
+                label=label,
+                on_step=on_step,
+            )
         finally:
             processes = await sampler.stop()
             await watcher.stop()
@@ -415,3 +375,91 @@ async def run_e2e(
         "idle_cpu_s_per_s": idle,
         "services": sorted(pids),
     }
+
+
+async def _climb(
+    config: E2EConfig,
+    bodies: Callable[[int], list[tuple[bytes, str]]],
+    *,
+    fleet: ClientFleet[httpx.AsyncClient],
+    watcher: CaseWatcher,
+    sampler: ProcessSampler,
+    settings: CommonSettings,
+    label: str,
+    on_step: Callable[[str, dict[str, Any] | None, float, float], None],
+) -> tuple[list[dict[str, Any]], str]:
+    """Rung after rung up the ladder of rates, until its end or until `stop_reason` sees the
+    closed cases stop rising: the figures of every rung, and why it stopped."""
+    steps: list[dict[str, Any]] = []
+    outcomes: list[StepOutcome] = []
+    for rate in config.rates:
+        offered = bodies(max(1, round(rate * config.step_seconds)))
+        on_step(f"{label} {rate:g}/s", None, 0, 1)
+        figures = await _measured_step(
+            fleet, config, offered, rate, watcher=watcher, sampler=sampler, settings=settings
+        )
+        steps.append(figures)
+        on_step(f"{label} {rate:g}/s", figures, 1, 1)
+        outcomes.append(
+            StepOutcome(
+                offered=rate,
+                submitted=figures["submitted"],
+                closed=figures["closed"],
+                closed_per_s=figures["closed_per_s"],
+            )
+        )
+        reason = stop_reason(outcomes, min_gain=config.min_gain, measure_up_to=config.measure_up_to)
+        if reason is not None:
+            return steps, reason
+    return steps, "ladder_end"
+
+
+def _client_fleet(config: E2EConfig) -> ClientFleet[httpx.AsyncClient]:
+    """Submissions go through a fleet of clients with a few connections each, as a city's
+    terminals do; one client with max_inflight connections became the bottleneck past
+    saturation."""
+    return ClientFleet(
+        lambda: httpx.AsyncClient(
+            timeout=30, limits=httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT)
+        ),
+        count=max(1, config.max_inflight // CONNECTIONS_PER_CLIENT),
+    )
+
+
+async def _idle_cpu(sampler: ProcessSampler, seconds: float) -> dict[str, float]:
+    """CPU seconds per second each group takes with no case arriving (none if `seconds` is 0)."""
+    if seconds <= 0:
+        return {}
+    before = sampler.snapshot()
+    await asyncio.sleep(seconds)
+    spent = cpu_deltas(before, sampler.snapshot())
+    return {k: round(v / seconds, 3) for k, v in spent.items()}
+
+
+async def _measured_step(
+    fleet: ClientFleet[httpx.AsyncClient],
+    config: E2EConfig,
+    bodies: list[tuple[bytes, str]],
+    rate: float,
+    *,
+    watcher: CaseWatcher,
+    sampler: ProcessSampler,
+    settings: CommonSettings,
+) -> dict[str, Any]:
+    """One rung of the ladder: offer `bodies` at `rate`, wait for their cases, and what it
+    took (latencies, CPU per group, PostgreSQL work per closed case)."""
+    cpu_before = sampler.snapshot()
+    pg_before = await pg_counters(settings.database_url)
+    began = time.monotonic()
+    step = await _offer(fleet, config, bodies, rate)
+    drained = await _drain(watcher, step, config.drain_timeout)
+    cpu_after = sampler.snapshot()
+    figures = _step_figures(step, watcher, drained)
+    figures["wall_s"] = round(time.monotonic() - began, 2)
+    await asyncio.sleep(1.1)  # let the backends flush their statistics
+    figures["pg_per_closed_case"] = per_unit(
+        pg_before, await pg_counters(settings.database_url), figures["closed"]
+    )
+    figures["cpu_s"] = cpu_deltas(cpu_before, cpu_after)
+    figures["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    return figures

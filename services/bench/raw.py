@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import multiprocessing.process
 import multiprocessing.synchronize
 import os
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.bench.procs import ProcessSampler, add_stack, cpu_deltas, per_unit, pg_counters
@@ -241,6 +242,10 @@ class _DoneWatcher:
     def count(self, phase: str) -> int:
         return sum(1 for p, _, _ in self.done.values() if p == phase)
 
+    def timings(self, phase: str) -> list[tuple[float, float]]:
+        """(sent at, done at) of each message of `phase` that is through."""
+        return [(t0, at) for p, t0, at in self.done.values() if p == phase]
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -282,10 +287,78 @@ async def run_raw(
     on_progress: Callable[[str, int, int], None] = lambda phase, done, total: None,
 ) -> dict[str, Any]:
     await prepare(cfg)
+    stop, readies, workers = _spawn_hops(cfg)
+    sampler = ProcessSampler()
+    watcher = _DoneWatcher(cfg)
+    producer = make_producer(cfg.settings("bench-raw-inject"), client_id="bench-raw-inject")
+    pad = "x" * payload_bytes
+    result: dict[str, Any] = {"config": asdict(cfg), "payload_bytes": payload_bytes}
+    try:
+        await _hops_ready(readies, workers)
+        await watcher.start()
+        await producer.start()
+        add_stack(
+            sampler,
+            run_dir,
+            [(f"raw-hop{i + 1}", w.pid) for i, w in enumerate(workers) if w.pid is not None],
+        )
+        sampler.start()
+        paced_total = await _paced_phase(
+            cfg,
+            producer,
+            watcher,
+            rate=paced_rate,
+            seconds=paced_seconds,
+            pad=pad,
+            timeout=timeout,
+            on_progress=on_progress,
+        )
+        burst = await _burst_phase(
+            cfg,
+            producer,
+            watcher,
+            sampler,
+            messages=messages,
+            pad=pad,
+            timeout=timeout,
+            on_progress=on_progress,
+        )
+        processes = await sampler.stop()
+        paced = watcher.timings("paced")
+        result |= {
+            "paced": {
+                "rate": paced_rate,
+                "messages": paced_total,
+                "completed": len(paced),
+                "latency": latency_summary([max(0.0, at - t0) for t0, at in paced]),
+            },
+            "burst": _burst_figures(burst, watcher.timings("burst"), messages),
+            "processes": processes,
+        }
+        return result
+    finally:
+        stop.set()
+        await watcher.stop()
+        await producer.stop()
+        _join_hops(workers)
+        try:
+            await delete_topics(cfg)
+        except Exception:  # best effort: the topics are per run and small
+            pass
+
+
+def _spawn_hops(
+    cfg: RawConfig,
+) -> tuple[
+    multiprocessing.synchronize.Event,
+    list[multiprocessing.synchronize.Event],
+    list[multiprocessing.process.BaseProcess],
+]:
+    """One process per hop, started: the stop event, each hop's ready event, the processes."""
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     readies = [ctx.Event() for _ in range(cfg.hops)]
-    workers = [
+    workers: list[multiprocessing.process.BaseProcess] = [
         ctx.Process(
             target=hop_process,
             args=(asdict(cfg), hop, readies[hop - 1], stop),
@@ -296,105 +369,119 @@ async def run_raw(
     ]
     for worker in workers:
         worker.start()
-    sampler = ProcessSampler()
-    watcher = _DoneWatcher(cfg)
-    producer = make_producer(cfg.settings("bench-raw-inject"), client_id="bench-raw-inject")
-    pad = "x" * payload_bytes
-    result: dict[str, Any] = {"config": asdict(cfg), "payload_bytes": payload_bytes}
-    try:
-        started = time.monotonic()
-        while not all(r.is_set() for r in readies):
-            if time.monotonic() - started > 60 or not all(w.is_alive() for w in workers):
-                raise RuntimeError("raw hop workers did not start (group join) within 60 s")
-            await asyncio.sleep(0.1)
-        await watcher.start()
-        await producer.start()
-        add_stack(
-            sampler,
-            run_dir,
-            [(f"raw-hop{i + 1}", w.pid) for i, w in enumerate(workers) if w.pid is not None],
-        )
-        sampler.start()
+    return stop, readies, workers
 
-        # Paced phase: open loop at paced_rate, for latency.
-        paced_total = int(paced_rate * paced_seconds)
-        t_start = time.perf_counter()
-        futures = []
-        for n in range(paced_total):
-            delay = t_start + n / paced_rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            key, value = _message(cfg.run_id, "paced", n, pad)
-            futures.append(await producer.send(cfg.topic(1), key=key, value=value))
-            on_progress("paced", watcher.count("paced"), paced_total)
-        await asyncio.gather(*futures)
-        await _wait(
-            lambda: watcher.count("paced") >= paced_total,
-            timeout,
-            lambda: on_progress("paced", watcher.count("paced"), paced_total),
-        )
-        cpu_before_burst = sampler.snapshot()
-        pg_before = await pg_counters(cfg.database_url)
 
-        # Burst phase: everything at once, for the throughput ceiling.
-        burst_start = time.time()
-        futures = []
-        for n in range(messages):
-            key, value = _message(cfg.run_id, "burst", n, pad)
-            futures.append(await producer.send(cfg.topic(1), key=key, value=value))
-        await asyncio.gather(*futures)
-        injected_s = time.time() - burst_start
-        drained = await _wait(
-            lambda: watcher.count("burst") >= messages,
-            timeout,
-            lambda: on_progress("burst", watcher.count("burst"), messages),
-        )
-        cpu_burst = cpu_deltas(cpu_before_burst, sampler.snapshot())
-        await asyncio.sleep(1.1)  # let the backends flush their statistics
-        pg_burst = per_unit(pg_before, await pg_counters(cfg.database_url), watcher.count("burst"))
-        processes = await sampler.stop()
+async def _hops_ready(
+    readies: list[multiprocessing.synchronize.Event],
+    workers: list[multiprocessing.process.BaseProcess],
+) -> None:
+    started = time.monotonic()
+    while not all(r.is_set() for r in readies):
+        if time.monotonic() - started > 60 or not all(w.is_alive() for w in workers):
+            raise RuntimeError("raw hop workers did not start (group join) within 60 s")
+        await asyncio.sleep(0.1)
 
-        paced = [(t0, at) for p, t0, at in watcher.done.values() if p == "paced"]
-        burst = [(t0, at) for p, t0, at in watcher.done.values() if p == "burst"]
-        burst_done = [at for _, at in burst]
-        result |= {
-            "paced": {
-                "rate": paced_rate,
-                "messages": paced_total,
-                "completed": len(paced),
-                "latency": latency_summary([max(0.0, at - t0) for t0, at in paced]),
-            },
-            "burst": {
-                "messages": messages,
-                "completed": len(burst),
-                "drained": drained,
-                "inject_s": round(injected_s, 2),
-                "wall_s": round(max(burst_done) - burst_start, 2) if burst_done else None,
-                "msgs_per_s_overall": round(len(burst) / (max(burst_done) - burst_start), 1)
-                if burst_done
-                else None,
-                "msgs_per_s": _round(completion_rate(burst_done)),
-                "latency": latency_summary([max(0.0, at - t0) for t0, at in burst]),
-                "cpu_s": cpu_burst,
-                "pg_per_message": pg_burst,
-                "loadavg": [round(x, 2) for x in os.getloadavg()],
-            },
-            "processes": processes,
-        }
-        return result
-    finally:
-        stop.set()
-        await watcher.stop()
-        await producer.stop()
-        for worker in workers:
-            worker.join(timeout=15)
-            if worker.is_alive():
-                worker.terminate()
-                worker.join(timeout=5)
-        try:
-            await delete_topics(cfg)
-        except Exception:  # best effort: the topics are per run and small
-            pass
+
+def _join_hops(workers: list[multiprocessing.process.BaseProcess]) -> None:
+    for worker in workers:
+        worker.join(timeout=15)
+        if worker.is_alive():
+            worker.terminate()
+            worker.join(timeout=5)
+
+
+async def _paced_phase(
+    cfg: RawConfig,
+    producer: AIOKafkaProducer,
+    watcher: _DoneWatcher,
+    *,
+    rate: float,
+    seconds: float,
+    pad: str,
+    timeout: float,
+    on_progress: Callable[[str, int, int], None],
+) -> int:
+    """Open loop at `rate`, for latency; waits until they are through. How many were sent."""
+    total = int(rate * seconds)
+    t_start = time.perf_counter()
+    futures = []
+    for n in range(total):
+        delay = t_start + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        key, value = _message(cfg.run_id, "paced", n, pad)
+        futures.append(await producer.send(cfg.topic(1), key=key, value=value))
+        on_progress("paced", watcher.count("paced"), total)
+    await asyncio.gather(*futures)
+    await _wait(
+        lambda: watcher.count("paced") >= total,
+        timeout,
+        lambda: on_progress("paced", watcher.count("paced"), total),
+    )
+    return total
+
+
+@dataclass(frozen=True)
+class _Burst:
+    """What the burst phase measured besides the done times."""
+
+    start: float  # wall clock
+    inject_s: float
+    drained: bool
+    cpu_s: dict[str, float]
+    pg_per_message: dict[str, float]
+
+
+async def _burst_phase(
+    cfg: RawConfig,
+    producer: AIOKafkaProducer,
+    watcher: _DoneWatcher,
+    sampler: ProcessSampler,
+    *,
+    messages: int,
+    pad: str,
+    timeout: float,
+    on_progress: Callable[[str, int, int], None],
+) -> _Burst:
+    """Everything at once, for the throughput ceiling, with its CPU and PostgreSQL costs."""
+    cpu_before = sampler.snapshot()
+    pg_before = await pg_counters(cfg.database_url)
+    start = time.time()
+    futures = []
+    for n in range(messages):
+        key, value = _message(cfg.run_id, "burst", n, pad)
+        futures.append(await producer.send(cfg.topic(1), key=key, value=value))
+    await asyncio.gather(*futures)
+    inject_s = time.time() - start
+    drained = await _wait(
+        lambda: watcher.count("burst") >= messages,
+        timeout,
+        lambda: on_progress("burst", watcher.count("burst"), messages),
+    )
+    cpu_s = cpu_deltas(cpu_before, sampler.snapshot())
+    await asyncio.sleep(1.1)  # let the backends flush their statistics
+    pg = per_unit(pg_before, await pg_counters(cfg.database_url), watcher.count("burst"))
+    return _Burst(start, inject_s, drained, cpu_s, pg)
+
+
+def _burst_figures(
+    burst: _Burst, timings: list[tuple[float, float]], messages: int
+) -> dict[str, Any]:
+    done = [at for _, at in timings]
+    return {
+        "messages": messages,
+        "completed": len(timings),
+        "drained": burst.drained,
+        "inject_s": round(burst.inject_s, 2),
+        "wall_s": round(max(done) - burst.start, 2) if done else None,
+        "msgs_per_s_overall": round(len(timings) / (max(done) - burst.start), 1) if done else None,
+        "msgs_per_s": _round(completion_rate(done)),
+        "latency": latency_summary([max(0.0, at - t0) for t0, at in timings]),
+        "cpu_s": burst.cpu_s,
+        "pg_per_message": burst.pg_per_message,
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:

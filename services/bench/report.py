@@ -216,111 +216,130 @@ def print_tracing_cost(report: dict[str, Any], console: Console) -> None:
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:
-    raw = report.get("raw")
-    if raw:
-        table = Table(title="(a) raw four-hop pipeline (same Kafka + PostgreSQL)")
-        raw_cols = (
-            "phase",
-            "messages",
-            "completed",
-            "msgs/s",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "CPU ms/msg",
-            "PG write xacts/msg",
-            "WAL KB/msg",
-        )
-        for col in raw_cols:
-            table.add_column(col, justify="right" if col != "phase" else "left")
-        paced, burst = raw["paced"], raw["burst"]
-        table.add_row(
-            f"paced {paced['rate']:g}/s",
-            str(paced["messages"]),
-            str(paced["completed"]),
-            "-",
-            *(_fmt(paced["latency"][k]) for k in ("p50_ms", "p95_ms", "p99_ms")),
-            "-",
-            "-",
-            "-",
-        )
-        table.add_row(
-            "burst",
-            str(burst["messages"]),
-            str(burst["completed"]),
-            _fmt(burst["msgs_per_s"]),
-            *(_fmt(burst["latency"][k]) for k in ("p50_ms", "p95_ms", "p99_ms")),
-            _fmt(stack_cpu_ms_per_unit(burst.get("cpu_s", {}), burst["completed"]), 3),
-            _fmt(burst.get("pg_per_message", {}).get("write_xacts"), 3),
-            _kb(burst.get("pg_per_message", {}).get("wal_bytes")),
-        )
-        console.print(table)
+    if report.get("raw"):
+        console.print(_raw_table(report["raw"]))
+    cpus = report.get("meta", {}).get("cpus")
     for run in report.get("tongban", []):
-        table = Table(title=f"(b) tongban end to end, {run['label']} (stopped: {run['stopped']})")
-        cols = [
-            "offered/s",
-            "sent/s",
-            "201",
-            "other",
-            "closed",
-            "closed/s",
-            "routed ms p50/p95/p99",
-            "closed ms p50/p95/p99",
-            "http p99 ms",
-            "CPU ms/case",
-            "PG write xacts/case",
-            "WAL KB/case",
-            "machine busy",
-            "others CPU s",
-        ]
-        for col in cols:
-            table.add_column(col, justify="right")
-        for s in run["steps"]:
-            other = sum(v for k, v in s["statuses"].items() if k != "201")
-            other += s["skipped_inflight_cap"] + sum(s["errors"].values())
-            table.add_row(
-                _fmt(s["rate"], 0),
-                _fmt(s["submit_rate"]),
-                str(s["submitted"]),
-                str(other),
-                str(s["closed"]),
-                _fmt(s["closed_per_s"]),
-                _triple(s["submit_to_routed"]),
-                _triple(s["submit_to_closed"]),
-                _fmt(s["http"]["p99_ms"], 0),
-                _fmt(stack_cpu_ms_per_unit(s.get("cpu_s", {}), s["closed"])),
-                _fmt(s.get("pg_per_closed_case", {}).get("write_xacts")),
-                _kb(s.get("pg_per_closed_case", {}).get("wal_bytes")),
-                _pct(machine_busy_share(s, report.get("meta", {}).get("cpus"))),
-                _fmt(s.get("cpu_s", {}).get("others")),
-            )
-        console.print(table)
+        console.print(_ladder_table(run, cpus))
         console.print(
             "latencies in ms from the POST; 'other' = refused, skipped or failed submissions; "
             "CPU ms/case = services + PostgreSQL + Kafka; "
             "'others CPU s' = CPU taken by processes outside the bench and the stack under test"
         )
-        procs = Table(title=f"processes during the ladder, {run['label']}")
-        for col in ("process", "kind", "CPU s", "CPU ms/closed case", "idle CPU %", "peak RSS MB"):
-            procs.add_column(col, justify="left" if col in ("process", "kind") else "right")
-        idle = run.get("idle_cpu_s_per_s") or {}
-        closed = sum(s["closed"] for s in run["steps"]) or 1
-        for p in run["processes"]:
-            procs.add_row(
-                p["name"],
-                p["kind"],
-                _fmt(p["cpu_s"]),
-                _fmt(1000 * p["cpu_s"] / closed, 2),
-                _pct(idle.get(p["name"])),
-                _fmt(p["peak_rss_mb"]) if p["kind"] != "infra" else f"({_fmt(p['peak_rss_mb'])})",
-            )
-        console.print(procs)
-    targets = Table(title="issue 8 targets (ratio = measured / target)")
+        console.print(_processes_table(run))
+    console.print(_targets_table(report["targets"]))
+
+
+def _raw_table(raw: dict[str, Any]) -> Table:
+    """(a): latency of the paced phase, throughput and costs of the burst."""
+    table = Table(title="(a) raw four-hop pipeline (same Kafka + PostgreSQL)")
+    raw_cols = (
+        "phase",
+        "messages",
+        "completed",
+        "msgs/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "CPU ms/msg",
+        "PG write xacts/msg",
+        "WAL KB/msg",
+    )
+    for col in raw_cols:
+        table.add_column(col, justify="right" if col != "phase" else "left")
+    paced, burst = raw["paced"], raw["burst"]
+    table.add_row(
+        f"paced {paced['rate']:g}/s",
+        str(paced["messages"]),
+        str(paced["completed"]),
+        "-",
+        *(_fmt(paced["latency"][k]) for k in ("p50_ms", "p95_ms", "p99_ms")),
+        "-",
+        "-",
+        "-",
+    )
+    table.add_row(
+        "burst",
+        str(burst["messages"]),
+        str(burst["completed"]),
+        _fmt(burst["msgs_per_s"]),
+        *(_fmt(burst["latency"][k]) for k in ("p50_ms", "p95_ms", "p99_ms")),
+        _fmt(stack_cpu_ms_per_unit(burst.get("cpu_s", {}), burst["completed"]), 3),
+        _fmt(burst.get("pg_per_message", {}).get("write_xacts"), 3),
+        _kb(burst.get("pg_per_message", {}).get("wal_bytes")),
+    )
+    return table
+
+
+def _ladder_table(run: dict[str, Any], cpus: int | None) -> Table:
+    """(b), one run: a row per offered rate of the ladder."""
+    table = Table(title=f"(b) tongban end to end, {run['label']} (stopped: {run['stopped']})")
+    cols = [
+        "offered/s",
+        "sent/s",
+        "201",
+        "other",
+        "closed",
+        "closed/s",
+        "routed ms p50/p95/p99",
+        "closed ms p50/p95/p99",
+        "http p99 ms",
+        "CPU ms/case",
+        "PG write xacts/case",
+        "WAL KB/case",
+        "machine busy",
+        "others CPU s",
+    ]
+    for col in cols:
+        table.add_column(col, justify="right")
+    for s in run["steps"]:
+        other = sum(v for k, v in s["statuses"].items() if k != "201")
+        other += s["skipped_inflight_cap"] + sum(s["errors"].values())
+        table.add_row(
+            _fmt(s["rate"], 0),
+            _fmt(s["submit_rate"]),
+            str(s["submitted"]),
+            str(other),
+            str(s["closed"]),
+            _fmt(s["closed_per_s"]),
+            _triple(s["submit_to_routed"]),
+            _triple(s["submit_to_closed"]),
+            _fmt(s["http"]["p99_ms"], 0),
+            _fmt(stack_cpu_ms_per_unit(s.get("cpu_s", {}), s["closed"])),
+            _fmt(s.get("pg_per_closed_case", {}).get("write_xacts")),
+            _kb(s.get("pg_per_closed_case", {}).get("wal_bytes")),
+            _pct(machine_busy_share(s, cpus)),
+            _fmt(s.get("cpu_s", {}).get("others")),
+        )
+    return table
+
+
+def _processes_table(run: dict[str, Any]) -> Table:
+    """(b), one run: what each process spent during the ladder."""
+    procs = Table(title=f"processes during the ladder, {run['label']}")
+    for col in ("process", "kind", "CPU s", "CPU ms/closed case", "idle CPU %", "peak RSS MB"):
+        procs.add_column(col, justify="left" if col in ("process", "kind") else "right")
+    idle = run.get("idle_cpu_s_per_s") or {}
+    closed = sum(s["closed"] for s in run["steps"]) or 1
+    for p in run["processes"]:
+        procs.add_row(
+            p["name"],
+            p["kind"],
+            _fmt(p["cpu_s"]),
+            _fmt(1000 * p["cpu_s"] / closed, 2),
+            _pct(idle.get(p["name"])),
+            _fmt(p["peak_rss_mb"]) if p["kind"] != "infra" else f"({_fmt(p['peak_rss_mb'])})",
+        )
+    return procs
+
+
+def _targets_table(targets: list[dict[str, Any]]) -> Table:
+    table = Table(title="issue 8 targets (ratio = measured / target)")
     for col in ("target", "want", "measured", "ratio", "met", "where"):
-        targets.add_column(col)
-    for t in report["targets"]:
+        table.add_column(col)
+    for t in targets:
         met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[t["met"]]
-        targets.add_row(
+        table.add_row(
             t["name"],
             f"{t['want']} {t['target']:g}",
             _fmt(t["measured"], 3),
@@ -328,7 +347,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             met,
             t["where"],
         )
-    console.print(targets)
+    return table
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:

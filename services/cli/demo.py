@@ -29,7 +29,7 @@ from services.cli.devclient import (
     ROUTING_PORT,
     ActingClient,
 )
-from services.common.catalog import load_catalog_file
+from services.operators.catalog_file import load_catalog_file
 
 ENDED = {"closed", "withdrawn"}
 

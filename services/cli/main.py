@@ -15,9 +15,9 @@ from rich.table import Table
 from services.cli.ops.commands import register_ops_commands
 from services.common import migrations
 from services.common.auth import SCOPED_ROLES, AuthSettings, Role, mint_token
-from services.common.catalog import load_catalog_file
 from services.common.kafka import ensure_topics, standard_topics
 from services.common.settings import CommonSettings
+from services.operators.catalog_file import CatalogFileError, load_catalog_file
 
 SERVICES = ("intake", "routing", "approval", "delivery")
 
@@ -184,7 +184,7 @@ def handover_keys_generate(
     """Write a key pair per office of the catalog. Give intake the .key files
     (TONGBAN_HANDOVER_KEY_DIR, mode 0600) and approval the .pub files
     (TONGBAN_HANDOVER_TRUST_DIR)."""
-    from services.common.catalog import CatalogFileError, validate_catalog
+    from services.common.catalog import validate_catalog
     from services.common.handover import (
         PRIVATE_SUFFIX,
         PUBLIC_SUFFIX,

@@ -1,8 +1,7 @@
-"""The catalog as a file (DESIGN.md §3): loading it and validating it whole.
-
-- `load_catalog_file` / `parse_catalog_text`: YAML or JSON to a plain dict.
-- `validate_catalog`: the shape (pydantic) and every cross-reference, all problems at once, so
-  an operator fixes a refused file in one pass.
+"""The catalog (DESIGN.md §3) validated whole: `validate_catalog` checks the shape (pydantic)
+and every cross-reference and lists all problems at once, so an operator fixes a refused
+catalog in one pass. Reading a catalog file into the dict it takes: services/operators/
+catalog_file.py.
 
 A validated catalog is indexed and applied by the pure policy in `services/policy/`
 (`CatalogIndex`, intake's and routing's rules).
@@ -11,16 +10,13 @@ A validated catalog is indexed and applied by the pure policy in `services/polic
 from __future__ import annotations
 
 import copy
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from types import UnionType
 from typing import Any, Generic, TypeVar, Union, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from contracts.catalog import (
@@ -37,59 +33,6 @@ from contracts.catalog import (
 )
 from contracts.common import UNSTORABLE_MESSAGE, Level, Mode, is_unstorable
 from services.policy.intake_rules import effective_intake_levels
-
-# --------------------------------------------------------------------------- loading
-
-
-class CatalogFileError(ValueError):
-    """The file cannot be read as a catalog at all (syntax, encoding, not a mapping)."""
-
-
-class _CatalogYamlLoader(yaml.SafeLoader):
-    """Safe YAML without implicit integers: codes like `0101` or `310101` stay the strings they
-    were written as (YAML 1.1 would read `0101` as octal 65). Integer fields such as
-    `time_limit_days` still validate: pydantic reads "5" as 5."""
-
-
-_CatalogYamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def parse_catalog_text(text: str, *, fmt: str | None = None) -> dict[str, Any]:
-    """Parse catalog text; `fmt` is "json" or "yaml", or None to tell by the content."""
-    text = text.lstrip("\ufeff")
-    if fmt is None:
-        fmt = "json" if text.lstrip().startswith("{") else "yaml"
-    try:
-        if fmt == "json":
-            data = json.loads(text)
-        elif fmt == "yaml":
-            data = yaml.load(text, Loader=_CatalogYamlLoader)  # a SafeLoader subclass
-        else:
-            raise CatalogFileError(f"unknown catalog format {fmt!r}: use json or yaml")
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise CatalogFileError(f"not valid {fmt.upper()}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CatalogFileError(
-            "a catalog is a mapping with city, districts, offices, departments, calendar, items; "
-            f"got {type(data).__name__}"
-        )
-    return data
-
-
-def load_catalog_file(path: str | Path) -> dict[str, Any]:
-    """Read a catalog file: JSON for `.json`, YAML for `.yaml`/`.yml`, else by its content."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CatalogFileError(f"cannot read {path}: {exc}") from exc
-    suffix = path.suffix.lower()
-    fmt = "json" if suffix == ".json" else "yaml" if suffix in {".yaml", ".yml"} else None
-    return parse_catalog_text(text, fmt=fmt)
-
 
 # --------------------------------------------------------------------------- validation
 
@@ -442,75 +385,93 @@ def _check_items(
         ((f"items[{i}].code", it) for i, it in items.entries), lambda it: it.code, "item", out
     )
     all_departments = {d.code: d for _, d in departments.entries}
-    # (line, level) pairs that have a department somewhere: delegation needs a receiver.
     for i, item in items.entries:
         at = f"items[{i}]"
-        owner = municipal_departments.get(item.owner)
-        if owner is None:
-            if item.owner in all_departments:
-                level = all_departments[item.owner].level.value
-                out.append(
-                    CatalogProblem(
-                        f"{at}.owner",
-                        f"owner {item.owner!r} is a {level} department; an item is owned by a "
-                        "municipal department",
-                    )
-                )
-            elif item.owner not in departments.broken_codes:
-                out.append(CatalogProblem(f"{at}.owner", f"unknown department {item.owner!r}"))
-
-        if item.mode is Mode.delegated:
-            if item.delegated_to is None:
-                out.append(
-                    CatalogProblem(
-                        f"{at}.delegated_to",
-                        "a delegated item names delegated_to: district or street",
-                    )
-                )
-            elif item.delegated_to is Level.municipal:
-                out.append(
-                    CatalogProblem(f"{at}.delegated_to", "delegated_to is district or street")
-                )
-        elif item.delegated_to is not None:
-            out.append(
-                CatalogProblem(
-                    f"{at}.delegated_to",
-                    f"only a delegated item names delegated_to (this one is {item.mode.value})",
-                )
-            )
-
+        if item.owner not in municipal_departments:
+            _check_owner(item, at, all_departments, departments.broken_codes, out)
+        _check_delegation(item, at, out)
         if office_levels is not None:
-            for j, level in enumerate(item.intake_levels or ()):
-                if level not in office_levels:
-                    out.append(
-                        CatalogProblem(
-                            f"{at}.intake_levels[{j}]",
-                            f"no {LEVEL_OFFICE[level].value} office in the city takes "
-                            f"{level.value}-level intake",
-                        )
-                    )
-            takers = (effective_intake_levels(item) | {Level.municipal}) & office_levels
-            if item.mode is not Mode.online and not takers:
-                out.append(
-                    CatalogProblem(at, "no office in the city may take this item at a counter")
-                )
-
-        if item.time_limit_days < 0:
-            out.append(CatalogProblem(f"{at}.time_limit_days", "must not be negative"))
-        if (
-            item.effective_from is not None
-            and item.effective_to is not None
-            and item.effective_to < item.effective_from
-        ):
-            out.append(
-                CatalogProblem(
-                    f"{at}.effective_to",
-                    f"{item.effective_to} is before effective_from {item.effective_from}",
-                )
-            )
+            _check_intake(item, at, office_levels, out)
+        _check_time_limits(item, at, out)
         _duplicates(
             ((f"{at}.materials[{j}].code", m) for j, m in enumerate(item.materials)),
             lambda m: m.code,
             "material",
             out,
+        )
+
+
+def _check_owner(
+    item: Item,
+    at: str,
+    all_departments: Mapping[str, Department],
+    broken_codes: set[str],
+    out: list[CatalogProblem],
+) -> None:
+    """An owner that is not a municipal department: another level's, or unknown."""
+    if item.owner in all_departments:
+        level = all_departments[item.owner].level.value
+        out.append(
+            CatalogProblem(
+                f"{at}.owner",
+                f"owner {item.owner!r} is a {level} department; an item is owned by a "
+                "municipal department",
+            )
+        )
+    elif item.owner not in broken_codes:
+        out.append(CatalogProblem(f"{at}.owner", f"unknown department {item.owner!r}"))
+
+
+def _check_delegation(item: Item, at: str, out: list[CatalogProblem]) -> None:
+    """A delegated item names the level it is delegated to (below the city); no other does."""
+    if item.mode is Mode.delegated:
+        if item.delegated_to is None:
+            out.append(
+                CatalogProblem(
+                    f"{at}.delegated_to",
+                    "a delegated item names delegated_to: district or street",
+                )
+            )
+        elif item.delegated_to is Level.municipal:
+            out.append(CatalogProblem(f"{at}.delegated_to", "delegated_to is district or street"))
+    elif item.delegated_to is not None:
+        out.append(
+            CatalogProblem(
+                f"{at}.delegated_to",
+                f"only a delegated item names delegated_to (this one is {item.mode.value})",
+            )
+        )
+
+
+def _check_intake(
+    item: Item, at: str, office_levels: set[Level], out: list[CatalogProblem]
+) -> None:
+    """Every intake level has an office of its kind, and a counter item has a counter."""
+    for j, level in enumerate(item.intake_levels or ()):
+        if level not in office_levels:
+            out.append(
+                CatalogProblem(
+                    f"{at}.intake_levels[{j}]",
+                    f"no {LEVEL_OFFICE[level].value} office in the city takes "
+                    f"{level.value}-level intake",
+                )
+            )
+    takers = (effective_intake_levels(item) | {Level.municipal}) & office_levels
+    if item.mode is not Mode.online and not takers:
+        out.append(CatalogProblem(at, "no office in the city may take this item at a counter"))
+
+
+def _check_time_limits(item: Item, at: str, out: list[CatalogProblem]) -> None:
+    if item.time_limit_days < 0:
+        out.append(CatalogProblem(f"{at}.time_limit_days", "must not be negative"))
+    if (
+        item.effective_from is not None
+        and item.effective_to is not None
+        and item.effective_to < item.effective_from
+    ):
+        out.append(
+            CatalogProblem(
+                f"{at}.effective_to",
+                f"{item.effective_to} is before effective_from {item.effective_from}",
+            )
         )

@@ -174,97 +174,105 @@ def dependency_unavailable() -> Problem:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    async def on_problem(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, Problem)
-        return problem_response(exc, request)
-
-    async def on_validation(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        errors = [
-            {
-                "field": _field(err.get("loc", ())),
-                "message": UNSTORABLE_MESSAGE if is_unstorable(err) else err.get("msg", ""),
-                "type": "invalid_value" if is_unstorable(err) else err.get("type", ""),
-            }
-            for err in exc.errors()
-        ]
-        summary = "; ".join(f"{e['field'] or '(body)'}: {e['message']}" for e in errors[:5])
-        if any(e["type"] == "invalid_value" for e in errors):
-            # Text tongban could not store or publish: the same code as a value PostgreSQL
-            # refuses, so a client fixes both the same way; `errors` names the fields.
-            return problem_response(
-                Problem(422, "invalid_value", "A value cannot be stored", summary, errors=errors),
-                request,
-            )
-        return problem_response(
-            Problem(422, "invalid_request", "The request is not valid", summary, errors=errors),
-            request,
-        )
-
-    async def on_http(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        codes = {
-            400: "malformed_body",  # FastAPI's answer to a body it cannot decode
-            404: "not_found",
-            405: "method_not_allowed",
-            413: "payload_too_large",
-        }
-        code = codes.get(exc.status_code, f"http_{exc.status_code}")
-        return problem_response(Problem(exc.status_code, code, str(exc.detail)), request)
-
-    async def on_database_data_error(request: Request, exc: Exception) -> Response:
-        # A value PostgreSQL cannot store (a NUL character, a number out of range...): the
-        # client sent it, nothing was written (the transaction failed), so it is a 422.
-        if _is_data_error(exc):
-            return problem_response(
-                Problem(
-                    422,
-                    "invalid_value",
-                    "A value cannot be stored",
-                    "A field holds a character or number outside what tongban accepts "
-                    "(e.g. a NUL character, or a number too large). Fix the value and resend.",
-                ),
-                request,
-            )
-        return await on_failure(request, exc)
-
-    async def on_failure(request: Request, exc: Exception) -> Response:
-        """Database and network failures (and what looks like them), answered in the app."""
-        if is_infrastructure_error(exc):
-            log.warning(
-                "dependency unavailable: answered 503",
-                path=request.url.path,
-                error=f"{type(exc).__name__}: {exc}"[:300],
-            )
-            return problem_response(dependency_unavailable(), request)
-        log.error("unexpected error: answered 500", path=request.url.path, exc_info=exc)
-        return internal_error(request)
-
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        """Anything else: Starlette re-raises it after this answer and uvicorn logs it."""
-        if is_infrastructure_error(exc):
-            return problem_response(dependency_unavailable(), request)
-        return internal_error(request)
-
-    def internal_error(request: Request) -> Response:
-        return problem_response(
-            Problem(500, "internal_error", "Internal error", "The error was logged; retry later."),
-            request,
-        )
-
-    app.add_exception_handler(Problem, on_problem)
+    """Every error a tongban app answers as problem JSON (`Problem`), with a stable code."""
+    app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(Refused, on_refused)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(DBAPIError, on_database_data_error)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(DBAPIError, _on_database_data_error)
     # Failures of the database or the network are answered inside the app. A handler for
     # `Exception` runs in Starlette's outermost middleware, which re-raises after answering,
     # and uvicorn then closes the connection: a client that had already sent its next
     # request on it got a reset instead of an answer (seen under overload, when the pool
     # timed out).
     for infrastructure in (OSError, asyncpg.InterfaceError, asyncpg.PostgresError, SQLAlchemyError):
-        app.add_exception_handler(infrastructure, on_failure)
-    app.add_exception_handler(Exception, on_unexpected)
+        app.add_exception_handler(infrastructure, _on_failure)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+async def _on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return problem_response(exc, request)
+
+
+async def _on_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "field": _field(err.get("loc", ())),
+            "message": UNSTORABLE_MESSAGE if is_unstorable(err) else err.get("msg", ""),
+            "type": "invalid_value" if is_unstorable(err) else err.get("type", ""),
+        }
+        for err in exc.errors()
+    ]
+    summary = "; ".join(f"{e['field'] or '(body)'}: {e['message']}" for e in errors[:5])
+    if any(e["type"] == "invalid_value" for e in errors):
+        # Text tongban could not store or publish: the same code as a value PostgreSQL
+        # refuses, so a client fixes both the same way; `errors` names the fields.
+        return problem_response(
+            Problem(422, "invalid_value", "A value cannot be stored", summary, errors=errors),
+            request,
+        )
+    return problem_response(
+        Problem(422, "invalid_request", "The request is not valid", summary, errors=errors),
+        request,
+    )
+
+
+async def _on_http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {
+        400: "malformed_body",  # FastAPI's answer to a body it cannot decode
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+    }
+    code = codes.get(exc.status_code, f"http_{exc.status_code}")
+    return problem_response(Problem(exc.status_code, code, str(exc.detail)), request)
+
+
+async def _on_database_data_error(request: Request, exc: Exception) -> Response:
+    # A value PostgreSQL cannot store (a NUL character, a number out of range...): the
+    # client sent it, nothing was written (the transaction failed), so it is a 422.
+    if _is_data_error(exc):
+        return problem_response(
+            Problem(
+                422,
+                "invalid_value",
+                "A value cannot be stored",
+                "A field holds a character or number outside what tongban accepts "
+                "(e.g. a NUL character, or a number too large). Fix the value and resend.",
+            ),
+            request,
+        )
+    return await _on_failure(request, exc)
+
+
+async def _on_failure(request: Request, exc: Exception) -> Response:
+    """Database and network failures (and what looks like them), answered in the app."""
+    if is_infrastructure_error(exc):
+        log.warning(
+            "dependency unavailable: answered 503",
+            path=request.url.path,
+            error=f"{type(exc).__name__}: {exc}"[:300],
+        )
+        return problem_response(dependency_unavailable(), request)
+    log.error("unexpected error: answered 500", path=request.url.path, exc_info=exc)
+    return _internal_error(request)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    """Anything else: Starlette re-raises it after this answer and uvicorn logs it."""
+    if is_infrastructure_error(exc):
+        return problem_response(dependency_unavailable(), request)
+    return _internal_error(request)
+
+
+def _internal_error(request: Request) -> Response:
+    return problem_response(
+        Problem(500, "internal_error", "Internal error", "The error was logged; retry later."),
+        request,
+    )
 
 
 def _field(loc: Sequence[int | str]) -> str:

@@ -2,7 +2,7 @@
 
 Pure logic, no I/O: the live stream (services.console.stream) parses a record, lets
 `CaseMemory` learn what the event says about its case, masks the personal data, and asks the
-stream's `EventFilter` (services.common.event_facts, shared with `tongban tail`).
+stream's `EventFilter` (services.operators.event_facts, shared with `tongban tail`).
 
 Most case events do not repeat where a case was taken or who handles it (`gov.case.closed.v1`
 carries only the case id), so the filters on department, office, district and path look at
@@ -31,7 +31,7 @@ from contracts.events import (
     CaseRouteFailed,
     CaseSlaWarning,
 )
-from services.common.event_facts import Facts, short_type
+from services.operators.event_facts import Facts, short_type
 from services.policy.catalog_index import CatalogIndex
 
 FAMILY_OF_TOPIC = {

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts.events import CASE_TOPICS, DLQ_TOPIC
+from services.common.dlq import ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC, REASON, SOURCE
 from services.common.kafka import ReadableFetch, client_options
 from services.common.logs import get_logger, mask_text
 from services.common.settings import CommonSettings
@@ -243,11 +244,11 @@ def _letter(record: Any) -> dict[str, Any]:
         "offset": record.offset,
         "case_id": mask_text(_decode(record.key)) or None,
         "type": headers.get("ce_type"),
-        "reason": mask_text(headers.get("dlq_reason", "")),
-        "source": headers.get("dlq_source"),
-        "from_topic": headers.get("dlq_topic"),
-        "from_partition": headers.get("dlq_partition"),
-        "from_offset": headers.get("dlq_offset"),
+        "reason": mask_text(headers.get(REASON, "")),
+        "source": headers.get(SOURCE),
+        "from_topic": headers.get(ORIGINAL_TOPIC),
+        "from_partition": headers.get(ORIGINAL_PARTITION),
+        "from_offset": headers.get(ORIGINAL_OFFSET),
     }
 
 

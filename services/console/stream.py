@@ -13,7 +13,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from services.common.envelope import Envelope, EnvelopeError
-from services.common.event_facts import (
+from services.common.logs import get_logger, mask_text
+from services.console.events import stream_item
+from services.console.kafka_views import header_text
+from services.operators.event_facts import (
     CaseMemory,
     EventFilter,
     Facts,
@@ -21,9 +24,6 @@ from services.common.event_facts import (
     facts_of_case_view,
     mask_event_data,
 )
-from services.common.logs import get_logger, mask_text
-from services.console.events import stream_item
-from services.console.kafka_views import header_text
 from services.policy.catalog_index import CatalogIndex
 
 log = get_logger(__name__)

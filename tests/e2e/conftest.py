@@ -23,7 +23,7 @@ from services.cli.devclient import (
     ROUTING_PORT,
     ActingClient,
 )
-from services.common.catalog import load_catalog_file
+from services.operators.catalog_file import load_catalog_file
 from tests.conftest import ROOT, eventually
 
 INTAKE = f"http://127.0.0.1:{INTAKE_PORT}"

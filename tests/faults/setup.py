@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.cli.devclient import ActingClient
-from services.common.catalog import load_catalog_file
+from services.operators.catalog_file import load_catalog_file
 from tests.conftest import ROOT, eventually
 from tests.faults.harness import url_of
 

@@ -6,12 +6,11 @@ from typing import Any
 import pytest
 
 from contracts.common import Level
-from services.common.catalog import (
+from services.common.catalog import CatalogProblem, validate_catalog
+from services.operators.catalog_file import (
     CatalogFileError,
-    CatalogProblem,
     load_catalog_file,
     parse_catalog_text,
-    validate_catalog,
 )
 from services.policy.catalog_index import CatalogIndex
 from services.policy.intake_rules import item_in_force

@@ -13,10 +13,10 @@ from pydantic import ValidationError
 
 from contracts.events import APPROVAL_TOPIC, DELIVERY_TOPIC, DLQ_TOPIC, INTAKE_TOPIC, ROUTING_TOPIC
 from services.common.envelope import Envelope
-from services.common.event_facts import CaseMemory, EventFilter
 from services.console.app import ConsoleSettings, create_app
 from services.console.events import family
 from services.console.stream import CaseLookup, LiveStream, sse
+from services.operators.event_facts import CaseMemory, EventFilter
 from tests.unit.catalog_data import application, index
 
 pytestmark = pytest.mark.unit

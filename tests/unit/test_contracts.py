@@ -29,9 +29,9 @@ from contracts.events import (
     CaseRouted,
     DecisionOutcome,
 )
-from services.common import dlq
 from services.common.consumer import Subscription
 from services.common.service import ServiceRuntime, ServiceSettings
+from services.operators import dead_letters
 
 pytestmark = pytest.mark.unit
 
@@ -556,7 +556,7 @@ class SentRecords:
 
 
 async def test_a_replay_is_recorded_as_the_document_declares(asyncapi: dict[str, Any]) -> None:
-    letter = dlq.DeadLetter(
+    letter = dead_letters.DeadLetter(
         topic=DLQ_TOPIC,
         partition=2,
         offset=41,
@@ -575,16 +575,18 @@ async def test_a_replay_is_recorded_as_the_document_declares(asyncapi: dict[str,
         ),
     )
     producer = SentRecords()
-    await dlq.replay(cast(Any, producer), letter, operator="ops-1")
+    await dead_letters.replay(cast(Any, producer), letter, operator="ops-1")
     (original, *_), (topic, key, value, headers) = producer.sent
     assert original == "case.routing.v1"
 
     channel = asyncapi["channels"][DLQ_REPLAYS_TOPIC]
     assert channel["address"] == topic == DLQ_REPLAYS_TOPIC
-    assert channel["bindings"]["kafka"]["partitions"] == dlq.replays_topic_spec().partitions
+    assert (
+        channel["bindings"]["kafka"]["partitions"] == dead_letters.replays_topic_spec().partitions
+    )
     message = _resolve(asyncapi, channel["messages"]["ReplayRecord"]["$ref"])
     Draft7Validator(message["headers"]).validate({k: v.decode() for k, v in headers})
-    assert key == dlq.replay_key(DLQ_TOPIC, 2, 41) == b"case.dlq.v1/2/41"
+    assert key == dead_letters.replay_key(DLQ_TOPIC, 2, 41) == b"case.dlq.v1/2/41"
     record = json.loads(value or b"")
     payload = _payload_validator(asyncapi, message["payload"]["$ref"])
     payload.validate(record)

@@ -11,12 +11,12 @@ from services.common.db import INBOX_LITERAL_MAX, inbox_key
 from services.common.dlq import (
     ESCAPED_HEADERS,
     TRUNCATED,
-    DeadLetter,
     LetterShape,
     dead_letter_headers,
     minimal_letter,
     shape_letter,
 )
+from services.operators.dead_letters import DeadLetter
 
 pytestmark = pytest.mark.unit
 

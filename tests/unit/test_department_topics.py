@@ -92,7 +92,7 @@ def test_department_topic_specs_are_deduplicated() -> None:
 
 def test_every_department_of_the_demo_catalog_has_its_own_topic() -> None:
     from contracts.events import CatalogPublished
-    from services.common.catalog import load_catalog_file
+    from services.operators.catalog_file import load_catalog_file
 
     raw = load_catalog_file(ROOT / "deploy" / "demo" / "catalog.yaml")
     published = CatalogPublished(version=1, loaded_at=datetime.now(UTC), catalog=raw)

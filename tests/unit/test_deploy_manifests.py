@@ -99,14 +99,15 @@ def component_docs() -> list[dict[str, Any]]:
 
 @cache
 def settings_class(process: str) -> type[CommonSettings]:
-    """The settings class a process reads (the CommonSettings subclass of its app.py)."""
+    """The settings class a process reads: the CommonSettings subclass its app.py has that is
+    defined in its own package (app.py itself, or a module beside it)."""
     module = importlib.import_module(f"services.{process}.app")
     found = [
         value
         for value in vars(module).values()
         if isinstance(value, type)
         and issubclass(value, CommonSettings)
-        and value.__module__ == module.__name__
+        and value.__module__.startswith(f"services.{process}.")
     ]
     assert len(found) == 1, f"services.{process}.app defines {found}"
     return found[0]
@@ -139,10 +140,10 @@ def consumer_groups() -> dict[str, dict[str, tuple[str, ...]]]:
 def expected_topics() -> dict[str, TopicSpec]:
     specs = {spec.name: spec for spec in standard_topics()}
     try:
-        dlq = importlib.import_module("services.common.dlq")
+        dead_letters = importlib.import_module("services.operators.dead_letters")
     except ImportError:  # no replay log in this version of the code
         return specs
-    replays: TopicSpec = dlq.replays_topic_spec()
+    replays: TopicSpec = dead_letters.replays_topic_spec()
     specs[replays.name] = replays
     return specs
 

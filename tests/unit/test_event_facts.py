@@ -1,5 +1,5 @@
 """The facts of case events, the per-case memory, the filters and the masking shared by
-`tongban tail` and the operator console (services.common.event_facts)."""
+`tongban tail` and the operator console (services.operators.event_facts)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.common.event_facts import (
+from services.operators.event_facts import (
     CaseMemory,
     EventFilter,
     Facts,

@@ -13,6 +13,7 @@ import pytest
 from aiokafka import TopicPartition
 from typer.testing import CliRunner
 
+from contracts.events import ReplayRecord
 from services.cli.main import app
 from services.cli.ops.dlq import LetterFilters, letter_matches, parse_ref, refusal
 from services.cli.ops.events import EventView, parse_when, status_after, view_of
@@ -21,9 +22,9 @@ from services.cli.ops.lag import chosen_groups, compute_lag, service_of, totals
 from services.cli.ops.merge import SortedBacklog, TimeMergeBuffer
 from services.cli.ops.render import event_json, event_line, json_line
 from services.common.city import CITY_TZ
-from services.common.dlq import DeadLetter, ReplayRecord
 from services.common.envelope import Envelope
-from services.common.event_facts import CaseMemory, EventFilter
+from services.operators.dead_letters import DeadLetter
+from services.operators.event_facts import CaseMemory, EventFilter
 from services.policy.catalog_index import CatalogIndex
 from tests.unit import catalog_data
 

@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from contracts.events import ReplayRecord
 from services.cli.ops.dlq import (
     LetterFilters,
     ReplayOutcome,
@@ -46,13 +47,13 @@ from services.cli.ops.lag import fetch_lag, service_of, totals
 from services.cli.ops.merge import DEFAULT_DELAY_S, DEFAULT_RUN_SIZE
 from services.cli.ops.render import event_line, json_line, masked_headers
 from services.cli.ops.tail import TailError, TailOptions, run_tail
-from services.common.catalog import CatalogFileError, load_catalog_file
 from services.common.catalog import validate_catalog as _validate_catalog
 from services.common.city import CITY_TZ
-from services.common.dlq import REPLAYS_TOPIC, DeadLetter, ReplayRecord
-from services.common.event_facts import EventFilter, mask_event_data, short_type
 from services.common.logs import mask_text
 from services.common.settings import CommonSettings
+from services.operators.catalog_file import CatalogFileError, load_catalog_file
+from services.operators.dead_letters import REPLAYS_TOPIC, DeadLetter
+from services.operators.event_facts import EventFilter, mask_event_data, short_type
 from services.policy.catalog_index import CatalogIndex
 
 out = Console(highlight=False, soft_wrap=True)
@@ -114,86 +115,90 @@ Personal data is always masked. Ctrl-C stops cleanly (exit 0).
 """
 
 
+TailTopics = Annotated[
+    list[str] | None,
+    typer.Option("--topic", "-t", help="topic to follow (repeat); default: every case topic"),
+]
+FollowDlq = Annotated[bool, typer.Option("--dlq", help="follow the dead-letter topic too")]
+FromBeginning = Annotated[
+    bool, typer.Option("--from-beginning", help="start at the oldest record kept")
+]
+FromTime = Annotated[
+    str | None,
+    typer.Option(
+        "--from-time",
+        metavar="WHEN",
+        help="start at this time: ISO 8601 (city time without offset) or 30m, 2h, 1d ago",
+    ),
+]
+FromOffset = Annotated[
+    int | None,
+    typer.Option("--from-offset", min=0, help="start at this offset of every partition"),
+]
+CaseGlobs = Annotated[list[str] | None, typer.Option("--case", "-c", help="case id or glob")]
+TypeGlobs = Annotated[
+    list[str] | None,
+    typer.Option("--type", help="event type or glob, full or short (routed, sla_*)"),
+]
+Departments = Annotated[
+    list[str] | None, typer.Option("--department", "-d", help="handling department code")
+]
+Offices = Annotated[list[str] | None, typer.Option("--office", help="intake office code")]
+Districts = Annotated[
+    list[str] | None,
+    typer.Option("--district", help="district code (office, department or applicant's)"),
+]
+RoutePaths = Annotated[
+    list[str] | None,
+    typer.Option("--path", help="route path: online, delegated, entrusted, municipal"),
+]
+DistrictsCatalog = Annotated[
+    Path | None,
+    typer.Option(
+        help="catalog file for --district (default: newest on catalog.v1)",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+    ),
+]
+TailJson = Annotated[
+    bool, typer.Option("--json", help="JSON lines: coordinates, headers, masked data")
+]
+MaxEvents = Annotated[int | None, typer.Option("--max", min=1, help="stop after this many events")]
+IdleTimeout = Annotated[
+    float | None,
+    typer.Option(
+        min=0.1,
+        help="stop after this many seconds without a new record (once any backlog is read)",
+    ),
+]
+OrderDelay = Annotated[
+    float,
+    typer.Option(min=0, max=60, help="seconds an event may wait for older ones (0: none)"),
+]
+
+
 def tail(
-    topic: Annotated[
-        list[str] | None,
-        typer.Option("--topic", "-t", help="topic to follow (repeat); default: every case topic"),
-    ] = None,
-    dlq: Annotated[bool, typer.Option("--dlq", help="follow the dead-letter topic too")] = False,
-    from_beginning: Annotated[
-        bool, typer.Option("--from-beginning", help="start at the oldest record kept")
-    ] = False,
-    from_time: Annotated[
-        str | None,
-        typer.Option(
-            "--from-time",
-            metavar="WHEN",
-            help="start at this time: ISO 8601 (city time without offset) or 30m, 2h, 1d ago",
-        ),
-    ] = None,
-    from_offset: Annotated[
-        int | None,
-        typer.Option("--from-offset", min=0, help="start at this offset of every partition"),
-    ] = None,
-    case: Annotated[list[str] | None, typer.Option("--case", "-c", help="case id or glob")] = None,
-    event_type: Annotated[
-        list[str] | None,
-        typer.Option("--type", help="event type or glob, full or short (routed, sla_*)"),
-    ] = None,
-    department: Annotated[
-        list[str] | None, typer.Option("--department", "-d", help="handling department code")
-    ] = None,
-    office: Annotated[list[str] | None, typer.Option("--office", help="intake office code")] = None,
-    district: Annotated[
-        list[str] | None,
-        typer.Option("--district", help="district code (office, department or applicant's)"),
-    ] = None,
-    path: Annotated[
-        list[str] | None,
-        typer.Option("--path", help="route path: online, delegated, entrusted, municipal"),
-    ] = None,
-    catalog: Annotated[
-        Path | None,
-        typer.Option(
-            help="catalog file for --district (default: newest on catalog.v1)",
-            exists=True,
-            dir_okay=False,
-            readable=True,
-        ),
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="JSON lines: coordinates, headers, masked data")
-    ] = False,
-    max_events: Annotated[
-        int | None, typer.Option("--max", min=1, help="stop after this many events")
-    ] = None,
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            min=0.1,
-            help="stop after this many seconds without a new record (once any backlog is read)",
-        ),
-    ] = None,
-    order_delay: Annotated[
-        float,
-        typer.Option(min=0, max=60, help="seconds an event may wait for older ones (0: none)"),
-    ] = DEFAULT_DELAY_S,
+    topic: TailTopics = None,
+    dlq: FollowDlq = False,
+    from_beginning: FromBeginning = False,
+    from_time: FromTime = None,
+    from_offset: FromOffset = None,
+    case: CaseGlobs = None,
+    event_type: TypeGlobs = None,
+    department: Departments = None,
+    office: Offices = None,
+    district: Districts = None,
+    path: RoutePaths = None,
+    catalog: DistrictsCatalog = None,
+    as_json: TailJson = False,
+    max_events: MaxEvents = None,
+    timeout: IdleTimeout = None,
+    order_delay: OrderDelay = DEFAULT_DELAY_S,
 ) -> None:
     """Follow the case topics live (help: TAIL_HELP)."""
     settings = CommonSettings()
-    starts = [from_beginning, from_time is not None, from_offset is not None]
-    if sum(starts) > 1:
-        raise typer.BadParameter(
-            "choose one of --from-beginning, --from-time, --from-offset", param_hint="--from-*"
-        )
-    if from_beginning:
-        start = StartAt(StartKind.beginning)
-    elif from_time is not None:
-        start = StartAt(StartKind.time, time=_when("--from-time", from_time))
-    elif from_offset is not None:
-        start = StartAt(StartKind.offset, offset=from_offset)
-    else:
-        start = StartAt(StartKind.now)
+    start = _start_at(from_beginning, from_time, from_offset)
     filters = EventFilter.of(
         cases=case or (),
         types=event_type or (),
@@ -206,26 +211,66 @@ def tail(
         check_filters(replace(filters, districts=frozenset()))
     except FilterError as exc:
         raise typer.BadParameter(str(exc), param_hint="--path") from None
-    catalog_index = _catalog_index(catalog) if filters.districts and catalog is not None else None
     options = TailOptions(
         topics=tuple(topic or ()),
         include_dlq=dlq,
         start=start,
         filters=filters,
-        catalog=catalog_index,
+        catalog=_catalog_index(catalog) if filters.districts and catalog is not None else None,
         max_events=max_events,
         idle_timeout=timeout,
         order_delay=order_delay,
     )
-    broken_pipe = False
-    written = 0
+    output = _TailOutput(as_json=as_json)
+    with output.reading:
+        _run(_follow(settings, options, output), settings)
+    output.close()
+    err.print(f"[dim]tail stopped ({output.why_stopped}): {output.written} events shown[/]")
 
-    def emit(view: EventView) -> None:
-        nonlocal broken_pipe, written
-        if broken_pipe:
+
+def _start_at(from_beginning: bool, from_time: str | None, from_offset: int | None) -> StartAt:
+    """Where the tail starts reading: at most one of the --from-* options, else now."""
+    starts = [from_beginning, from_time is not None, from_offset is not None]
+    if sum(starts) > 1:
+        raise typer.BadParameter(
+            "choose one of --from-beginning, --from-time, --from-offset", param_hint="--from-*"
+        )
+    if from_beginning:
+        return StartAt(StartKind.beginning)
+    if from_time is not None:
+        return StartAt(StartKind.time, time=_when("--from-time", from_time))
+    if from_offset is not None:
+        return StartAt(StartKind.offset, offset=from_offset)
+    return StartAt(StartKind.now)
+
+
+class _TailOutput:
+    """Where the tail's events go: a line (or JSON line) each on standard output, and while a
+    backlog is read a progress bar on standard error. A closed pipe (`tongban tail | head`)
+    stops the tail quietly."""
+
+    def __init__(self, *, as_json: bool) -> None:
+        self.as_json = as_json
+        self.stop = asyncio.Event()
+        self.broken_pipe = False
+        self.written = 0
+        # The bar shows while a backlog is read (nothing is printed then) and goes away before
+        # its first line; on a terminal only.
+        self.reading = Progress(
+            TextColumn("reading the backlog"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        )
+
+    def emit(self, view: EventView) -> None:
+        if self.broken_pipe:
             return
         try:
-            if as_json:
+            if self.as_json:
                 text = json_line(view) + "\n"
             else:
                 # Rendered here and written below, so that a closed pipe reaches us (rich
@@ -235,60 +280,52 @@ def tail(
                 text = captured.get()
             sys.stdout.write(text)
             sys.stdout.flush()
-            written += 1
+            self.written += 1
         except BrokenPipeError:  # `tongban tail | head`: the reader is gone; stop quietly
-            broken_pipe = True
-            stop.set()
+            self.broken_pipe = True
+            self.stop.set()
 
-    stop = asyncio.Event()
-    # The bar shows while a backlog is read (nothing is printed then) and goes away before
-    # its first line; on a terminal only.
-    reading = Progress(
-        TextColumn("reading the backlog"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
-
-    def backlog_read(done: int, total: int) -> None:
-        if not reading.tasks:
-            reading.add_task("backlog", total=total)
-        reading.update(reading.tasks[0].id, completed=done, total=total)
+    def backlog_read(self, done: int, total: int) -> None:
+        if not self.reading.tasks:
+            self.reading.add_task("backlog", total=total)
+        self.reading.update(self.reading.tasks[0].id, completed=done, total=total)
         if done >= total:
-            reading.stop()
+            self.reading.stop()
 
-    async def main() -> int:
-        nonlocal options
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        if filters.districts and options.catalog is None:
-            found = await latest_catalog(settings)
-            if found is None:
-                raise FilterError("--district: no catalog on catalog.v1; give --catalog FILE")
-            err.print(f"[dim]districts from catalog version {found[0]} on catalog.v1[/]")
-            options = replace(options, catalog=found[1])
-        check_filters(filters, options.catalog)
-        return await run_tail(
-            settings,
-            options,
-            emit=emit,
-            note=lambda m: err.print(f"[dim]{m}[/]"),
-            stop=stop,
-            progress=backlog_read,
+    def close(self) -> None:
+        if self.broken_pipe:
+            # Keep the interpreter from complaining about the closed pipe when it exits.
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+    @property
+    def why_stopped(self) -> str:
+        return (
+            "output closed" if self.broken_pipe else "interrupted" if self.stop.is_set() else "done"
         )
 
-    with reading:
-        _run(main(), settings)
-    if broken_pipe:
-        # Keep the interpreter from complaining about the closed pipe when it exits.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    reason = "output closed" if broken_pipe else "interrupted" if stop.is_set() else "done"
-    err.print(f"[dim]tail stopped ({reason}): {written} events shown[/]")
+
+async def _follow(settings: CommonSettings, options: TailOptions, output: _TailOutput) -> int:
+    """Run the tail until it stops (Ctrl-C, SIGTERM, --max, --timeout, a closed pipe), with
+    the catalog of catalog.v1 for --district when no file was given."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, output.stop.set)
+    if options.filters.districts and options.catalog is None:
+        found = await latest_catalog(settings)
+        if found is None:
+            raise FilterError("--district: no catalog on catalog.v1; give --catalog FILE")
+        err.print(f"[dim]districts from catalog version {found[0]} on catalog.v1[/]")
+        options = replace(options, catalog=found[1])
+    check_filters(options.filters, options.catalog)
+    return await run_tail(
+        settings,
+        options,
+        emit=output.emit,
+        note=lambda m: err.print(f"[dim]{m}[/]"),
+        stop=output.stop,
+        progress=output.backlog_read,
+    )
 
 
 def _catalog_index(catalog: Path) -> CatalogIndex:
@@ -585,36 +622,41 @@ def dlq_show(
         out.print(Text(entry.get("value_text") or "(no value)"))
 
 
+ReplayRefs = Annotated[
+    list[str] | None,
+    typer.Argument(help="dead letters to replay: PARTITION:OFFSET ...", show_default=False),
+]
+AllMatching = Annotated[
+    bool,
+    typer.Option(
+        "--all-matching", help="replay every dead letter that matches the filters instead"
+    ),
+]
+Operator = Annotated[
+    str | None, typer.Option(help="who replays, recorded with each replay (default: $USER)")
+]
+Force = Annotated[
+    bool,
+    typer.Option(help="replay even if replayed before, or not a valid CloudEvent"),
+]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="only show what would be replayed")]
+AssumeYes = Annotated[bool, typer.Option("--yes", "-y", help="no confirmation for --all-matching")]
+ReplayHistory = dict[tuple[str, int, int], list[ReplayRecord]]
+
+
 @dlq_app.command("replay")
 def dlq_replay(
-    refs: Annotated[
-        list[str] | None,
-        typer.Argument(help="dead letters to replay: PARTITION:OFFSET ...", show_default=False),
-    ] = None,
-    all_matching: Annotated[
-        bool,
-        typer.Option(
-            "--all-matching", help="replay every dead letter that matches the filters instead"
-        ),
-    ] = False,
+    refs: ReplayRefs = None,
+    all_matching: AllMatching = False,
     dlq_topic: DlqTopic = None,
     since: Since = None,
     reason: Reason = None,
     event_type: Types = None,
     case: Cases = None,
-    operator: Annotated[
-        str | None, typer.Option(help="who replays, recorded with each replay (default: $USER)")
-    ] = None,
-    force: Annotated[
-        bool,
-        typer.Option(help="replay even if replayed before, or not a valid CloudEvent"),
-    ] = False,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="only show what would be replayed")
-    ] = False,
-    yes: Annotated[
-        bool, typer.Option("--yes", "-y", help="no confirmation for --all-matching")
-    ] = False,
+    operator: Operator = None,
+    force: Force = False,
+    dry_run: DryRun = False,
+    yes: AssumeYes = False,
     replays_topic: ReplaysTopic = REPLAYS_TOPIC,
 ) -> None:
     """Re-publish dead letters to their original topic (key, value and headers as they were,
@@ -632,28 +674,13 @@ def dlq_replay(
     if refs and filters.any:
         raise typer.BadParameter("filters go with --all-matching, not with named dead letters")
     who = operator or os.environ.get("USER") or _login() or "unknown"
-
-    async def gather() -> tuple[
-        list[DeadLetter], list[str], dict[tuple[str, int, int], list[ReplayRecord]]
-    ]:
-        history = await load_replays(settings, replays_topic)
-        if all_matching:
-            return await load_letters(settings, topic, filters), [], history
-        count = await partition_count(settings, topic)
-        if count is None:
-            raise LookupError(f"topic {topic} does not exist")
-        places: dict[tuple[int, int], str] = {}
-        for text in refs or ():
-            try:
-                places.setdefault(parse_ref(text, partitions=count), text)
-            except ValueError as exc:
-                raise typer.BadParameter(str(exc), param_hint="REFS") from None
-        found = await load_letters_at(settings, topic, places)
-        missing = [text for place, text in places.items() if found[place] is None]
-        return [x for x in found.values() if x is not None], missing, history
-
     with err.status(f"reading {topic} and {replays_topic}...", spinner="dots"):
-        letters, missing, history = _run(gather(), settings)
+        letters, missing, history = _run(
+            _letters_to_replay(
+                settings, topic, replays_topic, None if all_matching else refs or [], filters
+            ),
+            settings,
+        )
     for text in missing:
         err.print(f"[red]no dead letter at {text}[/] in {topic}")
 
@@ -666,17 +693,7 @@ def dlq_replay(
         if skipped:
             err.print(f"[dim]{len(skipped)} matching dead letters were replayed before: skipped[/]")
     if dry_run or (all_matching and letters and not yes):
-        plan = Table("ref", "original", "type", "case", "would", title=f"replay plan ({topic})")
-        for letter in letters:
-            why = refusal(letter, earlier(letter), force=force)
-            plan.add_row(
-                letter.ref,
-                _original(letter),
-                short_type(letter.event_type),
-                mask_text(letter.case_id or "-"),
-                f"[yellow]refuse[/]: {why}" if why else "replay",
-            )
-        out.print(plan)
+        _print_plan(letters, earlier, topic=topic, force=force)
         if dry_run:
             return
         if not typer.confirm(f"replay {len(letters)} dead letters as {who}?", err=True):
@@ -684,7 +701,71 @@ def dlq_replay(
     if not letters:
         err.print("nothing to replay")
         raise typer.Exit(1 if missing else 0)
+    outcomes = _replay_with_progress(
+        settings, letters, operator=who, replays_topic=replays_topic, force=force, history=history
+    )
+    _print_outcomes(outcomes, topic)
+    refused = [o for o in outcomes if o.entry is None]
+    raise typer.Exit(1 if refused or missing else 0)
 
+
+async def _letters_to_replay(
+    settings: CommonSettings,
+    topic: str,
+    replays_topic: str,
+    refs: list[str] | None,
+    filters: LetterFilters,
+) -> tuple[list[DeadLetter], list[str], ReplayHistory]:
+    """(the letters named by `refs`, or matching `filters` when `refs` is None; the refs
+    that name no letter; every replay recorded so far)."""
+    history = await load_replays(settings, replays_topic)
+    if refs is None:
+        return await load_letters(settings, topic, filters), [], history
+    count = await partition_count(settings, topic)
+    if count is None:
+        raise LookupError(f"topic {topic} does not exist")
+    places: dict[tuple[int, int], str] = {}
+    for text in refs:
+        try:
+            places.setdefault(parse_ref(text, partitions=count), text)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="REFS") from None
+    found = await load_letters_at(settings, topic, places)
+    missing = [text for place, text in places.items() if found[place] is None]
+    return [x for x in found.values() if x is not None], missing, history
+
+
+def _print_plan(
+    letters: list[DeadLetter],
+    earlier: Callable[[DeadLetter], list[ReplayRecord]],
+    *,
+    topic: str,
+    force: bool,
+) -> None:
+    """What a replay would do with each letter (--dry-run, or before confirming)."""
+    plan = Table("ref", "original", "type", "case", "would", title=f"replay plan ({topic})")
+    for letter in letters:
+        why = refusal(letter, earlier(letter), force=force)
+        plan.add_row(
+            letter.ref,
+            _original(letter),
+            short_type(letter.event_type),
+            mask_text(letter.case_id or "-"),
+            f"[yellow]refuse[/]: {why}" if why else "replay",
+        )
+    out.print(plan)
+
+
+def _replay_with_progress(
+    settings: CommonSettings,
+    letters: list[DeadLetter],
+    *,
+    operator: str,
+    replays_topic: str,
+    force: bool,
+    history: ReplayHistory,
+) -> list[ReplayOutcome]:
+    """Replay the letters, with a bar on standard error when there are several."""
     progress = Progress(
         TextColumn("replaying"),
         BarColumn(),
@@ -695,11 +776,11 @@ def dlq_replay(
     )
     with progress:
         task = progress.add_task("replay", total=len(letters))
-        outcomes = _run(
+        return _run(
             replay_letters(
                 settings,
                 letters,
-                operator=who,
+                operator=operator,
                 replays_topic=replays_topic,
                 force=force,
                 history=history,
@@ -707,9 +788,6 @@ def dlq_replay(
             ),
             settings,
         )
-    _print_outcomes(outcomes, topic)
-    refused = [o for o in outcomes if o.entry is None]
-    raise typer.Exit(1 if refused or missing else 0)
 
 
 def _print_outcomes(outcomes: list[ReplayOutcome], topic: str) -> None:

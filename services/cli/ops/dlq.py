@@ -12,19 +12,19 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from contracts.events import ReplayRecord
 from services.cli.ops.kafka_io import fetch_records, make_reader, partitions_of, read_topic_snapshot
-from services.common.dlq import (
+from services.common.kafka import ensure_topics, make_producer
+from services.common.settings import CommonSettings
+from services.operators.dead_letters import (
     REPLAYS_TOPIC,
     DeadLetter,
     ReplayError,
-    ReplayRecord,
     parse_replays,
     replay,
     replays_topic_spec,
 )
-from services.common.event_facts import type_matches
-from services.common.kafka import ensure_topics, make_producer
-from services.common.settings import CommonSettings
+from services.operators.event_facts import type_matches
 
 _REF = re.compile(r"^(?:(\d+):)?(\d+)$")
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeAlias
 
 from contracts.common import CaseStatus
 from services.common.city import CITY_TZ
-from services.common.event_facts import short_type
+from services.operators.event_facts import short_type
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -1,5 +1,5 @@
 """Which events `tongban tail` shows. The facts, the per-case memory and the matching are
-shared with the console (services.common.event_facts); what is the tail's own is refusing a
+shared with the console (services.operators.event_facts); what is the tail's own is refusing a
 filter value that can never match (a typo, an unknown district or path) before tailing, and
 reading an `EventView`.
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contracts.common import Mode
 from services.cli.ops.events import EventView
-from services.common.event_facts import CaseMemory, EventFilter, Facts, facts_of
+from services.operators.event_facts import CaseMemory, EventFilter, Facts, facts_of
 from services.policy.catalog_index import CatalogIndex
 
 

@@ -12,8 +12,8 @@ from rich.text import Text
 
 from services.cli.ops.events import EventView, status_after
 from services.cli.ops.filters import facts_of_view
-from services.common.event_facts import mask_event_data, short_type
 from services.common.logs import mask_text
+from services.operators.event_facts import mask_event_data, short_type
 
 
 def masked_headers(headers: Mapping[str, str]) -> dict[str, str]:

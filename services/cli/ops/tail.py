@@ -13,7 +13,7 @@ What is guaranteed (and said in `tongban tail --help`):
 No consumer group: the tail assigns every partition of the chosen topics itself, never
 commits, and leaves no trace on the cluster. Records are put in order first and filtered
 after, so that a case's facts are learnt in the order its events happened
-(`services.common.event_facts.CaseMemory`).
+(`services.operators.event_facts.CaseMemory`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from services.cli.ops.events import EventView, view_of
 from services.cli.ops.filters import select
 from services.cli.ops.kafka_io import StartAt, StartKind, make_reader, partitions_of, seek_start
 from services.cli.ops.merge import DEFAULT_DELAY_S, SortedBacklog, TimeMergeBuffer
-from services.common.event_facts import CaseMemory, EventFilter
 from services.common.kafka import ReadableFetch
 from services.common.settings import CommonSettings
+from services.operators.event_facts import CaseMemory, EventFilter
 from services.policy.catalog_index import CatalogIndex
 
 POLL_S = 0.2
