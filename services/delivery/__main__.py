@@ -1,4 +1,4 @@
 from services.common.service import serve
-from services.delivery.app import create_app, settings
+from services.delivery.app import DeliverySettings, create_app
 
-serve(create_app, settings)
+serve(create_app, DeliverySettings())

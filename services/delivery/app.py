@@ -1,33 +1,19 @@
 """delivery: issues every decision's result (e-licence, paper document or decision letter),
 delivers it as the applicant chose at intake, closes the case and takes its one rating.
 
-Run: `python -m services.delivery` (port 8004).
+Run: `python -m services.delivery` (port 8004). `create_app` wires one process: settings,
+runtime, the consumer of decisions and the REST routes of `api`; tests build their own.
 """
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Annotated, Any
+from functools import partial
 
-from fastapi import Body, Depends, FastAPI, Path, Query, Request
+from fastapi import FastAPI
 
-from contracts.common import Code
-from contracts.events import APPROVAL_TOPIC, CaseApproved, CaseDenied, CaseRated
-from contracts.rest import (
-    LicenseVerification,
-    PickupRequest,
-    RatingGrouping,
-    RatingRequest,
-    RatingStatsRow,
-    ResultView,
-)
-from services.common.auth import Principal, Role, authenticated, in_scope, require
-from services.common.db import unit_of_work
-from services.common.envelope import Envelope
+from contracts.events import APPROVAL_TOPIC, CaseApproved, CaseDenied
 from services.common.service import ServiceRuntime, ServiceSettings
-from services.common.web import CaseId, errors
-from services.delivery import handlers
-from services.delivery.stats import parse_grouping, rated_period
+from services.delivery import api, handlers
 
 
 class DeliverySettings(ServiceSettings):
@@ -35,187 +21,18 @@ class DeliverySettings(ServiceSettings):
     http_port: int = 8004
 
 
-settings = DeliverySettings()
-runtime = ServiceRuntime(settings)
-
-
-async def _on_decision(session: Any, envelope: Envelope, payload: Any) -> None:
-    await handlers.issue_and_deliver(session, envelope, payload, runtime=runtime)
-
-
-# The other types on case.approval.v1 (accepted, sla_warning, ...) are ignored by the runner.
-runtime.consume(
-    APPROVAL_TOPIC,
-    subscriptions={
-        CaseApproved: _on_decision,
-        CaseDenied: _on_decision,
-    },
-)
-
-app = runtime.create_app(
-    title="tongban delivery",
-    description="Results, e-licences, delivery to the applicant, and ratings (DESIGN.md §4).",
-)
-
-
-CurrentPrincipal = Annotated[Principal, Depends(authenticated)]
-OVERSEERS = (Role.operator, Role.admin)
-
-
-def _office_scope(row: Any) -> str:
-    """The office that took the case and hands the result over; online cases: `online`."""
-    return str(row.pickup_office or row.intake_office or "online")
-
-
-def _reads_result(principal: Principal, row: Any) -> bool:
-    """The office that took the case, the deciding department, operators and admins. Anyone
-    else is answered as if the case had no result (404), so an id tells them nothing."""
-    if principal.role in OVERSEERS:
-        return True
-    if principal.role is Role.reviewer:
-        return in_scope(principal, row.department, exempt=())
-    return principal.role is Role.clerk and in_scope(principal, _office_scope(row), exempt=())
-
-
-async def _clerk_of_the_office(principal: Principal, case_id: str) -> None:
-    """Only a clerk of the office that took the case hands its result over or takes its
-    rating: other roles get 403 whether or not the case exists, clerks of other offices the
-    404 of a case without a result."""
-    require(principal, Role.clerk)
-    async with runtime.sessions() as session:
-        row = await handlers.load_result(session, case_id)
-    if not in_scope(principal, _office_scope(row), exempt=()):
-        raise handlers.result_not_found(case_id)
-
-
-@app.get(
-    "/v1/results/{case_id}",
-    response_model=ResultView,
-    tags=["results"],
-    responses=errors(401, 403, 404, 422, 503),
-)
-async def get_result(case_id: CaseId, principal: CurrentPrincipal) -> ResultView:
-    """A case's result and how far its delivery has come: for the office that took the case,
-    the deciding department, operators and admins (every read is audited)."""
-    async with unit_of_work(runtime.sessions) as session:
-        row = await handlers.load_result(session, case_id)
-        if not _reads_result(principal, row):
-            raise handlers.result_not_found(case_id)
-        await runtime.audit(session, principal, "result.read", case_id)
-        return handlers.result_view(row)
-
-
-@app.post(
-    "/v1/cases/{case_id}/pickup",
-    response_model=ResultView,
-    tags=["results"],
-    responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
-)
-async def pickup(
-    case_id: CaseId,
-    request: Request,
-    principal: CurrentPrincipal,
-    body: Annotated[PickupRequest | None, Body()] = None,
-) -> ResultView:
-    """The applicant collects a `counter_pickup` result at the office that took the
-    application (a clerk of that office hands it over): delivered, and the case closed."""
-    await _clerk_of_the_office(principal, case_id)
-    async with unit_of_work(runtime.sessions) as session:
-        return await handlers.pickup(
-            session,
-            runtime=runtime,
-            case_id=case_id,
-            office_code=body.office_code if body else None,
-            traceparent=request.headers.get("traceparent"),
-        )
-
-
-@app.post(
-    "/v1/cases/{case_id}/rating",
-    response_model=CaseRated,
-    status_code=201,
-    tags=["ratings"],
-    responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
-)
-async def rate(
-    case_id: CaseId, body: RatingRequest, request: Request, principal: CurrentPrincipal
-) -> CaseRated:
-    """The applicant's one rating of the case (好差评, 一事一评), after delivery, entered at
-    the office that took the case (or the online channel)."""
-    await _clerk_of_the_office(principal, case_id)
-    async with unit_of_work(runtime.sessions) as session:
-        return await handlers.rate(
-            session,
-            runtime=runtime,
-            case_id=case_id,
-            rating=body.rating,
-            comment=body.comment,
-            traceparent=request.headers.get("traceparent"),
-        )
-
-
-@app.get(
-    "/v1/ratings/stats",
-    response_model=list[RatingStatsRow],
-    tags=["ratings"],
-    responses=errors(401, 403, 422, 503),
-)
-async def rating_stats(
-    by: Annotated[
-        str,
-        Query(
-            description="group by the deciding department, the intake office or the level",
-            json_schema_extra={"enum": [g.value for g in RatingGrouping]},
-        ),
-    ] = RatingGrouping.department.value,
-    from_: Annotated[
-        date | None,
-        Query(alias="from", description="first day of rated_at, city-local date (included)"),
-    ] = None,
-    to: Annotated[
-        date | None, Query(description="last day of rated_at, city-local date (included)")
-    ] = None,
-    *,
-    principal: CurrentPrincipal,
-) -> list[RatingStatsRow]:
-    """好差评 statistics: per key, the ratings at each of the five levels, the satisfaction
-    rate (very_satisfied + satisfied over total) and the bad ones (差评), sorted by key.
-
-    422 `invalid_grouping` for an unknown `by`; 422 `invalid_period` when `from` is after `to`.
-    """
-    require(principal, *OVERSEERS)
-    grouping = parse_grouping(by)
-    period = rated_period(from_, to)
-    async with runtime.sessions() as session:
-        return await handlers.rating_stats(session, grouping, period)
-
-
-@app.get(
-    "/v1/licenses/{license_id}/verify",
-    response_model=LicenseVerification,
-    tags=["licenses"],
-    responses=errors(401, 422, 503),
-)
-async def verify_license(
-    license_id: Annotated[Code, Path(min_length=1, max_length=128)],
-    sha256: Annotated[
-        str | None,
-        Query(pattern=r"^[0-9a-fA-F]{64}$", description="the hash the holder presented"),
-    ] = None,
-    *,
-    principal: CurrentPrincipal,
-) -> LicenseVerification:
-    """Is this e-licence genuine? Always 200: `status` is `invalid` (and `valid` false) for an
-    unknown id or a sha256 that is not the one on record, so a verifier gets a clear answer
-    either way. Only a caller who may read the licence's case (its office, its deciding
-    department, operators, admins) also gets its case id, hash, item and issue time; to
-    anyone else those are null, exactly as for an unknown id."""
-    async with runtime.sessions() as session:
-        return await handlers.verify_license(
-            session, license_id, sha256, discloses=lambda row: _reads_result(principal, row)
-        )
-
-
-def create_app(_settings: object = None) -> FastAPI:
-    """The app of this module (issue 14 makes it a factory, as routing's)."""
-    return app
+def create_app(settings: DeliverySettings | None = None) -> FastAPI:
+    settings = settings or DeliverySettings()
+    runtime = ServiceRuntime(settings)
+    delivery = handlers.Delivery(runtime=runtime)
+    on_decision = partial(handlers.issue_and_deliver, delivery=delivery)
+    # The other types on case.approval.v1 (accepted, sla_warning, ...) are ignored by the runner.
+    runtime.consume(
+        APPROVAL_TOPIC, subscriptions={CaseApproved: on_decision, CaseDenied: on_decision}
+    )
+    return runtime.create_app(
+        title="tongban delivery",
+        description="Results, e-licences, delivery to the applicant, and ratings (DESIGN.md §4).",
+        routers=[api.router],
+        service=delivery,
+    )

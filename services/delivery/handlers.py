@@ -1,11 +1,12 @@
-"""delivery's unit-of-work functions: issue and deliver a decision's result, record a counter
-pickup and a rating, verify an e-licence. Each runs in the caller's transaction and writes its
-events to the outbox in that same transaction."""
+"""delivery's event handlers and commands: issue and deliver a decision's result, record a
+counter pickup and a rating. Each runs in the caller's transaction and writes its events to the
+outbox in that same transaction; a refused command raises `Refused`
+(services.common.refusals). Reads are in `queries`."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,22 +16,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.common import CaseStatus, DeliveryMethod, ResultDocument
 from contracts.events import CaseApproved, CaseDelivered, CaseDenied, CaseRated, Rating
-from contracts.rest import (
-    LicenseStatus,
-    LicenseVerification,
-    RatingGrouping,
-    RatingStatsRow,
-    ResultView,
-)
+from contracts.rest import ResultView
 from services.common.city import CITY_TZ
 from services.common.consumer import PermanentError
 from services.common.envelope import Envelope
 from services.common.logs import get_logger
+from services.common.refusals import FieldError, refused
 from services.common.service import ServiceRuntime
-from services.common.web import Problem
 from services.delivery import models
-from services.delivery.results import (
+from services.delivery.domain.results import (
     DeliveryFacts,
+    DeliveryPlan,
+    IssuedResult,
     Step,
     UndeliverableError,
     delivery_events,
@@ -38,9 +35,18 @@ from services.delivery.results import (
     plan_delivery,
     tracking_number,
 )
-from services.delivery.stats import RatedPeriod, stats_query
+from services.delivery.queries import load_result, result_view
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The parts of one delivery process (built by `app.create_app`): its runtime, which
+    writes the events into delivery's outbox and keeps the audit."""
+
+    runtime: ServiceRuntime
+
 
 DELIVERED_STATUSES = frozenset({CaseStatus.delivered.value, CaseStatus.closed.value})
 
@@ -66,12 +72,46 @@ async def _emit_all(
 # -- consumer: case.approval.v1 ---------------------------------------------------------------
 
 
+def _result_row(
+    decision: CaseApproved | CaseDenied,
+    issued: IssuedResult,
+    plan: DeliveryPlan,
+    *,
+    issued_at: datetime,
+    tracking: str | None,
+) -> dict[str, Any]:
+    """The results row of a freshly issued result, as far as its delivery plan takes it."""
+    status = plan.status_after_issue
+    return {
+        "case_id": decision.case_id,
+        "outcome": issued.outcome,
+        "status": status.value,
+        "item_code": decision.item.code,
+        "result": issued.document.model_dump(mode="json"),
+        "license_id": issued.license_id,
+        "sha256": issued.document.sha256,
+        "content": issued.content,
+        "delivery_method": plan.method.value,
+        "address": decision.delivery_address,
+        "tracking_number": tracking,
+        "pickup_office": (
+            decision.intake_office if plan.method is DeliveryMethod.counter_pickup else None
+        ),
+        "intake_office": decision.intake_office,
+        "department": decision.department,
+        "level": decision.level.value if decision.level is not None else None,
+        "issued_at": issued_at,
+        "delivered_at": issued_at if CaseDelivered in plan.on_issue else None,
+        "closed_at": issued_at if status is CaseStatus.closed else None,
+    }
+
+
 async def issue_and_deliver(
     session: AsyncSession,
     envelope: Envelope,
     decision: CaseApproved | CaseDenied,
     *,
-    runtime: ServiceRuntime,
+    delivery: Delivery,
 ) -> None:
     """An approval or a denial: issue its result and deliver it as chosen at intake.
 
@@ -87,31 +127,9 @@ async def issue_and_deliver(
     if plan.needs_tracking_number:
         serial = (await session.execute(select(models.tracking_serial.next_value()))).scalar_one()
         tracking = tracking_number(int(serial))
-    delivered = CaseDelivered in plan.on_issue
-    status = plan.status_after_issue
-    pickup_office = decision.intake_office if plan.method is DeliveryMethod.counter_pickup else None
     inserted = await session.execute(
         pg_insert(models.results)
-        .values(
-            case_id=decision.case_id,
-            outcome=issued.outcome,
-            status=status.value,
-            item_code=decision.item.code,
-            result=issued.document.model_dump(mode="json"),
-            license_id=issued.license_id,
-            sha256=issued.document.sha256,
-            content=issued.content,
-            delivery_method=plan.method.value,
-            address=decision.delivery_address,
-            tracking_number=tracking,
-            pickup_office=pickup_office,
-            intake_office=decision.intake_office,
-            department=decision.department,
-            level=decision.level.value if decision.level is not None else None,
-            issued_at=issued_at,
-            delivered_at=issued_at if delivered else None,
-            closed_at=issued_at if status is CaseStatus.closed else None,
-        )
+        .values(_result_row(decision, issued, plan, issued_at=issued_at, tracking=tracking))
         # Only the case id: a clash of licence id or tracking number must fail loudly.
         .on_conflict_do_nothing(index_elements=[models.results.c.case_id])
         .returning(models.results.c.case_id)
@@ -133,65 +151,24 @@ async def issue_and_deliver(
         tracking_number=tracking,
     )
     await _emit_all(
-        session, runtime, plan.on_issue, facts, at=issued_at, traceparent=envelope.traceparent
+        session,
+        delivery.runtime,
+        plan.on_issue,
+        facts,
+        at=issued_at,
+        traceparent=envelope.traceparent,
     )
 
 
-# -- REST: results, pickup, rating, statistics, verification ----------------------------------
+# -- commands: pickup, rating -----------------------------------------------------------------
 
 
-async def load_result(session: AsyncSession, case_id: str, *, lock: bool = False) -> Any:
-    query = select(models.results).where(models.results.c.case_id == case_id)
-    row = (await session.execute(query.with_for_update() if lock else query)).first()
-    if row is None:
-        raise result_not_found(case_id)
-    return row
-
-
-def result_not_found(case_id: str) -> Problem:
-    """No result for the case, or none this caller may see: the two answers are the same."""
-    return Problem(
-        404,
-        "result_not_found",
-        "No result for this case yet",
-        f"Case {case_id!r} has no result: results are issued once the case is approved "
-        "or denied. Check the case status at intake (GET /v1/cases/{case_id}).",
-    )
-
-
-def result_view(row: Any) -> ResultView:
-    def local(moment: datetime | None) -> datetime | None:
-        return moment.astimezone(CITY_TZ) if moment is not None else None
-
-    issued_at = local(row.issued_at)
-    assert issued_at is not None
-    return ResultView(
-        case_id=row.case_id,
-        status=CaseStatus(row.status),
-        outcome=row.outcome,
-        result=ResultDocument.model_validate(row.result),
-        delivery_method=DeliveryMethod(row.delivery_method),
-        tracking_number=row.tracking_number,
-        pickup_office=row.pickup_office,
-        issued_at=issued_at,
-        delivered_at=local(row.delivered_at),
-        closed_at=local(row.closed_at),
-    )
-
-
-async def pickup(
-    session: AsyncSession,
-    *,
-    runtime: ServiceRuntime,
-    case_id: str,
-    office_code: str | None,
-    traceparent: str | None = None,
-) -> ResultView:
-    """The applicant collects a counter_pickup result at the intake office."""
-    row = await load_result(session, case_id, lock=True)
+def _check_pickup(row: Any, case_id: str, office_code: str | None) -> DeliveryMethod:
+    """The result's delivery method, once the result waits at the counter `office_code` (when
+    given) names; refused otherwise."""
     method = DeliveryMethod(row.delivery_method)
     if method is not DeliveryMethod.counter_pickup:
-        raise Problem(
+        raise refused(
             409,
             "not_counter_pickup",
             "This result is not collected at a counter",
@@ -201,7 +178,7 @@ async def pickup(
             delivery_method=method.value,
         )
     if row.status != CaseStatus.result_issued.value:
-        raise Problem(
+        raise refused(
             409,
             "invalid_state",
             "The result was already collected",
@@ -210,15 +187,29 @@ async def pickup(
             status_now=row.status,
         )
     if office_code and row.pickup_office and office_code != row.pickup_office:
-        raise Problem(
+        raise refused(
             409,
             "wrong_office",
             "The result waits at another office",
             f"The result of case {case_id} waits at office {row.pickup_office}, where the "
             f"application was taken, not at {office_code}. Send the applicant there.",
-            errors=[{"field": "office_code", "message": f"must be {row.pickup_office}"}],
+            errors=(FieldError("office_code", f"must be {row.pickup_office}"),),
             pickup_office=row.pickup_office,
         )
+    return method
+
+
+async def pickup(
+    session: AsyncSession,
+    *,
+    delivery: Delivery,
+    case_id: str,
+    office_code: str | None,
+    traceparent: str | None = None,
+) -> ResultView:
+    """The applicant collects a counter_pickup result at the intake office."""
+    row = await load_result(session, case_id, lock=True)
+    method = _check_pickup(row, case_id, office_code)
     plan = plan_delivery(method)
     now = _now()
     status = plan.status_after_pickup
@@ -242,14 +233,16 @@ async def pickup(
         issued_at=row.issued_at,
         office_code=office_code or row.pickup_office,
     )
-    await _emit_all(session, runtime, plan.on_pickup, facts, at=now, traceparent=traceparent)
+    await _emit_all(
+        session, delivery.runtime, plan.on_pickup, facts, at=now, traceparent=traceparent
+    )
     return result_view(updated)
 
 
 async def rate(
     session: AsyncSession,
     *,
-    runtime: ServiceRuntime,
+    delivery: Delivery,
     case_id: str,
     rating: Rating,
     comment: str | None,
@@ -261,7 +254,7 @@ async def rate(
     application, the deciding department and its level (the statistics group by these)."""
     row = await load_result(session, case_id)
     if row.status not in DELIVERED_STATUSES:
-        raise Problem(
+        raise refused(
             409,
             "not_delivered",
             "The result has not reached the applicant yet",
@@ -287,71 +280,12 @@ async def rate(
         .returning(models.ratings.c.case_id)
     )
     if inserted.scalar() is None:
-        raise Problem(
+        raise refused(
             409,
             "already_rated",
             "This case has already been rated",
             f"Case {case_id} was rated before; each case takes one rating (一事一评).",
         )
     event = CaseRated(case_id=case_id, rating=rating, comment=comment, rated_at=now)
-    await runtime.emit(session, event, traceparent=traceparent)
+    await delivery.runtime.emit(session, event, traceparent=traceparent)
     return event.model_copy(update={"rated_at": now.astimezone(CITY_TZ)})
-
-
-async def rating_stats(
-    session: AsyncSession, grouping: RatingGrouping, period: RatedPeriod
-) -> list[RatingStatsRow]:
-    """好差评 statistics: counted by PostgreSQL in one statement, one row per key."""
-    rows = await session.execute(stats_query(grouping, period))
-    return [RatingStatsRow.model_validate(row._mapping) for row in rows]
-
-
-async def verify_license(
-    session: AsyncSession,
-    license_id: str,
-    sha256: str | None,
-    *,
-    discloses: Callable[[Any], bool] = lambda _row: True,
-) -> LicenseVerification:
-    """valid: the licence exists and, when a sha256 is given, it is the one on record.
-
-    An unknown id is a clear answer too (invalid, the other fields null), not an error. The
-    case, hash, item and issue time are shown only when `discloses(row)` (the caller may read
-    the case, see delivery's app); otherwise the answer is the status alone, the same shape
-    as for an unknown id.
-    """
-    r = models.results.c
-    row = (
-        await session.execute(
-            select(
-                r.case_id,
-                r.sha256,
-                r.item_code,
-                r.issued_at,
-                r.department,
-                r.pickup_office,
-                r.intake_office,
-            ).where(r.license_id == license_id)
-        )
-    ).first()
-    valid = row is not None and (sha256 is None or sha256.lower() == row.sha256)
-    status = LicenseStatus.valid if valid else LicenseStatus.invalid
-    if row is None or not discloses(row):
-        return LicenseVerification(
-            license_id=license_id,
-            status=status,
-            valid=valid,
-            case_id=None,
-            sha256=None,
-            item_code=None,
-            issued_at=None,
-        )
-    return LicenseVerification(
-        license_id=license_id,
-        status=status,
-        valid=valid,
-        case_id=row.case_id,
-        sha256=row.sha256,
-        item_code=row.item_code,
-        issued_at=row.issued_at.astimezone(CITY_TZ),
-    )

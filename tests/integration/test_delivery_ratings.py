@@ -29,11 +29,13 @@ from services.common import migrations
 from services.common.city import CITY_TZ
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
+from services.common.refusals import Refused
 from services.common.service import ServiceRuntime, ServiceSettings
-from services.common.web import Problem
-from services.delivery import app as delivery_app
-from services.delivery import handlers, models
-from services.delivery.stats import RatedPeriod, rated_period, stats_query
+from services.delivery import handlers, models, queries
+from services.delivery.app import DeliverySettings, create_app
+from services.delivery.domain.stats import RatedPeriod, rated_period
+from services.delivery.handlers import Delivery
+from services.delivery.queries import stats_query
 from tests.auth_helpers import auth_headers
 from tests.outbox_capture import OutboxCapture
 
@@ -43,13 +45,13 @@ ALL_TIME = RatedPeriod(None, None)
 
 
 @pytest.fixture
-async def runtime(settings: ServiceSettings) -> AsyncIterator[ServiceRuntime]:
-    """delivery's runtime as app.py wires it, minus the lifespan: the handlers only use it to
-    write events into delivery's outbox (no relay, no consumer, no Kafka here)."""
+async def delivery(settings: ServiceSettings) -> AsyncIterator[Delivery]:
+    """delivery's parts as app.py wires them, minus the lifespan: the handlers only use its
+    runtime to write events into delivery's outbox (no relay, no consumer, no Kafka here)."""
     # Alembic's env runs its own event loop; keep it off ours.
     await asyncio.to_thread(migrations.upgrade, "delivery", settings.migration_url)
     runtime = ServiceRuntime(settings.model_copy(update={"service": "delivery"}))
-    yield runtime
+    yield Delivery(runtime=runtime)
     await runtime.engine.dispose()
 
 
@@ -135,36 +137,36 @@ def envelope_of(event: CaseApproved | CaseDenied) -> Envelope:
 
 async def apply(
     sessions: async_sessionmaker[AsyncSession],
-    runtime: ServiceRuntime,
+    delivery: Delivery,
     event: CaseApproved | CaseDenied,
 ) -> None:
     async with unit_of_work(sessions) as session:
-        await handlers.issue_and_deliver(session, envelope_of(event), event, runtime=runtime)
+        await handlers.issue_and_deliver(session, envelope_of(event), event, delivery=delivery)
 
 
 async def rate(
     sessions: async_sessionmaker[AsyncSession],
-    runtime: ServiceRuntime,
+    delivery: Delivery,
     case_id: str,
     rating: Rating,
     comment: str | None = None,
 ) -> CaseRated:
     async with unit_of_work(sessions) as session:
         return await handlers.rate(
-            session, runtime=runtime, case_id=case_id, rating=rating, comment=comment
+            session, delivery=delivery, case_id=case_id, rating=rating, comment=comment
         )
 
 
 async def test_a_decision_applied_twice_issues_one_result_and_one_licence(
-    sessions: async_sessionmaker[AsyncSession], runtime: ServiceRuntime, cases: Cases
+    sessions: async_sessionmaker[AsyncSession], delivery: Delivery, cases: Cases
 ) -> None:
     case_id = cases.new()
     department = cases.code("MKT")
     approved = decision(
         case_id, department=department, level=Level.district, intake_office=cases.code("DC")
     )
-    await apply(sessions, runtime, approved)
-    await apply(sessions, runtime, approved)  # same decision, another event id
+    await apply(sessions, delivery, approved)
+    await apply(sessions, delivery, approved)  # same decision, another event id
 
     async with sessions() as session:
         r = models.results.c
@@ -181,7 +183,7 @@ async def test_a_decision_applied_twice_issues_one_result_and_one_licence(
     )
     assert row.license_id is not None and row.license_id.startswith("EL-MKT-0001-")
     async with sessions() as session:
-        licence = await handlers.verify_license(session, row.license_id, row.sha256)
+        licence = await queries.verify_license(session, row.license_id, row.sha256)
     assert licence.valid and licence.case_id == case_id
     # One result, so one set of delivery events, in order.
     assert await cases.emitted.types(case_id) == [
@@ -192,15 +194,15 @@ async def test_a_decision_applied_twice_issues_one_result_and_one_licence(
 
 
 async def test_a_decision_without_a_level_stores_none(
-    sessions: async_sessionmaker[AsyncSession], runtime: ServiceRuntime, cases: Cases
+    sessions: async_sessionmaker[AsyncSession], delivery: Delivery, cases: Cases
 ) -> None:
     case_id = cases.new()
     await apply(
         sessions,
-        runtime,
+        delivery,
         decision(case_id, department=cases.code("MKT"), level=None, intake_office=None),
     )
-    await rate(sessions, runtime, case_id, Rating.basic)
+    await rate(sessions, delivery, case_id, Rating.basic)
     async with sessions() as session:
         result_level = (
             await session.execute(
@@ -216,22 +218,22 @@ async def test_a_decision_without_a_level_stores_none(
 
 
 async def test_one_rating_per_case_bound_to_case_office_department_and_level(
-    sessions: async_sessionmaker[AsyncSession], runtime: ServiceRuntime, cases: Cases
+    sessions: async_sessionmaker[AsyncSession], delivery: Delivery, cases: Cases
 ) -> None:
     case_id = cases.new()
     department, office = cases.code("SOC"), cases.code("SC")
     await apply(
         sessions,
-        runtime,
+        delivery,
         decision(case_id, department=department, level=Level.street, intake_office=office),
     )
-    rated = await rate(sessions, runtime, case_id, Rating.dissatisfied, "等了很久")
+    rated = await rate(sessions, delivery, case_id, Rating.dissatisfied, "等了很久")
     assert rated.rating is Rating.dissatisfied
     assert rated.rated_at.utcoffset() == timedelta(hours=8)
 
-    with pytest.raises(Problem) as caught:
-        await rate(sessions, runtime, case_id, Rating.very_satisfied)
-    assert (caught.value.status, caught.value.code) == (409, "already_rated")
+    with pytest.raises(Refused) as caught:
+        await rate(sessions, delivery, case_id, Rating.very_satisfied)
+    assert (caught.value.refusal.status, caught.value.refusal.code) == (409, "already_rated")
 
     async with sessions() as session:
         g = models.ratings.c
@@ -251,13 +253,13 @@ async def test_one_rating_per_case_bound_to_case_office_department_and_level(
 
 
 async def test_a_counter_pickup_result_is_rated_only_once_collected(
-    sessions: async_sessionmaker[AsyncSession], runtime: ServiceRuntime, cases: Cases
+    sessions: async_sessionmaker[AsyncSession], delivery: Delivery, cases: Cases
 ) -> None:
     case_id = cases.new()
     office = cases.code("DC")
     await apply(
         sessions,
-        runtime,
+        delivery,
         decision(
             case_id,
             department=cases.code("MKT"),
@@ -266,12 +268,12 @@ async def test_a_counter_pickup_result_is_rated_only_once_collected(
             method=DeliveryMethod.counter_pickup,
         ),
     )
-    with pytest.raises(Problem) as caught:
-        await rate(sessions, runtime, case_id, Rating.satisfied)
-    assert caught.value.code == "not_delivered"
+    with pytest.raises(Refused) as caught:
+        await rate(sessions, delivery, case_id, Rating.satisfied)
+    assert caught.value.refusal.code == "not_delivered"
     async with unit_of_work(sessions) as session:
-        await handlers.pickup(session, runtime=runtime, case_id=case_id, office_code=office)
-    await rate(sessions, runtime, case_id, Rating.satisfied)
+        await handlers.pickup(session, delivery=delivery, case_id=case_id, office_code=office)
+    await rate(sessions, delivery, case_id, Rating.satisfied)
 
 
 # -- statistics -------------------------------------------------------------------------------
@@ -300,11 +302,11 @@ async def stats(
     period: RatedPeriod = ALL_TIME,
 ) -> list[RatingStatsRow]:
     async with sessions() as session:
-        return await handlers.rating_stats(session, grouping, period)
+        return await queries.rating_stats(session, grouping, period)
 
 
 async def test_statistics_by_department_office_and_level(
-    sessions: async_sessionmaker[AsyncSession], runtime: ServiceRuntime, cases: Cases
+    sessions: async_sessionmaker[AsyncSession], delivery: Delivery, cases: Cases
 ) -> None:
     dept_a, dept_b, dept_c = cases.code("A"), cases.code("B"), cases.code("C")
     office_1, office_2 = cases.code("O1"), cases.code("O2")
@@ -322,8 +324,8 @@ async def test_statistics_by_department_office_and_level(
         event = decision(
             case_id, department=department, level=level, intake_office=office, denied=denied
         )
-        await apply(sessions, runtime, event)
-        rated.append(await rate(sessions, runtime, case_id, rating))
+        await apply(sessions, delivery, event)
+        rated.append(await rate(sessions, delivery, case_id, rating))
 
     by_department = mine(await stats(sessions, RatingGrouping.department), {dept_a, dept_b, dept_c})
     assert [row.key for row in by_department] == [dept_a, dept_b, dept_c]  # sorted by key
@@ -400,20 +402,21 @@ async def test_the_database_does_the_counting(
 
 
 async def test_the_statistics_endpoint_answers_from_the_database(
-    sessions: async_sessionmaker[AsyncSession], runtime: ServiceRuntime, cases: Cases
+    sessions: async_sessionmaker[AsyncSession], delivery: Delivery, cases: Cases
 ) -> None:
     department, office = cases.code("REST"), cases.code("RO")
     case_id = cases.new()
     await apply(
         sessions,
-        runtime,
+        delivery,
         decision(case_id, department=department, level=Level.municipal, intake_office=office),
     )
-    rated = await rate(sessions, runtime, case_id, Rating.very_satisfied)
+    rated = await rate(sessions, delivery, case_id, Rating.very_satisfied)
     day = rated.rated_at.astimezone(CITY_TZ).date().isoformat()
 
     # ASGITransport runs no lifespan: the app's own pool serves the request, nothing else starts.
-    transport = httpx.ASGITransport(app=delivery_app.app)
+    app = create_app(DeliverySettings())
+    transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(
             transport=transport, base_url="http://delivery", headers=auth_headers("operator")
@@ -422,7 +425,7 @@ async def test_the_statistics_endpoint_answers_from_the_database(
             by_office = await client.get("/v1/ratings/stats", params={"by": "office"})
             by_level = await client.get("/v1/ratings/stats", params={"by": "level"})
     finally:
-        await delivery_app.runtime.engine.dispose()
+        await app.state.runtime.engine.dispose()
     assert default.status_code == 200, default.text
     assert [row for row in default.json() if row["key"] == department] == [
         {

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from services.delivery.app import app, settings
+from services.delivery.app import DeliverySettings, create_app
 from tests.auth_helpers import auth_headers
 
 pytestmark = pytest.mark.unit
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.unit
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     # ASGITransport does not run the lifespan: no database, no Kafka; these requests never
     # reach them.
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    transport = httpx.ASGITransport(app=create_app(DeliverySettings()), raise_app_exceptions=False)
     async with httpx.AsyncClient(
         transport=transport, base_url="http://delivery", headers=auth_headers("operator")
     ) as client:
@@ -23,6 +23,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def test_settings() -> None:
+    settings = DeliverySettings()
     assert settings.service == "delivery"
     assert settings.http_port == 8004
 

@@ -7,7 +7,7 @@ import pytest
 
 from contracts.common import CaseStatus, DeliveryMethod, ItemSnapshot, ResultDocument
 from contracts.events import CaseApproved, CaseClosed, CaseDelivered, CaseDenied, CaseResultIssued
-from services.delivery.results import (
+from services.delivery.domain.results import (
     DECISION_LETTER_KIND,
     DeliveryFacts,
     UndeliverableError,

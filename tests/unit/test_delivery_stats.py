@@ -9,15 +9,9 @@ from sqlalchemy.dialects import postgresql
 
 from contracts.events import Rating
 from contracts.rest import RatingGrouping, RatingStatsRow
-from services.common.web import Problem
-from services.delivery.stats import (
-    BAD,
-    GOOD,
-    RatedPeriod,
-    parse_grouping,
-    rated_period,
-    stats_query,
-)
+from services.common.refusals import Refused
+from services.delivery.domain.stats import BAD, GOOD, RatedPeriod, parse_grouping, rated_period
+from services.delivery.queries import stats_query
 
 pytestmark = pytest.mark.unit
 
@@ -39,13 +33,14 @@ def test_known_groupings_parse(by: str) -> None:
 
 
 @pytest.mark.parametrize("by", ["item", "", "Department", "department "])
-def test_an_unknown_grouping_is_a_problem(by: str) -> None:
-    with pytest.raises(Problem) as caught:
+def test_an_unknown_grouping_is_refused(by: str) -> None:
+    with pytest.raises(Refused) as caught:
         parse_grouping(by)
-    assert caught.value.status == 422
-    assert caught.value.code == "invalid_grouping"
-    assert caught.value.extra["allowed"] == ["department", "office", "level"]
-    assert caught.value.errors[0]["field"] == "query.by"
+    refusal = caught.value.refusal
+    assert refusal.status == 422
+    assert refusal.code == "invalid_grouping"
+    assert refusal.extra["allowed"] == ["department", "office", "level"]
+    assert refusal.errors[0].field == "query.by"
 
 
 def test_the_period_is_whole_city_days_both_ends_included() -> None:
@@ -67,10 +62,10 @@ def test_open_ends() -> None:
     assert rated_period(None, date(2026, 11, 1)).since is None
 
 
-def test_a_period_ending_before_it_starts_is_a_problem() -> None:
-    with pytest.raises(Problem) as caught:
+def test_a_period_ending_before_it_starts_is_refused() -> None:
+    with pytest.raises(Refused) as caught:
         rated_period(date(2026, 11, 2), date(2026, 11, 1))
-    assert (caught.value.status, caught.value.code) == (422, "invalid_period")
+    assert (caught.value.refusal.status, caught.value.refusal.code) == (422, "invalid_period")
 
 
 @pytest.mark.parametrize(
@@ -127,6 +122,7 @@ def test_the_columns_are_the_rows_fields() -> None:
 @pytest.mark.parametrize("day", [date(1, 1, 1), date(9999, 12, 31)])
 def test_the_far_ends_of_the_calendar_are_refused_not_crashed_on(day: date) -> None:
     for first, last in ((day, None), (None, day)):
-        with pytest.raises(Problem) as refused:
+        with pytest.raises(Refused) as refused:
             rated_period(first, last)
-        assert refused.value.status == 422 and refused.value.code == "invalid_period"
+        refusal = refused.value.refusal
+        assert refusal.status == 422 and refusal.code == "invalid_period"

@@ -1,0 +1,166 @@
+"""delivery's reads: a case's result, the 好差评 statistics and e-licence verification. No
+writes here (the audit record of a result read is the route's)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Float, Numeric, Select, cast, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
+
+from contracts.common import CaseStatus, DeliveryMethod, ResultDocument
+from contracts.events import Rating
+from contracts.rest import (
+    LicenseStatus,
+    LicenseVerification,
+    RatingGrouping,
+    RatingStatsRow,
+    ResultView,
+)
+from services.common.city import CITY_TZ
+from services.common.refusals import Refusal, Refused
+from services.delivery import models
+from services.delivery.domain.stats import BAD, GOOD, RatedPeriod
+
+
+def result_not_found(case_id: str) -> Refusal:
+    """No result for the case, or none this caller may see: the two answers are the same."""
+    return Refusal(
+        404,
+        "result_not_found",
+        "No result for this case yet",
+        f"Case {case_id!r} has no result: results are issued once the case is approved "
+        "or denied. Check the case status at intake (GET /v1/cases/{case_id}).",
+    )
+
+
+async def load_result(session: AsyncSession, case_id: str, *, lock: bool = False) -> Any:
+    """The case's results row (locked for the transaction when `lock`), or `Refused` 404."""
+    query = select(models.results).where(models.results.c.case_id == case_id)
+    row = (await session.execute(query.with_for_update() if lock else query)).first()
+    if row is None:
+        raise Refused(result_not_found(case_id))
+    return row
+
+
+def result_view(row: Any) -> ResultView:
+    def local(moment: datetime | None) -> datetime | None:
+        return moment.astimezone(CITY_TZ) if moment is not None else None
+
+    issued_at = local(row.issued_at)
+    assert issued_at is not None
+    return ResultView(
+        case_id=row.case_id,
+        status=CaseStatus(row.status),
+        outcome=row.outcome,
+        result=ResultDocument.model_validate(row.result),
+        delivery_method=DeliveryMethod(row.delivery_method),
+        tracking_number=row.tracking_number,
+        pickup_office=row.pickup_office,
+        issued_at=issued_at,
+        delivered_at=local(row.delivered_at),
+        closed_at=local(row.closed_at),
+    )
+
+
+# -- 好差评 statistics -------------------------------------------------------------------------
+
+
+def _key(grouping: RatingGrouping) -> ColumnElement[str | None]:
+    r = models.ratings.c
+    return {
+        RatingGrouping.department: r.department,
+        RatingGrouping.office: r.intake_office,
+        RatingGrouping.level: r.level,
+    }[grouping]
+
+
+def stats_query(grouping: RatingGrouping, period: RatedPeriod) -> Select[*tuple[Any, ...]]:
+    """One statement does all the counting (GROUP BY with FILTER): one row per key, sorted by
+    key (a null key last), columns named as `RatingStatsRow`."""
+    r = models.ratings.c
+    key = _key(grouping)
+    total = func.count()
+    good = func.count().filter(r.rating.in_([g.value for g in GOOD]))
+    query = (
+        select(
+            key.label("key"),
+            total.label("total"),
+            *(func.count().filter(r.rating == grade.value).label(grade.value) for grade in Rating),
+            # total >= 1 in every group, so the division is safe.
+            cast(func.round(cast(good, Numeric) / total, 4), Float).label("satisfaction_rate"),
+            func.count().filter(r.rating.in_([b.value for b in BAD])).label("bad"),
+        )
+        .group_by(key)
+        .order_by(key.asc().nulls_last())
+    )
+    if period.since is not None:
+        query = query.where(r.rated_at >= period.since)
+    if period.until is not None:
+        query = query.where(r.rated_at < period.until)
+    return query
+
+
+async def rating_stats(
+    session: AsyncSession, grouping: RatingGrouping, period: RatedPeriod
+) -> list[RatingStatsRow]:
+    """好差评 statistics: counted by PostgreSQL in one statement, one row per key."""
+    rows = await session.execute(stats_query(grouping, period))
+    return [RatingStatsRow.model_validate(row._mapping) for row in rows]
+
+
+# -- e-licence verification -------------------------------------------------------------------
+
+
+async def verify_license(
+    session: AsyncSession,
+    license_id: str,
+    sha256: str | None,
+    *,
+    discloses: Callable[[Any], bool] = lambda _row: True,
+) -> LicenseVerification:
+    """valid: the licence exists and, when a sha256 is given, it is the one on record.
+
+    An unknown id is a clear answer too (invalid, the other fields null), not an error. The
+    case, hash, item and issue time are shown only when `discloses(row)` (the caller may read
+    the case, see delivery's api); otherwise the answer is the status alone, the same shape
+    as for an unknown id.
+    """
+    r = models.results.c
+    row = (
+        await session.execute(
+            select(
+                r.case_id,
+                r.sha256,
+                r.item_code,
+                r.issued_at,
+                r.department,
+                r.pickup_office,
+                r.intake_office,
+            ).where(r.license_id == license_id)
+        )
+    ).first()
+    valid = row is not None and (sha256 is None or sha256.lower() == row.sha256)
+    status = LicenseStatus.valid if valid else LicenseStatus.invalid
+    if row is None or not discloses(row):
+        return LicenseVerification(
+            license_id=license_id,
+            status=status,
+            valid=valid,
+            case_id=None,
+            sha256=None,
+            item_code=None,
+            issued_at=None,
+        )
+    return LicenseVerification(
+        license_id=license_id,
+        status=status,
+        valid=valid,
+        case_id=row.case_id,
+        sha256=row.sha256,
+        item_code=row.item_code,
+        issued_at=row.issued_at.astimezone(CITY_TZ),
+    )
