@@ -49,6 +49,12 @@ def _department_reader(principal: Principal, department: str | None) -> None:
     require_scope(principal, department, "department", exempt=())
 
 
+def _reviewer_of(principal: Principal, department: str) -> None:
+    """Decisions and answers are a reviewer's of that department, no one else's."""
+    require(principal, Role.reviewer)
+    require_scope(principal, department, "department", exempt=())
+
+
 @router.get(
     "/v1/worklist",
     response_model=list[WorklistEntry],
@@ -99,8 +105,7 @@ async def decide(
     """approve, deny (with its legal basis) or request_supplement (every missing material at
     once), by a reviewer of the department the case is routed to. Acceptance is automatic on
     routing, so `accept` is refused as `invalid_state`. Every decision is audited."""
-    require(principal, Role.reviewer)
-    require_scope(principal, body.department, "department", exempt=())
+    _reviewer_of(principal, body.department)
     async with unit_of_work(approval.runtime.sessions) as session:
         row = await queries.load_row(session, case_id)
         if row is None or row.department != body.department:
@@ -177,8 +182,7 @@ async def answer_followup(
     approval: ApprovalDep,
 ) -> FollowupEntry:
     """The department's answer to a dissatisfied rating; stops its clock."""
-    require(principal, Role.reviewer)
-    require_scope(principal, body.department, "department", exempt=())
+    _reviewer_of(principal, body.department)
     async with unit_of_work(approval.runtime.sessions) as session:
         result = await handlers.answer_followup(
             session,
