@@ -1,4 +1,4 @@
-from services.approval.app import create_app, settings
+from services.approval.app import ApprovalSettings, create_app
 from services.common.service import serve
 
-serve(create_app, settings)
+serve(create_app, ApprovalSettings())

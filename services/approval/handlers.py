@@ -1,47 +1,84 @@
-"""approval's unit-of-work functions: take routed cases, apply decisions (from REST or Kafka, the
-same path), follow withdrawals and supplements, and read the worklist. The rules themselves
-live in `review` (pure); these functions load, lock, save and emit in the caller's transaction.
+"""approval's event handlers and commands: take routed cases, apply decisions (from REST or
+Kafka, the same path), follow withdrawals, supplements and bad ratings, answer follow-ups, and
+keep the durable SLA timers. The rules themselves live in `domain` (pure); these functions lock,
+save and emit in the caller's transaction, over the process's parts (`Approval`). A command that
+cannot apply returns the domain's `Refusal` (services.common.refusals); reads are in `queries`.
+
+Durable SLA timers: warnings at shares of the committed limit, overdue at 100% (and the same for
+follow-ups), fired exactly once per case, step and point. Timers are rows written in the same
+transaction as the state that sets them; a `ClockScheduler` in every approval process fires the
+due ones with `FOR UPDATE SKIP LOCKED`, writing the event to the outbox and `fired_at` in one
+transaction. So two processes never fire the same timer, a restart loses none, and a fired timer
+is never re-armed by a later reschedule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.catalog import Calendar
-from contracts.common import Application, CaseStatus, ItemSnapshot, Mode, Route
+from contracts.common import CaseStatus, Mode
 from contracts.events import (
     CaseFollowupAnswered,
     CaseFollowupOpened,
+    CaseOverdue,
     CaseRated,
     CaseRouted,
+    CaseSlaWarning,
     CaseSupplemented,
     CaseWithdrawn,
     CatalogPublished,
     ClockStep,
-    DecisionKind,
     DecisionMade,
 )
-from contracts.rest import DecisionRequest, WorklistEntry
-from services.approval import clock, models, review, sla
-from services.approval.clock import local_date
-from services.approval.review import CaseState, Decision, Outcome, Pause, Refusal, Unrouted
+from contracts.rest import DecisionRequest
+from services.approval import models, queries
+from services.approval.domain import clock, review
+from services.approval.domain.clock import local_date
+from services.approval.domain.review import CaseState, Decision, Outcome, Unrouted
 from services.common import audit
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import PermanentError
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
+from services.common.handover import HandoverTrust, load_trust, verify_handover
 from services.common.logs import get_logger
+from services.common.refusals import Refusal
 from services.common.service import ServiceRuntime
 from services.common.workdays import WorkCalendar
 
 log = get_logger(__name__)
+
+Calendars = CatalogFollower[WorkCalendar]
+
+
+@dataclass
+class Approval:
+    """The parts of one approval process (built by `app.create_app`): its runtime, its copy of
+    the catalog calendars, when SLA warnings fall (shares of the limit), the working days a
+    department has to answer a bad rating, and the intake offices' handover keys (`trust`,
+    loaded at start-up: outside dev a missing key directory stops the process there)."""
+
+    runtime: ServiceRuntime
+    calendars: Calendars
+    warning_points: Sequence[float]
+    followup_days: int
+    trust: HandoverTrust | None = None
+
+
+async def load_handover_trust(approval: Approval) -> None:
+    approval.trust = load_trust(approval.runtime.settings)
+
 
 DEADLINES_UNKNOWN = Counter(
     "tongban_approval_deadline_unknown_total",
@@ -54,6 +91,7 @@ HANDOVERS_REFUSED = Counter(
 )
 
 cases = models.cases
+timers = models.clock_timers
 
 
 class CaseNotYetRouted(Exception):
@@ -70,90 +108,17 @@ def build_calendar(published: CatalogPublished) -> WorkCalendar:
     return WorkCalendar.of(Calendar.model_validate(published.catalog.get("calendar")))
 
 
-def calendar_for(follower: CatalogFollower[WorkCalendar], version: int) -> WorkCalendar | None:
+def calendar_for(follower: Calendars, version: int) -> WorkCalendar | None:
     """The calendar of the version the route names; the latest if that one is not known here."""
     calendar = follower.at(version)
     return calendar if calendar is not None else follower.latest
 
 
-# -- rows <-> review state ---------------------------------------------------------------------
-
-
-def _state(row: Any) -> CaseState | Unrouted:
-    if row.route is None:
-        return Unrouted(case_id=row.case_id, status=CaseStatus(row.status))
-    return CaseState(
-        case_id=row.case_id,
-        department=row.department,
-        status=CaseStatus(row.status),
-        item=ItemSnapshot.model_validate(row.item),
-        route=Route.model_validate(row.route),
-        application=Application.model_validate(row.application),
-        accepted_at=row.accepted_at,
-        deadline=row.deadline,
-        time_limit_days=row.time_limit_days,
-        missing_materials=tuple(row.missing_materials),
-        pauses=tuple(
-            Pause(
-                requested_at=datetime.fromisoformat(p["requested_at"]),
-                supplemented_at=datetime.fromisoformat(p["supplemented_at"])
-                if p.get("supplemented_at")
-                else None,
-            )
-            for p in row.pauses
-        ),
-        decision=DecisionKind(row.decision) if row.decision else None,
-        reason=row.reason,
-        legal_basis=row.legal_basis,
-        decided_at=row.decided_at,
-        withdrawn_at=row.withdrawn_at,
-        handover_problem=row.handover_problem,
-    )
-
-
-def _row(state: CaseState, now: datetime) -> dict[str, Any]:
-    return {
-        "case_id": state.case_id,
-        "department": state.department,
-        "status": state.status.value,
-        "item": state.item.model_dump(mode="json"),
-        "route": state.route.model_dump(mode="json"),
-        "application": state.application.model_dump(mode="json"),
-        "accepted_at": state.accepted_at,
-        "deadline": state.deadline,
-        "time_limit_days": state.time_limit_days,
-        "missing_materials": list(state.missing_materials),
-        "pauses": [
-            {
-                "requested_at": p.requested_at.isoformat(),
-                "supplemented_at": p.supplemented_at.isoformat() if p.supplemented_at else None,
-            }
-            for p in state.pauses
-        ],
-        "decision": state.decision.value if state.decision else None,
-        "reason": state.reason,
-        "legal_basis": state.legal_basis,
-        "decided_at": state.decided_at,
-        "withdrawn_at": state.withdrawn_at,
-        "handover_problem": state.handover_problem,
-        "updated_at": now,
-    }
-
-
-async def load_row(session: AsyncSession, case_id: str, *, lock: bool = False) -> Any:
-    query = select(cases).where(cases.c.case_id == case_id)
-    return (await session.execute(query.with_for_update() if lock else query)).first()
-
-
-async def load(
-    session: AsyncSession, case_id: str, *, lock: bool = False
-) -> CaseState | Unrouted | None:
-    row = await load_row(session, case_id, lock=lock)
-    return None if row is None else _state(row)
+# -- saving a review's outcome -----------------------------------------------------------------
 
 
 async def _save(session: AsyncSession, state: CaseState, now: datetime) -> None:
-    values = _row(state, now)
+    values = queries.case_values(state, now)
     del values["case_id"]
     await session.execute(update(cases).where(cases.c.case_id == state.case_id).values(values))
 
@@ -176,23 +141,25 @@ async def _emit(
 # -- case.routing.v1 ---------------------------------------------------------------------------
 
 
+def _handover_problem(routed: CaseRouted, trust: HandoverTrust | None) -> str | None:
+    """Why an entrusted case's handover cannot be trusted, or None when it verifies."""
+    assert trust is not None  # loaded at start-up, before any consumer runs
+    check = verify_handover(
+        routed.handover, case_id=routed.case_id, application=routed.application, trust=trust
+    )
+    return None if check.ok else check.describe()
+
+
 async def take_routed(
-    session: AsyncSession,
-    envelope: Envelope,
-    routed: CaseRouted,
-    *,
-    runtime: ServiceRuntime,
-    calendars: CatalogFollower[WorkCalendar],
-    warning_points: Sequence[float],
-    check_handover: Callable[[CaseRouted], str | None],
+    session: AsyncSession, envelope: Envelope, routed: CaseRouted, *, approval: Approval
 ) -> None:
     """Into the department's worklist, accepted at once (approved too if instant). A case is
     accepted once: a second routed event for it changes nothing. Entrusted intake is taken
     only with a handover that verifies."""
     now = datetime.now(UTC)
     route = routed.route
-    calendar = calendar_for(calendars, route.catalog_version)
-    problem = check_handover(routed) if route.path is Mode.entrusted else None
+    calendar = calendar_for(approval.calendars, route.catalog_version)
+    problem = _handover_problem(routed, approval.trust) if route.path is Mode.entrusted else None
     if problem:
         HANDOVERS_REFUSED.inc()
         log.error(
@@ -204,7 +171,7 @@ async def take_routed(
     outcome = review.take(routed, now=now, calendar=calendar, handover_problem=problem)
     inserted = await session.execute(
         pg_insert(cases)
-        .values(_row(outcome.state, now))
+        .values(queries.case_values(outcome.state, now))
         .on_conflict_do_nothing()
         .returning(cases.c.case_id)
     )
@@ -235,8 +202,8 @@ async def take_routed(
             covers_until=str(calendar.covers_until) if calendar else None,
             time_limit_days=route.time_limit_days,
         )
-    await arm_decision_clock(session, outcome.state, calendar, warning_points)
-    await _emit(session, runtime, outcome, envelope.traceparent)
+    await arm_decision_clock(session, outcome.state, calendar, approval.warning_points)
+    await _emit(session, approval.runtime, outcome, envelope.traceparent)
 
 
 async def arm_decision_clock(
@@ -252,7 +219,7 @@ async def arm_decision_clock(
     points = clock.clock_points(
         calendar, local_date(state.accepted_at), state.time_limit_days, warning_points, intervals
     )
-    await sla.arm(
+    await arm_timers(
         session,
         case_id=state.case_id,
         department=state.department,
@@ -278,7 +245,7 @@ def decision_of(body: DecisionRequest | DecisionMade) -> Decision:
 async def decide_case(
     session: AsyncSession,
     *,
-    runtime: ServiceRuntime,
+    approval: Approval,
     case_id: str,
     decision: Decision,
     now: datetime,
@@ -286,31 +253,31 @@ async def decide_case(
 ) -> Outcome | Refusal:
     """Apply one decision under the case's row lock, so a REST decision and an event decision
     for the same case never both apply: the second sees the first's result and is refused."""
-    case = await load(session, case_id, lock=True)
+    case = await queries.load_case(session, case_id, lock=True)
     result = review.decide(case, decision, case_id=case_id, now=now)
     if isinstance(result, Outcome):
         await _save(session, result.state, now)
         if result.state.status is CaseStatus.supplement_requested:
-            await sla.pause(session, case_id, ClockStep.decision)
+            await pause_timers(session, case_id, ClockStep.decision)
         else:
-            await sla.disarm(session, case_id, ClockStep.decision)
-        await _emit(session, runtime, result, traceparent)
+            await disarm_timers(session, case_id, ClockStep.decision)
+        await _emit(session, approval.runtime, result, traceparent)
     return result
 
 
 async def decision_made(
-    session: AsyncSession, envelope: Envelope, made: DecisionMade, *, runtime: ServiceRuntime
+    session: AsyncSession, envelope: Envelope, made: DecisionMade, *, approval: Approval
 ) -> None:
     result = await decide_case(
         session,
-        runtime=runtime,
+        approval=approval,
         case_id=made.case_id,
         decision=decision_of(made),
         now=datetime.now(UTC),
         traceparent=envelope.traceparent,
     )
     if isinstance(result, Refusal):
-        reason = f"{result.code} ({result.status}): {result.message}"
+        reason = f"{result.code} ({result.status}): {result.detail}"
         if result.code == "case_not_found":
             raise CaseNotYetRouted(reason)
         raise PermanentError(reason)
@@ -318,7 +285,7 @@ async def decision_made(
     # published it (its CloudEvents source).
     await audit.append(
         session,
-        runtime.schema,
+        approval.runtime.schema,
         actor=envelope.source,
         role="department_system",
         scope=made.department,
@@ -336,12 +303,12 @@ async def case_withdrawn(session: AsyncSession, envelope: Envelope, event: CaseW
     the routing event leaves a row of its own, so the case is never accepted afterwards."""
     now = datetime.now(UTC)
     for _attempt in range(2):
-        case = await load(session, event.case_id, lock=True)
+        case = await queries.load_case(session, event.case_id, lock=True)
         if isinstance(case, CaseState):
             outcome = review.withdrawn(case, at=event.withdrawn_at)
             if outcome is not None:
                 await _save(session, outcome.state, now)
-                await sla.disarm(session, case.case_id, ClockStep.decision)
+                await disarm_timers(session, case.case_id, ClockStep.decision)
             else:
                 log.info(
                     "withdrawal after the decision ignored",
@@ -368,37 +335,29 @@ async def case_withdrawn(session: AsyncSession, envelope: Envelope, event: CaseW
 
 
 async def case_supplemented(
-    session: AsyncSession,
-    envelope: Envelope,
-    event: CaseSupplemented,
-    *,
-    runtime: ServiceRuntime,
-    calendars: CatalogFollower[WorkCalendar],
-    warning_points: Sequence[float],
+    session: AsyncSession, envelope: Envelope, event: CaseSupplemented, *, approval: Approval
 ) -> None:
     """The applicant answered a supplement request: the review resumes with the time that was
     left and the deadline moves. Counter supplements (before routing) and cases not waiting
     for one are none of approval's business."""
-    case = await load(session, event.case_id, lock=True)
+    case = await queries.load_case(session, event.case_id, lock=True)
     if not isinstance(case, CaseState):
         return
-    calendar = calendar_for(calendars, case.route.catalog_version)
+    calendar = calendar_for(approval.calendars, case.route.catalog_version)
     outcome = review.supplemented(case, now=event.supplemented_at, calendar=calendar)
     if outcome is not None:
         await _save(session, outcome.state, datetime.now(UTC))
-        await arm_decision_clock(session, outcome.state, calendar, warning_points)
-        await _emit(session, runtime, outcome, envelope.traceparent)
+        await arm_decision_clock(session, outcome.state, calendar, approval.warning_points)
+        await _emit(session, approval.runtime, outcome, envelope.traceparent)
 
 
-async def set_known_deadlines(
-    *,
-    runtime: ServiceRuntime,
-    calendar: WorkCalendar,
-    warning_points: Sequence[float],
-) -> int:
+# -- a new catalog calendar --------------------------------------------------------------------
+
+
+async def set_known_deadlines(approval: Approval, calendar: WorkCalendar) -> int:
     """A new catalog calendar: the open cases whose deadline was unknown get one now."""
     updated = 0
-    async with unit_of_work(runtime.sessions) as session:
+    async with unit_of_work(approval.runtime.sessions) as session:
         rows = await session.execute(
             select(cases)
             .where(
@@ -411,52 +370,19 @@ async def set_known_deadlines(
         )
         now = datetime.now(UTC)
         for row in rows:
-            state = _state(row)
+            state = queries.case_state(row)
             if not isinstance(state, CaseState):
                 continue
             outcome = review.deadline_now_known(state, calendar)
             if outcome is None:
                 continue
             await _save(session, outcome.state, now)
-            await arm_decision_clock(session, outcome.state, calendar, warning_points)
-            await _emit(session, runtime, outcome, None)
+            await arm_decision_clock(session, outcome.state, calendar, approval.warning_points)
+            await _emit(session, approval.runtime, outcome, None)
             updated += 1
     if updated:
         log.info("deadlines set after the calendar was extended", cases=updated)
     return updated
-
-
-# -- reads -------------------------------------------------------------------------------------
-
-
-async def worklist(
-    session: AsyncSession, *, department: str, status: CaseStatus | None, limit: int
-) -> list[WorklistEntry]:
-    """A department's undecided cases (or those in `status`), oldest deadline first; a case
-    without a known deadline last."""
-    statuses = [status.value] if status else [s.value for s in review.OPEN_STATUSES]
-    rows = await session.execute(
-        select(cases)
-        .where(cases.c.department == department, cases.c.status.in_(statuses))
-        .order_by(cases.c.deadline.asc().nulls_last(), cases.c.accepted_at, cases.c.case_id)
-        .limit(limit)
-    )
-    return [
-        WorklistEntry(
-            case_id=r.case_id,
-            item_code=r.item["code"],
-            item_name=r.item["name"],
-            status=CaseStatus(r.status),
-            path=r.route["path"],
-            level=r.route["level"],
-            instant=bool(r.route.get("instant") or r.item["instant"]),
-            accepted_at=r.accepted_at,
-            deadline=r.deadline,
-            applicant_name=r.application["applicant"]["name"],
-        )
-        for r in rows
-        if r.route is not None
-    ]
 
 
 # -- follow-ups of bad ratings (case.delivery.v1) ----------------------------------------------
@@ -465,24 +391,18 @@ BAD_RATINGS = frozenset({"dissatisfied", "very_dissatisfied"})
 
 
 async def case_rated(
-    session: AsyncSession,
-    envelope: Envelope,
-    rated: CaseRated,
-    *,
-    runtime: ServiceRuntime,
-    calendars: CatalogFollower[WorkCalendar],
-    followup_days: int,
+    session: AsyncSession, envelope: Envelope, rated: CaseRated, *, approval: Approval
 ) -> None:
     """A dissatisfied rating opens a follow-up the deciding department must answer within
     `followup_days` working days; overdue like any other clock."""
     if rated.rating.value not in BAD_RATINGS:
         return
-    case = await load(session, rated.case_id)
+    case = await queries.load_case(session, rated.case_id)
     if not isinstance(case, CaseState):
         raise CaseNotYetRouted(f"rating for case {rated.case_id} unknown to approval")
     opened_at = rated.rated_at
-    calendar = calendar_for(calendars, case.route.catalog_version)
-    deadline = clock.case_deadline(calendar, local_date(opened_at), followup_days)
+    calendar = calendar_for(approval.calendars, case.route.catalog_version)
+    deadline = clock.case_deadline(calendar, local_date(opened_at), approval.followup_days)
     inserted = await session.execute(
         pg_insert(models.followups)
         .values(
@@ -498,8 +418,8 @@ async def case_rated(
     )
     if inserted.scalar() is None:
         return  # one rating per case, so one follow-up
-    points = clock.clock_points(calendar, local_date(opened_at), followup_days, ())
-    await sla.arm(
+    points = clock.clock_points(calendar, local_date(opened_at), approval.followup_days, ())
+    await arm_timers(
         session,
         case_id=case.case_id,
         department=case.department,
@@ -507,7 +427,7 @@ async def case_rated(
         points=points,
         deadline=deadline,
     )
-    await runtime.emit(
+    await approval.runtime.emit(
         session,
         CaseFollowupOpened(
             case_id=case.case_id,
@@ -524,8 +444,8 @@ async def case_rated(
 
 def followup_not_found(case_id: str) -> Refusal:
     return Refusal(
-        "followup_not_found",
         404,
+        "followup_not_found",
         "No follow-up for this case",
         f"Case {case_id} has no follow-up: only a dissatisfied rating opens one.",
     )
@@ -534,12 +454,13 @@ def followup_not_found(case_id: str) -> Refusal:
 async def answer_followup(
     session: AsyncSession,
     *,
-    runtime: ServiceRuntime,
+    approval: Approval,
     case_id: str,
     department: str,
     answer: str,
     now: datetime,
 ) -> Refusal | CaseFollowupAnswered:
+    """The department's answer to a dissatisfied rating, once; stops its clock."""
     row = (
         await session.execute(
             select(models.followups).where(models.followups.c.case_id == case_id).with_for_update()
@@ -548,17 +469,17 @@ async def answer_followup(
     if row is None:
         return followup_not_found(case_id)
     if row.department != department:
-        return Refusal(
-            "wrong_department",
+        return review.field_refusal(
             403,
+            "wrong_department",
             "The follow-up belongs to another department",
             f"Case {case_id}'s follow-up is owed by {row.department}.",
             field="department",
         )
     if row.answered_at is not None:
         return Refusal(
-            "invalid_state",
             409,
+            "invalid_state",
             "The follow-up is already answered",
             f"Case {case_id}'s follow-up was answered at {row.answered_at}.",
         )
@@ -567,143 +488,174 @@ async def answer_followup(
         .where(models.followups.c.case_id == case_id)
         .values(answer=answer, answered_at=now)
     )
-    await sla.disarm(session, case_id, ClockStep.followup)
+    await disarm_timers(session, case_id, ClockStep.followup)
     answered = CaseFollowupAnswered(
         case_id=case_id, department=department, answer=answer, answered_at=now
     )
-    await runtime.emit(session, answered, handledby=department)
+    await approval.runtime.emit(session, answered, handledby=department)
     return answered
 
 
-async def followup_row(session: AsyncSession, case_id: str) -> dict[str, Any]:
-    row = (
-        await session.execute(select(models.followups).where(models.followups.c.case_id == case_id))
-    ).one()
-    return {
-        "case_id": row.case_id,
-        "department": row.department,
-        "rating": row.rating,
-        "comment": row.comment,
-        "opened_at": row.opened_at,
-        "deadline": row.deadline,
-    }
+# -- the SLA timers (see the guarantees on top) ------------------------------------------------
 
 
-async def handover_problems(session: AsyncSession, *, limit: int) -> list[dict[str, Any]]:
-    rows = await session.execute(
-        select(cases)
-        .where(cases.c.handover_problem.is_not(None))
-        .order_by(cases.c.updated_at.desc())
-        .limit(limit)
-    )
-    return [
+async def arm_timers(
+    session: AsyncSession,
+    *,
+    case_id: str,
+    department: str,
+    step: ClockStep,
+    points: Sequence[clock.ClockPoint],
+    deadline: date | None,
+) -> None:
+    """Set (or move) a case's timers; points already fired stay fired."""
+    if not points:
+        return
+    rows = [
         {
-            "case_id": r.case_id,
-            "department": r.department,
-            "office_code": (r.route or {}).get("entrusted_receiver"),
-            "problem": r.handover_problem,
-            "updated_at": r.updated_at,
+            "case_id": case_id,
+            "step": step.value,
+            "point": Decimal(str(p.point)),
+            "department": department,
+            "deadline": deadline,
+            "due_at": p.due_at,
         }
-        for r in rows
+        for p in points
     ]
+    insert = pg_insert(timers).values(rows)
+    await session.execute(
+        insert.on_conflict_do_update(
+            index_elements=[timers.c.case_id, timers.c.step, timers.c.point],
+            set_={"due_at": insert.excluded.due_at, "deadline": insert.excluded.deadline},
+            where=timers.c.fired_at.is_(None),
+        )
+    )
 
 
-async def open_followups(
-    session: AsyncSession, *, department: str, limit: int
-) -> list[dict[str, Any]]:
-    rows = await session.execute(
-        select(models.followups)
+async def pause_timers(session: AsyncSession, case_id: str, step: ClockStep) -> None:
+    """Waiting for a supplement: nothing falls due until the clock resumes."""
+    await session.execute(
+        update(timers)
         .where(
-            models.followups.c.department == department, models.followups.c.answered_at.is_(None)
+            timers.c.case_id == case_id, timers.c.step == step.value, timers.c.fired_at.is_(None)
         )
-        .order_by(models.followups.c.deadline.asc().nulls_last(), models.followups.c.opened_at)
-        .limit(limit)
+        .values(due_at=None)
     )
-    return [
-        {
-            "case_id": r.case_id,
-            "department": r.department,
-            "rating": r.rating,
-            "comment": r.comment,
-            "opened_at": r.opened_at,
-            "deadline": r.deadline,
-        }
-        for r in rows
-    ]
 
 
-# -- the SLA board (operators) -----------------------------------------------------------------
-
-
-async def sla_board(
-    session: AsyncSession, *, today: date, department: str | None
-) -> list[dict[str, Any]]:
-    """Per department: open cases, those warned, overdue (deadline day over), with an unknown
-    deadline, and the nearest deadline; most pressing first."""
-    timers = models.clock_timers
-    open_ = cases.c.status.in_([s.value for s in review.OPEN_STATUSES])
-    warned = (
-        select(timers.c.case_id)
-        .where(
-            timers.c.case_id == cases.c.case_id,
-            timers.c.step == ClockStep.decision.value,
-            timers.c.fired_at.is_not(None),
-            timers.c.point < 1,
+async def disarm_timers(session: AsyncSession, case_id: str, step: ClockStep) -> None:
+    """Decided, withdrawn or answered: the pending timers go; the fired ones stay as record."""
+    await session.execute(
+        delete(timers).where(
+            timers.c.case_id == case_id, timers.c.step == step.value, timers.c.fired_at.is_(None)
         )
-        .exists()
     )
-    overdue = func.count().filter(cases.c.deadline < today)
-    query = (
-        select(
-            cases.c.department,
-            func.count().label("open"),
-            func.count().filter(warned).label("warned"),
-            overdue.label("overdue"),
-            func.count()
-            .filter(cases.c.deadline.is_(None), cases.c.time_limit_days > 0)
-            .label("unknown_deadline"),
-            func.min(cases.c.deadline).label("next_deadline"),
-        )
-        .where(open_, cases.c.department.is_not(None))
-        .group_by(cases.c.department)
-        .order_by(overdue.desc(), func.count().filter(warned).desc(), cases.c.department)
-    )
-    if department is not None:
-        query = query.where(cases.c.department == department)
-    return [dict(r._mapping) for r in await session.execute(query)]
 
 
-async def cases_at_risk(
-    session: AsyncSession, *, until: date, department: str | None, limit: int
-) -> list[dict[str, Any]]:
-    """Open cases whose deadline falls by `until` (overdue ones included), or is unknown."""
-    query = (
-        select(
-            cases.c.case_id,
-            cases.c.department,
-            cases.c.status,
-            cases.c.deadline,
-            cases.c.accepted_at,
-            cases.c.item,
+async def fire_due_timers(
+    session: AsyncSession, *, runtime: ServiceRuntime, now: datetime, batch: int = 500
+) -> int:
+    """Fire the timers due at `now` that no other process holds; return how many."""
+    due = (
+        await session.execute(
+            select(timers)
+            .where(timers.c.fired_at.is_(None), timers.c.due_at <= now)
+            .order_by(timers.c.due_at)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
         )
-        .where(
-            cases.c.status.in_([s.value for s in review.OPEN_STATUSES]),
-            (cases.c.deadline <= until)
-            | (cases.c.deadline.is_(None) & (cases.c.time_limit_days > 0)),
+    ).all()
+    for row in due:
+        try:
+            payload = _clock_event(row)
+        except ValueError as exc:
+            # A row no event can be made of must not block every timer behind it.
+            log.error("unusable clock timer skipped", case_id=row.case_id, error=repr(exc))
+            continue
+        await runtime.emit(session, payload, handledby=row.department)
+    if due:
+        await session.execute(
+            update(timers)
+            .where(
+                or_(
+                    *(
+                        and_(
+                            timers.c.case_id == r.case_id,
+                            timers.c.step == r.step,
+                            timers.c.point == r.point,
+                        )
+                        for r in due
+                    )
+                )
+            )
+            .values(fired_at=now)
         )
-        .order_by(cases.c.deadline.asc().nulls_first(), cases.c.case_id)
-        .limit(limit)
+    return len(due)
+
+
+def _clock_event(row: Any) -> CaseOverdue | CaseSlaWarning:
+    step = ClockStep(row.step)
+    if row.point >= 1:
+        return CaseOverdue(
+            case_id=row.case_id, department=row.department, deadline=row.deadline, step=step
+        )
+    return CaseSlaWarning(
+        case_id=row.case_id,
+        department=row.department,
+        deadline=row.deadline,
+        elapsed_ratio=float(row.point),
+        step=step,
     )
-    if department is not None:
-        query = query.where(cases.c.department == department)
-    return [
-        {
-            "case_id": r.case_id,
-            "department": r.department,
-            "status": r.status,
-            "deadline": r.deadline,
-            "accepted_at": r.accepted_at,
-            "item_code": (r.item or {}).get("code"),
-        }
-        for r in await session.execute(query)
-    ]
+
+
+class ClockScheduler:
+    """Fires due timers every `poll_s`; on a new catalog version, sets deadlines that the old
+    calendar could not (`set_known_deadlines`)."""
+
+    BATCH = 500
+
+    def __init__(
+        self, approval: Approval, *, poll_s: float, clock_offset: timedelta = timedelta(0)
+    ) -> None:
+        self.approval = approval
+        self.poll_s = poll_s
+        self.clock_offset = clock_offset
+        self._seen_version: int | None = None
+        self._stop = asyncio.Event()
+        self.fired = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.clock_offset
+
+    async def tick(self) -> int:
+        runtime = self.approval.runtime
+        fired = 0
+        while True:
+            async with unit_of_work(runtime.sessions) as session:
+                n = await fire_due_timers(
+                    session, runtime=runtime, now=self.now(), batch=self.BATCH
+                )
+            fired += n
+            if n < self.BATCH:
+                break
+        calendars = self.approval.calendars
+        version = calendars.latest_version
+        if version is not None and version != self._seen_version:
+            await set_known_deadlines(self.approval, calendars.versions[version])
+            self._seen_version = version
+        self.fired += fired
+        return fired
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.tick()
+            except Exception as exc:  # the database may be restarting: try again next tick
+                log.warning("clock scheduler tick failed", error=repr(exc))
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=self.poll_s)
+            except TimeoutError:
+                pass

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import func, select
 
 from contracts.events import ClockStep
-from services.approval import clock, models, sla
+from services.approval import handlers, models
+from services.approval.domain import clock
 from services.common import migrations
 from services.common.db import unit_of_work
 from services.common.service import ServiceRuntime, ServiceSettings
@@ -40,7 +41,7 @@ async def test_each_timer_fires_once_across_two_schedulers_and_a_crash(
                     clock.ClockPoint(p, past - timedelta(seconds=n), date(2026, 12, 1))
                     for n, p in enumerate((0.5, 0.8, 1.0))
                 ]
-                await sla.arm(
+                await handlers.arm_timers(
                     session,
                     case_id=case_id,
                     department="D-TEST",
@@ -50,7 +51,7 @@ async def test_each_timer_fires_once_across_two_schedulers_and_a_crash(
                 )
         # Re-arming the same points must not add timers or re-arm fired ones.
         async with unit_of_work(first.sessions) as session:
-            await sla.arm(
+            await handlers.arm_timers(
                 session,
                 case_id=cases[0],
                 department="D-TEST",
@@ -62,7 +63,9 @@ async def test_each_timer_fires_once_across_two_schedulers_and_a_crash(
         async def hammer(runtime: ServiceRuntime) -> None:
             while True:
                 async with unit_of_work(runtime.sessions) as session:
-                    await sla.fire_due(session, runtime=runtime, now=datetime.now(UTC), batch=7)
+                    await handlers.fire_due_timers(
+                        session, runtime=runtime, now=datetime.now(UTC), batch=7
+                    )
                 await asyncio.sleep(0)
 
         racing = [asyncio.create_task(hammer(first)), asyncio.create_task(hammer(second))]

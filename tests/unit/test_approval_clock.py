@@ -1,5 +1,6 @@
-"""The legal clock (services/approval/clock.py) and the lifecycle rules built on it in review:
-supplement pauses, deadline unknown past the calendar, calendar extension, handover refusal."""
+"""The legal clock (services/approval/domain/clock.py) and the lifecycle rules built on it in
+review: supplement pauses, deadline unknown past the calendar, calendar extension, handover
+refusal."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from hypothesis import strategies as st
 from contracts.catalog import Calendar
 from contracts.common import CaseStatus, Handover, Mode
 from contracts.events import DecisionKind
-from services.approval import clock, review
-from services.approval.review import CaseState, Decision
+from services.approval.domain import clock, review
+from services.approval.domain.review import CaseState, Decision
 from services.common.city import CITY_TZ
 from services.common.workdays import WorkCalendar, deadline, is_working_day
 from tests.unit.test_approval_review import CALENDAR, make_routed

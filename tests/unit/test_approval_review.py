@@ -1,4 +1,5 @@
-"""approval's review rules (services/approval/review.py): every transition and every refusal."""
+"""approval's review rules (services/approval/domain/review.py): every transition and every
+refusal."""
 
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ from contracts.events import (
     CaseSupplementRequested,
     DecisionKind,
 )
-from services.approval import review
-from services.approval.review import CaseState, Decision, Outcome, Refusal, Unrouted
+from services.approval.domain import review
+from services.approval.domain.review import CaseState, Decision, Outcome, Unrouted
+from services.common.refusals import Refusal
+from services.common.web import problem_of
 from services.common.workdays import WorkCalendar
 
 pytestmark = pytest.mark.unit
@@ -113,6 +116,15 @@ def ok(result: Outcome | Refusal) -> Outcome:
 def refused(result: Outcome | Refusal) -> Refusal:
     assert isinstance(result, Refusal), result
     return result
+
+
+def field_of(refusal: Refusal) -> str | None:
+    """The one field a refusal names, if any; its error says what the detail says."""
+    if not refusal.errors:
+        return None
+    (error,) = refusal.errors
+    assert (error.message, error.code) == (refusal.detail, None)
+    return error.field
 
 
 APPROVE = decision(DecisionKind.approve, reason="材料齐全")
@@ -232,7 +244,7 @@ def test_a_denial_without_legal_basis_is_refused(basis: str | None) -> None:
             accepted_case(), decision(DecisionKind.deny, legal_basis=basis), case_id="x", now=LATER
         )
     )
-    assert (refusal.code, refusal.status, refusal.field) == (
+    assert (refusal.code, refusal.status, field_of(refusal)) == (
         "legal_basis_required",
         422,
         "legal_basis",
@@ -266,7 +278,7 @@ def test_request_supplement_lists_every_missing_material_once() -> None:
 def test_a_supplement_request_without_materials_is_refused(missing: tuple[str, ...]) -> None:
     ask = decision(DecisionKind.request_supplement, missing_materials=missing)
     refusal = refused(review.decide(accepted_case(), ask, case_id="x", now=LATER))
-    assert (refusal.code, refusal.status, refusal.field) == (
+    assert (refusal.code, refusal.status, field_of(refusal)) == (
         "missing_materials_required",
         422,
         "missing_materials",
@@ -299,7 +311,7 @@ def test_no_second_supplement_request_while_one_is_pending() -> None:
     waiting = ok(review.decide(accepted_case(), SUPPLEMENT, case_id="x", now=LATER)).state
     refusal = refused(review.decide(waiting, SUPPLEMENT, case_id="x", now=LATER))
     assert (refusal.code, refusal.status) == ("invalid_state", 409)
-    assert "M02, M03" in refusal.message
+    assert "M02, M03" in refusal.detail
 
 
 # -- withdrawal --------------------------------------------------------------------------------
@@ -322,10 +334,27 @@ def test_a_withdrawal_after_the_decision_changes_nothing(status: CaseStatus) -> 
 # -- refusals ----------------------------------------------------------------------------------
 
 
+def test_a_refusal_answers_as_problem_json_naming_the_field_to_fix() -> None:
+    deny = decision(DecisionKind.deny)
+    refusal = refused(review.decide(accepted_case(), deny, case_id="x", now=LATER))
+    detail = "Give legal_basis: the law or regulation, and its article, the denial rests on."
+    assert problem_of(refusal).body("/v1/cases/x/decisions") == {
+        "type": "https://tongban.example/problems/legal_basis_required",
+        "title": "A denial must state its legal basis",
+        "status": 422,
+        "code": "legal_basis_required",
+        "detail": detail,
+        "instance": "/v1/cases/x/decisions",
+        "errors": [{"field": "legal_basis", "message": detail}],
+    }
+    unknown = refused(review.decide(None, APPROVE, case_id="HC-X", now=LATER))
+    assert problem_of(unknown).body()["errors"] == []
+
+
 def test_an_unknown_case_is_not_found() -> None:
     refusal = refused(review.decide(None, APPROVE, case_id="HC-X", now=LATER))
     assert (refusal.code, refusal.status) == ("case_not_found", 404)
-    assert "HC-X" in refusal.message
+    assert "HC-X" in refusal.detail
 
 
 def test_a_case_withdrawn_before_it_was_routed_takes_no_decision() -> None:
@@ -337,8 +366,12 @@ def test_a_case_withdrawn_before_it_was_routed_takes_no_decision() -> None:
 def test_another_department_cannot_decide(d: Decision) -> None:
     other = replace(d, department="M-MKT")
     refusal = refused(review.decide(accepted_case(), other, case_id="x", now=LATER))
-    assert (refusal.code, refusal.status, refusal.field) == ("wrong_department", 403, "department")
-    assert DEPT in refusal.message
+    assert (refusal.code, refusal.status, field_of(refusal)) == (
+        "wrong_department",
+        403,
+        "department",
+    )
+    assert DEPT in refusal.detail
 
 
 def test_the_department_is_checked_before_the_state() -> None:
@@ -352,7 +385,7 @@ def test_the_department_is_checked_before_the_state() -> None:
 def test_accept_is_refused_because_acceptance_is_automatic() -> None:
     refusal = refused(review.decide(accepted_case(), ACCEPT, case_id="x", now=LATER))
     assert (refusal.code, refusal.status) == ("invalid_state", 409)
-    assert "automatic" in refusal.message
+    assert "automatic" in refusal.detail
 
 
 def test_the_state_is_checked_before_the_decision_is_complete() -> None:
@@ -393,7 +426,7 @@ def test_the_state_machine(status: CaseStatus, kind: DecisionKind) -> None:
     if expected is None:
         refusal = refused(result)
         assert (refusal.code, refusal.status) == ("invalid_state", 409)
-        assert status.value in refusal.message
+        assert status.value in refusal.detail
     else:
         outcome = ok(result)
         assert outcome.state.status is expected

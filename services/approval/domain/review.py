@@ -17,7 +17,8 @@ States and transitions (DESIGN.md §1, §4):
 - approved, denied and withdrawn are final here.
 
 Each transition returns the case's new state and the events to emit with it, or a `Refusal`
-carrying the stable machine code and HTTP status both edges (REST, Kafka) report.
+(services.common.refusals) carrying the stable machine code and HTTP status both edges (REST,
+Kafka) report.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from contracts.events import (
     CaseSupplementRequested,
     DecisionKind,
 )
-from services.approval import clock
-from services.approval.clock import local_date
+from services.approval.domain import clock
+from services.approval.domain.clock import local_date
+from services.common.refusals import FieldError, Refusal
 from services.common.workdays import WorkCalendar
 
 # Cases still waiting for their department: the worklist.
@@ -127,17 +129,6 @@ class Outcome:
 
     state: CaseState
     events: tuple[CaseEvent, ...] = ()
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why a decision cannot apply: stable `code`, HTTP `status`, and the field to fix."""
-
-    code: str
-    status: int
-    title: str
-    message: str
-    field: str | None = None
 
 
 # -- taking a routed case ----------------------------------------------------------------------
@@ -249,11 +240,16 @@ def deadline_now_known(case: CaseState, calendar: WorkCalendar) -> Outcome | Non
 
 def case_not_found(case_id: str) -> Refusal:
     return Refusal(
-        "case_not_found",
         404,
+        "case_not_found",
         "No such case at approval",
         f"Case {case_id!r} has not been routed to any department (yet).",
     )
+
+
+def field_refusal(status: int, code: str, title: str, detail: str, *, field: str) -> Refusal:
+    """A refusal that names the one field to fix; its `errors` repeat the detail for it."""
+    return Refusal(status, code, title, detail, errors=(FieldError(field, detail),))
 
 
 def decide(
@@ -261,79 +257,103 @@ def decide(
 ) -> Outcome | Refusal:
     """Apply a department's decision. Checked in this order: the case exists, it is routed to
     that department, it is in a state that takes this decision, the decision is complete."""
+    taken = _takes_decision(case, decision, case_id=case_id)
+    if isinstance(taken, Refusal):
+        return taken
+    if decision.kind is DecisionKind.request_supplement:
+        return _request_supplement(taken, decision, now=now)
+    if decision.kind is DecisionKind.deny:
+        return _deny(taken, decision, now=now)
+    assert decision.kind is DecisionKind.approve
+    return _approve(taken, decision, now=now)
+
+
+def _takes_decision(
+    case: CaseState | Unrouted | None, decision: Decision, *, case_id: str
+) -> CaseState | Refusal:
+    """The case, if it exists, is routed to the deciding department and takes this decision
+    in its state; else why not."""
     if case is None:
         return case_not_found(case_id)
     if isinstance(case, Unrouted):
         return Refusal(
-            "invalid_state",
             409,
+            "invalid_state",
             "The case takes no decision in its state",
             f"Case {case_id} is {case.status.value}; it was withdrawn before it was routed.",
         )
     if decision.department != case.department:
-        return Refusal(
-            "wrong_department",
+        return field_refusal(
             403,
+            "wrong_department",
             "The case is not routed to this department",
             f"Case {case_id} is handled by {case.department}, not {decision.department}.",
             field="department",
         )
     if case.status not in ALLOWED[decision.kind]:
         return Refusal(
-            "invalid_state",
             409,
+            "invalid_state",
             "The case takes no such decision in its state",
             _why_not(case, decision.kind),
         )
-    reason = _clean(decision.reason)
-    if decision.kind is DecisionKind.request_supplement:
-        missing = _unique(decision.missing_materials)
-        if not missing:
-            return Refusal(
-                "missing_materials_required",
-                422,
-                "A supplement request lists the missing materials",
-                "List every missing material code at once (one-time notification).",
-                field="missing_materials",
-            )
-        state = replace(
-            case,
-            status=CaseStatus.supplement_requested,
-            missing_materials=missing,
-            pauses=(*case.pauses, Pause(requested_at=now)),
+    return case
+
+
+def _request_supplement(case: CaseState, decision: Decision, *, now: datetime) -> Outcome | Refusal:
+    """Every missing material at once (一次性告知); the clock pauses from `now`."""
+    missing = _unique(decision.missing_materials)
+    if not missing:
+        return field_refusal(
+            422,
+            "missing_materials_required",
+            "A supplement request lists the missing materials",
+            "List every missing material code at once (one-time notification).",
+            field="missing_materials",
         )
-        requested = CaseSupplementRequested(
-            case_id=case.case_id,
-            department=case.department,
-            missing_materials=list(missing),
-            reason=reason,
+    state = replace(
+        case,
+        status=CaseStatus.supplement_requested,
+        missing_materials=missing,
+        pauses=(*case.pauses, Pause(requested_at=now)),
+    )
+    requested = CaseSupplementRequested(
+        case_id=case.case_id,
+        department=case.department,
+        missing_materials=list(missing),
+        reason=_clean(decision.reason),
+    )
+    return Outcome(state, (requested,))
+
+
+def _deny(case: CaseState, decision: Decision, *, now: datetime) -> Outcome | Refusal:
+    """A denial rests on its legal basis, or it is refused."""
+    legal_basis = _clean(decision.legal_basis)
+    if legal_basis is None:
+        return field_refusal(
+            422,
+            "legal_basis_required",
+            "A denial must state its legal basis",
+            "Give legal_basis: the law or regulation, and its article, the denial rests on.",
+            field="legal_basis",
         )
-        return Outcome(state, (requested,))
-    if decision.kind is DecisionKind.deny:
-        legal_basis = _clean(decision.legal_basis)
-        if legal_basis is None:
-            return Refusal(
-                "legal_basis_required",
-                422,
-                "A denial must state its legal basis",
-                "Give legal_basis: the law or regulation, and its article, the denial rests on.",
-                field="legal_basis",
-            )
-        state = replace(
-            case,
-            status=CaseStatus.denied,
-            decision=DecisionKind.deny,
-            reason=reason,
-            legal_basis=legal_basis,
-            decided_at=now,
-        )
-        return Outcome(state, (_denied(state),))
-    assert decision.kind is DecisionKind.approve
+    state = replace(
+        case,
+        status=CaseStatus.denied,
+        decision=DecisionKind.deny,
+        reason=_clean(decision.reason),
+        legal_basis=legal_basis,
+        decided_at=now,
+    )
+    return Outcome(state, (_denied(state),))
+
+
+def _approve(case: CaseState, decision: Decision, *, now: datetime) -> Outcome:
     state = replace(
         case,
         status=CaseStatus.approved,
         decision=DecisionKind.approve,
-        reason=reason,
+        reason=_clean(decision.reason),
         legal_basis=_clean(decision.legal_basis),
         decided_at=now,
     )

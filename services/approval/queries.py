@@ -1,0 +1,287 @@
+"""approval's reads: a case (as a row, as the review's state, as its REST view), the worklist,
+the follow-ups, the refused handovers and the SLA board; and the mapping between a case's row
+and the review's state, both ways. No writes here."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.common import Application, CaseStatus, ItemSnapshot, Route
+from contracts.events import ClockStep, DecisionKind
+from contracts.rest import (
+    ApprovalCaseView,
+    CaseAtRisk,
+    FollowupEntry,
+    HandoverProblemEntry,
+    SlaBoardRow,
+    WorklistEntry,
+)
+from services.approval import models
+from services.approval.domain.review import OPEN_STATUSES, CaseState, Pause, Unrouted
+
+cases = models.cases
+followups = models.followups
+
+# -- a case's row <-> the review's state -------------------------------------------------------
+
+
+def case_state(row: Any) -> CaseState | Unrouted:
+    if row.route is None:
+        return Unrouted(case_id=row.case_id, status=CaseStatus(row.status))
+    return CaseState(
+        case_id=row.case_id,
+        department=row.department,
+        status=CaseStatus(row.status),
+        item=ItemSnapshot.model_validate(row.item),
+        route=Route.model_validate(row.route),
+        application=Application.model_validate(row.application),
+        accepted_at=row.accepted_at,
+        deadline=row.deadline,
+        time_limit_days=row.time_limit_days,
+        missing_materials=tuple(row.missing_materials),
+        pauses=tuple(
+            Pause(
+                requested_at=datetime.fromisoformat(p["requested_at"]),
+                supplemented_at=datetime.fromisoformat(p["supplemented_at"])
+                if p.get("supplemented_at")
+                else None,
+            )
+            for p in row.pauses
+        ),
+        decision=DecisionKind(row.decision) if row.decision else None,
+        reason=row.reason,
+        legal_basis=row.legal_basis,
+        decided_at=row.decided_at,
+        withdrawn_at=row.withdrawn_at,
+        handover_problem=row.handover_problem,
+    )
+
+
+def case_values(state: CaseState, now: datetime) -> dict[str, Any]:
+    """The row's columns of a review state (the handlers save them)."""
+    return {
+        "case_id": state.case_id,
+        "department": state.department,
+        "status": state.status.value,
+        "item": state.item.model_dump(mode="json"),
+        "route": state.route.model_dump(mode="json"),
+        "application": state.application.model_dump(mode="json"),
+        "accepted_at": state.accepted_at,
+        "deadline": state.deadline,
+        "time_limit_days": state.time_limit_days,
+        "missing_materials": list(state.missing_materials),
+        "pauses": [
+            {
+                "requested_at": p.requested_at.isoformat(),
+                "supplemented_at": p.supplemented_at.isoformat() if p.supplemented_at else None,
+            }
+            for p in state.pauses
+        ],
+        "decision": state.decision.value if state.decision else None,
+        "reason": state.reason,
+        "legal_basis": state.legal_basis,
+        "decided_at": state.decided_at,
+        "withdrawn_at": state.withdrawn_at,
+        "handover_problem": state.handover_problem,
+        "updated_at": now,
+    }
+
+
+# -- one case ----------------------------------------------------------------------------------
+
+
+async def load_row(session: AsyncSession, case_id: str, *, lock: bool = False) -> Any:
+    """The case's row, or None; `lock`: held (FOR UPDATE) until the transaction ends."""
+    query = select(cases).where(cases.c.case_id == case_id)
+    return (await session.execute(query.with_for_update() if lock else query)).first()
+
+
+async def load_case(
+    session: AsyncSession, case_id: str, *, lock: bool = False
+) -> CaseState | Unrouted | None:
+    row = await load_row(session, case_id, lock=lock)
+    return None if row is None else case_state(row)
+
+
+def case_view(row: Any) -> ApprovalCaseView:
+    return ApprovalCaseView(
+        case_id=row.case_id,
+        status=CaseStatus(row.status),
+        department=row.department,
+        item_code=row.item["code"] if row.item else None,
+        accepted_at=row.accepted_at,
+        deadline=row.deadline,
+        time_limit_days=row.time_limit_days,
+        missing_materials=list(row.missing_materials),
+        supplement_rounds=len(row.pauses),
+        decision=DecisionKind(row.decision) if row.decision else None,
+        reason=row.reason,
+        legal_basis=row.legal_basis,
+        decided_at=row.decided_at,
+        withdrawn_at=row.withdrawn_at,
+        handover_problem=row.handover_problem,
+    )
+
+
+# -- lists -------------------------------------------------------------------------------------
+
+
+async def worklist(
+    session: AsyncSession, *, department: str, status: CaseStatus | None, limit: int
+) -> list[WorklistEntry]:
+    """A department's undecided cases (or those in `status`), oldest deadline first; a case
+    without a known deadline last."""
+    statuses = [status.value] if status else [s.value for s in OPEN_STATUSES]
+    rows = await session.execute(
+        select(cases)
+        .where(cases.c.department == department, cases.c.status.in_(statuses))
+        .order_by(cases.c.deadline.asc().nulls_last(), cases.c.accepted_at, cases.c.case_id)
+        .limit(limit)
+    )
+    return [
+        WorklistEntry(
+            case_id=r.case_id,
+            item_code=r.item["code"],
+            item_name=r.item["name"],
+            status=CaseStatus(r.status),
+            path=r.route["path"],
+            level=r.route["level"],
+            instant=bool(r.route.get("instant") or r.item["instant"]),
+            accepted_at=r.accepted_at,
+            deadline=r.deadline,
+            applicant_name=r.application["applicant"]["name"],
+        )
+        for r in rows
+        if r.route is not None
+    ]
+
+
+def _followup_entry(row: Any) -> FollowupEntry:
+    return FollowupEntry(
+        case_id=row.case_id,
+        department=row.department,
+        rating=row.rating,
+        comment=row.comment,
+        opened_at=row.opened_at,
+        deadline=row.deadline,
+    )
+
+
+async def followup(session: AsyncSession, case_id: str) -> FollowupEntry:
+    """The case's follow-up (there is one: the caller just answered it)."""
+    row = (await session.execute(select(followups).where(followups.c.case_id == case_id))).one()
+    return _followup_entry(row)
+
+
+async def open_followups(
+    session: AsyncSession, *, department: str, limit: int
+) -> list[FollowupEntry]:
+    """A department's unanswered follow-ups, nearest deadline first."""
+    rows = await session.execute(
+        select(followups)
+        .where(followups.c.department == department, followups.c.answered_at.is_(None))
+        .order_by(followups.c.deadline.asc().nulls_last(), followups.c.opened_at)
+        .limit(limit)
+    )
+    return [_followup_entry(r) for r in rows]
+
+
+async def handover_problems(session: AsyncSession, *, limit: int) -> list[HandoverProblemEntry]:
+    """Entrusted cases held because their handover did not verify, latest first."""
+    rows = await session.execute(
+        select(cases)
+        .where(cases.c.handover_problem.is_not(None))
+        .order_by(cases.c.updated_at.desc())
+        .limit(limit)
+    )
+    return [
+        HandoverProblemEntry(
+            case_id=r.case_id,
+            department=r.department,
+            office_code=(r.route or {}).get("entrusted_receiver"),
+            problem=r.handover_problem,
+            updated_at=r.updated_at,
+        )
+        for r in rows
+    ]
+
+
+# -- the SLA board (operators) -----------------------------------------------------------------
+
+
+async def sla_board(
+    session: AsyncSession, *, today: date, department: str | None
+) -> list[SlaBoardRow]:
+    """Per department: open cases, those warned, overdue (deadline day over), with an unknown
+    deadline, and the nearest deadline; most pressing first."""
+    timers = models.clock_timers
+    open_ = cases.c.status.in_([s.value for s in OPEN_STATUSES])
+    warned = (
+        select(timers.c.case_id)
+        .where(
+            timers.c.case_id == cases.c.case_id,
+            timers.c.step == ClockStep.decision.value,
+            timers.c.fired_at.is_not(None),
+            timers.c.point < 1,
+        )
+        .exists()
+    )
+    overdue = func.count().filter(cases.c.deadline < today)
+    query = (
+        select(
+            cases.c.department,
+            func.count().label("open"),
+            func.count().filter(warned).label("warned"),
+            overdue.label("overdue"),
+            func.count()
+            .filter(cases.c.deadline.is_(None), cases.c.time_limit_days > 0)
+            .label("unknown_deadline"),
+            func.min(cases.c.deadline).label("next_deadline"),
+        )
+        .where(open_, cases.c.department.is_not(None))
+        .group_by(cases.c.department)
+        .order_by(overdue.desc(), func.count().filter(warned).desc(), cases.c.department)
+    )
+    if department is not None:
+        query = query.where(cases.c.department == department)
+    return [SlaBoardRow.model_validate(dict(r._mapping)) for r in await session.execute(query)]
+
+
+async def cases_at_risk(
+    session: AsyncSession, *, until: date, department: str | None, limit: int
+) -> list[CaseAtRisk]:
+    """Open cases whose deadline falls by `until` (overdue ones included), or is unknown."""
+    query = (
+        select(
+            cases.c.case_id,
+            cases.c.department,
+            cases.c.status,
+            cases.c.deadline,
+            cases.c.accepted_at,
+            cases.c.item,
+        )
+        .where(
+            cases.c.status.in_([s.value for s in OPEN_STATUSES]),
+            (cases.c.deadline <= until)
+            | (cases.c.deadline.is_(None) & (cases.c.time_limit_days > 0)),
+        )
+        .order_by(cases.c.deadline.asc().nulls_first(), cases.c.case_id)
+        .limit(limit)
+    )
+    if department is not None:
+        query = query.where(cases.c.department == department)
+    return [
+        CaseAtRisk(
+            case_id=r.case_id,
+            department=r.department,
+            status=r.status,
+            deadline=r.deadline,
+            accepted_at=r.accepted_at,
+            item_code=(r.item or {}).get("code"),
+        )
+        for r in await session.execute(query)
+    ]
