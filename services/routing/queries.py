@@ -6,9 +6,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.rest import CatalogVersion, TriageEntry
+from services.common.catalog_follower import CatalogFollower
 from services.common.refusals import refused
+from services.policy.catalog_index import CatalogIndex
 from services.routing import models
-from services.routing.handlers import Catalogs
 
 
 async def triage(session: AsyncSession, *, limit: int) -> list[TriageEntry]:
@@ -33,7 +34,9 @@ async def triage(session: AsyncSession, *, limit: int) -> list[TriageEntry]:
     ]
 
 
-def catalog_version(catalogs: Catalogs, version: int | None = None) -> CatalogVersion:
+def catalog_version(
+    catalogs: CatalogFollower[tuple[int, CatalogIndex]], version: int | None = None
+) -> CatalogVersion:
     """The version `version` (by default the latest) of the catalog this process holds."""
     version = catalogs.latest_version if version is None else version
     if version is None:
