@@ -4,7 +4,7 @@ query. Refusals become problem JSON at this edge (services.common.refusals)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, cast
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
@@ -28,14 +28,10 @@ from services.common.auth import CurrentPrincipal, Principal, Role, in_scope, re
 from services.common.db import unit_of_work
 from services.common.logs import mask_name
 from services.common.refusals import Refusal
+from services.common.service import service_parts
 from services.common.web import CaseId, errors, problem_of
 
-
-def _approval(request: Request) -> Approval:
-    return cast(Approval, request.app.state.service)
-
-
-ApprovalDep = Annotated[Approval, Depends(_approval)]
+ApprovalDep = Annotated[Approval, Depends(service_parts)]
 Department = Annotated[Code, Query(min_length=1, max_length=64)]
 OVERSEERS = (Role.operator, Role.admin)
 router = APIRouter()

@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
-from fastapi import APIRouter, Depends, FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -414,6 +414,14 @@ class ServiceRuntime:
         # Around everything, so refusals (413, 429, 503) are counted and timed too.
         install_http_metrics(app, service=self.settings.service)
         return app
+
+
+async def service_parts(request: Request) -> Any:
+    """The service's parts (`app.state.service`, given to `ServiceRuntime.create_app`): every
+    api.py reads them through this dependency, typed by its own alias (`RoutingDep =
+    Annotated[Routing, Depends(service_parts)]`). Async, so FastAPI answers it inline instead
+    of in its thread pool."""
+    return request.app.state.service
 
 
 def serve(create_app: Callable[[S], FastAPI], settings: S) -> None:

@@ -4,7 +4,7 @@ Refusals become problem JSON at this edge (services.common.refusals)."""
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 
@@ -20,17 +20,13 @@ from contracts.rest import (
 )
 from services.common.auth import CurrentPrincipal, Principal, Role, in_scope, require
 from services.common.db import unit_of_work
+from services.common.service import service_parts
 from services.common.web import CaseId, errors, problem_of
 from services.delivery import handlers, queries
 from services.delivery.domain.stats import parse_grouping, rated_period
 from services.delivery.handlers import Delivery
 
-
-def _delivery(request: Request) -> Delivery:
-    return cast(Delivery, request.app.state.service)
-
-
-DeliveryDep = Annotated[Delivery, Depends(_delivery)]
+DeliveryDep = Annotated[Delivery, Depends(service_parts)]
 router = APIRouter()
 
 OVERSEERS = (Role.operator, Role.admin)

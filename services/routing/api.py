@@ -4,24 +4,20 @@ become problem JSON at this edge (services.common.refusals)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query
 
 from contracts.events import CaseSubmitted
 from contracts.rest import CatalogVersion, RoutePreviewResponse, SubmissionRequest, TriageEntry
 from services.common.auth import CurrentPrincipal, Role, require
 from services.common.db import unit_of_work
+from services.common.service import service_parts
 from services.common.web import CaseId, errors, problem_of
 from services.routing import handlers, queries
 from services.routing.handlers import Routing
 
-
-def _routing(request: Request) -> Routing:
-    return cast(Routing, request.app.state.service)
-
-
-RoutingDep = Annotated[Routing, Depends(_routing)]
+RoutingDep = Annotated[Routing, Depends(service_parts)]
 router = APIRouter()
 
 
