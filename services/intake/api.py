@@ -24,7 +24,8 @@ from services.intake.domain import access
 from services.intake.handlers import Intake
 
 
-def _intake(request: Request) -> Intake:
+async def _intake(request: Request) -> Intake:
+    # async: FastAPI would run a plain function in its thread pool, a hop per request
     return cast(Intake, request.app.state.service)
 
 
