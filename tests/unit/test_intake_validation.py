@@ -10,6 +10,7 @@ from services.intake.domain.validation import (
     credit_code_problem,
     resident_id_problem,
     submission_refusal,
+    supplement_refusal,
     validate_submission,
 )
 from tests.unit.catalog_data import TODAY, application, credit_code, index, resident_id
@@ -217,3 +218,21 @@ def test_every_refusal_is_listed_and_the_first_names_the_problem() -> None:
 def test_problem_of_an_accepted_submission_is_a_bug() -> None:
     with pytest.raises(ValueError):
         submission_refusal(check("DEL-D", office="T1-DC"))
+
+
+# --------------------------------------------------------------------------- supplements
+
+
+def test_a_supplement_with_an_unknown_material_is_refused_whole() -> None:
+    item = INDEX.items["DEL-D"]
+    assert supplement_refusal(item, ["A", "C"]) is None
+    refusal = supplement_refusal(item, ["A", "Z", "Y"])
+    assert refusal is not None
+    body = problem_of(refusal).body()
+    assert body["status"] == 422 and body["code"] == "unknown_material"
+    assert body["title"] == "Unknown material code"
+    assert body["detail"] == "Z, Y not among A, B, C"
+    assert body["errors"] == [
+        {"field": "materials", "message": "unknown Z"},
+        {"field": "materials", "message": "unknown Y"},
+    ]
