@@ -37,10 +37,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -53,7 +50,14 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from services.common.refusals import refused
+# The principal and the role and scope checks are pure (services.common.principals); routes
+# take them from here, beside the principal of the request.
+from services.common.principals import SCOPED_ROLES as SCOPED_ROLES
+from services.common.principals import Principal as Principal
+from services.common.principals import Role as Role
+from services.common.principals import in_scope as in_scope
+from services.common.principals import require as require
+from services.common.principals import require_scope as require_scope
 from services.common.settings import CommonSettings
 from services.common.web import Problem, problem_response
 
@@ -71,24 +75,6 @@ _KEY_ALGORITHMS: tuple[tuple[type[Any], frozenset[str]], ...] = (
 )
 ASYMMETRIC_ALGORITHMS = frozenset().union(*(algs for _, algs in _KEY_ALGORITHMS))
 SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS
-
-
-class Role(StrEnum):
-    clerk = "clerk"  # counter clerk; scope = office code
-    reviewer = "reviewer"  # department reviewer; scope = department code
-    operator = "operator"  # runs the system; scope optional
-    admin = "admin"  # everything; scope optional
-
-
-SCOPED_ROLES = frozenset({Role.clerk, Role.reviewer})
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    subject: str
-    role: Role
-    scope: str | None = None
-    token_id: str | None = None
 
 
 class AuthError(Exception):
@@ -475,49 +461,3 @@ async def authenticated(
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticated)]
-
-
-def require(principal: Principal, *roles: Role) -> Principal:
-    """403 `forbidden` unless the principal has one of `roles`."""
-    if principal.role not in roles:
-        allowed = ", ".join(r.value for r in roles) or "no role"
-        raise refused(
-            403,
-            "forbidden",
-            "Not allowed for this role",
-            f"role {principal.role.value} may not do this; allowed: {allowed}",
-        )
-    return principal
-
-
-def require_scope(
-    principal: Principal,
-    scope_value: str | None,
-    what: str,
-    *,
-    exempt: Iterable[Role] = (Role.admin,),
-) -> Principal:
-    """403 `forbidden_scope` unless the object (its office or department `scope_value`) is the
-    principal's own scope; `exempt` roles (admin by default) reach every object.
-
-    For objects the caller names by id (a case, a result), use `in_scope` and answer a case
-    outside the scope exactly as a missing one: a 403 would tell that the id exists."""
-    if not in_scope(principal, scope_value, exempt=exempt):
-        raise refused(
-            403,
-            "forbidden_scope",
-            f"Not allowed for this {what}",
-            f"the {what} {scope_value or '(none)'} is outside your scope "
-            f"{principal.scope or '(none)'}",
-        )
-    return principal
-
-
-def in_scope(
-    principal: Principal, scope_value: str | None, *, exempt: Iterable[Role] = (Role.admin,)
-) -> bool:
-    """Whether the object (its office or department `scope_value`) is the principal's own
-    scope; `exempt` roles (admin by default) reach every object."""
-    if principal.role in exempt:
-        return True
-    return scope_value is not None and principal.scope == scope_value

@@ -1,4 +1,4 @@
 from services.common.service import serve
-from services.intake.app import create_app, settings
+from services.intake.app import IntakeSettings, create_app
 
-serve(create_app, settings)
+serve(create_app, IntakeSettings())

@@ -1,5 +1,8 @@
-"""intake's unit-of-work functions: create a case, add materials, withdraw, and follow every
-case topic into the counter's view of the case (status, route, deadline, timeline)."""
+"""intake's event handlers and commands: take a submission, add materials, withdraw, read a
+case on the audit trail, and follow every case topic into the counter's view of the case
+(status, route, deadline, timeline). Plain functions over a session and the process's parts
+(`Intake`); a refused command raises `Refused` (services.common.refusals); reads are in
+`queries`."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -14,27 +18,58 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.common import Application, CaseStatus, Channel, Handover, Material
+from contracts.catalog import Catalog
+from contracts.common import Application, CaseStatus, Channel, Handover, Material, Route
 from contracts.events import (
-    CaseAccepted,
-    CaseDeadlineChanged,
-    CaseHandoverRefused,
     CaseNotified,
-    CaseRouted,
-    CaseRouteFailed,
     CaseSubmitted,
     CaseSupplemented,
-    CaseSupplementRequested,
     CaseWithdrawn,
+    CatalogPublished,
 )
-from contracts.rest import SubmissionResponse
-from services.common.db import inbox_key
+from contracts.rest import CaseView, SubmissionResponse
+from services.common.catalog_follower import CatalogFollower
+from services.common.city import CITY_TZ
+from services.common.db import inbox_key, unit_of_work
 from services.common.envelope import Envelope
-from services.common.handover import HandoverKeyError, HandoverKeys, sign_handover
+from services.common.handover import HandoverKeyError, HandoverKeys, load_keys, sign_handover
+from services.common.limits import RateLimiter
+from services.common.logs import get_logger
+from services.common.principals import Principal
+from services.common.refusals import FieldError, Refused, refused
 from services.common.service import ServiceRuntime
-from services.common.web import Problem
-from services.intake import models
-from services.intake.lifecycle import RANK, WITHDRAWABLE, next_status
+from services.intake import models, queries
+from services.intake.domain import access
+from services.intake.domain.lifecycle import RANK, WITHDRAWABLE, case_changes
+from services.intake.domain.validation import (
+    submission_refusal,
+    supplement_refusal,
+    validate_submission,
+)
+from services.policy.catalog_index import CatalogIndex
+from services.policy.intake_rules import missing_materials
+from services.policy.routing_rules import route_case
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Intake:
+    """The parts of one intake process (built by `app.create_app`): its runtime, its copy of
+    the catalog, and the per-client rate limiter of submissions."""
+
+    runtime: ServiceRuntime
+    catalogs: CatalogFollower[CatalogIndex]
+    limiter: RateLimiter
+
+
+def build_index(published: CatalogPublished) -> CatalogIndex:
+    return CatalogIndex(Catalog.model_validate(published.catalog))
+
+
+async def check_handover_keys(intake: Intake) -> None:
+    """Fail at startup, with what to set, when production has no signing keys."""
+    load_keys(intake.runtime.settings)
 
 
 def new_case_id(city_code: str, today: date) -> str:
@@ -88,7 +123,7 @@ def submission_handover(
             keys=keys,
         )
     except HandoverKeyError as exc:
-        raise Problem(
+        raise refused(
             503,
             "handover_key_missing",
             "This office cannot sign handovers yet",
@@ -98,27 +133,82 @@ def submission_handover(
         ) from exc
 
 
-async def replay_idempotent(
-    session: AsyncSession, key: str, digest: str
-) -> SubmissionResponse | None:
-    """The stored answer for a key already used with the same body; 409 for another body."""
-    row = (
-        await session.execute(
-            select(models.idempotency_keys).where(models.idempotency_keys.c.key == key)
-        )
-    ).first()
-    if row is None:
+def route_preview(
+    intake: Intake, index: CatalogIndex, application: Application, today: date
+) -> Route | None:
+    """The routing rules of `services.policy` (pure, the very code routing decides by) on this
+    process's copy of the catalog: the same answer routing will give, at no network cost, and
+    never a reason to keep a person waiting at the counter."""
+    version = intake.catalogs.latest_version
+    if version is None:
         return None
-    if row.request_hash != digest:
-        raise Problem(
-            409,
-            "idempotency_key_reused",
-            "Idempotency-Key already used for another submission",
-            f"The key was first used for case {row.case_id} with a different body. Send a new "
-            "key for a new submission, or resend the original body to get that case back.",
-            errors=[{"field": "Idempotency-Key", "message": "reused with a different body"}],
+    try:
+        outcome = route_case(
+            index, catalog_version=version, application=application, submitted_on=today
         )
-    return SubmissionResponse.model_validate(row.response)
+    except Exception as exc:  # a preview is a nicety: the case is taken anyway
+        log.warning("route preview failed", error=repr(exc))
+        return None
+    return outcome.route
+
+
+async def submit(
+    intake: Intake,
+    application: Application,
+    *,
+    idempotency_key: str | None,
+    traceparent: str | None = None,
+) -> SubmissionResponse:
+    """Take an application: refused whole, every fault listed (`domain.validation`), or stored
+    as a case with its first event and its Idempotency-Key in one transaction. A key used
+    before with the same body answers that submission again, even when the catalog has changed
+    since; with another body, 409 `idempotency_key_reused`.
+
+    Raises `KeyAlreadyUsed` when the key is stored but its answer cannot be read back (keys are
+    never deleted: only if the database lost the row)."""
+    digest = request_hash(application)
+    index = queries.catalog_in_force(intake.catalogs)
+    today = datetime.now(CITY_TZ).date()
+    result = validate_submission(index, application, today=today)
+    if not result.ok:
+        # A retry of a case taken before the catalog changed still gets its case back.
+        replay = await _replay(intake, idempotency_key, digest)
+        if replay is not None:
+            return replay
+        raise Refused(submission_refusal(result))
+    preview = None if result.missing_materials else route_preview(intake, index, application, today)
+    case_id = new_case_id(index.catalog.city.code, today)
+    try:
+        # One transaction: the case, its events, the key. A key already stored (a retry) is
+        # found by the key's own insert, which rolls the whole transaction back: no read of
+        # the key before every submission.
+        async with unit_of_work(intake.runtime.sessions) as session:
+            return await create_case(
+                session,
+                runtime=intake.runtime,
+                application=application,
+                case_id=case_id,
+                missing=list(result.missing_materials),
+                route_preview=preview,
+                idempotency_key=idempotency_key or None,
+                digest=digest,
+                handover_keys=load_keys(intake.runtime.settings),
+                traceparent=traceparent,
+            )
+    except KeyAlreadyUsed:
+        replay = await _replay(intake, idempotency_key, digest)
+        if replay is None:
+            raise
+        return replay
+
+
+async def _replay(
+    intake: Intake, idempotency_key: str | None, digest: str
+) -> SubmissionResponse | None:
+    if not idempotency_key:
+        return None
+    async with intake.runtime.sessions() as session:
+        return await queries.replay_idempotent(session, idempotency_key, digest)
 
 
 async def create_case(
@@ -193,87 +283,73 @@ class KeyAlreadyUsed(Exception):
     raced this one): roll this transaction back and answer with the stored submission."""
 
 
-async def load_case(session: AsyncSession, case_id: str, *, lock: bool = False) -> Any:
-    query = select(models.cases).where(models.cases.c.case_id == case_id)
-    row = (await session.execute(query.with_for_update() if lock else query)).first()
-    if row is None:
-        raise case_not_found(case_id)
-    return row
-
-
-def case_not_found(case_id: str) -> Problem:
-    """A case that does not exist, or not for this caller: the two answers are the same."""
-    return Problem(
-        404,
-        "case_not_found",
-        "No such case",
-        f"There is no case {case_id!r}. Check the id from the 201 answer.",
-    )
-
-
 async def add_materials(
     session: AsyncSession,
     *,
     runtime: ServiceRuntime,
+    principal: Principal,
     case_id: str,
     materials: list[Material],
-    required_codes: list[str] | None,
-    handover_keys: HandoverKeys,
+    index: CatalogIndex,
 ) -> tuple[CaseStatus, list[str]]:
-    """Counter supplement (awaiting_supplement) or an answer to a review's request."""
-    case = await load_case(session, case_id, lock=True)
+    """Supplement materials, by a clerk of the office that took the case: completes a counter
+    case (awaiting_supplement), or answers a review's request (supplement_requested), which
+    needs every requested material at once."""
+    case = await queries.case_of_the_office(session, case_id, principal, lock=True)
+    item = index.items.get(case.item_code)
+    if item is not None:
+        unknown = supplement_refusal(item, (m.code for m in materials))
+        if unknown is not None:
+            raise Refused(unknown)
     status = CaseStatus(case.status)
     now = datetime.now(UTC)
     application = Application.model_validate(case.application)
     merged = {m.code: m for m in application.materials} | {m.code: m for m in materials}
     application = application.model_copy(update={"materials": list(merged.values())})
-    given = {m.code for m in materials}
     if status is CaseStatus.awaiting_supplement:
-        needed = required_codes if required_codes is not None else list(case.missing_materials)
-        missing = [code for code in needed if code not in merged]
-        await runtime.emit(
-            session,
-            CaseSupplemented(case_id=case_id, materials=materials, supplemented_at=now),
+        missing = (
+            list(missing_materials(item, merged))
+            if item is not None
+            else [code for code in case.missing_materials if code not in merged]
         )
-        new_status: CaseStatus = status
-        if not missing:
-            new_status = CaseStatus.submitted
-            handover = submission_handover(
-                case_id=case_id, application=application, submitted_at=now, keys=handover_keys
-            )
-            await runtime.emit(
-                session,
-                CaseSubmitted(
-                    case_id=case_id,
-                    application=application,
-                    submitted_at=now,
-                    handover=handover,
-                ),
-            )
+        new_status = CaseStatus.awaiting_supplement if missing else CaseStatus.submitted
     elif status is CaseStatus.supplement_requested:
+        given = {m.code for m in materials}
         missing = [code for code in case.missing_materials if code not in given]
         if missing:
-            raise Problem(
+            raise refused(
                 422,
                 "materials_incomplete",
                 "Every requested material is needed at once",
                 f"Still missing: {', '.join(missing)}. Send them together.",
-                errors=[{"field": "materials", "message": f"missing {code}"} for code in missing],
+                errors=tuple(FieldError("materials", f"missing {code}") for code in missing),
                 missing_materials=missing,
             )
         new_status = CaseStatus.accepted
-        await runtime.emit(
-            session,
-            CaseSupplemented(case_id=case_id, materials=materials, supplemented_at=now),
-        )
     else:
-        raise Problem(
+        raise refused(
             409,
             "invalid_state",
             "This case is not waiting for materials",
             f"Case {case_id} is {status.value}; materials are taken while it is "
             "awaiting_supplement or supplement_requested.",
             status_now=status.value,
+        )
+    await runtime.emit(
+        session, CaseSupplemented(case_id=case_id, materials=materials, supplemented_at=now)
+    )
+    if new_status is CaseStatus.submitted:  # the counter case is complete: it goes on
+        handover = submission_handover(
+            case_id=case_id,
+            application=application,
+            submitted_at=now,
+            keys=load_keys(runtime.settings),
+        )
+        await runtime.emit(
+            session,
+            CaseSubmitted(
+                case_id=case_id, application=application, submitted_at=now, handover=handover
+            ),
         )
     await session.execute(
         update(models.cases)
@@ -290,12 +366,18 @@ async def add_materials(
 
 
 async def withdraw(
-    session: AsyncSession, *, runtime: ServiceRuntime, case_id: str, reason: str | None
+    session: AsyncSession,
+    *,
+    runtime: ServiceRuntime,
+    principal: Principal,
+    case_id: str,
+    reason: str | None,
 ) -> CaseStatus:
-    case = await load_case(session, case_id, lock=True)
+    """Withdraw before the decision, by a clerk of the office that took the case."""
+    case = await queries.case_of_the_office(session, case_id, principal, lock=True)
     status = CaseStatus(case.status)
     if status not in WITHDRAWABLE:
-        raise Problem(
+        raise refused(
             409,
             "invalid_state",
             "The case can no longer be withdrawn",
@@ -319,13 +401,31 @@ async def withdraw(
     return CaseStatus.withdrawn
 
 
+async def read_case(runtime: ServiceRuntime, case_id: str, principal: Principal) -> CaseView:
+    """The case as the caller may see it, on the audit trail: every read is recorded, with
+    whether the applicant's personal data was shown clear or masked."""
+    async with runtime.sessions() as session:
+        case, timeline = await queries.readable_case(session, case_id, principal)
+    clear = access.sees_personal_data(principal)
+    # The audit trail's chain is appended under its lock in a transaction of its own (a
+    # REPEATABLE READ snapshot could predate the chain's tail); no view leaves unaudited.
+    async with unit_of_work(runtime.sessions) as session:
+        await runtime.audit(
+            session,
+            principal,
+            "case.read",
+            case_id,
+            {"personal_data": "clear" if clear else "masked"},
+        )
+    return queries.case_view(case, timeline, clear=clear)
+
+
 async def follow_case_event(session: AsyncSession, envelope: Envelope, payload: Any) -> None:
     """Any event of a case, from any case topic: timeline entry and the counter's view."""
     await follow_case_events(session, [(envelope, payload)])
 
 
 ADOPTABLE = (CaseSubmitted.TYPE, CaseNotified.TYPE)
-HANDOVER_REFUSED = "handover_refused"  # the failure code of a refused entrusted handover
 
 
 async def follow_case_events(session: AsyncSession, events: Sequence[tuple[Envelope, Any]]) -> None:
@@ -377,38 +477,6 @@ async def follow_case_events(session: AsyncSession, events: Sequence[tuple[Envel
             adopted.add(case_id)
     for case_id, changes in pending.items():
         await _update(session, case_id, changes)
-
-
-def case_changes(
-    status: CaseStatus,
-    event_type: str,
-    data: dict[str, Any],
-    failure: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The columns an event changes in the counter's view of a case whose status and failure
-    are as given (pure)."""
-    changes: dict[str, Any] = {}
-    new_status = next_status(status, event_type)
-    if new_status is not None:
-        changes |= {"status": new_status.value, "status_rank": RANK[new_status]}
-    if event_type == CaseRouted.TYPE:
-        changes["route"] = data["route"]
-        # A route clears a routing failure (a case retried out of triage), not a refused
-        # handover: approval's refusal of the routed case may be applied here before the
-        # routed event itself, since topics are not ordered among themselves.
-        if (failure or {}).get("code") != HANDOVER_REFUSED:
-            changes["failure"] = None
-    elif event_type == CaseRouteFailed.TYPE:
-        changes["failure"] = data["failure"]
-    elif event_type in (CaseAccepted.TYPE, CaseDeadlineChanged.TYPE):
-        # The deadline as it stands: set at acceptance, moved by supplements and calendar
-        # extensions; None while unknown (past the calendar).
-        changes["deadline"] = date.fromisoformat(data["deadline"]) if data.get("deadline") else None
-    elif event_type == CaseHandoverRefused.TYPE:
-        changes["failure"] = {"code": HANDOVER_REFUSED, "explanation": data["reason"]}
-    elif event_type == CaseSupplementRequested.TYPE and new_status is not None:
-        changes["missing_materials"] = data["missing_materials"]
-    return changes
 
 
 async def _update(session: AsyncSession, case_id: str, changes: dict[str, Any]) -> None:

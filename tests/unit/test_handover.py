@@ -50,7 +50,7 @@ from services.common.handover import (
     verify_handover,
     write_office_keys,
 )
-from services.common.web import Problem
+from services.common.refusals import Refused
 from services.intake.handlers import submission_handover
 from tests.unit.catalog_data import base_catalog, credit_code, resident_id
 
@@ -470,14 +470,15 @@ def test_intake_signs_counter_submissions_only(keys: HandoverKeys, trust: Handov
 
 def test_intake_without_the_offices_key_refuses_with_503(tmp_path: Path) -> None:
     write_office_keys(tmp_path, OTHER)
-    with pytest.raises(Problem) as err:
+    with pytest.raises(Refused) as err:
         submission_handover(
             case_id=CASE,
             application=application(),
             submitted_at=SIGNED_AT,
             keys=HandoverKeys.from_dir(tmp_path),
         )
-    assert err.value.status == 503 and err.value.code == "handover_key_missing"
+    refusal = err.value.refusal
+    assert refusal.status == 503 and refusal.code == "handover_key_missing"
 
 
 # --------------------------------------------------------------------------- CLI

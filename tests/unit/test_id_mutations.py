@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from contracts.common import Category
 from services.cli.applicants import USCC_ALPHABET, credit_code, resident_id
-from services.intake.validation import id_number_problem
+from services.intake.domain.validation import id_number_problem
 
 pytestmark = pytest.mark.unit
 

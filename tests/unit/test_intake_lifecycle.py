@@ -1,8 +1,7 @@
 import pytest
 
 from contracts.common import CaseStatus
-from services.intake.handlers import case_changes
-from services.intake.lifecycle import next_status
+from services.intake.domain.lifecycle import case_changes, next_status
 
 pytestmark = pytest.mark.unit
 

@@ -4,11 +4,13 @@ from typing import Any
 import pytest
 
 from contracts.common import Category, Channel, Delivery
-from services.intake.problems import refusal_problem, submission_problem
-from services.intake.validation import (
+from services.common.web import problem_of
+from services.intake.domain.validation import (
     ValidationResult,
     credit_code_problem,
     resident_id_problem,
+    submission_refusal,
+    supplement_refusal,
     validate_submission,
 )
 from tests.unit.catalog_data import TODAY, application, credit_code, index, resident_id
@@ -25,8 +27,7 @@ def check(item: str, **kwargs) -> ValidationResult:
 def refused(result: ValidationResult, code: str, field: str) -> dict[str, Any]:
     assert not result.ok and result.refusal is not None
     assert result.refusal.code == code
-    problem = submission_problem(result)
-    body = problem.body()
+    body = problem_of(submission_refusal(result)).body()
     assert body["status"] == 422 and body["code"] == code and body["title"]
     assert any(e["field"] == field and e["code"] == code and e["message"] for e in body["errors"])
     return body
@@ -37,7 +38,7 @@ def refused(result: ValidationResult, code: str, field: str) -> dict[str, Any]:
 
 def test_sound_submission_lists_missing_required_materials() -> None:
     result = check("DEL-D", office="T1-DC", division="T1", materials=("B",))
-    assert result.ok and result.refusal is None and refusal_problem(result) is None
+    assert result.ok and result.refusal is None
     assert result.missing_materials == ("A",)  # C is optional
     assert result.item is not None and result.item.code == "DEL-D"
 
@@ -202,7 +203,7 @@ def test_every_refusal_is_listed_and_the_first_names_the_problem() -> None:
         "unknown_material",
         "invalid_delivery",
     ]
-    body = submission_problem(result).body("/v1/cases")
+    body = problem_of(submission_refusal(result)).body("/v1/cases")
     assert body["code"] == "invalid_id_number" and body["instance"] == "/v1/cases"
     assert [e["field"] for e in body["errors"]] == [
         "applicant.id_number",
@@ -216,4 +217,22 @@ def test_every_refusal_is_listed_and_the_first_names_the_problem() -> None:
 
 def test_problem_of_an_accepted_submission_is_a_bug() -> None:
     with pytest.raises(ValueError):
-        submission_problem(check("DEL-D", office="T1-DC"))
+        submission_refusal(check("DEL-D", office="T1-DC"))
+
+
+# --------------------------------------------------------------------------- supplements
+
+
+def test_a_supplement_with_an_unknown_material_is_refused_whole() -> None:
+    item = INDEX.items["DEL-D"]
+    assert supplement_refusal(item, ["A", "C"]) is None
+    refusal = supplement_refusal(item, ["A", "Z", "Y"])
+    assert refusal is not None
+    body = problem_of(refusal).body()
+    assert body["status"] == 422 and body["code"] == "unknown_material"
+    assert body["title"] == "Unknown material code"
+    assert body["detail"] == "Z, Y not among A, B, C"
+    assert body["errors"] == [
+        {"field": "materials", "message": "unknown Z"},
+        {"field": "materials", "message": "unknown Y"},
+    ]

@@ -16,7 +16,7 @@ from contracts.common import Applicant, Code, Contract, Text, is_unstorable
 from contracts.rest import DecisionRequest, WithdrawRequest
 from services.common.auth import Principal, Role, in_scope
 from services.common.web import CaseId, install_problem_handlers
-from services.intake import access
+from services.intake.domain import access
 
 pytestmark = pytest.mark.unit
 

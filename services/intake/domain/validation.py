@@ -21,7 +21,7 @@ catalog item's category sets the default intake levels; the applicant's sets the
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -31,6 +31,7 @@ from stdnum.exceptions import ValidationError as StdnumError
 
 from contracts.catalog import Item
 from contracts.common import Application, Category, Channel, DeliveryMethod
+from services.common.refusals import FieldError, Refusal
 from services.policy.catalog_index import CatalogIndex
 from services.policy.intake_rules import (
     item_in_force,
@@ -55,29 +56,6 @@ _USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"  # GB 32100: no I, O, Z, S, V
 
 
 @dataclass(frozen=True, slots=True)
-class FieldError:
-    field: str
-    message: str
-    code: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"field": self.field, "message": self.message, "code": self.code}
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    code: str
-    detail: str
-    errors: tuple[FieldError, ...]
-    guidance: Mapping[str, Any] | None = None
-    status: int = 422
-
-    @property
-    def title(self) -> str:
-        return TITLES.get(self.code, self.code)
-
-
-@dataclass(frozen=True, slots=True)
 class ValidationResult:
     """`refusals` empty: the submission is taken; `missing_materials` (required material codes
     not provided, in catalog order) go into the one-time notification."""
@@ -95,6 +73,25 @@ class ValidationResult:
     def refusal(self) -> Refusal | None:
         """The refusal that names the problem (first by ORDER)."""
         return self.refusals[0] if self.refusals else None
+
+
+def submission_refusal(result: ValidationResult) -> Refusal:
+    """The one refusal a refused submission is answered with: status 422, the first refusal's
+    code, title and detail (the others' details appended), every field error, and `guidance`
+    (where to go instead) when an office was refused."""
+    first = result.refusal
+    if first is None:
+        raise ValueError("an accepted submission has no refusal")
+    guidance = next((r.extra["guidance"] for r in result.refusals if "guidance" in r.extra), None)
+    others = [r.detail for r in result.refusals[1:]]
+    return Refusal(
+        first.status,
+        first.code,
+        first.title,
+        first.detail + ("" if not others else " Also: " + " ".join(others)),
+        tuple(e for r in result.refusals for e in r.errors),
+        {"guidance": guidance} if guidance is not None else {},
+    )
 
 
 # --------------------------------------------------------------------------- ID numbers
@@ -161,7 +158,16 @@ def validate_submission(
     def refuse(
         code: str, field_name: str, message: str, guidance: Mapping[str, Any] | None = None
     ) -> None:
-        refusals.append(Refusal(code, message, (FieldError(field_name, message, code),), guidance))
+        refusals.append(
+            Refusal(
+                422,
+                code,
+                TITLES.get(code, code),
+                message,
+                (FieldError(field_name, message, code),),
+                {"guidance": dict(guidance)} if guidance is not None else {},
+            )
+        )
 
     applicant = application.applicant
     id_problem = id_number_problem(applicant.category, applicant.id_number, today=today)
@@ -219,4 +225,20 @@ def validate_submission(
         missing_materials=missing,
         item=item,
         id_number=applicant.id_number.strip().upper() if id_problem is None else None,
+    )
+
+
+def supplement_refusal(item: Item, codes: Iterable[str]) -> Refusal | None:
+    """A supplement naming a material code the item does not have: refused whole (nothing of
+    it is taken), every unknown code listed; None when every code is the item's."""
+    known = {m.code for m in item.materials}
+    unknown = [code for code in codes if code not in known]
+    if not unknown:
+        return None
+    return Refusal(
+        422,
+        "unknown_material",
+        "Unknown material code",
+        f"{', '.join(unknown)} not among {', '.join(sorted(known))}",
+        tuple(FieldError("materials", f"unknown {code}") for code in unknown),
     )

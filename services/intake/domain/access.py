@@ -4,12 +4,13 @@ read everything with personal data masked.
 
 A case outside the caller's scope is answered exactly like a case that does not exist (404
 `case_not_found`): the role is checked before the case is looked up (403 `forbidden` whether
-or not it exists), the scope after, as a yes or no the edge turns into that 404."""
+or not it exists), the scope after, as a yes or no turned into that 404 (`case_not_found`)."""
 
 from __future__ import annotations
 
 from contracts.common import Application, Channel
-from services.common.auth import Principal, Role, in_scope, require, require_scope
+from services.common.principals import Principal, Role, in_scope, require, require_scope
+from services.common.refusals import Refusal
 
 ONLINE_SCOPE = "online"
 MASKED_ROLES = frozenset({Role.operator, Role.admin})
@@ -18,6 +19,16 @@ MASKED_ROLES = frozenset({Role.operator, Role.admin})
 def intake_scope(office_code: str | None, channel: str | Channel) -> str:
     """The scope a case belongs to at intake: its office, or the online channel."""
     return ONLINE_SCOPE if str(channel) == Channel.online.value or not office_code else office_code
+
+
+def case_not_found(case_id: str) -> Refusal:
+    """A case that does not exist, or not for this caller: the two answers are the same."""
+    return Refusal(
+        404,
+        "case_not_found",
+        "No such case",
+        f"There is no case {case_id!r}. Check the id from the 201 answer.",
+    )
 
 
 def may_submit(principal: Principal, application: Application) -> None:

@@ -1,4 +1,5 @@
-"""How each event moves a case's status as the counter sees it (pure).
+"""How each event moves a case as the counter sees it: its status, route, failure, deadline
+and missing materials (pure).
 
 Events of one case arrive in order per topic but not across topics (the approval topic may be
 read before the routing one), so a status only moves forward by rank; a supplement round moves
@@ -7,13 +8,18 @@ between `accepted` and `supplement_requested`, which share a rank.
 
 from __future__ import annotations
 
+from datetime import date
+from typing import Any
+
 from contracts.common import CaseStatus
 from contracts.events import (
     CaseAccepted,
     CaseApproved,
     CaseClosed,
+    CaseDeadlineChanged,
     CaseDelivered,
     CaseDenied,
+    CaseHandoverRefused,
     CaseNotified,
     CaseResultIssued,
     CaseRouted,
@@ -78,3 +84,38 @@ def next_status(current: CaseStatus, event_type: str) -> CaseStatus | None:
     if target is None or target is current:
         return None
     return target if RANK[target] >= RANK[current] else None
+
+
+HANDOVER_REFUSED = "handover_refused"  # the failure code of a refused entrusted handover
+
+
+def case_changes(
+    status: CaseStatus,
+    event_type: str,
+    data: dict[str, Any],
+    failure: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The columns an event changes in the counter's view of a case whose status and failure
+    are as given (pure)."""
+    changes: dict[str, Any] = {}
+    new_status = next_status(status, event_type)
+    if new_status is not None:
+        changes |= {"status": new_status.value, "status_rank": RANK[new_status]}
+    if event_type == CaseRouted.TYPE:
+        changes["route"] = data["route"]
+        # A route clears a routing failure (a case retried out of triage), not a refused
+        # handover: approval's refusal of the routed case may be applied here before the
+        # routed event itself, since topics are not ordered among themselves.
+        if (failure or {}).get("code") != HANDOVER_REFUSED:
+            changes["failure"] = None
+    elif event_type == CaseRouteFailed.TYPE:
+        changes["failure"] = data["failure"]
+    elif event_type in (CaseAccepted.TYPE, CaseDeadlineChanged.TYPE):
+        # The deadline as it stands: set at acceptance, moved by supplements and calendar
+        # extensions; None while unknown (past the calendar).
+        changes["deadline"] = date.fromisoformat(data["deadline"]) if data.get("deadline") else None
+    elif event_type == CaseHandoverRefused.TYPE:
+        changes["failure"] = {"code": HANDOVER_REFUSED, "explanation": data["reason"]}
+    elif event_type == CaseSupplementRequested.TYPE and new_status is not None:
+        changes["missing_materials"] = data["missing_materials"]
+    return changes

@@ -1,0 +1,152 @@
+"""intake's REST routes: parse, check the caller's role, call a handler or a query. Refusals
+become problem JSON at this edge (services.common.refusals)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request
+
+from contracts.rest import (
+    CaseView,
+    ItemView,
+    MaterialsRequest,
+    SubmissionRequest,
+    SubmissionResponse,
+    WithdrawRequest,
+)
+from services.common.auth import CurrentPrincipal
+from services.common.db import unit_of_work
+from services.common.limits import rate_limited
+from services.common.service import service_parts
+from services.common.web import CaseId, dependency_unavailable, errors
+from services.intake import handlers, queries
+from services.intake.domain import access
+from services.intake.handlers import Intake
+
+IntakeDep = Annotated[Intake, Depends(service_parts)]
+router = APIRouter()
+
+
+async def _rate_limited(request: Request, intake: IntakeDep, _: CurrentPrincipal) -> None:
+    """Per client (token subject, so authentication comes first): a counter terminal stuck in
+    a loop must not starve the others."""
+    await rate_limited(intake.limiter)(request)
+
+
+@router.post(
+    "/v1/cases",
+    response_model=SubmissionResponse,
+    status_code=201,
+    tags=["cases"],
+    dependencies=[Depends(_rate_limited)],
+    # OpenAPI links: what a client (or a stateful test) can do next with the new case.
+    responses={
+        **errors(400, 401, 403, 409, 413, 422, 429, 503),
+        201: {
+            "links": {
+                name: {
+                    "operationId": operation,
+                    "parameters": {"case_id": "$response.body#/case_id"},
+                }
+                for name, operation in (
+                    ("GetCase", "get_case_v1_cases__case_id__get"),
+                    ("AddMaterials", "add_materials_v1_cases__case_id__materials_post"),
+                    ("Withdraw", "withdraw_v1_cases__case_id__withdraw_post"),
+                )
+            }
+        },
+    },
+)
+async def submit(
+    application: SubmissionRequest,
+    request: Request,
+    principal: CurrentPrincipal,
+    intake: IntakeDep,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+) -> SubmissionResponse:
+    """Take an application (clerks, at their own office; the online channel's scope is
+    `online`). Missing required materials: the case waits as `awaiting_supplement` with one
+    notification listing all of them."""
+    access.may_submit(principal, application)
+    try:
+        return await handlers.submit(
+            intake,
+            application,
+            idempotency_key=idempotency_key,
+            traceparent=request.headers.get("traceparent"),
+        )
+    except handlers.KeyAlreadyUsed:
+        raise dependency_unavailable() from None
+
+
+@router.get(
+    "/v1/cases/{case_id}",
+    response_model=CaseView,
+    tags=["cases"],
+    responses=errors(401, 403, 404, 422, 503),
+)
+async def get_case(case_id: CaseId, principal: CurrentPrincipal, intake: IntakeDep) -> CaseView:
+    """Status, route, deadline and the whole timeline from every case topic. Clerks read their
+    office's cases, reviewers their department's; operators and admins read every case with
+    the applicant's personal data masked. Every read is on the audit trail."""
+    return await handlers.read_case(intake.runtime, case_id, principal)
+
+
+@router.post(
+    "/v1/cases/{case_id}/materials",
+    response_model=SubmissionResponse,
+    tags=["cases"],
+    responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
+)
+async def add_materials(
+    case_id: CaseId, body: MaterialsRequest, principal: CurrentPrincipal, intake: IntakeDep
+) -> SubmissionResponse:
+    """Supplement materials: completes a counter case, or answers a review's request."""
+    access.may_act(principal)
+    index = queries.catalog_in_force(intake.catalogs)
+    async with unit_of_work(intake.runtime.sessions) as session:
+        status, missing = await handlers.add_materials(
+            session,
+            runtime=intake.runtime,
+            principal=principal,
+            case_id=case_id,
+            materials=list(body.materials),
+            index=index,
+        )
+    return SubmissionResponse(
+        case_id=case_id, status=status, missing_materials=missing, route_preview=None
+    )
+
+
+@router.post(
+    "/v1/cases/{case_id}/withdraw",
+    response_model=CaseView,
+    tags=["cases"],
+    responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
+)
+async def withdraw(
+    case_id: CaseId,
+    principal: CurrentPrincipal,
+    intake: IntakeDep,
+    body: WithdrawRequest | None = None,
+) -> CaseView:
+    """Withdraw before the decision, at the office that took the case."""
+    access.may_act(principal)
+    async with unit_of_work(intake.runtime.sessions) as session:
+        await handlers.withdraw(
+            session,
+            runtime=intake.runtime,
+            principal=principal,
+            case_id=case_id,
+            reason=body.reason if body else None,
+        )
+    return await handlers.read_case(intake.runtime, case_id, principal)
+
+
+@router.get(
+    "/v1/items", response_model=list[ItemView], tags=["catalog"], responses=errors(401, 503)
+)
+async def items(principal: CurrentPrincipal, intake: IntakeDep) -> list[ItemView]:
+    """The catalog items in force (intake's copy of the newest catalog version)."""
+    return queries.items(queries.catalog_in_force(intake.catalogs))

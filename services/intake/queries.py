@@ -1,0 +1,142 @@
+"""intake's reads: a case as its caller may see it, its timeline, the stored answer of an
+Idempotency-Key, and the catalog items in force. No writes here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.common import Applicant, CaseStatus, Failure, Route, TimelineEntry
+from contracts.rest import CaseView, ItemView, SubmissionResponse
+from services.common.catalog_follower import CatalogFollower
+from services.common.city import CITY_TZ
+from services.common.logs import mask_personal_data
+from services.common.principals import Principal
+from services.common.refusals import FieldError, Refusal, Refused, refused
+from services.intake import models
+from services.intake.domain import access
+from services.policy.catalog_index import CatalogIndex
+from services.policy.intake_rules import effective_intake_levels
+
+NO_CATALOG_IN_FORCE = Refusal(
+    503,
+    "no_catalog",
+    "No catalog is in force yet",
+    "An administrator must load the catalog (tongban catalog load FILE).",
+    extra={"retry_after": 5},
+)
+
+
+def catalog_in_force(catalogs: CatalogFollower[CatalogIndex]) -> CatalogIndex:
+    """The newest catalog version this process holds; 503 until an administrator loads one."""
+    index = catalogs.latest
+    if index is None:
+        raise Refused(NO_CATALOG_IN_FORCE)
+    return index
+
+
+def items(index: CatalogIndex) -> list[ItemView]:
+    """The catalog items in force, as `GET /v1/items` lists them."""
+    return [
+        ItemView(
+            code=i.code,
+            name=i.name,
+            category=i.category.value,
+            mode=i.mode.value,
+            intake_levels=sorted(lvl.value for lvl in effective_intake_levels(i)),
+            instant=i.instant,
+            time_limit_days=i.time_limit_days,
+            materials=[m.model_dump(mode="json") for m in i.materials],
+            effective_from=i.effective_from,
+            effective_to=i.effective_to,
+        )
+        for i in index.catalog.items
+    ]
+
+
+async def load_case(session: AsyncSession, case_id: str, *, lock: bool = False) -> Any:
+    """The case's row (locked for the transaction with `lock`); 404 when there is none."""
+    query = select(models.cases).where(models.cases.c.case_id == case_id)
+    row = (await session.execute(query.with_for_update() if lock else query)).first()
+    if row is None:
+        raise Refused(access.case_not_found(case_id))
+    return row
+
+
+async def case_of_the_office(
+    session: AsyncSession, case_id: str, principal: Principal, *, lock: bool = False
+) -> Any:
+    """The case, when the caller's office took it; else 404 as for a case that does not exist."""
+    case = await load_case(session, case_id, lock=lock)
+    if not access.acts_for(principal, case.office_code, case.channel):
+        raise Refused(access.case_not_found(case_id))
+    return case
+
+
+async def readable_case(
+    session: AsyncSession, case_id: str, principal: Principal
+) -> tuple[Any, list[TimelineEntry]]:
+    """The case and its timeline, when the caller may read it (else 404 as for a case that
+    does not exist)."""
+    # The case row and its timeline from one snapshot: under READ COMMITTED each statement
+    # sees its own, and a timeline batch committing between the two reads showed a status
+    # older than the events listed (an `accepted` case as `routed`).
+    await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    case = await load_case(session, case_id)
+    if not access.reads(
+        principal, case.office_code, case.channel, (case.route or {}).get("handled_by")
+    ):
+        raise Refused(access.case_not_found(case_id))
+    entries = await session.execute(
+        select(models.timeline)
+        .where(models.timeline.c.case_id == case_id)
+        .order_by(models.timeline.c.time, models.timeline.c.event_id)
+    )
+    timeline = [
+        TimelineEntry(type=e.type, time=e.time.astimezone(CITY_TZ), source=e.source)
+        for e in entries
+    ]
+    return case, timeline
+
+
+def case_view(case: Any, timeline: list[TimelineEntry], *, clear: bool) -> CaseView:
+    """The REST view of a case row; the applicant's personal data masked unless `clear`."""
+    applicant = case.application["applicant"]
+    return CaseView(
+        case_id=case.case_id,
+        status=CaseStatus(case.status),
+        item_code=case.item_code,
+        channel=case.channel,
+        office_code=case.office_code,
+        route=Route.model_validate(case.route) if case.route else None,
+        failure=Failure.model_validate(case.failure) if case.failure else None,
+        deadline=case.deadline,
+        missing_materials=list(case.missing_materials),
+        timeline=timeline,
+        applicant=Applicant.model_validate(applicant if clear else mask_personal_data(applicant)),
+    )
+
+
+async def replay_idempotent(
+    session: AsyncSession, key: str, digest: str
+) -> SubmissionResponse | None:
+    """The stored answer for a key already used with the same body; 409 for another body."""
+    row = (
+        await session.execute(
+            select(models.idempotency_keys).where(models.idempotency_keys.c.key == key)
+        )
+    ).first()
+    if row is None:
+        return None
+    if row.request_hash != digest:
+        raise refused(
+            409,
+            "idempotency_key_reused",
+            "Idempotency-Key already used for another submission",
+            f"The key was first used for case {row.case_id} with a different body. Send a new "
+            "key for a new submission, or resend the original body to get that case back.",
+            errors=(FieldError("Idempotency-Key", "reused with a different body"),),
+        )
+    return SubmissionResponse.model_validate(row.response)
