@@ -119,16 +119,21 @@ async def test_a_body_over_one_mebibyte_gets_413(http: httpx.AsyncClient) -> Non
 async def test_intake_rate_limits_each_client_with_retry_after(
     catalog: dict[str, Any],
 ) -> None:
-    """One terminal in a loop is held back with 429 and Retry-After; another is not."""
+    """One terminal in a loop is held back with 429 and Retry-After; another is not.
+
+    The loop keeps 15 requests in flight, under intake's 16 slots, so the load shedder (503)
+    never answers first, and 300 of them outrun the bucket (100, refilled at 50/s) as long as
+    intake answers a refused submission in under ~150 ms, even on a loaded machine."""
     greedy = {"Authorization": f"Bearer {token(Role.clerk, 'online', 'greedy-terminal')}"}
     calm = {"Authorization": f"Bearer {token(Role.clerk, 'online', 'calm-terminal')}"}
+    slots = asyncio.Semaphore(15)
+
+    async def submit(client: httpx.AsyncClient) -> httpx.Response:
+        async with slots:
+            return await client.post(f"{INTAKE}/v1/cases", json={"item_code": "X"}, headers=greedy)
+
     async with httpx.AsyncClient(timeout=30) as client:
-        answers = await asyncio.gather(
-            *(
-                client.post(f"{INTAKE}/v1/cases", json={"item_code": "X"}, headers=greedy)
-                for _ in range(300)
-            )
-        )
+        answers = await asyncio.gather(*(submit(client) for _ in range(300)))
         limited = [a for a in answers if a.status_code == 429]
         assert limited, "300 requests at once were never rate limited"
         assert all(int(a.headers["retry-after"]) >= 1 for a in limited)
