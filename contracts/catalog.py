@@ -83,14 +83,34 @@ class Calendar(CatalogModel):
 
 
 class MaterialSpec(CatalogModel):
+    """One material of an item, and the ways it may be met without paper (DESIGN.md §7)."""
+
     code: Code = Field(min_length=1, max_length=64)
     name: Text = ""
     required: bool = True
+    license_type: Code | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="an e-licence of this type held by the applicant satisfies it (免提交)",
+    )
+    commitment: bool = Field(
+        default=False, description="the applicant may commit in writing instead (告知承诺)"
+    )
+    deferrable: bool = Field(
+        default=False, description="may arrive after acceptance, within defer_days (容缺受理)"
+    )
 
 
 class ResultSpec(CatalogModel):
     kind: Code = Field(min_length=1, max_length=64, description="licence | decision_letter | ...")
     e_license: bool = False
+    license_type: Code | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="the type of the e-licence the item issues (needs e_license: true)",
+    )
 
 
 class Item(CatalogModel):
@@ -108,6 +128,12 @@ class Item(CatalogModel):
     instant: bool = False
     time_limit_days: int = Field(description="committed limit in working days")
     materials: list[MaterialSpec] = Field(default_factory=list)
+    defer_days: int = Field(
+        default=5, ge=1, le=365, description="working days after acceptance for deferred materials"
+    )
+    verify_days: int = Field(
+        default=20, ge=1, le=365, description="working days after approval to verify commitments"
+    )
     result: ResultSpec = Field(default_factory=lambda: ResultSpec(kind="decision_letter"))
     effective_from: date | None = None
     effective_to: date | None = Field(default=None, description="inclusive; null: open-ended")

@@ -95,9 +95,15 @@ class CaseStatus(StrEnum):
     delivered = "delivered"
     closed = "closed"
     withdrawn = "withdrawn"
+    waiting = "waiting"  # a bundle member waiting for its prerequisites (§8)
+    approval_held = "approval_held"  # approved, held until the deferred materials arrive (§7)
+    terminated = "terminated"  # deferred materials lapsed (§7)
+    revoked = "revoked"  # the decision was revoked: a commitment was breached (§7)
 
 
-TERMINAL_STATUSES = frozenset({CaseStatus.closed, CaseStatus.withdrawn})
+TERMINAL_STATUSES = frozenset(
+    {CaseStatus.closed, CaseStatus.withdrawn, CaseStatus.terminated, CaseStatus.revoked}
+)
 
 
 class Applicant(Contract):
@@ -117,9 +123,19 @@ class Applicant(Contract):
 
 
 class Material(Contract):
+    """One material of a submission: a document (`sha256`), an e-licence the applicant holds
+    (`e_license_id`), a written commitment instead of proof (`commitment`, 告知承诺) or a promise
+    to bring it after acceptance (`deferred`, 容缺受理); DESIGN.md §7."""
+
     code: Code = Field(min_length=1, max_length=64)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     e_license_id: Code | None = Field(default=None, max_length=128)
+    commitment: bool = Field(
+        default=False, description="the applicant commits in writing instead (告知承诺)"
+    )
+    deferred: bool = Field(
+        default=False, description="brought after acceptance, within the item's defer_days"
+    )
 
 
 class Delivery(Contract):
@@ -172,6 +188,11 @@ class ItemSnapshot(Contract):
     time_limit_days: int
     result_kind: str
     e_license: bool
+    license_type: str | None = Field(
+        default=None, description="the type of the e-licence the item issues"
+    )
+    defer_days: int = Field(default=5, description="working days to bring deferred materials")
+    verify_days: int = Field(default=20, description="working days to verify commitments")
 
 
 class Handover(Contract):

@@ -41,6 +41,7 @@ DELIVERY_TOPIC = "case.delivery.v1"
 DLQ_TOPIC = "case.dlq.v1"
 DLQ_REPLAYS_TOPIC = "case.dlq.replays.v1"
 CATALOG_TOPIC = "catalog.v1"
+LICENSE_TOPIC = "license.v1"
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,7 @@ class CaseDenied(DecisionOutcome):
 class ClockStep(StrEnum):
     decision = "decision"  # the committed time limit of the case
     followup = "followup"  # the answer owed to a bad rating
+    verification = "verification"  # checking the commitments of an approved case (§7)
 
 
 @event(
@@ -349,6 +351,47 @@ class CaseFollowupAnswered(CaseEvent):
     answered_at: AwareDatetime
 
 
+@event(
+    "gov.case.approval_held.v1",
+    APPROVAL_TOPIC,
+    "approval",
+    "Approved, and held until the deferred materials arrive (容缺受理)",
+)
+class CaseApprovalHeld(CaseEvent):
+    """An `approve` while deferred materials are outstanding is recorded and held;
+    `gov.case.approved.v1` follows when the last one arrives (DESIGN.md §7)."""
+
+    department: str
+    decided_at: AwareDatetime
+    outstanding: list[str] = Field(description="the deferred material codes still missing")
+
+
+@event(
+    "gov.case.terminated.v1",
+    APPROVAL_TOPIC,
+    "approval",
+    "The case ended without a decision taking effect: deferred materials lapsed",
+)
+class CaseTerminated(CaseEvent):
+    department: str
+    reason: str = Field(description="deferred_materials_lapsed")
+    terminated_at: AwareDatetime
+    outstanding: list[str] = Field(default_factory=list, description="material codes missing")
+
+
+@event(
+    "gov.case.revoked.v1",
+    APPROVAL_TOPIC,
+    "approval",
+    "The decision is revoked: a commitment was found false (告知承诺)",
+)
+class CaseRevoked(CaseEvent):
+    department: str
+    reason: str = Field(description="commitment_breached")
+    revoked_at: AwareDatetime
+    note: str | None = None
+
+
 # -- case.delivery.v1 (delivery) ---------------------------------------------------------------
 
 
@@ -400,6 +443,43 @@ class CatalogPublished(Event):
     version: int
     loaded_at: AwareDatetime
     catalog: dict[str, Any] = Field(description="the whole catalog, as in the catalog file")
+
+
+# -- license.v1 (delivery; key = licence id) ---------------------------------------------------
+
+
+class LicenseEvent(Event):
+    """A change to the licence library: keyed and subjected by the licence id, so one licence's
+    story stays in order on one partition."""
+
+    license_id: str
+
+
+@event(
+    "gov.license.issued.v1",
+    LICENSE_TOPIC,
+    "delivery",
+    "An e-licence is issued to its holder (a material of later cases)",
+)
+class LicenseIssued(LicenseEvent):
+    license_type: str
+    holder_id_number: str
+    case_id: str
+    item_code: str
+    issued_at: AwareDatetime
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+@event(
+    "gov.license.revoked.v1",
+    LICENSE_TOPIC,
+    "delivery",
+    "An e-licence is revoked (its decision was revoked)",
+)
+class LicenseRevoked(LicenseEvent):
+    case_id: str
+    reason: str
+    revoked_at: AwareDatetime | None = None
 
 
 # -- case.dlq.replays.v1 (operators: `tongban dlq replay`) ---------------------------------------

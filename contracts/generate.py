@@ -49,6 +49,7 @@ from contracts.events import (
     DLQ_TOPIC,
     EVENT_TYPES,
     INTAKE_TOPIC,
+    LICENSE_TOPIC,
     ROUTING_TOPIC,
     EventType,
     ReplayRecord,
@@ -74,7 +75,8 @@ OPERATORS = "operators"  # `tongban dlq` (and the console's dead-letter view)
 
 # Consumer groups of the services: service -> topics it receives.
 RECEIVES: dict[str, tuple[str, ...]] = {
-    "intake": CASE_TOPICS,  # the case timeline shows every event of the case
+    # the case timeline shows every event of the case; its copy of the licence library (§7)
+    "intake": (*CASE_TOPICS, LICENSE_TOPIC),
     "routing": (INTAKE_TOPIC,),
     "approval": (ROUTING_TOPIC, DECISIONS_TOPIC),
     "delivery": (APPROVAL_TOPIC,),
@@ -94,6 +96,11 @@ TOPIC_DESCRIPTIONS: dict[str, str] = {
     CATALOG_TOPIC: (
         "Every published version of the service-item catalog, one record per version. "
         "Compacted, one partition (versions stay in load order)."
+    ),
+    LICENSE_TOPIC: (
+        "The licence library (DESIGN.md §7): every e-licence issued, and its revocation. Keyed "
+        "by licence id and compacted, so a reader that starts late still finds each licence's "
+        "last state. Intake keeps its copy, to attach a held licence to a later case."
     ),
     DLQ_REPLAYS_TOPIC: (
         "The log of dead-letter replays (`tongban dlq replay`), one partition, in replay "
@@ -266,11 +273,11 @@ TRACEPARENT = _string(
 
 def _ce_headers(event_type: str | None, *, handledby: bool) -> dict[str, Any]:
     """The CloudEvents 1.0 Kafka binary-mode headers of a tongban record."""
-    subject = (
-        "The catalog version id, e.g. `3101/catalog/7` (also the record key)."
-        if event_type is not None and EVENT_TYPES[event_type].topic == CATALOG_TOPIC
-        else "The case id (also the record key)."
-    )
+    topic = EVENT_TYPES[event_type].topic if event_type is not None else None
+    subject = {
+        CATALOG_TOPIC: "The catalog version id, e.g. `3101/catalog/7` (also the record key).",
+        LICENSE_TOPIC: "The licence id (also the record key).",
+    }.get(topic or "", "The case id (also the record key).")
     properties: dict[str, Any] = {
         "ce_specversion": _string("CloudEvents specversion.", const="1.0"),
         "ce_id": _string("Event id, unique per source; consumers deduplicate on it.", minLength=1),
@@ -307,12 +314,16 @@ def _ce_headers(event_type: str | None, *, handledby: bool) -> dict[str, Any]:
 
 
 def _key_binding(topic: str) -> dict[str, Any]:
-    key = (
-        "The catalog version id, e.g. `3101/catalog/7`: one key per version, so compaction "
-        "keeps every version."
-        if topic == CATALOG_TOPIC
-        else "The case id: every record of a case goes to one partition, in order."
-    )
+    key = {
+        CATALOG_TOPIC: (
+            "The catalog version id, e.g. `3101/catalog/7`: one key per version, so compaction "
+            "keeps every version."
+        ),
+        LICENSE_TOPIC: (
+            "The licence id: a licence's issue and revocation go to one partition, in order, "
+            "and compaction keeps its last state."
+        ),
+    }.get(topic, "The case id: every record of a case goes to one partition, in order.")
     return {"kafka": {"key": _string(key, minLength=1), "bindingVersion": KAFKA_BINDING_VERSION}}
 
 
@@ -481,7 +492,7 @@ def _operations() -> list[_Operation]:
         ),
     ]
     order = {name: i for i, name in enumerate((*SERVICES, DEPARTMENT_SYSTEMS, OPERATORS))}
-    topics = (*CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC, DLQ_REPLAYS_TOPIC)
+    topics = (*CASE_TOPICS, CATALOG_TOPIC, LICENSE_TOPIC, DLQ_TOPIC, DLQ_REPLAYS_TOPIC)
     return sorted(
         ops, key=lambda op: (order[op.service], op.action != "send", topics.index(op.topic))
     )
@@ -516,11 +527,11 @@ def asyncapi_document() -> dict[str, Any]:
     schemas = _sorted({**components, **payloads})
 
     channels: dict[str, Any] = {}
-    for topic in (*CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC, DLQ_REPLAYS_TOPIC):
+    for topic in (*CASE_TOPICS, CATALOG_TOPIC, LICENSE_TOPIC, DLQ_TOPIC, DLQ_REPLAYS_TOPIC):
         kafka: dict[str, Any] = {"topic": topic}
         if topic in (CATALOG_TOPIC, DLQ_REPLAYS_TOPIC):
             kafka["partitions"] = 1
-        if topic == CATALOG_TOPIC:
+        if topic in (CATALOG_TOPIC, LICENSE_TOPIC):
             kafka["topicConfiguration"] = {"cleanup.policy": ["compact"]}
         kafka["bindingVersion"] = KAFKA_BINDING_VERSION
         channels[topic] = {

@@ -103,11 +103,19 @@ class TriageEntry(Contract):
     failed_at: AwareDatetime
 
 
+class CatalogWarning(Contract):
+    """Allowed, but worth a look (an e-licence type no item of the catalog issues)."""
+
+    field: str
+    message: str
+
+
 class CatalogVersion(Contract):
     version: int
     loaded_at: AwareDatetime
     city: str
     items: int
+    warnings: list[CatalogWarning] = Field(default_factory=list)
 
 
 # -- approval ----------------------------------------------------------------------------------

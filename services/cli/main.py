@@ -126,6 +126,8 @@ def catalog_load(
             f"[green]catalog version {body['version']}[/] in force: city "
             f"{body['city']}, {body['items']} items"
         )
+        for warning in body.get("warnings", []):
+            console.print(f"  [yellow]warning[/] {warning['field']}: {warning['message']}")
         return
     console.print(f"[red]{body.get('title', 'refused')}[/]: {body.get('detail', '')}")
     if body.get("errors"):

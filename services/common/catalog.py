@@ -393,6 +393,7 @@ def _check_items(
         if office_levels is not None:
             _check_intake(item, at, office_levels, out)
         _check_time_limits(item, at, out)
+        _check_fewer_materials(item, at, out)
         _duplicates(
             ((f"{at}.materials[{j}].code", m) for j, m in enumerate(item.materials)),
             lambda m: m.code,
@@ -459,6 +460,44 @@ def _check_intake(
     takers = (effective_intake_levels(item) | {Level.municipal}) & office_levels
     if item.mode is not Mode.online and not takers:
         out.append(CatalogProblem(at, "no office in the city may take this item at a counter"))
+
+
+def _check_fewer_materials(item: Item, at: str, out: list[CatalogProblem]) -> None:
+    """Commitment and deferral stand in for a material the item requires (DESIGN.md §7); an
+    item names the e-licence type it issues only when it issues an e-licence."""
+    for j, material in enumerate(item.materials):
+        for flag, what in (("commitment", "a commitment"), ("deferrable", "deferral")):
+            if getattr(material, flag) and not material.required:
+                out.append(
+                    CatalogProblem(
+                        f"{at}.materials[{j}].{flag}",
+                        f"only a required material can allow {what}; {material.code!r} is optional",
+                    )
+                )
+    if item.result.license_type is not None and not item.result.e_license:
+        out.append(
+            CatalogProblem(
+                f"{at}.result.license_type",
+                "an item names the e-licence type it issues only with e_license: true",
+            )
+        )
+
+
+def catalog_warnings(catalog: Catalog) -> list[CatalogProblem]:
+    """What is allowed but worth a look in a sound catalog: a material that accepts an
+    e-licence type no item of this catalog issues (licences may come from outside the city,
+    so it is not an error)."""
+    issued = {item.result.license_type for item in catalog.items if item.result.license_type}
+    return [
+        CatalogProblem(
+            f"items[{i}].materials[{j}].license_type",
+            f"no item of this catalog issues e-licences of type {material.license_type!r}: "
+            "applicants can only reuse licences of that type issued elsewhere",
+        )
+        for i, item in enumerate(catalog.items)
+        for j, material in enumerate(item.materials)
+        if material.license_type is not None and material.license_type not in issued
+    ]
 
 
 def _check_time_limits(item: Item, at: str, out: list[CatalogProblem]) -> None:

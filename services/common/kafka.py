@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
-from contracts.events import CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC
+from contracts.events import CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC, LICENSE_TOPIC
 from services.common.logs import get_logger
 from services.common.settings import CommonSettings
 
@@ -40,6 +40,9 @@ def standard_topics() -> list[TopicSpec]:
         # Compacted, keyed per catalog version (`<city>/catalog/<n>`), so a new reader finds
         # every version without replaying deletions; one partition keeps them in load order.
         TopicSpec(CATALOG_TOPIC, partitions=1, config={"cleanup.policy": "compact"}),
+        # The licence library (DESIGN.md §7), keyed by licence id: compacted, so a reader that
+        # starts late still finds each licence's last state (issued, or revoked).
+        TopicSpec(LICENSE_TOPIC, config={"cleanup.policy": "compact"}),
     ]
 
 

@@ -95,6 +95,9 @@ def item_snapshot(item: Item) -> ItemSnapshot:
         time_limit_days=item.time_limit_days,
         result_kind=item.result.kind,
         e_license=item.result.e_license,
+        license_type=item.result.license_type,
+        defer_days=item.defer_days,
+        verify_days=item.verify_days,
     )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.rest import CatalogVersion, TriageEntry
+from contracts.rest import CatalogVersion, CatalogWarning, TriageEntry
+from services.common.catalog import catalog_warnings
 from services.common.catalog_follower import CatalogFollower
 from services.common.refusals import refused
 from services.policy.catalog_index import CatalogIndex
@@ -43,9 +44,12 @@ def catalog_version(
         raise refused(404, "no_catalog", "No catalog loaded", "Load one: POST /v1/catalog")
     published = catalogs.published[version]
     catalog = published.catalog
+    built = catalogs.at(version)
+    warnings = catalog_warnings(built[1].catalog) if built is not None else []
     return CatalogVersion(
         version=version,
         loaded_at=published.loaded_at,
         city=str(catalog["city"]["code"]),
         items=len(catalog["items"]),
+        warnings=[CatalogWarning(field=w.path, message=w.message) for w in warnings],
     )

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from contracts.common import Level
-from services.common.catalog import CatalogProblem, validate_catalog
+from services.common.catalog import CatalogProblem, catalog_warnings, validate_catalog
 from services.operators.catalog_file import (
     CatalogFileError,
     load_catalog_file,
@@ -393,3 +393,52 @@ def test_demo_catalog() -> None:
     for district in parsed.districts:
         assert idx.offices_by_level[Level.district]
         assert any(o.division == district.code for o in parsed.offices)
+
+
+# --------------------------------------------------------------------------- fewer materials (§7)
+
+
+def test_materials_may_allow_reuse_commitment_and_deferral() -> None:
+    raw = base_catalog()
+    issuing = item(raw, "ONL-I")
+    issuing["result"]["license_type"] = "residence_cert"
+    taking = item(raw, "DEL-D")
+    taking["defer_days"] = 3
+    taking["verify_days"] = 10
+    taking["materials"][0].update(license_type="residence_cert", commitment=True)
+    taking["materials"][1]["deferrable"] = True
+    parsed, found = validate_catalog(raw)
+    assert found == [] and parsed is not None
+    snapshot = {i.code: i for i in parsed.items}["DEL-D"]
+    assert (snapshot.defer_days, snapshot.verify_days) == (3, 10)
+    assert snapshot.materials[0].license_type == "residence_cert"
+    assert snapshot.materials[0].commitment and snapshot.materials[1].deferrable
+    assert catalog_warnings(parsed) == []
+    defaults = {i.code: i for i in parsed.items}["ONL-E"]
+    assert (defaults.defer_days, defaults.verify_days) == (5, 20)
+
+
+def test_commitment_and_deferral_stand_in_for_required_materials_only() -> None:
+    raw = base_catalog()
+    materials = item(raw, "DEL-D")["materials"]
+    materials.append(
+        {"code": "Z", "required": False, "commitment": True, "deferrable": True},
+    )
+    item(raw, "ONL-E")["result"]["license_type"] = "notice_cert"  # e_license is false
+    item(raw, "ONL-I")["verify_days"] = 0
+    found = problems(raw)
+    at = "items[2].materials[3]"
+    assert "only a required material can allow a commitment" in found[f"{at}.commitment"]
+    assert "only a required material can allow deferral" in found[f"{at}.deferrable"]
+    assert "e_license: true" in found["items[0].result.license_type"]
+    assert "greater than or equal to 1" in found["items[1].verify_days"]
+
+
+def test_a_licence_type_no_item_issues_is_a_warning_not_an_error() -> None:
+    raw = base_catalog()
+    item(raw, "DEL-D")["materials"][1]["license_type"] = "business_licence"
+    parsed, found = validate_catalog(raw)
+    assert found == [] and parsed is not None
+    [warning] = catalog_warnings(parsed)
+    assert warning.path == "items[2].materials[1].license_type"
+    assert "'business_licence'" in warning.message

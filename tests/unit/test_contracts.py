@@ -23,6 +23,7 @@ from contracts.events import (
     DLQ_REPLAYS_TOPIC,
     DLQ_TOPIC,
     EVENT_TYPES,
+    LICENSE_TOPIC,
     ROUTING_TOPIC,
     CaseApproved,
     CaseDenied,
@@ -211,6 +212,41 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "comment": "快",
         "rated_at": TIME,
     },
+    "gov.case.approval_held.v1": {
+        "case_id": CASE_ID,
+        "department": "HP-S01-MKT",
+        "decided_at": TIME,
+        "outstanding": ["lease"],
+    },
+    "gov.case.terminated.v1": {
+        "case_id": CASE_ID,
+        "department": "HP-S01-MKT",
+        "reason": "deferred_materials_lapsed",
+        "terminated_at": TIME,
+        "outstanding": ["lease"],
+    },
+    "gov.case.revoked.v1": {
+        "case_id": CASE_ID,
+        "department": "HP-S01-MKT",
+        "reason": "commitment_breached",
+        "revoked_at": TIME,
+        "note": "承诺的场地证明不实",
+    },
+    "gov.license.issued.v1": {
+        "license_id": "EL-3101-0001",
+        "license_type": "food_business",
+        "holder_id_number": "91310000MA1FL4T22B",
+        "case_id": CASE_ID,
+        "item_code": "MKT-0001",
+        "issued_at": TIME,
+        "sha256": "a" * 64,
+    },
+    "gov.license.revoked.v1": {
+        "license_id": "EL-3101-0001",
+        "case_id": CASE_ID,
+        "reason": "commitment_breached",
+        "revoked_at": TIME,
+    },
     "gov.catalog.published.v1": {
         "version": 3,
         "loaded_at": TIME,
@@ -361,6 +397,7 @@ def test_every_event_type_has_a_message_a_channel_and_a_schema(asyncapi: dict[st
     assert set(asyncapi["channels"]) == {
         *CASE_TOPICS,
         CATALOG_TOPIC,
+        LICENSE_TOPIC,
         DLQ_TOPIC,
         DLQ_REPLAYS_TOPIC,
         "dept.cases.v1",
@@ -511,7 +548,8 @@ def test_ce_handledby_is_declared_on_every_message_that_carries_it(
     those types without it (or another type with it), so the document cannot drift."""
     spec = EVENT_TYPES[event_type]
     payload = spec.model.model_validate(SAMPLES[event_type])
-    subject = None if "case_id" in SAMPLES[event_type] else "3101/catalog/7"
+    sample = SAMPLES[event_type]
+    subject = sample.get("license_id") or (None if "case_id" in sample else "3101/catalog/7")
     department = "HP-S01-MKT" if spec.handledby else None
     topic, envelope = runtime.envelope(payload, subject=subject, handledby=department)
     assert (topic, envelope.type) == (spec.topic, event_type)  # from the payload's class

@@ -292,6 +292,9 @@ def test_item_snapshot_on_success() -> None:
         "time_limit_days": 5,
         "result_kind": "licence",
         "e_license": True,
+        "license_type": None,
+        "defer_days": 5,
+        "verify_days": 20,
     }
 
 

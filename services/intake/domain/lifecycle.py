@@ -14,6 +14,7 @@ from typing import Any
 from contracts.common import CaseStatus
 from contracts.events import (
     CaseAccepted,
+    CaseApprovalHeld,
     CaseApproved,
     CaseClosed,
     CaseDeadlineChanged,
@@ -22,27 +23,33 @@ from contracts.events import (
     CaseHandoverRefused,
     CaseNotified,
     CaseResultIssued,
+    CaseRevoked,
     CaseRouted,
     CaseRouteFailed,
     CaseSubmitted,
     CaseSupplemented,
     CaseSupplementRequested,
+    CaseTerminated,
     CaseWithdrawn,
 )
 
 RANK: dict[CaseStatus, int] = {
+    CaseStatus.waiting: 0,
     CaseStatus.awaiting_supplement: 0,
     CaseStatus.submitted: 1,
     CaseStatus.routed: 2,
     CaseStatus.route_failed: 2,
     CaseStatus.accepted: 3,
     CaseStatus.supplement_requested: 3,
+    CaseStatus.approval_held: 4,
     CaseStatus.approved: 5,
     CaseStatus.denied: 5,
     CaseStatus.result_issued: 6,
     CaseStatus.delivered: 7,
     CaseStatus.closed: 8,
     CaseStatus.withdrawn: 9,
+    CaseStatus.terminated: 9,
+    CaseStatus.revoked: 10,  # after closed: a breached commitment revokes a delivered result
 }
 
 STATUS_OF_EVENT: dict[str, CaseStatus] = {
@@ -58,6 +65,9 @@ STATUS_OF_EVENT: dict[str, CaseStatus] = {
     CaseResultIssued.TYPE: CaseStatus.result_issued,
     CaseDelivered.TYPE: CaseStatus.delivered,
     CaseClosed.TYPE: CaseStatus.closed,
+    CaseApprovalHeld.TYPE: CaseStatus.approval_held,
+    CaseTerminated.TYPE: CaseStatus.terminated,
+    CaseRevoked.TYPE: CaseStatus.revoked,
 }
 
 # Before a decision the applicant may still withdraw (DESIGN.md §1).
