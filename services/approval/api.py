@@ -3,7 +3,7 @@ query. Refusals become problem JSON at this edge (services.common.refusals)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -22,7 +22,6 @@ from contracts.rest import (
 )
 from services.approval import handlers, queries
 from services.approval.domain import review
-from services.approval.domain.clock import local_date
 from services.approval.handlers import Approval
 from services.common.auth import CurrentPrincipal, Principal, Role, in_scope, require, require_scope
 from services.common.db import unit_of_work
@@ -113,7 +112,7 @@ async def decide(
             approval=approval,
             case_id=case_id,
             decision=handlers.decision_of(body),
-            now=datetime.now(UTC),
+            now=approval.runtime.clock.now(),
             traceparent=request.headers.get("traceparent"),
         )
         if isinstance(result, Refusal):
@@ -186,7 +185,7 @@ async def answer_followup(
             case_id=case_id,
             department=body.department,
             answer=body.answer,
-            now=datetime.now(UTC),
+            now=approval.runtime.clock.now(),
         )
         if isinstance(result, Refusal):
             raise problem_of(_as_missing_to_others(result, handlers.followup_not_found(case_id)))
@@ -230,7 +229,7 @@ async def sla_board(
         _department_reader(principal, department)
     async with approval.runtime.sessions() as session:
         return await queries.sla_board(
-            session, today=local_date(datetime.now(UTC)), department=department
+            session, today=approval.runtime.clock.today(), department=department
         )
 
 
@@ -251,7 +250,7 @@ async def sla_cases(
     nearest first."""
     if principal.role not in OVERSEERS:
         _department_reader(principal, department)
-    until = local_date(datetime.now(UTC)) + timedelta(days=within_days)
+    until = approval.runtime.clock.today() + timedelta(days=within_days)
     async with approval.runtime.sessions() as session:
         return await queries.cases_at_risk(session, until=until, department=department, limit=limit)
 

@@ -8,11 +8,10 @@ runtime, consumers, background tasks and the REST routes of `api`; tests build t
 
 from __future__ import annotations
 
-from datetime import timedelta
 from functools import partial
 
 from fastapi import FastAPI
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from contracts.events import (
     DECISIONS_TOPIC,
@@ -37,14 +36,6 @@ class ApprovalSettings(ServiceSettings):
     sla_poll_s: float = Field(1.0, gt=0)
     # Working days a department has to answer a dissatisfied rating.
     followup_days: int = Field(5, ge=1)
-    # Test and dev only: run the SLA clock this many seconds ahead, to see timers fire.
-    sla_clock_offset_s: float = 0.0
-
-    @model_validator(mode="after")
-    def _offset_only_in_dev(self) -> ApprovalSettings:
-        if self.sla_clock_offset_s and not self.is_dev:
-            raise ValueError("TONGBAN_SLA_CLOCK_OFFSET_S is for dev and test only")
-        return self
 
 
 def create_app(settings: ApprovalSettings | None = None) -> FastAPI:
@@ -56,11 +47,7 @@ def create_app(settings: ApprovalSettings | None = None) -> FastAPI:
         warning_points=tuple(settings.sla_warning_points),
         followup_days=settings.followup_days,
     )
-    scheduler = handlers.ClockScheduler(
-        approval,
-        poll_s=settings.sla_poll_s,
-        clock_offset=timedelta(seconds=settings.sla_clock_offset_s),
-    )
+    scheduler = handlers.ClockScheduler(approval, poll_s=settings.sla_poll_s)
     # One consumer group per topic: a decision that overtook its case's routed event waits in
     # its own consumer's retries while the routing consumer goes on and takes the case.
     runtime.consume(
@@ -74,7 +61,7 @@ def create_app(settings: ApprovalSettings | None = None) -> FastAPI:
     runtime.consume(
         INTAKE_TOPIC,
         subscriptions={
-            CaseWithdrawn: handlers.case_withdrawn,
+            CaseWithdrawn: partial(handlers.case_withdrawn, approval=approval),
             CaseSupplemented: partial(handlers.case_supplemented, approval=approval),
         },
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -141,11 +141,15 @@ async def _emit(
 # -- case.routing.v1 ---------------------------------------------------------------------------
 
 
-def _handover_problem(routed: CaseRouted, trust: HandoverTrust | None) -> str | None:
+def _handover_problem(routed: CaseRouted, trust: HandoverTrust | None, now: datetime) -> str | None:
     """Why an entrusted case's handover cannot be trusted, or None when it verifies."""
     assert trust is not None  # loaded at start-up, before any consumer runs
     check = verify_handover(
-        routed.handover, case_id=routed.case_id, application=routed.application, trust=trust
+        routed.handover,
+        case_id=routed.case_id,
+        application=routed.application,
+        trust=trust,
+        now=now,
     )
     return None if check.ok else check.describe()
 
@@ -156,10 +160,12 @@ async def take_routed(
     """Into the department's worklist, accepted at once (approved too if instant). A case is
     accepted once: a second routed event for it changes nothing. Entrusted intake is taken
     only with a handover that verifies."""
-    now = datetime.now(UTC)
+    now = approval.runtime.clock.now()
     route = routed.route
     calendar = calendar_for(approval.calendars, route.catalog_version)
-    problem = _handover_problem(routed, approval.trust) if route.path is Mode.entrusted else None
+    problem = (
+        _handover_problem(routed, approval.trust, now) if route.path is Mode.entrusted else None
+    )
     if problem:
         HANDOVERS_REFUSED.inc()
         log.error(
@@ -273,7 +279,7 @@ async def decision_made(
         approval=approval,
         case_id=made.case_id,
         decision=decision_of(made),
-        now=datetime.now(UTC),
+        now=approval.runtime.clock.now(),
         traceparent=envelope.traceparent,
     )
     if isinstance(result, Refusal):
@@ -298,10 +304,12 @@ async def decision_made(
 # -- case.intake.v1 ----------------------------------------------------------------------------
 
 
-async def case_withdrawn(session: AsyncSession, envelope: Envelope, event: CaseWithdrawn) -> None:
+async def case_withdrawn(
+    session: AsyncSession, envelope: Envelope, event: CaseWithdrawn, *, approval: Approval
+) -> None:
     """Withdrawn before the decision: later decisions are refused. A withdrawal that overtakes
     the routing event leaves a row of its own, so the case is never accepted afterwards."""
-    now = datetime.now(UTC)
+    now = approval.runtime.clock.now()
     for _attempt in range(2):
         case = await queries.load_case(session, event.case_id, lock=True)
         if isinstance(case, CaseState):
@@ -346,7 +354,7 @@ async def case_supplemented(
     calendar = calendar_for(approval.calendars, case.route.catalog_version)
     outcome = review.supplemented(case, now=event.supplemented_at, calendar=calendar)
     if outcome is not None:
-        await _save(session, outcome.state, datetime.now(UTC))
+        await _save(session, outcome.state, approval.runtime.clock.now())
         await arm_decision_clock(session, outcome.state, calendar, approval.warning_points)
         await _emit(session, approval.runtime, outcome, envelope.traceparent)
 
@@ -368,7 +376,7 @@ async def set_known_deadlines(approval: Approval, calendar: WorkCalendar) -> int
             )
             .with_for_update(skip_locked=True)
         )
-        now = datetime.now(UTC)
+        now = approval.runtime.clock.now()
         for row in rows:
             state = queries.case_state(row)
             if not isinstance(state, CaseState):
@@ -614,12 +622,9 @@ class ClockScheduler:
 
     BATCH = 500
 
-    def __init__(
-        self, approval: Approval, *, poll_s: float, clock_offset: timedelta = timedelta(0)
-    ) -> None:
+    def __init__(self, approval: Approval, *, poll_s: float) -> None:
         self.approval = approval
         self.poll_s = poll_s
-        self.clock_offset = clock_offset
         self._seen_version: int | None = None
         self._stop = asyncio.Event()
         self.fired = 0
@@ -627,16 +632,13 @@ class ClockScheduler:
     def stop(self) -> None:
         self._stop.set()
 
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self.clock_offset
-
     async def tick(self) -> int:
         runtime = self.approval.runtime
         fired = 0
         while True:
             async with unit_of_work(runtime.sessions) as session:
                 n = await fire_due_timers(
-                    session, runtime=runtime, now=self.now(), batch=self.BATCH
+                    session, runtime=runtime, now=runtime.clock.now(), batch=self.BATCH
                 )
             fired += n
             if n < self.BATCH:

@@ -33,6 +33,7 @@ from services.common.auth import (
     require,
 )
 from services.common.catalog_follower import CatalogFollower
+from services.common.clock import ServiceClock
 from services.common.consumer import BatchHandlerFn, ConsumerRunner, HandlerFn, Subscription
 from services.common.db import inbox_key, make_engine, make_sessionmaker, runtime_metadata
 from services.common.dlq import DeadLetterWriter, LetterShape
@@ -73,6 +74,8 @@ class ServiceRuntime:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.schema = settings.service
+        # "Now" for every time-based rule of the service (shifted in dev and test only).
+        self.clock = ServiceClock.shifted_by(settings.clock_offset_s)
         self.engine = make_engine(settings)
         self.sessions = make_sessionmaker(
             self.engine, ambiguous_commit_rate=settings.fault_ambiguous_commit_rate
@@ -223,6 +226,7 @@ class ServiceRuntime:
             source=self.source,
             subject=subject,
             data=payload.model_dump(mode="json"),
+            time=self.clock.now(),  # the rows written with the event carry the same clock
             handledby=handledby,
             traceparent=traceparent,
         )

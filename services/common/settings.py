@@ -85,12 +85,28 @@ class CommonSettings(BaseSettings):
     # production.
     fault_ambiguous_commit_rate: float = Field(0.0, ge=0, le=1)
 
+    # Dev and test only: every rule's clock runs this many seconds ahead (services/common/
+    # clock.py), so end-to-end tests pass due dates without waiting days. Never negative: rows
+    # already written (catalog versions' loaded_at, fired timers, accepted cases) would lie in
+    # the future of a clock moved back, and a case submitted before every catalog version
+    # would be routed by the oldest one. Refused in production.
+    clock_offset_s: float = Field(0.0, ge=0)
+
     @model_validator(mode="after")
     def _no_faults_in_production(self) -> CommonSettings:
         if self.fault_ambiguous_commit_rate > 0 and not self.is_dev:
             raise ValueError(
                 "TONGBAN_FAULT_AMBIGUOUS_COMMIT_RATE is for the fault suite; "
                 f"it must be 0 when TONGBAN_ENVIRONMENT={self.environment}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_clock_shift_in_production(self) -> CommonSettings:
+        if self.clock_offset_s and not self.is_dev:
+            raise ValueError(
+                "TONGBAN_CLOCK_OFFSET_S shifts every deadline and timer and is for dev and "
+                f"test only; it must be 0 when TONGBAN_ENVIRONMENT={self.environment}"
             )
         return self
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -51,9 +51,9 @@ class Delivery:
 DELIVERED_STATUSES = frozenset({CaseStatus.delivered.value, CaseStatus.closed.value})
 
 
-def _now() -> datetime:
+def _now(runtime: ServiceRuntime) -> datetime:
     """Result times are whole seconds: the hashed content writes them that way."""
-    return datetime.now(UTC).replace(microsecond=0)
+    return runtime.clock.now().replace(microsecond=0)
 
 
 async def _emit_all(
@@ -121,7 +121,7 @@ async def issue_and_deliver(
         plan = plan_delivery(decision.delivery_method, address=decision.delivery_address)
     except UndeliverableError as exc:
         raise PermanentError(f"case {decision.case_id}: {exc}") from None
-    issued_at = _now()
+    issued_at = _now(delivery.runtime)
     issued = issue_result(decision, issued_at=issued_at, license_token=secrets.token_hex(8))
     tracking: str | None = None
     if plan.needs_tracking_number:
@@ -211,7 +211,7 @@ async def pickup(
     row = await load_result(session, case_id, lock=True)
     method = _check_pickup(row, case_id, office_code)
     plan = plan_delivery(method)
-    now = _now()
+    now = _now(delivery.runtime)
     status = plan.status_after_pickup
     updated = (
         await session.execute(
@@ -263,7 +263,7 @@ async def rate(
             + ".",
             status_now=row.status,
         )
-    now = _now()
+    now = _now(delivery.runtime)
     inserted = await session.execute(
         pg_insert(models.ratings)
         .values(

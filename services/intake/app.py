@@ -33,9 +33,9 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     runtime.consume(
         *CASE_TOPICS,
         name="intake-timeline",
-        batch_handler=handlers.follow_case_events,
+        batch_handler=partial(handlers.follow_case_events, clock=runtime.clock),
         subscriptions={
-            spec.model: handlers.follow_case_event
+            spec.model: partial(handlers.follow_case_event, clock=runtime.clock)
             for spec in EVENT_TYPES.values()
             if spec.topic in CASE_TOPICS
         },

@@ -11,7 +11,7 @@ import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -29,7 +29,7 @@ from contracts.events import (
 )
 from contracts.rest import CaseView, SubmissionResponse
 from services.common.catalog_follower import CatalogFollower
-from services.common.city import CITY_TZ
+from services.common.clock import ServiceClock
 from services.common.db import inbox_key, unit_of_work
 from services.common.envelope import Envelope
 from services.common.handover import HandoverKeyError, HandoverKeys, load_keys, sign_handover
@@ -168,7 +168,7 @@ async def submit(
     never deleted: only if the database lost the row)."""
     digest = request_hash(application)
     index = queries.catalog_in_force(intake.catalogs)
-    today = datetime.now(CITY_TZ).date()
+    today = intake.runtime.clock.today()
     result = validate_submission(index, application, today=today)
     if not result.ok:
         # A retry of a case taken before the catalog changed still gets its case back.
@@ -224,7 +224,7 @@ async def create_case(
     handover_keys: HandoverKeys,
     traceparent: str | None = None,
 ) -> SubmissionResponse:
-    now = datetime.now(UTC)
+    now = runtime.clock.now()
     status = CaseStatus.awaiting_supplement if missing else CaseStatus.submitted
     handover = (
         None
@@ -302,7 +302,7 @@ async def add_materials(
         if unknown is not None:
             raise Refused(unknown)
     status = CaseStatus(case.status)
-    now = datetime.now(UTC)
+    now = runtime.clock.now()
     application = Application.model_validate(case.application)
     merged = {m.code: m for m in application.materials} | {m.code: m for m in materials}
     application = application.model_copy(update={"materials": list(merged.values())})
@@ -384,7 +384,7 @@ async def withdraw(
             f"Case {case_id} is {status.value}; withdrawal is possible only before a decision.",
             status_now=status.value,
         )
-    now = datetime.now(UTC)
+    now = runtime.clock.now()
     await runtime.emit(
         session,
         CaseWithdrawn(case_id=case_id, reason=reason, withdrawn_at=now),
@@ -420,15 +420,19 @@ async def read_case(runtime: ServiceRuntime, case_id: str, principal: Principal)
     return queries.case_view(case, timeline, clear=clear)
 
 
-async def follow_case_event(session: AsyncSession, envelope: Envelope, payload: Any) -> None:
+async def follow_case_event(
+    session: AsyncSession, envelope: Envelope, payload: Any, *, clock: ServiceClock
+) -> None:
     """Any event of a case, from any case topic: timeline entry and the counter's view."""
-    await follow_case_events(session, [(envelope, payload)])
+    await follow_case_events(session, [(envelope, payload)], clock=clock)
 
 
 ADOPTABLE = (CaseSubmitted.TYPE, CaseNotified.TYPE)
 
 
-async def follow_case_events(session: AsyncSession, events: Sequence[tuple[Envelope, Any]]) -> None:
+async def follow_case_events(
+    session: AsyncSession, events: Sequence[tuple[Envelope, Any]], *, clock: ServiceClock
+) -> None:
     """A batch of case events, in offset order: one statement for the timeline, one to lock
     the cases, then each changed case updated once with its events folded in order (the hot
     path of intake: every event of every case passes here)."""
@@ -473,21 +477,24 @@ async def follow_case_events(session: AsyncSession, events: Sequence[tuple[Envel
                 status[case_id] = CaseStatus(changes.get("status", status[case_id]))
                 failure[case_id] = changes.get("failure", failure[case_id])
         elif "application" in envelope.data and envelope.type in ADOPTABLE:
-            await _adopt_case(session, envelope)
+            await _adopt_case(session, envelope, now=clock.now())
             adopted.add(case_id)
+    now = clock.now()
     for case_id, changes in pending.items():
-        await _update(session, case_id, changes)
+        await _update(session, case_id, changes, now=now)
 
 
-async def _update(session: AsyncSession, case_id: str, changes: dict[str, Any]) -> None:
+async def _update(
+    session: AsyncSession, case_id: str, changes: dict[str, Any], *, now: datetime
+) -> None:
     await session.execute(
         update(models.cases)
         .where(models.cases.c.case_id == case_id)
-        .values(**changes, updated_at=datetime.now(UTC))
+        .values(**changes, updated_at=now)
     )
 
 
-async def _adopt_case(session: AsyncSession, envelope: Envelope) -> None:
+async def _adopt_case(session: AsyncSession, envelope: Envelope, *, now: datetime) -> None:
     """A case submitted straight to Kafka by another intake system (a portal, another city
     system): intake answers for it too. Events of other topics may have come first (topics
     are not ordered among themselves), so replay what the timeline already holds."""
@@ -511,4 +518,4 @@ async def _adopt_case(session: AsyncSession, envelope: Envelope) -> None:
         changes |= case_changes(status, event_type, data or {}, changes.get("failure"))
         status = CaseStatus(changes.get("status", status))
     if changes:
-        await _update(session, envelope.subject, changes)
+        await _update(session, envelope.subject, changes, now=now)

@@ -3,7 +3,6 @@ become problem JSON at this edge (services.common.refusals)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query
@@ -35,7 +34,9 @@ async def preview(
     require(principal, Role.clerk, Role.operator, Role.admin)
     outcome = handlers.decide(
         routing.catalogs,
-        CaseSubmitted(case_id="preview", application=application, submitted_at=datetime.now(UTC)),
+        CaseSubmitted(
+            case_id="preview", application=application, submitted_at=routing.runtime.clock.now()
+        ),
         version=routing.catalogs.latest_version,
     )
     if outcome is None:

@@ -5,7 +5,6 @@ parts (`Routing`). A refused command raises `Refused` (services.common.refusals)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, insert, null, select, text, update
@@ -173,6 +172,7 @@ async def route_submission(
         "handover": (
             submitted.handover.model_dump(mode="json") if submitted.handover is not None else null()
         ),
+        "decided_at": routing.runtime.clock.now(),
         **effect.values,
     }
     inserted = await session.execute(
@@ -237,7 +237,9 @@ async def retry_route(session: AsyncSession, case_id: str, *, routing: Routing) 
     await session.execute(
         update(routes)
         .where(routes.c.case_id == case_id)
-        .values(**effect.values, decided_at=func.now(), retries=routes.c.retries + 1)
+        .values(
+            **effect.values, decided_at=routing.runtime.clock.now(), retries=routes.c.retries + 1
+        )
     )
     await emit_effect(session, effect, runtime=routing.runtime, topics=routing.topics)
     return outcome
@@ -261,7 +263,7 @@ async def load_catalog(
     await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('routing-catalog'))"))
     current = (await session.execute(select(func.max(models.catalog_versions.c.version)))).scalar()
     version = (current or 0) + 1
-    now = datetime.now(UTC)
+    now = runtime.clock.now()  # from `now` the version is in force (domain.versions)
     body = catalog.model_dump(mode="json")
     await session.execute(
         models.catalog_versions.insert().values(

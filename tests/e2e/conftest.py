@@ -7,9 +7,12 @@ each); the demo catalog is loaded through routing's API. Tests pick items by the
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import date
 from typing import Any
 
@@ -43,10 +46,50 @@ APPROVED_CASE_EVENTS = (
 )
 
 
-def services(command: str) -> None:
+def services(command: str, env: Mapping[str, str] | None = None) -> None:
+    """deploy/local/services.sh `command`, with the session's environment and `env` on top
+    (the services read every TONGBAN_ setting from it)."""
     subprocess.run(
-        ["bash", str(ROOT / "deploy/local/services.sh"), command], check=True, cwd=ROOT, timeout=180
+        ["bash", str(ROOT / "deploy/local/services.sh"), command],
+        check=True,
+        cwd=ROOT,
+        timeout=180,
+        env={**os.environ, **(env or {})},
     )
+
+
+@asynccontextmanager
+async def shifted_services(offset_s: float) -> AsyncIterator[None]:
+    """The four services restarted with their clock `offset_s` seconds ahead
+    (TONGBAN_CLOCK_OFFSET_S), and restarted as the session started them afterwards: time rules
+    (deadlines, SLA timers, item dates) are tested by shifting the clock, never by sleeping.
+
+    What the services write meanwhile keeps its shifted times; load no catalog while shifted
+    (its version would be in force only from the shifted time on, for the rest of the
+    session). Needs the `catalog` fixture first: intake's copy is waited for after each
+    restart."""
+    await asyncio.to_thread(services, "down")
+    await asyncio.to_thread(services, "up", {"TONGBAN_CLOCK_OFFSET_S": str(offset_s)})
+    items = len(load_catalog_file(DEMO_CATALOG)["items"])
+    try:
+        async with ActingClient(timeout=30) as client:
+            await intake_follows(client, items, what="the shifted intake's catalog")
+        yield
+    finally:
+        await asyncio.to_thread(services, "down")
+        await asyncio.to_thread(services, "up")
+        async with ActingClient(timeout=30) as client:
+            await intake_follows(client, items, what="the restored intake's catalog")
+
+
+async def intake_follows(client: httpx.AsyncClient, items: int, *, what: str) -> None:
+    """Wait until intake's copy of the catalog lists `items` items."""
+
+    async def intake_has_it() -> bool:
+        answer = await client.get(f"{INTAKE}/v1/items")
+        return answer.status_code == 200 and len(answer.json()) == items
+
+    await eventually(intake_has_it, what=what)
 
 
 @pytest.fixture(scope="session")
@@ -65,12 +108,9 @@ async def catalog(running_services: None) -> dict[str, Any]:
         answer = await client.post(f"{ROUTING}/v1/catalog", json=raw)
         assert answer.status_code == 201, answer.text
         version = answer.json()["version"]
-
-        async def intake_has_it() -> bool:
-            items = await client.get(f"{INTAKE}/v1/items")
-            return items.status_code == 200 and len(items.json()) == len(raw["items"])
-
-        await eventually(intake_has_it, what=f"intake follows catalog version {version}")
+        await intake_follows(
+            client, len(raw["items"]), what=f"intake follows catalog version {version}"
+        )
     return raw
 
 

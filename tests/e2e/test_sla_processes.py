@@ -34,7 +34,7 @@ def approval_process(port: int) -> subprocess.Popen[bytes]:
         **os.environ,
         "TONGBAN_HTTP_PORT": str(port),
         "TONGBAN_SERVICE": "approval",
-        "TONGBAN_SLA_CLOCK_OFFSET_S": str(AHEAD_S),
+        "TONGBAN_CLOCK_OFFSET_S": str(AHEAD_S),
         "TONGBAN_SLA_POLL_S": "0.2",
     }
     log = open(RUN_DIR / "logs" / f"approval-ahead-{port}.log", "ab")  # noqa: SIM115
