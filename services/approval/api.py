@@ -52,7 +52,6 @@ def _reviewer_of(principal: Principal, department: str) -> None:
 
 @router.get(
     "/v1/worklist",
-    response_model=list[WorklistEntry],
     tags=["approval"],
     responses=errors(401, 403, 422, 503),
 )
@@ -86,7 +85,6 @@ async def worklist(
 
 @router.post(
     "/v1/cases/{case_id}/decisions",
-    response_model=DecisionResponse,
     tags=["approval"],
     responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
 )
@@ -125,7 +123,6 @@ async def decide(
 
 @router.get(
     "/v1/cases/{case_id}",
-    response_model=ApprovalCaseView,
     tags=["approval"],
     responses=errors(401, 403, 404, 422, 503),
 )
@@ -147,7 +144,6 @@ async def get_case(
 
 @router.get(
     "/v1/followups",
-    response_model=list[FollowupEntry],
     tags=["ratings"],
     responses=errors(401, 403, 422, 503),
 )
@@ -166,7 +162,6 @@ async def followups(
 
 @router.post(
     "/v1/cases/{case_id}/followup",
-    response_model=FollowupEntry,
     tags=["ratings"],
     responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
 )
@@ -195,7 +190,6 @@ async def answer_followup(
 
 @router.get(
     "/v1/handovers/refused",
-    response_model=list[HandoverProblemEntry],
     tags=["operators"],
     responses=errors(401, 403, 422, 503),
 )
@@ -214,7 +208,6 @@ async def refused_handovers(
 
 @router.get(
     "/v1/sla/board",
-    response_model=list[SlaBoardRow],
     tags=["operators"],
     responses=errors(401, 403, 422, 503),
 )
@@ -235,7 +228,6 @@ async def sla_board(
 
 @router.get(
     "/v1/sla/cases",
-    response_model=list[CaseAtRisk],
     tags=["operators"],
     responses=errors(401, 403, 422, 503),
 )

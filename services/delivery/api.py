@@ -60,7 +60,6 @@ async def _clerk_of_the_office(principal: Principal, case_id: str, delivery: Del
 
 @router.get(
     "/v1/results/{case_id}",
-    response_model=ResultView,
     tags=["results"],
     responses=errors(401, 403, 404, 422, 503),
 )
@@ -79,7 +78,6 @@ async def get_result(
 
 @router.post(
     "/v1/cases/{case_id}/pickup",
-    response_model=ResultView,
     tags=["results"],
     responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
 )
@@ -105,7 +103,6 @@ async def pickup(
 
 @router.post(
     "/v1/cases/{case_id}/rating",
-    response_model=CaseRated,
     status_code=201,
     tags=["ratings"],
     responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
@@ -133,7 +130,6 @@ async def rate(
 
 @router.get(
     "/v1/ratings/stats",
-    response_model=list[RatingStatsRow],
     tags=["ratings"],
     responses=errors(401, 403, 422, 503),
 )
@@ -170,7 +166,6 @@ async def rating_stats(
 
 @router.get(
     "/v1/licenses/{license_id}/verify",
-    response_model=LicenseVerification,
     tags=["licenses"],
     responses=errors(401, 422, 503),
 )

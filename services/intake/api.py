@@ -36,7 +36,6 @@ async def _rate_limited(request: Request, intake: IntakeDep, _: CurrentPrincipal
 
 @router.post(
     "/v1/cases",
-    response_model=SubmissionResponse,
     status_code=201,
     tags=["cases"],
     dependencies=[Depends(_rate_limited)],
@@ -82,7 +81,6 @@ async def submit(
 
 @router.get(
     "/v1/cases/{case_id}",
-    response_model=CaseView,
     tags=["cases"],
     responses=errors(401, 403, 404, 422, 503),
 )
@@ -95,7 +93,6 @@ async def get_case(case_id: CaseId, principal: CurrentPrincipal, intake: IntakeD
 
 @router.post(
     "/v1/cases/{case_id}/materials",
-    response_model=SubmissionResponse,
     tags=["cases"],
     responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
 )
@@ -121,7 +118,6 @@ async def add_materials(
 
 @router.post(
     "/v1/cases/{case_id}/withdraw",
-    response_model=CaseView,
     tags=["cases"],
     responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
 )
@@ -144,9 +140,7 @@ async def withdraw(
     return await handlers.read_case(intake.runtime, case_id, principal)
 
 
-@router.get(
-    "/v1/items", response_model=list[ItemView], tags=["catalog"], responses=errors(401, 503)
-)
+@router.get("/v1/items", tags=["catalog"], responses=errors(401, 503))
 async def items(principal: CurrentPrincipal, intake: IntakeDep) -> list[ItemView]:
     """The catalog items in force (intake's copy of the newest catalog version)."""
     return queries.items(queries.catalog_in_force(intake.catalogs))

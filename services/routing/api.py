@@ -22,7 +22,6 @@ router = APIRouter()
 
 @router.post(
     "/v1/routes/preview",
-    response_model=RoutePreviewResponse,
     tags=["routing"],
     responses=errors(400, 401, 403, 413, 422, 503),
 )
@@ -48,7 +47,6 @@ async def preview(
 
 @router.get(
     "/v1/triage",
-    response_model=list[TriageEntry],
     tags=["routing"],
     responses=errors(401, 403, 422, 503),
 )
@@ -65,7 +63,6 @@ async def triage(
 
 @router.post(
     "/v1/triage/{case_id}/retry",
-    response_model=RoutePreviewResponse,
     tags=["routing"],
     responses=errors(401, 403, 404, 409, 422, 503),
 )
@@ -88,7 +85,6 @@ async def retry(
 
 @router.post(
     "/v1/catalog",
-    response_model=CatalogVersion,
     status_code=201,
     tags=["catalog"],
     responses=errors(400, 401, 403, 413, 422, 503),
@@ -111,7 +107,6 @@ async def load_catalog(
 
 @router.get(
     "/v1/catalog/version",
-    response_model=CatalogVersion,
     tags=["catalog"],
     responses=errors(401, 404, 503),
 )
