@@ -104,6 +104,9 @@ class CaseNotified(CaseEvent):
     application: Application
     missing_materials: list[str]
     notified_at: AwareDatetime
+    deferred_materials: list[str] = Field(
+        default_factory=list, description="materials to bring after acceptance (容缺受理)"
+    )
 
 
 @event(
@@ -206,6 +209,10 @@ class CaseAccepted(CaseEvent):
     accepted_at: AwareDatetime
     deadline: date | None = Field(description="null when past the calendar: an alarm, not a guess")
     time_limit_days: int
+    deferred_due: date | None = Field(
+        default=None,
+        description="the last day to bring the deferred materials (容缺受理); null: none deferred",
+    )
 
 
 @event(
