@@ -4,9 +4,7 @@ approval accepts the case).
 Revision ID: 0005
 """
 
-import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0005"
 down_revision = "0004"
@@ -15,12 +13,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column(
-        "cases",
-        sa.Column("deferred_materials", JSONB, nullable=False, server_default="[]"),
-        schema="intake",
+    # IF NOT EXISTS: 0002 creates the tables from the models as they are now, so on a new
+    # database these columns are there already.
+    op.execute(
+        "ALTER TABLE intake.cases "
+        "ADD COLUMN IF NOT EXISTS deferred_materials JSONB NOT NULL DEFAULT '[]', "
+        "ADD COLUMN IF NOT EXISTS deferred_due DATE"
     )
-    op.add_column("cases", sa.Column("deferred_due", sa.Date), schema="intake")
 
 
 def downgrade() -> None:
