@@ -633,11 +633,10 @@ async def fire_due_timers(
     return len(due)
 
 
-async def fire_due_lapses(approval: Approval, *, now: datetime, batch: int = 100) -> int:
+async def fire_due_lapses(runtime: ServiceRuntime, *, now: datetime, batch: int = 100) -> int:
     """Terminate the cases whose deferred materials lapsed at `now`, each in a transaction of
     its own; return how many. The case is locked before its timer (SKIP LOCKED both: a case
     busy elsewhere waits for the next tick), and the timer is marked fired with the outcome."""
-    runtime = approval.runtime
     async with runtime.sessions() as session:
         due = (
             (
@@ -743,7 +742,7 @@ class ClockScheduler:
             fired += n
             if n < self.BATCH:
                 break
-        fired += await fire_due_lapses(self.approval, now=self.now())
+        fired += await fire_due_lapses(runtime, now=self.now())
         calendars = self.approval.calendars
         version = calendars.latest_version
         if version is not None and version != self._seen_version:
