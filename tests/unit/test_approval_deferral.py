@@ -41,6 +41,12 @@ def taken(*codes: str, instant: bool = False) -> Outcome:
     return review.take(deferred_routed(*codes, instant=instant), now=NOW, calendar=CALENDAR)  # type: ignore[arg-type]
 
 
+def ask_for(case: CaseState, *codes: str) -> Outcome:
+    """The department asks for a supplement of `codes` the day after acceptance."""
+    request = decision(DecisionKind.request_supplement, missing_materials=codes)
+    return ok(review.decide(case, request, case_id=case.case_id, now=LATER))
+
+
 def test_acceptance_sets_the_due_day_and_tells_intake() -> None:
     outcome = taken("M02", "M03")
     state = outcome.state
@@ -141,14 +147,7 @@ def test_an_instant_item_with_a_deferred_material_is_held_at_once() -> None:
 
 def test_only_deferred_materials_do_not_answer_a_supplement_request() -> None:
     case = taken("M02").state
-    asked = ok(
-        review.decide(
-            case,
-            decision(DecisionKind.request_supplement, missing_materials=("M04",)),
-            case_id=case.case_id,
-            now=LATER,
-        )
-    )
+    asked = ask_for(case, "M04")
     late = review.materials_arrived(asked.state, ["M02"], now=LATER, calendar=CALENDAR)
     assert late is not None and late.state.status is CaseStatus.supplement_requested
     both = review.materials_arrived(asked.state, ["M02", "M04"], now=LATER, calendar=CALENDAR)
@@ -160,14 +159,7 @@ def test_only_deferred_materials_do_not_answer_a_supplement_request() -> None:
 def test_a_supplement_round_does_not_move_the_due_day() -> None:
     """The deferral runs on the applicant's side: set at acceptance, it stays."""
     case = taken("M02").state
-    asked = ok(
-        review.decide(
-            case,
-            decision(DecisionKind.request_supplement, missing_materials=("M04",)),
-            case_id=case.case_id,
-            now=LATER,
-        )
-    )
+    asked = ask_for(case, "M04")
     resumed = review.supplemented(asked.state, now=LATER + timedelta(days=5), calendar=CALENDAR)
     assert resumed is not None and resumed.state.deadline != case.deadline
     assert resumed.state.deferred_due == case.deferred_due
