@@ -225,3 +225,45 @@ async def test_a_key_material_cannot_be_deferred(
     problem = answer.json()
     assert problem["code"] == "deferral_not_allowed"
     assert any(e["field"] == f"materials[{index}].deferred" for e in problem["errors"])
+
+
+async def test_the_one_time_notification_lists_the_deferred_material_too(
+    catalog: dict[str, Any],
+    http: httpx.AsyncClient,
+    rng: random.Random,
+    settings: CommonSettings,
+) -> None:
+    item = deferrable_item(catalog, rng)
+    body, code = deferred_application(catalog, item, rng)
+    missing = next(
+        m["code"] for m in item["materials"] if m.get("required", True) and m["code"] != code
+    )
+    body["materials"] = [m for m in body["materials"] if m["code"] != missing]
+    answer = await http.post(f"{INTAKE}/v1/cases", json=body)
+    assert answer.status_code == 201, answer.text
+    created = answer.json()
+    assert created["status"] == "awaiting_supplement"
+    assert created["missing_materials"] == [missing]
+    assert [m["code"] for m in created["deferred_materials"]] == [code]
+    case_id = created["case_id"]
+
+    async def notified() -> dict[str, Any] | None:
+        for record in await read_topic(settings, "case.intake.v1", idle=0.5):
+            if header(record, "ce_subject") == case_id:
+                data: dict[str, Any] = json.loads(record.value or b"null")
+                validate_event(header(record, "ce_type") or "", data)
+                return data
+        return None
+
+    notice = await eventually(notified, what=f"{case_id}'s one-time notification")
+    assert notice["missing_materials"] == [missing] and notice["deferred_materials"] == [code]
+
+    # The missing one completes the case; the deferred one is still owed, due once accepted.
+    completed = await http.post(
+        f"{INTAKE}/v1/cases/{case_id}/materials", json={"materials": [{"code": missing}]}
+    )
+    assert completed.status_code == 200, completed.text
+    assert completed.json()["status"] == "submitted"
+    accepted = await wait_status(http, case_id, "accepted")
+    (deferred,) = accepted["deferred_materials"]
+    assert deferred["code"] == code and deferred["due"] and not deferred["received"]
