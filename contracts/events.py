@@ -132,7 +132,8 @@ class CaseSubmitted(CaseEvent):
     "Materials answering a supplement request",
 )
 class CaseSupplemented(CaseEvent):
-    """Materials answering a supplement request (at the counter or during review)."""
+    """Materials answering a supplement request (at the counter or during review), or deferred
+    materials (容缺受理) brought after acceptance: these alone answer no request."""
 
     materials: list[Material]
     supplemented_at: AwareDatetime
