@@ -104,6 +104,9 @@ class CaseNotified(CaseEvent):
     application: Application
     missing_materials: list[str]
     notified_at: AwareDatetime
+    deferred_materials: list[str] = Field(
+        default_factory=list, description="materials to bring after acceptance (容缺受理)"
+    )
 
 
 @event(
@@ -129,7 +132,8 @@ class CaseSubmitted(CaseEvent):
     "Materials answering a supplement request",
 )
 class CaseSupplemented(CaseEvent):
-    """Materials answering a supplement request (at the counter or during review)."""
+    """Materials answering a supplement request (at the counter or during review), or deferred
+    materials (容缺受理) brought after acceptance: these alone answer no request."""
 
     materials: list[Material]
     supplemented_at: AwareDatetime
@@ -206,6 +210,10 @@ class CaseAccepted(CaseEvent):
     accepted_at: AwareDatetime
     deadline: date | None = Field(description="null when past the calendar: an alarm, not a guess")
     time_limit_days: int
+    deferred_due: date | None = Field(
+        default=None,
+        description="the last day to bring the deferred materials (容缺受理); null: none deferred",
+    )
 
 
 @event(

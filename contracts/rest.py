@@ -43,11 +43,22 @@ class ProblemBody(Contract):
 SubmissionRequest = Application
 
 
+class DeferredMaterial(Contract):
+    """A material deferred at submission (容缺受理, DESIGN.md §7): due by the end of `due`."""
+
+    code: str
+    due: date | None = Field(description="set at acceptance: defer_days working days after it")
+    received: bool = False
+
+
 class SubmissionResponse(Contract):
     case_id: str
     status: CaseStatus
     missing_materials: list[str]
     route_preview: Route | None
+    deferred_materials: list[DeferredMaterial] = Field(
+        default_factory=list, description="materials to bring after acceptance (容缺受理)"
+    )
 
 
 class MaterialsRequest(Contract):
@@ -70,6 +81,9 @@ class CaseView(Contract):
     missing_materials: list[str]
     timeline: list[TimelineEntry]
     applicant: Applicant | None = Field(default=None, description="masked for operators and admins")
+    deferred_materials: list[DeferredMaterial] = Field(
+        default_factory=list, description="materials deferred at submission (容缺受理)"
+    )
 
 
 class ItemView(Contract):
@@ -163,6 +177,10 @@ class ApprovalCaseView(Contract):
     decided_at: AwareDatetime | None
     withdrawn_at: AwareDatetime | None
     handover_problem: str | None = None
+    deferred_outstanding: list[str] = Field(
+        default_factory=list, description="deferred materials not yet brought (容缺受理)"
+    )
+    deferred_due: date | None = Field(default=None, description="the last day to bring them")
 
 
 class FollowupEntry(Contract):

@@ -10,6 +10,20 @@ from aiokafka.structs import ConsumerRecord
 
 from services.common.settings import CommonSettings
 
+# The headers every case record carries (DESIGN.md §4); routing and approval events add
+# `ce_handledby`.
+CLOUDEVENTS_HEADERS = frozenset(
+    {
+        "ce_specversion",
+        "ce_id",
+        "ce_source",
+        "ce_type",
+        "ce_time",
+        "ce_subject",
+        "content-type",
+    }
+)
+
 
 async def read_topic(
     settings: CommonSettings,

@@ -10,6 +10,11 @@ transaction as the state that sets them; a `ClockScheduler` in every approval pr
 due ones with `FOR UPDATE SKIP LOCKED`, writing the event to the outbox and `fired_at` in one
 transaction. So two processes never fire the same timer, a restart loses none, and a fired timer
 is never re-armed by a later reschedule.
+
+Deferral (容缺受理): a case taken with deferred materials gets one more timer, its lapse at the
+end of the deferral's due day (step `deferral`). It is fired by `fire_due_lapses`, which locks
+the case before the timer (the order a decision takes), so a late material and the lapse never
+both apply: the one that commits first wins, the other finds nothing left to do.
 """
 
 from __future__ import annotations
@@ -92,6 +97,8 @@ HANDOVERS_REFUSED = Counter(
 
 cases = models.cases
 timers = models.clock_timers
+# The timer step of a deferral's lapse (容缺受理); not a ClockStep: it fires no SLA event.
+LAPSE_STEP = "deferral"
 
 
 class CaseNotYetRouted(Exception):
@@ -209,6 +216,7 @@ async def take_routed(
             time_limit_days=route.time_limit_days,
         )
     await arm_decision_clock(session, outcome.state, calendar, approval.warning_points)
+    await arm_deferral_lapse(session, outcome.state)
     await _emit(session, approval.runtime, outcome, envelope.traceparent)
 
 
@@ -267,6 +275,8 @@ async def decide_case(
             await pause_timers(session, case_id, ClockStep.decision)
         else:
             await disarm_timers(session, case_id, ClockStep.decision)
+        if result.state.status is CaseStatus.denied:  # a denial is never held: nothing lapses
+            await disarm_timers(session, case_id, LAPSE_STEP)
         await _emit(session, approval.runtime, result, traceparent)
     return result
 
@@ -317,6 +327,7 @@ async def case_withdrawn(
             if outcome is not None:
                 await _save(session, outcome.state, now)
                 await disarm_timers(session, case.case_id, ClockStep.decision)
+                await disarm_timers(session, case.case_id, LAPSE_STEP)
             else:
                 log.info(
                     "withdrawal after the decision ignored",
@@ -346,16 +357,22 @@ async def case_supplemented(
     session: AsyncSession, envelope: Envelope, event: CaseSupplemented, *, approval: Approval
 ) -> None:
     """The applicant answered a supplement request: the review resumes with the time that was
-    left and the deadline moves. Counter supplements (before routing) and cases not waiting
-    for one are none of approval's business."""
+    left and the deadline moves. Deferred materials among them are settled: the last one
+    publishes a held approval and disarms the lapse. Counter supplements (before routing) and
+    materials nobody waits for are none of approval's business."""
     case = await queries.load_case(session, event.case_id, lock=True)
     if not isinstance(case, CaseState):
         return
     calendar = calendar_for(approval.calendars, case.route.catalog_version)
-    outcome = review.supplemented(case, now=event.supplemented_at, calendar=calendar)
+    outcome = review.materials_arrived(
+        case, (m.code for m in event.materials), now=event.supplemented_at, calendar=calendar
+    )
     if outcome is not None:
         await _save(session, outcome.state, approval.runtime.clock.now())
-        await arm_decision_clock(session, outcome.state, calendar, approval.warning_points)
+        if case.status is CaseStatus.supplement_requested:
+            await arm_decision_clock(session, outcome.state, calendar, approval.warning_points)
+        if case.deferred and not outcome.state.deferred:
+            await disarm_timers(session, case.case_id, LAPSE_STEP)
         await _emit(session, approval.runtime, outcome, envelope.traceparent)
 
 
@@ -512,7 +529,7 @@ async def arm_timers(
     *,
     case_id: str,
     department: str,
-    step: ClockStep,
+    step: str,
     points: Sequence[clock.ClockPoint],
     deadline: date | None,
 ) -> None:
@@ -522,7 +539,7 @@ async def arm_timers(
     rows = [
         {
             "case_id": case_id,
-            "step": step.value,
+            "step": str(step),
             "point": Decimal(str(p.point)),
             "department": department,
             "deadline": deadline,
@@ -540,6 +557,25 @@ async def arm_timers(
     )
 
 
+async def arm_deferral_lapse(session: AsyncSession, state: CaseState) -> None:
+    """The lapse of a case's deferred materials, at the end of their due day; none when nothing
+    is deferred or the due day is unknown (past the calendar: logged, never guessed)."""
+    if not state.deferred or state.status not in review.LAPSABLE_STATUSES:
+        return
+    if state.deferred_due is None:
+        log.error("deferral due day unknown: no lapse armed", case_id=state.case_id)
+        return
+    lapse = clock.ClockPoint(clock.OVERDUE_POINT, clock.end_of_day(state.deferred_due), None)
+    await arm_timers(
+        session,
+        case_id=state.case_id,
+        department=state.department,
+        step=LAPSE_STEP,
+        points=[lapse],
+        deadline=state.deferred_due,
+    )
+
+
 async def pause_timers(session: AsyncSession, case_id: str, step: ClockStep) -> None:
     """Waiting for a supplement: nothing falls due until the clock resumes."""
     await session.execute(
@@ -551,11 +587,11 @@ async def pause_timers(session: AsyncSession, case_id: str, step: ClockStep) -> 
     )
 
 
-async def disarm_timers(session: AsyncSession, case_id: str, step: ClockStep) -> None:
+async def disarm_timers(session: AsyncSession, case_id: str, step: str) -> None:
     """Decided, withdrawn or answered: the pending timers go; the fired ones stay as record."""
     await session.execute(
         delete(timers).where(
-            timers.c.case_id == case_id, timers.c.step == step.value, timers.c.fired_at.is_(None)
+            timers.c.case_id == case_id, timers.c.step == str(step), timers.c.fired_at.is_(None)
         )
     )
 
@@ -567,7 +603,11 @@ async def fire_due_timers(
     due = (
         await session.execute(
             select(timers)
-            .where(timers.c.fired_at.is_(None), timers.c.due_at <= now)
+            .where(
+                timers.c.fired_at.is_(None),
+                timers.c.due_at <= now,
+                timers.c.step != LAPSE_STEP,  # `fire_due_lapses`: they change the case
+            )
             .order_by(timers.c.due_at)
             .limit(batch)
             .with_for_update(skip_locked=True)
@@ -599,6 +639,67 @@ async def fire_due_timers(
             .values(fired_at=now)
         )
     return len(due)
+
+
+async def fire_due_lapses(runtime: ServiceRuntime, *, now: datetime, batch: int = 100) -> int:
+    """Terminate the cases whose deferred materials lapsed at `now`, each in a transaction of
+    its own; return how many. The case is locked before its timer (SKIP LOCKED both: a case
+    busy elsewhere waits for the next tick), and the timer is marked fired with the outcome."""
+    async with runtime.sessions() as session:
+        due = (
+            (
+                await session.execute(
+                    select(timers.c.case_id)
+                    .where(
+                        timers.c.step == LAPSE_STEP,
+                        timers.c.fired_at.is_(None),
+                        timers.c.due_at <= now,
+                    )
+                    .order_by(timers.c.due_at)
+                    .limit(batch)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    fired = 0
+    for case_id in due:
+        async with unit_of_work(runtime.sessions) as session:
+            row = (
+                await session.execute(
+                    select(cases)
+                    .where(cases.c.case_id == case_id)
+                    .with_for_update(skip_locked=True)
+                )
+            ).first()
+            timer = (
+                await session.execute(
+                    select(timers.c.case_id)
+                    .where(
+                        timers.c.case_id == case_id,
+                        timers.c.step == LAPSE_STEP,
+                        timers.c.fired_at.is_(None),
+                        timers.c.due_at <= now,
+                    )
+                    .with_for_update(skip_locked=True)
+                )
+            ).first()
+            if row is None or timer is None:
+                continue
+            state = queries.case_state(row)
+            outcome = review.lapse(state, now=now) if isinstance(state, CaseState) else None
+            if outcome is not None:
+                await _save(session, outcome.state, now)
+                for step in (ClockStep.decision, ClockStep.verification):
+                    await disarm_timers(session, case_id, step)
+                await _emit(session, runtime, outcome, None)
+                fired += 1
+            await session.execute(
+                update(timers)
+                .where(timers.c.case_id == case_id, timers.c.step == LAPSE_STEP)
+                .values(fired_at=now)
+            )
+    return fired
 
 
 def _clock_event(row: Any) -> CaseOverdue | CaseSlaWarning:
@@ -643,6 +744,7 @@ class ClockScheduler:
             fired += n
             if n < self.BATCH:
                 break
+        fired += await fire_due_lapses(runtime, now=runtime.clock.now())
         calendars = self.approval.calendars
         version = calendars.latest_version
         if version is not None and version != self._seen_version:

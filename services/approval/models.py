@@ -41,6 +41,9 @@ cases = Table(
     Column("decided_at", DateTime(timezone=True)),
     Column("withdrawn_at", DateTime(timezone=True)),
     Column("handover_problem", Text),  # entrusted handover that failed verification
+    # Deferred materials not yet brought (容缺受理), and the last day to bring them.
+    Column("deferred", JSONB, nullable=False, server_default="[]"),
+    Column("deferred_due", Date),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 # The worklist: one department's open cases, oldest deadline first.
@@ -54,7 +57,7 @@ clock_timers = Table(
     "clock_timers",
     metadata,
     Column("case_id", String(64), primary_key=True),
-    Column("step", String(16), primary_key=True),  # decision | followup
+    Column("step", String(16), primary_key=True),  # decision | followup | deferral (lapse)
     Column("point", Numeric(4, 3), primary_key=True),  # share of the limit; 1 = overdue
     Column("department", String(64), nullable=False),
     Column("deadline", Date),

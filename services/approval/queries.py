@@ -58,6 +58,8 @@ def case_state(row: Any) -> CaseState | Unrouted:
         decided_at=row.decided_at,
         withdrawn_at=row.withdrawn_at,
         handover_problem=row.handover_problem,
+        deferred=tuple(row.deferred),
+        deferred_due=row.deferred_due,
     )
 
 
@@ -87,6 +89,8 @@ def case_values(state: CaseState, now: datetime) -> dict[str, Any]:
         "decided_at": state.decided_at,
         "withdrawn_at": state.withdrawn_at,
         "handover_problem": state.handover_problem,
+        "deferred": list(state.deferred),
+        "deferred_due": state.deferred_due,
         "updated_at": now,
     }
 
@@ -124,6 +128,8 @@ def case_view(row: Any) -> ApprovalCaseView:
         decided_at=row.decided_at,
         withdrawn_at=row.withdrawn_at,
         handover_problem=row.handover_problem,
+        deferred_outstanding=list(row.deferred),
+        deferred_due=row.deferred_due,
     )
 
 

@@ -99,11 +99,12 @@ async def get_case(case_id: CaseId, principal: CurrentPrincipal, intake: IntakeD
 async def add_materials(
     case_id: CaseId, body: MaterialsRequest, principal: CurrentPrincipal, intake: IntakeDep
 ) -> SubmissionResponse:
-    """Supplement materials: completes a counter case, or answers a review's request."""
+    """Supplement materials: completes a counter case, answers a review's request, or brings
+    deferred materials (容缺受理) once the case is accepted."""
     access.may_act(principal)
     index = queries.catalog_in_force(intake.catalogs)
     async with unit_of_work(intake.runtime.sessions) as session:
-        status, missing = await handlers.add_materials(
+        return await handlers.add_materials(
             session,
             runtime=intake.runtime,
             principal=principal,
@@ -111,9 +112,6 @@ async def add_materials(
             materials=list(body.materials),
             index=index,
         )
-    return SubmissionResponse(
-        case_id=case_id, status=status, missing_materials=missing, route_preview=None
-    )
 
 
 @router.post(

@@ -39,9 +39,11 @@ from services.common.principals import Principal
 from services.common.refusals import FieldError, Refused, refused
 from services.common.service import ServiceRuntime
 from services.intake import models, queries
-from services.intake.domain import access
+from services.intake.domain import access, deferral
 from services.intake.domain.lifecycle import RANK, WITHDRAWABLE, case_changes
 from services.intake.domain.validation import (
+    deferral_problem,
+    deferred_codes,
     submission_refusal,
     supplement_refusal,
     validate_submission,
@@ -102,6 +104,7 @@ def case_row(
         "office_code": application.office_code,
         "application": application.model_dump(mode="json"),
         "missing_materials": missing,
+        "deferred_materials": deferral.deferred_rows(deferred_codes(application.materials)),
         "created_at": at,
         "updated_at": at,
     }
@@ -236,6 +239,7 @@ async def create_case(
     await session.execute(
         models.cases.insert().values(case_row(case_id, application, status, missing, now))
     )
+    deferred = deferred_codes(application.materials)
     if missing:
         await runtime.emit(
             session,
@@ -244,6 +248,7 @@ async def create_case(
                 application=application,
                 missing_materials=missing,
                 notified_at=now,
+                deferred_materials=deferred,
             ),
             traceparent=traceparent,
         )
@@ -259,7 +264,11 @@ async def create_case(
             traceparent=traceparent,
         )
     response = SubmissionResponse(
-        case_id=case_id, status=status, missing_materials=missing, route_preview=route_preview
+        case_id=case_id,
+        status=status,
+        missing_materials=missing,
+        route_preview=route_preview,
+        deferred_materials=deferral.deferred_view(deferral.deferred_rows(deferred), None),
     )
     if idempotency_key is not None:
         stored = await session.execute(
@@ -291,10 +300,11 @@ async def add_materials(
     case_id: str,
     materials: list[Material],
     index: CatalogIndex,
-) -> tuple[CaseStatus, list[str]]:
+) -> SubmissionResponse:
     """Supplement materials, by a clerk of the office that took the case: completes a counter
-    case (awaiting_supplement), or answers a review's request (supplement_requested), which
-    needs every requested material at once."""
+    case (awaiting_supplement), answers a review's request (supplement_requested), which
+    needs every requested material at once, or brings deferred materials after acceptance
+    (容缺受理: `domain.deferral`)."""
     case = await queries.case_of_the_office(session, case_id, principal, lock=True)
     item = index.items.get(case.item_code)
     if item is not None:
@@ -302,6 +312,9 @@ async def add_materials(
         if unknown is not None:
             raise Refused(unknown)
     status = CaseStatus(case.status)
+    _check_deferrals(case_id, status, item, materials)
+    owed = deferral.outstanding(case.deferred_materials)
+    given_codes = [m.code for m in materials]
     now = runtime.clock.now()
     application = Application.model_validate(case.application)
     merged = {m.code: m for m in application.materials} | {m.code: m for m in materials}
@@ -326,15 +339,24 @@ async def add_materials(
                 missing_materials=missing,
             )
         new_status = CaseStatus.accepted
+    elif deferral.takes_late_materials(status, given_codes, owed):
+        missing, new_status = list(case.missing_materials), status
     else:
+        owes = f" It owes the deferred {', '.join(owed)}." if owed else ""
         raise refused(
             409,
             "invalid_state",
             "This case is not waiting for materials",
             f"Case {case_id} is {status.value}; materials are taken while it is "
-            "awaiting_supplement or supplement_requested.",
+            "awaiting_supplement or supplement_requested, and deferred ones once it is "
+            f"accepted.{owes}",
             status_now=status.value,
         )
+    deferred_now = (
+        deferral.deferred_rows(deferred_codes(application.materials))
+        if status is CaseStatus.awaiting_supplement  # not submitted yet: still the submission's
+        else deferral.mark_received(case.deferred_materials, given_codes)
+    )
     await runtime.emit(
         session, CaseSupplemented(case_id=case_id, materials=materials, supplemented_at=now)
     )
@@ -359,10 +381,44 @@ async def add_materials(
             status_rank=RANK[new_status],
             missing_materials=missing,
             application=application.model_dump(mode="json"),
+            deferred_materials=deferred_now,
             updated_at=now,
         )
     )
-    return new_status, missing
+    return SubmissionResponse(
+        case_id=case_id,
+        status=new_status,
+        missing_materials=missing,
+        route_preview=None,
+        deferred_materials=deferral.deferred_view(deferred_now, case.deferred_due),
+    )
+
+
+def _check_deferrals(
+    case_id: str, status: CaseStatus, item: Any, materials: Sequence[Material]
+) -> None:
+    """`deferred: true` in a materials request: only before the case is submitted (the
+    submission's own choice), and only on a deferrable material."""
+    deferred = [m.code for m in materials if m.deferred]
+    if not deferred:
+        return
+    if status is not CaseStatus.awaiting_supplement:
+        raise refused(
+            422,
+            "deferral_not_allowed",
+            "This material cannot be deferred",
+            f"Case {case_id} is {status.value}: materials are deferred at submission only.",
+            errors=tuple(FieldError("materials", f"{code} deferred") for code in deferred),
+        )
+    problems = [why for code in deferred if item and (why := deferral_problem(item, code))]
+    if problems:
+        raise refused(
+            422,
+            "deferral_not_allowed",
+            "This material cannot be deferred",
+            " ".join(problems),
+            errors=tuple(FieldError("materials", why) for why in problems),
+        )
 
 
 async def withdraw(

@@ -21,6 +21,9 @@ cases = Table(
     Column("route", JSONB),
     Column("failure", JSONB),
     Column("deadline", Date),
+    # Deferred materials (容缺受理): [{"code", "received"}]; due: set at acceptance.
+    Column("deferred_materials", JSONB, nullable=False, server_default="[]"),
+    Column("deferred_due", Date),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

@@ -17,6 +17,7 @@ from services.common.principals import Principal
 from services.common.refusals import FieldError, Refusal, Refused, refused
 from services.intake import models
 from services.intake.domain import access
+from services.intake.domain.deferral import deferred_view
 from services.policy.catalog_index import CatalogIndex
 from services.policy.intake_rules import effective_intake_levels
 
@@ -116,6 +117,7 @@ def case_view(case: Any, timeline: list[TimelineEntry], *, clear: bool) -> CaseV
         missing_materials=list(case.missing_materials),
         timeline=timeline,
         applicant=Applicant.model_validate(applicant if clear else mask_personal_data(applicant)),
+        deferred_materials=deferred_view(case.deferred_materials, case.deferred_due),
     )
 
 

@@ -67,6 +67,14 @@ def case_deadline(
     return deadline(calendar, accepted_on, time_limit_days, paused=intervals)
 
 
+def deferral_due(calendar: WorkCalendar | None, accepted_on: date, defer_days: int) -> date | None:
+    """The last day to bring the materials deferred at submission (容缺受理): the
+    `defer_days`-th working day after the acceptance date. Fixed at acceptance: the applicant's
+    promise runs on its own, so a supplement round of the review does not move it. None when
+    unknown (past the calendar's covers_until, or no calendar)."""
+    return case_deadline(calendar, accepted_on, defer_days)
+
+
 @dataclass(frozen=True)
 class ClockPoint:
     """One moment of a case's clock: `point` is the share of the limit (1.0 = overdue)."""

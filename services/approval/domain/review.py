@@ -9,12 +9,22 @@ States and transitions (DESIGN.md §1, §4):
                           +<--------- supplemented ----------+
     accepted | supplement_requested --withdrawn--> withdrawn
 
+  With deferred materials outstanding (容缺受理, DESIGN.md §7):
+
+    accepted --approve--> approval_held --last deferred material arrives--> approved
+    accepted | supplement_requested | approval_held --deferral due passes--> terminated
+
 - Acceptance is automatic: a routed case is accepted the moment approval takes it, and an
   instant item (即办件) is approved in the same step. A department's `accept` decision is
   therefore always refused as `invalid_state` (the case is already accepted, or past that).
 - A denial must state its legal basis; a supplement request lists every missing material at
   once (一次性告知), so a second request while one is pending is `invalid_state` too.
-- approved, denied and withdrawn are final here.
+- Deferral: a case taken with deferred materials is reviewed as usual (its legal clock runs:
+  the materials are the applicant's to bring, not a pause of the review). An approval while
+  one is outstanding is recorded and held; `approved` follows when the last one arrives. A
+  denial is never held. If the deferral's due day ends first, the case is `terminated`.
+- approved, denied, withdrawn and terminated are final here; approval_held is decided (not
+  withdrawable, takes no other decision) and waits only for the materials.
 
 Each transition returns the case's new state and the events to emit with it, or a `Refusal`
 (services.common.refusals) carrying the stable machine code and HTTP status both edges (REST,
@@ -23,12 +33,14 @@ Kafka) report.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 
 from contracts.common import Application, CaseStatus, ItemSnapshot, Mode, Route
 from contracts.events import (
     CaseAccepted,
+    CaseApprovalHeld,
     CaseApproved,
     CaseDeadlineChanged,
     CaseDeadlineUnknown,
@@ -37,6 +49,7 @@ from contracts.events import (
     CaseHandoverRefused,
     CaseRouted,
     CaseSupplementRequested,
+    CaseTerminated,
     DecisionKind,
 )
 from services.approval.domain import clock
@@ -46,7 +59,10 @@ from services.common.workdays import WorkCalendar
 
 # Cases still waiting for their department: the worklist.
 OPEN_STATUSES = frozenset({CaseStatus.accepted, CaseStatus.supplement_requested})
-DECIDED_STATUSES = frozenset({CaseStatus.approved, CaseStatus.denied})
+DECIDED_STATUSES = frozenset({CaseStatus.approved, CaseStatus.denied, CaseStatus.approval_held})
+# Cases whose deferred materials may still lapse (容缺受理): the due day ending terminates them.
+LAPSABLE_STATUSES = frozenset({*OPEN_STATUSES, CaseStatus.approval_held})
+LAPSED = "deferred_materials_lapsed"
 # The applicant may withdraw until the department decides.
 WITHDRAWABLE = OPEN_STATUSES
 
@@ -89,6 +105,9 @@ class CaseState:
     withdrawn_at: datetime | None = None
     # Entrusted intake whose signed handover failed verification: held, never accepted.
     handover_problem: str | None = None
+    # Deferred materials (容缺受理) not yet brought, and the last day to bring them.
+    deferred: tuple[str, ...] = ()
+    deferred_due: date | None = None
 
     @property
     def instant(self) -> bool:
@@ -180,6 +199,10 @@ def take(
         deadline=compute_deadline(calendar, accepted_at, limit),
         time_limit_days=limit,
     )
+    deferred = deferred_materials(routed.application)
+    if deferred:
+        due = clock.deferral_due(calendar, local_date(accepted_at), routed.item.defer_days)
+        state = replace(state, deferred=deferred, deferred_due=due)
     if handover_problem:
         state = replace(
             state,
@@ -187,6 +210,7 @@ def take(
             accepted_at=None,
             deadline=None,
             handover_problem=handover_problem,
+            deferred_due=None,
         )
         refused = CaseHandoverRefused(
             case_id=state.case_id,
@@ -201,13 +225,13 @@ def take(
         accepted_at=accepted_at,
         deadline=state.deadline,
         time_limit_days=limit,
+        deferred_due=state.deferred_due,
     )
     events: list[CaseEvent] = [accepted]
     if state.instant:
-        state = replace(
-            state, status=CaseStatus.approved, decision=DecisionKind.approve, decided_at=now
-        )
-        events.append(_approved(state))
+        approved = _approve(state, Decision(state.department, DecisionKind.approve), now=now)
+        state = approved.state
+        events.extend(approved.events)
     elif state.deadline is None and calendar is not None:
         events.append(
             CaseDeadlineUnknown(
@@ -349,6 +373,7 @@ def _deny(case: CaseState, decision: Decision, *, now: datetime) -> Outcome | Re
 
 
 def _approve(case: CaseState, decision: Decision, *, now: datetime) -> Outcome:
+    """Approved; held (recorded, not yet published) while deferred materials are outstanding."""
     state = replace(
         case,
         status=CaseStatus.approved,
@@ -357,6 +382,15 @@ def _approve(case: CaseState, decision: Decision, *, now: datetime) -> Outcome:
         legal_basis=_clean(decision.legal_basis),
         decided_at=now,
     )
+    if state.deferred:
+        state = replace(state, status=CaseStatus.approval_held)
+        held = CaseApprovalHeld(
+            case_id=state.case_id,
+            department=state.department,
+            decided_at=now,
+            outstanding=list(state.deferred),
+        )
+        return Outcome(state, (held,))
     return Outcome(state, (_approved(state),))
 
 
@@ -366,8 +400,12 @@ def _why_not(case: CaseState, kind: DecisionKind) -> str:
         return f"{where}: acceptance is automatic when a case is routed; decide it instead."
     if case.status is CaseStatus.supplement_requested:
         return f"{where}: wait for the supplement of {', '.join(case.missing_materials)}."
+    if case.status is CaseStatus.approval_held:
+        return f"{where}: it is approved, held until {', '.join(case.deferred)} arrive."
     if case.status in DECIDED_STATUSES:
         return f"{where}: it is already decided."
+    if case.status is CaseStatus.terminated:
+        return f"{where}: its deferred materials were not brought in time."
     if case.status is CaseStatus.withdrawn:
         return f"{where}: the applicant withdrew it."
     return f"{where}; {kind.value} needs it accepted."
@@ -401,6 +439,64 @@ def supplemented(
         paused_working_days=clock.paused_working_days(calendar, intervals) if calendar else 0,
     )
     return Outcome(state, (changed,))
+
+
+def deferred_materials(application: Application) -> tuple[str, ...]:
+    """The material codes the applicant deferred at submission (容缺受理), in its order."""
+    return tuple(dict.fromkeys(m.code for m in application.materials if m.deferred))
+
+
+def materials_arrived(
+    case: CaseState, codes: Iterable[str], *, now: datetime, calendar: WorkCalendar | None
+) -> Outcome | None:
+    """Materials from the applicant (`gov.case.supplemented.v1`): they answer the review's
+    supplement request when they bring a requested material, or anything but deferred ones
+    (`supplemented`), and they settle the deferred materials among them (`deferred_arrived`).
+    None when they change nothing here."""
+    given = set(codes)
+    answers_request = case.status is CaseStatus.supplement_requested and (
+        bool(given & set(case.missing_materials)) or not given <= set(case.deferred)
+    )
+    resumed = supplemented(case, now=now, calendar=calendar) if answers_request else None
+    state = resumed.state if resumed is not None else case
+    settled = deferred_arrived(state, given)
+    if settled is not None:
+        state = settled.state
+    events = (resumed.events if resumed else ()) + (settled.events if settled else ())
+    if resumed is None and settled is None:
+        return None
+    return Outcome(state, events)
+
+
+def deferred_arrived(case: CaseState, codes: Iterable[str]) -> Outcome | None:
+    """Deferred materials arrive: they are no longer outstanding; the last one releases a held
+    approval (`gov.case.approved.v1`, as of the department's decision). None when none of them
+    was outstanding, or the case is past taking them (terminated, withdrawn, denied)."""
+    given = set(codes)
+    if not (given & set(case.deferred)) or case.status not in LAPSABLE_STATUSES:
+        return None
+    state = replace(case, deferred=tuple(c for c in case.deferred if c not in given))
+    if state.deferred or state.status is not CaseStatus.approval_held:
+        return Outcome(state)
+    state = replace(state, status=CaseStatus.approved)
+    return Outcome(state, (_approved(state),))
+
+
+def lapse(case: CaseState, *, now: datetime) -> Outcome | None:
+    """The deferral's due day is over with materials still outstanding: the case ends
+    `terminated` (a held approval never takes effect). None when nothing is outstanding or the
+    case has ended otherwise."""
+    if not case.deferred or case.status not in LAPSABLE_STATUSES:
+        return None
+    state = replace(case, status=CaseStatus.terminated)
+    terminated = CaseTerminated(
+        case_id=case.case_id,
+        department=case.department,
+        reason=LAPSED,
+        terminated_at=now,
+        outstanding=list(case.deferred),
+    )
+    return Outcome(state, (terminated,))
 
 
 def withdrawn(case: CaseState, *, at: datetime) -> Outcome | None:

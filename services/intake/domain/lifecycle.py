@@ -124,6 +124,9 @@ def case_changes(
         # The deadline as it stands: set at acceptance, moved by supplements and calendar
         # extensions; None while unknown (past the calendar).
         changes["deadline"] = date.fromisoformat(data["deadline"]) if data.get("deadline") else None
+        if event_type == CaseAccepted.TYPE and data.get("deferred_due"):
+            # The last day to bring the deferred materials (容缺受理), set at acceptance.
+            changes["deferred_due"] = date.fromisoformat(data["deferred_due"])
     elif event_type == CaseHandoverRefused.TYPE:
         changes["failure"] = {"code": HANDOVER_REFUSED, "explanation": data["reason"]}
     elif event_type == CaseSupplementRequested.TYPE and new_status is not None:

@@ -10,12 +10,15 @@ the first refusal by the order below gives the problem's `code`, and `errors` li
   unknown_office      a counter submission without office_code, or an office not in the catalog
   office_not_allowed  the channel/office may not take the item (with where to go instead)
   unknown_material    a material code the item does not have (the valid codes are listed)
+  deferral_not_allowed  `deferred: true` on a material the catalog does not mark `deferrable`
   invalid_delivery    postal without an address; counter pickup on the online channel
 
 Not refused here: an applicant division outside the city (routing fails it as
-out_of_jurisdiction), missing required materials (they are returned as `missing_materials`
-for the one-time notification), and an applicant category differing from the item's (the
-catalog item's category sets the default intake levels; the applicant's sets the ID format).
+out_of_jurisdiction), a deferred material (it counts as present: the case goes ahead and the
+applicant brings it after acceptance, 容缺受理, DESIGN.md §7), missing required materials
+(they are returned as `missing_materials` for the one-time notification), and an applicant
+category differing from the item's (the catalog item's category sets the default intake
+levels; the applicant's sets the ID format).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from stdnum.cn import ric, uscc
 from stdnum.exceptions import ValidationError as StdnumError
 
 from contracts.catalog import Item
-from contracts.common import Application, Category, Channel, DeliveryMethod
+from contracts.common import Application, Category, Channel, DeliveryMethod, Material
 from services.common.refusals import FieldError, Refusal
 from services.policy.catalog_index import CatalogIndex
 from services.policy.intake_rules import (
@@ -47,6 +50,7 @@ TITLES = {
     "unknown_office": "Unknown intake office",
     "office_not_allowed": "This channel or office may not take the item",
     "unknown_material": "Unknown material",
+    "deferral_not_allowed": "This material cannot be deferred",
     "invalid_delivery": "The delivery method is not possible",
 }
 ORDER = tuple(TITLES)  # precedence of the problem's code when several refusals apply
@@ -207,6 +211,8 @@ def validate_submission(
         for i, material in enumerate(application.materials):
             if (unknown := unknown_material(item, material.code)) is not None:
                 refuse("unknown_material", f"materials[{i}].code", unknown)
+            elif material.deferred and (why := deferral_problem(item, material.code)):
+                refuse("deferral_not_allowed", f"materials[{i}].deferred", why)
         missing = missing_materials(item, (m.code for m in application.materials))
 
     delivery = application.delivery
@@ -226,6 +232,24 @@ def validate_submission(
         item=item,
         id_number=applicant.id_number.strip().upper() if id_problem is None else None,
     )
+
+
+def deferral_problem(item: Item, code: str) -> str | None:
+    """Why material `code` of `item` may not be deferred (容缺受理), or None when it may: only a
+    material the catalog marks `deferrable` (a non-key one) is brought after acceptance."""
+    spec = next((m for m in item.materials if m.code == code), None)
+    if spec is None or spec.deferrable:
+        return None
+    deferrable = ", ".join(m.code for m in item.materials if m.deferrable) or "none"
+    return (
+        f"material {code!r} of item {item.code} cannot be deferred: bring it now "
+        f"(deferrable materials: {deferrable})"
+    )
+
+
+def deferred_codes(materials: Iterable[Material]) -> list[str]:
+    """The material codes deferred at submission, in the submission's order."""
+    return list(dict.fromkeys(m.code for m in materials if m.deferred))
 
 
 def supplement_refusal(item: Item, codes: Iterable[str]) -> Refusal | None:
