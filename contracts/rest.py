@@ -43,11 +43,22 @@ class ProblemBody(Contract):
 SubmissionRequest = Application
 
 
+class LicensedMaterial(Contract):
+    """A material satisfied by an e-licence of the licence library (免提交, DESIGN.md §7)."""
+
+    material: str = Field(description="the material code")
+    license_id: str
+
+
 class SubmissionResponse(Contract):
     case_id: str
     status: CaseStatus
     missing_materials: list[str]
     route_preview: Route | None
+    reused_licenses: list[LicensedMaterial] = Field(
+        default_factory=list,
+        description="materials satisfied by e-licences the applicant holds, attached or named",
+    )
 
 
 class MaterialsRequest(Contract):
@@ -142,6 +153,9 @@ class WorklistEntry(Contract):
     accepted_at: AwareDatetime | None
     deadline: date | None
     applicant_name: str
+    licensed_materials: list[LicensedMaterial] = Field(
+        default_factory=list, description="materials that came from e-licences, and which"
+    )
 
 
 class ApprovalCaseView(Contract):
@@ -163,6 +177,9 @@ class ApprovalCaseView(Contract):
     decided_at: AwareDatetime | None
     withdrawn_at: AwareDatetime | None
     handover_problem: str | None = None
+    licensed_materials: list[LicensedMaterial] = Field(
+        default_factory=list, description="materials that came from e-licences, and which"
+    )
 
 
 class FollowupEntry(Contract):
@@ -250,7 +267,7 @@ class RatingRequest(Contract):
 class LicenseStatus(StrEnum):
     valid = "valid"
     invalid = "invalid"  # no such licence, or not the sha256 on record
-    revoked = "revoked"  # DESIGN.md §7 (tongban does not revoke licences yet)
+    revoked = "revoked"  # its decision was revoked (DESIGN.md §7)
 
 
 class LicenseVerification(Contract):
@@ -265,6 +282,19 @@ class LicenseVerification(Contract):
     sha256: str | None
     item_code: str | None
     issued_at: AwareDatetime | None
+
+
+class HeldLicense(Contract):
+    """One e-licence of the licence library, as `GET /v1/licenses?holder=` lists it (intake's
+    copy of `license.v1`); the holder's ID number is masked for operators and admins."""
+
+    license_id: str
+    license_type: str
+    holder_id_number: str
+    item_code: str
+    issued_at: AwareDatetime
+    status: LicenseStatus = Field(description="valid | revoked")
+    revoked_at: AwareDatetime | None = None
 
 
 class RatingGrouping(StrEnum):
