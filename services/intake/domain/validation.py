@@ -10,6 +10,8 @@ the first refusal by the order below gives the problem's `code`, and `errors` li
   unknown_office      a counter submission without office_code, or an office not in the catalog
   office_not_allowed  the channel/office may not take the item (with where to go instead)
   unknown_material    a material code the item does not have (the valid codes are listed)
+  invalid_license     an e_license_id that is unknown, another holder's, revoked or of the
+                      wrong type (`domain.licenses`, checked against intake's licence library)
   invalid_delivery    postal without an address; counter pickup on the online channel
 
 Not refused here: an applicant division outside the city (routing fails it as
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -47,6 +49,7 @@ TITLES = {
     "unknown_office": "Unknown intake office",
     "office_not_allowed": "This channel or office may not take the item",
     "unknown_material": "Unknown material",
+    "invalid_license": "The e-licence cannot be used",
     "invalid_delivery": "The delivery method is not possible",
 }
 ORDER = tuple(TITLES)  # precedence of the problem's code when several refusals apply
@@ -226,6 +229,19 @@ def validate_submission(
         item=item,
         id_number=applicant.id_number.strip().upper() if id_problem is None else None,
     )
+
+
+def with_refusals(result: ValidationResult, more: Iterable[Refusal]) -> ValidationResult:
+    """`result` with the refusals of a check outside `validate_submission` (the licence
+    library's) merged in, still ordered by ORDER: every fault is listed at once."""
+    extra = tuple(more)
+    if not extra:
+        return result
+    merged = sorted(
+        result.refusals + extra,
+        key=lambda r: ORDER.index(r.code) if r.code in ORDER else len(ORDER),
+    )
+    return replace(result, refusals=tuple(merged))
 
 
 def supplement_refusal(item: Item, codes: Iterable[str]) -> Refusal | None:
