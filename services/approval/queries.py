@@ -17,6 +17,7 @@ from contracts.rest import (
     CaseAtRisk,
     FollowupEntry,
     HandoverProblemEntry,
+    LicensedMaterial,
     SlaBoardRow,
     WorklistEntry,
 )
@@ -107,6 +108,17 @@ async def load_case(
     return None if row is None else case_state(row)
 
 
+def licensed_materials(application: Any) -> list[LicensedMaterial]:
+    """The materials that came from e-licences (reused by intake or named by the applicant),
+    and which licence: the reviewer need not ask for them (电子证照免提交)."""
+    materials = (application or {}).get("materials") or []
+    return [
+        LicensedMaterial(material=m["code"], license_id=m["e_license_id"])
+        for m in materials
+        if m.get("e_license_id")
+    ]
+
+
 def case_view(row: Any) -> ApprovalCaseView:
     return ApprovalCaseView(
         case_id=row.case_id,
@@ -124,6 +136,7 @@ def case_view(row: Any) -> ApprovalCaseView:
         decided_at=row.decided_at,
         withdrawn_at=row.withdrawn_at,
         handover_problem=row.handover_problem,
+        licensed_materials=licensed_materials(row.application),
     )
 
 
@@ -154,6 +167,7 @@ async def worklist(
             accepted_at=r.accepted_at,
             deadline=r.deadline,
             applicant_name=r.application["applicant"]["name"],
+            licensed_materials=licensed_materials(r.application),
         )
         for r in rows
         if r.route is not None
