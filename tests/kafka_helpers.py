@@ -10,6 +10,19 @@ from aiokafka.structs import ConsumerRecord
 
 from services.common.settings import CommonSettings
 
+# The headers every tongban record carries (CloudEvents 1.0 binary mode, DESIGN.md §4).
+CLOUDEVENTS_HEADERS = frozenset(
+    {
+        "ce_specversion",
+        "ce_id",
+        "ce_source",
+        "ce_type",
+        "ce_time",
+        "ce_subject",
+        "content-type",
+    }
+)
+
 
 async def read_topic(
     settings: CommonSettings,

@@ -49,7 +49,7 @@ from tests.e2e.conftest import (
     items_where,
     wait_status,
 )
-from tests.kafka_helpers import header, produce, read_topic
+from tests.kafka_helpers import CLOUDEVENTS_HEADERS, header, produce, read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -61,15 +61,6 @@ ISSUE, ISSUE_OTHER, REUSE, REVIEW = (
     "E2E-LIC-REUSE",
     "E2E-LIC-REVIEW",
 )
-CE_HEADERS = {
-    "ce_specversion",
-    "ce_id",
-    "ce_source",
-    "ce_type",
-    "ce_time",
-    "ce_subject",
-    "content-type",
-}
 
 
 def licence_items(catalog: dict[str, Any]) -> list[dict[str, Any]]:
@@ -210,7 +201,7 @@ async def licence_records(
 def assert_keeps_the_contract(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
     """Full CloudEvents headers, keyed and subjected by the licence id, valid for its schema."""
     names = {k for k, _ in record.headers}
-    assert CE_HEADERS <= names, CE_HEADERS - names
+    assert CLOUDEVENTS_HEADERS <= names, CLOUDEVENTS_HEADERS - names
     assert header(record, "ce_specversion") == "1.0"
     assert header(record, "content-type") == "application/json"
     assert header(record, "ce_source") == "/tongban/delivery"
@@ -221,8 +212,30 @@ def assert_keeps_the_contract(record: ConsumerRecord[bytes, bytes]) -> dict[str,
     return data
 
 
-def refused_licence(answer: Any, index: int, reason: str) -> None:
+def naming(body: dict[str, Any], license_id: str, material: str = "PERMIT") -> dict[str, Any]:
+    """The submission `body` naming the licence on `material`."""
+    body["materials"] = [
+        {**m, "e_license_id": license_id} if m["code"] == material else m for m in body["materials"]
+    ]
+    return body
+
+
+def as_approval(revoked: CaseRevoked) -> Envelope:
+    """The revocation as approval publishes it: its source, ce_handledby, a new event id."""
+    return Envelope(
+        type=CaseRevoked.TYPE,
+        source="/tongban/approval",
+        subject=revoked.case_id,
+        data=revoked.model_dump(mode="json"),
+        handledby=revoked.department,
+    )
+
+
+def refused_licence(answer: Any, material: str, reason: str) -> None:
+    """422 invalid_license on the e_license_id of `material` in the body sent, for `reason`."""
     assert answer.status_code == 422, answer.text
+    body = json.loads(answer.request.content)
+    index = [m["code"] for m in body["materials"]].index(material)
     problem = answer.json()
     assert problem["code"] == "invalid_license", problem
     assert f"({reason})" in problem["detail"], problem
@@ -282,30 +295,23 @@ async def test_a_named_licence_that_cannot_be_used_is_invalid_license(
         http, licence_catalog, rng, ISSUE_OTHER, applicant=owner["applicant"]
     )
 
-    def naming(license: str, material: str = "PERMIT", applicant: Any = None) -> dict[str, Any]:
+    def reusing(license: str, material: str = "PERMIT", applicant: Any = None) -> dict[str, Any]:
         body = submission(licence_catalog, REUSE, rng, applicant or owner["applicant"])
-        body["materials"] = [
-            {**m, "e_license_id": license} if m["code"] == material else m
-            for m in body["materials"]
-        ]
-        return body
-
-    def index(body: dict[str, Any], material: str = "PERMIT") -> int:
-        return [m["code"] for m in body["materials"]].index(material)
+        return naming(body, license, material)
 
     cases = [
-        (naming("EL-E2E-NO-SUCH-LICENCE"), "PERMIT", "unknown"),
+        (reusing("EL-E2E-NO-SUCH-LICENCE"), "PERMIT", "unknown"),
         (
-            naming(license_id, applicant=submission(licence_catalog, REUSE, rng)["applicant"]),
+            reusing(license_id, applicant=submission(licence_catalog, REUSE, rng)["applicant"]),
             "PERMIT",
             "other_holder",
         ),
-        (naming(other_type), "PERMIT", "wrong_type"),
-        (naming(license_id, material="FORM"), "FORM", "wrong_type"),  # FORM takes no licence
+        (reusing(other_type), "PERMIT", "wrong_type"),
+        (reusing(license_id, material="FORM"), "FORM", "wrong_type"),  # FORM takes no licence
     ]
     for body, material, reason in cases:
         answer = await http.post(f"{INTAKE}/v1/cases", json=body)
-        refused_licence(answer, index(body, material), reason)
+        refused_licence(answer, material, reason)
 
 
 async def test_the_reviewer_sees_which_materials_came_from_which_licence(
@@ -379,14 +385,7 @@ async def test_a_revoked_decision_revokes_the_licence_everywhere_and_it_is_not_r
         revoked_at=datetime.now(UTC),
         note="e2e: a commitment found false",
     )
-    envelope = Envelope(
-        type=CaseRevoked.TYPE,
-        source="/tongban/approval",
-        subject=case_id,
-        data=revoked.model_dump(mode="json"),
-        handledby=department,
-    )
-    await produce(settings, APPROVAL_TOPIC, [envelope.to_record()])
+    await produce(settings, APPROVAL_TOPIC, [as_approval(revoked).to_record()])
 
     async def verified_revoked() -> dict[str, Any] | None:
         answer = await http.get(f"{DELIVERY}/v1/licenses/{license_id}/verify")
@@ -409,13 +408,8 @@ async def test_a_revoked_decision_revokes_the_licence_everywhere_and_it_is_not_r
     await eventually(revoked_at_intake, what=f"{license_id} revoked in intake's library")
     await wait_status(http, case_id, "revoked")
 
-    named = submission(licence_catalog, REUSE, rng, owner["applicant"])
-    named["materials"] = [
-        {**m, "e_license_id": license_id} if m["code"] == "PERMIT" else m
-        for m in named["materials"]
-    ]
-    index = [m["code"] for m in named["materials"]].index("PERMIT")
-    refused_licence(await http.post(f"{INTAKE}/v1/cases", json=named), index, "revoked")
+    named = naming(submission(licence_catalog, REUSE, rng, owner["applicant"]), license_id)
+    refused_licence(await http.post(f"{INTAKE}/v1/cases", json=named), "PERMIT", "revoked")
     unnamed = submission(licence_catalog, REUSE, rng, owner["applicant"], materials=("FORM",))
     created = await http.post(f"{INTAKE}/v1/cases", json=unnamed)
     assert created.status_code == 201, created.text
@@ -423,13 +417,7 @@ async def test_a_revoked_decision_revokes_the_licence_everywhere_and_it_is_not_r
     assert created.json()["missing_materials"] == ["PERMIT"]
 
     # A second revocation of the same decision (another event id) changes nothing more.
-    again = Envelope(
-        type=CaseRevoked.TYPE,
-        source="/tongban/approval",
-        subject=case_id,
-        data=revoked.model_dump(mode="json"),
-        handledby=department,
-    )
+    again = as_approval(revoked)  # a new event id
     await produce(settings, APPROVAL_TOPIC, [again.to_record()])
 
     async def applied_by_delivery() -> bool:

@@ -25,7 +25,7 @@ from services.common.envelope import Envelope
 from services.common.settings import CommonSettings
 from tests.conftest import RUN_DIR, eventually
 from tests.e2e.conftest import APPROVAL, INTAKE, ROUTING, items_where, services, wait_status
-from tests.kafka_helpers import header, produce, read_topic
+from tests.kafka_helpers import CLOUDEVENTS_HEADERS, header, produce, read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -156,15 +156,7 @@ async def test_every_record_on_every_case_topic_keeps_the_contract(
             if (topic, str(record.partition), str(record.offset)) in refused:
                 continue
             names = {k for k, _ in record.headers}
-            missing = {
-                "ce_specversion",
-                "ce_id",
-                "ce_source",
-                "ce_type",
-                "ce_time",
-                "ce_subject",
-                "content-type",
-            } - names
+            missing = CLOUDEVENTS_HEADERS - names
             assert not missing, (topic, record.offset, missing)
             assert header(record, "ce_specversion") == "1.0"
             assert header(record, "content-type") == "application/json"
