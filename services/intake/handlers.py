@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.catalog import Catalog
+from contracts.catalog import Catalog, Item
 from contracts.common import Application, CaseStatus, Channel, Handover, Material, Route
 from contracts.events import (
     CaseNotified,
@@ -43,9 +43,10 @@ from services.common.refusals import FieldError, Refused, refused
 from services.common.service import ServiceRuntime
 from services.intake import models, queries
 from services.intake.domain import access
-from services.intake.domain.licenses import holder_key, reuse_licenses
+from services.intake.domain.licenses import check_named_licenses, holder_key, reuse_licenses
 from services.intake.domain.lifecycle import RANK, WITHDRAWABLE, case_changes
 from services.intake.domain.validation import (
+    ValidationResult,
     submission_refusal,
     supplement_refusal,
     validate_submission,
@@ -315,13 +316,14 @@ async def add_materials(
     needs every requested material at once."""
     case = await queries.case_of_the_office(session, case_id, principal, lock=True)
     item = index.items.get(case.item_code)
+    application = Application.model_validate(case.application)
     if item is not None:
         unknown = supplement_refusal(item, (m.code for m in materials))
         if unknown is not None:
             raise Refused(unknown)
+        await _check_named_licenses(session, item, application, materials)
     status = CaseStatus(case.status)
     now = datetime.now(UTC)
-    application = Application.model_validate(case.application)
     merged = {m.code: m for m in application.materials} | {m.code: m for m in materials}
     application = application.model_copy(update={"materials": list(merged.values())})
     if status is CaseStatus.awaiting_supplement:
@@ -381,6 +383,19 @@ async def add_materials(
         )
     )
     return new_status, missing
+
+
+async def _check_named_licenses(
+    session: AsyncSession, item: Item, application: Application, materials: list[Material]
+) -> None:
+    """A supplement naming an e-licence is held to the rules of a submission: 422
+    `invalid_license` for every one that is unknown, another holder's, revoked or of the wrong
+    type, and nothing of the supplement is taken."""
+    library = await queries.library_for(session, application, materials)
+    holder = holder_key(application.applicant.id_number)
+    _usable, refusals = check_named_licenses(item, holder, materials, library)
+    if refusals:
+        raise Refused(submission_refusal(ValidationResult(refusals=refusals)))
 
 
 async def withdraw(

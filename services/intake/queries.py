@@ -4,12 +4,21 @@ reuse, what a holder holds). No writes here."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.common import Applicant, Application, CaseStatus, Failure, Route, TimelineEntry
+from contracts.common import (
+    Applicant,
+    Application,
+    CaseStatus,
+    Failure,
+    Material,
+    Route,
+    TimelineEntry,
+)
 from contracts.rest import CaseView, HeldLicense, ItemView, LicenseStatus, SubmissionResponse
 from services.common.catalog_follower import CatalogFollower
 from services.common.city import CITY_TZ
@@ -152,11 +161,15 @@ async def replay_idempotent(
 # -- the licence library -----------------------------------------------------------------------
 
 
-async def library_for(session: AsyncSession, application: Application) -> list[LibraryLicense]:
+async def library_for(
+    session: AsyncSession, application: Application, materials: Sequence[Material] | None = None
+) -> list[LibraryLicense]:
     """What a submission may reuse or names: the applicant's licences and those its materials
-    name (named ones of another holder included, so they can be refused for it)."""
+    (or the supplement's `materials`) name, another holder's included so they can be refused
+    for it."""
     lic = models.licenses.c
-    named = sorted({m.e_license_id for m in application.materials if m.e_license_id})
+    given = application.materials if materials is None else materials
+    named = sorted({m.e_license_id for m in given if m.e_license_id})
     holder = holder_key(application.applicant.id_number)
     rows = await session.execute(
         select(

@@ -285,6 +285,12 @@ async def test_a_licence_issued_by_one_case_satisfies_the_material_of_the_next(
     assert created.json()["status"] == "awaiting_supplement"
     assert created.json()["missing_materials"] == ["PERMIT"]
     assert created.json()["reused_licenses"] == []
+    # ... who cannot bring another holder's licence later either.
+    supplement = {"materials": [{"code": "PERMIT", "e_license_id": license_id}]}
+    answer = await http.post(
+        f"{INTAKE}/v1/cases/{created.json()['case_id']}/materials", json=supplement
+    )
+    refused_licence(answer, "PERMIT", "other_holder")
 
 
 async def test_a_named_licence_that_cannot_be_used_is_invalid_license(

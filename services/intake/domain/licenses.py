@@ -16,7 +16,7 @@ ago may not be here yet, and is then `unknown`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -128,21 +128,9 @@ def reuse_licenses(
     if item is None:
         return LicenseReuse(application)
     library = list(licenses)
-    by_id = {lic.license_id: lic for lic in library}
     holder = holder_key(application.applicant.id_number)
-    specs = {spec.code: spec for spec in item.materials}
     materials = list(application.materials)
-    reused: list[LicensedMaterial] = []
-    refusals: list[Refusal] = []
-    for index, material in enumerate(materials):
-        spec = specs.get(material.code)
-        if material.e_license_id is None or spec is None:
-            continue
-        found = license_problem(by_id.get(material.e_license_id), spec, holder)
-        if found is None:
-            reused.append(LicensedMaterial(material=spec.code, license_id=material.e_license_id))
-        else:
-            refusals.append(_refusal(index, material.e_license_id, *found))
+    reused, refusals = check_named_licenses(item, holder, materials, library)
     named = {m.code for m in materials if m.e_license_id is not None}
     for spec in item.materials:
         if spec.license_type is None or spec.code in named:
@@ -153,8 +141,30 @@ def reuse_licenses(
         materials = _attached(materials, spec.code, license_id)
         reused.append(LicensedMaterial(material=spec.code, license_id=license_id))
     return LicenseReuse(
-        application.model_copy(update={"materials": materials}), tuple(reused), tuple(refusals)
+        application.model_copy(update={"materials": materials}), tuple(reused), refusals
     )
+
+
+def check_named_licenses(
+    item: Item, holder: str, materials: Sequence[Material], licenses: Iterable[LibraryLicense]
+) -> tuple[list[LicensedMaterial], tuple[Refusal, ...]]:
+    """The materials (of a submission or a supplement) that name a usable licence, and one
+    refusal per named licence that cannot be used, on `materials.N.e_license_id`. A material
+    code the item does not have is left alone (refused as unknown_material elsewhere)."""
+    by_id = {lic.license_id: lic for lic in licenses}
+    specs = {spec.code: spec for spec in item.materials}
+    usable: list[LicensedMaterial] = []
+    refusals: list[Refusal] = []
+    for index, material in enumerate(materials):
+        spec = specs.get(material.code)
+        if material.e_license_id is None or spec is None:
+            continue
+        found = license_problem(by_id.get(material.e_license_id), spec, holder)
+        if found is None:
+            usable.append(LicensedMaterial(material=spec.code, license_id=material.e_license_id))
+        else:
+            refusals.append(_refusal(index, material.e_license_id, *found))
+    return usable, tuple(refusals)
 
 
 def _attached(materials: list[Material], code: str, license_id: str) -> list[Material]:
