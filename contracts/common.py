@@ -212,6 +212,9 @@ class TimelineEntry(Contract):
     type: str
     time: AwareDatetime
     source: str
+    note: str | None = Field(
+        default=None, description="what the event did beyond its type (e.g. e-licences reused)"
+    )
 
 
 class ResultDocument(Contract):

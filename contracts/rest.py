@@ -51,6 +51,13 @@ class DeferredMaterial(Contract):
     received: bool = False
 
 
+class LicensedMaterial(Contract):
+    """A material satisfied by an e-licence of the licence library (免提交, DESIGN.md §7)."""
+
+    material: str = Field(description="the material code")
+    license_id: str
+
+
 class SubmissionResponse(Contract):
     case_id: str
     status: CaseStatus
@@ -58,6 +65,10 @@ class SubmissionResponse(Contract):
     route_preview: Route | None
     deferred_materials: list[DeferredMaterial] = Field(
         default_factory=list, description="materials to bring after acceptance (容缺受理)"
+    )
+    reused_licenses: list[LicensedMaterial] = Field(
+        default_factory=list,
+        description="materials satisfied by e-licences the applicant holds, attached or named",
     )
 
 
@@ -156,6 +167,9 @@ class WorklistEntry(Contract):
     accepted_at: AwareDatetime | None
     deadline: date | None
     applicant_name: str
+    licensed_materials: list[LicensedMaterial] = Field(
+        default_factory=list, description="materials that came from e-licences, and which"
+    )
 
 
 class ApprovalCaseView(Contract):
@@ -181,6 +195,9 @@ class ApprovalCaseView(Contract):
         default_factory=list, description="deferred materials not yet brought (容缺受理)"
     )
     deferred_due: date | None = Field(default=None, description="the last day to bring them")
+    licensed_materials: list[LicensedMaterial] = Field(
+        default_factory=list, description="materials that came from e-licences, and which"
+    )
 
 
 class FollowupEntry(Contract):
@@ -268,7 +285,7 @@ class RatingRequest(Contract):
 class LicenseStatus(StrEnum):
     valid = "valid"
     invalid = "invalid"  # no such licence, or not the sha256 on record
-    revoked = "revoked"  # DESIGN.md §7 (tongban does not revoke licences yet)
+    revoked = "revoked"  # its decision was revoked (DESIGN.md §7)
 
 
 class LicenseVerification(Contract):
@@ -283,6 +300,19 @@ class LicenseVerification(Contract):
     sha256: str | None
     item_code: str | None
     issued_at: AwareDatetime | None
+
+
+class HeldLicense(Contract):
+    """One e-licence of the licence library, as `GET /v1/licenses?holder=` lists it (intake's
+    copy of `license.v1`); the holder's ID number is masked for operators and admins."""
+
+    license_id: str
+    license_type: str
+    holder_id_number: str
+    item_code: str
+    issued_at: AwareDatetime
+    status: LicenseStatus = Field(description="valid | revoked")
+    revoked_at: AwareDatetime | None = None
 
 
 class RatingGrouping(StrEnum):

@@ -10,8 +10,7 @@ from aiokafka.structs import ConsumerRecord
 
 from services.common.settings import CommonSettings
 
-# The headers every case record carries (DESIGN.md §4); routing and approval events add
-# `ce_handledby`.
+# The headers every tongban record carries (CloudEvents 1.0 binary mode, DESIGN.md §4).
 CLOUDEVENTS_HEADERS = frozenset(
     {
         "ce_specversion",

@@ -17,6 +17,7 @@ from contracts.rest import (
     CaseAtRisk,
     FollowupEntry,
     HandoverProblemEntry,
+    LicensedMaterial,
     SlaBoardRow,
     WorklistEntry,
 )
@@ -111,6 +112,17 @@ async def load_case(
     return None if row is None else case_state(row)
 
 
+def licensed_materials(application: Any) -> list[LicensedMaterial]:
+    """The materials that came from e-licences (reused by intake or named by the applicant),
+    and which licence: the reviewer need not ask for them (电子证照免提交)."""
+    materials = (application or {}).get("materials") or []
+    return [
+        LicensedMaterial(material=m["code"], license_id=m["e_license_id"])
+        for m in materials
+        if m.get("e_license_id")
+    ]
+
+
 def case_view(row: Any) -> ApprovalCaseView:
     return ApprovalCaseView(
         case_id=row.case_id,
@@ -130,6 +142,7 @@ def case_view(row: Any) -> ApprovalCaseView:
         handover_problem=row.handover_problem,
         deferred_outstanding=list(row.deferred),
         deferred_due=row.deferred_due,
+        licensed_materials=licensed_materials(row.application),
     )
 
 
@@ -160,6 +173,7 @@ async def worklist(
             accepted_at=r.accepted_at,
             deadline=r.deadline,
             applicant_name=r.application["applicant"]["name"],
+            licensed_materials=licensed_materials(r.application),
         )
         for r in rows
         if r.route is not None

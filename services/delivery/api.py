@@ -180,8 +180,9 @@ async def verify_license(
     delivery: DeliveryDep,
 ) -> LicenseVerification:
     """Is this e-licence genuine? Always 200: `status` is `invalid` (and `valid` false) for an
-    unknown id or a sha256 that is not the one on record, so a verifier gets a clear answer
-    either way. Only a caller who may read the licence's case (its office, its deciding
+    unknown id or a sha256 that is not the one on record, `revoked` (and `valid` false) for a
+    genuine licence whose decision was revoked, so a verifier gets a clear answer either
+    way. Only a caller who may read the licence's case (its office, its deciding
     department, operators, admins) also gets its case id, hash, item and issue time; to
     anyone else those are null, exactly as for an unknown id."""
     async with delivery.runtime.sessions() as session:

@@ -11,7 +11,7 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from contracts.events import APPROVAL_TOPIC, CaseApproved, CaseDenied
+from contracts.events import APPROVAL_TOPIC, CaseApproved, CaseDenied, CaseRevoked
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.delivery import api, handlers
 
@@ -27,8 +27,14 @@ def create_app(settings: DeliverySettings | None = None) -> FastAPI:
     delivery = handlers.Delivery(runtime=runtime)
     on_decision = partial(handlers.issue_and_deliver, delivery=delivery)
     # The other types on case.approval.v1 (accepted, sla_warning, ...) are ignored by the runner.
+    on_revoked = partial(handlers.revoke_result, delivery=delivery)
     runtime.consume(
-        APPROVAL_TOPIC, subscriptions={CaseApproved: on_decision, CaseDenied: on_decision}
+        APPROVAL_TOPIC,
+        subscriptions={
+            CaseApproved: on_decision,
+            CaseDenied: on_decision,
+            CaseRevoked: on_revoked,
+        },
     )
     return runtime.create_app(
         title="tongban delivery",

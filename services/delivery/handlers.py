@@ -1,6 +1,7 @@
-"""delivery's event handlers and commands: issue and deliver a decision's result, record a
-counter pickup and a rating. Each runs in the caller's transaction and writes its events to the
-outbox in that same transaction; a refused command raises `Refused`
+"""delivery's event handlers and commands: issue and deliver a decision's result (announcing a
+typed e-licence in the licence library, `license.v1`), revoke it when its decision is revoked,
+record a counter pickup and a rating. Each runs in the caller's transaction and writes its
+events to the outbox in that same transaction; a refused command raises `Refused`
 (services.common.refusals). Reads are in `queries`."""
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.common import CaseStatus, DeliveryMethod, ResultDocument
-from contracts.events import CaseApproved, CaseDelivered, CaseDenied, CaseRated, Rating
+from contracts.events import (
+    CaseApproved,
+    CaseDelivered,
+    CaseDenied,
+    CaseRated,
+    CaseRevoked,
+    Rating,
+)
 from contracts.rest import ResultView
 from services.common.city import CITY_TZ
 from services.common.consumer import PermanentError
@@ -32,6 +40,8 @@ from services.delivery.domain.results import (
     UndeliverableError,
     delivery_events,
     issue_result,
+    license_issued,
+    license_revoked,
     plan_delivery,
     tracking_number,
 )
@@ -103,6 +113,7 @@ def _result_row(
         "issued_at": issued_at,
         "delivered_at": issued_at if CaseDelivered in plan.on_issue else None,
         "closed_at": issued_at if status is CaseStatus.closed else None,
+        "license_type": decision.item.license_type if issued.license_id else None,
     }
 
 
@@ -158,6 +169,48 @@ async def issue_and_deliver(
         at=issued_at,
         traceparent=envelope.traceparent,
     )
+    library_entry = license_issued(decision, issued, issued_at=issued_at)
+    if library_entry is not None:  # keyed by the licence: its story stays on one partition
+        await delivery.runtime.emit(
+            session,
+            library_entry,
+            subject=library_entry.license_id,
+            traceparent=envelope.traceparent,
+        )
+
+
+async def revoke_result(
+    session: AsyncSession, envelope: Envelope, revoked: CaseRevoked, *, delivery: Delivery
+) -> None:
+    """A revoked decision (a breached commitment, 告知承诺): its result is marked revoked, so
+    `GET /v1/licenses/{id}/verify` answers `revoked`, and a licence the library announced is
+    revoked there too (`gov.license.revoked.v1`, keyed by the licence id).
+
+    Once per case: a second revocation (any event id) changes nothing. A revocation for a case
+    without a result changes nothing either; the inbox keeps the event id, the log says so."""
+    r = models.results.c
+    row = (
+        await session.execute(
+            update(models.results)
+            .where(r.case_id == revoked.case_id, r.revoked_at.is_(None))
+            .values(revoked_at=revoked.revoked_at, revoke_reason=revoked.reason)
+            .returning(r.license_id, r.license_type)
+        )
+    ).first()
+    if row is None:
+        log.info(
+            "revocation without a result to revoke (none issued, or revoked before)",
+            case_id=revoked.case_id,
+            event_id=envelope.id,
+        )
+        return
+    if row.license_id is not None and row.license_type is not None:
+        await delivery.runtime.emit(
+            session,
+            license_revoked(revoked, license_id=row.license_id),
+            subject=row.license_id,
+            traceparent=envelope.traceparent,
+        )
 
 
 # -- commands: pickup, rating -----------------------------------------------------------------

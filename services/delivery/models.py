@@ -1,4 +1,5 @@
-"""delivery's tables (schema `delivery`): one result per case, one rating per case.
+"""delivery's tables (schema `delivery`): one result per case (with its e-licence, which the
+licence library on `license.v1` announces and revokes), one rating per case.
 
 A rating is bound to its case and carries the result's intake office, deciding department and
 that department's level, so the 好差评 statistics group ratings without a join."""
@@ -44,6 +45,11 @@ results = Table(
     Column("issued_at", DateTime(timezone=True), nullable=False),
     Column("delivered_at", DateTime(timezone=True)),
     Column("closed_at", DateTime(timezone=True)),
+    # The licence library (DESIGN.md §7): the e-licence's type (null: untyped or no licence),
+    # and the revocation of the decision (gov.case.revoked.v1), which revokes its licence.
+    Column("license_type", String(64)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("revoke_reason", String(64)),
 )
 # The counter's pickup shelf: results waiting at an office.
 Index(

@@ -23,6 +23,7 @@ from contracts.rest import (
 from services.common.city import CITY_TZ
 from services.common.refusals import Refusal, Refused
 from services.delivery import models
+from services.delivery.domain.results import license_status
 from services.delivery.domain.stats import BAD, GOOD, RatedPeriod
 
 
@@ -122,7 +123,8 @@ async def verify_license(
     *,
     discloses: Callable[[Any], bool] = lambda _row: True,
 ) -> LicenseVerification:
-    """valid: the licence exists and, when a sha256 is given, it is the one on record.
+    """valid: the licence exists and, when a sha256 is given, it is the one on record;
+    revoked: so, but its decision was revoked (a genuine document that no longer stands).
 
     An unknown id is a clear answer too (invalid, the other fields null), not an error. The
     case, hash, item and issue time are shown only when `discloses(row)` (the caller may read
@@ -140,11 +142,13 @@ async def verify_license(
                 r.department,
                 r.pickup_office,
                 r.intake_office,
+                r.revoked_at,
             ).where(r.license_id == license_id)
         )
     ).first()
-    valid = row is not None and (sha256 is None or sha256.lower() == row.sha256)
-    status = LicenseStatus.valid if valid else LicenseStatus.invalid
+    genuine = row is not None and (sha256 is None or sha256.lower() == row.sha256)
+    status = license_status(genuine=genuine, revoked=row is not None and row.revoked_at is not None)
+    valid = status is LicenseStatus.valid
     if row is None or not discloses(row):
         return LicenseVerification(
             license_id=license_id,

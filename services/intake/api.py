@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 
+from contracts.common import Code
 from contracts.rest import (
     CaseView,
+    HeldLicense,
     ItemView,
     MaterialsRequest,
     SubmissionRequest,
@@ -142,3 +144,25 @@ async def withdraw(
 async def items(principal: CurrentPrincipal, intake: IntakeDep) -> list[ItemView]:
     """The catalog items in force (intake's copy of the newest catalog version)."""
     return queries.items(queries.catalog_in_force(intake.catalogs))
+
+
+@router.get(
+    "/v1/licenses",
+    response_model=list[HeldLicense],
+    tags=["licenses"],
+    responses=errors(401, 403, 422, 503),
+)
+async def licenses(
+    holder: Annotated[
+        Code, Query(min_length=1, max_length=64, description="the holder's ID number")
+    ],
+    principal: CurrentPrincipal,
+    intake: IntakeDep,
+) -> list[HeldLicense]:
+    """The licence library (电子证照): the e-licences a holder holds, newest first, with their
+    status (`valid` | `revoked`). A clerk sees the licences of the applicants of their own
+    office's cases (the online channel: of its own cases); for anyone else the list is empty,
+    as for a holder with none. Operators and admins see every holder, the ID number masked;
+    reviewers get 403. Every read is on the audit trail."""
+    access.library_scope(principal)  # the role first: 403 whoever the holder is
+    return await handlers.read_licenses(intake.runtime, holder, principal)

@@ -11,7 +11,13 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from contracts.events import CASE_TOPICS, EVENT_TYPES
+from contracts.events import (
+    CASE_TOPICS,
+    EVENT_TYPES,
+    LICENSE_TOPIC,
+    LicenseIssued,
+    LicenseRevoked,
+)
 from services.common.limits import RateLimiter
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.intake import api, handlers
@@ -38,6 +44,15 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
             spec.model: partial(handlers.follow_case_event, clock=runtime.clock)
             for spec in EVENT_TYPES.values()
             if spec.topic in CASE_TOPICS
+        },
+    )
+    # intake's copy of the licence library, for reuse at submission (DESIGN.md §7).
+    runtime.consume(
+        LICENSE_TOPIC,
+        name="intake-licenses",
+        subscriptions={
+            LicenseIssued: handlers.record_license_issued,
+            LicenseRevoked: handlers.record_license_revoked,
         },
     )
     runtime.on_startup(partial(handlers.check_handover_keys, intake))

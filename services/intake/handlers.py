@@ -1,6 +1,7 @@
-"""intake's event handlers and commands: take a submission, add materials, withdraw, read a
-case on the audit trail, and follow every case topic into the counter's view of the case
-(status, route, deadline, timeline). Plain functions over a session and the process's parts
+"""intake's event handlers and commands: take a submission (reusing the applicant's
+e-licences), add materials, withdraw, read a case on the audit trail, follow every case topic
+into the counter's view of the case (status, route, deadline, timeline), and keep intake's copy
+of the licence library (`license.v1`). Plain functions over a session and the process's parts
 (`Intake`); a refused command raises `Refused` (services.common.refusals); reads are in
 `queries`."""
 
@@ -14,11 +15,11 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.catalog import Catalog
+from contracts.catalog import Catalog, Item
 from contracts.common import Application, CaseStatus, Channel, Handover, Material, Route
 from contracts.events import (
     CaseNotified,
@@ -26,27 +27,32 @@ from contracts.events import (
     CaseSupplemented,
     CaseWithdrawn,
     CatalogPublished,
+    LicenseIssued,
+    LicenseRevoked,
 )
-from contracts.rest import CaseView, SubmissionResponse
+from contracts.rest import CaseView, HeldLicense, LicensedMaterial, SubmissionResponse
 from services.common.catalog_follower import CatalogFollower
 from services.common.clock import ServiceClock
 from services.common.db import inbox_key, unit_of_work
 from services.common.envelope import Envelope
 from services.common.handover import HandoverKeyError, HandoverKeys, load_keys, sign_handover
 from services.common.limits import RateLimiter
-from services.common.logs import get_logger
+from services.common.logs import get_logger, mask_id_number
 from services.common.principals import Principal
 from services.common.refusals import FieldError, Refused, refused
 from services.common.service import ServiceRuntime
 from services.intake import models, queries
 from services.intake.domain import access, deferral
+from services.intake.domain.licenses import check_named_licenses, holder_key, reuse_licenses
 from services.intake.domain.lifecycle import RANK, WITHDRAWABLE, case_changes
 from services.intake.domain.validation import (
+    ValidationResult,
     deferral_problem,
     deferred_codes,
     submission_refusal,
     supplement_refusal,
     validate_submission,
+    with_refusals,
 )
 from services.policy.catalog_index import CatalogIndex
 from services.policy.intake_rules import missing_materials
@@ -172,7 +178,12 @@ async def submit(
     digest = request_hash(application)
     index = queries.catalog_in_force(intake.catalogs)
     today = intake.runtime.clock.today()
-    result = validate_submission(index, application, today=today)
+    async with intake.runtime.sessions() as session:
+        library = await queries.library_for(session, application)
+    # Held e-licences satisfy their materials before anything is found missing (免提交).
+    reuse = reuse_licenses(index.items.get(application.item_code), application, library)
+    application = reuse.application
+    result = with_refusals(validate_submission(index, application, today=today), reuse.refusals)
     if not result.ok:
         # A retry of a case taken before the catalog changed still gets its case back.
         replay = await _replay(intake, idempotency_key, digest)
@@ -197,6 +208,7 @@ async def submit(
                 digest=digest,
                 handover_keys=load_keys(intake.runtime.settings),
                 traceparent=traceparent,
+                reused=reuse.reused,
             )
     except KeyAlreadyUsed:
         replay = await _replay(intake, idempotency_key, digest)
@@ -226,7 +238,10 @@ async def create_case(
     digest: str,
     handover_keys: HandoverKeys,
     traceparent: str | None = None,
+    reused: Sequence[LicensedMaterial] = (),
 ) -> SubmissionResponse:
+    """The case, its first event (notified or submitted, carrying the application with every
+    e-licence attached) and the stored answer of its Idempotency-Key."""
     now = runtime.clock.now()
     status = CaseStatus.awaiting_supplement if missing else CaseStatus.submitted
     handover = (
@@ -269,6 +284,7 @@ async def create_case(
         missing_materials=missing,
         route_preview=route_preview,
         deferred_materials=deferral.deferred_view(deferral.deferred_rows(deferred), None),
+        reused_licenses=list(reused),
     )
     if idempotency_key is not None:
         stored = await session.execute(
@@ -307,16 +323,17 @@ async def add_materials(
     (容缺受理: `domain.deferral`)."""
     case = await queries.case_of_the_office(session, case_id, principal, lock=True)
     item = index.items.get(case.item_code)
+    application = Application.model_validate(case.application)
     if item is not None:
         unknown = supplement_refusal(item, (m.code for m in materials))
         if unknown is not None:
             raise Refused(unknown)
+        await _check_named_licenses(session, item, application, materials)
     status = CaseStatus(case.status)
     _check_deferrals(case_id, status, item, materials)
     owed = deferral.outstanding(case.deferred_materials)
     given_codes = [m.code for m in materials]
     now = runtime.clock.now()
-    application = Application.model_validate(case.application)
     merged = {m.code: m for m in application.materials} | {m.code: m for m in materials}
     application = application.model_copy(update={"materials": list(merged.values())})
     if status is CaseStatus.awaiting_supplement:
@@ -421,6 +438,19 @@ def _check_deferrals(
         )
 
 
+async def _check_named_licenses(
+    session: AsyncSession, item: Item, application: Application, materials: list[Material]
+) -> None:
+    """A supplement naming an e-licence is held to the rules of a submission: 422
+    `invalid_license` for every one that is unknown, another holder's, revoked or of the wrong
+    type, and nothing of the supplement is taken."""
+    library = await queries.library_for(session, application, materials)
+    holder = holder_key(application.applicant.id_number)
+    _usable, refusals = check_named_licenses(item, holder, materials, library)
+    if refusals:
+        raise Refused(submission_refusal(ValidationResult(refusals=refusals)))
+
+
 async def withdraw(
     session: AsyncSession,
     *,
@@ -455,6 +485,78 @@ async def withdraw(
         )
     )
     return CaseStatus.withdrawn
+
+
+async def read_licenses(
+    runtime: ServiceRuntime, holder: str, principal: Principal
+) -> list[HeldLicense]:
+    """The licences a holder holds, as the caller may see them, on the audit trail (a read of
+    personal data: whose licences, clear or masked)."""
+    holder = holder_key(holder)
+    async with runtime.sessions() as session:
+        licenses = await queries.held_licenses(session, holder, principal)
+    async with unit_of_work(runtime.sessions) as session:
+        await runtime.audit(
+            session,
+            principal,
+            "licenses.read",
+            None,
+            {
+                "holder": mask_id_number(holder),
+                "licenses": len(licenses),
+                "personal_data": "clear" if access.sees_personal_data(principal) else "masked",
+            },
+        )
+    return licenses
+
+
+# -- consumer: license.v1 (intake's copy of the licence library) --------------------------------
+
+
+async def record_license_issued(
+    session: AsyncSession, envelope: Envelope, issued: LicenseIssued
+) -> None:
+    """An e-licence issued (delivery): into the library. A revocation that came first stays
+    (the row keeps its `revoked_at`); a second copy of the issue changes nothing new."""
+    values = {
+        "license_type": issued.license_type,
+        "holder_id_number": holder_key(issued.holder_id_number),
+        "case_id": issued.case_id,
+        "item_code": issued.item_code,
+        "issued_at": issued.issued_at,
+        "sha256": issued.sha256,
+    }
+    statement = pg_insert(models.licenses).values(license_id=issued.license_id, **values)
+    await session.execute(
+        statement.on_conflict_do_update(index_elements=[models.licenses.c.license_id], set_=values)
+    )
+
+
+async def record_license_revoked(
+    session: AsyncSession, envelope: Envelope, revoked: LicenseRevoked
+) -> None:
+    """An e-licence revoked: marked in the library, whether or not its issue is here yet (the
+    issue arriving later fills in the rest and leaves it revoked); the first revocation's time
+    and reason stay."""
+    revoked_at = revoked.revoked_at or envelope.time
+    statement = pg_insert(models.licenses).values(
+        license_id=revoked.license_id,
+        case_id=revoked.case_id,
+        revoked_at=revoked_at,
+        revoke_reason=revoked.reason,
+    )
+    current = models.licenses.c
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[current.license_id],
+            set_={
+                "revoked_at": func.coalesce(current.revoked_at, statement.excluded.revoked_at),
+                "revoke_reason": func.coalesce(
+                    current.revoke_reason, statement.excluded.revoke_reason
+                ),
+            },
+        )
+    )
 
 
 async def read_case(runtime: ServiceRuntime, case_id: str, principal: Principal) -> CaseView:

@@ -1,4 +1,5 @@
-"""intake's tables (schema `intake`): cases as the counter sees them, and their timeline."""
+"""intake's tables (schema `intake`): cases as the counter sees them, their timeline, and
+intake's copy of the licence library (`license.v1`)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ cases = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 Index("ix_cases_office", cases.c.office_code, cases.c.created_at)
+# Migration 0005 also indexes the applicant's ID number (upper, trimmed) of the cases: who a
+# clerk may look up in the licence library. It is not declared here because migration 0002
+# creates `cases` from this metadata, and would then create it before 0005 does.
 
 timeline = Table(
     "timeline",
@@ -51,3 +55,22 @@ idempotency_keys = Table(
     Column("response", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# intake's copy of the licence library (DESIGN.md §7), one row per licence, from
+# gov.license.issued.v1 and gov.license.revoked.v1. The topic is compacted and read by a group
+# of its own, so a revocation may come first: its row then holds only the revocation (type,
+# holder and issue null) and the issue, when it comes, fills in the rest and stays revoked.
+licenses = Table(
+    "licenses",
+    metadata,
+    Column("license_id", String(128), primary_key=True),
+    Column("license_type", String(64)),
+    Column("holder_id_number", String(64)),  # trimmed, upper case (domain.licenses.holder_key)
+    Column("case_id", String(64), nullable=False),  # the case that issued it
+    Column("item_code", String(64)),
+    Column("issued_at", DateTime(timezone=True)),
+    Column("sha256", String(64)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("revoke_reason", Text),
+)
+Index("ix_licenses_holder", licenses.c.holder_id_number, licenses.c.license_type)

@@ -1,23 +1,34 @@
 """intake's reads: a case as its caller may see it, its timeline, the stored answer of an
-Idempotency-Key, and the catalog items in force. No writes here."""
+Idempotency-Key, the catalog items in force, and the licence library (what a submission may
+reuse, what a holder holds). No writes here."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.common import Applicant, CaseStatus, Failure, Route, TimelineEntry
-from contracts.rest import CaseView, ItemView, SubmissionResponse
+from contracts.common import (
+    Applicant,
+    Application,
+    CaseStatus,
+    Failure,
+    Material,
+    Route,
+    TimelineEntry,
+)
+from contracts.rest import CaseView, HeldLicense, ItemView, LicenseStatus, SubmissionResponse
 from services.common.catalog_follower import CatalogFollower
 from services.common.city import CITY_TZ
-from services.common.logs import mask_personal_data
+from services.common.logs import mask_id_number, mask_personal_data
 from services.common.principals import Principal
 from services.common.refusals import FieldError, Refusal, Refused, refused
 from services.intake import models
 from services.intake.domain import access
 from services.intake.domain.deferral import deferred_view
+from services.intake.domain.licenses import LibraryLicense, holder_key, reuse_note
 from services.policy.catalog_index import CatalogIndex
 from services.policy.intake_rules import effective_intake_levels
 
@@ -96,7 +107,12 @@ async def readable_case(
         .order_by(models.timeline.c.time, models.timeline.c.event_id)
     )
     timeline = [
-        TimelineEntry(type=e.type, time=e.time.astimezone(CITY_TZ), source=e.source)
+        TimelineEntry(
+            type=e.type,
+            time=e.time.astimezone(CITY_TZ),
+            source=e.source,
+            note=reuse_note(e.type, e.data),
+        )
         for e in entries
     ]
     return case, timeline
@@ -142,3 +158,74 @@ async def replay_idempotent(
             errors=(FieldError("Idempotency-Key", "reused with a different body"),),
         )
     return SubmissionResponse.model_validate(row.response)
+
+
+# -- the licence library -----------------------------------------------------------------------
+
+
+async def library_for(
+    session: AsyncSession, application: Application, materials: Sequence[Material] | None = None
+) -> list[LibraryLicense]:
+    """What a submission may reuse or names: the applicant's licences and those its materials
+    (or the supplement's `materials`) name, another holder's included so they can be refused
+    for it."""
+    lic = models.licenses.c
+    given = application.materials if materials is None else materials
+    named = sorted({m.e_license_id for m in given if m.e_license_id})
+    holder = holder_key(application.applicant.id_number)
+    rows = await session.execute(
+        select(
+            lic.license_id, lic.license_type, lic.holder_id_number, lic.issued_at, lic.revoked_at
+        ).where(or_(lic.holder_id_number == holder, lic.license_id.in_(named)))
+    )
+    return [
+        LibraryLicense(
+            license_id=r.license_id,
+            license_type=r.license_type,
+            holder_id_number=r.holder_id_number,
+            issued_at=r.issued_at,
+            revoked=r.revoked_at is not None,
+        )
+        for r in rows
+    ]
+
+
+def _applicant_of_a_case_at(holder: str, scope: str) -> Any:
+    """A case of `scope` (an office, or `online`) whose applicant is `holder`."""
+    c = models.cases.c
+    at_scope = c.channel == "online" if scope == access.ONLINE_SCOPE else c.office_code == scope
+    return exists().where(
+        func.upper(func.btrim(c.application["applicant"]["id_number"].astext)) == holder,
+        at_scope,
+    )
+
+
+async def held_licenses(
+    session: AsyncSession, holder: str, principal: Principal
+) -> list[HeldLicense]:
+    """`GET /v1/licenses?holder=`: the holder's licences, newest first, as `principal` may see
+    them (`access.library_scope`): a clerk only a holder who is the applicant of a case of
+    their office (or channel), and otherwise an empty list, the same answer as for a holder
+    with no licence; operators and admins every holder, the ID number masked."""
+    lic = models.licenses.c
+    query = (
+        select(models.licenses)
+        .where(lic.holder_id_number == holder, lic.license_type.is_not(None))
+        .order_by(lic.issued_at.desc(), lic.license_id)
+    )
+    scope = access.library_scope(principal)
+    if scope is not None:
+        query = query.where(_applicant_of_a_case_at(holder, scope))
+    clear = access.sees_personal_data(principal)
+    return [
+        HeldLicense(
+            license_id=r.license_id,
+            license_type=r.license_type,
+            holder_id_number=r.holder_id_number if clear else mask_id_number(r.holder_id_number),
+            item_code=r.item_code,
+            issued_at=r.issued_at.astimezone(CITY_TZ),
+            status=LicenseStatus.revoked if r.revoked_at is not None else LicenseStatus.valid,
+            revoked_at=r.revoked_at.astimezone(CITY_TZ) if r.revoked_at is not None else None,
+        )
+        for r in await session.execute(query)
+    ]

@@ -3,7 +3,8 @@
 The four services run as processes. A first case closes; copies of its records, bent in the
 ways that once stalled a consumer or could (ids and case ids longer than any column, NUL and
 bytes that are not UTF-8 in attributes, lone surrogates and 50 000-deep nesting in the data),
-go to every partition of every case topic, and unreadable versions to `catalog.v1`. Then a
+go to every partition of every case topic, to `license.v1`, and unreadable versions to
+`catalog.v1`. Then a
 normal case submitted through intake must still close, every malformed record must be on
 the dead-letter topic, and no consumer loop may have crashed and restarted.
 """
@@ -27,8 +28,10 @@ from contracts.events import (
     DECISIONS_TOPIC,
     DELIVERY_TOPIC,
     INTAKE_TOPIC,
+    LICENSE_TOPIC,
     ROUTING_TOPIC,
     DecisionMade,
+    LicenseRevoked,
 )
 from services.cli.applicants import application_for
 from services.common.envelope import Envelope
@@ -155,6 +158,20 @@ async def test_hostile_records_on_every_consumed_topic_and_a_normal_case_still_c
                 CATALOG_TOPIC, key=f"{run}/{name}".encode(), value=value, headers=headers
             )
             sent.append((CATALOG_TOPIC, meta.partition, meta.offset, name, True))
+        # license.v1 is compacted too (keys required), read by intake's library consumer.
+        revoked = LicenseRevoked(license_id=f"EL-{run}", case_id=first, reason="hostile")
+        licence_template = Envelope(
+            type=LicenseRevoked.TYPE,
+            source="/tongban/delivery",
+            subject=revoked.license_id,
+            data=revoked.model_dump(mode="json"),
+        ).to_record()
+        for name, (record, malformed) in bent(run, licence_template).items():
+            key, value, headers = record
+            meta = await producer.send_and_wait(
+                LICENSE_TOPIC, key=key, value=value, headers=headers
+            )
+            sent.append((LICENSE_TOPIC, meta.partition, meta.offset, name, malformed))
     finally:
         await producer.stop()
 

@@ -6,7 +6,15 @@ from typing import Any
 import pytest
 
 from contracts.common import CaseStatus, DeliveryMethod, ItemSnapshot, ResultDocument
-from contracts.events import CaseApproved, CaseClosed, CaseDelivered, CaseDenied, CaseResultIssued
+from contracts.events import (
+    CaseApproved,
+    CaseClosed,
+    CaseDelivered,
+    CaseDenied,
+    CaseResultIssued,
+    CaseRevoked,
+)
+from contracts.rest import LicenseStatus
 from services.delivery.domain.results import (
     DECISION_LETTER_KIND,
     DeliveryFacts,
@@ -18,6 +26,9 @@ from services.delivery.domain.results import (
     e_licence_content,
     is_tracking_number,
     issue_result,
+    license_issued,
+    license_revoked,
+    license_status,
     plan_delivery,
     s10_check_digit,
     tracking_number,
@@ -283,3 +294,55 @@ def test_pickup_events_name_the_office_and_close_a_denial_as_denied() -> None:
     assert isinstance(delivered, CaseDelivered) and delivered.office_code == "HC01-DC"
     assert delivered.delivered_at == picked_up
     assert isinstance(closed, CaseClosed) and closed.outcome == "denied"
+
+
+# -- the licence library (DESIGN.md §7) --------------------------------------------------------
+
+
+def test_an_e_licence_of_a_typed_item_goes_into_the_library_keyed_by_its_id() -> None:
+    decision = approved(
+        item=item(license_type="FOOD-LICENCE"), applicant_id_number=" 91310000ma1fl8tq4x "
+    )
+    issued = issue_result(decision, issued_at=ISSUED_AT, license_token=TOKEN)
+    entry = license_issued(decision, issued, issued_at=ISSUED_AT)
+    assert entry is not None
+    assert entry.license_id == issued.license_id
+    assert entry.license_type == "FOOD-LICENCE"
+    assert entry.holder_id_number == "91310000MA1FL8TQ4X"  # one holder however it was typed
+    assert (entry.case_id, entry.item_code) == (decision.case_id, "MKT-0001")
+    assert entry.sha256 == issued.document.sha256 and entry.issued_at == ISSUED_AT
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [
+        approved(),  # an e-licence of no library type
+        approved(item=item(e_license=False, license_type="FOOD-LICENCE")),  # paper
+        denied(item=item(license_type="FOOD-LICENCE")),  # a decision letter
+    ],
+)
+def test_only_typed_e_licences_go_into_the_library(decision: CaseApproved | CaseDenied) -> None:
+    issued = issue_result(decision, issued_at=ISSUED_AT, license_token=TOKEN)
+    assert license_issued(decision, issued, issued_at=ISSUED_AT) is None
+
+
+def test_a_revoked_decision_revokes_its_licence_with_the_reason_and_time() -> None:
+    revoked = CaseRevoked(
+        case_id="HC-1", department="HC01-MKT", reason="commitment_breached", revoked_at=ISSUED_AT
+    )
+    event = license_revoked(revoked, license_id="EL-1")
+    assert (event.license_id, event.case_id, event.reason) == ("EL-1", "HC-1", revoked.reason)
+    assert event.revoked_at == ISSUED_AT
+
+
+@pytest.mark.parametrize(
+    ("genuine", "revoked", "status"),
+    [
+        (True, False, LicenseStatus.valid),
+        (True, True, LicenseStatus.revoked),
+        (False, False, LicenseStatus.invalid),
+        (False, True, LicenseStatus.invalid),  # not the document on record, whatever became of it
+    ],
+)
+def test_verification_status(genuine: bool, revoked: bool, status: LicenseStatus) -> None:
+    assert license_status(genuine=genuine, revoked=revoked) is status

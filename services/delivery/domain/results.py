@@ -25,7 +25,11 @@ from contracts.events import (
     CaseDenied,
     CaseEvent,
     CaseResultIssued,
+    CaseRevoked,
+    LicenseIssued,
+    LicenseRevoked,
 )
+from contracts.rest import LicenseStatus
 from services.common.city import CITY_TZ
 
 # A delivery step is the event class it emits.
@@ -200,6 +204,54 @@ def issue_result(
         kind=item.result_kind, sha256=content_sha256(content), title=item.name
     )
     return IssuedResult(APPROVED, document, content)
+
+
+# -- the licence library (DESIGN.md §7) -------------------------------------------------------
+
+
+def holder_key(id_number: str) -> str:
+    """The holder as the library knows them: the ID number trimmed and upper-cased (a resident
+    ID's X), so one person is one holder however the number was typed."""
+    return id_number.strip().upper()
+
+
+def license_issued(
+    decision: CaseApproved | CaseDenied, issued: IssuedResult, *, issued_at: datetime
+) -> LicenseIssued | None:
+    """The library's entry for a freshly issued e-licence, or None: only an e-licence of an item
+    whose result names its `license_type` goes into the library (a later case can only reuse a
+    licence whose type a material asks for)."""
+    license_type = decision.item.license_type
+    if issued.license_id is None or not license_type or issued.document.sha256 is None:
+        return None
+    return LicenseIssued(
+        license_id=issued.license_id,
+        license_type=license_type,
+        holder_id_number=holder_key(decision.applicant_id_number),
+        case_id=decision.case_id,
+        item_code=decision.item.code,
+        issued_at=issued_at,
+        sha256=issued.document.sha256,
+    )
+
+
+def license_revoked(revoked: CaseRevoked, *, license_id: str) -> LicenseRevoked:
+    """The library's revocation of the licence a revoked decision issued: it says why and when,
+    with the decision's own revocation time."""
+    return LicenseRevoked(
+        license_id=license_id,
+        case_id=revoked.case_id,
+        reason=revoked.reason,
+        revoked_at=revoked.revoked_at,
+    )
+
+
+def license_status(*, genuine: bool, revoked: bool) -> LicenseStatus:
+    """A document that is not the one on record is `invalid` whatever became of the licence;
+    a genuine one is `revoked` once its decision is."""
+    if not genuine:
+        return LicenseStatus.invalid
+    return LicenseStatus.revoked if revoked else LicenseStatus.valid
 
 
 # -- how it is delivered ----------------------------------------------------------------------

@@ -60,5 +60,20 @@ def reads(
     return acts_for(principal, office_code, channel)
 
 
+def library_scope(principal: Principal) -> str | None:
+    """Who may look up a holder in the licence library (`GET /v1/licenses?holder=`), as the
+    scope the holder must be an applicant of, None for every holder.
+
+    A clerk serves the applicants of their own office (the online channel: its own
+    applicants), so a clerk sees a holder's licences only once that holder is the applicant
+    of a case there: an ID number typed at a counter is not a key to anyone's certificates.
+    Operators and admins see every holder, masked; reviewers see the licences of their cases
+    on the worklist, not the library (403 `forbidden`, before any holder is looked up)."""
+    require(principal, Role.clerk, *MASKED_ROLES)
+    if principal.role in MASKED_ROLES:
+        return None
+    return principal.scope or ""  # a clerk of no office serves nobody
+
+
 def sees_personal_data(principal: Principal) -> bool:
     return principal.role not in MASKED_ROLES

@@ -11,6 +11,8 @@ the first refusal by the order below gives the problem's `code`, and `errors` li
   office_not_allowed  the channel/office may not take the item (with where to go instead)
   unknown_material    a material code the item does not have (the valid codes are listed)
   deferral_not_allowed  `deferred: true` on a material the catalog does not mark `deferrable`
+  invalid_license     an e_license_id that is unknown, another holder's, revoked or of the
+                      wrong type (`domain.licenses`, checked against intake's licence library)
   invalid_delivery    postal without an address; counter pickup on the online channel
 
 Not refused here: an applicant division outside the city (routing fails it as
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -51,6 +53,7 @@ TITLES = {
     "office_not_allowed": "This channel or office may not take the item",
     "unknown_material": "Unknown material",
     "deferral_not_allowed": "This material cannot be deferred",
+    "invalid_license": "The e-licence cannot be used",
     "invalid_delivery": "The delivery method is not possible",
 }
 ORDER = tuple(TITLES)  # precedence of the problem's code when several refusals apply
@@ -250,6 +253,19 @@ def deferral_problem(item: Item, code: str) -> str | None:
 def deferred_codes(materials: Iterable[Material]) -> list[str]:
     """The material codes deferred at submission, in the submission's order."""
     return list(dict.fromkeys(m.code for m in materials if m.deferred))
+
+
+def with_refusals(result: ValidationResult, more: Iterable[Refusal]) -> ValidationResult:
+    """`result` with the refusals of a check outside `validate_submission` (the licence
+    library's) merged in, still ordered by ORDER: every fault is listed at once."""
+    extra = tuple(more)
+    if not extra:
+        return result
+    merged = sorted(
+        result.refusals + extra,
+        key=lambda r: ORDER.index(r.code) if r.code in ORDER else len(ORDER),
+    )
+    return replace(result, refusals=tuple(merged))
 
 
 def supplement_refusal(item: Item, codes: Iterable[str]) -> Refusal | None:
