@@ -266,6 +266,7 @@ async def test_console_shows_a_case_live_and_its_timeline_to_closed(
     body = application_for(catalog, item, rng, channel="counter", delivery="electronic")
     office = body["office_code"]
     assert office, item
+    reforms = await reform_cases(http, catalog, rng)
 
     node = await asyncio.create_subprocess_exec(
         "node",
@@ -277,6 +278,8 @@ async def test_console_shows_a_case_live_and_its_timeline_to_closed(
             "STREAM_OFFICE": office,
             "CHROMIUM": CHROMIUM,
             "SCREENSHOT": str(SCREENSHOT),
+            "REFORM_LICENSED": reforms.licensed,
+            "REFORM_HELD": reforms.held,
         },
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -323,6 +326,12 @@ async def test_console_shows_a_case_live_and_its_timeline_to_closed(
     assert [t for t in timeline if t in STEPS] == list(STEPS), timeline
     assert not [line for line in lines if line.startswith("PAGE-ERROR")], lines
     assert "lag=" in printed["TABLES"] and "dlq_count=" in printed["TABLES"]
+    assert "clocks=" in printed["TABLES"]
+    # The case pages of fewer materials: the licence that stood in, the deferral, the hold.
+    shown = printed["REFORMS"]
+    assert f"{reforms.material} ← {reforms.license_id}" in shown
+    assert f"{reforms.deferred} · due 20" in shown and "not received" in shown
+    assert f"published when {reforms.deferred} arrive" in shown
     assert "RESUMED" in printed
     assert Path(printed["SCREENSHOT"].split(" ", 1)[1]).stat().st_size > 10_000
 
