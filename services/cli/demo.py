@@ -315,7 +315,7 @@ async def fewer_materials(
     holder = issuing.body["applicant"]
     licence = await _licence_held(http, endpoints, holder["id_number"], kind)
 
-    taking = _deferring(catalog, items["takes"], rng, defer=False)
+    taking = _reform_case(catalog, items["takes"], rng, defer=False)
     taking.body["applicant"] |= {"name": holder["name"], "id_number": holder["id_number"]}
     # The applicant does not bring what the library holds: intake attaches it (免提交).
     taking.body["materials"] = [
@@ -331,12 +331,12 @@ async def fewer_materials(
         ReformCase("licence reused (免提交)", taking, "closed"),
         ReformCase(
             "deferral completed (容缺)",
-            _deferring(catalog, items["defers"], rng),
+            _reform_case(catalog, items["defers"], rng),
             "closed",
             bring_deferred=True,
         ),
         ReformCase(
-            "deferral outstanding", _deferring(catalog, items["defers"], rng), "approval_held"
+            "deferral outstanding", _reform_case(catalog, items["defers"], rng), "approval_held"
         ),
     ]
     for reform in act[1:]:
@@ -356,7 +356,7 @@ async def fewer_materials(
     return 0
 
 
-def _deferring(
+def _reform_case(
     catalog: dict[str, Any], item: dict[str, Any], rng: random.Random, *, defer: bool = True
 ) -> DemoCase:
     """A complete application for `item` by post; with `defer`, its deferrable materials are
