@@ -244,6 +244,12 @@ class CaseAtRisk(Contract):
     deadline: date | None
     accepted_at: AwareDatetime | None
     item_code: str | None
+    deferred_outstanding: list[str] = Field(
+        default_factory=list, description="deferred materials not yet brought (容缺受理)"
+    )
+    deferred_due: date | None = Field(
+        default=None, description="the last day to bring them; past it the case is terminated"
+    )
 
 
 class DecisionResponse(Contract):

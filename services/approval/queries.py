@@ -22,7 +22,13 @@ from contracts.rest import (
     WorklistEntry,
 )
 from services.approval import models
-from services.approval.domain.review import OPEN_STATUSES, CaseState, Pause, Unrouted
+from services.approval.domain.review import (
+    LAPSABLE_STATUSES,
+    OPEN_STATUSES,
+    CaseState,
+    Pause,
+    Unrouted,
+)
 
 cases = models.cases
 followups = models.followups
@@ -274,7 +280,13 @@ async def sla_board(
 async def cases_at_risk(
     session: AsyncSession, *, until: date, department: str | None, limit: int
 ) -> list[CaseAtRisk]:
-    """Open cases whose deadline falls by `until` (overdue ones included), or is unknown."""
+    """Open cases whose deadline falls by `until` (overdue ones included), or is unknown, and
+    cases whose deferred materials are due by `until` (容缺受理: they lapse), nearest first."""
+    deferral_due = (
+        cases.c.status.in_([s.value for s in LAPSABLE_STATUSES])
+        & (func.jsonb_array_length(cases.c.deferred) > 0)
+        & (cases.c.deferred_due <= until)
+    )
     query = (
         select(
             cases.c.case_id,
@@ -283,13 +295,23 @@ async def cases_at_risk(
             cases.c.deadline,
             cases.c.accepted_at,
             cases.c.item,
+            cases.c.deferred,
+            cases.c.deferred_due,
         )
         .where(
-            cases.c.status.in_([s.value for s in OPEN_STATUSES]),
-            (cases.c.deadline <= until)
-            | (cases.c.deadline.is_(None) & (cases.c.time_limit_days > 0)),
+            (
+                cases.c.status.in_([s.value for s in OPEN_STATUSES])
+                & (
+                    (cases.c.deadline <= until)
+                    | (cases.c.deadline.is_(None) & (cases.c.time_limit_days > 0))
+                )
+            )
+            | deferral_due
         )
-        .order_by(cases.c.deadline.asc().nulls_first(), cases.c.case_id)
+        .order_by(
+            func.least(cases.c.deadline, cases.c.deferred_due).asc().nulls_first(),
+            cases.c.case_id,
+        )
         .limit(limit)
     )
     if department is not None:
@@ -302,6 +324,8 @@ async def cases_at_risk(
             deadline=r.deadline,
             accepted_at=r.accepted_at,
             item_code=(r.item or {}).get("code"),
+            deferred_outstanding=list(r.deferred or []),
+            deferred_due=r.deferred_due if r.deferred else None,
         )
         for r in await session.execute(query)
     ]

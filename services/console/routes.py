@@ -29,6 +29,7 @@ log = get_logger(__name__)
 
 router = APIRouter(prefix="/api", tags=["console"])
 
+SLA_WITHIN_DAYS = 3  # the SLA board's "at risk": due within three days
 FilterValue = Annotated[str | None, Query(max_length=2000)]
 CaseId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 
@@ -94,9 +95,11 @@ async def stream(
 
 @router.get("/cases/{case_id}", responses=errors(404, 422, 502, 503))
 async def case_view(case_id: CaseId, console: ConsoleDep) -> JSONResponse:
-    """Intake's view of the case (status, route, deadline, whole timeline), masked.
-    Intake's 404 and 503 come through as they are; any other refusal (the console's own
-    token refused, say) is the console's problem with intake: 502."""
+    """Intake's view of the case (status, route, deadline, whole timeline, deferred materials),
+    masked, with approval's view of it under `approval` (the materials that came from
+    e-licences, what a held approval waits for), or why not. Intake's 404 and 503 come through
+    as they are; any other refusal (the console's own token refused, say) is the console's
+    problem with intake: 502."""
     settings = console.settings
     try:
         answer = await console.upstream(f"{settings.intake_url}/v1/cases/{quote(case_id)}")
@@ -117,11 +120,25 @@ async def case_view(case_id: CaseId, console: ConsoleDep) -> JSONResponse:
             "Intake refused the console's request",
             f"intake answered {answer.status_code} to GET /v1/cases/{{case_id}}",
         )
+    view = answer.json()
+    if answer.status_code == 200:
+        view["approval"] = await _available(
+            "approval's view of the case", lambda: _approval_view(console, case_id)
+        )
     return JSONResponse(
-        answer.json(),
+        view,
         status_code=answer.status_code,
         media_type=answer.headers.get("content-type", "application/json"),
     )
+
+
+async def _approval_view(console: Console, case_id: str) -> dict[str, Any]:
+    answer = await console.upstream(f"{console.settings.approval_url}/v1/cases/{quote(case_id)}")
+    if answer.status_code == 404:
+        raise LookupError("not at approval (yet)")
+    answer.raise_for_status()
+    view: dict[str, Any] = answer.json()
+    return view
 
 
 @router.get("/triage")
@@ -137,10 +154,14 @@ async def triage(console: ConsoleDep) -> dict[str, Any]:
     return await _available("routing's triage queue", compute)
 
 
-@router.get("/sla")
-async def sla(console: ConsoleDep) -> dict[str, Any]:
+@router.get("/sla", responses=errors(422))
+async def sla(
+    console: ConsoleDep,
+    within_days: Annotated[int, Query(ge=0, le=365)] = SLA_WITHIN_DAYS,
+) -> dict[str, Any]:
     """Approval's SLA board: per department, cases open, warned, overdue, without a
-    deadline, and the next deadline."""
+    deadline, and the next deadline; and the cases at risk (`cases`): deadlines and deferred
+    materials due within `within_days` days (three by default), overdue, or unknown."""
     settings = console.settings
 
     async def compute() -> dict[str, Any]:
@@ -148,7 +169,12 @@ async def sla(console: ConsoleDep) -> dict[str, Any]:
         if answer.status_code == 404:
             raise LookupError("approval has no SLA board (GET /v1/sla/board answered 404)")
         answer.raise_for_status()
-        return {"rows": answer.json()}
+        at_risk = await console.upstream(
+            f"{settings.approval_url}/v1/sla/cases",
+            params={"within_days": within_days, "limit": 200},
+        )
+        at_risk.raise_for_status()
+        return {"rows": answer.json(), "cases": at_risk.json(), "within_days": within_days}
 
     return await _available("approval's SLA board", compute)
 

@@ -7,13 +7,16 @@
 //   node  -> STREAM <case> ...         the case is in the live stream ... to closed
 //            FILTER-OK ...             every line shown passes the office filter
 //            TIMELINE <case> <types>   its timeline page, every step to closed
-//            TABLES ...                SLA, triage, dead letters, lag render
+//            REFORMS licensed=.. ...   the pages of REFORM_LICENSED and REFORM_HELD (if set)
+//            TABLES ...                SLA (and its clocks at risk), triage, dead letters, lag
 //            RESUMED ...               pause and resume the stream
 //            SCREENSHOT <path>, DONE
 // Anything wrong: `FAIL <why>` on stderr and exit code 1.
 //
 // Env: CONSOLE_URL (http://127.0.0.1:8000), STREAM_OFFICE (the office filter), CHROMIUM
-// (/usr/bin/chromium), SCREENSHOT (.run/console.png), TIMEOUT_MS (180000).
+// (/usr/bin/chromium), SCREENSHOT (.run/console.png), TIMEOUT_MS (180000); REFORM_LICENSED
+// (a case whose material came from an e-licence) and REFORM_HELD (a case held at approval for
+// a deferred material), both optional.
 
 import { mkdtemp, rm, mkdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -119,6 +122,23 @@ async function main(context, page) {
   await mkdir(dirname(screenshot), { recursive: true });
   await page.screenshot({ path: screenshot, fullPage: true });
 
+  // Fewer materials (减材料): a case with an e-licence reused, one held for a deferred material.
+  const licensed = process.env.REFORM_LICENSED;
+  const held = process.env.REFORM_HELD;
+  if (licensed && held) {
+    const openCase = (id) => page.evaluate((c) => { location.hash = `case=${encodeURIComponent(c)}`; }, id);
+    await openCase(licensed);
+    await page.getByTestId("case-licence").first().waitFor({ timeout: 30_000 });
+    const licences = await page.getByTestId("case-licence").allTextContents();
+    await openCase(held);
+    await page.locator('[data-testid="case-status-value"]', { hasText: "approval_held" }).waitFor({ timeout: 30_000 });
+    await page.getByTestId("case-held-for").waitFor();
+    const deferrals = await page.getByTestId("case-deferral").allTextContents();
+    const heldFor = await page.getByTestId("case-held-for").textContent();
+    await page.screenshot({ path: screenshot.replace(/\.png$/, "-held.png"), fullPage: true });
+    say(`REFORMS licensed=${JSON.stringify(licences)} deferred=${JSON.stringify(deferrals)} held_for=${JSON.stringify(heldFor)}`);
+  }
+
   // The other views render (or say plainly what is unavailable).
   const tables = {};
   for (const [tab, row, message] of [
@@ -140,6 +160,14 @@ async function main(context, page) {
     tables[tab] = `${await rows.count()}rows${(await note.textContent()) ? ":" + JSON.stringify(await note.textContent()) : ""}`;
   }
   tables.dlq_count = await page.getByTestId("dlq-count").textContent();
+  await page.getByTestId("tab-sla").click();
+  await page.waitForFunction(
+    () => document.querySelectorAll('[data-testid="clock-row"]').length > 0
+      || (document.querySelector('[data-testid="clocks-message"]')?.textContent ?? "") !== "",
+    null,
+    { timeout: 20_000 },
+  );
+  tables.clocks = `${await page.getByTestId("clock-row").count()}rows`;
   await page.getByTestId("tab-lag").click();
   tables.lag_total = await page.getByTestId("lag-total").textContent();
   say(`TABLES ${Object.entries(tables).map(([k, v]) => `${k}=${v}`).join(" ")}`);

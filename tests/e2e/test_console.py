@@ -5,7 +5,9 @@ tests/browser/console.spec.mjs, drives Debian's Chromium through playwright-core
 (deploy/local/browser.sh installs both): it opens the console, filters the live stream to one
 office and says READY; this side then submits a case at that office by REST and hands the
 case id over on stdin; the browser waits for the case in the live stream up to
-`gov.case.closed.v1`, opens its timeline page and checks every step to closed.
+`gov.case.closed.v1`, opens its timeline page and checks every step to closed; then the pages
+of two cases of fewer materials (减材料) made before it started: one whose 营业执照 came from the
+licence library, one held at approval for a deferred material.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ import httpx
 import pytest
 
 from services.cli.applicants import application_for
+from services.cli.demo import reform_items
 from services.cli.devclient import CONSOLE_PORT, ActingClient
 from services.console.app import ConsoleSettings, create_app
 from tests.conftest import ROOT, RUN_DIR, eventually
@@ -37,6 +42,7 @@ from tests.e2e.conftest import (
     items_where,
     wait_status,
 )
+from tests.e2e.test_deferral import submit_deferred
 from tests.integration.test_web import http_samples
 
 pytestmark = pytest.mark.e2e
@@ -109,6 +115,78 @@ def console(running_services: None) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@dataclass(frozen=True)
+class ReformCases:
+    licensed: str  # a case whose material came from the applicant's e-licence
+    material: str
+    license_id: str
+    held: str  # a case approved and held for a deferred material
+    deferred: str
+
+
+async def reform_cases(
+    http: httpx.AsyncClient, catalog: dict[str, Any], rng: random.Random
+) -> ReformCases:
+    """A licence issued by one case and reused by the next of the same applicant, and a case
+    held at approval for its deferred material (the demo catalog has both)."""
+    items = reform_items(catalog, date.today())
+    assert items, "the demo catalog issues a licence a later item takes, and defers a material"
+    issuing = application_for(
+        catalog, items["issues"], rng, channel="online", delivery="electronic"
+    )
+    answer = await http.post(f"{INTAKE}/v1/cases", json=issuing)
+    assert answer.status_code == 201, answer.text
+    await wait_status(http, answer.json()["case_id"], "closed")
+    holder = issuing["applicant"]["id_number"]
+    kind = items["issues"]["result"]["license_type"]
+
+    async def held_licence() -> str | None:
+        rows = (await http.get(f"{INTAKE}/v1/licenses", params={"holder": holder})).json()
+        return next((r["license_id"] for r in rows if r["license_type"] == kind), None)
+
+    license_id = await eventually(held_licence, what="the issued licence in intake's library")
+    material = next(m["code"] for m in items["takes"]["materials"] if m.get("license_type") == kind)
+    taking = application_for(catalog, items["takes"], rng, delivery="electronic")
+    taking["applicant"] |= {"name": issuing["applicant"]["name"], "id_number": holder}
+    taking["materials"] = [m for m in taking["materials"] if m["code"] != material]
+    answer = await http.post(f"{INTAKE}/v1/cases", json=taking)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["reused_licenses"] == [{"material": material, "license_id": license_id}]
+    held, deferred, _ = await submit_deferred(http, catalog, rng)
+    return ReformCases(answer.json()["case_id"], material, license_id, held, deferred)
+
+
+async def test_console_shows_reuse_and_deferral_on_the_case_page_and_sla_board(
+    console: str, catalog: dict[str, Any], http: ActingClient
+) -> None:
+    cases = await reform_cases(http, catalog, random.Random("console-reforms"))
+    async with httpx.AsyncClient(base_url=console, timeout=30) as client:
+
+        async def licensed_at_approval() -> dict[str, Any] | None:
+            view = (await client.get(f"/api/cases/{cases.licensed}")).json()
+            return view if view["approval"]["available"] else None
+
+        view = await eventually(licensed_at_approval, what="the licensed case at approval")
+        assert view["approval"]["licensed_materials"] == [
+            {"material": cases.material, "license_id": cases.license_id}
+        ]
+        held = (await client.get(f"/api/cases/{cases.held}")).json()
+        assert held["status"] == "approval_held" and held["approval"]["available"]
+        (deferred,) = held["deferred_materials"]
+        assert deferred["code"] == cases.deferred and not deferred["received"]
+        assert held["approval"]["deferred_outstanding"] == [cases.deferred]
+        assert held["approval"]["deferred_due"] == deferred["due"]
+        assert "id_number" not in json.dumps(held["approval"])  # approval's view has no person
+
+        # The board's clocks at risk: the held case by its due day, once near enough.
+        board = (await client.get("/api/sla", params={"within_days": 365})).json()
+        assert board["available"] and board["within_days"] == 365
+        (row,) = [c for c in board["cases"] if c["case_id"] == cases.held]
+        assert row["deferred_due"] == deferred["due"]
+        assert row["deferred_outstanding"] == [cases.deferred]
+        assert (await client.get("/api/sla", params={"within_days": -1})).status_code == 422
 
 
 async def test_console_api_answers(console: str, catalog: dict[str, Any]) -> None:
@@ -188,6 +266,7 @@ async def test_console_shows_a_case_live_and_its_timeline_to_closed(
     body = application_for(catalog, item, rng, channel="counter", delivery="electronic")
     office = body["office_code"]
     assert office, item
+    reforms = await reform_cases(http, catalog, rng)
 
     node = await asyncio.create_subprocess_exec(
         "node",
@@ -199,6 +278,8 @@ async def test_console_shows_a_case_live_and_its_timeline_to_closed(
             "STREAM_OFFICE": office,
             "CHROMIUM": CHROMIUM,
             "SCREENSHOT": str(SCREENSHOT),
+            "REFORM_LICENSED": reforms.licensed,
+            "REFORM_HELD": reforms.held,
         },
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -245,6 +326,12 @@ async def test_console_shows_a_case_live_and_its_timeline_to_closed(
     assert [t for t in timeline if t in STEPS] == list(STEPS), timeline
     assert not [line for line in lines if line.startswith("PAGE-ERROR")], lines
     assert "lag=" in printed["TABLES"] and "dlq_count=" in printed["TABLES"]
+    assert "clocks=" in printed["TABLES"]
+    # The case pages of fewer materials: the licence that stood in, the deferral, the hold.
+    shown = printed["REFORMS"]
+    assert f"{reforms.material} ← {reforms.license_id}" in shown
+    assert f"{reforms.deferred} · due 20" in shown and "not received" in shown
+    assert f"published when {reforms.deferred} arrive" in shown
     assert "RESUMED" in printed
     assert Path(printed["SCREENSHOT"].split(" ", 1)[1]).stat().st_size > 10_000
 

@@ -267,3 +267,31 @@ async def test_the_one_time_notification_lists_the_deferred_material_too(
     accepted = await wait_status(http, case_id, "accepted")
     (deferred,) = accepted["deferred_materials"]
     assert deferred["code"] == code and deferred["due"] and not deferred["received"]
+
+
+async def test_a_held_case_is_at_risk_by_its_deferral_due_day_until_the_material_comes(
+    catalog: dict[str, Any], http: httpx.AsyncClient, rng: random.Random
+) -> None:
+    case_id, code, department = await submit_deferred(http, catalog, rng)
+    due = (await http.get(f"{APPROVAL}/v1/cases/{case_id}")).json()["deferred_due"]
+
+    async def at_risk(within_days: int) -> dict[str, dict[str, Any]]:
+        answer = await http.get(
+            f"{APPROVAL}/v1/sla/cases",
+            params={"department": department, "within_days": within_days},
+        )
+        assert answer.status_code == 200, answer.text
+        return {row["case_id"]: row for row in answer.json()}
+
+    # Decided, so its legal deadline is no risk any more; its due day is, once near.
+    row = (await at_risk(365))[case_id]
+    assert row["status"] == "approval_held"
+    assert row["deferred_outstanding"] == [code] and row["deferred_due"] == due
+    assert case_id not in await at_risk(0)  # the due day is after today
+    brought = await http.post(
+        f"{INTAKE}/v1/cases/{case_id}/materials",
+        json={"materials": [{"code": code, "sha256": hashlib.sha256(b"late").hexdigest()}]},
+    )
+    assert brought.status_code == 200, brought.text
+    await wait_status(http, case_id, "closed")
+    assert case_id not in await at_risk(365)

@@ -1,9 +1,11 @@
-"""`make demo`'s job on the running services: every submitted case ends, and the table says so."""
+"""`make demo`'s job on the running services: every submitted case ends, and the table says so;
+then the fewer-materials act: a licence issued and reused, a deferral completed, one held."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +34,20 @@ async def test_the_demo_runs_cases_over_every_path_to_their_end(catalog: dict[st
     assert "all 16 cases ended" in out
     for path in ("online", "delegated", "entrusted", "municipal"):
         assert path in out, f"no {path} case in the demo"
+
+    # The fewer-materials act: one row per case, its materials and the status it ended in.
+    act = out[out.index("fewer materials") :]
+    rows = {line.split("│")[1].strip(): line for line in act.splitlines() if line.count("│") > 5}
+    issued = re.search(r"issued (EL-\S+)", rows["licence issued"])
+    assert issued and rows["licence issued"].rstrip(" │").endswith("closed")
+    # The later case of the same applicant did not bring the 营业执照: the library's licence
+    # was attached (reused_licenses of its 201 answer) and it went to the end.
+    assert f"BIZ-LICENSE ← {issued[1]}" in rows["licence reused (免提交)"]
+    assert rows["licence reused (免提交)"].rstrip(" │").endswith("closed")
+    # Held at approval until the deferred material came, then approved and delivered.
+    completed = rows["deferral completed (容缺)"]
+    assert "FOOD-SAFETY-RULES deferred, due 20" in completed and ", received" in completed
+    assert "brought FOOD-SAFETY-RULES while held" in act
+    assert completed.rstrip(" │").endswith("closed")
+    outstanding = rows["deferral outstanding"]
+    assert "not received" in outstanding and outstanding.rstrip(" │").endswith("approval_held")

@@ -6,8 +6,8 @@ A named licence that cannot be used is 422 `invalid_license`; a revoked decision
 (`gov.case.revoked.v1`, produced here as approval would) revokes the licence in delivery's
 verification and in intake's copy, and it is never reused again.
 
-The demo catalog has no licence types, so this module loads it again with four items of its
-own (a new catalog version) and loads the demo catalog back at the end.
+This module loads the demo catalog again with four items of its own (a new catalog version),
+so its licence types and holders are its own, and loads the demo catalog back at the end.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 const REFRESH_MS = 5000;
 const CASE_POLL_MS = 2000;
 const MAX_LINES = 1000;
-const TERMINAL = new Set(["closed", "withdrawn"]);
+const TERMINAL = new Set(["closed", "withdrawn", "terminated", "revoked"]);
 
 const $ = (id) => document.getElementById(id);
 
@@ -255,14 +255,46 @@ function renderCase(view) {
     ...fact("deadline", view.deadline || (route ? "unknown or not yet accepted" : "")),
     ...(view.missing_materials && view.missing_materials.length ? fact("missing", view.missing_materials.join(", ")) : []),
     ...(applicant ? fact("applicant", `${applicant.name} · ${applicant.id_number} · ${applicant.division_code} (masked)`) : []),
+    ...fewerMaterials(view),
   );
   $("timeline-rows").replaceChildren(...view.timeline.map((entry, i) => el("tr",
     { testid: "timeline-row", dataset: { type: entry.type } },
     el("td", { className: "num" }, i + 1),
     el("td", {}, entry.type),
     el("td", {}, cityTimeMs(entry.time)),
-    el("td", {}, entry.source))));
+    el("td", {}, entry.source),
+    el("td", {}, entry.note || ""))));
   $("case-result").hidden = false;
+}
+
+// Fewer materials (减材料, DESIGN.md §7): the e-licences that stood in for materials (from
+// approval's view), what was deferred and by when, what a held approval waits for, and the
+// verification of commitments once approval's view carries it.
+function fewerMaterials(view) {
+  const approval = view.approval && view.approval.available ? view.approval : null;
+  const facts = [];
+  const licensed = approval ? approval.licensed_materials || [] : [];
+  if (licensed.length) {
+    facts.push(...fact("e-licences", ...licensed.map((l) => el("div",
+      { testid: "case-licence", dataset: { material: l.material } }, `${l.material} ← ${l.license_id}`))));
+  }
+  const deferred = view.deferred_materials || [];
+  if (deferred.length) {
+    facts.push(...fact("deferred", ...deferred.map((d) => el("div",
+      { testid: "case-deferral", dataset: { code: d.code, received: String(d.received) } },
+      `${d.code} · due ${d.due || "at acceptance"} · ${d.received ? "received" : "not received"}`))));
+  }
+  if (approval && view.status === "approval_held" && (approval.deferred_outstanding || []).length) {
+    facts.push(...fact("held for", `approved ${cityTime(approval.decided_at)}, published when ${approval.deferred_outstanding.join(", ")} arrive; terminated after ${approval.deferred_due || "the due day"}`));
+  }
+  if (approval && approval.verification) {
+    const v = approval.verification;
+    facts.push(...fact("verification", typeof v === "object" ? [v.status, v.due && `due ${v.due}`].filter(Boolean).join(" · ") : String(v)));
+  }
+  if (view.approval && !view.approval.available && view.route) {
+    facts.push(...fact("at approval", view.approval.reason));
+  }
+  return facts;
 }
 
 function wireCase() {
@@ -292,6 +324,7 @@ async function refreshSla() {
   if (!body || !body.available) {
     unavailable("sla-message", body);
     $("sla-rows").replaceChildren();
+    $("clock-rows").replaceChildren();
     badge("sla-badge", "");
     return;
   }
@@ -307,6 +340,37 @@ async function refreshSla() {
     el("td", {}, r.next_deadline || ""))));
   const overdue = body.rows.reduce((n, r) => n + (r.overdue || 0), 0);
   badge("sla-badge", overdue ? `${overdue} overdue` : "", overdue > 0);
+  renderClocks(body.cases || [], body.within_days);
+}
+
+const OPEN = new Set(["accepted", "supplement_requested"]);
+
+// One row per clock at risk: a case's legal deadline while it is open, the due day of its
+// deferred materials (容缺), and any other clock approval lists with its step (verification).
+function clocksAtRisk(cases) {
+  const clocks = [];
+  for (const c of cases) {
+    if (c.step && c.step !== "decision") clocks.push({ c, clock: c.step, due: c.due || c.deadline, what: "" });
+    else if (OPEN.has(c.status)) clocks.push({ c, clock: "decision", due: c.deadline, what: "" });
+    if (c.deferred_due && (c.deferred_outstanding || []).length) {
+      clocks.push({ c, clock: "deferral", due: c.deferred_due, what: c.deferred_outstanding.join(", ") });
+    }
+  }
+  return clocks.sort((a, b) => String(a.due || "").localeCompare(String(b.due || "")));
+}
+
+function renderClocks(cases, withinDays) {
+  const today = cityTime(new Date().toISOString()).slice(0, 10);
+  const clocks = clocksAtRisk(cases);
+  $("clocks-message").textContent = clocks.length ? "" : `No clock due within ${withinDays ?? 3} days.`;
+  $("clock-rows").replaceChildren(...clocks.map(({ c, clock, due, what }) => el("tr",
+    { testid: "clock-row", dataset: { case: c.case_id, clock }, className: !due ? "warn" : due < today ? "bad" : "" },
+    el("td", {}, caseLink(c.case_id)),
+    el("td", {}, c.department || ""),
+    el("td", {}, c.status),
+    el("td", {}, clock),
+    el("td", {}, due || "unknown"),
+    el("td", {}, what))));
 }
 
 async function refreshTriage() {
