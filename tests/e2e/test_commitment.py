@@ -28,7 +28,7 @@ from tests.conftest import eventually
 from tests.e2e.conftest import APPROVAL, DELIVERY, INTAKE, decide_when_listed, items_where
 from tests.e2e.conftest import wait_status as wait_intake_status
 from tests.e2e.test_deferral import approval_events
-from tests.e2e.test_license_library import load_catalog
+from tests.e2e.test_license_library import catalog_with
 from tests.e2e.test_sla_processes import approval_process
 
 pytestmark = pytest.mark.e2e
@@ -61,12 +61,8 @@ def commitment_item(catalog: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 async def commitment_catalog(catalog: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    raw = copy.deepcopy(catalog)
-    raw["items"].append(commitment_item(catalog))
-    async with ActingClient(timeout=30) as client:
-        await load_catalog(client, raw)
+    async with catalog_with(catalog, [commitment_item(catalog)]) as raw:
         yield raw
-        await load_catalog(client, catalog)
 
 
 @pytest.fixture

@@ -10,15 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.catalog import Calendar
 from contracts.common import CaseStatus, Material
 from contracts.events import CaseRevoked, CaseVerified, DecisionKind
 from contracts.rest import VerificationResult, VerificationStatus
 from services.approval.domain import clock, review
 from services.approval.domain.review import CaseState, Outcome, Verification, Verified
 from services.common.refusals import Refusal
-from services.common.workdays import WorkCalendar, is_working_day, working_days_between
-from tests.unit.test_approval_deferral import deferred_routed
+from services.common.workdays import is_working_day, working_days_between
+from tests.unit.test_approval_deferral import calendar_of, deferred_routed, nth_working_day_after
 from tests.unit.test_approval_review import CALENDAR, NOW, decision, make_routed, ok
 
 pytestmark = pytest.mark.unit
@@ -156,24 +155,12 @@ DAYS = st.dates(min_value=date(2026, 1, 1), max_value=date(2026, 12, 31))
 def test_the_due_day_is_the_verify_days_th_working_day_after_the_approval(
     approved_on: date, verify_days: int, holidays: set[date], workdays: set[date]
 ) -> None:
-    calendar = WorkCalendar.of(
-        Calendar(
-            covers_until=date(2027, 12, 31),
-            holidays=sorted(holidays - workdays),
-            workdays=sorted(w for w in workdays if w.weekday() >= 5),
-        )
-    )
+    calendar = calendar_of(holidays, workdays)
     due = clock.verification_due(calendar, approved_on, verify_days)
     assert due is not None and due > approved_on
     assert is_working_day(calendar, due)
     assert working_days_between(calendar, approved_on, due) == verify_days
-    day, counted = approved_on, 0
-    while counted < verify_days:
-        day += timedelta(days=1)
-        counted += (day in calendar.workdays) or (
-            day.weekday() < 5 and day not in calendar.holidays
-        )
-    assert due == day
+    assert due == nth_working_day_after(calendar, approved_on, verify_days)
     # Its overdue falls when that day is over, and every warning before it.
     points = clock.clock_points(calendar, approved_on, verify_days, [0.5, 0.8])
     assert [p.point for p in points] == [0.5, 0.8, clock.OVERDUE_POINT]
