@@ -400,6 +400,21 @@ class CaseRevoked(CaseEvent):
     note: str | None = None
 
 
+@event(
+    "gov.case.verified.v1",
+    APPROVAL_TOPIC,
+    "approval",
+    "The commitments of an approved case were checked and found true (告知承诺)",
+)
+class CaseVerified(CaseEvent):
+    """The department confirmed the commitments the approval rested on: the verification is
+    closed and the decision stands (its breach is `gov.case.revoked.v1`)."""
+
+    department: str
+    verified_at: AwareDatetime
+    note: str | None = None
+
+
 # -- case.delivery.v1 (delivery) ---------------------------------------------------------------
 
 

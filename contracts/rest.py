@@ -216,6 +216,41 @@ class FollowupAnswerRequest(Contract):
     answer: Text = Field(min_length=1, max_length=4000)
 
 
+class VerificationResult(StrEnum):
+    """A department's finding on an approved case's commitments (告知承诺, DESIGN.md §7)."""
+
+    confirmed = "confirmed"
+    breached = "breached"
+
+
+class VerificationStatus(StrEnum):
+    open = "open"
+    confirmed = "confirmed"
+    breached = "breached"
+
+
+class VerificationRequest(Contract):
+    """`POST /v1/cases/{case_id}/verification`: what checking the commitments found."""
+
+    result: VerificationResult
+    note: Text | None = Field(default=None, max_length=4000)
+
+
+class VerificationEntry(Contract):
+    """The verification of an approved case's commitments, due `verify_days` working days after
+    the approval took effect (告知承诺, DESIGN.md §7)."""
+
+    case_id: str
+    department: str
+    item_code: str
+    committed_materials: list[str] = Field(description="the materials committed, not proven")
+    approved_at: AwareDatetime
+    due: date | None = Field(description="null while past the catalog calendar")
+    status: VerificationStatus
+    note: str | None = None
+    verified_at: AwareDatetime | None = None
+
+
 class HandoverProblemEntry(Contract):
     """An entrusted case held because its signed handover did not verify."""
 

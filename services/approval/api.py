@@ -18,6 +18,8 @@ from contracts.rest import (
     FollowupEntry,
     HandoverProblemEntry,
     SlaBoardRow,
+    VerificationEntry,
+    VerificationRequest,
     WorklistEntry,
 )
 from services.approval import handlers, queries
@@ -186,6 +188,65 @@ async def answer_followup(
             raise problem_of(_as_missing_to_others(result, handlers.followup_not_found(case_id)))
         answered = await queries.followup(session, case_id)
     return answered
+
+
+@router.get(
+    "/v1/verifications",
+    tags=["approval"],
+    responses=errors(401, 403, 422, 503),
+)
+async def verifications(
+    department: Department,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    *,
+    principal: CurrentPrincipal,
+    approval: ApprovalDep,
+) -> list[VerificationEntry]:
+    """A department's open verifications of commitments (告知承诺), nearest due day first:
+    the case, its item, the materials committed instead of proven, when the approval took
+    effect and the day the check is due. Reviewers of the department, operators, admins."""
+    _department_reader(principal, department)
+    async with approval.runtime.sessions() as session:
+        return await queries.open_verifications(session, department=department, limit=limit)
+
+
+@router.post(
+    "/v1/cases/{case_id}/verification",
+    tags=["approval"],
+    responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
+)
+async def verify(
+    case_id: CaseId,
+    body: VerificationRequest,
+    request: Request,
+    principal: CurrentPrincipal,
+    approval: ApprovalDep,
+) -> VerificationEntry:
+    """What checking the commitments found, by a reviewer of the deciding department (their
+    token's department): `confirmed` closes the verification (`gov.case.verified.v1`);
+    `breached` revokes the decision (`gov.case.revoked.v1`, reason `commitment_breached`,
+    status `revoked`), which revokes its e-licence and bars the applicant from commitments.
+    Another department's case is 404 as a missing one; no open verification, 409
+    `invalid_state`. Audited."""
+    require(principal, Role.reviewer)
+    department = principal.scope or ""
+    async with unit_of_work(approval.runtime.sessions) as session:
+        result = await handlers.answer_verification(
+            session,
+            approval=approval,
+            case_id=case_id,
+            department=department,
+            result=body.result,
+            note=body.note,
+            now=approval.runtime.clock.now(),
+            traceparent=request.headers.get("traceparent"),
+        )
+        if isinstance(result, Refusal):
+            raise problem_of(result)
+        await approval.runtime.audit(
+            session, principal, "case.verify", case_id, {"result": body.result.value}
+        )
+    return queries.verification_entry(result.verification)
 
 
 @router.get(

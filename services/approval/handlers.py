@@ -15,6 +15,10 @@ Deferral (容缺受理): a case taken with deferred materials gets one more time
 end of the deferral's due day (step `deferral`). It is fired by `fire_due_lapses`, which locks
 the case before the timer (the order a decision takes), so a late material and the lapse never
 both apply: the one that commits first wins, the other finds nothing left to do.
+
+Commitment (告知承诺): an approval that takes effect for a case with committed materials opens
+its verification (`verifications`), with warnings and overdue as timers of step
+`verification`; the department's answer closes it or, on a breach, revokes the decision.
 """
 
 from __future__ import annotations
@@ -46,11 +50,11 @@ from contracts.events import (
     ClockStep,
     DecisionMade,
 )
-from contracts.rest import DecisionRequest
+from contracts.rest import DecisionRequest, VerificationResult
 from services.approval import models, queries
 from services.approval.domain import clock, review
 from services.approval.domain.clock import local_date
-from services.approval.domain.review import CaseState, Decision, Outcome, Unrouted
+from services.approval.domain.review import CaseState, Decision, Outcome, Unrouted, Verified
 from services.common import audit
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import PermanentError
@@ -217,6 +221,7 @@ async def take_routed(
         )
     await arm_decision_clock(session, outcome.state, calendar, approval.warning_points)
     await arm_deferral_lapse(session, outcome.state)
+    await open_verification(session, approval, outcome, calendar, now=now)
     await _emit(session, approval.runtime, outcome, envelope.traceparent)
 
 
@@ -277,6 +282,8 @@ async def decide_case(
             await disarm_timers(session, case_id, ClockStep.decision)
         if result.state.status is CaseStatus.denied:  # a denial is never held: nothing lapses
             await disarm_timers(session, case_id, LAPSE_STEP)
+        calendar = calendar_for(approval.calendars, result.state.route.catalog_version)
+        await open_verification(session, approval, result, calendar, now=now)
         await _emit(session, approval.runtime, result, traceparent)
     return result
 
@@ -373,6 +380,8 @@ async def case_supplemented(
             await arm_decision_clock(session, outcome.state, calendar, approval.warning_points)
         if case.deferred and not outcome.state.deferred:
             await disarm_timers(session, case.case_id, LAPSE_STEP)
+        now = approval.runtime.clock.now()
+        await open_verification(session, approval, outcome, calendar, now=now)
         await _emit(session, approval.runtime, outcome, envelope.traceparent)
 
 
@@ -519,6 +528,82 @@ async def answer_followup(
     )
     await approval.runtime.emit(session, answered, handledby=department)
     return answered
+
+
+# -- verifications of commitments (告知承诺) ----------------------------------------------------
+
+
+async def open_verification(
+    session: AsyncSession,
+    approval: Approval,
+    outcome: Outcome,
+    calendar: WorkCalendar | None,
+    *,
+    now: datetime,
+) -> None:
+    """An approval taking effect for a case with committed materials: its verification, due
+    `verify_days` working days after today, and that clock's warnings and overdue. Opened once
+    per case (a second copy of the event finds it there)."""
+    verification = review.verification_opened(outcome, now=now, calendar=calendar)
+    if verification is None:
+        return
+    inserted = await session.execute(
+        pg_insert(models.verifications)
+        .values(queries.verification_values(verification))
+        .on_conflict_do_nothing()
+        .returning(models.verifications.c.case_id)
+    )
+    if inserted.scalar() is None:
+        return
+    if verification.due is None:
+        log.error(
+            "verification due day unknown: past the catalog calendar", case_id=verification.case_id
+        )
+    points = clock.clock_points(
+        calendar, local_date(now), outcome.state.item.verify_days, approval.warning_points
+    )
+    await arm_timers(
+        session,
+        case_id=verification.case_id,
+        department=verification.department,
+        step=ClockStep.verification,
+        points=points,
+        deadline=verification.due,
+    )
+
+
+async def answer_verification(
+    session: AsyncSession,
+    *,
+    approval: Approval,
+    case_id: str,
+    department: str,
+    result: VerificationResult,
+    note: str | None,
+    now: datetime,
+    traceparent: str | None = None,
+) -> Verified | Refusal:
+    """The department's finding on the commitments, under the case's row lock (taken before
+    the verification's, the order a decision takes): confirmed closes the verification;
+    breached revokes the decision. Either way its clock stops. Another department's case is
+    404, as a missing one."""
+    case = await queries.load_case(session, case_id, lock=True)
+    if not isinstance(case, CaseState) or case.department != department:
+        return review.case_not_found(case_id)
+    verification = await queries.load_verification(session, case_id, lock=True)
+    verified = review.verify(case, verification, result, note=note, now=now)
+    if isinstance(verified, Refusal):
+        return verified
+    values = queries.verification_values(verified.verification)
+    del values["case_id"]
+    await session.execute(
+        update(models.verifications).where(models.verifications.c.case_id == case_id).values(values)
+    )
+    if verified.outcome.state.status is not case.status:
+        await _save(session, verified.outcome.state, now)
+    await disarm_timers(session, case_id, ClockStep.verification)
+    await _emit(session, approval.runtime, verified.outcome, traceparent)
+    return verified
 
 
 # -- the SLA timers (see the guarantees on top) ------------------------------------------------

@@ -84,3 +84,21 @@ followups = Table(
     Column("answered_at", DateTime(timezone=True)),
 )
 Index("ix_followups_department", followups.c.department, followups.c.answered_at)
+
+# Verifications of commitments (告知承诺, DESIGN.md §7): one per approved case with committed
+# materials, opened when the approval takes effect, due `verify_days` working days after it;
+# its warnings and overdue are `clock_timers` rows of step `verification`.
+verifications = Table(
+    "verifications",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("department", String(64), nullable=False),
+    Column("item_code", String(64), nullable=False),
+    Column("committed", JSONB, nullable=False),  # the material codes committed to
+    Column("approved_at", DateTime(timezone=True), nullable=False),
+    Column("due", Date),  # NULL: past the calendar's covers_until
+    Column("status", String(16), nullable=False),  # open | confirmed | breached
+    Column("note", Text),
+    Column("verified_at", DateTime(timezone=True)),
+)
+Index("ix_verifications_department", verifications.c.department, verifications.c.status)

@@ -19,6 +19,8 @@ from contracts.rest import (
     HandoverProblemEntry,
     LicensedMaterial,
     SlaBoardRow,
+    VerificationEntry,
+    VerificationStatus,
     WorklistEntry,
 )
 from services.approval import models
@@ -28,6 +30,7 @@ from services.approval.domain.review import (
     CaseState,
     Pause,
     Unrouted,
+    Verification,
 )
 
 cases = models.cases
@@ -234,6 +237,79 @@ async def handover_problems(session: AsyncSession, *, limit: int) -> list[Handov
         )
         for r in rows
     ]
+
+
+# -- verifications of commitments (告知承诺) ----------------------------------------------------
+
+verifications = models.verifications
+
+
+def verification_values(verification: Verification) -> dict[str, Any]:
+    """The row's columns of a verification (the handlers save them)."""
+    return {
+        "case_id": verification.case_id,
+        "department": verification.department,
+        "item_code": verification.item_code,
+        "committed": list(verification.committed),
+        "approved_at": verification.approved_at,
+        "due": verification.due,
+        "status": verification.status.value,
+        "note": verification.note,
+        "verified_at": verification.verified_at,
+    }
+
+
+def verification_of(row: Any) -> Verification:
+    return Verification(
+        case_id=row.case_id,
+        department=row.department,
+        item_code=row.item_code,
+        committed=tuple(row.committed),
+        approved_at=row.approved_at,
+        due=row.due,
+        status=VerificationStatus(row.status),
+        note=row.note,
+        verified_at=row.verified_at,
+    )
+
+
+def verification_entry(verification: Verification) -> VerificationEntry:
+    return VerificationEntry(
+        case_id=verification.case_id,
+        department=verification.department,
+        item_code=verification.item_code,
+        committed_materials=list(verification.committed),
+        approved_at=verification.approved_at,
+        due=verification.due,
+        status=verification.status,
+        note=verification.note,
+        verified_at=verification.verified_at,
+    )
+
+
+async def load_verification(
+    session: AsyncSession, case_id: str, *, lock: bool = False
+) -> Verification | None:
+    """The case's verification, or None (no commitments, or not approved yet)."""
+    query = select(verifications).where(verifications.c.case_id == case_id)
+    row = (await session.execute(query.with_for_update() if lock else query)).first()
+    return None if row is None else verification_of(row)
+
+
+async def open_verifications(
+    session: AsyncSession, *, department: str, limit: int
+) -> list[VerificationEntry]:
+    """A department's open verifications, nearest due day first (an unknown one last)."""
+    rows = await session.execute(
+        select(verifications)
+        .where(
+            verifications.c.department == department,
+            verifications.c.status == VerificationStatus.open.value,
+        )
+        .order_by(verifications.c.due.asc().nulls_last(), verifications.c.case_id)
+        .limit(limit)
+    )
+    return [verification_entry(verification_of(r)) for r in rows]
 
 
 # -- the SLA board (operators) -----------------------------------------------------------------

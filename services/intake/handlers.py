@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,7 +42,7 @@ from services.common.principals import Principal
 from services.common.refusals import FieldError, Refused, refused
 from services.common.service import ServiceRuntime
 from services.intake import models, queries
-from services.intake.domain import access, deferral
+from services.intake.domain import access, commitments, deferral
 from services.intake.domain.licenses import check_named_licenses, holder_key, reuse_licenses
 from services.intake.domain.lifecycle import RANK, WITHDRAWABLE, case_changes
 from services.intake.domain.validation import (
@@ -180,10 +180,17 @@ async def submit(
     today = intake.runtime.clock.today()
     async with intake.runtime.sessions() as session:
         library = await queries.library_for(session, application)
+        barred = commitments.commits(application.materials) and await queries.commitment_barred(
+            session, application.applicant.id_number
+        )
     # Held e-licences satisfy their materials before anything is found missing (免提交).
-    reuse = reuse_licenses(index.items.get(application.item_code), application, library)
+    item = index.items.get(application.item_code)
+    reuse = reuse_licenses(item, application, library)
     application = reuse.application
-    result = with_refusals(validate_submission(index, application, today=today), reuse.refusals)
+    committed = commitments.commitment_refusals(item, application.materials, barred=barred)
+    result = with_refusals(
+        validate_submission(index, application, today=today), reuse.refusals + committed
+    )
     if not result.ok:
         # A retry of a case taken before the catalog changed still gets its case back.
         replay = await _replay(intake, idempotency_key, digest)
@@ -329,6 +336,7 @@ async def add_materials(
         if unknown is not None:
             raise Refused(unknown)
         await _check_named_licenses(session, item, application, materials)
+        await _check_commitments(session, item, application, materials)
     status = CaseStatus(case.status)
     _check_deferrals(case_id, status, item, materials)
     owed = deferral.outstanding(case.deferred_materials)
@@ -447,6 +455,19 @@ async def _check_named_licenses(
     library = await queries.library_for(session, application, materials)
     holder = holder_key(application.applicant.id_number)
     _usable, refusals = check_named_licenses(item, holder, materials, library)
+    if refusals:
+        raise Refused(submission_refusal(ValidationResult(refusals=refusals)))
+
+
+async def _check_commitments(
+    session: AsyncSession, item: Item, application: Application, materials: list[Material]
+) -> None:
+    """A supplement committing to a material is held to the rules of a submission: 422
+    `commitment_not_allowed` where the material takes none or the applicant is barred."""
+    if not commitments.commits(materials):
+        return
+    barred = await queries.commitment_barred(session, application.applicant.id_number)
+    refusals = commitments.commitment_refusals(item, materials, barred=barred)
     if refusals:
         raise Refused(submission_refusal(ValidationResult(refusals=refusals)))
 
@@ -640,6 +661,26 @@ async def follow_case_events(
     now = clock.now()
     for case_id, changes in pending.items():
         await _update(session, case_id, changes, now=now)
+    for envelope, _payload in events:
+        if commitments.bars_applicant(envelope.type, envelope.data):
+            await _bar_applicant(session, envelope)
+
+
+async def _bar_applicant(session: AsyncSession, envelope: Envelope) -> None:
+    """A decision revoked for a breached commitment (告知承诺): its applicant, as a holder, is
+    barred from commitments. A case intake does not know bars nobody: it was never taken here."""
+    cases = models.cases.c
+    holder = func.upper(func.btrim(cases.application["applicant"]["id_number"].astext))
+    await session.execute(
+        pg_insert(models.barred_holders)
+        .from_select(
+            ["case_id", "holder_id_number", "barred_at"],
+            select(cases.case_id, holder, literal(envelope.time)).where(
+                cases.case_id == envelope.subject
+            ),
+        )
+        .on_conflict_do_nothing()
+    )
 
 
 async def _update(

@@ -74,3 +74,15 @@ licenses = Table(
     Column("revoke_reason", Text),
 )
 Index("ix_licenses_holder", licenses.c.holder_id_number, licenses.c.license_type)
+
+# Applicants barred from commitments (告知承诺, DESIGN.md §7): one row per case whose decision
+# was revoked for a breached commitment (gov.case.revoked.v1), with its applicant as a holder
+# (trimmed, upper case, as the licence library keys them).
+barred_holders = Table(
+    "barred_holders",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("holder_id_number", String(64), nullable=False),
+    Column("barred_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_barred_holders_holder", barred_holders.c.holder_id_number)

@@ -163,6 +163,15 @@ async def replay_idempotent(
 # -- the licence library -----------------------------------------------------------------------
 
 
+async def commitment_barred(session: AsyncSession, holder: str) -> bool:
+    """Whether the holder (`holder_key`) breached a commitment before (告知承诺)."""
+    barred = models.barred_holders.c
+    found = await session.execute(
+        select(exists().where(barred.holder_id_number == holder_key(holder)))
+    )
+    return bool(found.scalar())
+
+
 async def library_for(
     session: AsyncSession, application: Application, materials: Sequence[Material] | None = None
 ) -> list[LibraryLicense]:

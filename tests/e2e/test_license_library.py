@@ -17,6 +17,7 @@ import json
 import random
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -108,14 +109,26 @@ async def load_catalog(client: ActingClient, raw: dict[str, Any]) -> None:
     await eventually(intake_has_it, what="intake follows the catalog")
 
 
-@pytest.fixture(scope="module")
-async def licence_catalog(catalog: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+@asynccontextmanager
+async def catalog_with(
+    catalog: dict[str, Any], items: list[dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
+    """The catalog with `items` added, loaded as a new version while in use; then the catalog
+    loaded back as it was."""
     raw = copy.deepcopy(catalog)
-    raw["items"].extend(licence_items(catalog))
+    raw["items"].extend(items)
     async with ActingClient(timeout=30) as client:
         await load_catalog(client, raw)
+        try:
+            yield raw
+        finally:
+            await load_catalog(client, catalog)
+
+
+@pytest.fixture(scope="module")
+async def licence_catalog(catalog: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async with catalog_with(catalog, licence_items(catalog)) as raw:
         yield raw
-        await load_catalog(client, catalog)
 
 
 @pytest.fixture

@@ -170,6 +170,28 @@ def test_a_supplement_round_does_not_move_the_due_day() -> None:
 DAYS = st.dates(min_value=date(2026, 1, 1), max_value=date(2026, 12, 31))
 
 
+def calendar_of(holidays: set[date], workdays: set[date]) -> WorkCalendar:
+    """A calendar of the drawn holidays and make-up workdays (weekend days only)."""
+    return WorkCalendar.of(
+        Calendar(
+            covers_until=date(2027, 12, 31),
+            holidays=sorted(holidays - workdays),
+            workdays=sorted(w for w in workdays if w.weekday() >= 5),
+        )
+    )
+
+
+def nth_working_day_after(calendar: WorkCalendar, start: date, n: int) -> date:
+    """Reference, day by day: holidays never count, make-up workdays always do."""
+    day, counted = start, 0
+    while counted < n:
+        day += timedelta(days=1)
+        counted += (day in calendar.workdays) or (
+            day.weekday() < 5 and day not in calendar.holidays
+        )
+    return day
+
+
 @given(
     accepted_on=DAYS,
     defer_days=st.integers(min_value=1, max_value=30),
@@ -179,25 +201,12 @@ DAYS = st.dates(min_value=date(2026, 1, 1), max_value=date(2026, 12, 31))
 def test_the_due_day_is_the_defer_days_th_working_day_after_acceptance(
     accepted_on: date, defer_days: int, holidays: set[date], workdays: set[date]
 ) -> None:
-    calendar = WorkCalendar.of(
-        Calendar(
-            covers_until=date(2027, 12, 31),
-            holidays=sorted(holidays - workdays),
-            workdays=sorted(w for w in workdays if w.weekday() >= 5),
-        )
-    )
+    calendar = calendar_of(holidays, workdays)
     due = clock.deferral_due(calendar, accepted_on, defer_days)
     assert due is not None and due > accepted_on
     assert is_working_day(calendar, due)
     assert working_days_between(calendar, accepted_on, due) == defer_days
-    # Reference, day by day: holidays never count, make-up workdays always do.
-    day, counted = accepted_on, 0
-    while counted < defer_days:
-        day += timedelta(days=1)
-        counted += (day in calendar.workdays) or (
-            day.weekday() < 5 and day not in calendar.holidays
-        )
-    assert due == day
+    assert due == nth_working_day_after(calendar, accepted_on, defer_days)
     # The lapse falls when that day is over, city time.
     assert clock.local_date(clock.end_of_day(due) - timedelta(microseconds=1)) == due
     assert clock.local_date(clock.end_of_day(due)) == due + timedelta(days=1)

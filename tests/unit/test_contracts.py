@@ -232,6 +232,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "revoked_at": TIME,
         "note": "承诺的场地证明不实",
     },
+    "gov.case.verified.v1": {
+        "case_id": CASE_ID,
+        "department": "HP-S01-MKT",
+        "verified_at": TIME,
+        "note": "现场核查: 场地与承诺一致",
+    },
     "gov.license.issued.v1": {
         "license_id": "EL-3101-0001",
         "license_type": "food_business",

@@ -75,6 +75,15 @@ def deferral_due(calendar: WorkCalendar | None, accepted_on: date, defer_days: i
     return case_deadline(calendar, accepted_on, defer_days)
 
 
+def verification_due(
+    calendar: WorkCalendar | None, approved_on: date, verify_days: int
+) -> date | None:
+    """The last day to verify the commitments an approval rested on (告知承诺): the
+    `verify_days`-th working day after the local date the approval took effect. None when
+    unknown (past the calendar's covers_until, or no calendar)."""
+    return case_deadline(calendar, approved_on, verify_days)
+
+
 @dataclass(frozen=True)
 class ClockPoint:
     """One moment of a case's clock: `point` is the share of the limit (1.0 = overdue)."""

@@ -14,6 +14,11 @@ States and transitions (DESIGN.md §1, §4):
     accepted --approve--> approval_held --last deferred material arrives--> approved
     accepted | supplement_requested | approval_held --deferral due passes--> terminated
 
+  With committed materials (告知承诺, DESIGN.md §7), from the moment the approval takes effect:
+
+    approved --verification: confirmed--> approved (the verification closes)
+    approved --verification: breached---> revoked
+
 - Acceptance is automatic: a routed case is accepted the moment approval takes it, and an
   instant item (即办件) is approved in the same step. A department's `accept` decision is
   therefore always refused as `invalid_state` (the case is already accepted, or past that).
@@ -23,7 +28,12 @@ States and transitions (DESIGN.md §1, §4):
   the materials are the applicant's to bring, not a pause of the review). An approval while
   one is outstanding is recorded and held; `approved` follows when the last one arrives. A
   denial is never held. If the deferral's due day ends first, the case is `terminated`.
-- approved, denied, withdrawn and terminated are final here; approval_held is decided (not
+- Commitment: an approval that takes effect (at once, or released when the last deferred
+  material arrives) for a case with committed materials opens a verification, due
+  `verify_days` working days after that day. Confirmed, it closes and the decision stands;
+  breached, the decision is revoked (`gov.case.revoked.v1`, reason `commitment_breached`).
+- approved, denied, withdrawn, terminated and revoked are final here (an approved case still
+  takes its verification); approval_held is decided (not
   withdrawable, takes no other decision) and waits only for the materials.
 
 Each transition returns the case's new state and the events to emit with it, or a `Refusal`
@@ -47,11 +57,14 @@ from contracts.events import (
     CaseDenied,
     CaseEvent,
     CaseHandoverRefused,
+    CaseRevoked,
     CaseRouted,
     CaseSupplementRequested,
     CaseTerminated,
+    CaseVerified,
     DecisionKind,
 )
+from contracts.rest import VerificationResult, VerificationStatus
 from services.approval.domain import clock
 from services.approval.domain.clock import local_date
 from services.common.refusals import FieldError, Refusal
@@ -63,6 +76,7 @@ DECIDED_STATUSES = frozenset({CaseStatus.approved, CaseStatus.denied, CaseStatus
 # Cases whose deferred materials may still lapse (容缺受理): the due day ending terminates them.
 LAPSABLE_STATUSES = frozenset({*OPEN_STATUSES, CaseStatus.approval_held})
 LAPSED = "deferred_materials_lapsed"
+BREACHED = "commitment_breached"  # the reason of a decision revoked by a false commitment
 # The applicant may withdraw until the department decides.
 WITHDRAWABLE = OPEN_STATUSES
 
@@ -404,6 +418,8 @@ def _why_not(case: CaseState, kind: DecisionKind) -> str:
         return f"{where}: it is approved, held until {', '.join(case.deferred)} arrive."
     if case.status in DECIDED_STATUSES:
         return f"{where}: it is already decided."
+    if case.status is CaseStatus.revoked:
+        return f"{where}: its decision was revoked (a commitment was breached)."
     if case.status is CaseStatus.terminated:
         return f"{where}: its deferred materials were not brought in time."
     if case.status is CaseStatus.withdrawn:
@@ -497,6 +513,104 @@ def lapse(case: CaseState, *, now: datetime) -> Outcome | None:
         outstanding=list(case.deferred),
     )
     return Outcome(state, (terminated,))
+
+
+# -- commitments (告知承诺) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The check of the commitments an approval rested on: open until the department finds
+    them true (`confirmed`) or false (`breached`)."""
+
+    case_id: str
+    department: str
+    item_code: str
+    committed: tuple[str, ...]
+    approved_at: datetime
+    due: date | None  # None: past the calendar's covers_until (never guessed)
+    status: VerificationStatus = VerificationStatus.open
+    note: str | None = None
+    verified_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A verification answered: its new form, and the case's outcome (revoked on a breach)."""
+
+    verification: Verification
+    outcome: Outcome
+
+
+def committed_materials(application: Application) -> tuple[str, ...]:
+    """The material codes the applicant committed to instead of proving, in its order."""
+    return tuple(dict.fromkeys(m.code for m in application.materials if m.commitment))
+
+
+def verification_opened(
+    outcome: Outcome, *, now: datetime, calendar: WorkCalendar | None
+) -> Verification | None:
+    """The verification an outcome opens: when its approval takes effect now (it emits
+    `gov.case.approved.v1`: decided, or a held one released) and the case has committed
+    materials. None otherwise."""
+    state = outcome.state
+    committed = committed_materials(state.application)
+    if not committed or not any(isinstance(e, CaseApproved) for e in outcome.events):
+        return None
+    return Verification(
+        case_id=state.case_id,
+        department=state.department,
+        item_code=state.item.code,
+        committed=committed,
+        approved_at=now,
+        due=clock.verification_due(calendar, local_date(now), state.item.verify_days),
+    )
+
+
+def verification_refusal(case_id: str, verification: Verification | None) -> Refusal:
+    where = f"Case {case_id}"
+    if verification is None:
+        detail = f"{where} has no commitments to verify: only an approved case with some has."
+    else:
+        detail = f"{where}'s verification is already {verification.status.value}."
+    return Refusal(409, "invalid_state", "No open verification for this case", detail)
+
+
+def verify(
+    case: CaseState,
+    verification: Verification | None,
+    result: VerificationResult,
+    *,
+    note: str | None,
+    now: datetime,
+) -> Verified | Refusal:
+    """The department's finding on an open verification: `confirmed` closes it
+    (`gov.case.verified.v1`); `breached` revokes the decision (`gov.case.revoked.v1`, reason
+    `commitment_breached`, status `revoked`). Anything but an open one is `invalid_state`."""
+    if (
+        verification is None
+        or verification.status is not VerificationStatus.open
+        or case.status is not CaseStatus.approved
+    ):
+        return verification_refusal(case.case_id, verification)
+    note = _clean(note)
+    if result is VerificationResult.confirmed:
+        closed = replace(
+            verification, status=VerificationStatus.confirmed, note=note, verified_at=now
+        )
+        verified = CaseVerified(
+            case_id=case.case_id, department=case.department, verified_at=now, note=note
+        )
+        return Verified(closed, Outcome(case, (verified,)))
+    closed = replace(verification, status=VerificationStatus.breached, note=note, verified_at=now)
+    revoked = CaseRevoked(
+        case_id=case.case_id,
+        department=case.department,
+        reason=BREACHED,
+        revoked_at=now,
+        note=note,
+    )
+    return Verified(closed, Outcome(replace(case, status=CaseStatus.revoked), (revoked,)))
 
 
 def withdrawn(case: CaseState, *, at: datetime) -> Outcome | None:

@@ -11,6 +11,9 @@ the first refusal by the order below gives the problem's `code`, and `errors` li
   office_not_allowed  the channel/office may not take the item (with where to go instead)
   unknown_material    a material code the item does not have (the valid codes are listed)
   deferral_not_allowed  `deferred: true` on a material the catalog does not mark `deferrable`
+  commitment_not_allowed  `commitment: true` on a material that takes none, or from an
+                      applicant barred after a breach (`domain.commitments`, merged in by the
+                      handler, which knows the bar)
   invalid_license     an e_license_id that is unknown, another holder's, revoked or of the
                       wrong type (`domain.licenses`, checked against intake's licence library)
   invalid_delivery    postal without an address; counter pickup on the online channel
@@ -53,6 +56,7 @@ TITLES = {
     "office_not_allowed": "This channel or office may not take the item",
     "unknown_material": "Unknown material",
     "deferral_not_allowed": "This material cannot be deferred",
+    "commitment_not_allowed": "A commitment cannot replace this material",
     "invalid_license": "The e-licence cannot be used",
     "invalid_delivery": "The delivery method is not possible",
 }
