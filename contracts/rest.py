@@ -198,6 +198,9 @@ class ApprovalCaseView(Contract):
     licensed_materials: list[LicensedMaterial] = Field(
         default_factory=list, description="materials that came from e-licences, and which"
     )
+    verification: VerificationEntry | None = Field(
+        default=None, description="the verification of its commitments, once approved (告知承诺)"
+    )
 
 
 class FollowupEntry(Contract):

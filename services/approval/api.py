@@ -140,8 +140,9 @@ async def get_case(
             principal.role in OVERSEERS or in_scope(principal, row.department, exempt=())
         ):
             raise problem_of(review.case_not_found(case_id))
+        verification = await queries.load_verification(session, case_id)
         await approval.runtime.audit(session, principal, "case.read", case_id)
-    return queries.case_view(row)
+    return queries.case_view(row, verification)
 
 
 @router.get(

@@ -132,7 +132,7 @@ def licensed_materials(application: Any) -> list[LicensedMaterial]:
     ]
 
 
-def case_view(row: Any) -> ApprovalCaseView:
+def case_view(row: Any, verification: Verification | None = None) -> ApprovalCaseView:
     return ApprovalCaseView(
         case_id=row.case_id,
         status=CaseStatus(row.status),
@@ -152,6 +152,7 @@ def case_view(row: Any) -> ApprovalCaseView:
         deferred_outstanding=list(row.deferred),
         deferred_due=row.deferred_due,
         licensed_materials=licensed_materials(row.application),
+        verification=verification_entry(verification) if verification is not None else None,
     )
 
 

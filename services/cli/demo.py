@@ -37,6 +37,7 @@ from services.cli.devclient import (
     ROUTING_PORT,
     ActingClient,
 )
+from services.common.principals import Role
 from services.operators.catalog_file import load_catalog_file
 
 ENDED = {"closed", "withdrawn"}
@@ -273,8 +274,8 @@ class ReformCase:
 
 def reform_items(catalog: dict[str, Any], today: date) -> dict[str, dict[str, Any]] | None:
     """The items the act needs, by role: `issues` (its result is an e-licence of a type),
-    `takes` (a material of that type) and `defers` (a deferrable material); None if the
-    catalog has no such items."""
+    `takes` (a material of that type), `defers` (a deferrable material) and `commits` (a
+    material that allows a commitment, or None); None if the catalog has no such items."""
     items = [i for i in catalog["items"] if in_force(i, today)]
     for issues in items:
         kind = (issues.get("result") or {}).get("license_type")
@@ -284,8 +285,14 @@ def reform_items(catalog: dict[str, Any], today: date) -> dict[str, dict[str, An
             if kind and any(m.get("license_type") == kind for m in i.get("materials", []))
         ]
         defers = [i for i in items if any(m.get("deferrable") for m in i.get("materials", []))]
+        commits = [i for i in items if any(m.get("commitment") for m in i.get("materials", []))]
         if takes and defers:
-            return {"issues": issues, "takes": takes[0], "defers": defers[0]}
+            return {
+                "issues": issues,
+                "takes": takes[0],
+                "defers": defers[0],
+                "commits": commits[0] if commits else None,
+            }
     return None
 
 
@@ -302,7 +309,7 @@ async def fewer_materials(
     if items is None:
         console.print("no items with licence types and deferrable materials: no reform act")
         return 0
-    console.rule("fewer materials (减材料): reuse, deferral")
+    console.rule("fewer materials (减材料): reuse, deferral, commitment")
     issuing = DemoCase(
         item=items["issues"],
         body=application_for(
@@ -339,9 +346,13 @@ async def fewer_materials(
             "deferral outstanding", _reform_case(catalog, items["defers"], rng), "approval_held"
         ),
     ]
+    commitments = _commitment_cases(catalog, items["commits"], rng)
+    act += commitments
     for reform in act[1:]:
         await _submit(http, endpoints, reform.case)
     ended = await _until(http, endpoints, act, timeout)
+    if ended and commitments:
+        ended = await _verify_commitments(http, endpoints, commitments, timeout)
     views = [(await http.get(f"{endpoints.intake}/v1/cases/{r.case.case_id}")).json() for r in act]
     _report_reforms(act, views, licence, console)
     reused = act[1].case.answer.get("reused_licenses", [])
@@ -354,6 +365,50 @@ async def fewer_materials(
         "TONGBAN_CLOCK_OFFSET_S past the due day to see it (tests/e2e/test_deferral.py does)."
     )
     return 0
+
+
+def _commitment_cases(
+    catalog: dict[str, Any], item: dict[str, Any] | None, rng: random.Random
+) -> list[ReformCase]:
+    """Two cases whose applicant commits (告知承诺) instead of bringing a material: one is
+    found true at verification, one false."""
+    if item is None:
+        return []
+    allowed = {m["code"] for m in item["materials"] if m.get("commitment")}
+    cases = []
+    for shows in ("commitment confirmed (告知承诺)", "commitment breached"):
+        case = _reform_case(catalog, item, rng, defer=False)
+        case.body["materials"] = [
+            {"code": m["code"], "commitment": True} if m["code"] in allowed else m
+            for m in case.body["materials"]
+        ]
+        cases.append(ReformCase(shows, case, "closed"))
+    return cases
+
+
+async def _verify_commitments(
+    http: httpx.AsyncClient, endpoints: Endpoints, cases: list[ReformCase], timeout: float
+) -> bool:
+    """The department checks the commitments after approval: the first holds, the second
+    is false, so its decision and licence are revoked and its applicant barred."""
+    for reform, result in zip(cases, ("confirmed", "breached"), strict=True):
+        department = (reform.case.route or {}).get("handled_by")
+        headers_for = getattr(http, "headers_for", None)
+        headers = headers_for(Role.reviewer, department) if headers_for is not None else {}
+        answer = await http.post(
+            f"{endpoints.approval}/v1/cases/{reform.case.case_id}/verification",
+            json={
+                "result": result,
+                "note": "现场核查" + ("属实" if result == "confirmed" else "不实"),
+            },
+            headers=headers,
+        )
+        if answer.status_code != 200:
+            reform.case.notes.append(f"verification answered {answer.status_code}")
+            return False
+        reform.case.notes.append(f"verification: {result}")
+    cases[1].ends_in = "revoked"
+    return await _until(http, endpoints, cases, timeout)
 
 
 def _reform_case(
@@ -434,6 +489,11 @@ def _report_reforms(
         lines += [
             f"{r['material']} ← {r['license_id']}"
             for r in reform.case.answer.get("reused_licenses", [])
+        ]
+        lines += [
+            f"{m['code']} committed (告知承诺)"
+            for m in reform.case.body["materials"]
+            if m.get("commitment")
         ]
         lines += [
             f"{d['code']} deferred, due {d['due'] or '-'}, "

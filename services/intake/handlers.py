@@ -344,39 +344,9 @@ async def add_materials(
     now = runtime.clock.now()
     merged = {m.code: m for m in application.materials} | {m.code: m for m in materials}
     application = application.model_copy(update={"materials": list(merged.values())})
-    if status is CaseStatus.awaiting_supplement:
-        missing = (
-            list(missing_materials(item, merged))
-            if item is not None
-            else [code for code in case.missing_materials if code not in merged]
-        )
-        new_status = CaseStatus.awaiting_supplement if missing else CaseStatus.submitted
-    elif status is CaseStatus.supplement_requested:
-        given = {m.code for m in materials}
-        missing = [code for code in case.missing_materials if code not in given]
-        if missing:
-            raise refused(
-                422,
-                "materials_incomplete",
-                "Every requested material is needed at once",
-                f"Still missing: {', '.join(missing)}. Send them together.",
-                errors=tuple(FieldError("materials", f"missing {code}") for code in missing),
-                missing_materials=missing,
-            )
-        new_status = CaseStatus.accepted
-    elif deferral.takes_late_materials(status, given_codes, owed):
-        missing, new_status = list(case.missing_materials), status
-    else:
-        owes = f" It owes the deferred {', '.join(owed)}." if owed else ""
-        raise refused(
-            409,
-            "invalid_state",
-            "This case is not waiting for materials",
-            f"Case {case_id} is {status.value}; materials are taken while it is "
-            "awaiting_supplement or supplement_requested, and deferred ones once it is "
-            f"accepted.{owes}",
-            status_now=status.value,
-        )
+    missing, new_status = _next_status(
+        case, status, item=item, merged=merged, given=given_codes, owed=owed
+    )
     deferred_now = (
         deferral.deferred_rows(deferred_codes(application.materials))
         if status is CaseStatus.awaiting_supplement  # not submitted yet: still the submission's
@@ -416,6 +386,51 @@ async def add_materials(
         missing_materials=missing,
         route_preview=None,
         deferred_materials=deferral.deferred_view(deferred_now, case.deferred_due),
+    )
+
+
+def _next_status(
+    case: Any,
+    status: CaseStatus,
+    *,
+    item: Any,
+    merged: dict[str, Material],
+    given: list[str],
+    owed: list[str],
+) -> tuple[list[str], CaseStatus]:
+    """What materials brought now leave missing, and the status they move the case to: a
+    counter case completed (awaiting_supplement), a review's request answered at once
+    (supplement_requested), or deferred materials brought late; refused otherwise."""
+    if status is CaseStatus.awaiting_supplement:
+        missing = (
+            list(missing_materials(item, merged))
+            if item is not None
+            else [code for code in case.missing_materials if code not in merged]
+        )
+        return missing, (CaseStatus.awaiting_supplement if missing else CaseStatus.submitted)
+    if status is CaseStatus.supplement_requested:
+        missing = [code for code in case.missing_materials if code not in set(given)]
+        if missing:
+            raise refused(
+                422,
+                "materials_incomplete",
+                "Every requested material is needed at once",
+                f"Still missing: {', '.join(missing)}. Send them together.",
+                errors=tuple(FieldError("materials", f"missing {code}") for code in missing),
+                missing_materials=missing,
+            )
+        return missing, CaseStatus.accepted
+    if deferral.takes_late_materials(status, given, owed):
+        return list(case.missing_materials), status
+    owes = f" It owes the deferred {', '.join(owed)}." if owed else ""
+    raise refused(
+        409,
+        "invalid_state",
+        "This case is not waiting for materials",
+        f"Case {case.case_id} is {status.value}; materials are taken while it is "
+        "awaiting_supplement or supplement_requested, and deferred ones once it is "
+        f"accepted.{owes}",
+        status_now=status.value,
     )
 
 

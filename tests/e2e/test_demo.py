@@ -51,3 +51,9 @@ async def test_the_demo_runs_cases_over_every_path_to_their_end(catalog: dict[st
     assert completed.rstrip(" │").endswith("closed")
     outstanding = rows["deferral outstanding"]
     assert "not received" in outstanding and outstanding.rstrip(" │").endswith("approval_held")
+    # Committed instead of proven (告知承诺): one found true at verification, one false, whose
+    # decision is revoked.
+    confirmed, breached = rows["commitment confirmed (告知承诺)"], rows["commitment breached"]
+    assert "PREMISES committed" in confirmed and confirmed.rstrip(" │").endswith("closed")
+    assert "PREMISES committed" in breached and breached.rstrip(" │").endswith("revoked")
+    assert "verification: confirmed" in act and "verification: breached" in act
