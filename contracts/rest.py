@@ -288,6 +288,12 @@ class CaseAtRisk(Contract):
     deferred_due: date | None = Field(
         default=None, description="the last day to bring them; past it the case is terminated"
     )
+    committed_materials: list[str] = Field(
+        default_factory=list, description="materials committed to, under verification (告知承诺)"
+    )
+    verification_due: date | None = Field(
+        default=None, description="the day the open verification of its commitments is due"
+    )
 
 
 class DecisionResponse(Contract):

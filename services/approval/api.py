@@ -300,8 +300,9 @@ async def sla_cases(
     within_days: Annotated[int, Query(ge=0, le=365)] = 3,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[CaseAtRisk]:
-    """Open cases due within `within_days` calendar days, overdue, or with an unknown deadline,
-    nearest first."""
+    """Clocks at risk within `within_days` calendar days (overdue ones included), nearest
+    first: open cases by their deadline (or an unknown one), deferred materials by their due
+    day (容缺受理), open verifications of commitments by theirs (告知承诺)."""
     if principal.role not in OVERSEERS:
         _department_reader(principal, department)
     until = approval.runtime.clock.today() + timedelta(days=within_days)

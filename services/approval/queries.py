@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
+from sqlalchemy import case as sql_case
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -357,13 +358,16 @@ async def sla_board(
 async def cases_at_risk(
     session: AsyncSession, *, until: date, department: str | None, limit: int
 ) -> list[CaseAtRisk]:
-    """Open cases whose deadline falls by `until` (overdue ones included), or is unknown, and
-    cases whose deferred materials are due by `until` (容缺受理: they lapse), nearest first."""
+    """Open cases whose deadline falls by `until` (overdue ones included), or is unknown; cases
+    whose deferred materials are due by `until` (容缺受理: they lapse); and approved cases whose
+    open verification of commitments is due by `until` (告知承诺); nearest first."""
+    open_verification = (verifications.c.status == "open") & (verifications.c.due <= until)
     deferral_due = (
         cases.c.status.in_([s.value for s in LAPSABLE_STATUSES])
         & (func.jsonb_array_length(cases.c.deferred) > 0)
         & (cases.c.deferred_due <= until)
     )
+    verification_due = sql_case((open_verification, verifications.c.due), else_=None)
     query = (
         select(
             cases.c.case_id,
@@ -374,7 +378,10 @@ async def cases_at_risk(
             cases.c.item,
             cases.c.deferred,
             cases.c.deferred_due,
+            verifications.c.committed,
+            verification_due.label("verification_due"),
         )
+        .select_from(cases.outerjoin(verifications, verifications.c.case_id == cases.c.case_id))
         .where(
             (
                 cases.c.status.in_([s.value for s in OPEN_STATUSES])
@@ -384,9 +391,12 @@ async def cases_at_risk(
                 )
             )
             | deferral_due
+            | open_verification
         )
         .order_by(
-            func.least(cases.c.deadline, cases.c.deferred_due).asc().nulls_first(),
+            func.least(cases.c.deadline, cases.c.deferred_due, verification_due)
+            .asc()
+            .nulls_first(),
             cases.c.case_id,
         )
         .limit(limit)
@@ -403,6 +413,8 @@ async def cases_at_risk(
             item_code=(r.item or {}).get("code"),
             deferred_outstanding=list(r.deferred or []),
             deferred_due=r.deferred_due if r.deferred else None,
+            committed_materials=list(r.committed or []) if r.verification_due else [],
+            verification_due=r.verification_due,
         )
         for r in await session.execute(query)
     ]

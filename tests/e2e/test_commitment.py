@@ -133,11 +133,22 @@ async def test_a_committed_material_goes_ahead_and_its_verification_is_confirmed
     rng: random.Random,
     settings: CommonSettings,
 ) -> None:
-    _body, case_id, department, _entry = await approved_with_commitment(
+    _body, case_id, department, entry = await approved_with_commitment(
         http, commitment_catalog, rng
     )
     closed = await wait_intake_status(http, case_id, "closed")
     assert "SITE" not in closed["missing_materials"]
+
+    # The open verification is a clock at risk (the SLA board's cases; the console's table).
+    async def at_risk() -> dict[str, Any]:
+        answer = await http.get(
+            f"{APPROVAL}/v1/sla/cases", params={"department": department, "within_days": 365}
+        )
+        assert answer.status_code == 200, answer.text
+        return {row["case_id"]: row for row in answer.json()}
+
+    row = (await at_risk())[case_id]
+    assert row["committed_materials"] == ["SITE"] and row["verification_due"] == entry["due"]
 
     # Another department's reviewer: the case does not exist for them.
     stranger = await verify(http, case_id, "E2E-NOT-MINE", "confirmed", "e2e")
@@ -149,6 +160,7 @@ async def test_a_committed_material_goes_ahead_and_its_verification_is_confirmed
     assert again.status_code == 409 and again.json()["code"] == "invalid_state"
     listed = await http.get(f"{APPROVAL}/v1/verifications", params={"department": department})
     assert case_id not in {e["case_id"] for e in listed.json()}
+    assert case_id not in await at_risk()  # answered: no clock left
 
     await wait_intake_status(http, case_id, "closed", with_events=["gov.case.verified.v1"])
     (verified,) = await approval_events(settings, case_id, "gov.case.verified.v1")

@@ -346,7 +346,8 @@ async function refreshSla() {
 const OPEN = new Set(["accepted", "supplement_requested"]);
 
 // One row per clock at risk: a case's legal deadline while it is open, the due day of its
-// deferred materials (容缺), and any other clock approval lists with its step (verification).
+// deferred materials (容缺), the verification of its commitments (告知承诺), and any other
+// clock approval lists with its step.
 function clocksAtRisk(cases) {
   const clocks = [];
   for (const c of cases) {
@@ -354,6 +355,9 @@ function clocksAtRisk(cases) {
     else if (OPEN.has(c.status)) clocks.push({ c, clock: "decision", due: c.deadline, what: "" });
     if (c.deferred_due && (c.deferred_outstanding || []).length) {
       clocks.push({ c, clock: "deferral", due: c.deferred_due, what: c.deferred_outstanding.join(", ") });
+    }
+    if (c.verification_due) {
+      clocks.push({ c, clock: "verification", due: c.verification_due, what: (c.committed_materials || []).join(", ") });
     }
   }
   return clocks.sort((a, b) => String(a.due || "").localeCompare(String(b.due || "")));
