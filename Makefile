@@ -64,7 +64,12 @@ faults: install ## the fault suite, full size: 3 brokers, 2 processes per servic
 
 demo: up ## run the case loop end to end on local defaults (leaves it running: make down)
 	@bash deploy/local/services.sh up
-	@source $(RUN_DIR)/env && $(BIN)/tongban demo
+	@source $(RUN_DIR)/env && $(BIN)/tongban demo --lapse-file $(RUN_DIR)/demo/outstanding-deferral
+	@echo "Restarting the services with their clock 30 days ahead, so the outstanding deferral lapses:"
+	@bash deploy/local/services.sh down >/dev/null && TONGBAN_CLOCK_OFFSET_S=2592000 bash deploy/local/services.sh up >/dev/null
+	@source $(RUN_DIR)/env && $(BIN)/tongban demo-lapse "$$(cat $(RUN_DIR)/demo/outstanding-deferral)"; \
+	  rc=$$?; echo "Restarting the services on the wall clock again."; \
+	  bash deploy/local/services.sh down >/dev/null && bash deploy/local/services.sh up >/dev/null; exit $$rc
 	@echo "The stack and the four services keep running (logs in .run/logs); make down stops them."
 
 console: install ## the operator console on http://127.0.0.1:8000 (needs the stack; make demo starts services)

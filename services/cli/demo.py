@@ -115,6 +115,7 @@ async def run_demo(
     timeout: float,
     endpoints: Endpoints,
     console: Console,
+    lapse_file: Path | None = None,
 ) -> int:
     rng = random.Random(seed)
     catalog = load_catalog_file(catalog_file)
@@ -159,7 +160,9 @@ async def run_demo(
         return 1
     console.print(f"[green]all {len(cases)} cases ended[/]")
     async with ActingClient(timeout=30) as http:
-        return await fewer_materials(http, endpoints, catalog, rng, timeout, console)
+        return await fewer_materials(
+            http, endpoints, catalog, rng, timeout, console, lapse_file=lapse_file
+        )
 
 
 async def _wait_items(http: httpx.AsyncClient, endpoints: Endpoints, expected: int) -> None:
@@ -303,6 +306,7 @@ async def fewer_materials(
     rng: random.Random,
     timeout: float,
     console: Console,
+    lapse_file: Path | None = None,
 ) -> int:
     """The act: a licence issued and reused, a deferral completed, a deferral outstanding."""
     items = reform_items(catalog, date.today())
@@ -359,11 +363,15 @@ async def fewer_materials(
     if not ended or not reused:
         console.print("[red]the fewer-materials act did not end as it should[/]")
         return 1
+    outstanding = act[3].case.case_id
     console.print(
-        "The outstanding deferral ends [bold]terminated[/] once its due day is over (never "
-        "delivered); the demo does not wait for it: restart the services with "
-        "TONGBAN_CLOCK_OFFSET_S past the due day to see it (tests/e2e/test_deferral.py does)."
+        f"outstanding deferral: {outstanding}. It ends [bold]terminated[/] once its due day is "
+        "over (never delivered): `make demo` then restarts the services with their clock "
+        "TONGBAN_CLOCK_OFFSET_S ahead and shows it (`tongban demo-lapse CASE`)."
     )
+    if lapse_file is not None:
+        lapse_file.parent.mkdir(parents=True, exist_ok=True)
+        lapse_file.write_text(outstanding + "\n", encoding="utf-8")
     return 0
 
 
@@ -509,3 +517,38 @@ def _report_reforms(
             view["status"],
         )
     console.print(table)
+
+
+async def watch_lapse(
+    case_id: str, *, timeout: float, endpoints: Endpoints, console: Console
+) -> int:
+    """`tongban demo-lapse`: wait (on services whose clock runs past the due day) until the
+    demo's outstanding deferral is `terminated`, and show its deferred materials and last
+    events; 1 if it is not within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    async with ActingClient(timeout=30) as http:
+        view: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            answer = await http.get(f"{endpoints.intake}/v1/cases/{case_id}")
+            view = answer.json() if answer.status_code == 200 else {}
+            if view.get("status") == "terminated":
+                break
+            await asyncio.sleep(0.5)
+    table = Table("case", "deferred", "status", "last events")
+    table.add_row(
+        case_id,
+        "\n".join(
+            f"{d['code']} due {d['due'] or '-'}, "
+            + ("received" if d["received"] else "not received")
+            for d in view.get("deferred_materials", [])
+        )
+        or "-",
+        str(view.get("status", "?")),
+        "\n".join(e["type"] for e in view.get("timeline", [])[-3:]) or "-",
+    )
+    console.print(table)
+    if view.get("status") != "terminated":
+        console.print(f"[red]{case_id} did not lapse within {timeout:.0f} s[/]")
+        return 1
+    console.print("the deferral lapsed: the case is terminated and is never delivered")
+    return 0

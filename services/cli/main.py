@@ -146,6 +146,10 @@ def demo(
     cases: Annotated[int, typer.Option(min=1, help="how many cases to submit")] = 60,
     seed: Annotated[int, typer.Option(help="random seed of the generated applicants")] = 7,
     timeout: Annotated[float, typer.Option(help="seconds to wait for every case to end")] = 180,
+    lapse_file: Annotated[
+        Path | None,
+        typer.Option(help="write the outstanding deferral's case id here (for demo-lapse)"),
+    ] = None,
 ) -> None:
     """Run the case loop end to end on the running services (make demo starts them; their
     ports move with SERVICES_PORT_OFFSET, as in deploy/local/services.sh)."""
@@ -153,10 +157,30 @@ def demo(
 
     code = asyncio.run(
         run_demo(
-            catalog, count=cases, seed=seed, timeout=timeout, endpoints=Endpoints(), console=console
+            catalog,
+            count=cases,
+            seed=seed,
+            timeout=timeout,
+            endpoints=Endpoints(),
+            console=console,
+            lapse_file=lapse_file,
         )
     )
     raise typer.Exit(code)
+
+
+@app.command("demo-lapse")
+def demo_lapse(
+    case_id: Annotated[str, typer.Argument(help="the demo's outstanding deferral")],
+    timeout: Annotated[float, typer.Option(help="seconds to wait for it to lapse")] = 60,
+) -> None:
+    """Show the demo's outstanding deferral lapse: run it on services whose clock is past its
+    due day (`make demo` restarts them with TONGBAN_CLOCK_OFFSET_S for this)."""
+    from services.cli.demo import Endpoints, watch_lapse
+
+    raise typer.Exit(
+        asyncio.run(watch_lapse(case_id, timeout=timeout, endpoints=Endpoints(), console=console))
+    )
 
 
 handover_app = typer.Typer(

@@ -1,5 +1,6 @@
 """`make demo`'s job on the running services: every submitted case ends, and the table says so;
-then the fewer-materials act: a licence issued and reused, a deferral completed, one held."""
+then the fewer-materials act: a licence issued and reused, a deferral completed, one held (and
+lapsed once the services' clock runs past its due day), a commitment confirmed, one breached."""
 
 from __future__ import annotations
 
@@ -14,15 +15,21 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
+from tests.e2e.conftest import shifted_services
 
 pytestmark = pytest.mark.e2e
 
 
-async def test_the_demo_runs_cases_over_every_path_to_their_end(catalog: dict[str, Any]) -> None:
+async def test_the_demo_runs_cases_over_every_path_to_their_end(
+    catalog: dict[str, Any], tmp_path: Path
+) -> None:
     tongban = Path(sys.executable).with_name("tongban")
     run = await asyncio.to_thread(
         subprocess.run,
-        [str(tongban), "demo", "--cases", "16", "--seed", "3", "--timeout", "120"],
+        [
+            *(str(tongban), "demo", "--cases", "16", "--seed", "3", "--timeout", "120"),
+            *("--lapse-file", str(tmp_path / "outstanding-deferral")),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -57,3 +64,19 @@ async def test_the_demo_runs_cases_over_every_path_to_their_end(catalog: dict[st
     assert "PREMISES committed" in confirmed and confirmed.rstrip(" │").endswith("closed")
     assert "PREMISES committed" in breached and breached.rstrip(" │").endswith("revoked")
     assert "verification: confirmed" in act and "verification: breached" in act
+
+    # `make demo` then runs the services 30 days ahead: the outstanding deferral lapses.
+    lapse_file = tmp_path / "outstanding-deferral"
+    assert lapse_file.read_text().strip() in outstanding
+    async with shifted_services(30 * 86400):
+        lapsed = await asyncio.to_thread(
+            subprocess.run,
+            [str(tongban), "demo-lapse", lapse_file.read_text().strip(), "--timeout", "60"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+    assert lapsed.returncode == 0, lapsed.stdout[-3000:] + lapsed.stderr[-3000:]
+    assert "terminated" in lapsed.stdout and "gov.case.terminated.v1" in lapsed.stdout
