@@ -39,6 +39,7 @@ from tests.e2e.conftest import (
     APPROVED_CASE_EVENTS,
     INTAKE,
     ROUTING,
+    decide_when_listed,
     items_where,
     wait_status,
 )
@@ -187,6 +188,43 @@ async def test_console_shows_reuse_and_deferral_on_the_case_page_and_sla_board(
         assert row["deferred_due"] == deferred["due"]
         assert row["deferred_outstanding"] == [cases.deferred]
         assert (await client.get("/api/sla", params={"within_days": -1})).status_code == 422
+
+
+async def test_console_shows_a_commitment_under_verification(
+    console: str, catalog: dict[str, Any], http: ActingClient
+) -> None:
+    """A material committed instead of proven (告知承诺): once the case is approved, its
+    verification (committed materials, due day) is on the case page and among the clocks."""
+    rng = random.Random("console-commitment")
+    items = reform_items(catalog, date.today())
+    item = items["commits"] if items else None
+    assert item, "the demo catalog has a material that allows a commitment"
+    allowed = {m["code"] for m in item["materials"] if m.get("commitment")}
+    body = application_for(catalog, item, rng, delivery="electronic")
+    body["materials"] = [
+        {"code": m["code"], "commitment": True} if m["code"] in allowed else m
+        for m in body["materials"]
+    ]
+    answer = await http.post(f"{INTAKE}/v1/cases", json=body)
+    assert answer.status_code == 201, answer.text
+    case_id = answer.json()["case_id"]
+    routed = await wait_status(http, case_id, "accepted")
+    decided = await decide_when_listed(
+        http, case_id, routed["route"]["handled_by"], {"decision": "approve", "reason": "齐全"}
+    )
+    assert decided.status_code == 200, decided.text
+    async with httpx.AsyncClient(base_url=console, timeout=30) as client:
+
+        async def verification() -> dict[str, Any] | None:
+            view = (await client.get(f"/api/cases/{case_id}")).json()
+            return (view.get("approval") or {}).get("verification")
+
+        opened = await eventually(verification, what="the verification on the case page")
+        assert opened["committed_materials"] == sorted(allowed) and opened["status"] == "open"
+        board = (await client.get("/api/sla", params={"within_days": 365})).json()
+        (row,) = [c for c in board["cases"] if c["case_id"] == case_id]
+        assert row["verification_due"] == opened["due"]
+        assert row["committed_materials"] == sorted(allowed)
 
 
 async def test_console_api_answers(console: str, catalog: dict[str, Any]) -> None:

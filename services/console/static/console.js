@@ -289,7 +289,8 @@ function fewerMaterials(view) {
   }
   if (approval && approval.verification) {
     const v = approval.verification;
-    facts.push(...fact("verification", typeof v === "object" ? [v.status, v.due && `due ${v.due}`].filter(Boolean).join(" · ") : String(v)));
+    facts.push(...fact("verification", el("div", { dataset: { status: v.status } },
+      [`${(v.committed_materials || []).join(", ")} committed (告知承诺)`, v.status, v.due && `due ${v.due}`].filter(Boolean).join(" · "))));
   }
   if (view.approval && !view.approval.available && view.route) {
     facts.push(...fact("at approval", view.approval.reason));
