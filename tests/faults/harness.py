@@ -48,7 +48,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts.events import DecisionKind, DecisionMade
 from services.cli.applicants import application_for
-from services.cli.devclient import ActingClient, ClientFleet
+from services.cli.devclient import (
+    APPROVAL_PORT,
+    DELIVERY_PORT,
+    INTAKE_PORT,
+    ROUTING_PORT,
+    ActingClient,
+    ClientFleet,
+)
 from services.cli.ops.lag import compute_lag
 from services.common.auth import Role
 from services.common.db import asyncpg_dsn
@@ -62,7 +69,14 @@ LOCAL = ROOT / "deploy" / "local"
 RUN = Path(os.environ.get("TONGBAN_RUN_DIR", ROOT / ".run"))
 
 SERVICES = ("intake", "routing", "approval", "delivery")
-BASE_PORT = {"intake": 8001, "routing": 8002, "approval": 8003, "delivery": 8004}
+# The replicas' ports as deploy/local/services.sh gives them: moved by SERVICES_PORT_OFFSET
+# (services/cli/devclient.py), 10 apart per replica.
+BASE_PORT = {
+    "intake": INTAKE_PORT,
+    "routing": ROUTING_PORT,
+    "approval": APPROVAL_PORT,
+    "delivery": DELIVERY_PORT,
+}
 CASE_TOPICS = (
     "case.intake.v1",
     "case.routing.v1",
