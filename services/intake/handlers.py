@@ -43,7 +43,12 @@ from services.common.refusals import FieldError, Refused, refused
 from services.common.service import ServiceRuntime
 from services.intake import models, queries
 from services.intake.domain import access, commitments, deferral
-from services.intake.domain.licenses import check_named_licenses, holder_key, reuse_licenses
+from services.intake.domain.licenses import (
+    LibraryLicense,
+    check_named_licenses,
+    holder_key,
+    reuse_licenses,
+)
 from services.intake.domain.lifecycle import RANK, WITHDRAWABLE, case_changes
 from services.intake.domain.validation import (
     ValidationResult,
@@ -178,13 +183,21 @@ async def submit(
     digest = request_hash(application)
     index = queries.catalog_in_force(intake.catalogs)
     today = intake.runtime.clock.today()
-    async with intake.runtime.sessions() as session:
-        library = await queries.library_for(session, application)
-        barred = commitments.commits(application.materials) and await queries.commitment_barred(
-            session, application.applicant.id_number
-        )
-    # Held e-licences satisfy their materials before anything is found missing (免提交).
     item = index.items.get(application.item_code)
+    library: list[LibraryLicense] = []
+    barred = False
+    # Only a submission the library or the bar can change reads them: most items take no
+    # licence, most applicants commit to nothing, and this runs before every submission.
+    takes_licences = item is not None and any(m.license_type for m in item.materials)
+    names_licences = any(m.e_license_id for m in application.materials)
+    commits = commitments.commits(application.materials)
+    if takes_licences or names_licences or commits:
+        async with intake.runtime.sessions() as session:
+            if takes_licences or names_licences:
+                library = await queries.library_for(session, application)
+            if commits:
+                barred = await queries.commitment_barred(session, application.applicant.id_number)
+    # Held e-licences satisfy their materials before anything is found missing (免提交).
     reuse = reuse_licenses(item, application, library)
     application = reuse.application
     committed = commitments.commitment_refusals(item, application.materials, barred=barred)
