@@ -147,6 +147,58 @@ class Item(CatalogModel):
         return data
 
 
+class QuestionType(StrEnum):
+    boolean = "boolean"
+    choice = "choice"
+
+
+class Question(CatalogModel):
+    """情形引导: a question put to the applicant; its answer decides which members apply."""
+
+    code: Code = Field(min_length=1, max_length=64)
+    text: Text = ""
+    type: QuestionType = QuestionType.boolean
+    options: list[Code] = Field(
+        default_factory=list, description="choice only: the answers allowed (at least two)"
+    )
+
+
+Answer = bool | Code
+"""An answer to a question: true/false for a boolean one, one of its options for a choice."""
+
+
+class BundleMember(CatalogModel):
+    """One item of a bundle: created when every `when` answer matches, submitted once every
+    item of `after` (members of the same bundle) is approved."""
+
+    item: Code = Field(min_length=1, max_length=64)
+    when: dict[str, Answer] = Field(
+        default_factory=dict, description="question code -> the answer that includes the member"
+    )
+    after: list[Code] = Field(
+        default_factory=list, description="members (item codes) whose approval it waits for"
+    )
+
+
+class Bundle(CatalogModel):
+    """一件事一次办 (DESIGN.md §8): several items applied for as one."""
+
+    code: Code = Field(min_length=1, max_length=64)
+    name: Text = ""
+    category: Category
+    lead: Code = Field(min_length=1, max_length=64, description="牵头部门: a department code")
+    time_limit_days: int = Field(ge=0, description="committed for the whole bundle, working days")
+    intake_levels: list[Level] | None = Field(
+        default=None,
+        description="levels of the offices that take the bundle at one window; absent: "
+        "enterprise -> [district], individual -> [street] (the municipal center takes any)",
+    )
+    questions: list[Question] = Field(default_factory=list)
+    members: list[BundleMember] = Field(min_length=1)
+    effective_from: date | None = None
+    effective_to: date | None = Field(default=None, description="inclusive; null: open-ended")
+
+
 class Catalog(CatalogModel):
     """One whole catalog file. Routing assigns the version when it loads one."""
 
@@ -156,3 +208,4 @@ class Catalog(CatalogModel):
     departments: list[Department]
     calendar: Calendar
     items: list[Item]
+    bundles: list[Bundle] = Field(default_factory=list, description="一件事 (DESIGN.md §8)")

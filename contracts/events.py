@@ -20,6 +20,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from contracts.common import (
     Application,
+    CaseStatus,
+    Channel,
     Code,
     Contract,
     DeliveryMethod,
@@ -42,6 +44,7 @@ DLQ_TOPIC = "case.dlq.v1"
 DLQ_REPLAYS_TOPIC = "case.dlq.replays.v1"
 CATALOG_TOPIC = "catalog.v1"
 LICENSE_TOPIC = "license.v1"
+BUNDLE_TOPIC = "bundle.v1"
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,18 @@ def event(type_: str, topic: str, producer: str, summary: str) -> Callable[[E], 
 
 class CaseEvent(Event):
     case_id: str
+    bundle_id: str | None = Field(
+        default=None,
+        description="the bundle (一件事, DESIGN.md §8) the case is a member of: set by tongban's "
+        "services on every event of a member; null for a single case",
+    )
+
+
+class BundleMemberEvent(CaseEvent):
+    """An event that carries the application: a member names its bundle's code too, so
+    routing checks the intake office against the bundle's window, not the item's alone."""
+
+    bundle_code: str | None = Field(default=None, description="the bundle's catalog code")
 
 
 # -- case.intake.v1 (intake) -------------------------------------------------------------------
@@ -98,7 +113,7 @@ class CaseEvent(Event):
     "intake",
     "One-time notification of missing materials at the counter",
 )
-class CaseNotified(CaseEvent):
+class CaseNotified(BundleMemberEvent):
     """One-time notification (一次性告知): every missing material listed at once."""
 
     application: Application
@@ -115,7 +130,7 @@ class CaseNotified(CaseEvent):
     "intake",
     "Materials complete; the case goes to routing",
 )
-class CaseSubmitted(CaseEvent):
+class CaseSubmitted(BundleMemberEvent):
     """The materials are complete: routing takes it from here."""
 
     application: Application
@@ -149,7 +164,7 @@ class CaseWithdrawn(CaseEvent):
 
 
 @event("gov.case.routed.v1", ROUTING_TOPIC, "routing", "Handling level and department decided")
-class CaseRouted(CaseEvent):
+class CaseRouted(BundleMemberEvent):
     route: Route
     item: ItemSnapshot
     application: Application
@@ -163,7 +178,7 @@ class CaseRouted(CaseEvent):
     "routing",
     "No route: the case waits in the triage queue",
 )
-class CaseRouteFailed(CaseEvent):
+class CaseRouteFailed(BundleMemberEvent):
     failure: Failure
     rule: str
     catalog_version: int | None
@@ -257,6 +272,7 @@ class ClockStep(StrEnum):
     decision = "decision"  # the committed time limit of the case
     followup = "followup"  # the answer owed to a bad rating
     verification = "verification"  # checking the commitments of an approved case (§7)
+    bundle = "bundle"  # the committed limit of the whole bundle (§8)
 
 
 @event(
@@ -503,6 +519,126 @@ class LicenseRevoked(LicenseEvent):
     case_id: str
     reason: str
     revoked_at: AwareDatetime | None = None
+
+
+# -- bundle.v1 (intake, delivery, approval; key = bundle id) -----------------------------------
+
+
+class BundleEvent(Event):
+    """A change to a bundle (一件事, DESIGN.md §8): keyed and subjected by the bundle id, so one
+    bundle's story stays in order on one partition. Its members' own events stay on the case
+    topics, each with `bundle_id`."""
+
+    bundle_id: str
+
+
+class BundleMemberRef(Contract):
+    case_id: str
+    item_code: str
+    status: CaseStatus = Field(description="the member's status when the event was written")
+    after: list[str] = Field(
+        default_factory=list, description="case ids of the members it waits for (`waiting`)"
+    )
+
+
+@event(
+    "gov.bundle.submitted.v1",
+    BUNDLE_TOPIC,
+    "intake",
+    "A bundle taken at one window: its members, created as ordinary cases",
+)
+class BundleSubmitted(BundleEvent):
+    bundle_code: str
+    bundle_name: str
+    lead: str = Field(description="牵头部门")
+    time_limit_days: int
+    channel: Channel
+    office_code: str | None
+    answers: dict[str, bool | str] = Field(default_factory=dict)
+    members: list[BundleMemberRef]
+    excluded: list[str] = Field(
+        default_factory=list, description="item codes the answers left out (not created)"
+    )
+    delivery_method: DeliveryMethod
+    delivery_address: str | None = None
+    submitted_at: AwareDatetime
+
+
+@event(
+    "gov.bundle.withdrawn.v1",
+    BUNDLE_TOPIC,
+    "intake",
+    "The applicant withdrew the bundle: every undecided member is withdrawn",
+)
+class BundleWithdrawn(BundleEvent):
+    withdrawn_members: list[str] = Field(description="case ids withdrawn now")
+    reason: str | None = None
+    withdrawn_at: AwareDatetime
+
+
+class BundleResult(Contract):
+    case_id: str
+    item_code: str
+    outcome: str = Field(description="approved | denied | withdrawn | terminated | revoked")
+    result: ResultDocument | None = Field(description="null for a member that ended without one")
+
+
+@event(
+    "gov.bundle.delivered.v1",
+    BUNDLE_TOPIC,
+    "delivery",
+    "Every member's result reached the applicant at once (一次送达)",
+)
+class BundleDelivered(BundleEvent):
+    method: DeliveryMethod
+    delivered_at: AwareDatetime
+    office_code: str | None = None
+    tracking_number: str | None = None
+    results: list[BundleResult]
+
+
+@event("gov.bundle.closed.v1", BUNDLE_TOPIC, "delivery", "The bundle and its members are closed")
+class BundleClosed(BundleEvent):
+    closed_at: AwareDatetime
+    members: list[str] = Field(description="case ids of the members closed with it")
+
+
+@event(
+    "gov.bundle.rated.v1",
+    BUNDLE_TOPIC,
+    "delivery",
+    "The applicant rated the bundle once; counted for each member's department",
+)
+class BundleRated(BundleEvent):
+    rating: Rating
+    comment: str | None = None
+    rated_at: AwareDatetime
+    departments: list[str] = Field(description="the member departments the rating counts for")
+
+
+@event(
+    "gov.bundle.sla_warning.v1",
+    BUNDLE_TOPIC,
+    "approval",
+    "A share of the bundle's committed time limit has passed",
+)
+class BundleSlaWarning(BundleEvent):
+    lead: str
+    deadline: date | None
+    elapsed_ratio: float
+    open_members: list[str] = Field(description="case ids not decided yet")
+
+
+@event(
+    "gov.bundle.overdue.v1",
+    BUNDLE_TOPIC,
+    "approval",
+    "The bundle's committed time limit has passed with members undecided",
+)
+class BundleOverdue(BundleEvent):
+    lead: str
+    deadline: date
+    open_members: list[str]
 
 
 # -- case.dlq.replays.v1 (operators: `tongban dlq replay`) ---------------------------------------

@@ -41,6 +41,7 @@ from contracts import rest
 from contracts.common import Contract
 from contracts.events import (
     APPROVAL_TOPIC,
+    BUNDLE_TOPIC,
     CASE_TOPICS,
     CATALOG_TOPIC,
     DECISIONS_TOPIC,
@@ -76,10 +77,10 @@ OPERATORS = "operators"  # `tongban dlq` (and the console's dead-letter view)
 # Consumer groups of the services: service -> topics it receives.
 RECEIVES: dict[str, tuple[str, ...]] = {
     # the case timeline shows every event of the case; its copy of the licence library (§7)
-    "intake": (*CASE_TOPICS, LICENSE_TOPIC),
+    "intake": (*CASE_TOPICS, LICENSE_TOPIC, BUNDLE_TOPIC),
     "routing": (INTAKE_TOPIC,),
-    "approval": (ROUTING_TOPIC, DECISIONS_TOPIC),
-    "delivery": (APPROVAL_TOPIC,),
+    "approval": (ROUTING_TOPIC, DECISIONS_TOPIC, INTAKE_TOPIC, DELIVERY_TOPIC, BUNDLE_TOPIC),
+    "delivery": (APPROVAL_TOPIC, INTAKE_TOPIC, BUNDLE_TOPIC),
 }
 
 TOPIC_DESCRIPTIONS: dict[str, str] = {
@@ -101,6 +102,12 @@ TOPIC_DESCRIPTIONS: dict[str, str] = {
         "The licence library (DESIGN.md §7): every e-licence issued, and its revocation. Keyed "
         "by licence id and compacted, so a reader that starts late still finds each licence's "
         "last state. Intake keeps its copy, to attach a held licence to a later case."
+    ),
+    BUNDLE_TOPIC: (
+        "Bundles (一件事一次办, DESIGN.md §8): one application for several items. Keyed by "
+        "bundle id: submitted and withdrawn (intake), delivered at once, closed and rated "
+        "(delivery), the bundle's time-limit alarms (approval, `ce_handledby` = the lead "
+        "department). Each member's own events stay on the case topics with `bundle_id`."
     ),
     DLQ_REPLAYS_TOPIC: (
         "The log of dead-letter replays (`tongban dlq replay`), one partition, in replay "
@@ -277,6 +284,7 @@ def _ce_headers(event_type: str | None, *, handledby: bool) -> dict[str, Any]:
     subject = {
         CATALOG_TOPIC: "The catalog version id, e.g. `3101/catalog/7` (also the record key).",
         LICENSE_TOPIC: "The licence id (also the record key).",
+        BUNDLE_TOPIC: "The bundle id (also the record key).",
     }.get(topic or "", "The case id (also the record key).")
     properties: dict[str, Any] = {
         "ce_specversion": _string("CloudEvents specversion.", const="1.0"),
@@ -323,6 +331,7 @@ def _key_binding(topic: str) -> dict[str, Any]:
             "The licence id: a licence's issue and revocation go to one partition, in order, "
             "and compaction keeps its last state."
         ),
+        BUNDLE_TOPIC: "The bundle id: every record of a bundle goes to one partition, in order.",
     }.get(topic, "The case id: every record of a case goes to one partition, in order.")
     return {"kafka": {"key": _string(key, minLength=1), "bindingVersion": KAFKA_BINDING_VERSION}}
 
@@ -439,12 +448,18 @@ class _Operation:
 
 def _operations() -> list[_Operation]:
     ops: list[_Operation] = []
-    producers: dict[str, str] = {}
+    # One producer per topic, but bundle.v1 (DESIGN.md §8): each service writes the bundle's
+    # steps it owns there.
+    producers: dict[tuple[str, str], list[str]] = {}
     for event in EVENT_TYPES.values():
-        if producers.setdefault(event.topic, event.producer) != event.producer:
-            raise ValueError(f"topic {event.topic} has two producers")
-    for topic, producer in producers.items():
-        ops.append(_Operation(producer, "send", topic, f"{producer} publishes to {topic}"))
+        producers.setdefault((event.topic, event.producer), []).append(event.type)
+    for (topic, producer), types in producers.items():
+        if topic != BUNDLE_TOPIC and any(t == topic for t, p in producers if p != producer):
+            raise ValueError(f"topic {topic} has two producers")
+        summary = f"{producer} publishes to {topic}"
+        if topic == BUNDLE_TOPIC:
+            summary += ": " + ", ".join(f"`{t}`" for t in types)
+        ops.append(_Operation(producer, "send", topic, summary))
     for service, topics in RECEIVES.items():
         for topic in topics:
             ops.append(_Operation(service, "receive", topic, f"{service} consumes {topic}"))
@@ -492,7 +507,14 @@ def _operations() -> list[_Operation]:
         ),
     ]
     order = {name: i for i, name in enumerate((*SERVICES, DEPARTMENT_SYSTEMS, OPERATORS))}
-    topics = (*CASE_TOPICS, CATALOG_TOPIC, LICENSE_TOPIC, DLQ_TOPIC, DLQ_REPLAYS_TOPIC)
+    topics = (
+        *CASE_TOPICS,
+        CATALOG_TOPIC,
+        LICENSE_TOPIC,
+        BUNDLE_TOPIC,
+        DLQ_TOPIC,
+        DLQ_REPLAYS_TOPIC,
+    )
     return sorted(
         ops, key=lambda op: (order[op.service], op.action != "send", topics.index(op.topic))
     )
@@ -527,7 +549,14 @@ def asyncapi_document() -> dict[str, Any]:
     schemas = _sorted({**components, **payloads})
 
     channels: dict[str, Any] = {}
-    for topic in (*CASE_TOPICS, CATALOG_TOPIC, LICENSE_TOPIC, DLQ_TOPIC, DLQ_REPLAYS_TOPIC):
+    for topic in (
+        *CASE_TOPICS,
+        CATALOG_TOPIC,
+        LICENSE_TOPIC,
+        BUNDLE_TOPIC,
+        DLQ_TOPIC,
+        DLQ_REPLAYS_TOPIC,
+    ):
         kafka: dict[str, Any] = {"topic": topic}
         if topic in (CATALOG_TOPIC, DLQ_REPLAYS_TOPIC):
             kafka["partitions"] = 1

@@ -12,8 +12,10 @@ from contracts.common import (
     Applicant,
     Application,
     CaseStatus,
+    Channel,
     Code,
     Contract,
+    Delivery,
     DeliveryMethod,
     Failure,
     Material,
@@ -95,6 +97,7 @@ class CaseView(Contract):
     deferred_materials: list[DeferredMaterial] = Field(
         default_factory=list, description="materials deferred at submission (容缺受理)"
     )
+    bundle_id: str | None = Field(default=None, description="the bundle it is a member of (§8)")
 
 
 class ItemView(Contract):
@@ -390,3 +393,144 @@ class RatingStatsRow(Contract):
         ge=0, le=1, description="(very_satisfied + satisfied) / total, rounded to 4 decimals"
     )
     bad: int = Field(ge=0, description="差评: dissatisfied + very_dissatisfied")
+
+
+# -- bundles (一件事一次办, DESIGN.md §8) ---------------------------------------------------------
+
+
+class BundleStatus(StrEnum):
+    in_progress = "in_progress"
+    delivered = "delivered"
+    closed = "closed"
+    withdrawn = "withdrawn"
+
+
+class BundleApplication(Contract):
+    """`POST /v1/bundles` body: one form, one set of materials, for every member."""
+
+    bundle_code: Code = Field(min_length=1, max_length=64)
+    channel: Channel
+    office_code: Code | None = Field(default=None, max_length=64, description="counter only")
+    applicant: Applicant
+    answers: dict[
+        Annotated[Code, Field(min_length=1, max_length=64)],
+        bool | Annotated[Code, Field(max_length=64)],
+    ] = Field(
+        default_factory=dict, max_length=100, description="question code -> answer (情形引导)"
+    )
+    materials: list[Material] = Field(
+        default_factory=list,
+        max_length=200,
+        description="one set: a code several members take is given once",
+    )
+    delivery: Delivery
+
+
+class BundleMemberPreview(Contract):
+    case_id: str
+    item_code: str
+    status: CaseStatus
+    route_preview: Route | None
+
+
+class BundleSubmissionResponse(Contract):
+    bundle_id: str
+    status: BundleStatus
+    members: list[BundleMemberPreview]
+    missing_materials: list[str] = Field(description="every material still missing, once")
+    excluded: list[str] = Field(
+        default_factory=list, description="member items the answers left out (not created)"
+    )
+    reused_licenses: list[LicensedMaterial] = Field(default_factory=list)
+
+
+class BundleMemberView(Contract):
+    case_id: str
+    item_code: str
+    status: CaseStatus
+    route: Route | None
+    after: list[str] = Field(default_factory=list, description="case ids it waits for")
+    failure: Failure | None = None
+    deadline: date | None = None
+
+
+class BundleTimelineEntry(TimelineEntry):
+    case_id: str | None = Field(default=None, description="the member; null: the bundle itself")
+
+
+class BundleView(Contract):
+    """`GET /v1/bundles/{bundle_id}` (intake)."""
+
+    bundle_id: str
+    bundle_code: str
+    bundle_name: str | None = None
+    status: BundleStatus
+    deadline: date | None = Field(
+        description="first member's acceptance + the bundle's time_limit_days working days"
+    )
+    office_code: str | None = None
+    members: list[BundleMemberView]
+    excluded: list[str] = Field(default_factory=list)
+    missing_materials: list[str] = Field(default_factory=list)
+    timeline: list[BundleTimelineEntry]
+    applicant: Applicant | None = Field(default=None, description="masked for operators and admins")
+
+
+class BundleWithdrawResponse(Contract):
+    bundle_id: str
+    status: BundleStatus
+    withdrawn: list[str] = Field(description="case ids withdrawn now")
+    kept: list[str] = Field(description="members already decided: their results still come")
+
+
+class BundleQuestionView(Contract):
+    code: str
+    text: str
+    type: str
+    options: list[str] = Field(default_factory=list)
+
+
+class BundleMaterialView(Contract):
+    code: str
+    name: str
+    required: bool
+    items: list[str] = Field(description="the member items that take it")
+    license_type: str | None = None
+    commitment: bool = False
+    deferrable: bool = False
+
+
+class BundleCatalogMember(Contract):
+    item: str
+    name: str
+    when: dict[str, bool | str] = Field(default_factory=dict)
+    after: list[str] = Field(default_factory=list)
+
+
+class BundleCatalogView(Contract):
+    """`GET /v1/bundles` (intake): what a counter terminal needs to render the one form."""
+
+    code: str
+    name: str
+    category: str
+    lead: str
+    time_limit_days: int
+    intake_levels: list[str]
+    questions: list[BundleQuestionView]
+    members: list[BundleCatalogMember]
+    materials: list[BundleMaterialView] = Field(description="the union of the members' materials")
+    effective_from: date | None
+    effective_to: date | None
+
+
+class BundleResultsView(Contract):
+    """`GET /v1/bundles/{bundle_id}/results` (delivery)."""
+
+    bundle_id: str
+    status: BundleStatus
+    delivery_method: DeliveryMethod | None
+    pickup_office: str | None
+    results: list[ResultView]
+    ended: list[str] = Field(default_factory=list, description="members that ended without one")
+    delivered_at: AwareDatetime | None = None
+    closed_at: AwareDatetime | None = None

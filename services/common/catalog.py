@@ -22,6 +22,8 @@ from pydantic import BaseModel, ValidationError
 from contracts.catalog import (
     LEVEL_OFFICE,
     OFFICE_LEVEL,
+    Bundle,
+    BundleMember,
     Calendar,
     Catalog,
     CatalogModel,
@@ -30,6 +32,8 @@ from contracts.catalog import (
     District,
     Item,
     Office,
+    Question,
+    QuestionType,
 )
 from contracts.common import UNSTORABLE_MESSAGE, Level, Mode, is_unstorable
 from services.policy.intake_rules import effective_intake_levels
@@ -212,6 +216,7 @@ def validate_catalog(raw: Any) -> tuple[Catalog | None, list[CatalogProblem]]:
     departments = _many(raw, "departments", Department, out)
     calendar = _one(raw, "calendar", Calendar, out)
     items = _many(raw, "items", Item, out)
+    bundles = _many(raw, "bundles", Bundle, out) if "bundles" in raw else _Section[Bundle]()
 
     divisions = _check_divisions(raw, city, districts, out)
     office_levels = _check_offices(offices, divisions, out)
@@ -222,6 +227,13 @@ def validate_catalog(raw: Any) -> tuple[Catalog | None, list[CatalogProblem]]:
         items,
         departments=departments,
         municipal_departments=municipal_departments,
+        office_levels=office_levels if offices.complete else None,
+        out=out,
+    )
+    _check_bundles(
+        bundles,
+        items=items,
+        departments=departments,
         office_levels=office_levels if offices.complete else None,
         out=out,
     )
@@ -514,3 +526,186 @@ def _check_time_limits(item: Item, at: str, out: list[CatalogProblem]) -> None:
                 f"{item.effective_to} is before effective_from {item.effective_from}",
             )
         )
+
+
+# -- bundles (一件事一次办, DESIGN.md §8) ---------------------------------------------------------
+
+
+def _check_bundles(
+    bundles: _Section[Bundle],
+    *,
+    items: _Section[Item],
+    departments: _Section[Department],
+    office_levels: set[Level] | None,
+    out: list[CatalogProblem],
+) -> None:
+    """Every bundle refers to what the catalog holds: a known lead department, member items of
+    its category in force whenever it is, `after` among its members without a cycle, `when`
+    over its declared questions with answers they allow."""
+    _duplicates(
+        ((f"bundles[{i}].code", b) for i, b in bundles.entries), lambda b: b.code, "bundle", out
+    )
+    known_items = {it.code: it for _, it in items.entries}
+    known_departments = {d.code for _, d in departments.entries}
+    for i, bundle in bundles.entries:
+        at = f"bundles[{i}]"
+        if bundle.lead not in known_departments and bundle.lead not in departments.broken_codes:
+            out.append(CatalogProblem(f"{at}.lead", f"unknown department {bundle.lead!r}"))
+        _check_window(bundle.effective_from, bundle.effective_to, at, out)
+        if office_levels is not None:
+            for j, level in enumerate(bundle.intake_levels or ()):
+                if level not in office_levels:
+                    out.append(
+                        CatalogProblem(
+                            f"{at}.intake_levels[{j}]",
+                            f"no {LEVEL_OFFICE[level].value} office in the city takes "
+                            f"{level.value}-level intake",
+                        )
+                    )
+        questions = _check_questions(bundle, at, out)
+        _check_members(bundle, at, known_items, items.broken_codes, questions, out)
+        _check_after(bundle, at, out)
+
+
+def _check_window(start: date | None, end: date | None, at: str, out: list[CatalogProblem]) -> None:
+    if start is not None and end is not None and end < start:
+        out.append(CatalogProblem(f"{at}.effective_to", f"{end} is before effective_from {start}"))
+
+
+def _check_questions(bundle: Bundle, at: str, out: list[CatalogProblem]) -> dict[str, Question]:
+    questions = _duplicates(
+        ((f"{at}.questions[{j}].code", q) for j, q in enumerate(bundle.questions)),
+        lambda q: q.code,
+        "question",
+        out,
+    )
+    for j, question in enumerate(bundle.questions):
+        where = f"{at}.questions[{j}].options"
+        if question.type is QuestionType.choice and len(set(question.options)) < 2:
+            out.append(CatalogProblem(where, "a choice question offers at least two options"))
+        if question.type is QuestionType.boolean and question.options:
+            out.append(CatalogProblem(where, "a boolean question is answered true or false"))
+    return questions
+
+
+def _answer_problem(question: Question, answer: bool | str) -> str | None:
+    if question.type is QuestionType.boolean and not isinstance(answer, bool):
+        return f"question {question.code!r} is answered true or false, not {answer!r}"
+    if question.type is QuestionType.choice and answer not in question.options:
+        options = ", ".join(question.options)
+        return f"question {question.code!r} is answered with one of {options}, not {answer!r}"
+    return None
+
+
+def _check_members(
+    bundle: Bundle,
+    at: str,
+    known_items: Mapping[str, Item],
+    broken_items: set[str],
+    questions: Mapping[str, Question],
+    out: list[CatalogProblem],
+) -> None:
+    _duplicates(
+        ((f"{at}.members[{j}].item", m) for j, m in enumerate(bundle.members)),
+        lambda m: m.item,
+        "member",
+        out,
+    )
+    for j, member in enumerate(bundle.members):
+        where = f"{at}.members[{j}]"
+        item = known_items.get(member.item)
+        if item is None:
+            if member.item not in broken_items:
+                out.append(CatalogProblem(f"{where}.item", f"unknown item {member.item!r}"))
+        else:
+            if item.category is not bundle.category:
+                out.append(
+                    CatalogProblem(
+                        f"{where}.item",
+                        f"item {member.item!r} is for category {item.category.value}; the "
+                        f"bundle is for {bundle.category.value}",
+                    )
+                )
+            if (why := _not_in_force_within(item, bundle)) is not None:
+                out.append(CatalogProblem(f"{where}.item", why))
+        for question, answer in member.when.items():
+            if question not in questions:
+                out.append(
+                    CatalogProblem(
+                        f"{where}.when.{question}",
+                        f"undeclared question {question!r}; declare it under questions",
+                    )
+                )
+            elif (why := _answer_problem(questions[question], answer)) is not None:
+                out.append(CatalogProblem(f"{where}.when.{question}", why))
+
+
+def _not_in_force_within(item: Item, bundle: Bundle) -> str | None:
+    """A member item is in force whenever its bundle is: else the bundle would be offered on
+    days one of its members cannot be taken."""
+    # A bundle without a start is offered once all its members are in force (intake checks
+    # each day); one with a start promises every member from then.
+    if (
+        item.effective_from is not None
+        and bundle.effective_from is not None
+        and item.effective_from > bundle.effective_from
+    ):
+        return (
+            f"item {item.code!r} is in force only from {item.effective_from}; the bundle is "
+            f"from {bundle.effective_from}"
+        )
+    if item.effective_to is not None and (
+        bundle.effective_to is None or item.effective_to < bundle.effective_to
+    ):
+        until = bundle.effective_to or "open-ended"
+        return (
+            f"item {item.code!r} is in force only until {item.effective_to}; the bundle is "
+            f"until {until}"
+        )
+    return None
+
+
+def _check_after(bundle: Bundle, at: str, out: list[CatalogProblem]) -> None:
+    """`after` names other members; no cycle; a prerequisite is created whenever its dependent
+    is (its `when` is part of the dependent's), or the dependent would wait for ever."""
+    members = {m.item: m for m in bundle.members}
+    for j, member in enumerate(bundle.members):
+        for k, before in enumerate(member.after):
+            where = f"{at}.members[{j}].after[{k}]"
+            if before == member.item:
+                out.append(CatalogProblem(where, f"member {before!r} cannot wait for itself"))
+            elif before not in members:
+                out.append(CatalogProblem(where, f"{before!r} is not a member of this bundle"))
+            elif any(member.when.get(q) != a for q, a in members[before].when.items()):
+                out.append(
+                    CatalogProblem(
+                        where,
+                        f"{before!r} is created only when {members[before].when}, but "
+                        f"{member.item!r} waits for it whatever the answers: give "
+                        f"{member.item!r} the same conditions",
+                    )
+                )
+    if (cycle := _cycle(members)) is not None:
+        out.append(CatalogProblem(f"{at}.members", "after has a cycle: " + " -> ".join(cycle)))
+
+
+def _cycle(members: Mapping[str, BundleMember]) -> list[str] | None:
+    """One cycle of `after` among the members (as a path back to its start), or None."""
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(code: str, path: list[str]) -> list[str] | None:
+        state[code] = 1
+        for before in members[code].after:
+            if before not in members or before == code:
+                continue  # reported on its own
+            if state.get(before) == 1:
+                return [*path[path.index(before) :], before] if before in path else [code, before]
+            if state.get(before) is None and (found := visit(before, [*path, before])):
+                return found
+        state[code] = 2
+        return None
+
+    for code in members:
+        if state.get(code) is None and (found := visit(code, [code])):
+            return found
+    return None

@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
-from contracts.events import CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC, LICENSE_TOPIC
+from contracts.events import BUNDLE_TOPIC, CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC, LICENSE_TOPIC
 from services.common.logs import get_logger
 from services.common.settings import CommonSettings
 
@@ -43,6 +43,8 @@ def standard_topics() -> list[TopicSpec]:
         # The licence library (DESIGN.md §7), keyed by licence id: compacted, so a reader that
         # starts late still finds each licence's last state (issued, or revoked).
         TopicSpec(LICENSE_TOPIC, config={"cleanup.policy": "compact"}),
+        # Bundles (DESIGN.md §8), keyed by bundle id: one bundle's story in order.
+        TopicSpec(BUNDLE_TOPIC),
     ]
 
 

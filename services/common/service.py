@@ -217,7 +217,8 @@ class ServiceRuntime:
             raise TypeError(
                 f"{event_type} {'needs' if spec.handledby else 'carries no'} ce_handledby"
             )
-        subject = subject or str(getattr(payload, "case_id"))  # noqa: B009
+        # Case events are about their case, bundle events about their bundle (§8).
+        subject = subject or str(getattr(payload, "case_id", None) or getattr(payload, "bundle_id"))  # noqa: B009
         # The span applying this request or event is the parent of whoever handles the new
         # event; `traceparent` (the incoming one) only serves when no span is current.
         traceparent = current_traceparent() or traceparent
