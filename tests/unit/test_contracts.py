@@ -18,6 +18,7 @@ from referencing.jsonschema import DRAFT7
 from contracts import events, generate, registry
 from contracts.events import (
     APPROVAL_TOPIC,
+    BUNDLE_TOPIC,
     CASE_TOPICS,
     CATALOG_TOPIC,
     DLQ_REPLAYS_TOPIC,
@@ -40,6 +41,7 @@ REGENERATE = "run `python -m contracts.generate` and commit the result"
 
 TIME = "2026-11-29T10:03:04.500000+08:00"
 CASE_ID = "HC-2026-000001"
+BUNDLE_ID = "HC-B-20261129-7F3A2C91D0"
 
 APPLICATION: dict[str, Any] = {
     "item_code": "MKT-FOOD-01",
@@ -253,6 +255,74 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "reason": "commitment_breached",
         "revoked_at": TIME,
     },
+    "gov.bundle.submitted.v1": {
+        "bundle_id": BUNDLE_ID,
+        "bundle_code": "B-RESTAURANT",
+        "bundle_name": "开办餐饮店一件事",
+        "lead": "HP-MKT",
+        "time_limit_days": 15,
+        "channel": "counter",
+        "office_code": "HP01-DC",
+        "answers": {"area_over_300": True},
+        "members": [
+            {"case_id": CASE_ID, "item_code": "MKT-0101", "status": "submitted"},
+            {
+                "case_id": CASE_ID + "B",
+                "item_code": "HLT-0102",
+                "status": "waiting",
+                "after": [CASE_ID],
+            },
+        ],
+        "excluded": ["FIRE-0101"],
+        "delivery_method": "counter_pickup",
+        "submitted_at": TIME,
+    },
+    "gov.bundle.withdrawn.v1": {
+        "bundle_id": BUNDLE_ID,
+        "withdrawn_members": [CASE_ID],
+        "reason": "moved",
+        "withdrawn_at": TIME,
+    },
+    "gov.bundle.delivered.v1": {
+        "bundle_id": BUNDLE_ID,
+        "method": "counter_pickup",
+        "delivered_at": TIME,
+        "office_code": "HP01-DC",
+        "results": [
+            {
+                "case_id": CASE_ID,
+                "item_code": "MKT-0101",
+                "outcome": "approved",
+                "result": {"kind": "licence", "title": "营业执照"},
+            },
+            {
+                "case_id": CASE_ID + "B",
+                "item_code": "HLT-0102",
+                "outcome": "withdrawn",
+                "result": None,
+            },
+        ],
+    },
+    "gov.bundle.closed.v1": {"bundle_id": BUNDLE_ID, "closed_at": TIME, "members": [CASE_ID]},
+    "gov.bundle.rated.v1": {
+        "bundle_id": BUNDLE_ID,
+        "rating": "satisfied",
+        "rated_at": TIME,
+        "departments": ["HP01-MKT", "HP-FIRE"],
+    },
+    "gov.bundle.sla_warning.v1": {
+        "bundle_id": BUNDLE_ID,
+        "lead": "HP-MKT",
+        "deadline": "2026-12-18",
+        "elapsed_ratio": 0.5,
+        "open_members": [CASE_ID],
+    },
+    "gov.bundle.overdue.v1": {
+        "bundle_id": BUNDLE_ID,
+        "lead": "HP-MKT",
+        "deadline": "2026-12-18",
+        "open_members": [CASE_ID],
+    },
     "gov.catalog.published.v1": {
         "version": 3,
         "loaded_at": TIME,
@@ -363,11 +433,15 @@ def test_operations_follow_the_design(asyncapi: dict[str, Any]) -> None:
     assert who("send", "case.approval.v1") == {"approval"}
     assert who("send", "case.delivery.v1") == {"delivery"}
     assert who("send", CATALOG_TOPIC) == {"routing"}
-    assert who("receive", "case.intake.v1") == {"routing", "intake"}
+    # approval: withdrawals and supplements, ratings; delivery: members withdrawn (§8)
+    assert who("receive", "case.intake.v1") == {"routing", "intake", "approval", "delivery"}
     assert who("receive", "case.routing.v1") == {"approval", "intake"}
     assert who("receive", "case.decisions.v1") == {"approval", "intake"}
     assert who("receive", "case.approval.v1") == {"delivery", "intake"}
-    assert who("receive", "case.delivery.v1") == {"intake"}
+    assert who("receive", "case.delivery.v1") == {"intake", "approval"}
+    # bundle.v1: each service writes the bundle's steps it owns, and follows the others'.
+    assert who("send", BUNDLE_TOPIC) == {"intake", "approval", "delivery"}
+    assert who("receive", BUNDLE_TOPIC) == {"intake", "approval", "delivery"}
     assert who("send", DLQ_TOPIC) == {"intake", "routing", "approval", "delivery"}
     assert who("receive", DLQ_TOPIC) == {"operators"}
     assert who("send", DLQ_REPLAYS_TOPIC) == {"operators"}
@@ -404,6 +478,7 @@ def test_every_event_type_has_a_message_a_channel_and_a_schema(asyncapi: dict[st
         *CASE_TOPICS,
         CATALOG_TOPIC,
         LICENSE_TOPIC,
+        BUNDLE_TOPIC,
         DLQ_TOPIC,
         DLQ_REPLAYS_TOPIC,
         "dept.cases.v1",
@@ -555,7 +630,9 @@ def test_ce_handledby_is_declared_on_every_message_that_carries_it(
     spec = EVENT_TYPES[event_type]
     payload = spec.model.model_validate(SAMPLES[event_type])
     sample = SAMPLES[event_type]
-    subject = sample.get("license_id") or (None if "case_id" in sample else "3101/catalog/7")
+    subject = sample.get("license_id") or (
+        None if "case_id" in sample or "bundle_id" in sample else "3101/catalog/7"
+    )
     department = "HP-S01-MKT" if spec.handledby else None
     topic, envelope = runtime.envelope(payload, subject=subject, handledby=department)
     assert (topic, envelope.type) == (spec.topic, event_type)  # from the payload's class
