@@ -153,6 +153,7 @@ def case_view(case: Any, timeline: list[TimelineEntry], *, clear: bool) -> CaseV
         timeline=timeline,
         applicant=Applicant.model_validate(applicant if clear else mask_personal_data(applicant)),
         deferred_materials=deferred_view(case.deferred_materials, case.deferred_due),
+        bundle_id=case.bundle_id,
     )
 
 
