@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import func, literal, select, update
+from pydantic import BaseModel
+from sqlalchemy import Table, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -332,20 +333,30 @@ async def create_case(
         reused_licenses=list(reused),
     )
     if idempotency_key is not None:
-        stored = await session.execute(
-            pg_insert(models.idempotency_keys)
-            .values(
-                key=idempotency_key,
-                request_hash=digest,
-                case_id=case_id,
-                response=response.model_dump(mode="json"),
-            )
-            .on_conflict_do_nothing()
-            .returning(models.idempotency_keys.c.key)
+        await _store_key(
+            session, models.idempotency_keys, idempotency_key, digest, response, case_id=case_id
         )
-        if stored.scalar() is None:
-            raise KeyAlreadyUsed(idempotency_key)
     return response
+
+
+async def _store_key(
+    session: AsyncSession,
+    keys: Table,
+    key: str,
+    digest: str,
+    response: BaseModel,
+    **taken: str,
+) -> None:
+    """Store the key with the answer of what it took (`case_id=` or `bundle_id=`); a key stored
+    already (a retry, or a retry that raced this one) raises `KeyAlreadyUsed`."""
+    stored = await session.execute(
+        pg_insert(keys)
+        .values(key=key, request_hash=digest, response=response.model_dump(mode="json"), **taken)
+        .on_conflict_do_nothing()
+        .returning(keys.c.key)
+    )
+    if stored.scalar() is None:
+        raise KeyAlreadyUsed(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1067,19 +1078,9 @@ async def create_bundle(
         reused_licenses=list(reused),
     )
     if idempotency_key is not None:
-        stored = await session.execute(
-            pg_insert(models.bundle_keys)
-            .values(
-                key=idempotency_key,
-                request_hash=digest,
-                bundle_id=bundle_id,
-                response=response.model_dump(mode="json"),
-            )
-            .on_conflict_do_nothing()
-            .returning(models.bundle_keys.c.key)
+        await _store_key(
+            session, models.bundle_keys, idempotency_key, digest, response, bundle_id=bundle_id
         )
-        if stored.scalar() is None:
-            raise KeyAlreadyUsed(idempotency_key)
     return response
 
 
