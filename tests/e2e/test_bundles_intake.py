@@ -641,3 +641,41 @@ async def test_a_member_failing_routing_waits_in_triage_while_the_others_go_on(
         assert member(view, ORPHAN)["failure"] is None
     finally:
         await load(http, raw)
+
+
+# --------------------------------------------------------------------------- access
+
+
+async def test_a_bundle_is_taken_and_read_as_a_case_is(
+    raw: dict[str, Any], http: ActingClient, rng: random.Random
+) -> None:
+    body = application(raw, PARALLEL, rng)
+    reviewer = http.headers_for(Role.reviewer, bundle_of(raw, PARALLEL)["lead"])
+    as_reviewer = await http.post(f"{INTAKE}/v1/bundles", json=body, headers=reviewer)
+    assert as_reviewer.status_code == 403, as_reviewer.text
+    elsewhere = http.headers_for(Role.clerk, "ELSEWHERE")
+    other_office = await http.post(f"{INTAKE}/v1/bundles", json=body, headers=elsewhere)
+    assert other_office.status_code == 403, other_office.text
+    created = await submit(http, body)
+    path = f"{INTAKE}/v1/bundles/{created['bundle_id']}"
+
+    hidden = await http.get(path, headers=elsewhere)
+    assert hidden.status_code == 404 and hidden.json()["code"] == "bundle_not_found", hidden.text
+    missing = await http.get(f"{INTAKE}/v1/bundles/NO-SUCH-BUNDLE", headers=clerk(http, body))
+    assert missing.status_code == 404 and missing.json()["code"] == "bundle_not_found"
+    clear = await http.get(path, headers=clerk(http, body))
+    assert clear.status_code == 200, clear.text
+    assert clear.json()["applicant"]["id_number"] == body["applicant"]["id_number"]
+    masked = await http.get(path, headers=http.headers_for(Role.operator))
+    assert masked.status_code == 200, masked.text
+    assert masked.json()["applicant"]["id_number"] != body["applicant"]["id_number"]
+    no_materials = await http.post(
+        f"{path}/materials",
+        json={"materials": [body["materials"][0]]},
+        headers=clerk(http, body),
+    )
+    assert no_materials.status_code == 409, no_materials.text  # nobody waits for materials
+    as_operator = await http.post(
+        f"{path}/withdraw", json={}, headers=http.headers_for(Role.operator)
+    )
+    assert as_operator.status_code == 403, as_operator.text
