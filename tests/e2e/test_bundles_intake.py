@@ -377,6 +377,15 @@ async def test_members_are_routed_each_to_its_own_department_and_level(
     assert {e["case_id"] for e in timeline} == {None} | {m["case_id"] for m in view["members"]}
     assert [e["time"] for e in timeline] == sorted(e["time"] for e in timeline)
 
+    # The bundle's deadline runs from its first member's acceptance.
+    async def deadline_set() -> dict[str, Any] | None:
+        view = await bundle_view(http, bundle_id)
+        return view if view["deadline"] else None
+
+    view = await eventually(deadline_set, what=f"{bundle_id}'s deadline")
+    accepted = min(e["time"][:10] for e in view["timeline"] if e["type"] == "gov.case.accepted.v1")
+    assert view["deadline"] > accepted
+
 
 # --------------------------------------------------------------------------- the answers
 
