@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -21,9 +22,11 @@ from typing import Any
 
 import pytest
 
+from contracts.events import ROUTING_TOPIC
 from services.cli.applicants import company_name, credit_code, phone
 from services.cli.devclient import ActingClient
 from services.common.auth import Role
+from services.common.settings import CommonSettings
 from tests.conftest import eventually
 from tests.e2e.conftest import (
     APPROVAL,
@@ -33,6 +36,7 @@ from tests.e2e.conftest import (
     items_where,
     wait_status,
 )
+from tests.kafka_helpers import header, read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -316,6 +320,11 @@ async def member_reaches(
         reached, timeout=timeout, what=f"{item_code} of {bundle_id} to reach {statuses}"
     )
     return view
+
+
+def routing_outcome(data: dict[str, Any]) -> str:
+    """routed or route_failed, told by the event's own fields."""
+    return "routed" if data.get("route") else "route_failed"
 
 
 def member(view: dict[str, Any], item_code: str) -> dict[str, Any]:
@@ -609,7 +618,7 @@ async def test_missing_materials_are_notified_once_and_completed_for_the_bundle(
 
 
 async def test_a_member_failing_routing_waits_in_triage_while_the_others_go_on(
-    raw: dict[str, Any], http: ActingClient, rng: random.Random
+    raw: dict[str, Any], http: ActingClient, rng: random.Random, settings: CommonSettings
 ) -> None:
     body = application(raw, TRIAGE, rng)
     created = await submit(http, body)
@@ -648,6 +657,14 @@ async def test_a_member_failing_routing_waits_in_triage_while_the_others_go_on(
         view = await member_reaches(http, bundle_id, ORPHAN, *DECIDED_OR_ON)
         assert member(view, ORPHAN)["route"]["handled_by"] == unit
         assert member(view, ORPHAN)["failure"] is None
+        # Failed and routed, the member's routing events name its bundle.
+        records = [
+            json.loads(r.value or b"null")
+            for r in await read_topic(settings, ROUTING_TOPIC, idle=0.3)
+            if header(r, "ce_subject") == orphan["case_id"]
+        ]
+        assert sorted(routing_outcome(r) for r in records) == ["route_failed", "routed"]
+        assert {(r["bundle_id"], r["bundle_code"]) for r in records} == {(bundle_id, TRIAGE)}
     finally:
         await load(http, raw)
 
