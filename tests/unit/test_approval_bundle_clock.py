@@ -11,6 +11,7 @@ import pytest
 
 from contracts.catalog import Calendar
 from contracts.common import CaseStatus
+from contracts.events import DecisionKind
 from services.approval.domain import clock, review
 from services.approval.domain.clock import MemberClock
 from services.approval.domain.review import Decision
@@ -95,7 +96,7 @@ def test_a_deadline_past_the_calendar_is_unknown_never_guessed() -> None:
 def test_every_event_about_a_member_names_its_bundle() -> None:
     case = replace(accepted_case(), bundle_id="BD-1")
     supplement = Decision(
-        case.department, review.DecisionKind.request_supplement, missing_materials=("M01",)
+        case.department, DecisionKind.request_supplement, missing_materials=("M01",)
     )
     outcomes = [
         review.decide(case, APPROVE, case_id=case.case_id, now=at(date(2026, 11, 3))),
