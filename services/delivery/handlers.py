@@ -449,9 +449,15 @@ async def settle_bundle(
                 await _close_members(session, [member.case_id], at=now, tracking=None)
                 await _emit_events(session, delivery.runtime, late, traceparent)
         return
-    if bundle.ready_at is not None or not bundle_rules.readiness(True, members).ready:
+    if not bundle_rules.readiness(True, members).ready:
         return
     action = bundle_rules.on_ready(method, members)
+    if bundle.ready_at is not None and (
+        bundle.status != BundleStatus.withdrawn.value or action is OnReady.nothing
+    ):
+        # Ready before: waiting for its pickup, or still nothing to deliver. (A bundle that
+        # had nothing gets a result late when a withdrawal lost the race with a decision.)
+        return
     status = bundle_rules.status_when_ready(action)
     await session.execute(
         update(bundles_t)

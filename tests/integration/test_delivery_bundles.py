@@ -318,3 +318,41 @@ async def test_a_counter_pickup_bundle_waits_for_its_one_pickup_and_takes_one_ra
         "gov.bundle.rated.v1",
     ]
     assert "gov.case.rated.v1" in await cases.emitted.types(bundle.denied)
+
+
+async def test_a_result_that_lost_the_race_with_its_withdrawal_still_reaches_the_applicant(
+    sessions: async_sessionmaker[AsyncSession], delivery: Delivery, cases: Cases
+) -> None:
+    """A withdrawal applied at delivery before the decision it lost to at approval (intake
+    saw the member undecided): the result comes after the bundle went out, or after it ended
+    with nothing to deliver, and is delivered then, never left held."""
+    went_out = Bundle(cases)
+    steps = went_out.steps(sessions)
+    await steps["bundle"](delivery)
+    await steps["withdrawn"](delivery)
+    for case_id in (went_out.approved, went_out.denied):  # both withdrawn, it seemed
+        withdrawal = CaseWithdrawn(
+            case_id=case_id, bundle_id=went_out.bundle_id, withdrawn_at=datetime.now(UTC)
+        )
+        async with unit_of_work(sessions) as session:
+            await handlers.member_ended(
+                session, envelope_of_withdrawal(withdrawal), withdrawal, delivery=delivery
+            )
+    # Every member ended: nothing to deliver. Then the decisions that won at approval.
+    assert (await bundle_row(sessions, went_out.bundle_id)).status == "withdrawn"
+    await steps["approved"](delivery)
+    assert (await bundle_row(sessions, went_out.bundle_id)).status == "closed"
+    await steps["denied"](delivery)  # after the bundle went out: delivered on its own
+    assert await cases.emitted.types(went_out.denied) == [
+        "gov.case.result_issued.v1",
+        "gov.case.delivered.v1",
+        "gov.case.closed.v1",
+    ]
+    assert await cases.emitted.types(went_out.bundle_id) == [
+        "gov.bundle.delivered.v1",
+        "gov.bundle.closed.v1",
+    ]
+
+
+def envelope_of_withdrawal(event: CaseWithdrawn) -> Envelope:
+    return Envelope(type=event.TYPE, source="/tongban/intake", subject=event.case_id, data={})
