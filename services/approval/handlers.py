@@ -71,7 +71,7 @@ from services.approval.domain.review import CaseState, Decision, Outcome, Unrout
 from services.common import audit
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import PermanentError
-from services.common.db import unit_of_work
+from services.common.db import locked_row, unit_of_work
 from services.common.envelope import Envelope
 from services.common.handover import HandoverTrust, load_trust, verify_handover
 from services.common.logs import get_logger
@@ -933,12 +933,7 @@ async def _bundle_of(session: AsyncSession, case_id: str, named: str | None) -> 
 
 async def lock_bundle(session: AsyncSession, bundle_id: str) -> Any:
     """The bundle's row, created if this is the first word of it, locked until commit."""
-    await session.execute(pg_insert(bundles_t).values(bundle_id=bundle_id).on_conflict_do_nothing())
-    return (
-        await session.execute(
-            select(bundles_t).where(bundles_t.c.bundle_id == bundle_id).with_for_update()
-        )
-    ).one()
+    return await locked_row(session, bundles_t, bundle_id=bundle_id)
 
 
 async def review_bundle_clock(

@@ -139,12 +139,12 @@ def test_a_counter_pickup_delivery_names_the_office() -> None:
 def test_a_result_after_its_bundle_went_out_follows_it() -> None:
     late = held("L")
     assert [
-        type(e) for e in late_member_events("BD", late, method=DeliveryMethod.electronic, at=AT)
+        type(e) for e in late_member_events("BD", [late], method=DeliveryMethod.electronic, at=AT)
     ] == [
         CaseDelivered,
         CaseClosed,
     ]
-    assert late_member_events("BD", late, method=DeliveryMethod.counter_pickup, at=AT) == []
+    assert late_member_events("BD", [late], method=DeliveryMethod.counter_pickup, at=AT) == []
 
 
 def test_one_rating_counts_for_each_member_department() -> None:
