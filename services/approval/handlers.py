@@ -931,11 +931,6 @@ async def _bundle_of(session: AsyncSession, case_id: str, named: str | None) -> 
     return found.scalar()
 
 
-async def lock_bundle(session: AsyncSession, bundle_id: str) -> Any:
-    """The bundle's row, created if this is the first word of it, locked until commit."""
-    return await locked_row(session, bundles_t, bundle_id=bundle_id)
-
-
 async def review_bundle_clock(
     session: AsyncSession,
     approval: Approval,
@@ -945,7 +940,7 @@ async def review_bundle_clock(
 ) -> None:
     """Start, move or stop the bundle's clock from what approval knows now (under the bundle
     row's lock): its timers follow `clock.bundle_clock`; once stopped it stays stopped."""
-    bundle = await lock_bundle(session, bundle_id)
+    bundle = await locked_row(session, bundles_t, bundle_id=bundle_id)
     if bundle.bundle_code is None or bundle.decided_at is not None:
         return  # members not known yet (the bundle event reviews it), or stopped for good
     members, version = await queries.bundle_member_clocks(session, bundle_id)
@@ -1011,7 +1006,7 @@ async def bundle_submitted(
             )
             .values(bundle_id=bundle_id)
         )
-    bundle = await lock_bundle(session, bundle_id)
+    bundle = await locked_row(session, bundles_t, bundle_id=bundle_id)
     if bundle.bundle_code is not None:
         return  # known before: a copy of the event
     await session.execute(
@@ -1048,7 +1043,7 @@ async def bundle_withdrawn(
 ) -> None:
     """The whole bundle withdrawn: its clock stops (the members' own withdrawals follow on
     case.intake.v1; the decided ones keep their decisions)."""
-    await lock_bundle(session, withdrawn.bundle_id)
+    await locked_row(session, bundles_t, bundle_id=withdrawn.bundle_id)
     await session.execute(
         update(bundles_t)
         .where(bundles_t.c.bundle_id == withdrawn.bundle_id, bundles_t.c.withdrawn_at.is_(None))

@@ -148,7 +148,8 @@ async def issue_and_deliver(
     """
     bundle_id = await _bundle_of(session, decision.case_id, decision.bundle_id)
     if bundle_id is not None:
-        await lock_bundle(session, bundle_id)  # before the result row: the order pickups take
+        # The bundle before the result row: the order its pickup takes them in.
+        await locked_row(session, bundles_t, bundle_id=bundle_id)
     try:
         plan = plan_delivery(
             decision.delivery_method,
@@ -418,11 +419,6 @@ async def _bundle_of(session: AsyncSession, case_id: str, named: str | None) -> 
     return found.scalar()
 
 
-async def lock_bundle(session: AsyncSession, bundle_id: str) -> Any:
-    """The bundle's row, created if this is the first word of it, locked until commit."""
-    return await locked_row(session, bundles_t, bundle_id=bundle_id)
-
-
 async def _emit_events(
     session: AsyncSession,
     runtime: ServiceRuntime,
@@ -443,7 +439,7 @@ async def settle_bundle(
     """Under the bundle's lock (taken by the caller): the bundle became ready, so it goes
     out (electronic, postal), waits for its pickup (counter_pickup) or ends with nothing to
     deliver; or it went out before and a late result follows it."""
-    bundle = await lock_bundle(session, bundle_id)
+    bundle = await locked_row(session, bundles_t, bundle_id=bundle_id)
     if bundle.bundle_code is None:
         return  # its members are not known yet: gov.bundle.submitted.v1 settles it
     members = await queries.bundle_members(session, bundle_id)
@@ -536,7 +532,7 @@ async def bundle_submitted(
     session: AsyncSession, envelope: Envelope, submitted: BundleSubmitted, *, delivery: Delivery
 ) -> None:
     """The bundle's members and how it is delivered: from now on its readiness is known."""
-    bundle = await lock_bundle(session, submitted.bundle_id)
+    bundle = await locked_row(session, bundles_t, bundle_id=submitted.bundle_id)
     if bundle.bundle_code is not None:
         log.info("bundle known before; event ignored", bundle_id=submitted.bundle_id)
         return
@@ -599,7 +595,7 @@ async def member_ended(
     bundle_id = await _bundle_of(session, ended.case_id, ended.bundle_id)
     if bundle_id is None:
         return
-    await lock_bundle(session, bundle_id)
+    await locked_row(session, bundles_t, bundle_id=bundle_id)
     if isinstance(ended, CaseWithdrawn):
         outcome, at = CaseStatus.withdrawn.value, ended.withdrawn_at
     else:
