@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from contracts.common import CaseStatus, Channel, DeliveryMethod
+from contracts.common import CaseStatus, Channel, DeliveryMethod, Material
 from contracts.events import (
     BundleMemberRef,
     BundleSubmitted,
     CaseRouted,
+    CaseSupplemented,
     CaseWithdrawn,
     ClockStep,
 )
@@ -28,6 +29,7 @@ from services.common import migrations
 from services.common.catalog_follower import CatalogFollower
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
+from services.common.refusals import Refusal
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.settings import CommonSettings
 from tests.outbox_capture import OutboxCapture
@@ -245,3 +247,62 @@ async def test_a_bundle_overdue_fires_once_for_the_lead_naming_its_open_members(
     assert timedelta(0) < datetime.now(UTC) - min(
         t.due_at for t in await bundle_timers(past, bundle.bundle_id)
     )
+
+
+async def test_a_held_approval_keeps_the_bundle_clock_until_its_deferred_material_arrives(
+    settings: ServiceSettings, prefix: str
+) -> None:
+    """容缺受理 in a bundle: the approval is held while a deferred material is outstanding, so
+    the bundle is not done; the material arrives, the approval takes effect, the clock stops."""
+    approval = approval_at(settings, 0)
+    bundle = Bundle(prefix)
+    held, second, waiting = bundle.members
+    emitted = OutboxCapture(approval.runtime.sessions, "approval", prefix)
+    routed = bundle.routed(held, named=True)
+    deferred = routed.application.model_copy(
+        update={"materials": [Material(code="M02", deferred=True)]}
+    )
+    routed = routed.model_copy(update={"application": deferred})
+    try:
+        async with emitted:
+            async with unit_of_work(approval.runtime.sessions) as session:
+                await handlers.bundle_submitted(
+                    session, envelope(bundle.bundle_id), bundle.submitted(), approval=approval
+                )
+            async with unit_of_work(approval.runtime.sessions) as session:
+                await handlers.take_routed(session, envelope(held), routed, approval=approval)
+            for case_id in (second, waiting):
+                withdrawn = CaseWithdrawn(
+                    case_id=case_id, bundle_id=bundle.bundle_id, withdrawn_at=datetime.now(UTC)
+                )
+                async with unit_of_work(approval.runtime.sessions) as session:
+                    await handlers.case_withdrawn(
+                        session, envelope(case_id), withdrawn, approval=approval
+                    )
+            async with unit_of_work(approval.runtime.sessions) as session:
+                outcome = await handlers.decide_case(
+                    session,
+                    approval=approval,
+                    case_id=held,
+                    decision=APPROVE,
+                    now=approval.runtime.clock.now(),
+                )
+            assert not isinstance(outcome, Refusal)
+            assert outcome.state.status is CaseStatus.approval_held
+            assert await bundle_timers(approval, bundle.bundle_id), "held: the clock runs on"
+            brought = CaseSupplemented(
+                case_id=held,
+                bundle_id=bundle.bundle_id,
+                materials=[Material(code="M02", sha256="0" * 64)],
+                supplemented_at=datetime.now(UTC),
+            )
+            async with unit_of_work(approval.runtime.sessions) as session:
+                await handlers.case_supplemented(
+                    session, envelope(held), brought, approval=approval
+                )
+            assert await bundle_timers(approval, bundle.bundle_id) == []
+            approved = [e for e in await emitted.events() if e.type == "gov.case.approved.v1"]
+        assert [e.data["bundle_id"] for e in approved] == [bundle.bundle_id]
+    finally:
+        await emitted.discard()
+        await approval.runtime.engine.dispose()
