@@ -85,6 +85,37 @@ def envelope(subject: str) -> Envelope:
     return Envelope(type="test", source="/test", subject=subject, data={})
 
 
+async def submit(approval: handlers.Approval, bundle: Bundle) -> None:
+    async with unit_of_work(approval.runtime.sessions) as session:
+        await handlers.bundle_submitted(
+            session, envelope(bundle.bundle_id), bundle.submitted(), approval=approval
+        )
+
+
+async def take(approval: handlers.Approval, routed: CaseRouted) -> None:
+    async with unit_of_work(approval.runtime.sessions) as session:
+        await handlers.take_routed(session, envelope(routed.case_id), routed, approval=approval)
+
+
+async def approve(approval: handlers.Approval, case_id: str) -> Any:
+    async with unit_of_work(approval.runtime.sessions) as session:
+        return await handlers.decide_case(
+            session,
+            approval=approval,
+            case_id=case_id,
+            decision=APPROVE,
+            now=approval.runtime.clock.now(),
+        )
+
+
+async def withdraw(approval: handlers.Approval, bundle: Bundle, case_id: str) -> None:
+    withdrawn = CaseWithdrawn(
+        case_id=case_id, bundle_id=bundle.bundle_id, withdrawn_at=datetime.now(UTC)
+    )
+    async with unit_of_work(approval.runtime.sessions) as session:
+        await handlers.case_withdrawn(session, envelope(case_id), withdrawn, approval=approval)
+
+
 @pytest.fixture
 async def prefix(settings: ServiceSettings) -> AsyncIterator[str]:
     await asyncio.to_thread(migrations.upgrade, "approval", settings.migration_url)
@@ -123,26 +154,15 @@ async def test_the_bundle_clock_is_the_same_in_either_order_and_stops_when_all_a
     first, second, waiting = bundle.members
     emitted = OutboxCapture(approval.runtime.sessions, "approval", prefix)
 
-    async def bundle_event() -> None:
-        async with unit_of_work(approval.runtime.sessions) as session:
-            await handlers.bundle_submitted(
-                session, envelope(bundle.bundle_id), bundle.submitted(), approval=approval
-            )
-
-    async def route(case_id: str) -> None:
-        # Routed events that do not name the bundle: approval finds it from the bundle event.
-        routed = bundle.routed(case_id, named=False)
-        async with unit_of_work(approval.runtime.sessions) as session:
-            await handlers.take_routed(session, envelope(case_id), routed, approval=approval)
-
     try:
         async with emitted:
+            # Routed events that do not name the bundle: approval finds it from its event.
             if bundle_first:
-                await bundle_event()
-            await route(first)
-            await route(second)
+                await submit(approval, bundle)
+            await take(approval, bundle.routed(first, named=False))
+            await take(approval, bundle.routed(second, named=False))
             if not bundle_first:
-                await bundle_event()
+                await submit(approval, bundle)
             async with approval.runtime.sessions() as session:
                 row = (
                     await session.execute(
@@ -164,22 +184,9 @@ async def test_the_bundle_clock_is_the_same_in_either_order_and_stops_when_all_a
             assert {t.department for t in timers} == {LEAD}
 
             # One approved, one withdrawn; the waiting one withdrawn before it was ever routed.
-            async with unit_of_work(approval.runtime.sessions) as session:
-                await handlers.decide_case(
-                    session,
-                    approval=approval,
-                    case_id=first,
-                    decision=APPROVE,
-                    now=approval.runtime.clock.now(),
-                )
+            await approve(approval, first)
             for case_id in (second, waiting):
-                withdrawn = CaseWithdrawn(
-                    case_id=case_id, bundle_id=bundle.bundle_id, withdrawn_at=datetime.now(UTC)
-                )
-                async with unit_of_work(approval.runtime.sessions) as session:
-                    await handlers.case_withdrawn(
-                        session, envelope(case_id), withdrawn, approval=approval
-                    )
+                await withdraw(approval, bundle, case_id)
                 still = await bundle_timers(approval, bundle.bundle_id)
                 assert bool(still) is (case_id == second), "stops with the last member only"
             events = await emitted.events()
@@ -205,22 +212,10 @@ async def test_a_bundle_overdue_fires_once_for_the_lead_naming_its_open_members(
     others = [approval_at(settings, 0) for _ in range(2)]
     try:
         async with emitted:
-            async with unit_of_work(past.runtime.sessions) as session:
-                await handlers.bundle_submitted(
-                    session, envelope(bundle.bundle_id), bundle.submitted(), approval=past
-                )
+            await submit(past, bundle)
             for case_id in (first, second):
-                routed = bundle.routed(case_id, named=True)
-                async with unit_of_work(past.runtime.sessions) as session:
-                    await handlers.take_routed(session, envelope(case_id), routed, approval=past)
-            async with unit_of_work(past.runtime.sessions) as session:
-                await handlers.decide_case(
-                    session,
-                    approval=past,
-                    case_id=first,
-                    decision=APPROVE,
-                    now=past.runtime.clock.now(),
-                )
+                await take(past, bundle.routed(case_id, named=True))
+            await approve(past, first)
 
             async def fire(runtime: ServiceRuntime) -> None:
                 async with unit_of_work(runtime.sessions) as session:
@@ -265,28 +260,11 @@ async def test_a_held_approval_keeps_the_bundle_clock_until_its_deferred_materia
     routed = routed.model_copy(update={"application": deferred})
     try:
         async with emitted:
-            async with unit_of_work(approval.runtime.sessions) as session:
-                await handlers.bundle_submitted(
-                    session, envelope(bundle.bundle_id), bundle.submitted(), approval=approval
-                )
-            async with unit_of_work(approval.runtime.sessions) as session:
-                await handlers.take_routed(session, envelope(held), routed, approval=approval)
+            await submit(approval, bundle)
+            await take(approval, routed)
             for case_id in (second, waiting):
-                withdrawn = CaseWithdrawn(
-                    case_id=case_id, bundle_id=bundle.bundle_id, withdrawn_at=datetime.now(UTC)
-                )
-                async with unit_of_work(approval.runtime.sessions) as session:
-                    await handlers.case_withdrawn(
-                        session, envelope(case_id), withdrawn, approval=approval
-                    )
-            async with unit_of_work(approval.runtime.sessions) as session:
-                outcome = await handlers.decide_case(
-                    session,
-                    approval=approval,
-                    case_id=held,
-                    decision=APPROVE,
-                    now=approval.runtime.clock.now(),
-                )
+                await withdraw(approval, bundle, case_id)
+            outcome = await approve(approval, held)
             assert not isinstance(outcome, Refusal)
             assert outcome.state.status is CaseStatus.approval_held
             assert await bundle_timers(approval, bundle.bundle_id), "held: the clock runs on"
