@@ -173,6 +173,7 @@ class WorklistEntry(Contract):
     licensed_materials: list[LicensedMaterial] = Field(
         default_factory=list, description="materials that came from e-licences, and which"
     )
+    bundle_id: str | None = Field(default=None, description="the bundle it is a member of (§8)")
 
 
 class ApprovalCaseView(Contract):
@@ -204,6 +205,7 @@ class ApprovalCaseView(Contract):
     verification: VerificationEntry | None = Field(
         default=None, description="the verification of its commitments, once approved (告知承诺)"
     )
+    bundle_id: str | None = Field(default=None, description="the bundle it is a member of (§8)")
 
 
 class FollowupEntry(Contract):
@@ -318,6 +320,9 @@ class ResultView(Contract):
     issued_at: AwareDatetime
     delivered_at: AwareDatetime | None
     closed_at: AwareDatetime | None
+    bundle_id: str | None = Field(
+        default=None, description="a bundle's member: delivered with its bundle (§8)"
+    )
 
 
 class PickupRequest(Contract):
@@ -532,5 +537,27 @@ class BundleResultsView(Contract):
     pickup_office: str | None
     results: list[ResultView]
     ended: list[str] = Field(default_factory=list, description="members that ended without one")
+    open_members: list[str] = Field(
+        default_factory=list, description="members with neither a result nor an end yet"
+    )
+    ready_at: AwareDatetime | None = Field(
+        default=None,
+        description="when every member had its result or had ended (counter_pickup: since "
+        "then the results wait at the intake office for the one pickup)",
+    )
     delivered_at: AwareDatetime | None = None
     closed_at: AwareDatetime | None = None
+
+
+class BundleAtRisk(Contract):
+    """`GET /v1/sla/bundles` (approval): a bundle's clock at risk (DESIGN.md §8)."""
+
+    bundle_id: str
+    bundle_code: str | None
+    lead: str | None = Field(description="牵头部门: warnings and overdue are for it")
+    time_limit_days: int | None
+    first_accepted_at: AwareDatetime | None = Field(description="the clock started here")
+    deadline: date | None = Field(description="null: past the catalog calendar (an alarm)")
+    overdue: bool
+    warned: bool = Field(description="a warning (or the overdue) was published")
+    open_members: list[str] = Field(description="members not decided yet (case ids)")
