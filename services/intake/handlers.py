@@ -10,17 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import Table, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.catalog import Catalog, Item
+from contracts.catalog import Bundle, Catalog, Item
 from contracts.common import Application, CaseStatus, Channel, Handover, Material, Route
 from contracts.events import (
     BundleClosed,
@@ -81,6 +81,7 @@ from services.policy.intake_rules import missing_materials
 from services.policy.routing_rules import route_case
 
 log = get_logger(__name__)
+Answer = TypeVar("Answer", SubmissionResponse, BundleSubmissionResponse)
 
 
 @dataclass(frozen=True)
@@ -220,35 +221,31 @@ async def submit(
     )
     if not result.ok:
         # A retry of a case taken before the catalog changed still gets its case back.
-        replay = await _replay(intake, idempotency_key, digest)
+        replay = await _replay(intake, idempotency_key, digest, queries.replay_idempotent)
         if replay is not None:
             return replay
         raise Refused(submission_refusal(result))
     preview = None if result.missing_materials else route_preview(intake, index, application, today)
     case_id = new_case_id(index.catalog.city.code, today)
-    try:
-        # One transaction: the case, its events, the key. A key already stored (a retry) is
-        # found by the key's own insert, which rolls the whole transaction back: no read of
-        # the key before every submission.
-        async with unit_of_work(intake.runtime.sessions) as session:
-            return await create_case(
-                session,
-                runtime=intake.runtime,
-                application=application,
-                case_id=case_id,
-                missing=list(result.missing_materials),
-                route_preview=preview,
-                idempotency_key=idempotency_key or None,
-                digest=digest,
-                handover_keys=load_keys(intake.runtime.settings),
-                traceparent=traceparent,
-                reused=reuse.reused,
-            )
-    except KeyAlreadyUsed:
-        replay = await _replay(intake, idempotency_key, digest)
-        if replay is None:
-            raise
-        return replay
+    return await _take_once(
+        intake,
+        idempotency_key,
+        digest,
+        queries.replay_idempotent,
+        lambda session: create_case(
+            session,
+            runtime=intake.runtime,
+            application=application,
+            case_id=case_id,
+            missing=list(result.missing_materials),
+            route_preview=preview,
+            idempotency_key=idempotency_key or None,
+            digest=digest,
+            handover_keys=load_keys(intake.runtime.settings),
+            traceparent=traceparent,
+            reused=reuse.reused,
+        ),
+    )
 
 
 async def _library_and_bar(
@@ -271,13 +268,37 @@ async def _library_and_bar(
     return library, barred
 
 
+StoredAnswer = Callable[[AsyncSession, str, str], Awaitable[Answer | None]]
+
+
+async def _take_once(
+    intake: Intake,
+    idempotency_key: str | None,
+    digest: str,
+    stored: StoredAnswer[Answer],
+    take: Callable[[AsyncSession], Awaitable[Answer]],
+) -> Answer:
+    """`take` (a case or a bundle, with its key's answer) in one transaction. A key already
+    stored (a retry) is found by the key's own insert, which rolls the whole transaction back:
+    no read of the key before every submission; the stored answer is given instead."""
+    try:
+        async with unit_of_work(intake.runtime.sessions) as session:
+            return await take(session)
+    except KeyAlreadyUsed:
+        replay = await _replay(intake, idempotency_key, digest, stored)
+        if replay is None:
+            raise
+        return replay
+
+
 async def _replay(
-    intake: Intake, idempotency_key: str | None, digest: str
-) -> SubmissionResponse | None:
+    intake: Intake, idempotency_key: str | None, digest: str, stored: StoredAnswer[Answer]
+) -> Answer | None:
+    """The answer stored with the key for this body (`stored`: of a case or of a bundle)."""
     if not idempotency_key:
         return None
     async with intake.runtime.sessions() as session:
-        return await queries.replay_idempotent(session, idempotency_key, digest)
+        return await stored(session, idempotency_key, digest)
 
 
 async def create_case(
@@ -493,17 +514,17 @@ async def add_materials(
             member=member,
             keys=load_keys(runtime.settings),
         )
-    await session.execute(
-        update(models.cases)
-        .where(models.cases.c.case_id == case_id)
-        .values(
-            status=new_status.value,
-            status_rank=RANK[new_status],
-            missing_materials=missing,
-            application=application.model_dump(mode="json"),
-            deferred_materials=deferred_now,
-            updated_at=now,
-        )
+    await update_case(
+        session,
+        case_id,
+        {
+            "status": new_status.value,
+            "status_rank": RANK[new_status],
+            "missing_materials": missing,
+            "application": application.model_dump(mode="json"),
+            "deferred_materials": deferred_now,
+        },
+        now=now,
     )
     return SubmissionResponse(
         case_id=case_id,
@@ -631,21 +652,38 @@ async def withdraw(
             f"Case {case_id} is {status.value}; withdrawal is possible only before a decision.",
             status_now=status.value,
         )
-    now = runtime.clock.now()
-    await runtime.emit(
+    await withdraw_case(
         session,
-        CaseWithdrawn(case_id=case_id, reason=reason, withdrawn_at=now, bundle_id=case.bundle_id),
-    )
-    await session.execute(
-        update(models.cases)
-        .where(models.cases.c.case_id == case_id)
-        .values(
-            status=CaseStatus.withdrawn.value,
-            status_rank=RANK[CaseStatus.withdrawn],
-            updated_at=now,
-        )
+        runtime,
+        case_id,
+        bundle_id=case.bundle_id,
+        reason=reason,
+        now=runtime.clock.now(),
     )
     return CaseStatus.withdrawn
+
+
+async def withdraw_case(
+    session: AsyncSession,
+    runtime: ServiceRuntime,
+    case_id: str,
+    *,
+    bundle_id: str | None,
+    reason: str | None,
+    now: datetime,
+) -> None:
+    """The case withdrawn: `gov.case.withdrawn.v1` (naming its bundle, for a member) and its
+    row, whether the applicant withdrew it, its bundle, or a prerequisite that ended."""
+    await runtime.emit(
+        session,
+        CaseWithdrawn(case_id=case_id, reason=reason, withdrawn_at=now, bundle_id=bundle_id),
+    )
+    await update_case(
+        session,
+        case_id,
+        {"status": CaseStatus.withdrawn.value, "status_rank": RANK[CaseStatus.withdrawn]},
+        now=now,
+    )
 
 
 async def read_licenses(
@@ -696,11 +734,9 @@ async def record_license_issued(
         statement.on_conflict_do_update(index_elements=[models.licenses.c.license_id], set_=values)
     )
     # A prerequisite's licence may be what a waiting member of its bundle waits for (§8).
-    index = intake.catalogs.latest if intake is not None else None
-    if intake is not None and index is not None:
+    if intake is not None:
         bundle_id = await queries.bundle_of_case(session, issued.case_id)
-        if bundle_id is not None:
-            await settle_bundle(session, runtime=intake.runtime, index=index, bundle_id=bundle_id)
+        await settle_bundles(session, intake, [bundle_id] if bundle_id is not None else [])
 
 
 async def record_license_revoked(
@@ -783,6 +819,36 @@ async def follow_case_events(
     named_bundles = sorted({b for e, _ in events if isinstance(b := e.data.get("bundle_id"), str)})
     if intake is not None and named_bundles:
         await queries.lock_bundles(session, named_bundles)
+    await _append_to_timeline(session, events)
+    cases = await _lock_cases(session, {e.subject for e, _ in events})
+    pending = await _fold_events(session, events, cases, clock=clock)
+    now = clock.now()
+    for case_id, changes in pending.items():
+        await update_case(session, case_id, changes, now=now)
+    for envelope, _payload in events:
+        if commitments.bars_applicant(envelope.type, envelope.data):
+            await _bar_applicant(session, envelope)
+    moved = {
+        case.bundle_id
+        for case_id, case in cases.items()
+        if case.bundle_id is not None and "status" in pending.get(case_id, {})
+    }
+    await settle_bundles(session, intake, moved)
+
+
+@dataclass(slots=True)
+class _FollowedCase:
+    """A case of the batch as its events are folded in: its status, failure and bundle."""
+
+    status: CaseStatus
+    failure: dict[str, Any] | None
+    bundle_id: str | None
+
+
+async def _append_to_timeline(
+    session: AsyncSession, events: Sequence[tuple[Envelope, Any]]
+) -> None:
+    """Every event of the batch on its case's timeline, once (a redelivery adds nothing)."""
     # executemany form: one compiled statement whatever the batch size (SQLAlchemy sends
     # the rows as multi-row VALUES), where `.values([...])` would compile anew per size.
     await session.execute(
@@ -799,6 +865,10 @@ async def follow_case_events(
             for e, _ in events
         ],
     )
+
+
+async def _lock_cases(session: AsyncSession, case_ids: set[str]) -> dict[str, _FollowedCase]:
+    """The batch's cases intake holds, locked for the transaction."""
     rows = await session.execute(
         select(
             models.cases.c.case_id,
@@ -806,45 +876,39 @@ async def follow_case_events(
             models.cases.c.failure,
             models.cases.c.bundle_id,
         )
-        .where(models.cases.c.case_id.in_(sorted({e.subject for e, _ in events})))
+        .where(models.cases.c.case_id.in_(sorted(case_ids)))
         .order_by(models.cases.c.case_id)  # one lock order: no deadlock between batches
         .with_for_update()
     )
-    status: dict[str, CaseStatus] = {}
-    failure: dict[str, dict[str, Any] | None] = {}
-    bundle_of: dict[str, str] = {}
-    for r in rows:
-        status[r.case_id], failure[r.case_id] = CaseStatus(r.status), r.failure
-        if r.bundle_id is not None:
-            bundle_of[r.case_id] = r.bundle_id
+    return {r.case_id: _FollowedCase(CaseStatus(r.status), r.failure, r.bundle_id) for r in rows}
+
+
+async def _fold_events(
+    session: AsyncSession,
+    events: Sequence[tuple[Envelope, Any]],
+    cases: dict[str, _FollowedCase],
+    *,
+    clock: ServiceClock,
+) -> dict[str, dict[str, Any]]:
+    """Each known case's changes, its events folded in order (`cases` follows them); a case
+    another system submitted is adopted (`_adopt_case`) on its first event."""
     pending: dict[str, dict[str, Any]] = {}
     adopted: set[str] = set()
     for envelope, _payload in events:
         case_id = envelope.subject
         if case_id in adopted:
             continue  # the adoption replayed the whole timeline, this event included
-        if case_id in status:
-            changes = case_changes(status[case_id], envelope.type, envelope.data, failure[case_id])
+        case = cases.get(case_id)
+        if case is not None:
+            changes = case_changes(case.status, envelope.type, envelope.data, case.failure)
             if changes:
                 pending.setdefault(case_id, {}).update(changes)
-                status[case_id] = CaseStatus(changes.get("status", status[case_id]))
-                failure[case_id] = changes.get("failure", failure[case_id])
+                case.status = CaseStatus(changes.get("status", case.status))
+                case.failure = changes.get("failure", case.failure)
         elif "application" in envelope.data and envelope.type in ADOPTABLE:
             await _adopt_case(session, envelope, now=clock.now())
             adopted.add(case_id)
-    now = clock.now()
-    for case_id, changes in pending.items():
-        await _update(session, case_id, changes, now=now)
-    for envelope, _payload in events:
-        if commitments.bars_applicant(envelope.type, envelope.data):
-            await _bar_applicant(session, envelope)
-    index = intake.catalogs.latest if intake is not None else None
-    if intake is not None and index is not None:
-        moved = sorted(
-            {bundle_of[c] for c, ch in pending.items() if c in bundle_of and "status" in ch}
-        )
-        for bundle_id in moved:
-            await settle_bundle(session, runtime=intake.runtime, index=index, bundle_id=bundle_id)
+    return pending
 
 
 async def _bar_applicant(session: AsyncSession, envelope: Envelope) -> None:
@@ -864,9 +928,10 @@ async def _bar_applicant(session: AsyncSession, envelope: Envelope) -> None:
     )
 
 
-async def _update(
+async def update_case(
     session: AsyncSession, case_id: str, changes: dict[str, Any], *, now: datetime
 ) -> None:
+    """The case row's `changes` (columns of `models.cases`), as of `now`."""
     await session.execute(
         update(models.cases)
         .where(models.cases.c.case_id == case_id)
@@ -898,7 +963,7 @@ async def _adopt_case(session: AsyncSession, envelope: Envelope, *, now: datetim
         changes |= case_changes(status, event_type, data or {}, changes.get("failure"))
         status = CaseStatus(changes.get("status", status))
     if changes:
-        await _update(session, envelope.subject, changes, now=now)
+        await update_case(session, envelope.subject, changes, now=now)
 
 
 # -- bundles (一件事一次办, DESIGN.md §8) ----------------------------------------------------------
@@ -931,7 +996,7 @@ async def submit_bundle(
         index, application, today=today, library=library, barred=barred, holder=holder
     )
     if not plan.ok or plan.bundle is None:
-        replay = await _replay_bundle(intake, idempotency_key, digest)
+        replay = await _replay(intake, idempotency_key, digest, queries.replay_bundle)
         if replay is not None:
             return replay
         raise Refused(submission_refusal(ValidationResult(refusals=plan.refusals)))
@@ -943,34 +1008,24 @@ async def submit_bundle(
         members.append(replace(member, application=reuse.application))
         reused |= {(r.material, r.license_id): r for r in reuse.reused}
     plan = bundles.with_members_missing(replace(plan, members=tuple(members)), index)
-    try:
-        async with unit_of_work(intake.runtime.sessions) as session:
-            return await create_bundle(
-                session,
-                intake=intake,
-                index=index,
-                application=application,
-                plan=plan,
-                today=today,
-                idempotency_key=idempotency_key or None,
-                digest=digest,
-                reused=list(reused.values()),
-                traceparent=traceparent,
-            )
-    except KeyAlreadyUsed:
-        replay = await _replay_bundle(intake, idempotency_key, digest)
-        if replay is None:
-            raise
-        return replay
-
-
-async def _replay_bundle(
-    intake: Intake, idempotency_key: str | None, digest: str
-) -> BundleSubmissionResponse | None:
-    if not idempotency_key:
-        return None
-    async with intake.runtime.sessions() as session:
-        return await queries.replay_bundle(session, idempotency_key, digest)
+    return await _take_once(
+        intake,
+        idempotency_key,
+        digest,
+        queries.replay_bundle,
+        lambda session: create_bundle(
+            session,
+            intake=intake,
+            index=index,
+            application=application,
+            plan=plan,
+            today=today,
+            idempotency_key=idempotency_key or None,
+            digest=digest,
+            reused=list(reused.values()),
+            traceparent=traceparent,
+        ),
+    )
 
 
 async def create_bundle(
@@ -993,63 +1048,21 @@ async def create_bundle(
     assert bundle is not None
     now = runtime.clock.now()
     bundle_id = new_bundle_id(index.city_code, today)
-    case_ids = {m.item.code: new_case_id(index.city_code, today) for m in plan.members}
     await session.execute(
-        models.bundles.insert().values(
-            bundle_id=bundle_id,
-            bundle_code=bundle.code,
-            bundle_name=bundle.name,
-            status=BundleStatus.in_progress.value,
-            channel=application.channel.value,
-            office_code=application.office_code,
-            applicant=application.applicant.model_dump(mode="json"),
-            answers=dict(application.answers),
-            delivery=application.delivery.model_dump(mode="json"),
-            excluded=list(plan.excluded),
-            time_limit_days=bundle.time_limit_days,
-            lead=bundle.lead,
-            created_at=now,
-            updated_at=now,
-        )
+        models.bundles.insert().values(_bundle_row(bundle_id, bundle, application, plan, now))
     )
-    keys = load_keys(runtime.settings)
-    previews: list[BundleMemberPreview] = []
-    refs: list[BundleMemberRef] = []
-    for member in plan.members:
-        case_id = case_ids[member.item.code]
-        after = tuple(case_ids[code] for code in member.after if code in case_ids)
-        answer = await create_case(
-            session,
-            runtime=runtime,
-            application=member.application,
-            case_id=case_id,
-            missing=list(member.missing),
-            route_preview=(
-                None
-                if member.missing
-                else route_preview(
-                    intake, index, member.application, today, bundle_code=bundle.code
-                )
-            ),
-            idempotency_key=None,
-            digest=digest,
-            handover_keys=keys,
-            traceparent=traceparent,
-            member=BundleMembership(bundle_id, bundle.code, after),
-        )
-        previews.append(
-            BundleMemberPreview(
-                case_id=case_id,
-                item_code=member.item.code,
-                status=answer.status,
-                route_preview=answer.route_preview,
-            )
-        )
-        refs.append(
-            BundleMemberRef(
-                case_id=case_id, item_code=member.item.code, status=answer.status, after=list(after)
-            )
-        )
+    created = await _create_members(
+        session,
+        intake=intake,
+        index=index,
+        membership=BundleMembership(bundle_id, bundle.code),
+        plan=plan,
+        today=today,
+        digest=digest,
+        traceparent=traceparent,
+    )
+    refs = [ref for ref, _preview in created]
+    previews = [preview for _ref, preview in created]
     await runtime.emit(
         session,
         BundleSubmitted(
@@ -1084,6 +1097,84 @@ async def create_bundle(
     return response
 
 
+def _bundle_row(
+    bundle_id: str,
+    bundle: Bundle,
+    application: BundleApplication,
+    plan: bundles.BundlePlan,
+    at: datetime,
+) -> dict[str, Any]:
+    return {
+        "bundle_id": bundle_id,
+        "bundle_code": bundle.code,
+        "bundle_name": bundle.name,
+        "status": BundleStatus.in_progress.value,
+        "channel": application.channel.value,
+        "office_code": application.office_code,
+        "applicant": application.applicant.model_dump(mode="json"),
+        "answers": dict(application.answers),
+        "delivery": application.delivery.model_dump(mode="json"),
+        "excluded": list(plan.excluded),
+        "time_limit_days": bundle.time_limit_days,
+        "lead": bundle.lead,
+        "created_at": at,
+        "updated_at": at,
+    }
+
+
+async def _create_members(
+    session: AsyncSession,
+    *,
+    intake: Intake,
+    index: CatalogIndex,
+    membership: BundleMembership,
+    plan: bundles.BundlePlan,
+    today: date,
+    digest: str,
+    traceparent: str | None,
+) -> list[tuple[BundleMemberRef, BundleMemberPreview]]:
+    """Each member the answers created, as an ordinary case of its own (`create_case`)
+    carrying its bundle and the case ids it waits for (`after`); a member that goes ahead at
+    once gets its route preview, as a single case does."""
+    case_ids = {m.item.code: new_case_id(index.city_code, today) for m in plan.members}
+    keys = load_keys(intake.runtime.settings)
+    created = []
+    for member in plan.members:
+        case_id = case_ids[member.item.code]
+        after = tuple(case_ids[code] for code in member.after if code in case_ids)
+        route = (
+            None
+            if member.missing
+            else route_preview(
+                intake, index, member.application, today, bundle_code=membership.bundle_code
+            )
+        )
+        answer = await create_case(
+            session,
+            runtime=intake.runtime,
+            application=member.application,
+            case_id=case_id,
+            missing=list(member.missing),
+            route_preview=route,
+            idempotency_key=None,
+            digest=digest,
+            handover_keys=keys,
+            traceparent=traceparent,
+            member=replace(membership, after=after),
+        )
+        ref = BundleMemberRef(
+            case_id=case_id, item_code=member.item.code, status=answer.status, after=list(after)
+        )
+        shown = BundleMemberPreview(
+            case_id=case_id,
+            item_code=member.item.code,
+            status=answer.status,
+            route_preview=answer.route_preview,
+        )
+        created.append((ref, shown))
+    return created
+
+
 async def withdraw_bundle(
     session: AsyncSession,
     *,
@@ -1112,7 +1203,9 @@ async def withdraw_bundle(
     for member in await queries.bundle_members(session, bundle_id, lock=True):
         member_status = CaseStatus(member.status)
         if bundles.withdrawable(member_status):
-            await _end_member(session, runtime, member.case_id, bundle_id, reason, now=now)
+            await withdraw_case(
+                session, runtime, member.case_id, bundle_id=bundle_id, reason=reason, now=now
+            )
             withdrawn.append(member.case_id)
         elif member_status in bundles.KEPT:
             kept.append(member.case_id)
@@ -1133,27 +1226,6 @@ async def withdraw_bundle(
     )
 
 
-async def _end_member(
-    session: AsyncSession,
-    runtime: ServiceRuntime,
-    case_id: str,
-    bundle_id: str,
-    reason: str | None,
-    *,
-    now: datetime,
-) -> None:
-    await runtime.emit(
-        session,
-        CaseWithdrawn(case_id=case_id, reason=reason, withdrawn_at=now, bundle_id=bundle_id),
-    )
-    await _update(
-        session,
-        case_id,
-        {"status": CaseStatus.withdrawn.value, "status_rank": RANK[CaseStatus.withdrawn]},
-        now=now,
-    )
-
-
 async def add_bundle_materials(
     session: AsyncSession,
     *,
@@ -1170,33 +1242,17 @@ async def add_bundle_materials(
     (`invalid_state`)."""
     await queries.bundle_of_the_office(session, bundle_id, principal, lock=True)
     members = await queries.bundle_members(session, bundle_id, lock=True)
+    items = {m.case_id: i for m in members if (i := index.items.get(m.item_code)) is not None}
     takers = {
-        m.case_id: item
+        m.case_id: items[m.case_id]
         for m in members
-        if (item := index.items.get(m.item_code)) is not None
-        and CaseStatus(m.status) in (CaseStatus.awaiting_supplement, CaseStatus.waiting)
+        if m.case_id in items and CaseStatus(m.status) in bundles.TAKE_MATERIALS
     }
-    codes = [m.code for m in materials]
-    every = {
-        spec.code for m in members if (i := index.items.get(m.item_code)) for spec in i.materials
-    }
-    unknown = [code for code in codes if code not in every]
-    if unknown:
-        raise refused(
-            422,
-            "unknown_material",
-            "Unknown material code",
-            f"{', '.join(unknown)} not among the bundle's materials {', '.join(sorted(every))}",
-            errors=tuple(FieldError("materials", f"unknown {code}") for code in unknown),
-        )
-    if not takers:
-        raise refused(
-            409,
-            "invalid_state",
-            "No member of this bundle is waiting for materials",
-            f"Bundle {bundle_id}'s members are past taking materials at intake; a member's "
-            "review asks for its own (POST /v1/cases/{case_id}/materials).",
-        )
+    refusal = bundles.bundle_materials_refusal(
+        bundle_id, items.values(), [m.code for m in materials], any_taker=bool(takers)
+    )
+    if refusal is not None:
+        raise Refused(refusal)
     now = runtime.clock.now()
     previews = []
     for member in members:
@@ -1214,24 +1270,7 @@ async def add_bundle_materials(
             )
             status = answer.status
         elif given and item is not None:  # waiting: kept for its submission
-            application = Application.model_validate(member.application)
-            merged = {m.code: m for m in application.materials} | {m.code: m for m in given}
-            application = application.model_copy(update={"materials": list(merged.values())})
-            prerequisites = [
-                i
-                for m in members
-                if m.case_id in (member.after or []) and (i := index.items.get(m.item_code))
-            ]
-            brought = bundles.brought_by_prerequisites(item, merged, prerequisites)
-            await _update(
-                session,
-                member.case_id,
-                {
-                    "application": application.model_dump(mode="json"),
-                    "missing_materials": list(missing_materials(item, [*merged, *brought])),
-                },
-                now=now,
-            )
+            await _keep_for_submission(session, member, item, given, members, index, now=now)
         previews.append(
             BundleMemberPreview(
                 case_id=member.case_id,
@@ -1246,6 +1285,38 @@ async def add_bundle_materials(
         status=BundleStatus.in_progress,
         members=previews,
         missing_materials=missing,
+    )
+
+
+async def _keep_for_submission(
+    session: AsyncSession,
+    member: Any,
+    item: Item,
+    given: Sequence[Material],
+    members: Sequence[Any],
+    index: CatalogIndex,
+    *,
+    now: datetime,
+) -> None:
+    """A waiting member keeps the materials given now for its submission; what it still
+    lacks is counted again, less what its prerequisites' licences will bring."""
+    application = Application.model_validate(member.application)
+    merged = {m.code: m for m in application.materials} | {m.code: m for m in given}
+    application = application.model_copy(update={"materials": list(merged.values())})
+    prerequisites = [
+        i
+        for m in members
+        if m.case_id in (member.after or []) and (i := index.items.get(m.item_code))
+    ]
+    brought = bundles.brought_by_prerequisites(item, merged, prerequisites)
+    await update_case(
+        session,
+        member.case_id,
+        {
+            "application": application.model_dump(mode="json"),
+            "missing_materials": list(missing_materials(item, [*merged, *brought])),
+        },
+        now=now,
     )
 
 
@@ -1270,6 +1341,18 @@ async def read_bundle(intake: Intake, bundle_id: str, principal: Principal) -> B
 # -- waiting members: released or ended (flow step 4) ------------------------------------------
 
 
+async def settle_bundles(
+    session: AsyncSession, intake: Intake | None, bundle_ids: Iterable[str]
+) -> None:
+    """`settle_bundle` each of these bundles, in one order, by the newest catalog; nothing
+    without the process's parts (a consumer built without them) or before any catalog."""
+    index = intake.catalogs.latest if intake is not None else None
+    if intake is None or index is None:
+        return
+    for bundle_id in sorted(set(bundle_ids)):
+        await settle_bundle(session, runtime=intake.runtime, index=index, bundle_id=bundle_id)
+
+
 async def settle_bundle(
     session: AsyncSession,
     *,
@@ -1283,12 +1366,7 @@ async def settle_bundle(
     ended without approval; repeated until nothing changes, so an ending travels down the
     chain in one go. The bundle row is locked first: the consumers and requests touching one
     bundle take turns, and a member is released once."""
-    locked = await session.execute(
-        select(models.bundles.c.bundle_id)
-        .where(models.bundles.c.bundle_id == bundle_id)
-        .with_for_update()
-    )
-    if locked.first() is None:
+    if not await queries.lock_bundles(session, [bundle_id]):
         return
     members = {m.case_id: m for m in await queries.bundle_members(session, bundle_id, lock=True)}
     status = {case_id: CaseStatus(m.status) for case_id, m in members.items()}
@@ -1314,8 +1392,13 @@ async def settle_bundle(
                 item, [m.code for m in application.materials], prerequisites, licences
             )
             if decision.action is bundles.Release.end:
-                await _end_member(
-                    session, runtime, case_id, bundle_id, bundles.PREREQUISITE_ENDED, now=now
+                await withdraw_case(
+                    session,
+                    runtime,
+                    case_id,
+                    bundle_id=bundle_id,
+                    reason=bundles.PREREQUISITE_ENDED,
+                    now=now,
                 )
                 status[case_id] = CaseStatus.withdrawn
                 changed = True
@@ -1360,7 +1443,7 @@ async def _release(
         member=BundleMembership.of(member),
         keys=keys,
     )
-    await _update(
+    await update_case(
         session,
         member.case_id,
         {

@@ -367,14 +367,16 @@ async def bundle_of_the_office(
     return bundle
 
 
-async def lock_bundles(session: AsyncSession, bundle_ids: Sequence[str]) -> None:
-    """Lock these bundles' rows, in one order (bundles before their members' cases)."""
-    await session.execute(
+async def lock_bundles(session: AsyncSession, bundle_ids: Sequence[str]) -> list[str]:
+    """Lock these bundles' rows, in one order (bundles before their members' cases); the ids
+    of those intake holds."""
+    locked = await session.execute(
         select(models.bundles.c.bundle_id)
         .where(models.bundles.c.bundle_id.in_(sorted(bundle_ids)))
         .order_by(models.bundles.c.bundle_id)
         .with_for_update()
     )
+    return list(locked.scalars())
 
 
 async def bundle_members(session: AsyncSession, bundle_id: str, *, lock: bool = False) -> list[Any]:
