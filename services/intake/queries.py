@@ -1,6 +1,7 @@
 """intake's reads: a case as its caller may see it, its timeline, the stored answer of an
-Idempotency-Key, the catalog items in force, and the licence library (what a submission may
-reuse, what a holder holds). No writes here."""
+Idempotency-Key, the catalog items in force, the licence library (what a submission may
+reuse, what a holder holds), and bundles (those offered today with their questions and
+materials; a bundle with its members, deadline and one timeline). No writes here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Table, exists, func, or_, select
+from sqlalchemy import Select, Table, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.common import (
@@ -90,9 +91,16 @@ def items(index: CatalogIndex) -> list[ItemView]:
 async def load_case(session: AsyncSession, case_id: str, *, lock: bool = False) -> Any:
     """The case's row (locked for the transaction with `lock`); 404 when there is none."""
     query = select(models.cases).where(models.cases.c.case_id == case_id)
+    return await _row_or_refused(session, query, lock=lock, refusal=access.case_not_found(case_id))
+
+
+async def _row_or_refused(
+    session: AsyncSession, query: Select[Any], *, lock: bool, refusal: Refusal
+) -> Any:
+    """The row `query` finds (locked for the transaction with `lock`), or `refusal` raised."""
     row = (await session.execute(query.with_for_update() if lock else query)).first()
     if row is None:
-        raise Refused(access.case_not_found(case_id))
+        raise Refused(refusal)
     return row
 
 
@@ -350,11 +358,9 @@ def bundle_not_found(bundle_id: str) -> Refusal:
 
 
 async def load_bundle(session: AsyncSession, bundle_id: str, *, lock: bool = False) -> Any:
+    """The bundle's row (locked for the transaction with `lock`); 404 when there is none."""
     query = select(models.bundles).where(models.bundles.c.bundle_id == bundle_id)
-    row = (await session.execute(query.with_for_update() if lock else query)).first()
-    if row is None:
-        raise Refused(bundle_not_found(bundle_id))
-    return row
+    return await _row_or_refused(session, query, lock=lock, refusal=bundle_not_found(bundle_id))
 
 
 async def bundle_of_the_office(
@@ -367,14 +373,16 @@ async def bundle_of_the_office(
     return bundle
 
 
-async def lock_bundles(session: AsyncSession, bundle_ids: Sequence[str]) -> None:
-    """Lock these bundles' rows, in one order (bundles before their members' cases)."""
-    await session.execute(
+async def lock_bundles(session: AsyncSession, bundle_ids: Sequence[str]) -> list[str]:
+    """Lock these bundles' rows, in one order (bundles before their members' cases); the ids
+    of those intake holds."""
+    locked = await session.execute(
         select(models.bundles.c.bundle_id)
         .where(models.bundles.c.bundle_id.in_(sorted(bundle_ids)))
         .order_by(models.bundles.c.bundle_id)
         .with_for_update()
     )
+    return list(locked.scalars())
 
 
 async def bundle_members(session: AsyncSession, bundle_id: str, *, lock: bool = False) -> list[Any]:

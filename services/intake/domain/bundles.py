@@ -39,6 +39,8 @@ from services.intake.domain.validation import (
     delivery_refusals,
     field_refusal,
     id_number_problem,
+    office_refusals,
+    unknown_codes_refusal,
 )
 from services.policy.bundle_rules import bundle_office_allowed, bundle_window_holds
 from services.policy.catalog_index import CatalogIndex
@@ -76,6 +78,9 @@ ENDED = frozenset(
 )
 # Withdrawing the bundle keeps these: decided, their results still come.
 KEPT = frozenset(APPROVED | {CaseStatus.approval_held, CaseStatus.denied})
+# The bundle's one set of materials goes to these: completing a member that lacks some, or
+# kept for the submission of a member waiting for its prerequisites.
+TAKE_MATERIALS = frozenset({CaseStatus.awaiting_supplement, CaseStatus.waiting})
 
 
 def _by_order(refusals: Iterable[Refusal]) -> tuple[Refusal, ...]:
@@ -145,6 +150,27 @@ def member_materials(item: Item, materials: Sequence[Material]) -> list[Material
     """The part of the one set of materials the member's item takes, in the set's order."""
     takes = {m.code for m in item.materials}
     return [m for m in materials if m.code in takes]
+
+
+def bundle_materials_refusal(
+    bundle_id: str, items: Iterable[Item], codes: Iterable[str], *, any_taker: bool
+) -> Refusal | None:
+    """Materials for a bundle are refused whole, as a case's are: a code no member's item
+    takes (`unknown_material`, every one listed), or no member that would take them
+    (`any_taker`: none waits for materials; `invalid_state`). None: they are taken."""
+    every = {spec.code for item in items for spec in item.materials}
+    unknown = unknown_codes_refusal(every, codes, among="the bundle's materials ")
+    if unknown is not None:
+        return unknown
+    if any_taker:
+        return None
+    return Refusal(
+        409,
+        "invalid_state",
+        "No member of this bundle is waiting for materials",
+        f"Bundle {bundle_id}'s members are past taking materials at intake; a member's "
+        "review asks for its own (POST /v1/cases/{case_id}/materials).",
+    )
 
 
 def licence_types_issued(prerequisites: Iterable[Item]) -> dict[str, str]:
@@ -218,40 +244,21 @@ def plan_bundle(
     the licences the applicant holds or the materials name, `barred`: whether the applicant
     breached a commitment). Members get their part of the one set of materials; licence reuse
     (免提交) is the handler's, member by member, before `with_members_missing`."""
-    refusals: list[Refusal] = []
     applicant = application.applicant
+    refusals: list[Refusal] = []
     id_problem = id_number_problem(applicant.category, applicant.id_number, today=today)
     if id_problem is not None:
         refusals.append(field_refusal("invalid_id_number", "applicant.id_number", id_problem))
     bundle = index.bundles.get(application.bundle_code)
     if bundle is None:
-        codes = ", ".join(sorted(index.bundles)) or "none"
-        refusals.append(
-            _bundle_refusal(
-                "unknown_bundle",
-                "bundle_code",
-                f"bundle {application.bundle_code!r} is not in the catalog (bundles: {codes}); "
-                "GET /v1/bundles lists them",
-            )
-        )
+        refusals.append(_unknown_bundle(index, application.bundle_code))
         refusals.extend(delivery_refusals(application.delivery, application.channel))
         return BundlePlan(refusals=_by_order(refusals))
-
     answers = dict(application.answers)
-    errors = answer_errors(bundle, answers)
-    if errors:
-        refusals.append(
-            Refusal(
-                422,
-                "invalid_answers",
-                TITLES["invalid_answers"],
-                "; ".join(e.message for e in errors),
-                tuple(errors),
-            )
-        )
     created, excluded = created_members(bundle, answers)
     items = [index.items.get(m.item) for m in created]
     known = [item for item in items if item is not None]
+    refusals.extend(_answers_refusals(bundle, answers))
     refusals.extend(_not_in_force(bundle, created, items, today))
     decision = bundle_office_allowed(
         index,
@@ -261,45 +268,35 @@ def plan_bundle(
         office_code=application.office_code,
         applicant_division=applicant.division_code,
     )
-    if not decision.allowed:
-        refusals.append(
-            field_refusal(
-                decision.code or "office_not_allowed",
-                decision.field or "office_code",
-                decision.message,
-                decision.guidance.as_dict() if decision.guidance is not None else None,
-            )
-        )
+    refusals.extend(office_refusals(decision))
     refusals.extend(_material_refusals(index, bundle, known, application.materials))
     refusals.extend(
-        _first_per_field(
-            commitment_refusals(i, application.materials, barred=barred) for i in known
-        )
-    )
-    refusals.extend(
-        _first_per_field(
-            check_named_licenses(i, holder, application.materials, library)[1] for i in known
-        )
+        _member_refusals(known, application.materials, library, barred=barred, holder=holder)
     )
     refusals.extend(delivery_refusals(application.delivery, application.channel))
     if refusals:
         return BundlePlan(refusals=_by_order(refusals), bundle=bundle)
     members = tuple(
-        MemberPlan(
-            item=item,
-            after=tuple(member.after),
-            application=Application(
-                item_code=item.code,
-                channel=application.channel,
-                office_code=application.office_code,
-                applicant=applicant,
-                materials=member_materials(item, application.materials),
-                delivery=application.delivery,
-            ),
-        )
-        for member, item in zip(created, known, strict=True)
+        _member_plan(member, item, application) for member, item in zip(created, known, strict=True)
     )
     return BundlePlan(bundle=bundle, members=members, excluded=tuple(excluded))
+
+
+def _member_plan(member: BundleMember, item: Item, application: BundleApplication) -> MemberPlan:
+    """The member as an application of its own: the bundle's channel, office, applicant and
+    delivery, and its part of the one set of materials."""
+    return MemberPlan(
+        item=item,
+        after=tuple(member.after),
+        application=Application(
+            item_code=item.code,
+            channel=application.channel,
+            office_code=application.office_code,
+            applicant=application.applicant,
+            materials=member_materials(item, application.materials),
+            delivery=application.delivery,
+        ),
+    )
 
 
 def with_members_missing(plan: BundlePlan, index: CatalogIndex) -> BundlePlan:
@@ -315,8 +312,34 @@ def with_members_missing(plan: BundlePlan, index: CatalogIndex) -> BundlePlan:
     return BundlePlan(plan.refusals, plan.bundle, tuple(members), plan.excluded)
 
 
-def _bundle_refusal(code: str, field_name: str, message: str) -> Refusal:
-    return Refusal(422, code, TITLES[code], message, (FieldError(field_name, message, code),))
+def _unknown_bundle(index: CatalogIndex, bundle_code: str) -> Refusal:
+    codes = ", ".join(sorted(index.bundles)) or "none"
+    message = (
+        f"bundle {bundle_code!r} is not in the catalog (bundles: {codes}); "
+        "GET /v1/bundles lists them"
+    )
+    return Refusal(
+        422,
+        "unknown_bundle",
+        TITLES["unknown_bundle"],
+        message,
+        (FieldError("bundle_code", message, "unknown_bundle"),),
+    )
+
+
+def _answers_refusals(bundle: Bundle, answers: Mapping[str, bool | str]) -> list[Refusal]:
+    errors = answer_errors(bundle, answers)
+    if not errors:
+        return []
+    return [
+        Refusal(
+            422,
+            "invalid_answers",
+            TITLES["invalid_answers"],
+            "; ".join(e.message for e in errors),
+            tuple(errors),
+        )
+    ]
 
 
 def _not_in_force(
@@ -371,6 +394,22 @@ def _material_refusals(
             if why is not None:
                 out.append(field_refusal("deferral_not_allowed", f"materials[{i}].deferred", why))
     return out
+
+
+def _member_refusals(
+    members: Sequence[Item],
+    materials: Sequence[Material],
+    library: Sequence[LibraryLicense],
+    *,
+    barred: bool,
+    holder: str,
+) -> list[Refusal]:
+    """What each member's item refuses of the one set as a single case would: a commitment
+    it does not take (or from a barred applicant), a named e-licence it cannot use."""
+    return [
+        *_first_per_field(commitment_refusals(i, materials, barred=barred) for i in members),
+        *_first_per_field(check_named_licenses(i, holder, materials, library)[1] for i in members),
+    ]
 
 
 def _first_per_field(groups: Iterable[Iterable[Refusal]]) -> list[Refusal]:

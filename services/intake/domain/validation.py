@@ -29,7 +29,7 @@ levels; the applicant's sets the ID format).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
@@ -42,6 +42,7 @@ from contracts.common import Application, Category, Channel, Delivery, DeliveryM
 from services.common.refusals import FieldError, Refusal
 from services.policy.catalog_index import CatalogIndex
 from services.policy.intake_rules import (
+    OfficeDecision,
     item_in_force,
     missing_materials,
     office_allowed,
@@ -117,6 +118,22 @@ def field_refusal(
         (FieldError(field_name, message, code),),
         {"guidance": dict(guidance)} if guidance is not None else {},
     )
+
+
+def office_refusals(decision: OfficeDecision) -> list[Refusal]:
+    """`unknown_office` or `office_not_allowed` (with where to go instead) when the channel or
+    office may not take the application (or the bundle); none when it may."""
+    if decision.allowed:
+        return []
+    guidance = decision.guidance.as_dict() if decision.guidance is not None else None
+    return [
+        field_refusal(
+            decision.code or "office_not_allowed",
+            decision.field or "office_code",
+            decision.message,
+            guidance,
+        )
+    ]
 
 
 def delivery_refusals(delivery: Delivery, channel: Channel) -> list[Refusal]:
@@ -234,13 +251,7 @@ def validate_submission(
             office_code=application.office_code,
             applicant_division=applicant.division_code,
         )
-        if not decision.allowed:
-            refuse(
-                decision.code or "office_not_allowed",
-                decision.field or "office_code",
-                decision.message,
-                decision.guidance.as_dict() if decision.guidance is not None else None,
-            )
+        refusals.extend(office_refusals(decision))
         for i, material in enumerate(application.materials):
             if (unknown := unknown_material(item, material.code)) is not None:
                 refuse("unknown_material", f"materials[{i}].code", unknown)
@@ -293,7 +304,14 @@ def with_refusals(result: ValidationResult, more: Iterable[Refusal]) -> Validati
 def supplement_refusal(item: Item, codes: Iterable[str]) -> Refusal | None:
     """A supplement naming a material code the item does not have: refused whole (nothing of
     it is taken), every unknown code listed; None when every code is the item's."""
-    known = {m.code for m in item.materials}
+    return unknown_codes_refusal({m.code for m in item.materials}, codes)
+
+
+def unknown_codes_refusal(
+    known: Collection[str], codes: Iterable[str], *, among: str = ""
+) -> Refusal | None:
+    """`unknown_material` for the codes of a supplement not `known` (`among`: whose codes
+    they are, for the detail), every one listed; None when every code is known."""
     unknown = [code for code in codes if code not in known]
     if not unknown:
         return None
@@ -301,6 +319,6 @@ def supplement_refusal(item: Item, codes: Iterable[str]) -> Refusal | None:
         422,
         "unknown_material",
         "Unknown material code",
-        f"{', '.join(unknown)} not among {', '.join(sorted(known))}",
+        f"{', '.join(unknown)} not among {among}{', '.join(sorted(known))}",
         tuple(FieldError("materials", f"unknown {code}") for code in unknown),
     )

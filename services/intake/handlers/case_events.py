@@ -1,0 +1,197 @@
+"""Every event of every case topic into the counter's view of the case: its timeline entry,
+its status, route and deadline (the hot path of intake, taken in batches), a case another
+system submitted adopted, an applicant barred after a breached commitment, and the bundles
+whose members moved settled (`bundles.settle_bundles`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, literal, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.common import Application, CaseStatus
+from contracts.events import CaseNotified, CaseSubmitted
+from services.common.clock import ServiceClock
+from services.common.db import inbox_key
+from services.common.envelope import Envelope
+from services.intake import models, queries
+from services.intake.domain import commitments
+from services.intake.domain.lifecycle import case_changes
+from services.intake.handlers.bundles import settle_bundles
+from services.intake.handlers.cases import case_row, update_case
+from services.intake.handlers.parts import Intake
+
+
+async def follow_case_event(
+    session: AsyncSession,
+    envelope: Envelope,
+    payload: Any,
+    *,
+    clock: ServiceClock,
+    intake: Intake | None = None,
+) -> None:
+    """Any event of a case, from any case topic: timeline entry and the counter's view."""
+    await follow_case_events(session, [(envelope, payload)], clock=clock, intake=intake)
+
+
+ADOPTABLE = (CaseSubmitted.TYPE, CaseNotified.TYPE)
+
+
+async def follow_case_events(
+    session: AsyncSession,
+    events: Sequence[tuple[Envelope, Any]],
+    *,
+    clock: ServiceClock,
+    intake: Intake | None = None,
+) -> None:
+    """A batch of case events, in offset order: one statement for the timeline, one to lock
+    the cases, then each changed case updated once with its events folded in order (the hot
+    path of intake: every event of every case passes here). With `intake`, the bundles of the
+    members whose status changed are settled (`settle_bundle`): their waiting members released
+    or ended."""
+    if not events:
+        return
+    # Bundles before cases, the lock order of every request on a bundle (no deadlock); the
+    # events name their bundle, so a batch of single cases costs nothing more.
+    named_bundles = sorted({b for e, _ in events if isinstance(b := e.data.get("bundle_id"), str)})
+    if intake is not None and named_bundles:
+        await queries.lock_bundles(session, named_bundles)
+    await _append_to_timeline(session, events)
+    cases = await _lock_cases(session, {e.subject for e, _ in events})
+    pending = await _fold_events(session, events, cases, clock=clock)
+    now = clock.now()
+    for case_id, changes in pending.items():
+        await update_case(session, case_id, changes, now=now)
+    for envelope, _payload in events:
+        if commitments.bars_applicant(envelope.type, envelope.data):
+            await _bar_applicant(session, envelope)
+    moved = {
+        case.bundle_id
+        for case_id, case in cases.items()
+        if case.bundle_id is not None and "status" in pending.get(case_id, {})
+    }
+    await settle_bundles(session, intake, moved)
+
+
+@dataclass(slots=True)
+class _FollowedCase:
+    """A case of the batch as its events are folded in: its status, failure and bundle."""
+
+    status: CaseStatus
+    failure: dict[str, Any] | None
+    bundle_id: str | None
+
+
+async def _append_to_timeline(
+    session: AsyncSession, events: Sequence[tuple[Envelope, Any]]
+) -> None:
+    """Every event of the batch on its case's timeline, once (a redelivery adds nothing)."""
+    # executemany form: one compiled statement whatever the batch size (SQLAlchemy sends
+    # the rows as multi-row VALUES), where `.values([...])` would compile anew per size.
+    await session.execute(
+        pg_insert(models.timeline).on_conflict_do_nothing(),
+        [
+            {
+                "event_id": inbox_key(e.id),
+                "case_id": e.subject,
+                "type": e.type,
+                "time": e.time,
+                "source": e.source,
+                "data": e.data,
+            }
+            for e, _ in events
+        ],
+    )
+
+
+async def _lock_cases(session: AsyncSession, case_ids: set[str]) -> dict[str, _FollowedCase]:
+    """The batch's cases intake holds, locked for the transaction."""
+    rows = await session.execute(
+        select(
+            models.cases.c.case_id,
+            models.cases.c.status,
+            models.cases.c.failure,
+            models.cases.c.bundle_id,
+        )
+        .where(models.cases.c.case_id.in_(sorted(case_ids)))
+        .order_by(models.cases.c.case_id)  # one lock order: no deadlock between batches
+        .with_for_update()
+    )
+    return {r.case_id: _FollowedCase(CaseStatus(r.status), r.failure, r.bundle_id) for r in rows}
+
+
+async def _fold_events(
+    session: AsyncSession,
+    events: Sequence[tuple[Envelope, Any]],
+    cases: dict[str, _FollowedCase],
+    *,
+    clock: ServiceClock,
+) -> dict[str, dict[str, Any]]:
+    """Each known case's changes, its events folded in order (`cases` follows them); a case
+    another system submitted is adopted (`_adopt_case`) on its first event."""
+    pending: dict[str, dict[str, Any]] = {}
+    adopted: set[str] = set()
+    for envelope, _payload in events:
+        case_id = envelope.subject
+        if case_id in adopted:
+            continue  # the adoption replayed the whole timeline, this event included
+        case = cases.get(case_id)
+        if case is not None:
+            changes = case_changes(case.status, envelope.type, envelope.data, case.failure)
+            if changes:
+                pending.setdefault(case_id, {}).update(changes)
+                case.status = CaseStatus(changes.get("status", case.status))
+                case.failure = changes.get("failure", case.failure)
+        elif "application" in envelope.data and envelope.type in ADOPTABLE:
+            await _adopt_case(session, envelope, now=clock.now())
+            adopted.add(case_id)
+    return pending
+
+
+async def _bar_applicant(session: AsyncSession, envelope: Envelope) -> None:
+    """A decision revoked for a breached commitment (告知承诺): its applicant, as a holder, is
+    barred from commitments. A case intake does not know bars nobody: it was never taken here."""
+    cases = models.cases.c
+    holder = func.upper(func.btrim(cases.application["applicant"]["id_number"].astext))
+    await session.execute(
+        pg_insert(models.barred_holders)
+        .from_select(
+            ["case_id", "holder_id_number", "barred_at"],
+            select(cases.case_id, holder, literal(envelope.time)).where(
+                cases.case_id == envelope.subject
+            ),
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+async def _adopt_case(session: AsyncSession, envelope: Envelope, *, now: datetime) -> None:
+    """A case submitted straight to Kafka by another intake system (a portal, another city
+    system): intake answers for it too. Events of other topics may have come first (topics
+    are not ordered among themselves), so replay what the timeline already holds."""
+    application = Application.model_validate(envelope.data["application"])
+    status = CaseStatus.awaiting_supplement
+    row = case_row(
+        envelope.subject,
+        application,
+        status,
+        envelope.data.get("missing_materials", []),
+        envelope.time,
+    )
+    await session.execute(pg_insert(models.cases).values(row).on_conflict_do_nothing())
+    events = await session.execute(
+        select(models.timeline.c.type, models.timeline.c.data)
+        .where(models.timeline.c.case_id == envelope.subject)
+        .order_by(models.timeline.c.time, models.timeline.c.event_id)
+    )
+    changes: dict[str, Any] = {}
+    for event_type, data in events:
+        changes |= case_changes(status, event_type, data or {}, changes.get("failure"))
+        status = CaseStatus(changes.get("status", status))
+    if changes:
+        await update_case(session, envelope.subject, changes, now=now)
