@@ -465,7 +465,18 @@ async def test_a_denied_prerequisite_ends_its_dependent(
         if e["case_id"] == take["case_id"] and e["type"] == "gov.case.withdrawn.v1"
     ]
     assert len(endings) == 1 and endings[0]["note"] == "reason: prerequisite_ended", endings
-    assert view["status"] == "in_progress"  # the denial's result still goes out
+
+    # The denial's letter still goes out: with its dependent ended, every member has its
+    # result or has ended, so the bundle is delivered (electronically) and closes.
+    async def closed() -> dict[str, Any] | None:
+        found = await bundle_view(http, bundle_id)
+        return found if found["status"] == "closed" else None
+
+    view = await eventually(closed, timeout=60, what=f"{bundle_id} to close")
+    types = [e["type"] for e in view["timeline"] if e["case_id"] is None]
+    assert types.count("gov.bundle.delivered.v1") == 1, types
+    assert member(view, ISSUE_SLOW)["status"] == "closed"
+    assert member(view, TAKE)["status"] == "withdrawn"
 
 
 # --------------------------------------------------------------------------- the bundle
