@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from contracts.events import CASE_TOPICS, DLQ_TOPIC
+from contracts.events import BUNDLE_TOPIC, CASE_TOPICS, DLQ_TOPIC
 from services.common.dlq import ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC, REASON, SOURCE
 from services.common.kafka import ReadableFetch, client_options
 from services.common.logs import get_logger, mask_text
@@ -24,7 +24,7 @@ from services.common.settings import CommonSettings
 
 log = get_logger(__name__)
 
-STREAM_TOPICS = (*CASE_TOPICS, DLQ_TOPIC)
+STREAM_TOPICS = (*CASE_TOPICS, BUNDLE_TOPIC, DLQ_TOPIC)
 T = TypeVar("T")
 
 

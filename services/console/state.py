@@ -21,6 +21,7 @@ from services.common.catalog_follower import CatalogFollower
 from services.common.limits import DEFAULT_MAX_HEAD_BYTES
 from services.common.logs import get_logger
 from services.common.settings import CommonSettings
+from services.console.bundles import BundleBoard, BundleFollower
 from services.console.kafka_views import KafkaViews
 from services.console.stream import CaseLookup
 from services.operators.event_facts import CaseMemory
@@ -91,6 +92,8 @@ class Console:
         self.kafka = KafkaViews(settings, timeout_s=settings.kafka_timeout_s)
         self.catalogs: CatalogFollower[CatalogIndex] = CatalogFollower(settings, _catalog_index)
         self.facts = CaseMemory(capacity=20_000)
+        self.bundles = BundleBoard()
+        self._bundle_follower = BundleFollower(settings, self.bundles)
         self.lookup = CaseLookup(self.fetch_case_view)
         self.streams = 0
         self.closing = asyncio.Event()
@@ -99,10 +102,12 @@ class Console:
     async def start(self) -> None:
         self.http = httpx.AsyncClient(timeout=self.settings.upstream_timeout_s)
         self._tasks.append(asyncio.create_task(self._follow_catalog(), name="catalog-follower"))
+        self._tasks.append(asyncio.create_task(self._follow_bundles(), name="bundle-follower"))
 
     async def stop(self) -> None:
         self.closing.set()
         self.catalogs.stop()
+        self._bundle_follower.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -122,6 +127,19 @@ class Console:
                 raise
             except Exception as exc:
                 log.warning("catalog follower failed; retrying", error=repr(exc))
+                await asyncio.sleep(5)
+
+    async def _follow_bundles(self) -> None:
+        """The bundle board, from bundle.v1 and the members' case events; retried while Kafka
+        (or the topic) is not there, so the console starts without it."""
+        while not self.closing.is_set():
+            try:
+                await self._bundle_follower.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("bundle follower failed; retrying", error=repr(exc))
                 await asyncio.sleep(5)
 
     async def upstream(self, url: str, params: Mapping[str, Any] | None = None) -> httpx.Response:
