@@ -4,6 +4,10 @@ Loads the demo catalog, submits realistic cases over every path through the inta
 answers the non-instant ones the way departments would, collects counter pickups, waits for
 every case to end, and prints what happened. Exits non-zero if a case does not end.
 
+Then the bundles of the catalog (一件事一次办, services.cli.demo_bundles): each applied for
+once at a counter, its members decided in parallel at their own levels, a dependent member
+released with its prerequisite's e-licence, one pickup, one rating.
+
 Then a short act of fewer materials (减材料, DESIGN.md §7): an e-licence issued by one case is
 reused by a later case of the same applicant (免提交), a deferred material is brought after
 acceptance and releases the held approval (容缺受理), and another is not brought, so the
@@ -30,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from services.cli.applicants import application_for
+from services.cli.demo_bundles import bundle_act
 from services.cli.devclient import (
     APPROVAL_PORT,
     DELIVERY_PORT,
@@ -127,7 +132,7 @@ async def run_demo(
         version = loaded.json()["version"]
         console.print(
             f"catalog [bold]{catalog['city']['name']}[/] version {version}: "
-            f"{len(catalog['items'])} items"
+            f"{len(catalog['items'])} items, {len(catalog.get('bundles', []))} bundles"
         )
         await _wait_items(http, endpoints, len(catalog["items"]))
         cases = plan_cases(catalog, count, rng)
@@ -160,6 +165,8 @@ async def run_demo(
         return 1
     console.print(f"[green]all {len(cases)} cases ended[/]")
     async with ActingClient(timeout=30) as http:
+        if await bundle_act(http, endpoints, catalog, rng, timeout, console) != 0:
+            return 1
         return await fewer_materials(
             http, endpoints, catalog, rng, timeout, console, lapse_file=lapse_file
         )

@@ -29,6 +29,9 @@ CONSOLE_PORT = 8000 + SERVICES_PORT_OFFSET
 _CASE_ACTION = re.compile(
     r"^/v1/cases/(?P<case>[^/]+)/(?P<action>materials|withdraw|pickup|rating)$"
 )
+_BUNDLE_ACTION = re.compile(
+    r"^/v1/bundles/(?P<bundle>[^/]+)/(?P<action>materials|withdraw|pickup|rating)$"
+)
 
 
 class ActingClient(httpx.AsyncClient):
@@ -69,7 +72,7 @@ class ActingClient(httpx.AsyncClient):
         port, path, method = request.url.port, request.url.path, request.method
         body = _json(request)
         query = dict(request.url.params)
-        if port == INTAKE_PORT and method == "POST" and path == "/v1/cases":
+        if port == INTAKE_PORT and method == "POST" and path in ("/v1/cases", "/v1/bundles"):
             return Role.clerk, _office_scope(body.get("office_code"), body.get("channel"))
         if port == ROUTING_PORT and path == "/v1/catalog" and method == "POST":
             return Role.admin, None
@@ -80,14 +83,17 @@ class ActingClient(httpx.AsyncClient):
         match = _CASE_ACTION.match(path)
         if match and method == "POST" and port in (INTAKE_PORT, DELIVERY_PORT):
             return Role.clerk, await self._office_of(match["case"])
+        match = _BUNDLE_ACTION.match(path)
+        if match and method == "POST" and port in (INTAKE_PORT, DELIVERY_PORT):
+            return Role.clerk, await self._office_of(match["bundle"], what="bundles")
         return Role.operator, None
 
-    async def _office_of(self, case_id: str) -> str:
-        """The office that took a case (or `online`), as intake knows it."""
+    async def _office_of(self, ident: str, *, what: str = "cases") -> str:
+        """The office that took a case or a bundle (or `online`), as intake knows it."""
         answer = await super().send(
             self.build_request(
                 "GET",
-                f"{self._intake_url}/v1/cases/{case_id}",
+                f"{self._intake_url}/v1/{what}/{ident}",
                 headers=self.headers_for(Role.operator),
             )
         )
