@@ -532,5 +532,13 @@ class BundleResultsView(Contract):
     pickup_office: str | None
     results: list[ResultView]
     ended: list[str] = Field(default_factory=list, description="members that ended without one")
+    open_members: list[str] = Field(
+        default_factory=list, description="members with neither a result nor an end yet"
+    )
+    ready_at: AwareDatetime | None = Field(
+        default=None,
+        description="when every member had its result or had ended (counter_pickup: since "
+        "then the results wait at the intake office for the one pickup)",
+    )
     delivered_at: AwareDatetime | None = None
     closed_at: AwareDatetime | None = None

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 
 from contracts.common import Code
-from contracts.events import CaseRated
+from contracts.events import BundleRated, CaseRated
 from contracts.rest import (
+    BundleResultsView,
     LicenseVerification,
     PickupRequest,
     RatingGrouping,
@@ -27,6 +28,7 @@ from services.delivery.domain.stats import parse_grouping, rated_period
 from services.delivery.handlers import Delivery
 
 DeliveryDep = Annotated[Delivery, Depends(service_parts)]
+BundleId = Annotated[Code, Path(min_length=1, max_length=64, description="the bundle id")]
 router = APIRouter()
 
 OVERSEERS = (Role.operator, Role.admin)
@@ -89,7 +91,8 @@ async def pickup(
     body: Annotated[PickupRequest | None, Body()] = None,
 ) -> ResultView:
     """The applicant collects a `counter_pickup` result at the office that took the
-    application (a clerk of that office hands it over): delivered, and the case closed."""
+    application (a clerk of that office hands it over): delivered, and the case closed. A
+    bundle's member is refused 409 `bundle_member`: it goes with its bundle's pickup."""
     await _clerk_of_the_office(principal, case_id, delivery)
     async with unit_of_work(delivery.runtime.sessions) as session:
         return await handlers.pickup(
@@ -115,7 +118,8 @@ async def rate(
     delivery: DeliveryDep,
 ) -> CaseRated:
     """The applicant's one rating of the case (好差评, 一事一评), after delivery, entered at
-    the office that took the case (or the online channel)."""
+    the office that took the case (or the online channel). A bundle's member is refused 409
+    `bundle_member`: the bundle takes one rating."""
     await _clerk_of_the_office(principal, case_id, delivery)
     async with unit_of_work(delivery.runtime.sessions) as session:
         return await handlers.rate(
@@ -188,4 +192,100 @@ async def verify_license(
     async with delivery.runtime.sessions() as session:
         return await queries.verify_license(
             session, license_id, sha256, discloses=lambda row: _reads_result(principal, row)
+        )
+
+
+# -- bundles (一件事, DESIGN.md §8) ------------------------------------------------------------
+
+
+async def _clerk_of_the_bundle(principal: Principal, bundle_id: str, delivery: Delivery) -> None:
+    """Only a clerk of the office that took the bundle hands its results over or takes its
+    rating; as for a case, other roles get 403, clerks of other offices a 404."""
+    require(principal, Role.clerk)
+    async with delivery.runtime.sessions() as session:
+        row = await queries.load_bundle(session, bundle_id)
+    if not in_scope(principal, str(row.office_code or "online"), exempt=()):
+        raise problem_of(queries.bundle_not_found(bundle_id))
+
+
+@router.get(
+    "/v1/bundles/{bundle_id}/results",
+    tags=["bundles"],
+    responses=errors(401, 403, 404, 422, 503),
+)
+async def get_bundle_results(
+    bundle_id: BundleId, principal: CurrentPrincipal, delivery: DeliveryDep
+) -> BundleResultsView:
+    """Every member's result and how far the bundle's one delivery has come (the members
+    still open, those ended without a result): for the office that took the bundle, the
+    members' deciding departments, operators and admins (every read is audited)."""
+    async with unit_of_work(delivery.runtime.sessions) as session:
+        row = await queries.load_bundle(session, bundle_id)
+        if principal.role in OVERSEERS:
+            allowed = True
+        elif principal.role is Role.reviewer:
+            departments = await queries.bundle_member_departments(session, bundle_id)
+            allowed = any(in_scope(principal, d, exempt=()) for d in departments)
+        else:
+            allowed = principal.role is Role.clerk and in_scope(
+                principal, str(row.office_code or "online"), exempt=()
+            )
+        if not allowed:
+            raise problem_of(queries.bundle_not_found(bundle_id))
+        await delivery.runtime.audit(
+            session, principal, "bundle.results.read", None, {"bundle_id": bundle_id}
+        )
+        return await queries.bundle_results_view(session, bundle_id)
+
+
+@router.post(
+    "/v1/bundles/{bundle_id}/pickup",
+    tags=["bundles"],
+    responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
+)
+async def pickup_bundle(
+    bundle_id: BundleId,
+    request: Request,
+    principal: CurrentPrincipal,
+    delivery: DeliveryDep,
+    body: Annotated[PickupRequest | None, Body()] = None,
+) -> BundleResultsView:
+    """One pickup for a `counter_pickup` bundle, once every member has its result or has
+    ended (409 `bundle_not_ready` before): every result handed over at once at the office
+    that took the bundle, the members and the bundle closed."""
+    await _clerk_of_the_bundle(principal, bundle_id, delivery)
+    async with unit_of_work(delivery.runtime.sessions) as session:
+        return await handlers.pickup_bundle(
+            session,
+            delivery=delivery,
+            bundle_id=bundle_id,
+            office_code=body.office_code if body else None,
+            traceparent=request.headers.get("traceparent"),
+        )
+
+
+@router.post(
+    "/v1/bundles/{bundle_id}/rating",
+    status_code=201,
+    tags=["bundles"],
+    responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
+)
+async def rate_bundle(
+    bundle_id: BundleId,
+    body: RatingRequest,
+    request: Request,
+    principal: CurrentPrincipal,
+    delivery: DeliveryDep,
+) -> BundleRated:
+    """The applicant's one rating of the bundle (好差评), after its delivery: counted for
+    each member's deciding department (a bad one opens a follow-up at each)."""
+    await _clerk_of_the_bundle(principal, bundle_id, delivery)
+    async with unit_of_work(delivery.runtime.sessions) as session:
+        return await handlers.rate_bundle(
+            session,
+            delivery=delivery,
+            bundle_id=bundle_id,
+            rating=body.rating,
+            comment=body.comment,
+            traceparent=request.headers.get("traceparent"),
         )

@@ -1,5 +1,6 @@
 """delivery: issues every decision's result (e-licence, paper document or decision letter),
-delivers it as the applicant chose at intake, closes the case and takes its one rating.
+delivers it as the applicant chose at intake, closes the case and takes its one rating; a
+bundle's results go out once, together (DESIGN.md §8).
 
 Run: `python -m services.delivery` (port 8004). `create_app` wires one process: settings,
 runtime, the consumer of decisions and the REST routes of `api`; tests build their own.
@@ -11,7 +12,17 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from contracts.events import APPROVAL_TOPIC, CaseApproved, CaseDenied, CaseRevoked
+from contracts.events import (
+    APPROVAL_TOPIC,
+    BUNDLE_TOPIC,
+    INTAKE_TOPIC,
+    BundleSubmitted,
+    CaseApproved,
+    CaseDenied,
+    CaseRevoked,
+    CaseTerminated,
+    CaseWithdrawn,
+)
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.delivery import api, handlers
 
@@ -28,14 +39,25 @@ def create_app(settings: DeliverySettings | None = None) -> FastAPI:
     on_decision = partial(handlers.issue_and_deliver, delivery=delivery)
     # The other types on case.approval.v1 (accepted, sla_warning, ...) are ignored by the runner.
     on_revoked = partial(handlers.revoke_result, delivery=delivery)
+    # A bundle's member that ends without a result (DESIGN.md §8) no longer holds it back.
+    on_ended = partial(handlers.member_ended, delivery=delivery)
     runtime.consume(
         APPROVAL_TOPIC,
         subscriptions={
             CaseApproved: on_decision,
             CaseDenied: on_decision,
             CaseRevoked: on_revoked,
+            CaseTerminated: on_ended,
         },
     )
+    runtime.consume(
+        BUNDLE_TOPIC,
+        name="delivery-bundle",
+        subscriptions={
+            BundleSubmitted: partial(handlers.bundle_submitted, delivery=delivery),
+        },
+    )
+    runtime.consume(INTAKE_TOPIC, subscriptions={CaseWithdrawn: on_ended})
     return runtime.create_app(
         title="tongban delivery",
         description="Results, e-licences, delivery to the applicant, and ratings (DESIGN.md §4).",

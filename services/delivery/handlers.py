@@ -2,7 +2,14 @@
 typed e-licence in the licence library, `license.v1`), revoke it when its decision is revoked,
 record a counter pickup and a rating. Each runs in the caller's transaction and writes its
 events to the outbox in that same transaction; a refused command raises `Refused`
-(services.common.refusals). Reads are in `queries`."""
+(services.common.refusals). Reads are in `queries`.
+
+Bundles (一件事, DESIGN.md §8): a member's result is issued as any other but held until its
+bundle goes out once (`domain.bundles`). The bundle event, each member's result and each
+member's end arrive on different topics and consumers, in any order, and pickups and ratings
+come by REST: every one of them first upserts the bundle's row and locks it (FOR UPDATE), then
+looks at the whole bundle. So the check "every member has a result or has ended" runs under one
+lock, sees every committed fact, and delivers the bundle exactly once."""
 
 from __future__ import annotations
 
@@ -17,21 +24,29 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.common import CaseStatus, DeliveryMethod, ResultDocument
 from contracts.events import (
+    BundleRated,
+    BundleSubmitted,
     CaseApproved,
+    CaseClosed,
     CaseDelivered,
     CaseDenied,
     CaseRated,
     CaseRevoked,
+    CaseTerminated,
+    CaseWithdrawn,
+    Event,
     Rating,
 )
-from contracts.rest import ResultView
+from contracts.rest import BundleResultsView, BundleStatus, ResultView
 from services.common.city import CITY_TZ
 from services.common.consumer import PermanentError
 from services.common.envelope import Envelope
 from services.common.logs import get_logger
-from services.common.refusals import FieldError, refused
+from services.common.refusals import FieldError, Refused, refused
 from services.common.service import ServiceRuntime
-from services.delivery import models
+from services.delivery import models, queries
+from services.delivery.domain import bundles as bundle_rules
+from services.delivery.domain.bundles import Member, OnReady
 from services.delivery.domain.results import (
     DeliveryFacts,
     DeliveryPlan,
@@ -46,6 +61,9 @@ from services.delivery.domain.results import (
     tracking_number,
 )
 from services.delivery.queries import load_result, result_view
+
+bundles_t = models.bundles
+members_t = models.bundle_members
 
 log = get_logger(__name__)
 
@@ -128,8 +146,15 @@ async def issue_and_deliver(
 
     One result per case: a second decision event for a case (any event id) changes nothing.
     """
+    bundle_id = await _bundle_of(session, decision.case_id, decision.bundle_id)
+    if bundle_id is not None:
+        await lock_bundle(session, bundle_id)  # before the result row: the order pickups take
     try:
-        plan = plan_delivery(decision.delivery_method, address=decision.delivery_address)
+        plan = plan_delivery(
+            decision.delivery_method,
+            address=decision.delivery_address,
+            held=bundle_id is not None,
+        )
     except UndeliverableError as exc:
         raise PermanentError(f"case {decision.case_id}: {exc}") from None
     issued_at = _now(delivery.runtime)
@@ -140,7 +165,12 @@ async def issue_and_deliver(
         tracking = tracking_number(int(serial))
     inserted = await session.execute(
         pg_insert(models.results)
-        .values(_result_row(decision, issued, plan, issued_at=issued_at, tracking=tracking))
+        .values(
+            {
+                **_result_row(decision, issued, plan, issued_at=issued_at, tracking=tracking),
+                "bundle_id": bundle_id,
+            }
+        )
         # Only the case id: a clash of licence id or tracking number must fail loudly.
         .on_conflict_do_nothing(index_elements=[models.results.c.case_id])
         .returning(models.results.c.case_id)
@@ -160,6 +190,7 @@ async def issue_and_deliver(
         method=plan.method,
         issued_at=issued_at,
         tracking_number=tracking,
+        bundle_id=bundle_id,
     )
     await _emit_all(
         session,
@@ -177,6 +208,8 @@ async def issue_and_deliver(
             subject=library_entry.license_id,
             traceparent=envelope.traceparent,
         )
+    if bundle_id is not None:
+        await settle_bundle(session, delivery, bundle_id, traceparent=envelope.traceparent)
 
 
 async def revoke_result(
@@ -262,6 +295,7 @@ async def pickup(
 ) -> ResultView:
     """The applicant collects a counter_pickup result at the intake office."""
     row = await load_result(session, case_id, lock=True)
+    _not_a_member(row, "pickup")
     method = _check_pickup(row, case_id, office_code)
     plan = plan_delivery(method)
     now = _now(delivery.runtime)
@@ -306,6 +340,7 @@ async def rate(
     The rating is bound to what the result records: the case, the office that took the
     application, the deciding department and its level (the statistics group by these)."""
     row = await load_result(session, case_id)
+    _not_a_member(row, "rating")
     if row.status not in DELIVERED_STATUSES:
         raise refused(
             409,
@@ -342,3 +377,413 @@ async def rate(
     event = CaseRated(case_id=case_id, rating=rating, comment=comment, rated_at=now)
     await delivery.runtime.emit(session, event, traceparent=traceparent)
     return event.model_copy(update={"rated_at": now.astimezone(CITY_TZ)})
+
+
+def _not_a_member(row: Any, what: str) -> None:
+    """A bundle's member is picked up and rated with its bundle, never on its own."""
+    if row.bundle_id is not None:
+        raise refused(
+            409,
+            "bundle_member",
+            f"A bundle's member takes the bundle's {what}",
+            f"Case {row.case_id} is a member of bundle {row.bundle_id}: its result goes out "
+            f"with the bundle's (POST /v1/bundles/{row.bundle_id}/{what}).",
+            bundle_id=row.bundle_id,
+        )
+
+
+# -- bundles (一件事, DESIGN.md §8; see the module docstring) -----------------------------------
+
+
+async def _bundle_of(session: AsyncSession, case_id: str, named: str | None) -> str | None:
+    """The bundle a case event's case belongs to: the one it names, or the one whose
+    `gov.bundle.submitted.v1` listed it (an event from a producer that did not name it)."""
+    if named is not None:
+        return named
+    found = await session.execute(
+        select(members_t.c.bundle_id).where(members_t.c.case_id == case_id)
+    )
+    return found.scalar()
+
+
+async def lock_bundle(session: AsyncSession, bundle_id: str) -> Any:
+    """The bundle's row, created if this is the first word of it, locked until commit."""
+    await session.execute(pg_insert(bundles_t).values(bundle_id=bundle_id).on_conflict_do_nothing())
+    return (
+        await session.execute(
+            select(bundles_t).where(bundles_t.c.bundle_id == bundle_id).with_for_update()
+        )
+    ).one()
+
+
+async def _emit_events(
+    session: AsyncSession,
+    runtime: ServiceRuntime,
+    events: list[Event],
+    traceparent: str | None,
+) -> None:
+    for event in events:
+        await runtime.emit(session, event, traceparent=traceparent)
+
+
+async def settle_bundle(
+    session: AsyncSession,
+    delivery: Delivery,
+    bundle_id: str,
+    *,
+    traceparent: str | None = None,
+) -> None:
+    """Under the bundle's lock (taken by the caller): the bundle became ready, so it goes
+    out (electronic, postal), waits for its pickup (counter_pickup) or ends with nothing to
+    deliver; or it went out before and a late result follows it."""
+    bundle = await lock_bundle(session, bundle_id)
+    if bundle.bundle_code is None:
+        return  # its members are not known yet: gov.bundle.submitted.v1 settles it
+    members = await queries.bundle_members(session, bundle_id)
+    method = DeliveryMethod(bundle.delivery_method)
+    now = _now(delivery.runtime)
+    if bundle.delivered_at is not None:
+        for member in members:
+            late = bundle_rules.late_member_events(bundle_id, member, method=method, at=now)
+            if late:
+                await _close_members(session, [member.case_id], at=now, tracking=None)
+                await _emit_events(session, delivery.runtime, late, traceparent)
+        return
+    if bundle.ready_at is not None or not bundle_rules.readiness(True, members).ready:
+        return
+    action = bundle_rules.on_ready(method, members)
+    status = bundle_rules.status_when_ready(action)
+    await session.execute(
+        update(bundles_t)
+        .where(bundles_t.c.bundle_id == bundle_id)
+        .values(ready_at=now, status=status.value)
+    )
+    log.info("bundle ready", bundle_id=bundle_id, then=action.value)
+    if action is OnReady.deliver:
+        await _deliver_bundle(
+            session, delivery, bundle, members, at=now, office_code=None, traceparent=traceparent
+        )
+
+
+async def _close_members(
+    session: AsyncSession, case_ids: list[str], *, at: datetime, tracking: str | None
+) -> None:
+    if case_ids:
+        await session.execute(
+            update(models.results)
+            .where(models.results.c.case_id.in_(case_ids))
+            .values(
+                status=CaseStatus.closed.value,
+                delivered_at=at,
+                closed_at=at,
+                tracking_number=tracking,
+            )
+        )
+
+
+async def _deliver_bundle(
+    session: AsyncSession,
+    delivery: Delivery,
+    bundle: Any,
+    members: list[Member],
+    *,
+    at: datetime,
+    office_code: str | None,
+    traceparent: str | None,
+) -> None:
+    """Every held result out together, the members and the bundle closed."""
+    method = DeliveryMethod(bundle.delivery_method)
+    tracking: str | None = None
+    if method is DeliveryMethod.postal:  # one parcel for the whole bundle
+        serial = (await session.execute(select(models.tracking_serial.next_value()))).scalar_one()
+        tracking = tracking_number(int(serial))
+    await _close_members(session, [m.case_id for m in members if m.held], at=at, tracking=tracking)
+    await session.execute(
+        update(bundles_t)
+        .where(bundles_t.c.bundle_id == bundle.bundle_id)
+        .values(
+            status=BundleStatus.closed.value,
+            tracking_number=tracking,
+            delivered_at=at,
+            closed_at=at,
+        )
+    )
+    events = bundle_rules.bundle_delivery_events(
+        bundle.bundle_id,
+        members,
+        method=method,
+        at=at,
+        tracking_number=tracking,
+        office_code=office_code,
+    )
+    await _emit_events(session, delivery.runtime, events, traceparent)
+
+
+async def bundle_submitted(
+    session: AsyncSession, envelope: Envelope, submitted: BundleSubmitted, *, delivery: Delivery
+) -> None:
+    """The bundle's members and how it is delivered: from now on its readiness is known."""
+    bundle = await lock_bundle(session, submitted.bundle_id)
+    if bundle.bundle_code is not None:
+        log.info("bundle known before; event ignored", bundle_id=submitted.bundle_id)
+        return
+    method = submitted.delivery_method
+    await session.execute(
+        update(bundles_t)
+        .where(bundles_t.c.bundle_id == submitted.bundle_id)
+        .values(
+            bundle_code=submitted.bundle_code,
+            delivery_method=method.value,
+            address=submitted.delivery_address,
+            office_code=submitted.office_code,
+            channel=submitted.channel.value,
+            submitted_at=submitted.submitted_at,
+        )
+    )
+    if submitted.members:
+        rows = [
+            {
+                "case_id": m.case_id,
+                "bundle_id": submitted.bundle_id,
+                "item_code": m.item_code,
+                "position": position,
+                "listed": True,
+            }
+            for position, m in enumerate(submitted.members)
+        ]
+        insert = pg_insert(members_t).values(rows)
+        await session.execute(
+            insert.on_conflict_do_update(
+                index_elements=[members_t.c.case_id],
+                set_={
+                    "item_code": insert.excluded.item_code,
+                    "position": insert.excluded.position,
+                    "listed": True,
+                },
+            )
+        )
+        # Results issued before the bundle was known, by an event that did not name it.
+        await session.execute(
+            update(models.results)
+            .where(
+                models.results.c.case_id.in_([m.case_id for m in submitted.members]),
+                models.results.c.bundle_id.is_(None),
+            )
+            .values(bundle_id=submitted.bundle_id)
+        )
+    await settle_bundle(session, delivery, submitted.bundle_id, traceparent=envelope.traceparent)
+
+
+async def member_ended(
+    session: AsyncSession,
+    envelope: Envelope,
+    ended: CaseWithdrawn | CaseTerminated,
+    *,
+    delivery: Delivery,
+) -> None:
+    """A member withdrawn (intake) or terminated (approval): it ends without a result, and
+    its bundle no longer waits for it. A single case's end is none of delivery's business."""
+    bundle_id = await _bundle_of(session, ended.case_id, ended.bundle_id)
+    if bundle_id is None:
+        return
+    await lock_bundle(session, bundle_id)
+    if isinstance(ended, CaseWithdrawn):
+        outcome, at = CaseStatus.withdrawn.value, ended.withdrawn_at
+    else:
+        outcome, at = CaseStatus.terminated.value, ended.terminated_at
+    insert = pg_insert(members_t).values(
+        case_id=ended.case_id,
+        bundle_id=bundle_id,
+        ended=outcome,
+        ended_at=at,
+        ended_reason=ended.reason,
+    )
+    await session.execute(
+        insert.on_conflict_do_update(
+            index_elements=[members_t.c.case_id],
+            set_={"ended": outcome, "ended_at": at, "ended_reason": ended.reason},
+            where=members_t.c.ended.is_(None),
+        )
+    )
+    await settle_bundle(session, delivery, bundle_id, traceparent=envelope.traceparent)
+
+
+async def _known_bundle(session: AsyncSession, bundle_id: str) -> Any:
+    """The bundle's row, locked; `Refused` 404 while delivery does not know the bundle."""
+    row = (
+        await session.execute(
+            select(bundles_t).where(bundles_t.c.bundle_id == bundle_id).with_for_update()
+        )
+    ).first()
+    if row is None or row.bundle_code is None:
+        raise Refused(queries.bundle_not_found(bundle_id))
+    return row
+
+
+async def pickup_bundle(
+    session: AsyncSession,
+    *,
+    delivery: Delivery,
+    bundle_id: str,
+    office_code: str | None,
+    traceparent: str | None = None,
+) -> BundleResultsView:
+    """The applicant collects every result of a counter_pickup bundle at once, at the office
+    that took it: the members and the bundle are delivered and closed."""
+    bundle = await _known_bundle(session, bundle_id)
+    members = await queries.bundle_members(session, bundle_id)
+    _check_bundle_pickup(bundle, members, office_code)
+    now = _now(delivery.runtime)
+    office = office_code or bundle.office_code
+    if bundle.delivered_at is None:
+        await _deliver_bundle(
+            session, delivery, bundle, members, at=now, office_code=office, traceparent=traceparent
+        )
+    else:  # late results of a bundle collected before
+        held = [m for m in members if m.held]
+        await _close_members(session, [m.case_id for m in held], at=now, tracking=None)
+        for member in held:
+            assert member.document is not None and member.outcome is not None
+            facts = DeliveryFacts(
+                case_id=member.case_id,
+                outcome=member.outcome,
+                document=member.document,
+                method=DeliveryMethod.counter_pickup,
+                issued_at=member.issued_at or now,
+                office_code=office,
+                bundle_id=bundle_id,
+            )
+            await _emit_all(
+                session,
+                delivery.runtime,
+                (CaseDelivered, CaseClosed),
+                facts,
+                at=now,
+                traceparent=traceparent,
+            )
+    return await queries.bundle_results_view(session, bundle_id)
+
+
+def _check_bundle_pickup(bundle: Any, members: list[Member], office_code: str | None) -> None:
+    """The checks of a case's pickup, for the bundle as a whole, and its readiness."""
+    bundle_id = bundle.bundle_id
+    method = DeliveryMethod(bundle.delivery_method)
+    if method is not DeliveryMethod.counter_pickup:
+        raise refused(
+            409,
+            "not_counter_pickup",
+            "This bundle is not collected at a counter",
+            f"Bundle {bundle_id} is delivered by {method.value}"
+            + (f" (tracking number {bundle.tracking_number})" if bundle.tracking_number else "")
+            + "; nothing waits at a counter.",
+            delivery_method=method.value,
+        )
+    open_members = bundle_rules.readiness(True, members).open_members
+    if open_members:
+        raise refused(
+            409,
+            "bundle_not_ready",
+            "Not every member of the bundle has its result yet",
+            f"Bundle {bundle_id} is delivered once, when every member has its result or has "
+            f"ended; still open: {', '.join(open_members)}.",
+            open_members=list(open_members),
+        )
+    if not any(m.held for m in members):
+        raise refused(
+            409,
+            "invalid_state",
+            "Nothing of this bundle waits at the counter",
+            f"Bundle {bundle_id} is {bundle.status}"
+            + (
+                f"; it was collected at {bundle.delivered_at.astimezone(CITY_TZ).isoformat()}."
+                if bundle.delivered_at
+                else "; none of its members has a result to collect."
+            ),
+            status_now=bundle.status,
+        )
+    if office_code and bundle.office_code and office_code != bundle.office_code:
+        raise refused(
+            409,
+            "wrong_office",
+            "The bundle waits at another office",
+            f"The results of bundle {bundle_id} wait at office {bundle.office_code}, where the "
+            f"application was taken, not at {office_code}. Send the applicant there.",
+            errors=(FieldError("office_code", f"must be {bundle.office_code}"),),
+            pickup_office=bundle.office_code,
+        )
+
+
+async def rate_bundle(
+    session: AsyncSession,
+    *,
+    delivery: Delivery,
+    bundle_id: str,
+    rating: Rating,
+    comment: str | None,
+    traceparent: str | None = None,
+) -> BundleRated:
+    """One rating for the bundle once it was delivered (一事一评: the bundle is one matter),
+    counted for each member with a result: a rating row bound to that member's result (its
+    department, office and level) and its `gov.case.rated.v1`, then `gov.bundle.rated.v1`."""
+    bundle = await _known_bundle(session, bundle_id)
+    if bundle.delivered_at is None:
+        raise refused(
+            409,
+            "not_delivered",
+            "The bundle has not reached the applicant yet",
+            f"Bundle {bundle_id} is {bundle.status}; a rating is taken once its results are "
+            "delivered"
+            + (f" (collect them at {bundle.office_code} first)" if bundle.office_code else "")
+            + ".",
+            status_now=bundle.status,
+        )
+    if bundle.rated_at is not None:
+        raise refused(
+            409,
+            "already_rated",
+            "This bundle has already been rated",
+            f"Bundle {bundle_id} was rated before; a bundle takes one rating (一事一评).",
+        )
+    now = _now(delivery.runtime)
+    members = await queries.bundle_members(session, bundle_id)
+    rated = [m.case_id for m in members if m.has_result]
+    r = models.results.c
+    rows = (
+        await session.execute(
+            select(r.case_id, r.item_code, r.department, r.intake_office, r.level).where(
+                r.case_id.in_(rated)
+            )
+        )
+    ).all()
+    if rows:
+        await session.execute(
+            pg_insert(models.ratings)
+            .values(
+                [
+                    {
+                        "case_id": row.case_id,
+                        "rating": rating.value,
+                        "comment": comment,
+                        "item_code": row.item_code,
+                        "department": row.department,
+                        "intake_office": row.intake_office,
+                        "level": row.level,
+                        "rated_at": now,
+                    }
+                    for row in rows
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=[models.ratings.c.case_id])
+        )
+    await session.execute(
+        update(bundles_t)
+        .where(bundles_t.c.bundle_id == bundle_id)
+        .values(rating=rating.value, rated_at=now)
+    )
+    events = bundle_rules.bundle_rating_events(
+        bundle_id, members, rating=rating, comment=comment, at=now
+    )
+    await _emit_events(session, delivery.runtime, events, traceparent)
+    bundle_rated = events[-1]
+    assert isinstance(bundle_rated, BundleRated)
+    return bundle_rated.model_copy(update={"rated_at": now.astimezone(CITY_TZ)})

@@ -2,15 +2,21 @@
 licence library on `license.v1` announces and revokes), one rating per case.
 
 A rating is bound to its case and carries the result's intake office, deciding department and
-that department's level, so the 好差评 statistics group ratings without a join."""
+that department's level, so the 好差评 statistics group ratings without a join.
+
+A bundle (一件事, DESIGN.md §8) is delivered once: its members' results carry `bundle_id` and
+wait (`result_issued`) until every member has a result or has ended; `bundles` holds the one
+delivery, pickup and rating, `bundle_members` the members listed and those that ended."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     Sequence,
     String,
@@ -37,7 +43,8 @@ results = Table(
     Column("content", JSONB, nullable=False),  # the content the sha256 is computed over
     Column("delivery_method", String(16), nullable=False),
     Column("address", String(500)),
-    Column("tracking_number", String(32), unique=True),  # postal only
+    # Postal only; unique among single cases (members share their bundle's parcel).
+    Column("tracking_number", String(32)),
     Column("pickup_office", String(64)),  # counter_pickup only: the intake office
     Column("intake_office", String(64)),
     Column("department", String(64), nullable=False),  # the deciding department
@@ -50,7 +57,15 @@ results = Table(
     Column("license_type", String(64)),
     Column("revoked_at", DateTime(timezone=True)),
     Column("revoke_reason", String(64)),
+    Column("bundle_id", String(64)),  # a member's: delivered with its bundle
 )
+Index(
+    "ux_results_tracking_number",
+    results.c.tracking_number,
+    unique=True,
+    postgresql_where=results.c.bundle_id.is_(None),
+)
+Index("ix_results_bundle", results.c.bundle_id)
 # The counter's pickup shelf: results waiting at an office.
 Index(
     "ix_results_waiting_pickup",
@@ -73,3 +88,39 @@ ratings = Table(
 )
 Index("ix_ratings_department", ratings.c.department, ratings.c.rated_at)
 Index("ix_ratings_rated_at", ratings.c.rated_at)
+
+# One row per bundle, upserted by whichever event or request about it comes first and then
+# locked (FOR UPDATE): so the check "every member has a result or has ended" runs under one
+# lock and the bundle is delivered exactly once, whatever order its events arrive in.
+bundles = Table(
+    "bundles",
+    metadata,
+    Column("bundle_id", String(64), primary_key=True),
+    Column("bundle_code", String(64)),  # null until gov.bundle.submitted.v1 arrives
+    Column("status", String(16), nullable=False, server_default="in_progress"),  # BundleStatus
+    Column("delivery_method", String(16)),
+    Column("address", String(500)),
+    Column("office_code", String(64)),  # the intake office: where a pickup bundle waits
+    Column("channel", String(16)),
+    Column("submitted_at", DateTime(timezone=True)),
+    Column("ready_at", DateTime(timezone=True)),  # every member has a result or has ended
+    Column("tracking_number", String(32), unique=True),  # postal: the one parcel
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("closed_at", DateTime(timezone=True)),
+    Column("rating", String(32)),
+    Column("rated_at", DateTime(timezone=True)),
+)
+
+bundle_members = Table(
+    "bundle_members",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("bundle_id", String(64), nullable=False),
+    Column("item_code", String(64)),
+    Column("position", Integer),  # its place in the bundle event's list
+    Column("listed", Boolean, nullable=False, server_default="false"),  # by the bundle event
+    Column("ended", String(16)),  # withdrawn | terminated: ended without a result
+    Column("ended_at", DateTime(timezone=True)),
+    Column("ended_reason", String(64)),
+)
+Index("ix_bundle_members_bundle", bundle_members.c.bundle_id)

@@ -1,5 +1,5 @@
-"""delivery's reads: a case's result, the 好差评 statistics and e-licence verification. No
-writes here (the audit record of a result read is the route's)."""
+"""delivery's reads: a case's result, a bundle's results, the 好差评 statistics and e-licence
+verification. No writes here (the audit record of a result read is the route's)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from contracts.common import CaseStatus, DeliveryMethod, ResultDocument
 from contracts.events import Rating
 from contracts.rest import (
+    BundleResultsView,
+    BundleStatus,
     LicenseStatus,
     LicenseVerification,
     RatingGrouping,
@@ -23,6 +25,7 @@ from contracts.rest import (
 from services.common.city import CITY_TZ
 from services.common.refusals import Refusal, Refused
 from services.delivery import models
+from services.delivery.domain.bundles import Member
 from services.delivery.domain.results import license_status
 from services.delivery.domain.stats import BAD, GOOD, RatedPeriod
 
@@ -47,10 +50,12 @@ async def load_result(session: AsyncSession, case_id: str, *, lock: bool = False
     return row
 
 
-def result_view(row: Any) -> ResultView:
-    def local(moment: datetime | None) -> datetime | None:
-        return moment.astimezone(CITY_TZ) if moment is not None else None
+def _local(moment: datetime | None) -> datetime | None:
+    return moment.astimezone(CITY_TZ) if moment is not None else None
 
+
+def result_view(row: Any) -> ResultView:
+    local = _local
     issued_at = local(row.issued_at)
     assert issued_at is not None
     return ResultView(
@@ -167,4 +172,93 @@ async def verify_license(
         sha256=row.sha256,
         item_code=row.item_code,
         issued_at=row.issued_at.astimezone(CITY_TZ),
+    )
+
+
+# -- bundles (一件事, DESIGN.md §8) ------------------------------------------------------------
+
+
+def bundle_not_found(bundle_id: str) -> Refusal:
+    """No such bundle here (yet), or none this caller may see: the two answers are the same."""
+    return Refusal(
+        404,
+        "bundle_not_found",
+        "No such bundle at delivery",
+        f"Bundle {bundle_id!r} is not known to delivery (yet): it learns a bundle from "
+        "gov.bundle.submitted.v1. Check the bundle at intake (GET /v1/bundles/{bundle_id}).",
+    )
+
+
+async def load_bundle(session: AsyncSession, bundle_id: str) -> Any:
+    """The bundle's row once its members are known, or `Refused` 404."""
+    row = (
+        await session.execute(select(models.bundles).where(models.bundles.c.bundle_id == bundle_id))
+    ).first()
+    if row is None or row.bundle_code is None:
+        raise Refused(bundle_not_found(bundle_id))
+    return row
+
+
+async def bundle_members(session: AsyncSession, bundle_id: str) -> list[Member]:
+    """The members the bundle event listed, in its order, each with its result or its end."""
+    m, r = models.bundle_members.c, models.results.c
+    rows = await session.execute(
+        select(
+            m.case_id,
+            m.item_code,
+            m.ended,
+            r.outcome,
+            r.result,
+            r.status,
+            r.department,
+            r.issued_at,
+            r.revoked_at,
+        )
+        .select_from(models.bundle_members.outerjoin(models.results, r.case_id == m.case_id))
+        .where(m.bundle_id == bundle_id, m.listed)
+        .order_by(m.position, m.case_id)
+    )
+    return [
+        Member(
+            case_id=row.case_id,
+            item_code=row.item_code or "",
+            outcome=row.outcome,
+            document=ResultDocument.model_validate(row.result) if row.result else None,
+            status=CaseStatus(row.status) if row.status else None,
+            department=row.department,
+            ended=row.ended,
+            issued_at=row.issued_at,
+            revoked=row.revoked_at is not None,
+        )
+        for row in rows
+    ]
+
+
+async def bundle_member_departments(session: AsyncSession, bundle_id: str) -> set[str]:
+    """The departments deciding the bundle's members (so far): their reviewers may read it."""
+    r = models.results.c
+    rows = await session.execute(select(r.department).where(r.bundle_id == bundle_id).distinct())
+    return set(rows.scalars().all())
+
+
+async def bundle_results_view(session: AsyncSession, bundle_id: str) -> BundleResultsView:
+    bundle = await load_bundle(session, bundle_id)
+    members = await bundle_members(session, bundle_id)
+    r = models.results
+    rows = await session.execute(
+        select(r).where(r.c.case_id.in_([m.case_id for m in members if m.has_result]))
+    )
+    by_case = {row.case_id: row for row in rows}
+    method = bundle.delivery_method
+    return BundleResultsView(
+        bundle_id=bundle_id,
+        status=BundleStatus(bundle.status),
+        delivery_method=DeliveryMethod(method) if method else None,
+        pickup_office=bundle.office_code if method == DeliveryMethod.counter_pickup else None,
+        results=[result_view(by_case[m.case_id]) for m in members if m.case_id in by_case],
+        ended=[m.case_id for m in members if m.ended and not m.has_result],
+        open_members=[m.case_id for m in members if not m.done],
+        ready_at=_local(bundle.ready_at),
+        delivered_at=_local(bundle.delivered_at),
+        closed_at=_local(bundle.closed_at),
     )

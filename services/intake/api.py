@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 
 from contracts.common import Code
 from contracts.rest import (
+    BundleApplication,
+    BundleCatalogView,
+    BundleSubmissionResponse,
+    BundleView,
+    BundleWithdrawResponse,
     CaseView,
     HeldLicense,
     ItemView,
@@ -166,3 +171,106 @@ async def licenses(
     reviewers get 403. Every read is on the audit trail."""
     access.library_scope(principal)  # the role first: 403 whoever the holder is
     return await handlers.read_licenses(intake.runtime, holder, principal)
+
+
+# -- bundles (一件事一次办, DESIGN.md §8) ----------------------------------------------------------
+
+BundleId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+@router.get("/v1/bundles", tags=["bundles"], responses=errors(401, 503))
+async def bundle_catalog(principal: CurrentPrincipal, intake: IntakeDep) -> list[BundleCatalogView]:
+    """The bundles offered today with their questions (情形引导), members and the union of their
+    materials (which member items take each): what a counter terminal needs for the one form."""
+    index = queries.catalog_in_force(intake.catalogs)
+    return queries.bundle_catalog(index, intake.runtime.clock.today())
+
+
+@router.post(
+    "/v1/bundles",
+    status_code=201,
+    tags=["bundles"],
+    dependencies=[Depends(_rate_limited)],
+    responses=errors(400, 401, 403, 409, 413, 422, 429, 503),
+)
+async def submit_bundle(
+    application: BundleApplication,
+    request: Request,
+    principal: CurrentPrincipal,
+    intake: IntakeDep,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+) -> BundleSubmissionResponse:
+    """Take a bundle at one window (clerks, at their own office; the online channel's scope is
+    `online`): one form, one set of materials. Its members the answers create are ordinary
+    cases, each routed on its own; a member that waits for others is `waiting`. Refusals as
+    for a case, plus `unknown_bundle`, `bundle_not_effective`, `invalid_answers`."""
+    access.may_submit_bundle(principal, application)
+    try:
+        return await handlers.submit_bundle(
+            intake,
+            application,
+            idempotency_key=idempotency_key,
+            traceparent=request.headers.get("traceparent"),
+        )
+    except handlers.KeyAlreadyUsed:
+        raise dependency_unavailable() from None
+
+
+@router.get(
+    "/v1/bundles/{bundle_id}",
+    tags=["bundles"],
+    responses=errors(401, 403, 404, 422, 503),
+)
+async def get_bundle(
+    bundle_id: BundleId, principal: CurrentPrincipal, intake: IntakeDep
+) -> BundleView:
+    """Status, members (with their routes and statuses), the bundle's deadline and one
+    timeline of the bundle's and its members' events. Read as a case is, on the audit trail."""
+    return await handlers.read_bundle(intake, bundle_id, principal)
+
+
+@router.post(
+    "/v1/bundles/{bundle_id}/withdraw",
+    tags=["bundles"],
+    responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
+)
+async def withdraw_bundle(
+    bundle_id: BundleId,
+    principal: CurrentPrincipal,
+    intake: IntakeDep,
+    body: WithdrawRequest | None = None,
+) -> BundleWithdrawResponse:
+    """Withdraw the bundle at the office that took it: every undecided member (waiting ones
+    too) is withdrawn; decided members are kept and their results still come."""
+    access.may_act(principal)
+    async with unit_of_work(intake.runtime.sessions) as session:
+        return await handlers.withdraw_bundle(
+            session,
+            runtime=intake.runtime,
+            principal=principal,
+            bundle_id=bundle_id,
+            reason=body.reason if body else None,
+        )
+
+
+@router.post(
+    "/v1/bundles/{bundle_id}/materials",
+    tags=["bundles"],
+    responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
+)
+async def add_bundle_materials(
+    bundle_id: BundleId, body: MaterialsRequest, principal: CurrentPrincipal, intake: IntakeDep
+) -> BundleSubmissionResponse:
+    """One set of materials for the bundle, spread over the members that take each code and
+    still wait for materials (completing `awaiting_supplement` members)."""
+    access.may_act(principal)
+    index = queries.catalog_in_force(intake.catalogs)
+    async with unit_of_work(intake.runtime.sessions) as session:
+        return await handlers.add_bundle_materials(
+            session,
+            runtime=intake.runtime,
+            principal=principal,
+            bundle_id=bundle_id,
+            materials=list(body.materials),
+            index=index,
+        )

@@ -12,6 +12,7 @@ from functools import partial
 from fastapi import FastAPI
 
 from contracts.events import (
+    BUNDLE_TOPIC,
     CASE_TOPICS,
     EVENT_TYPES,
     LICENSE_TOPIC,
@@ -39,11 +40,21 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     runtime.consume(
         *CASE_TOPICS,
         name="intake-timeline",
-        batch_handler=partial(handlers.follow_case_events, clock=runtime.clock),
+        batch_handler=partial(handlers.follow_case_events, clock=runtime.clock, intake=intake),
         subscriptions={
-            spec.model: partial(handlers.follow_case_event, clock=runtime.clock)
+            spec.model: partial(handlers.follow_case_event, clock=runtime.clock, intake=intake)
             for spec in EVENT_TYPES.values()
             if spec.topic in CASE_TOPICS
+        },
+    )
+    # Bundles (DESIGN.md §8): the bundle's own story, for its status and its one timeline.
+    runtime.consume(
+        BUNDLE_TOPIC,
+        name="intake-bundles",
+        subscriptions={
+            spec.model: partial(handlers.follow_bundle_event, clock=runtime.clock)
+            for spec in EVENT_TYPES.values()
+            if spec.topic == BUNDLE_TOPIC
         },
     )
     # intake's copy of the licence library, for reuse at submission (DESIGN.md §7).
@@ -51,7 +62,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
         LICENSE_TOPIC,
         name="intake-licenses",
         subscriptions={
-            LicenseIssued: handlers.record_license_issued,
+            LicenseIssued: partial(handlers.record_license_issued, intake=intake),
             LicenseRevoked: handlers.record_license_revoked,
         },
     )

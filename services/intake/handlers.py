@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -22,6 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contracts.catalog import Catalog, Item
 from contracts.common import Application, CaseStatus, Channel, Handover, Material, Route
 from contracts.events import (
+    BundleClosed,
+    BundleDelivered,
+    BundleMemberRef,
+    BundleSubmitted,
+    BundleWithdrawn,
     CaseNotified,
     CaseSubmitted,
     CaseSupplemented,
@@ -30,7 +35,18 @@ from contracts.events import (
     LicenseIssued,
     LicenseRevoked,
 )
-from contracts.rest import CaseView, HeldLicense, LicensedMaterial, SubmissionResponse
+from contracts.rest import (
+    BundleApplication,
+    BundleMemberPreview,
+    BundleStatus,
+    BundleSubmissionResponse,
+    BundleView,
+    BundleWithdrawResponse,
+    CaseView,
+    HeldLicense,
+    LicensedMaterial,
+    SubmissionResponse,
+)
 from services.common.catalog_follower import CatalogFollower
 from services.common.clock import ServiceClock
 from services.common.db import inbox_key, unit_of_work
@@ -42,7 +58,7 @@ from services.common.principals import Principal
 from services.common.refusals import FieldError, Refused, refused
 from services.common.service import ServiceRuntime
 from services.intake import models, queries
-from services.intake.domain import access, commitments, deferral
+from services.intake.domain import access, bundles, commitments, deferral
 from services.intake.domain.licenses import (
     LibraryLicense,
     check_named_licenses,
@@ -89,7 +105,7 @@ def new_case_id(city_code: str, today: date) -> str:
     return f"{city_code}-{today:%Y%m%d}-{secrets.token_hex(5).upper()}"
 
 
-def request_hash(application: Application) -> str:
+def request_hash(application: Application | BundleApplication) -> str:
     canonical = json.dumps(
         application.model_dump(mode="json"),
         sort_keys=True,
@@ -148,7 +164,12 @@ def submission_handover(
 
 
 def route_preview(
-    intake: Intake, index: CatalogIndex, application: Application, today: date
+    intake: Intake,
+    index: CatalogIndex,
+    application: Application,
+    today: date,
+    *,
+    bundle_code: str | None = None,
 ) -> Route | None:
     """The routing rules of `services.policy` (pure, the very code routing decides by) on this
     process's copy of the catalog: the same answer routing will give, at no network cost, and
@@ -158,7 +179,11 @@ def route_preview(
         return None
     try:
         outcome = route_case(
-            index, catalog_version=version, application=application, submitted_on=today
+            index,
+            catalog_version=version,
+            application=application,
+            submitted_on=today,
+            bundle_code=bundle_code,
         )
     except Exception as exc:  # a preview is a nicety: the case is taken anyway
         log.warning("route preview failed", error=repr(exc))
@@ -259,43 +284,35 @@ async def create_case(
     handover_keys: HandoverKeys,
     traceparent: str | None = None,
     reused: Sequence[LicensedMaterial] = (),
+    member: BundleMembership | None = None,
 ) -> SubmissionResponse:
     """The case, its first event (notified or submitted, carrying the application with every
-    e-licence attached) and the stored answer of its Idempotency-Key."""
+    e-licence attached) and the stored answer of its Idempotency-Key. A member of a bundle
+    carries its bundle on the row and the event; one that waits for other members (`after`)
+    is stored `waiting`, with no event yet (it is submitted when they are approved)."""
     now = runtime.clock.now()
-    status = CaseStatus.awaiting_supplement if missing else CaseStatus.submitted
-    handover = (
-        None
+    waits = member is not None and bool(member.after)
+    status = (
+        CaseStatus.waiting
+        if waits
+        else CaseStatus.awaiting_supplement
         if missing
-        else submission_handover(
-            case_id=case_id, application=application, submitted_at=now, keys=handover_keys
-        )
+        else CaseStatus.submitted
     )
-    await session.execute(
-        models.cases.insert().values(case_row(case_id, application, status, missing, now))
-    )
+    row = case_row(case_id, application, status, missing, now)
+    if member is not None:
+        row |= member.columns()
+    await session.execute(models.cases.insert().values(row))
     deferred = deferred_codes(application.materials)
-    if missing:
-        await runtime.emit(
+    if not waits:
+        await emit_first_event(
             session,
-            CaseNotified(
-                case_id=case_id,
-                application=application,
-                missing_materials=missing,
-                notified_at=now,
-                deferred_materials=deferred,
-            ),
-            traceparent=traceparent,
-        )
-    else:
-        await runtime.emit(
-            session,
-            CaseSubmitted(
-                case_id=case_id,
-                application=application,
-                submitted_at=now,
-                handover=handover,
-            ),
+            runtime=runtime,
+            case_id=case_id,
+            application=application,
+            missing=missing,
+            member=member,
+            keys=handover_keys,
             traceparent=traceparent,
         )
     response = SubmissionResponse(
@@ -321,6 +338,78 @@ async def create_case(
         if stored.scalar() is None:
             raise KeyAlreadyUsed(idempotency_key)
     return response
+
+
+@dataclass(frozen=True, slots=True)
+class BundleMembership:
+    """A case that is a member of a bundle (§8): its bundle, and the members it waits for."""
+
+    bundle_id: str
+    bundle_code: str
+    after: tuple[str, ...] = ()
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "bundle_id": self.bundle_id,
+            "bundle_code": self.bundle_code,
+            "after": list(self.after),
+        }
+
+    @classmethod
+    def of(cls, case: Any) -> BundleMembership | None:
+        """The membership stored on a case row (None for a single case)."""
+        if case.bundle_id is None:
+            return None
+        return cls(case.bundle_id, case.bundle_code or "", tuple(case.after or ()))
+
+
+async def emit_first_event(
+    session: AsyncSession,
+    *,
+    runtime: ServiceRuntime,
+    case_id: str,
+    application: Application,
+    missing: Sequence[str],
+    member: BundleMembership | None,
+    keys: HandoverKeys,
+    traceparent: str | None = None,
+) -> None:
+    """A case's first event: the one-time notification of what is missing, or its submission
+    with the office's signed handover; a member's names its bundle."""
+    now = runtime.clock.now()
+    bundle = (
+        {"bundle_id": member.bundle_id, "bundle_code": member.bundle_code}
+        if member is not None
+        else {}
+    )
+    if missing:
+        await runtime.emit(
+            session,
+            CaseNotified(
+                case_id=case_id,
+                application=application,
+                missing_materials=list(missing),
+                notified_at=now,
+                deferred_materials=deferred_codes(application.materials),
+                **bundle,
+            ),
+            traceparent=traceparent,
+        )
+        return
+    handover = submission_handover(
+        case_id=case_id, application=application, submitted_at=now, keys=keys
+    )
+    await runtime.emit(
+        session,
+        CaseSubmitted(
+            case_id=case_id,
+            application=application,
+            submitted_at=now,
+            handover=handover,
+            **bundle,
+        ),
+        traceparent=traceparent,
+    )
 
 
 class KeyAlreadyUsed(Exception):
@@ -365,21 +454,25 @@ async def add_materials(
         if status is CaseStatus.awaiting_supplement  # not submitted yet: still the submission's
         else deferral.mark_received(case.deferred_materials, given_codes)
     )
+    member = BundleMembership.of(case)
     await runtime.emit(
-        session, CaseSupplemented(case_id=case_id, materials=materials, supplemented_at=now)
+        session,
+        CaseSupplemented(
+            case_id=case_id,
+            materials=materials,
+            supplemented_at=now,
+            bundle_id=case.bundle_id,
+        ),
     )
     if new_status is CaseStatus.submitted:  # the counter case is complete: it goes on
-        handover = submission_handover(
+        await emit_first_event(
+            session,
+            runtime=runtime,
             case_id=case_id,
             application=application,
-            submitted_at=now,
+            missing=(),
+            member=member,
             keys=load_keys(runtime.settings),
-        )
-        await runtime.emit(
-            session,
-            CaseSubmitted(
-                case_id=case_id, application=application, submitted_at=now, handover=handover
-            ),
         )
     await session.execute(
         update(models.cases)
@@ -522,7 +615,7 @@ async def withdraw(
     now = runtime.clock.now()
     await runtime.emit(
         session,
-        CaseWithdrawn(case_id=case_id, reason=reason, withdrawn_at=now),
+        CaseWithdrawn(case_id=case_id, reason=reason, withdrawn_at=now, bundle_id=case.bundle_id),
     )
     await session.execute(
         update(models.cases)
@@ -563,7 +656,11 @@ async def read_licenses(
 
 
 async def record_license_issued(
-    session: AsyncSession, envelope: Envelope, issued: LicenseIssued
+    session: AsyncSession,
+    envelope: Envelope,
+    issued: LicenseIssued,
+    *,
+    intake: Intake | None = None,
 ) -> None:
     """An e-licence issued (delivery): into the library. A revocation that came first stays
     (the row keeps its `revoked_at`); a second copy of the issue changes nothing new."""
@@ -579,6 +676,12 @@ async def record_license_issued(
     await session.execute(
         statement.on_conflict_do_update(index_elements=[models.licenses.c.license_id], set_=values)
     )
+    # A prerequisite's licence may be what a waiting member of its bundle waits for (§8).
+    index = intake.catalogs.latest if intake is not None else None
+    if intake is not None and index is not None:
+        bundle_id = await queries.bundle_of_case(session, issued.case_id)
+        if bundle_id is not None:
+            await settle_bundle(session, runtime=intake.runtime, index=index, bundle_id=bundle_id)
 
 
 async def record_license_revoked(
@@ -628,23 +731,39 @@ async def read_case(runtime: ServiceRuntime, case_id: str, principal: Principal)
 
 
 async def follow_case_event(
-    session: AsyncSession, envelope: Envelope, payload: Any, *, clock: ServiceClock
+    session: AsyncSession,
+    envelope: Envelope,
+    payload: Any,
+    *,
+    clock: ServiceClock,
+    intake: Intake | None = None,
 ) -> None:
     """Any event of a case, from any case topic: timeline entry and the counter's view."""
-    await follow_case_events(session, [(envelope, payload)], clock=clock)
+    await follow_case_events(session, [(envelope, payload)], clock=clock, intake=intake)
 
 
 ADOPTABLE = (CaseSubmitted.TYPE, CaseNotified.TYPE)
 
 
 async def follow_case_events(
-    session: AsyncSession, events: Sequence[tuple[Envelope, Any]], *, clock: ServiceClock
+    session: AsyncSession,
+    events: Sequence[tuple[Envelope, Any]],
+    *,
+    clock: ServiceClock,
+    intake: Intake | None = None,
 ) -> None:
     """A batch of case events, in offset order: one statement for the timeline, one to lock
     the cases, then each changed case updated once with its events folded in order (the hot
-    path of intake: every event of every case passes here)."""
+    path of intake: every event of every case passes here). With `intake`, the bundles of the
+    members whose status changed are settled (`settle_bundle`): their waiting members released
+    or ended."""
     if not events:
         return
+    # Bundles before cases, the lock order of every request on a bundle (no deadlock); the
+    # events name their bundle, so a batch of single cases costs nothing more.
+    named_bundles = sorted({b for e, _ in events if isinstance(b := e.data.get("bundle_id"), str)})
+    if intake is not None and named_bundles:
+        await queries.lock_bundles(session, named_bundles)
     # executemany form: one compiled statement whatever the batch size (SQLAlchemy sends
     # the rows as multi-row VALUES), where `.values([...])` would compile anew per size.
     await session.execute(
@@ -662,15 +781,23 @@ async def follow_case_events(
         ],
     )
     rows = await session.execute(
-        select(models.cases.c.case_id, models.cases.c.status, models.cases.c.failure)
+        select(
+            models.cases.c.case_id,
+            models.cases.c.status,
+            models.cases.c.failure,
+            models.cases.c.bundle_id,
+        )
         .where(models.cases.c.case_id.in_(sorted({e.subject for e, _ in events})))
         .order_by(models.cases.c.case_id)  # one lock order: no deadlock between batches
         .with_for_update()
     )
     status: dict[str, CaseStatus] = {}
     failure: dict[str, dict[str, Any] | None] = {}
+    bundle_of: dict[str, str] = {}
     for r in rows:
         status[r.case_id], failure[r.case_id] = CaseStatus(r.status), r.failure
+        if r.bundle_id is not None:
+            bundle_of[r.case_id] = r.bundle_id
     pending: dict[str, dict[str, Any]] = {}
     adopted: set[str] = set()
     for envelope, _payload in events:
@@ -692,6 +819,13 @@ async def follow_case_events(
     for envelope, _payload in events:
         if commitments.bars_applicant(envelope.type, envelope.data):
             await _bar_applicant(session, envelope)
+    index = intake.catalogs.latest if intake is not None else None
+    if intake is not None and index is not None:
+        moved = sorted(
+            {bundle_of[c] for c, ch in pending.items() if c in bundle_of and "status" in ch}
+        )
+        for bundle_id in moved:
+            await settle_bundle(session, runtime=intake.runtime, index=index, bundle_id=bundle_id)
 
 
 async def _bar_applicant(session: AsyncSession, envelope: Envelope) -> None:
@@ -746,3 +880,543 @@ async def _adopt_case(session: AsyncSession, envelope: Envelope, *, now: datetim
         status = CaseStatus(changes.get("status", status))
     if changes:
         await _update(session, envelope.subject, changes, now=now)
+
+
+# -- bundles (一件事一次办, DESIGN.md §8) ----------------------------------------------------------
+
+
+def new_bundle_id(city_code: str, today: date) -> str:
+    return f"{city_code}-B{today:%Y%m%d}-{secrets.token_hex(5).upper()}"
+
+
+async def submit_bundle(
+    intake: Intake,
+    application: BundleApplication,
+    *,
+    idempotency_key: str | None,
+    traceparent: str | None = None,
+) -> BundleSubmissionResponse:
+    """Take a bundle: refused whole, every fault listed (`domain.bundles`), or stored in one
+    transaction: the bundle, each member the answers create as an ordinary case (its first
+    event, or `waiting` for its prerequisites), `gov.bundle.submitted.v1` and the
+    Idempotency-Key. The key works as for a case: the same body answers the same bundle, even
+    after a catalog change; another body is 409 `idempotency_key_reused`."""
+    digest = request_hash(application)
+    index = queries.catalog_in_force(intake.catalogs)
+    today = intake.runtime.clock.today()
+    bundle = index.bundles.get(application.bundle_code)
+    items = [index.items[m.item] for m in bundle.members if m.item in index.items] if bundle else []
+    library: list[LibraryLicense] = []
+    barred = False
+    takes_licences = any(spec.license_type for item in items for spec in item.materials)
+    names_licences = any(m.e_license_id for m in application.materials)
+    commits = commitments.commits(application.materials)
+    if takes_licences or names_licences or commits:
+        async with intake.runtime.sessions() as session:
+            if takes_licences or names_licences:
+                library = await queries.library_for(session, application)
+            if commits:
+                barred = await queries.commitment_barred(session, application.applicant.id_number)
+    holder = holder_key(application.applicant.id_number)
+    plan = bundles.plan_bundle(
+        index, application, today=today, library=library, barred=barred, holder=holder
+    )
+    if not plan.ok or plan.bundle is None:
+        replay = await _replay_bundle(intake, idempotency_key, digest)
+        if replay is not None:
+            return replay
+        raise Refused(submission_refusal(ValidationResult(refusals=plan.refusals)))
+    # Held e-licences satisfy each member's materials before anything is found missing.
+    reused: dict[tuple[str, str], LicensedMaterial] = {}
+    members = []
+    for member in plan.members:
+        reuse = reuse_licenses(member.item, member.application, library)
+        members.append(replace(member, application=reuse.application))
+        reused |= {(r.material, r.license_id): r for r in reuse.reused}
+    plan = bundles.with_members_missing(replace(plan, members=tuple(members)), index)
+    try:
+        async with unit_of_work(intake.runtime.sessions) as session:
+            return await create_bundle(
+                session,
+                intake=intake,
+                index=index,
+                application=application,
+                plan=plan,
+                today=today,
+                idempotency_key=idempotency_key or None,
+                digest=digest,
+                reused=list(reused.values()),
+                traceparent=traceparent,
+            )
+    except KeyAlreadyUsed:
+        replay = await _replay_bundle(intake, idempotency_key, digest)
+        if replay is None:
+            raise
+        return replay
+
+
+async def _replay_bundle(
+    intake: Intake, idempotency_key: str | None, digest: str
+) -> BundleSubmissionResponse | None:
+    if not idempotency_key:
+        return None
+    async with intake.runtime.sessions() as session:
+        return await queries.replay_bundle(session, idempotency_key, digest)
+
+
+async def create_bundle(
+    session: AsyncSession,
+    *,
+    intake: Intake,
+    index: CatalogIndex,
+    application: BundleApplication,
+    plan: bundles.BundlePlan,
+    today: date,
+    idempotency_key: str | None,
+    digest: str,
+    reused: Sequence[LicensedMaterial],
+    traceparent: str | None,
+) -> BundleSubmissionResponse:
+    """The bundle row, its members (each by `create_case`), `gov.bundle.submitted.v1` and the
+    stored answer of the key, in the caller's transaction."""
+    runtime = intake.runtime
+    bundle = plan.bundle
+    assert bundle is not None
+    now = runtime.clock.now()
+    bundle_id = new_bundle_id(index.city_code, today)
+    case_ids = {m.item.code: new_case_id(index.city_code, today) for m in plan.members}
+    await session.execute(
+        models.bundles.insert().values(
+            bundle_id=bundle_id,
+            bundle_code=bundle.code,
+            bundle_name=bundle.name,
+            status=BundleStatus.in_progress.value,
+            channel=application.channel.value,
+            office_code=application.office_code,
+            applicant=application.applicant.model_dump(mode="json"),
+            answers=dict(application.answers),
+            delivery=application.delivery.model_dump(mode="json"),
+            excluded=list(plan.excluded),
+            time_limit_days=bundle.time_limit_days,
+            lead=bundle.lead,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    keys = load_keys(runtime.settings)
+    previews: list[BundleMemberPreview] = []
+    refs: list[BundleMemberRef] = []
+    for member in plan.members:
+        case_id = case_ids[member.item.code]
+        after = tuple(case_ids[code] for code in member.after if code in case_ids)
+        answer = await create_case(
+            session,
+            runtime=runtime,
+            application=member.application,
+            case_id=case_id,
+            missing=list(member.missing),
+            route_preview=(
+                None
+                if member.missing
+                else route_preview(
+                    intake, index, member.application, today, bundle_code=bundle.code
+                )
+            ),
+            idempotency_key=None,
+            digest=digest,
+            handover_keys=keys,
+            traceparent=traceparent,
+            member=BundleMembership(bundle_id, bundle.code, after),
+        )
+        previews.append(
+            BundleMemberPreview(
+                case_id=case_id,
+                item_code=member.item.code,
+                status=answer.status,
+                route_preview=answer.route_preview,
+            )
+        )
+        refs.append(
+            BundleMemberRef(
+                case_id=case_id, item_code=member.item.code, status=answer.status, after=list(after)
+            )
+        )
+    await runtime.emit(
+        session,
+        BundleSubmitted(
+            bundle_id=bundle_id,
+            bundle_code=bundle.code,
+            bundle_name=bundle.name,
+            lead=bundle.lead,
+            time_limit_days=bundle.time_limit_days,
+            channel=application.channel,
+            office_code=application.office_code,
+            answers=dict(application.answers),
+            members=refs,
+            excluded=list(plan.excluded),
+            delivery_method=application.delivery.method,
+            delivery_address=application.delivery.address,
+            submitted_at=now,
+        ),
+        traceparent=traceparent,
+    )
+    response = BundleSubmissionResponse(
+        bundle_id=bundle_id,
+        status=BundleStatus.in_progress,
+        members=previews,
+        missing_materials=plan.missing_materials,
+        excluded=list(plan.excluded),
+        reused_licenses=list(reused),
+    )
+    if idempotency_key is not None:
+        stored = await session.execute(
+            pg_insert(models.bundle_keys)
+            .values(
+                key=idempotency_key,
+                request_hash=digest,
+                bundle_id=bundle_id,
+                response=response.model_dump(mode="json"),
+            )
+            .on_conflict_do_nothing()
+            .returning(models.bundle_keys.c.key)
+        )
+        if stored.scalar() is None:
+            raise KeyAlreadyUsed(idempotency_key)
+    return response
+
+
+async def withdraw_bundle(
+    session: AsyncSession,
+    *,
+    runtime: ServiceRuntime,
+    principal: Principal,
+    bundle_id: str,
+    reason: str | None,
+) -> BundleWithdrawResponse:
+    """Withdraw the bundle, by a clerk of the office that took it: every undecided member
+    (waiting ones included) is withdrawn; decided ones are kept, their results still come
+    (and go out together). `gov.bundle.withdrawn.v1` lists the members withdrawn now."""
+    bundle = await queries.bundle_of_the_office(session, bundle_id, principal, lock=True)
+    status = BundleStatus(bundle.status)
+    if status is not BundleStatus.in_progress:
+        raise refused(
+            409,
+            "invalid_state",
+            "The bundle can no longer be withdrawn",
+            f"Bundle {bundle_id} is {status.value}; withdrawal is possible while it is in "
+            "progress.",
+            status_now=status.value,
+        )
+    now = runtime.clock.now()
+    withdrawn: list[str] = []
+    kept: list[str] = []
+    for member in await queries.bundle_members(session, bundle_id, lock=True):
+        member_status = CaseStatus(member.status)
+        if bundles.withdrawable(member_status):
+            await _end_member(session, runtime, member.case_id, bundle_id, reason, now=now)
+            withdrawn.append(member.case_id)
+        elif member_status in bundles.KEPT:
+            kept.append(member.case_id)
+    new_status = bundles.status_after_withdrawal(kept)
+    await runtime.emit(
+        session,
+        BundleWithdrawn(
+            bundle_id=bundle_id, withdrawn_members=withdrawn, reason=reason, withdrawn_at=now
+        ),
+    )
+    await session.execute(
+        update(models.bundles)
+        .where(models.bundles.c.bundle_id == bundle_id)
+        .values(status=new_status.value, updated_at=now)
+    )
+    return BundleWithdrawResponse(
+        bundle_id=bundle_id, status=new_status, withdrawn=withdrawn, kept=kept
+    )
+
+
+async def _end_member(
+    session: AsyncSession,
+    runtime: ServiceRuntime,
+    case_id: str,
+    bundle_id: str,
+    reason: str | None,
+    *,
+    now: datetime,
+) -> None:
+    await runtime.emit(
+        session,
+        CaseWithdrawn(case_id=case_id, reason=reason, withdrawn_at=now, bundle_id=bundle_id),
+    )
+    await _update(
+        session,
+        case_id,
+        {"status": CaseStatus.withdrawn.value, "status_rank": RANK[CaseStatus.withdrawn]},
+        now=now,
+    )
+
+
+async def add_bundle_materials(
+    session: AsyncSession,
+    *,
+    runtime: ServiceRuntime,
+    principal: Principal,
+    bundle_id: str,
+    materials: list[Material],
+    index: CatalogIndex,
+) -> BundleSubmissionResponse:
+    """One set of materials for the bundle: each material goes to every member still waiting
+    for materials whose item takes it (`awaiting_supplement` members are completed as a case
+    is, `waiting` ones keep it for their submission). Refused whole, as a case's materials are:
+    a code no member takes (`unknown_material`), or nobody waiting for materials
+    (`invalid_state`)."""
+    await queries.bundle_of_the_office(session, bundle_id, principal, lock=True)
+    members = await queries.bundle_members(session, bundle_id, lock=True)
+    takers = {
+        m.case_id: item
+        for m in members
+        if (item := index.items.get(m.item_code)) is not None
+        and CaseStatus(m.status) in (CaseStatus.awaiting_supplement, CaseStatus.waiting)
+    }
+    codes = [m.code for m in materials]
+    every = {
+        spec.code for m in members if (i := index.items.get(m.item_code)) for spec in i.materials
+    }
+    unknown = [code for code in codes if code not in every]
+    if unknown:
+        raise refused(
+            422,
+            "unknown_material",
+            "Unknown material code",
+            f"{', '.join(unknown)} not among the bundle's materials {', '.join(sorted(every))}",
+            errors=tuple(FieldError("materials", f"unknown {code}") for code in unknown),
+        )
+    if not takers:
+        raise refused(
+            409,
+            "invalid_state",
+            "No member of this bundle is waiting for materials",
+            f"Bundle {bundle_id}'s members are past taking materials at intake; a member's "
+            "review asks for its own (POST /v1/cases/{case_id}/materials).",
+        )
+    now = runtime.clock.now()
+    previews = []
+    for member in members:
+        item = takers.get(member.case_id)
+        given = bundles.member_materials(item, materials) if item is not None else []
+        status = CaseStatus(member.status)
+        if given and status is CaseStatus.awaiting_supplement:
+            answer = await add_materials(
+                session,
+                runtime=runtime,
+                principal=principal,
+                case_id=member.case_id,
+                materials=given,
+                index=index,
+            )
+            status = answer.status
+        elif given and item is not None:  # waiting: kept for its submission
+            application = Application.model_validate(member.application)
+            merged = {m.code: m for m in application.materials} | {m.code: m for m in given}
+            application = application.model_copy(update={"materials": list(merged.values())})
+            prerequisites = [
+                i
+                for m in members
+                if m.case_id in (member.after or []) and (i := index.items.get(m.item_code))
+            ]
+            brought = bundles.brought_by_prerequisites(item, merged, prerequisites)
+            await _update(
+                session,
+                member.case_id,
+                {
+                    "application": application.model_dump(mode="json"),
+                    "missing_materials": list(missing_materials(item, [*merged, *brought])),
+                },
+                now=now,
+            )
+        previews.append(
+            BundleMemberPreview(
+                case_id=member.case_id,
+                item_code=member.item_code,
+                status=status,
+                route_preview=None,
+            )
+        )
+    missing = await queries.bundle_missing(session, bundle_id)
+    return BundleSubmissionResponse(
+        bundle_id=bundle_id,
+        status=BundleStatus.in_progress,
+        members=previews,
+        missing_materials=missing,
+    )
+
+
+async def read_bundle(intake: Intake, bundle_id: str, principal: Principal) -> BundleView:
+    """The bundle as the caller may see it (as a case: its office's clerks, the reviewers of a
+    member's department, operators and admins masked), on the audit trail."""
+    index = intake.catalogs.latest
+    async with intake.runtime.sessions() as session:
+        bundle, members, timeline = await queries.readable_bundle(session, bundle_id, principal)
+    clear = access.sees_personal_data(principal)
+    async with unit_of_work(intake.runtime.sessions) as session:
+        await intake.runtime.audit(
+            session,
+            principal,
+            "bundle.read",
+            bundle_id,
+            {"personal_data": "clear" if clear else "masked"},
+        )
+    return queries.bundle_view(bundle, members, timeline, index=index, clear=clear)
+
+
+# -- waiting members: released or ended (flow step 4) ------------------------------------------
+
+
+async def settle_bundle(
+    session: AsyncSession,
+    *,
+    runtime: ServiceRuntime,
+    index: CatalogIndex,
+    bundle_id: str,
+) -> None:
+    """Release or end the bundle's waiting members, as their prerequisites now stand: each is
+    submitted once every prerequisite is approved and the licences they issue for it are in
+    intake's library (attached to its materials), or withdrawn (`prerequisite_ended`) when one
+    ended without approval; repeated until nothing changes, so an ending travels down the
+    chain in one go. The bundle row is locked first: the consumers and requests touching one
+    bundle take turns, and a member is released once."""
+    locked = await session.execute(
+        select(models.bundles.c.bundle_id)
+        .where(models.bundles.c.bundle_id == bundle_id)
+        .with_for_update()
+    )
+    if locked.first() is None:
+        return
+    members = {m.case_id: m for m in await queries.bundle_members(session, bundle_id, lock=True)}
+    status = {case_id: CaseStatus(m.status) for case_id, m in members.items()}
+    licences = await queries.licences_of_cases(session, list(members))
+    keys = load_keys(runtime.settings)
+    now = runtime.clock.now()
+    changed = True
+    while changed:
+        changed = False
+        for case_id, member in members.items():
+            if status[case_id] is not CaseStatus.waiting:
+                continue
+            item = index.items.get(member.item_code)
+            if item is None:
+                continue
+            application = Application.model_validate(member.application)
+            prerequisites = [
+                (c, status[c], index.items.get(members[c].item_code))
+                for c in member.after or []
+                if c in members
+            ]
+            decision = bundles.release_decision(
+                item, [m.code for m in application.materials], prerequisites, licences
+            )
+            if decision.action is bundles.Release.end:
+                await _end_member(
+                    session, runtime, case_id, bundle_id, bundles.PREREQUISITE_ENDED, now=now
+                )
+                status[case_id] = CaseStatus.withdrawn
+                changed = True
+            elif decision.action is bundles.Release.submit:
+                status[case_id] = await _release(
+                    session,
+                    runtime=runtime,
+                    member=member,
+                    item=item,
+                    application=application,
+                    licences=decision.licences,
+                    keys=keys,
+                    now=now,
+                )
+                changed = True
+
+
+async def _release(
+    session: AsyncSession,
+    *,
+    runtime: ServiceRuntime,
+    member: Any,
+    item: Item,
+    application: Application,
+    licences: Mapping[str, str],
+    keys: HandoverKeys,
+    now: datetime,
+) -> CaseStatus:
+    """A waiting member's prerequisites are approved: submitted with their licences attached,
+    or notified of what it still lacks (as a case taken with materials missing)."""
+    application = application.model_copy(
+        update={"materials": bundles.attach_licences(application.materials, licences)}
+    )
+    missing = list(missing_materials(item, (m.code for m in application.materials)))
+    new_status = CaseStatus.awaiting_supplement if missing else CaseStatus.submitted
+    await emit_first_event(
+        session,
+        runtime=runtime,
+        case_id=member.case_id,
+        application=application,
+        missing=missing,
+        member=BundleMembership.of(member),
+        keys=keys,
+    )
+    await _update(
+        session,
+        member.case_id,
+        {
+            "status": new_status.value,
+            "status_rank": RANK[new_status],
+            "application": application.model_dump(mode="json"),
+            "missing_materials": missing,
+        },
+        now=now,
+    )
+    return new_status
+
+
+# -- consumer: bundle.v1 (the bundle's own story) ------------------------------------------------
+
+
+BUNDLE_STATUS_OF_EVENT = {
+    BundleDelivered.TYPE: BundleStatus.delivered,
+    BundleClosed.TYPE: BundleStatus.closed,
+}
+
+
+async def follow_bundle_event(
+    session: AsyncSession, envelope: Envelope, payload: Any, *, clock: ServiceClock
+) -> None:
+    """Any bundle event: into the bundle's timeline; delivered and closed (delivery) move its
+    status forward."""
+    await session.execute(
+        pg_insert(models.bundle_timeline)
+        .values(
+            event_id=inbox_key(envelope.id),
+            bundle_id=envelope.subject,
+            type=envelope.type,
+            time=envelope.time,
+            source=envelope.source,
+            data=envelope.data,
+        )
+        .on_conflict_do_nothing()
+    )
+    target = BUNDLE_STATUS_OF_EVENT.get(envelope.type)
+    if target is None:
+        return
+    row = (
+        await session.execute(
+            select(models.bundles.c.status)
+            .where(models.bundles.c.bundle_id == envelope.subject)
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        return  # a bundle taken by another intake system: its timeline is kept all the same
+    new_status = bundles.next_bundle_status(BundleStatus(row.status), target)
+    if new_status is not None:
+        await session.execute(
+            update(models.bundles)
+            .where(models.bundles.c.bundle_id == envelope.subject)
+            .values(status=new_status.value, updated_at=clock.now())
+        )

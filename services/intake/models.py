@@ -27,8 +27,14 @@ cases = Table(
     Column("deferred_due", Date),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # 0008: a member of a bundle (一件事, DESIGN.md §8): its bundle, and the members (case ids)
+    # it waits for while `waiting`.
+    Column("bundle_id", String(64)),
+    Column("bundle_code", String(64)),
+    Column("after", JSONB, nullable=False, server_default="[]"),
 )
 Index("ix_cases_office", cases.c.office_code, cases.c.created_at)
+Index("ix_cases_bundle", cases.c.bundle_id)
 # Migration 0005 also indexes the applicant's ID number (upper, trimmed) of the cases: who a
 # clerk may look up in the licence library. It is not declared here because migration 0002
 # creates `cases` from this metadata, and would then create it before 0005 does.
@@ -86,3 +92,52 @@ barred_holders = Table(
     Column("barred_at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_barred_holders_holder", barred_holders.c.holder_id_number)
+
+# Bundles (一件事一次办, DESIGN.md §8): one row per bundle taken here. Its members are rows of
+# `cases` with its `bundle_id`; its status moves with bundle.v1 (delivered, closed from
+# delivery) and with a withdrawal here. A member's release or ending locks this row first, so
+# the consumers and the requests touching one bundle take their turns.
+bundles = Table(
+    "bundles",
+    metadata,
+    Column("bundle_id", String(64), primary_key=True),
+    Column("bundle_code", String(64), nullable=False),
+    Column("bundle_name", Text, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("office_code", String(64)),
+    Column("applicant", JSONB, nullable=False),
+    Column("answers", JSONB, nullable=False),
+    Column("delivery", JSONB, nullable=False),
+    Column("excluded", JSONB, nullable=False),
+    Column("time_limit_days", Integer, nullable=False),
+    Column("lead", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+Index("ix_bundles_office", bundles.c.office_code, bundles.c.created_at)
+
+# The bundle's own events (bundle.v1), for its one timeline beside its members' events.
+bundle_timeline = Table(
+    "bundle_timeline",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("bundle_id", String(64), nullable=False),
+    Column("type", String(128), nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("source", String(128), nullable=False),
+    Column("data", JSONB),
+)
+Index("ix_bundle_timeline_bundle", bundle_timeline.c.bundle_id, bundle_timeline.c.time)
+
+# Idempotency-Key of `POST /v1/bundles`: as `idempotency_keys` for cases, its own table so a
+# key's stored answer is always of the one kind.
+bundle_keys = Table(
+    "bundle_keys",
+    metadata,
+    Column("key", String(256), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("bundle_id", String(64), nullable=False),
+    Column("response", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

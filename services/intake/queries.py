@@ -5,6 +5,7 @@ reuse, what a holder holds). No writes here."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
 from sqlalchemy import exists, func, or_, select
@@ -19,7 +20,24 @@ from contracts.common import (
     Route,
     TimelineEntry,
 )
-from contracts.rest import CaseView, HeldLicense, ItemView, LicenseStatus, SubmissionResponse
+from contracts.rest import (
+    BundleApplication,
+    BundleCatalogMember,
+    BundleCatalogView,
+    BundleMaterialView,
+    BundleMemberView,
+    BundleQuestionView,
+    BundleStatus,
+    BundleSubmissionResponse,
+    BundleTimelineEntry,
+    BundleView,
+    CaseView,
+    HeldLicense,
+    ItemView,
+    LicenseStatus,
+    SubmissionResponse,
+)
+from services.common import workdays
 from services.common.catalog_follower import CatalogFollower
 from services.common.city import CITY_TZ
 from services.common.logs import mask_id_number, mask_personal_data
@@ -29,6 +47,7 @@ from services.intake import models
 from services.intake.domain import access
 from services.intake.domain.deferral import deferred_view
 from services.intake.domain.licenses import LibraryLicense, holder_key, reuse_note
+from services.policy.bundle_rules import bundle_in_force, bundle_intake_levels
 from services.policy.catalog_index import CatalogIndex
 from services.policy.intake_rules import effective_intake_levels
 
@@ -173,7 +192,9 @@ async def commitment_barred(session: AsyncSession, holder: str) -> bool:
 
 
 async def library_for(
-    session: AsyncSession, application: Application, materials: Sequence[Material] | None = None
+    session: AsyncSession,
+    application: Application | BundleApplication,
+    materials: Sequence[Material] | None = None,
 ) -> list[LibraryLicense]:
     """What a submission may reuse or names: the applicant's licences and those its materials
     (or the supplement's `materials`) name, another holder's included so they can be refused
@@ -238,3 +259,278 @@ async def held_licenses(
         )
         for r in await session.execute(query)
     ]
+
+
+# -- bundles (一件事一次办, DESIGN.md §8) ----------------------------------------------------------
+
+
+def bundle_catalog(index: CatalogIndex, today: date) -> list[BundleCatalogView]:
+    """`GET /v1/bundles`: the bundles offered today, each with its questions, its members and
+    the union of their materials (which items take each), so a counter terminal renders the
+    one form. A bundle without a start is offered while its unconditional members are all in
+    force (a conditional one is checked once the answers create it)."""
+    out = []
+    for bundle in index.catalog.bundles:
+        items = {m.item: index.items.get(m.item) for m in bundle.members}
+        unconditional = [items[m.item] for m in bundle.members if not m.when]
+        if not bundle_in_force(bundle, unconditional, today):
+            continue
+        materials: dict[str, BundleMaterialView] = {}
+        for member in bundle.members:
+            item = items[member.item]
+            for spec in item.materials if item is not None else []:
+                seen = materials.get(spec.code)
+                if seen is None:
+                    materials[spec.code] = BundleMaterialView(
+                        code=spec.code,
+                        name=spec.name,
+                        required=spec.required,
+                        items=[member.item],
+                        license_type=spec.license_type,
+                        commitment=spec.commitment,
+                        deferrable=spec.deferrable,
+                    )
+                else:  # taken by several members: allowed only as all of them allow it
+                    materials[spec.code] = seen.model_copy(
+                        update={
+                            "required": seen.required or spec.required,
+                            "items": [*seen.items, member.item],
+                            "license_type": seen.license_type or spec.license_type,
+                            "commitment": seen.commitment and spec.commitment,
+                            "deferrable": seen.deferrable and spec.deferrable,
+                        }
+                    )
+        out.append(
+            BundleCatalogView(
+                code=bundle.code,
+                name=bundle.name,
+                category=bundle.category.value,
+                lead=bundle.lead,
+                time_limit_days=bundle.time_limit_days,
+                intake_levels=sorted(lvl.value for lvl in bundle_intake_levels(bundle)),
+                questions=[
+                    BundleQuestionView(
+                        code=q.code, text=q.text, type=q.type.value, options=list(q.options)
+                    )
+                    for q in bundle.questions
+                ],
+                members=[
+                    BundleCatalogMember(
+                        item=m.item,
+                        name=item.name if (item := items[m.item]) is not None else "",
+                        when=dict(m.when),
+                        after=list(m.after),
+                    )
+                    for m in bundle.members
+                ],
+                materials=list(materials.values()),
+                effective_from=bundle.effective_from,
+                effective_to=bundle.effective_to,
+            )
+        )
+    return out
+
+
+def bundle_not_found(bundle_id: str) -> Refusal:
+    """A bundle that does not exist, or not for this caller: the two answers are the same."""
+    return Refusal(
+        404,
+        "bundle_not_found",
+        "No such bundle",
+        f"There is no bundle {bundle_id!r}. Check the id from the 201 answer.",
+    )
+
+
+async def load_bundle(session: AsyncSession, bundle_id: str, *, lock: bool = False) -> Any:
+    query = select(models.bundles).where(models.bundles.c.bundle_id == bundle_id)
+    row = (await session.execute(query.with_for_update() if lock else query)).first()
+    if row is None:
+        raise Refused(bundle_not_found(bundle_id))
+    return row
+
+
+async def bundle_of_the_office(
+    session: AsyncSession, bundle_id: str, principal: Principal, *, lock: bool = False
+) -> Any:
+    """The bundle, when the caller's office took it; else 404 as for one that does not exist."""
+    bundle = await load_bundle(session, bundle_id, lock=lock)
+    if not access.acts_for(principal, bundle.office_code, bundle.channel):
+        raise Refused(bundle_not_found(bundle_id))
+    return bundle
+
+
+async def lock_bundles(session: AsyncSession, bundle_ids: Sequence[str]) -> None:
+    """Lock these bundles' rows, in one order (bundles before their members' cases)."""
+    await session.execute(
+        select(models.bundles.c.bundle_id)
+        .where(models.bundles.c.bundle_id.in_(sorted(bundle_ids)))
+        .order_by(models.bundles.c.bundle_id)
+        .with_for_update()
+    )
+
+
+async def bundle_members(session: AsyncSession, bundle_id: str, *, lock: bool = False) -> list[Any]:
+    """The member case rows, in the order they were created (locked with `lock`)."""
+    query = (
+        select(models.cases)
+        .where(models.cases.c.bundle_id == bundle_id)
+        .order_by(models.cases.c.case_id)
+    )
+    rows = list(await session.execute(query.with_for_update() if lock else query))
+    return sorted(rows, key=lambda r: (r.created_at, r.case_id))
+
+
+async def bundle_of_case(session: AsyncSession, case_id: str) -> str | None:
+    found = await session.execute(
+        select(models.cases.c.bundle_id).where(models.cases.c.case_id == case_id)
+    )
+    return found.scalar()
+
+
+async def bundle_missing(session: AsyncSession, bundle_id: str) -> list[str]:
+    """Every material the bundle's members still miss, each code once."""
+    members = await bundle_members(session, bundle_id)
+    return list(dict.fromkeys(code for m in members for code in m.missing_materials))
+
+
+async def licences_of_cases(
+    session: AsyncSession, case_ids: Sequence[str]
+) -> dict[tuple[str, str], str]:
+    """(case id, license_type) -> the valid licence the case issued (intake's library)."""
+    lic = models.licenses.c
+    rows = await session.execute(
+        select(lic.case_id, lic.license_type, lic.license_id)
+        .where(
+            lic.case_id.in_(list(case_ids)),
+            lic.license_type.is_not(None),
+            lic.revoked_at.is_(None),
+        )
+        .order_by(lic.issued_at)
+    )
+    return {(r.case_id, r.license_type): r.license_id for r in rows}
+
+
+async def replay_bundle(
+    session: AsyncSession, key: str, digest: str
+) -> BundleSubmissionResponse | None:
+    """The stored answer for a bundle key already used with the same body; 409 for another."""
+    row = (
+        await session.execute(select(models.bundle_keys).where(models.bundle_keys.c.key == key))
+    ).first()
+    if row is None:
+        return None
+    if row.request_hash != digest:
+        raise refused(
+            409,
+            "idempotency_key_reused",
+            "Idempotency-Key already used for another submission",
+            f"The key was first used for bundle {row.bundle_id} with a different body. Send a "
+            "new key for a new bundle, or resend the original body to get that bundle back.",
+            errors=(FieldError("Idempotency-Key", "reused with a different body"),),
+        )
+    return BundleSubmissionResponse.model_validate(row.response)
+
+
+async def readable_bundle(
+    session: AsyncSession, bundle_id: str, principal: Principal
+) -> tuple[Any, list[Any], list[BundleTimelineEntry]]:
+    """The bundle, its members and its one timeline (its own events and its members', in time
+    order), when the caller may read it: as a case, by its office's clerks, by the reviewers
+    of a member's department, by operators and admins (else 404 as for none)."""
+    await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    bundle = await load_bundle(session, bundle_id)
+    members = await bundle_members(session, bundle_id)
+    handlers = [(m.route or {}).get("handled_by") for m in members] or [None]
+    if not any(access.reads(principal, bundle.office_code, bundle.channel, h) for h in handlers):
+        raise Refused(bundle_not_found(bundle_id))
+    own = await session.execute(
+        select(models.bundle_timeline).where(models.bundle_timeline.c.bundle_id == bundle_id)
+    )
+    of_members = await session.execute(
+        select(models.timeline).where(models.timeline.c.case_id.in_([m.case_id for m in members]))
+    )
+    entries = [
+        (
+            e.time,
+            e.event_id,
+            BundleTimelineEntry(
+                type=e.type, time=e.time.astimezone(CITY_TZ), source=e.source, case_id=None
+            ),
+        )
+        for e in own
+    ] + [
+        (
+            e.time,
+            e.event_id,
+            BundleTimelineEntry(
+                type=e.type,
+                time=e.time.astimezone(CITY_TZ),
+                source=e.source,
+                note=reuse_note(e.type, e.data) or _ending_note(e.type, e.data),
+                case_id=e.case_id,
+            ),
+        )
+        for e in of_members
+    ]
+    entries.sort(key=lambda t: (t[0], t[1]))
+    return bundle, members, [entry for _t, _id, entry in entries]
+
+
+def _ending_note(event_type: str, data: dict[str, Any] | None) -> str | None:
+    """A member withdrawn with a reason (a prerequisite that ended, §8) says so."""
+    if event_type == "gov.case.withdrawn.v1" and data and data.get("reason"):
+        return f"reason: {data['reason']}"
+    return None
+
+
+def bundle_deadline(
+    bundle: Any,
+    members: Sequence[Any],
+    timeline: Sequence[BundleTimelineEntry],
+    index: CatalogIndex | None,
+) -> date | None:
+    """The first member acceptance's date + the bundle's time_limit_days working days (on the
+    catalog copy's calendar); None before any acceptance, or past the calendar."""
+    accepted = [
+        e.time for e in timeline if e.case_id is not None and e.type == "gov.case.accepted.v1"
+    ]
+    if not accepted or index is None:
+        return None
+    first = min(accepted).astimezone(CITY_TZ).date()
+    return workdays.deadline(index.calendar, first, bundle.time_limit_days)
+
+
+def bundle_view(
+    bundle: Any,
+    members: Sequence[Any],
+    timeline: list[BundleTimelineEntry],
+    *,
+    index: CatalogIndex | None,
+    clear: bool,
+) -> BundleView:
+    """The REST view of a bundle; the applicant's personal data masked unless `clear`."""
+    applicant = bundle.applicant
+    return BundleView(
+        bundle_id=bundle.bundle_id,
+        bundle_code=bundle.bundle_code,
+        bundle_name=bundle.bundle_name,
+        status=BundleStatus(bundle.status),
+        deadline=bundle_deadline(bundle, members, timeline, index),
+        office_code=bundle.office_code,
+        members=[
+            BundleMemberView(
+                case_id=m.case_id,
+                item_code=m.item_code,
+                status=CaseStatus(m.status),
+                route=Route.model_validate(m.route) if m.route else None,
+                after=list(m.after or []),
+                failure=Failure.model_validate(m.failure) if m.failure else None,
+                deadline=m.deadline,
+            )
+            for m in members
+        ],
+        excluded=list(bundle.excluded),
+        missing_materials=list(dict.fromkeys(c for m in members for c in m.missing_materials)),
+        timeline=timeline,
+        applicant=Applicant.model_validate(applicant if clear else mask_personal_data(applicant)),
+    )

@@ -3,7 +3,7 @@ read-only; the rules of `services.policy` read the catalog through it."""
 
 from __future__ import annotations
 
-from contracts.catalog import OFFICE_LEVEL, Catalog, Department, Item, Office
+from contracts.catalog import OFFICE_LEVEL, Bundle, Catalog, Department, Item, Office
 from contracts.common import Level
 from services.common.workdays import WorkCalendar
 
@@ -30,6 +30,9 @@ class CatalogIndex:
             s.code: d.code for d in catalog.districts for s in d.streets
         }
         self.calendar = WorkCalendar.of(catalog.calendar)
+        self.bundles: dict[str, Bundle] = {}
+        for bundle in catalog.bundles:
+            self.bundles.setdefault(bundle.code, bundle)
         self.offices_by_level: dict[Level, tuple[Office, ...]] = {
             level: tuple(o for o in self.offices.values() if OFFICE_LEVEL[o.kind] is level)
             for level in Level

@@ -95,15 +95,22 @@ class OfficeDecision:
     guidance: OfficeGuidance | None = None
 
 
-def _taking_levels(item: Item) -> tuple[Level, ...]:
-    levels = effective_intake_levels(item) | {Level.municipal}
+def _taking_levels(item: Item) -> frozenset[Level]:
     if item.mode is Mode.online:
-        levels = frozenset(Level)
-    return tuple(level for level in Level if level in levels)
+        return frozenset(Level)
+    return effective_intake_levels(item)
 
 
-def _guidance(index: CatalogIndex, item: Item, applicant_division: str | None) -> OfficeGuidance:
-    levels = _taking_levels(item)
+def guidance(
+    index: CatalogIndex,
+    intake_levels: frozenset[Level],
+    *,
+    online: bool,
+    applicant_division: str | None,
+) -> OfficeGuidance:
+    """Where an application refused at an office can go: the offices of `intake_levels` (and
+    the municipal center, which takes anything), nearest to the applicant first."""
+    levels = tuple(level for level in Level if level in intake_levels | {Level.municipal})
     street = applicant_division if applicant_division in index.street_district else None
     district = index.district_of(applicant_division) if applicant_division else None
 
@@ -123,7 +130,7 @@ def _guidance(index: CatalogIndex, item: Item, applicant_division: str | None) -
         levels=levels,
         office_kinds=tuple(LEVEL_OFFICE[level] for level in levels),
         offices=tuple(o.code for o in candidates[:MAX_SUGGESTED_OFFICES]),
-        online=item.mode is Mode.online,
+        online=online,
     )
 
 
@@ -132,6 +139,25 @@ def _where_instead(guidance: OfficeGuidance) -> str:
     kinds_en = ", ".join(k.value for k in guidance.office_kinds)
     offices = ", ".join(guidance.offices) or "-"
     return f"可前往{kinds_zh}：{offices} / it may be taken at: {kinds_en} ({offices})"
+
+
+def refused_at_office(
+    where: OfficeGuidance,
+    *,
+    code: str,
+    field: str,
+    reason: str,
+    office: Office | None = None,
+) -> OfficeDecision:
+    """A refusal: why (`reason`), then where the application may be taken instead."""
+    return OfficeDecision(
+        allowed=False,
+        code=code,
+        field=field,
+        message=f"{reason}; {_where_instead(where)}",
+        office=office,
+        guidance=where,
+    )
 
 
 def _refused(
@@ -145,15 +171,13 @@ def _refused(
     office: Office | None = None,
 ) -> OfficeDecision:
     """A refusal: why (`reason`), then where the item may be taken instead."""
-    guidance = _guidance(index, item, applicant_division)
-    return OfficeDecision(
-        allowed=False,
-        code=code,
-        field=field,
-        message=f"{reason}; {_where_instead(guidance)}",
-        office=office,
-        guidance=guidance,
+    where = guidance(
+        index,
+        _taking_levels(item),
+        online=item.mode is Mode.online,
+        applicant_division=applicant_division,
     )
+    return refused_at_office(where, code=code, field=field, reason=reason, office=office)
 
 
 def office_allowed(

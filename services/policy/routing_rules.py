@@ -5,6 +5,7 @@ Rules run in order and the first match wins; every outcome names its rule id:
   R1  item unknown / not in force on the submission date     -> unknown_item, item_not_effective
   R2  applicant's jurisdiction not in the city               -> out_of_jurisdiction
   R3  intake office (or channel) not allowed for the item    -> office_not_allowed, unknown_office
+      (for a member of a bundle the catalog knows: for the bundle, its one window, §8)
   R4  online     -> the owner (municipal)
   R5  delegated  -> the owner's line at `delegated_to` in the applicant's district / street,
                     else no_receiving_department
@@ -32,6 +33,7 @@ from datetime import date
 
 from contracts.catalog import Department, Item, Office
 from contracts.common import Application, Failure, ItemSnapshot, Level, Mode, Route
+from services.policy.bundle_rules import bundle_office_allowed
 from services.policy.catalog_index import CatalogIndex
 from services.policy.intake_rules import LEVEL_ZH, item_in_force, office_allowed
 
@@ -118,6 +120,7 @@ class Routing:
     resolved_item: Item | None = None  # by R1
     owner: Department | None = None  # by R1: the item's owner department
     resolved_where: Jurisdiction | None = None  # by R2
+    bundle_code: str | None = None  # the bundle the case is a member of (§8), if any
     office: Office | None = None  # by R3: the intake office (None on the online channel)
 
     @property
@@ -232,13 +235,26 @@ def r2_in_jurisdiction(case: Routing) -> RouteOutcome | None:
 def r3_intake_office(case: Routing) -> RouteOutcome | None:
     """R3: the intake channel/office may take the item (intake's own `office_allowed`)."""
     application = case.application
-    decision = office_allowed(
-        case.index,
-        case.item,
-        channel=application.channel,
-        office_code=application.office_code,
-        applicant_division=application.applicant.division_code,
-    )
+    bundle = case.index.bundles.get(case.bundle_code) if case.bundle_code else None
+    if bundle is not None and any(m.item == case.item.code for m in bundle.members):
+        # A bundle is taken at one window for all its members (§8): its window decides.
+        case.inputs["bundle_code"] = bundle.code
+        decision = bundle_office_allowed(
+            case.index,
+            bundle,
+            [case.item],
+            channel=application.channel,
+            office_code=application.office_code,
+            applicant_division=application.applicant.division_code,
+        )
+    else:
+        decision = office_allowed(
+            case.index,
+            case.item,
+            channel=application.channel,
+            office_code=application.office_code,
+            applicant_division=application.applicant.division_code,
+        )
     if decision.office is not None:
         case.inputs |= {
             "intake_office_kind": decision.office.kind.value,
@@ -402,8 +418,10 @@ def route_case(
     catalog_version: int,
     application: Application,
     submitted_on: date,
+    bundle_code: str | None = None,
 ) -> RouteOutcome:
-    """Apply rules R1-R7 in order; the first that matches decides.
+    """Apply rules R1-R7 in order; the first that matches decides. `bundle_code`: the
+    bundle the case is a member of (R3 checks the bundle's window when the catalog knows it).
 
     `inputs` grows as the rules resolve facts, so an outcome names what it was decided on:
 
@@ -421,6 +439,7 @@ def route_case(
         catalog_version=catalog_version,
         application=application,
         submitted_on=submitted_on,
+        bundle_code=bundle_code,
         inputs={
             "item_code": application.item_code,
             "catalog_version": str(catalog_version),

@@ -69,6 +69,7 @@ def decide(
         catalog_version=version,
         application=submitted.application,
         submitted_on=submitted.submitted_at.astimezone(CITY_TZ).date(),
+        bundle_code=submitted.bundle_code,
     )
 
 
@@ -100,6 +101,8 @@ def effect_of(submitted: CaseSubmitted, outcome: RouteOutcome | None) -> Effect:
             },
             event=CaseRouted(
                 case_id=submitted.case_id,
+                bundle_id=submitted.bundle_id,
+                bundle_code=submitted.bundle_code,
                 route=route,
                 item=outcome.item,
                 application=submitted.application,
@@ -125,6 +128,8 @@ def effect_of(submitted: CaseSubmitted, outcome: RouteOutcome | None) -> Effect:
         },
         event=CaseRouteFailed(
             case_id=submitted.case_id,
+            bundle_id=submitted.bundle_id,
+            bundle_code=submitted.bundle_code,
             failure=failure,
             rule=rule,
             catalog_version=version,
@@ -169,6 +174,8 @@ async def route_submission(
         "item_code": submitted.application.item_code,
         "application": submitted.application.model_dump(mode="json"),
         "submitted_at": submitted.submitted_at,
+        "bundle_id": submitted.bundle_id,
+        "bundle_code": submitted.bundle_code,
         "handover": (
             submitted.handover.model_dump(mode="json") if submitted.handover is not None else null()
         ),
@@ -230,6 +237,9 @@ async def retry_route(session: AsyncSession, case_id: str, *, routing: Routing) 
         application=Application.model_validate(row.application),
         submitted_at=row.submitted_at,
         handover=Handover.model_validate(row.handover) if row.handover is not None else None,
+        # A member stays a member out of triage: its bundle's window and id go with it (§8).
+        bundle_id=row.bundle_id,
+        bundle_code=row.bundle_code,
     )
     outcome = decide(routing.catalogs, submitted, version=version)
     assert outcome is not None  # the version exists

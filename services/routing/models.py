@@ -34,4 +34,7 @@ routes = Table(
     Column("inputs", JSONB),
     Column("handover", JSONB),
     Column("retries", Integer, nullable=False, server_default="0"),
+    # 0006: the bundle (§8) a member case belongs to, kept for a retry out of triage.
+    Column("bundle_id", String(64)),
+    Column("bundle_code", String(64)),
 )

@@ -294,10 +294,19 @@ def _status_after(events: tuple[Step, ...]) -> CaseStatus:
     return _STATUS_OF[events[-1]]
 
 
-def plan_delivery(method: DeliveryMethod, *, address: str | None = None) -> DeliveryPlan:
+def plan_delivery(
+    method: DeliveryMethod, *, address: str | None = None, held: bool = False
+) -> DeliveryPlan:
     """electronic: issued, delivered and closed at once; postal: the same, with a tracking
     number (handed to the post); counter_pickup: issued, then delivered and closed when the
-    applicant collects it at the intake office."""
+    applicant collects it at the intake office.
+
+    `held`: a bundle's member (DESIGN.md §8), whatever the method: issued now, delivered and
+    closed when its bundle goes out (the bundle's parcel has the tracking number)."""
+    if held:
+        if method is DeliveryMethod.postal and not (address and address.strip()):
+            raise UndeliverableError("postal delivery needs an address; the case has none")
+        return DeliveryPlan(method, (CaseResultIssued,), (CaseDelivered, CaseClosed), False)
     if method is DeliveryMethod.electronic:
         return DeliveryPlan(method, (CaseResultIssued, CaseDelivered, CaseClosed), (), False)
     if method is DeliveryMethod.postal:
@@ -318,6 +327,7 @@ class DeliveryFacts:
     issued_at: datetime
     tracking_number: str | None = None
     office_code: str | None = None
+    bundle_id: str | None = None  # a member's events name its bundle (DESIGN.md §8)
 
 
 def delivery_events(
@@ -329,18 +339,27 @@ def delivery_events(
         event: CaseEvent
         if step is CaseResultIssued:
             event = CaseResultIssued(
-                case_id=facts.case_id, result=facts.document, issued_at=facts.issued_at
+                case_id=facts.case_id,
+                bundle_id=facts.bundle_id,
+                result=facts.document,
+                issued_at=facts.issued_at,
             )
         elif step is CaseDelivered:
             event = CaseDelivered(
                 case_id=facts.case_id,
+                bundle_id=facts.bundle_id,
                 method=facts.method,
                 delivered_at=at,
                 tracking_number=facts.tracking_number,
                 office_code=facts.office_code,
             )
         elif step is CaseClosed:
-            event = CaseClosed(case_id=facts.case_id, outcome=facts.outcome, closed_at=at)
+            event = CaseClosed(
+                case_id=facts.case_id,
+                bundle_id=facts.bundle_id,
+                outcome=facts.outcome,
+                closed_at=at,
+            )
         else:
             raise ValueError(f"no delivery step {step.__name__}")
         events.append(event)

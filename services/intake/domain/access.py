@@ -9,6 +9,7 @@ or not it exists), the scope after, as a yes or no turned into that 404 (`case_n
 from __future__ import annotations
 
 from contracts.common import Application, Channel
+from contracts.rest import BundleApplication
 from services.common.principals import Principal, Role, in_scope, require, require_scope
 from services.common.refusals import Refusal
 
@@ -32,6 +33,14 @@ def case_not_found(case_id: str) -> Refusal:
 
 
 def may_submit(principal: Principal, application: Application) -> None:
+    require(principal, Role.clerk)
+    require_scope(
+        principal, intake_scope(application.office_code, application.channel), "office", exempt=()
+    )
+
+
+def may_submit_bundle(principal: Principal, application: BundleApplication) -> None:
+    """A bundle is taken as a case is: by a clerk, at their own office (or channel)."""
     require(principal, Role.clerk)
     require_scope(
         principal, intake_scope(application.office_code, application.channel), "office", exempt=()

@@ -73,6 +73,7 @@ STATUS_OF_EVENT: dict[str, CaseStatus] = {
 # Before a decision the applicant may still withdraw (DESIGN.md §1).
 WITHDRAWABLE = frozenset(
     {
+        CaseStatus.waiting,  # a member of a bundle waiting for its prerequisites (§8)
         CaseStatus.awaiting_supplement,
         CaseStatus.submitted,
         CaseStatus.routed,

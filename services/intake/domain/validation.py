@@ -38,7 +38,7 @@ from stdnum.cn import ric, uscc
 from stdnum.exceptions import ValidationError as StdnumError
 
 from contracts.catalog import Item
-from contracts.common import Application, Category, Channel, DeliveryMethod, Material
+from contracts.common import Application, Category, Channel, Delivery, DeliveryMethod, Material
 from services.common.refusals import FieldError, Refusal
 from services.policy.catalog_index import CatalogIndex
 from services.policy.intake_rules import (
@@ -105,6 +105,41 @@ def submission_refusal(result: ValidationResult) -> Refusal:
     )
 
 
+def field_refusal(
+    code: str, field_name: str, message: str, guidance: Mapping[str, Any] | None = None
+) -> Refusal:
+    """A 422 refusal of one field of a submission (or a bundle), titled by its code."""
+    return Refusal(
+        422,
+        code,
+        TITLES.get(code, code),
+        message,
+        (FieldError(field_name, message, code),),
+        {"guidance": dict(guidance)} if guidance is not None else {},
+    )
+
+
+def delivery_refusals(delivery: Delivery, channel: Channel) -> list[Refusal]:
+    """`invalid_delivery`: postal without an address; counter pickup on the online channel."""
+    out = []
+    if delivery.method is DeliveryMethod.postal and not (delivery.address or "").strip():
+        out.append(
+            field_refusal(
+                "invalid_delivery", "delivery.address", "postal delivery needs an address"
+            )
+        )
+    if delivery.method is DeliveryMethod.counter_pickup and channel is Channel.online:
+        out.append(
+            field_refusal(
+                "invalid_delivery",
+                "delivery.method",
+                "counter pickup needs a counter: an online application chooses postal or "
+                "electronic",
+            )
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- ID numbers
 
 
@@ -169,16 +204,7 @@ def validate_submission(
     def refuse(
         code: str, field_name: str, message: str, guidance: Mapping[str, Any] | None = None
     ) -> None:
-        refusals.append(
-            Refusal(
-                422,
-                code,
-                TITLES.get(code, code),
-                message,
-                (FieldError(field_name, message, code),),
-                {"guidance": dict(guidance)} if guidance is not None else {},
-            )
-        )
+        refusals.append(field_refusal(code, field_name, message, guidance))
 
     applicant = application.applicant
     id_problem = id_number_problem(applicant.category, applicant.id_number, today=today)
@@ -222,15 +248,7 @@ def validate_submission(
                 refuse("deferral_not_allowed", f"materials[{i}].deferred", why)
         missing = missing_materials(item, (m.code for m in application.materials))
 
-    delivery = application.delivery
-    if delivery.method is DeliveryMethod.postal and not (delivery.address or "").strip():
-        refuse("invalid_delivery", "delivery.address", "postal delivery needs an address")
-    if delivery.method is DeliveryMethod.counter_pickup and application.channel is Channel.online:
-        refuse(
-            "invalid_delivery",
-            "delivery.method",
-            "counter pickup needs a counter: an online application chooses postal or electronic",
-        )
+    refusals.extend(delivery_refusals(application.delivery, application.channel))
 
     refusals.sort(key=lambda r: ORDER.index(r.code) if r.code in ORDER else len(ORDER))
     return ValidationResult(
