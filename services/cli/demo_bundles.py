@@ -153,8 +153,10 @@ async def _submit(http: httpx.AsyncClient, endpoints: Endpoints, demo: DemoBundl
     demo.bundle_id, demo.status = body["bundle_id"], body["status"]
     demo.excluded = list(body.get("excluded", []))
     demo.submitted_at = time.monotonic()
-    for m in body["members"]:
-        demo.members[m["case_id"]] = DemoMember(m["case_id"], m["item_code"], [], status="")
+    for m in body["members"]:  # as the counter saw them: a dependent one is `waiting`
+        demo.members[m["case_id"]] = DemoMember(
+            m["case_id"], m["item_code"], [], status=m["status"], seen=[m["status"]]
+        )
     if body.get("missing_materials"):
         demo.notes.append("missing " + ", ".join(body["missing_materials"]))
 
