@@ -542,3 +542,17 @@ class BundleResultsView(Contract):
     )
     delivered_at: AwareDatetime | None = None
     closed_at: AwareDatetime | None = None
+
+
+class BundleAtRisk(Contract):
+    """`GET /v1/sla/bundles` (approval): a bundle's clock at risk (DESIGN.md §8)."""
+
+    bundle_id: str
+    bundle_code: str | None
+    lead: str | None = Field(description="牵头部门: warnings and overdue are for it")
+    time_limit_days: int | None
+    first_accepted_at: AwareDatetime | None = Field(description="the clock started here")
+    deadline: date | None = Field(description="null: past the catalog calendar (an alarm)")
+    overdue: bool
+    warned: bool = Field(description="a warning (or the overdue) was published")
+    open_members: list[str] = Field(description="members not decided yet (case ids)")

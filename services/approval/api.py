@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from contracts.common import CaseStatus, Code
 from contracts.rest import (
     ApprovalCaseView,
+    BundleAtRisk,
     CaseAtRisk,
     DecisionRequest,
     DecisionResponse,
@@ -308,6 +309,38 @@ async def sla_cases(
     until = approval.runtime.clock.today() + timedelta(days=within_days)
     async with approval.runtime.sessions() as session:
         return await queries.cases_at_risk(session, until=until, department=department, limit=limit)
+
+
+@router.get(
+    "/v1/sla/bundles",
+    tags=["operators"],
+    responses=errors(401, 403, 422, 503),
+)
+async def sla_bundles(
+    principal: CurrentPrincipal,
+    approval: ApprovalDep,
+    department: Annotated[
+        Code | None, Query(min_length=1, max_length=64, description="the lead department")
+    ] = None,
+    within_days: Annotated[int, Query(ge=0, le=365)] = 3,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[BundleAtRisk]:
+    """Bundle clocks at risk (一件事, DESIGN.md §8) within `within_days` calendar days
+    (overdue ones included, and those whose deadline is unknown past the calendar), nearest
+    first: a bundle's deadline runs from its first member acceptance, and its clock stops when
+    every member is decided or ended. Each names the members still open. Operators and
+    admins; a reviewer, the bundles their department leads."""
+    if principal.role not in OVERSEERS:
+        _department_reader(principal, department)
+    today = approval.runtime.clock.today()
+    async with approval.runtime.sessions() as session:
+        return await queries.bundles_at_risk(
+            session,
+            today=today,
+            until=today + timedelta(days=within_days),
+            lead=department,
+            limit=limit,
+        )
 
 
 def _as_missing_to_others(refusal: Refusal, missing: Refusal) -> Refusal:

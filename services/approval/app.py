@@ -14,10 +14,13 @@ from fastapi import FastAPI
 from pydantic import Field
 
 from contracts.events import (
+    BUNDLE_TOPIC,
     DECISIONS_TOPIC,
     DELIVERY_TOPIC,
     INTAKE_TOPIC,
     ROUTING_TOPIC,
+    BundleSubmitted,
+    BundleWithdrawn,
     CaseRated,
     CaseRouted,
     CaseSupplemented,
@@ -68,6 +71,15 @@ def create_app(settings: ApprovalSettings | None = None) -> FastAPI:
     runtime.consume(
         DELIVERY_TOPIC,
         subscriptions={CaseRated: partial(handlers.case_rated, approval=approval)},
+    )
+    # The bundles' clocks (DESIGN.md §8): their members, lead, limit, and withdrawal.
+    runtime.consume(
+        BUNDLE_TOPIC,
+        name="approval-bundle",
+        subscriptions={
+            BundleSubmitted: partial(handlers.bundle_submitted, approval=approval),
+            BundleWithdrawn: partial(handlers.bundle_withdrawn, approval=approval),
+        },
     )
     runtime.on_startup(partial(handlers.load_handover_trust, approval))
     runtime.on_startup(approval.calendars.start)

@@ -19,6 +19,15 @@ both apply: the one that commits first wins, the other finds nothing left to do.
 Commitment (告知承诺): an approval that takes effect for a case with committed materials opens
 its verification (`verifications`), with warnings and overdue as timers of step
 `verification`; the department's answer closes it or, on a breach, revokes the decision.
+
+Bundles (一件事, DESIGN.md §8): every event about a member names its bundle (the case's
+`bundle_id`, from its routed event or from the bundle's own event, whichever came first). The
+bundle's clock runs from its first member acceptance for the bundle's time limit, as timers of
+step `bundle` keyed by the bundle id (warnings and overdue as `gov.bundle.sla_warning.v1` /
+`gov.bundle.overdue.v1` for the lead department), and stops when every member is decided or
+ended. It is reviewed, under the bundle row's lock (taken after the member's case row, never
+before), by every event that can move it: the bundle's submission or withdrawal, a member's
+acceptance, decision, withdrawal or termination; so either order of topics ends the same.
 """
 
 from __future__ import annotations
@@ -38,6 +47,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contracts.catalog import Calendar
 from contracts.common import CaseStatus, Mode
 from contracts.events import (
+    BundleOverdue,
+    BundleSlaWarning,
+    BundleSubmitted,
+    BundleWithdrawn,
     CaseFollowupAnswered,
     CaseFollowupOpened,
     CaseOverdue,
@@ -58,7 +71,7 @@ from services.approval.domain.review import CaseState, Decision, Outcome, Unrout
 from services.common import audit
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import PermanentError
-from services.common.db import unit_of_work
+from services.common.db import locked_row, unit_of_work
 from services.common.envelope import Envelope
 from services.common.handover import HandoverTrust, load_trust, verify_handover
 from services.common.logs import get_logger
@@ -101,6 +114,8 @@ HANDOVERS_REFUSED = Counter(
 
 cases = models.cases
 timers = models.clock_timers
+bundles_t = models.bundles
+bundle_members_t = models.bundle_members
 # The timer step of a deferral's lapse (容缺受理); not a ClockStep: it fires no SLA event.
 LAPSE_STEP = "deferral"
 
@@ -173,6 +188,9 @@ async def take_routed(
     only with a handover that verifies."""
     now = approval.runtime.clock.now()
     route = routed.route
+    bundle_id = await _bundle_of(session, routed.case_id, routed.bundle_id)
+    if bundle_id != routed.bundle_id:
+        routed = routed.model_copy(update={"bundle_id": bundle_id})
     calendar = calendar_for(approval.calendars, route.catalog_version)
     problem = (
         _handover_problem(routed, approval.trust, now) if route.path is Mode.entrusted else None
@@ -204,6 +222,7 @@ async def take_routed(
                 route=route.model_dump(mode="json"),
                 application=routed.application.model_dump(mode="json"),
                 time_limit_days=route.time_limit_days,
+                bundle_id=bundle_id,
                 updated_at=now,
             )
         )
@@ -223,6 +242,8 @@ async def take_routed(
     await arm_deferral_lapse(session, outcome.state)
     await open_verification(session, approval, outcome, calendar, now=now)
     await _emit(session, approval.runtime, outcome, envelope.traceparent)
+    if bundle_id is not None:
+        await review_bundle_clock(session, approval, bundle_id, traceparent=envelope.traceparent)
 
 
 async def arm_decision_clock(
@@ -245,6 +266,7 @@ async def arm_decision_clock(
         step=ClockStep.decision,
         points=points,
         deadline=state.deadline,
+        bundle_id=state.bundle_id,
     )
 
 
@@ -285,6 +307,10 @@ async def decide_case(
         calendar = calendar_for(approval.calendars, result.state.route.catalog_version)
         await open_verification(session, approval, result, calendar, now=now)
         await _emit(session, approval.runtime, result, traceparent)
+        if result.state.bundle_id is not None and result.state.status in clock.MEMBER_DECIDED:
+            await review_bundle_clock(
+                session, approval, result.state.bundle_id, traceparent=traceparent
+            )
     return result
 
 
@@ -327,6 +353,7 @@ async def case_withdrawn(
     """Withdrawn before the decision: later decisions are refused. A withdrawal that overtakes
     the routing event leaves a row of its own, so the case is never accepted afterwards."""
     now = approval.runtime.clock.now()
+    bundle_id = await _bundle_of(session, event.case_id, event.bundle_id)
     for _attempt in range(2):
         case = await queries.load_case(session, event.case_id, lock=True)
         if isinstance(case, CaseState):
@@ -335,6 +362,10 @@ async def case_withdrawn(
                 await _save(session, outcome.state, now)
                 await disarm_timers(session, case.case_id, ClockStep.decision)
                 await disarm_timers(session, case.case_id, LAPSE_STEP)
+                if case.bundle_id is not None:
+                    await review_bundle_clock(
+                        session, approval, case.bundle_id, traceparent=envelope.traceparent
+                    )
             else:
                 log.info(
                     "withdrawal after the decision ignored",
@@ -350,12 +381,19 @@ async def case_withdrawn(
                 case_id=event.case_id,
                 status=CaseStatus.withdrawn.value,
                 withdrawn_at=event.withdrawn_at,
+                bundle_id=bundle_id,
                 updated_at=now,
             )
             .on_conflict_do_nothing()
             .returning(cases.c.case_id)
         )
         if inserted.scalar() is not None:
+            # A member withdrawn before it was routed here (a waiting one whose prerequisite
+            # ended, or a whole bundle withdrawn early) is ended for its bundle's clock.
+            if bundle_id is not None:
+                await review_bundle_clock(
+                    session, approval, bundle_id, traceparent=envelope.traceparent
+                )
             return
         # The routed event committed meanwhile: withdraw that case instead.
 
@@ -460,11 +498,13 @@ async def case_rated(
         step=ClockStep.followup,
         points=points,
         deadline=deadline,
+        bundle_id=case.bundle_id,
     )
     await approval.runtime.emit(
         session,
         CaseFollowupOpened(
             case_id=case.case_id,
+            bundle_id=case.bundle_id,
             department=case.department,
             rating=rated.rating.value,
             comment=rated.comment,
@@ -523,8 +563,11 @@ async def answer_followup(
         .values(answer=answer, answered_at=now)
     )
     await disarm_timers(session, case_id, ClockStep.followup)
+    bundle_id = (
+        await session.execute(select(cases.c.bundle_id).where(cases.c.case_id == case_id))
+    ).scalar()
     answered = CaseFollowupAnswered(
-        case_id=case_id, department=department, answer=answer, answered_at=now
+        case_id=case_id, bundle_id=bundle_id, department=department, answer=answer, answered_at=now
     )
     await approval.runtime.emit(session, answered, handledby=department)
     return answered
@@ -569,6 +612,7 @@ async def open_verification(
         step=ClockStep.verification,
         points=points,
         deadline=verification.due,
+        bundle_id=outcome.state.bundle_id,
     )
 
 
@@ -617,6 +661,7 @@ async def arm_timers(
     step: str,
     points: Sequence[clock.ClockPoint],
     deadline: date | None,
+    bundle_id: str | None = None,
 ) -> None:
     """Set (or move) a case's timers; points already fired stay fired."""
     if not points:
@@ -629,6 +674,7 @@ async def arm_timers(
             "department": department,
             "deadline": deadline,
             "due_at": p.due_at,
+            "bundle_id": bundle_id,
         }
         for p in points
     ]
@@ -658,6 +704,7 @@ async def arm_deferral_lapse(session: AsyncSession, state: CaseState) -> None:
         step=LAPSE_STEP,
         points=[lapse],
         deadline=state.deferred_due,
+        bundle_id=state.bundle_id,
     )
 
 
@@ -699,13 +746,18 @@ async def fire_due_timers(
         )
     ).all()
     for row in due:
+        payload: CaseOverdue | CaseSlaWarning | BundleOverdue | BundleSlaWarning | None
         try:
-            payload = _clock_event(row)
+            if row.step == ClockStep.bundle.value:
+                payload = await _bundle_clock_event(session, row)
+            else:
+                payload = _clock_event(row)
         except ValueError as exc:
             # A row no event can be made of must not block every timer behind it.
             log.error("unusable clock timer skipped", case_id=row.case_id, error=repr(exc))
             continue
-        await runtime.emit(session, payload, handledby=row.department)
+        if payload is not None:
+            await runtime.emit(session, payload, handledby=row.department)
     if due:
         await session.execute(
             update(timers)
@@ -726,10 +778,17 @@ async def fire_due_timers(
     return len(due)
 
 
-async def fire_due_lapses(runtime: ServiceRuntime, *, now: datetime, batch: int = 100) -> int:
+async def fire_due_lapses(
+    runtime: ServiceRuntime,
+    *,
+    now: datetime,
+    batch: int = 100,
+    approval: Approval | None = None,
+) -> int:
     """Terminate the cases whose deferred materials lapsed at `now`, each in a transaction of
     its own; return how many. The case is locked before its timer (SKIP LOCKED both: a case
-    busy elsewhere waits for the next tick), and the timer is marked fired with the outcome."""
+    busy elsewhere waits for the next tick), and the timer is marked fired with the outcome.
+    A terminated member moves its bundle's clock (`approval`'s; the scheduler gives it)."""
     async with runtime.sessions() as session:
         due = (
             (
@@ -778,6 +837,8 @@ async def fire_due_lapses(runtime: ServiceRuntime, *, now: datetime, batch: int 
                 for step in (ClockStep.decision, ClockStep.verification):
                     await disarm_timers(session, case_id, step)
                 await _emit(session, runtime, outcome, None)
+                if outcome.state.bundle_id is not None and approval is not None:
+                    await review_bundle_clock(session, approval, outcome.state.bundle_id)
                 fired += 1
             await session.execute(
                 update(timers)
@@ -791,10 +852,15 @@ def _clock_event(row: Any) -> CaseOverdue | CaseSlaWarning:
     step = ClockStep(row.step)
     if row.point >= 1:
         return CaseOverdue(
-            case_id=row.case_id, department=row.department, deadline=row.deadline, step=step
+            case_id=row.case_id,
+            bundle_id=row.bundle_id,
+            department=row.department,
+            deadline=row.deadline,
+            step=step,
         )
     return CaseSlaWarning(
         case_id=row.case_id,
+        bundle_id=row.bundle_id,
         department=row.department,
         deadline=row.deadline,
         elapsed_ratio=float(row.point),
@@ -829,11 +895,12 @@ class ClockScheduler:
             fired += n
             if n < self.BATCH:
                 break
-        fired += await fire_due_lapses(runtime, now=runtime.clock.now())
+        fired += await fire_due_lapses(runtime, now=runtime.clock.now(), approval=self.approval)
         calendars = self.approval.calendars
         version = calendars.latest_version
         if version is not None and version != self._seen_version:
             await set_known_deadlines(self.approval, calendars.versions[version])
+            await set_known_bundle_deadlines(self.approval)
             self._seen_version = version
         self.fired += fired
         return fired
@@ -848,3 +915,187 @@ class ClockScheduler:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.poll_s)
             except TimeoutError:
                 pass
+
+
+# -- bundles (一件事, DESIGN.md §8; see the module docstring) -----------------------------------
+
+
+async def _bundle_of(session: AsyncSession, case_id: str, named: str | None) -> str | None:
+    """A case's bundle: the one its event names, or the one whose `gov.bundle.submitted.v1`
+    listed it (an event from a producer that did not name it)."""
+    if named is not None:
+        return named
+    found = await session.execute(
+        select(bundle_members_t.c.bundle_id).where(bundle_members_t.c.case_id == case_id)
+    )
+    return found.scalar()
+
+
+async def review_bundle_clock(
+    session: AsyncSession,
+    approval: Approval,
+    bundle_id: str,
+    *,
+    traceparent: str | None = None,
+) -> None:
+    """Start, move or stop the bundle's clock from what approval knows now (under the bundle
+    row's lock): its timers follow `clock.bundle_clock`; once stopped it stays stopped."""
+    bundle = await locked_row(session, bundles_t, bundle_id=bundle_id)
+    if bundle.bundle_code is None or bundle.decided_at is not None:
+        return  # members not known yet (the bundle event reviews it), or stopped for good
+    members, version = await queries.bundle_member_clocks(session, bundle_id)
+    calendar = (
+        calendar_for(approval.calendars, version)
+        if version is not None
+        else approval.calendars.latest
+    )
+    now = approval.runtime.clock.now()
+    state = clock.bundle_clock(
+        calendar,
+        members,
+        time_limit_days=bundle.time_limit_days,
+        warning_points=approval.warning_points,
+        withdrawn=bundle.withdrawn_at is not None,
+    )
+    if state.stopped:
+        await session.execute(
+            update(bundles_t)
+            .where(bundles_t.c.bundle_id == bundle_id)
+            .values(decided_at=now, first_accepted_at=state.first_accepted_at)
+        )
+        await disarm_timers(session, bundle_id, ClockStep.bundle)
+        return
+    if not state.running:
+        return
+    await session.execute(
+        update(bundles_t)
+        .where(bundles_t.c.bundle_id == bundle_id)
+        .values(first_accepted_at=state.first_accepted_at, deadline=state.deadline)
+    )
+    await arm_timers(
+        session,
+        case_id=bundle_id,
+        department=bundle.lead,
+        step=ClockStep.bundle,
+        points=state.points,
+        deadline=state.deadline,
+        bundle_id=bundle_id,
+    )
+
+
+async def bundle_submitted(
+    session: AsyncSession, envelope: Envelope, submitted: BundleSubmitted, *, approval: Approval
+) -> None:
+    """A bundle's members, lead and committed limit: its members' cases taken before now name
+    it too, and its clock starts if a member is accepted already."""
+    bundle_id = submitted.bundle_id
+    case_ids = [m.case_id for m in submitted.members]
+    if case_ids:
+        # Case rows before the bundle's (the order every member event locks them in).
+        await session.execute(
+            update(cases)
+            .where(cases.c.case_id.in_(case_ids), cases.c.bundle_id.is_(None))
+            .values(bundle_id=bundle_id)
+        )
+        await session.execute(
+            update(timers)
+            .where(
+                timers.c.case_id.in_(case_ids),
+                timers.c.step != ClockStep.bundle.value,
+                timers.c.bundle_id.is_(None),
+            )
+            .values(bundle_id=bundle_id)
+        )
+    bundle = await locked_row(session, bundles_t, bundle_id=bundle_id)
+    if bundle.bundle_code is not None:
+        return  # known before: a copy of the event
+    await session.execute(
+        update(bundles_t)
+        .where(bundles_t.c.bundle_id == bundle_id)
+        .values(
+            bundle_code=submitted.bundle_code,
+            lead=submitted.lead,
+            time_limit_days=submitted.time_limit_days,
+            submitted_at=submitted.submitted_at,
+        )
+    )
+    if case_ids:
+        await session.execute(
+            pg_insert(bundle_members_t)
+            .values(
+                [
+                    {
+                        "case_id": m.case_id,
+                        "bundle_id": bundle_id,
+                        "item_code": m.item_code,
+                        "position": position,
+                    }
+                    for position, m in enumerate(submitted.members)
+                ]
+            )
+            .on_conflict_do_nothing()
+        )
+    await review_bundle_clock(session, approval, bundle_id, traceparent=envelope.traceparent)
+
+
+async def bundle_withdrawn(
+    session: AsyncSession, envelope: Envelope, withdrawn: BundleWithdrawn, *, approval: Approval
+) -> None:
+    """The whole bundle withdrawn: its clock stops (the members' own withdrawals follow on
+    case.intake.v1; the decided ones keep their decisions)."""
+    await locked_row(session, bundles_t, bundle_id=withdrawn.bundle_id)
+    await session.execute(
+        update(bundles_t)
+        .where(bundles_t.c.bundle_id == withdrawn.bundle_id, bundles_t.c.withdrawn_at.is_(None))
+        .values(withdrawn_at=withdrawn.withdrawn_at)
+    )
+    await review_bundle_clock(
+        session, approval, withdrawn.bundle_id, traceparent=envelope.traceparent
+    )
+
+
+async def _bundle_clock_event(
+    session: AsyncSession, row: Any
+) -> BundleOverdue | BundleSlaWarning | None:
+    """The warning or overdue of a bundle's timer, naming the members not decided yet; None
+    when every member is decided by now (the clock was stopping as it fell due)."""
+    members, _version = await queries.bundle_member_clocks(session, row.case_id)
+    open_members = clock.open_members(members)
+    if not open_members:
+        return None
+    if row.point >= 1:
+        return BundleOverdue(
+            bundle_id=row.case_id,
+            lead=row.department,
+            deadline=row.deadline,
+            open_members=open_members,
+        )
+    return BundleSlaWarning(
+        bundle_id=row.case_id,
+        lead=row.department,
+        deadline=row.deadline,
+        elapsed_ratio=float(row.point),
+        open_members=open_members,
+    )
+
+
+async def set_known_bundle_deadlines(approval: Approval) -> int:
+    """A new catalog calendar: running bundle clocks whose deadline was unknown get one."""
+    async with approval.runtime.sessions() as session:
+        ids = (
+            (
+                await session.execute(
+                    select(bundles_t.c.bundle_id).where(
+                        bundles_t.c.deadline.is_(None),
+                        bundles_t.c.first_accepted_at.is_not(None),
+                        bundles_t.c.decided_at.is_(None),
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+    for bundle_id in ids:
+        async with unit_of_work(approval.runtime.sessions) as session:
+            await review_bundle_clock(session, approval, bundle_id)
+    return len(ids)

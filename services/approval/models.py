@@ -44,6 +44,7 @@ cases = Table(
     # Deferred materials not yet brought (容缺受理), and the last day to bring them.
     Column("deferred", JSONB, nullable=False, server_default="[]"),
     Column("deferred_due", Date),
+    Column("bundle_id", String(64)),  # the bundle it is a member of (DESIGN.md §8)
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 # The worklist: one department's open cases, oldest deadline first.
@@ -57,12 +58,15 @@ clock_timers = Table(
     "clock_timers",
     metadata,
     Column("case_id", String(64), primary_key=True),
-    Column("step", String(16), primary_key=True),  # decision | followup | deferral (lapse)
+    # decision | followup | verification | deferral (lapse) | bundle (then case_id holds the
+    # bundle id: the bundle's own clock, DESIGN.md §8)
+    Column("step", String(16), primary_key=True),
     Column("point", Numeric(4, 3), primary_key=True),  # share of the limit; 1 = overdue
     Column("department", String(64), nullable=False),
     Column("deadline", Date),
     Column("due_at", DateTime(timezone=True)),  # NULL: paused (supplement) or unknown
     Column("fired_at", DateTime(timezone=True)),
+    Column("bundle_id", String(64)),  # a member's (or the bundle's) clock: its events name it
 )
 Index(
     "ix_clock_timers_due",
@@ -102,3 +106,32 @@ verifications = Table(
     Column("verified_at", DateTime(timezone=True)),
 )
 Index("ix_verifications_department", verifications.c.department, verifications.c.status)
+
+# Bundles (一件事, DESIGN.md §8): what the bundle's clock needs. Its deadline is the first
+# member acceptance + the bundle's time limit in working days; its warnings and overdue are
+# `clock_timers` rows of step `bundle` (case_id = the bundle id, department = the lead), armed
+# and stopped under this row's lock (upserted first by every event about the bundle).
+bundles = Table(
+    "bundles",
+    metadata,
+    Column("bundle_id", String(64), primary_key=True),
+    Column("bundle_code", String(64)),  # null until gov.bundle.submitted.v1 arrives
+    Column("lead", String(64)),  # 牵头部门
+    Column("time_limit_days", Integer),
+    Column("submitted_at", DateTime(timezone=True)),
+    Column("withdrawn_at", DateTime(timezone=True)),
+    Column("first_accepted_at", DateTime(timezone=True)),
+    Column("deadline", Date),  # NULL: no member accepted yet, or past the calendar
+    Column("decided_at", DateTime(timezone=True)),  # every member decided or ended: clock off
+)
+
+# A member's bundle by its case id (members listed by gov.bundle.submitted.v1, in order).
+bundle_members = Table(
+    "bundle_members",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("bundle_id", String(64), nullable=False),
+    Column("item_code", String(64)),
+    Column("position", Integer, nullable=False),
+)
+Index("ix_bundle_members_bundle", bundle_members.c.bundle_id)

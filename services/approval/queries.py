@@ -1,6 +1,6 @@
 """approval's reads: a case (as a row, as the review's state, as its REST view), the worklist,
-the follow-ups, the refused handovers and the SLA board; and the mapping between a case's row
-and the review's state, both ways. No writes here."""
+the follow-ups, the refused handovers, the SLA board and the bundles' clocks; and the mapping
+between a case's row and the review's state, both ways. No writes here."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from contracts.common import Application, CaseStatus, ItemSnapshot, Route
 from contracts.events import ClockStep, DecisionKind
 from contracts.rest import (
     ApprovalCaseView,
+    BundleAtRisk,
     CaseAtRisk,
     FollowupEntry,
     HandoverProblemEntry,
@@ -25,6 +26,7 @@ from contracts.rest import (
     WorklistEntry,
 )
 from services.approval import models
+from services.approval.domain.clock import MemberClock, open_members
 from services.approval.domain.review import (
     LAPSABLE_STATUSES,
     OPEN_STATUSES,
@@ -71,6 +73,7 @@ def case_state(row: Any) -> CaseState | Unrouted:
         handover_problem=row.handover_problem,
         deferred=tuple(row.deferred),
         deferred_due=row.deferred_due,
+        bundle_id=row.bundle_id,
     )
 
 
@@ -102,6 +105,7 @@ def case_values(state: CaseState, now: datetime) -> dict[str, Any]:
         "handover_problem": state.handover_problem,
         "deferred": list(state.deferred),
         "deferred_due": state.deferred_due,
+        "bundle_id": state.bundle_id,
         "updated_at": now,
     }
 
@@ -418,3 +422,92 @@ async def cases_at_risk(
         )
         for r in await session.execute(query)
     ]
+
+
+# -- bundles' clocks (一件事, DESIGN.md §8) ----------------------------------------------------
+
+bundles = models.bundles
+bundle_members = models.bundle_members
+
+
+async def bundle_member_clocks(
+    session: AsyncSession, bundle_id: str
+) -> tuple[list[MemberClock], int | None]:
+    """The bundle's members in its order, each with its status and acceptance here (none:
+    not routed here yet), and the catalog version of the first one accepted (its calendar
+    counts the bundle's days)."""
+    m = bundle_members.c
+    rows = (
+        await session.execute(
+            select(m.case_id, cases.c.status, cases.c.accepted_at, cases.c.route)
+            .select_from(bundle_members.outerjoin(cases, cases.c.case_id == m.case_id))
+            .where(m.bundle_id == bundle_id)
+            .order_by(m.position)
+        )
+    ).all()
+    members = [
+        MemberClock(
+            case_id=r.case_id,
+            status=CaseStatus(r.status) if r.status else None,
+            accepted_at=r.accepted_at,
+        )
+        for r in rows
+    ]
+    accepted = [r for r in rows if r.accepted_at is not None and r.route]
+    first = min(accepted, key=lambda r: r.accepted_at, default=None)
+    return members, (int(first.route["catalog_version"]) if first is not None else None)
+
+
+async def bundles_at_risk(
+    session: AsyncSession, *, today: date, until: date, lead: str | None, limit: int
+) -> list[BundleAtRisk]:
+    """Running bundle clocks whose deadline falls by `until` (overdue ones included) or is
+    unknown past the calendar, nearest first, each with its members not decided yet."""
+    b = bundles.c
+    warned = (
+        select(models.clock_timers.c.case_id)
+        .where(
+            models.clock_timers.c.case_id == b.bundle_id,
+            models.clock_timers.c.step == ClockStep.bundle.value,
+            models.clock_timers.c.fired_at.is_not(None),
+        )
+        .exists()
+    )
+    query = (
+        select(
+            b.bundle_id,
+            b.bundle_code,
+            b.lead,
+            b.time_limit_days,
+            b.first_accepted_at,
+            b.deadline,
+            warned.label("warned"),
+        )
+        .where(
+            b.decided_at.is_(None),
+            b.withdrawn_at.is_(None),
+            b.first_accepted_at.is_not(None),
+            (b.deadline <= until) | (b.deadline.is_(None) & (b.time_limit_days > 0)),
+        )
+        .order_by(b.deadline.asc().nulls_first(), b.bundle_id)
+        .limit(limit)
+    )
+    if lead is not None:
+        query = query.where(b.lead == lead)
+    out = []
+    for r in (await session.execute(query)).all():
+        members, _version = await bundle_member_clocks(session, r.bundle_id)
+        out.append(
+            BundleAtRisk(
+                bundle_id=r.bundle_id,
+                bundle_code=r.bundle_code,
+                lead=r.lead,
+                time_limit_days=r.time_limit_days,
+                first_accepted_at=r.first_accepted_at,
+                deadline=r.deadline,
+                overdue=r.deadline is not None and r.deadline < today,
+                warned=bool(r.warned),
+                open_members=open_members(members),
+            )
+        )
+    return out

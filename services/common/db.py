@@ -10,6 +10,7 @@ import hashlib
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -24,9 +25,11 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    select,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -70,6 +73,18 @@ async def unit_of_work(sessions: async_sessionmaker[AsyncSession]) -> AsyncItera
     """One transaction: state changes and their outbox rows commit together or not at all."""
     async with sessions() as session, session.begin():
         yield session
+
+
+async def locked_row(session: AsyncSession, table: Table, **key: object) -> Any:
+    """The row of `table` with primary key `key`, inserted bare (the other columns at their
+    defaults) if it is not there yet, and locked (FOR UPDATE) until the transaction ends.
+
+    The meeting point of events about one thing that arrive on several topics in any order
+    (a bundle's, DESIGN.md §8): whichever comes first creates the row, and each then looks at
+    the whole under the one lock, seeing everything the others committed."""
+    await session.execute(pg_insert(table).values(**key).on_conflict_do_nothing())
+    query = select(table).where(*(table.c[name] == value for name, value in key.items()))
+    return (await session.execute(query.with_for_update())).one()
 
 
 def outbox_channel(schema: str) -> str:

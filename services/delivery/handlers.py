@@ -27,7 +27,6 @@ from contracts.events import (
     BundleRated,
     BundleSubmitted,
     CaseApproved,
-    CaseClosed,
     CaseDelivered,
     CaseDenied,
     CaseRated,
@@ -40,6 +39,7 @@ from contracts.events import (
 from contracts.rest import BundleResultsView, BundleStatus, ResultView
 from services.common.city import CITY_TZ
 from services.common.consumer import PermanentError
+from services.common.db import locked_row
 from services.common.envelope import Envelope
 from services.common.logs import get_logger
 from services.common.refusals import FieldError, Refused, refused
@@ -148,7 +148,8 @@ async def issue_and_deliver(
     """
     bundle_id = await _bundle_of(session, decision.case_id, decision.bundle_id)
     if bundle_id is not None:
-        await lock_bundle(session, bundle_id)  # before the result row: the order pickups take
+        # The bundle before the result row: the order its pickup takes them in.
+        await locked_row(session, bundles_t, bundle_id=bundle_id)
     try:
         plan = plan_delivery(
             decision.delivery_method,
@@ -254,15 +255,7 @@ def _check_pickup(row: Any, case_id: str, office_code: str | None) -> DeliveryMe
     given) names; refused otherwise."""
     method = DeliveryMethod(row.delivery_method)
     if method is not DeliveryMethod.counter_pickup:
-        raise refused(
-            409,
-            "not_counter_pickup",
-            "This result is not collected at a counter",
-            f"Case {case_id} is delivered by {method.value}"
-            + (f" (tracking number {row.tracking_number})" if row.tracking_number else "")
-            + "; nothing waits at a counter.",
-            delivery_method=method.value,
-        )
+        raise _not_at_a_counter("result", f"Case {case_id}", method, row.tracking_number)
     if row.status != CaseStatus.result_issued.value:
         raise refused(
             409,
@@ -273,16 +266,36 @@ def _check_pickup(row: Any, case_id: str, office_code: str | None) -> DeliveryMe
             status_now=row.status,
         )
     if office_code and row.pickup_office and office_code != row.pickup_office:
-        raise refused(
-            409,
-            "wrong_office",
-            "The result waits at another office",
-            f"The result of case {case_id} waits at office {row.pickup_office}, where the "
-            f"application was taken, not at {office_code}. Send the applicant there.",
-            errors=(FieldError("office_code", f"must be {row.pickup_office}"),),
-            pickup_office=row.pickup_office,
+        raise _at_another_office(
+            "result", f"The result of case {case_id}", row.pickup_office, office_code
         )
     return method
+
+
+def _not_at_a_counter(
+    noun: str, what: str, method: DeliveryMethod, tracking: str | None
+) -> Refused:
+    return refused(
+        409,
+        "not_counter_pickup",
+        f"This {noun} is not collected at a counter",
+        f"{what} is delivered by {method.value}"
+        + (f" (tracking number {tracking})" if tracking else "")
+        + "; nothing waits at a counter.",
+        delivery_method=method.value,
+    )
+
+
+def _at_another_office(noun: str, what: str, waits_at: str, office_code: str) -> Refused:
+    return refused(
+        409,
+        "wrong_office",
+        f"The {noun} waits at another office",
+        f"{what} waits at office {waits_at}, where the application was taken, not at "
+        f"{office_code}. Send the applicant there.",
+        errors=(FieldError("office_code", f"must be {waits_at}"),),
+        pickup_office=waits_at,
+    )
 
 
 async def pickup(
@@ -406,16 +419,6 @@ async def _bundle_of(session: AsyncSession, case_id: str, named: str | None) -> 
     return found.scalar()
 
 
-async def lock_bundle(session: AsyncSession, bundle_id: str) -> Any:
-    """The bundle's row, created if this is the first word of it, locked until commit."""
-    await session.execute(pg_insert(bundles_t).values(bundle_id=bundle_id).on_conflict_do_nothing())
-    return (
-        await session.execute(
-            select(bundles_t).where(bundles_t.c.bundle_id == bundle_id).with_for_update()
-        )
-    ).one()
-
-
 async def _emit_events(
     session: AsyncSession,
     runtime: ServiceRuntime,
@@ -436,22 +439,28 @@ async def settle_bundle(
     """Under the bundle's lock (taken by the caller): the bundle became ready, so it goes
     out (electronic, postal), waits for its pickup (counter_pickup) or ends with nothing to
     deliver; or it went out before and a late result follows it."""
-    bundle = await lock_bundle(session, bundle_id)
+    bundle = await locked_row(session, bundles_t, bundle_id=bundle_id)
     if bundle.bundle_code is None:
         return  # its members are not known yet: gov.bundle.submitted.v1 settles it
     members = await queries.bundle_members(session, bundle_id)
     method = DeliveryMethod(bundle.delivery_method)
     now = _now(delivery.runtime)
     if bundle.delivered_at is not None:
-        for member in members:
-            late = bundle_rules.late_member_events(bundle_id, member, method=method, at=now)
-            if late:
-                await _close_members(session, [member.case_id], at=now, tracking=None)
-                await _emit_events(session, delivery.runtime, late, traceparent)
+        late = bundle_rules.late_member_events(bundle_id, members, method=method, at=now)
+        if late:
+            held = [m.case_id for m in members if m.held]
+            await _close_members(session, held, at=now, tracking=None)
+            await _emit_events(session, delivery.runtime, late, traceparent)
         return
-    if bundle.ready_at is not None or not bundle_rules.readiness(True, members).ready:
+    if not bundle_rules.readiness(True, members).ready:
         return
     action = bundle_rules.on_ready(method, members)
+    if bundle.ready_at is not None and (
+        bundle.status != BundleStatus.withdrawn.value or action is OnReady.nothing
+    ):
+        # Ready before: waiting for its pickup, or still nothing to deliver. (A bundle that
+        # had nothing gets a result late when a withdrawal lost the race with a decision.)
+        return
     status = bundle_rules.status_when_ready(action)
     await session.execute(
         update(bundles_t)
@@ -523,7 +532,7 @@ async def bundle_submitted(
     session: AsyncSession, envelope: Envelope, submitted: BundleSubmitted, *, delivery: Delivery
 ) -> None:
     """The bundle's members and how it is delivered: from now on its readiness is known."""
-    bundle = await lock_bundle(session, submitted.bundle_id)
+    bundle = await locked_row(session, bundles_t, bundle_id=submitted.bundle_id)
     if bundle.bundle_code is not None:
         log.info("bundle known before; event ignored", bundle_id=submitted.bundle_id)
         return
@@ -586,7 +595,7 @@ async def member_ended(
     bundle_id = await _bundle_of(session, ended.case_id, ended.bundle_id)
     if bundle_id is None:
         return
-    await lock_bundle(session, bundle_id)
+    await locked_row(session, bundles_t, bundle_id=bundle_id)
     if isinstance(ended, CaseWithdrawn):
         outcome, at = CaseStatus.withdrawn.value, ended.withdrawn_at
     else:
@@ -642,25 +651,10 @@ async def pickup_bundle(
     else:  # late results of a bundle collected before
         held = [m for m in members if m.held]
         await _close_members(session, [m.case_id for m in held], at=now, tracking=None)
-        for member in held:
-            assert member.document is not None and member.outcome is not None
-            facts = DeliveryFacts(
-                case_id=member.case_id,
-                outcome=member.outcome,
-                document=member.document,
-                method=DeliveryMethod.counter_pickup,
-                issued_at=member.issued_at or now,
-                office_code=office,
-                bundle_id=bundle_id,
-            )
-            await _emit_all(
-                session,
-                delivery.runtime,
-                (CaseDelivered, CaseClosed),
-                facts,
-                at=now,
-                traceparent=traceparent,
-            )
+        events = bundle_rules.member_deliveries(
+            bundle_id, held, method=DeliveryMethod.counter_pickup, at=now, office_code=office
+        )
+        await _emit_events(session, delivery.runtime, events, traceparent)
     return await queries.bundle_results_view(session, bundle_id)
 
 
@@ -669,15 +663,7 @@ def _check_bundle_pickup(bundle: Any, members: list[Member], office_code: str | 
     bundle_id = bundle.bundle_id
     method = DeliveryMethod(bundle.delivery_method)
     if method is not DeliveryMethod.counter_pickup:
-        raise refused(
-            409,
-            "not_counter_pickup",
-            "This bundle is not collected at a counter",
-            f"Bundle {bundle_id} is delivered by {method.value}"
-            + (f" (tracking number {bundle.tracking_number})" if bundle.tracking_number else "")
-            + "; nothing waits at a counter.",
-            delivery_method=method.value,
-        )
+        raise _not_at_a_counter("bundle", f"Bundle {bundle_id}", method, bundle.tracking_number)
     open_members = bundle_rules.readiness(True, members).open_members
     if open_members:
         raise refused(
@@ -702,15 +688,7 @@ def _check_bundle_pickup(bundle: Any, members: list[Member], office_code: str | 
             status_now=bundle.status,
         )
     if office_code and bundle.office_code and office_code != bundle.office_code:
-        raise refused(
-            409,
-            "wrong_office",
-            "The bundle waits at another office",
-            f"The results of bundle {bundle_id} wait at office {bundle.office_code}, where the "
-            f"application was taken, not at {office_code}. Send the applicant there.",
-            errors=(FieldError("office_code", f"must be {bundle.office_code}"),),
-            pickup_office=bundle.office_code,
-        )
+        raise _at_another_office("bundle", f"Bundle {bundle_id}", bundle.office_code, office_code)
 
 
 async def rate_bundle(

@@ -3,7 +3,8 @@ become problem JSON at this edge (services.common.refusals)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 
@@ -32,6 +33,7 @@ from services.intake.domain import access
 from services.intake.handlers import Intake
 
 IntakeDep = Annotated[Intake, Depends(service_parts)]
+Taken = TypeVar("Taken")
 router = APIRouter()
 
 
@@ -75,13 +77,21 @@ async def submit(
     `online`). Missing required materials: the case waits as `awaiting_supplement` with one
     notification listing all of them."""
     access.may_submit(principal, application)
-    try:
-        return await handlers.submit(
+    return await _taken_once(
+        handlers.submit(
             intake,
             application,
             idempotency_key=idempotency_key,
             traceparent=request.headers.get("traceparent"),
         )
+    )
+
+
+async def _taken_once(taking: Awaitable[Taken]) -> Taken:
+    """A submission under an Idempotency-Key whose stored answer cannot be read back (only if
+    the database lost the row): 503, try again, rather than a second case or bundle."""
+    try:
+        return await taking
     except handlers.KeyAlreadyUsed:
         raise dependency_unavailable() from None
 
@@ -205,15 +215,14 @@ async def submit_bundle(
     cases, each routed on its own; a member that waits for others is `waiting`. Refusals as
     for a case, plus `unknown_bundle`, `bundle_not_effective`, `invalid_answers`."""
     access.may_submit_bundle(principal, application)
-    try:
-        return await handlers.submit_bundle(
+    return await _taken_once(
+        handlers.submit_bundle(
             intake,
             application,
             idempotency_key=idempotency_key,
             traceparent=request.headers.get("traceparent"),
         )
-    except handlers.KeyAlreadyUsed:
-        raise dependency_unavailable() from None
+    )
 
 
 @router.get(

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import func, literal, select, update
+from pydantic import BaseModel
+from sqlalchemy import Table, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -209,19 +210,7 @@ async def submit(
     index = queries.catalog_in_force(intake.catalogs)
     today = intake.runtime.clock.today()
     item = index.items.get(application.item_code)
-    library: list[LibraryLicense] = []
-    barred = False
-    # Only a submission the library or the bar can change reads them: most items take no
-    # licence, most applicants commit to nothing, and this runs before every submission.
-    takes_licences = item is not None and any(m.license_type for m in item.materials)
-    names_licences = any(m.e_license_id for m in application.materials)
-    commits = commitments.commits(application.materials)
-    if takes_licences or names_licences or commits:
-        async with intake.runtime.sessions() as session:
-            if takes_licences or names_licences:
-                library = await queries.library_for(session, application)
-            if commits:
-                barred = await queries.commitment_barred(session, application.applicant.id_number)
+    library, barred = await _library_and_bar(intake, application, [item] if item else None)
     # Held e-licences satisfy their materials before anything is found missing (免提交).
     reuse = reuse_licenses(item, application, library)
     application = reuse.application
@@ -260,6 +249,26 @@ async def submit(
         if replay is None:
             raise
         return replay
+
+
+async def _library_and_bar(
+    intake: Intake, application: Application | BundleApplication, items: Sequence[Item] | None
+) -> tuple[list[LibraryLicense], bool]:
+    """The licences a submission may reuse or names, and whether its applicant is barred from
+    commitments. Only a submission the library or the bar can change reads them: most items
+    take no licence, most applicants commit to nothing, and this runs before every one."""
+    library: list[LibraryLicense] = []
+    barred = False
+    takes_licences = any(m.license_type for item in items or () for m in item.materials)
+    names_licences = any(m.e_license_id for m in application.materials)
+    commits = commitments.commits(application.materials)
+    if takes_licences or names_licences or commits:
+        async with intake.runtime.sessions() as session:
+            if takes_licences or names_licences:
+                library = await queries.library_for(session, application)
+            if commits:
+                barred = await queries.commitment_barred(session, application.applicant.id_number)
+    return library, barred
 
 
 async def _replay(
@@ -324,20 +333,30 @@ async def create_case(
         reused_licenses=list(reused),
     )
     if idempotency_key is not None:
-        stored = await session.execute(
-            pg_insert(models.idempotency_keys)
-            .values(
-                key=idempotency_key,
-                request_hash=digest,
-                case_id=case_id,
-                response=response.model_dump(mode="json"),
-            )
-            .on_conflict_do_nothing()
-            .returning(models.idempotency_keys.c.key)
+        await _store_key(
+            session, models.idempotency_keys, idempotency_key, digest, response, case_id=case_id
         )
-        if stored.scalar() is None:
-            raise KeyAlreadyUsed(idempotency_key)
     return response
+
+
+async def _store_key(
+    session: AsyncSession,
+    keys: Table,
+    key: str,
+    digest: str,
+    response: BaseModel,
+    **taken: str,
+) -> None:
+    """Store the key with the answer of what it took (`case_id=` or `bundle_id=`); a key stored
+    already (a retry, or a retry that raced this one) raises `KeyAlreadyUsed`."""
+    stored = await session.execute(
+        pg_insert(keys)
+        .values(key=key, request_hash=digest, response=response.model_dump(mode="json"), **taken)
+        .on_conflict_do_nothing()
+        .returning(keys.c.key)
+    )
+    if stored.scalar() is None:
+        raise KeyAlreadyUsed(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -906,17 +925,7 @@ async def submit_bundle(
     today = intake.runtime.clock.today()
     bundle = index.bundles.get(application.bundle_code)
     items = [index.items[m.item] for m in bundle.members if m.item in index.items] if bundle else []
-    library: list[LibraryLicense] = []
-    barred = False
-    takes_licences = any(spec.license_type for item in items for spec in item.materials)
-    names_licences = any(m.e_license_id for m in application.materials)
-    commits = commitments.commits(application.materials)
-    if takes_licences or names_licences or commits:
-        async with intake.runtime.sessions() as session:
-            if takes_licences or names_licences:
-                library = await queries.library_for(session, application)
-            if commits:
-                barred = await queries.commitment_barred(session, application.applicant.id_number)
+    library, barred = await _library_and_bar(intake, application, items)
     holder = holder_key(application.applicant.id_number)
     plan = bundles.plan_bundle(
         index, application, today=today, library=library, barred=barred, holder=holder
@@ -1069,19 +1078,9 @@ async def create_bundle(
         reused_licenses=list(reused),
     )
     if idempotency_key is not None:
-        stored = await session.execute(
-            pg_insert(models.bundle_keys)
-            .values(
-                key=idempotency_key,
-                request_hash=digest,
-                bundle_id=bundle_id,
-                response=response.model_dump(mode="json"),
-            )
-            .on_conflict_do_nothing()
-            .returning(models.bundle_keys.c.key)
+        await _store_key(
+            session, models.bundle_keys, idempotency_key, digest, response, bundle_id=bundle_id
         )
-        if stored.scalar() is None:
-            raise KeyAlreadyUsed(idempotency_key)
     return response
 
 

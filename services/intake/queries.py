@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import Table, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.common import (
@@ -153,6 +153,7 @@ def case_view(case: Any, timeline: list[TimelineEntry], *, clear: bool) -> CaseV
         timeline=timeline,
         applicant=Applicant.model_validate(applicant if clear else mask_personal_data(applicant)),
         deferred_materials=deferred_view(case.deferred_materials, case.deferred_due),
+        bundle_id=case.bundle_id,
     )
 
 
@@ -160,23 +161,30 @@ async def replay_idempotent(
     session: AsyncSession, key: str, digest: str
 ) -> SubmissionResponse | None:
     """The stored answer for a key already used with the same body; 409 for another body."""
-    row = (
-        await session.execute(
-            select(models.idempotency_keys).where(models.idempotency_keys.c.key == key)
-        )
-    ).first()
+    response = await _stored_answer(session, models.idempotency_keys, key, digest, "case")
+    return None if response is None else SubmissionResponse.model_validate(response)
+
+
+async def _stored_answer(
+    session: AsyncSession, keys: Table, key: str, digest: str, what: str
+) -> dict[str, Any] | None:
+    """The answer stored with an Idempotency-Key (of a case, or a bundle: `what`) for the same
+    body; None for a key not used yet; 409 `idempotency_key_reused` for another body."""
+    row = (await session.execute(select(keys).where(keys.c.key == key))).first()
     if row is None:
         return None
     if row.request_hash != digest:
+        first = getattr(row, f"{what}_id")
         raise refused(
             409,
             "idempotency_key_reused",
             "Idempotency-Key already used for another submission",
-            f"The key was first used for case {row.case_id} with a different body. Send a new "
-            "key for a new submission, or resend the original body to get that case back.",
+            f"The key was first used for {what} {first} with a different body. Send a new "
+            f"key for a new submission, or resend the original body to get that {what} back.",
             errors=(FieldError("Idempotency-Key", "reused with a different body"),),
         )
-    return SubmissionResponse.model_validate(row.response)
+    response: dict[str, Any] = row.response
+    return response
 
 
 # -- the licence library -----------------------------------------------------------------------
@@ -414,21 +422,8 @@ async def replay_bundle(
     session: AsyncSession, key: str, digest: str
 ) -> BundleSubmissionResponse | None:
     """The stored answer for a bundle key already used with the same body; 409 for another."""
-    row = (
-        await session.execute(select(models.bundle_keys).where(models.bundle_keys.c.key == key))
-    ).first()
-    if row is None:
-        return None
-    if row.request_hash != digest:
-        raise refused(
-            409,
-            "idempotency_key_reused",
-            "Idempotency-Key already used for another submission",
-            f"The key was first used for bundle {row.bundle_id} with a different body. Send a "
-            "new key for a new bundle, or resend the original body to get that bundle back.",
-            errors=(FieldError("Idempotency-Key", "reused with a different body"),),
-        )
-    return BundleSubmissionResponse.model_validate(row.response)
+    response = await _stored_answer(session, models.bundle_keys, key, digest, "bundle")
+    return None if response is None else BundleSubmissionResponse.model_validate(response)
 
 
 async def readable_bundle(

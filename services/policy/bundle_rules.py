@@ -24,6 +24,7 @@ from services.policy.intake_rules import (
     guidance,
     item_in_force,
     refused_at_office,
+    unknown_office_reason,
 )
 
 _DEFAULT_INTAKE = {Category.enterprise: Level.district, Category.individual: Level.street}
@@ -87,11 +88,7 @@ def bundle_office_allowed(
             where,
             code="unknown_office",
             field="office_code",
-            reason=(
-                f"收件机构 {office_code} 不在目录中 / office {office_code!r} is not in the catalog"
-                if office_code
-                else "窗口收件须填写收件机构 / a counter submission names its office_code"
-            ),
+            reason=unknown_office_reason(office_code),
         )
     level = OFFICE_LEVEL[office.kind]
     if office.kind is OfficeKind.municipal_center or level in levels:

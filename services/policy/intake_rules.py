@@ -160,6 +160,13 @@ def refused_at_office(
     )
 
 
+def unknown_office_reason(office_code: str | None) -> str:
+    """Why a counter application names no office the catalog knows."""
+    if office_code:
+        return f"收件机构 {office_code} 不在目录中 / office {office_code!r} is not in the catalog"
+    return "窗口收件须填写收件机构 / a counter submission names its office_code"
+
+
 def _refused(
     index: CatalogIndex,
     item: Item,
@@ -214,11 +221,7 @@ def office_allowed(
             applicant_division,
             code="unknown_office",
             field="office_code",
-            reason=(
-                f"收件机构 {office_code} 不在目录中 / office {office_code!r} is not in the catalog"
-                if office_code
-                else "窗口收件须填写收件机构 / a counter submission names its office_code"
-            ),
+            reason=unknown_office_reason(office_code),
         )
     level = OFFICE_LEVEL[office.kind]
     if (

@@ -198,6 +198,7 @@ def test_approve_carries_what_delivery_needs() -> None:
     assert isinstance(event, CaseApproved)
     assert event.model_dump(mode="json") == {
         "case_id": "HC-20260930-ABC",
+        "bundle_id": None,
         "department": DEPT,
         "decided_at": LATER.isoformat().replace("+00:00", "Z"),
         "reason": "材料齐全",

@@ -1,5 +1,6 @@
 """The legal clock of a case (pure): deadline with supplement pauses, and the moments its SLA
-warnings and its overdue fall due.
+warnings and its overdue fall due; and the clock of a bundle (一件事, DESIGN.md §8), from its
+first member acceptance until every member is decided.
 
 Days are city-local working days (DESIGN.md §3). The acceptance day does not count
 (自受理之日起). A supplement round pauses the clock: the day the request goes out still counts
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
+from contracts.common import CaseStatus
 from services.common.city import CITY_TZ
 from services.common.workdays import WorkCalendar, deadline, is_working_day
 
@@ -114,3 +116,77 @@ def clock_points(
         day = case_deadline(calendar, accepted_on, days, intervals)
         out.append(ClockPoint(point, end_of_day(day) if day else None, day))
     return out
+
+
+# -- the bundle's clock (一件事, DESIGN.md §8) --------------------------------------------------
+
+# A member no longer holds its bundle's clock once decided or ended. A held approval (容缺受理)
+# is not among them: the bundle is not done while the member waits for its materials.
+MEMBER_DECIDED = frozenset(
+    {
+        CaseStatus.approved,
+        CaseStatus.denied,
+        CaseStatus.terminated,
+        CaseStatus.withdrawn,
+        CaseStatus.revoked,
+    }
+)
+
+
+@dataclass(frozen=True)
+class MemberClock:
+    """A member as approval knows it: its status here (None: not routed here yet, e.g.
+    waiting for a prerequisite) and when it was accepted."""
+
+    case_id: str
+    status: CaseStatus | None = None
+    accepted_at: datetime | None = None
+
+
+def open_members(members: Sequence[MemberClock]) -> list[str]:
+    """The members not decided yet, in the bundle's order."""
+    return [m.case_id for m in members if m.status not in MEMBER_DECIDED]
+
+
+def first_acceptance(members: Sequence[MemberClock]) -> datetime | None:
+    """The bundle's clock starts with its first member acceptance (None: none yet)."""
+    return min((m.accepted_at for m in members if m.accepted_at is not None), default=None)
+
+
+@dataclass(frozen=True)
+class BundleClock:
+    """What the bundle's clock is now: running (its deadline and points), not started (no
+    member accepted yet) or stopped (every member decided or ended, or the bundle withdrawn)."""
+
+    running: bool
+    stopped: bool
+    first_accepted_at: datetime | None = None
+    deadline: date | None = None
+    points: tuple[ClockPoint, ...] = ()
+
+
+def bundle_clock(
+    calendar: WorkCalendar | None,
+    members: Sequence[MemberClock],
+    *,
+    time_limit_days: int,
+    warning_points: Sequence[float],
+    withdrawn: bool = False,
+) -> BundleClock:
+    """The bundle's deadline is the `time_limit_days`-th working day after its first member
+    acceptance (the acceptance day does not count, as for a case; never guessed past the
+    calendar); its warnings and overdue fall at the same shares as a case's. The clock stops
+    when every member is decided or ended, or the bundle is withdrawn."""
+    first = first_acceptance(members)
+    if withdrawn or not open_members(members):
+        return BundleClock(running=False, stopped=True, first_accepted_at=first)
+    if first is None:
+        return BundleClock(running=False, stopped=False)
+    accepted_on = local_date(first)
+    return BundleClock(
+        running=True,
+        stopped=False,
+        first_accepted_at=first,
+        deadline=case_deadline(calendar, accepted_on, time_limit_days),
+        points=tuple(clock_points(calendar, accepted_on, time_limit_days, warning_points)),
+    )

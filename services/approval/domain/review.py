@@ -122,6 +122,8 @@ class CaseState:
     # Deferred materials (容缺受理) not yet brought, and the last day to bring them.
     deferred: tuple[str, ...] = ()
     deferred_due: date | None = None
+    # The bundle it is a member of (一件事, DESIGN.md §8): every event about it names it.
+    bundle_id: str | None = None
 
     @property
     def instant(self) -> bool:
@@ -204,6 +206,7 @@ def take(
         accepted_at = min(routed.handover.signed_at, now)
     state = CaseState(
         case_id=routed.case_id,
+        bundle_id=routed.bundle_id,
         department=route.handled_by,
         status=CaseStatus.accepted,
         item=routed.item,
@@ -228,6 +231,7 @@ def take(
         )
         refused = CaseHandoverRefused(
             case_id=state.case_id,
+            bundle_id=state.bundle_id,
             department=state.department,
             office_code=route.entrusted_receiver or routed.application.office_code,
             reason=handover_problem,
@@ -235,6 +239,7 @@ def take(
         return Outcome(state, (refused,))
     accepted = CaseAccepted(
         case_id=state.case_id,
+        bundle_id=state.bundle_id,
         department=state.department,
         accepted_at=accepted_at,
         deadline=state.deadline,
@@ -250,6 +255,7 @@ def take(
         events.append(
             CaseDeadlineUnknown(
                 case_id=state.case_id,
+                bundle_id=state.bundle_id,
                 department=state.department,
                 accepted_on=local_date(accepted_at),
                 time_limit_days=limit,
@@ -268,7 +274,11 @@ def deadline_now_known(case: CaseState, calendar: WorkCalendar) -> Outcome | Non
         return None
     state = replace(case, deadline=new)
     changed = CaseDeadlineChanged(
-        case_id=case.case_id, department=case.department, deadline=new, reason="calendar_extended"
+        case_id=case.case_id,
+        bundle_id=case.bundle_id,
+        department=case.department,
+        deadline=new,
+        reason="calendar_extended",
     )
     return Outcome(state, (changed,))
 
@@ -357,6 +367,7 @@ def _request_supplement(case: CaseState, decision: Decision, *, now: datetime) -
     )
     requested = CaseSupplementRequested(
         case_id=case.case_id,
+        bundle_id=case.bundle_id,
         department=case.department,
         missing_materials=list(missing),
         reason=_clean(decision.reason),
@@ -400,6 +411,7 @@ def _approve(case: CaseState, decision: Decision, *, now: datetime) -> Outcome:
         state = replace(state, status=CaseStatus.approval_held)
         held = CaseApprovalHeld(
             case_id=state.case_id,
+            bundle_id=state.bundle_id,
             department=state.department,
             decided_at=now,
             outstanding=list(state.deferred),
@@ -449,6 +461,7 @@ def supplemented(
     state = replace(state, deadline=new)
     changed = CaseDeadlineChanged(
         case_id=case.case_id,
+        bundle_id=case.bundle_id,
         department=case.department,
         deadline=new,
         reason="supplemented",
@@ -507,6 +520,7 @@ def lapse(case: CaseState, *, now: datetime) -> Outcome | None:
     state = replace(case, status=CaseStatus.terminated)
     terminated = CaseTerminated(
         case_id=case.case_id,
+        bundle_id=case.bundle_id,
         department=case.department,
         reason=LAPSED,
         terminated_at=now,
@@ -599,12 +613,17 @@ def verify(
             verification, status=VerificationStatus.confirmed, note=note, verified_at=now
         )
         verified = CaseVerified(
-            case_id=case.case_id, department=case.department, verified_at=now, note=note
+            case_id=case.case_id,
+            bundle_id=case.bundle_id,
+            department=case.department,
+            verified_at=now,
+            note=note,
         )
         return Verified(closed, Outcome(case, (verified,)))
     closed = replace(verification, status=VerificationStatus.breached, note=note, verified_at=now)
     revoked = CaseRevoked(
         case_id=case.case_id,
+        bundle_id=case.bundle_id,
         department=case.department,
         reason=BREACHED,
         revoked_at=now,
@@ -629,6 +648,7 @@ def _outcome_fields(state: CaseState) -> dict[str, object]:
     applicant = state.application.applicant
     return {
         "case_id": state.case_id,
+        "bundle_id": state.bundle_id,
         "department": state.department,
         "decided_at": state.decided_at,
         "reason": state.reason,

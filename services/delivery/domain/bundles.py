@@ -120,7 +120,7 @@ def bundle_result(member: Member) -> BundleResult:
     )
 
 
-def bundle_delivery_events(
+def member_deliveries(
     bundle_id: str,
     members: Sequence[Member],
     *,
@@ -129,10 +129,8 @@ def bundle_delivery_events(
     tracking_number: str | None = None,
     office_code: str | None = None,
 ) -> list[Event]:
-    """The events of one bundle delivery: every held result delivered and closed (in member
-    order), then the bundle delivered (every member's result or end) and closed."""
+    """Every held result delivered and closed, in member order."""
     events: list[Event] = []
-    closed: list[str] = []
     for member in members:
         if not member.held:
             continue
@@ -148,7 +146,28 @@ def bundle_delivery_events(
             bundle_id=bundle_id,
         )
         events.extend(delivery_events((CaseDelivered, CaseClosed), facts, at=at))
-        closed.append(member.case_id)
+    return events
+
+
+def bundle_delivery_events(
+    bundle_id: str,
+    members: Sequence[Member],
+    *,
+    method: DeliveryMethod,
+    at: datetime,
+    tracking_number: str | None = None,
+    office_code: str | None = None,
+) -> list[Event]:
+    """The events of one bundle delivery: every held result delivered and closed (in member
+    order), then the bundle delivered (every member's result or end) and closed."""
+    events = member_deliveries(
+        bundle_id,
+        members,
+        method=method,
+        at=at,
+        tracking_number=tracking_number,
+        office_code=office_code,
+    )
     events.append(
         BundleDelivered(
             bundle_id=bundle_id,
@@ -159,28 +178,20 @@ def bundle_delivery_events(
             results=[bundle_result(m) for m in members],
         )
     )
+    closed = [m.case_id for m in members if m.held]
     events.append(BundleClosed(bundle_id=bundle_id, closed_at=at, members=closed))
     return events
 
 
 def late_member_events(
-    bundle_id: str, member: Member, *, method: DeliveryMethod, at: datetime
+    bundle_id: str, members: Sequence[Member], *, method: DeliveryMethod, at: datetime
 ) -> list[Event]:
-    """A result that comes after its bundle went out (a member whose withdrawal lost the
-    race with its decision): electronic and postal deliver it at once, as the bundle was;
-    counter_pickup keeps it for the bundle's next pickup."""
-    if method is DeliveryMethod.counter_pickup or not member.held:
+    """Results that come after their bundle went out (a member whose withdrawal lost the
+    race with its decision): electronic and postal deliver them at once, as the bundle was;
+    counter_pickup keeps them for the bundle's next pickup."""
+    if method is DeliveryMethod.counter_pickup:
         return []
-    assert member.document is not None and member.outcome is not None
-    facts = DeliveryFacts(
-        case_id=member.case_id,
-        outcome=member.outcome,
-        document=member.document,
-        method=method,
-        issued_at=member.issued_at or at,
-        bundle_id=bundle_id,
-    )
-    return list(delivery_events((CaseDelivered, CaseClosed), facts, at=at))
+    return member_deliveries(bundle_id, members, method=method, at=at)
 
 
 def rated_departments(members: Iterable[Member]) -> list[str]:

@@ -1,0 +1,247 @@
+"""A bundle's clock at approval (DESIGN.md §8) on the real database: the same deadline and
+timers whether the bundle event or a member's routed event comes first, every event about a
+member naming its bundle; the clock stops when every member is decided or ended; its warnings
+and overdue fire once across two schedulers, for the lead, naming the members still open."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from contracts.common import CaseStatus, Channel, DeliveryMethod
+from contracts.events import (
+    BundleMemberRef,
+    BundleSubmitted,
+    CaseRouted,
+    CaseWithdrawn,
+    ClockStep,
+)
+from services.approval import handlers, models
+from services.approval.domain import clock
+from services.common import migrations
+from services.common.catalog_follower import CatalogFollower
+from services.common.db import unit_of_work
+from services.common.envelope import Envelope
+from services.common.service import ServiceRuntime, ServiceSettings
+from services.common.settings import CommonSettings
+from tests.outbox_capture import OutboxCapture
+from tests.unit.test_approval_review import APPROVE, CALENDAR, make_routed
+
+pytestmark = pytest.mark.integration
+
+LEAD = "IT-LEAD"
+DAYS = 86400.0
+
+
+def approval_at(settings: ServiceSettings, offset_s: float) -> handlers.Approval:
+    """An approval process whose clock is `offset_s` from now, with the test calendar."""
+    runtime = ServiceRuntime(
+        settings.model_copy(update={"service": "approval", "clock_offset_s": offset_s})
+    )
+    calendars: CatalogFollower[Any] = CatalogFollower(CommonSettings(), handlers.build_calendar)
+    calendars.versions[make_routed().route.catalog_version] = CALENDAR
+    return handlers.Approval(
+        runtime=runtime, calendars=calendars, warning_points=(0.5, 0.8), followup_days=5
+    )
+
+
+class Bundle:
+    def __init__(self, prefix: str) -> None:
+        self.bundle_id = f"{prefix}-B-{uuid.uuid4().hex[:6]}"
+        self.members = [f"{self.bundle_id}-M{n}" for n in range(3)]  # the last one waits
+
+    def submitted(self) -> BundleSubmitted:
+        return BundleSubmitted(
+            bundle_id=self.bundle_id,
+            bundle_code="B-IT",
+            bundle_name="测试一件事",
+            lead=LEAD,
+            time_limit_days=10,
+            channel=Channel.counter,
+            office_code="HC01-DC",
+            members=[
+                BundleMemberRef(case_id=c, item_code="MKT-0001", status=CaseStatus.submitted)
+                for c in self.members
+            ],
+            delivery_method=DeliveryMethod.electronic,
+            submitted_at=datetime.now(UTC),
+        )
+
+    def routed(self, case_id: str, *, named: bool) -> CaseRouted:
+        return make_routed(time_limit_days=5).model_copy(
+            update={"case_id": case_id, "bundle_id": self.bundle_id if named else None}
+        )
+
+
+def envelope(subject: str) -> Envelope:
+    return Envelope(type="test", source="/test", subject=subject, data={})
+
+
+@pytest.fixture
+async def prefix(settings: ServiceSettings) -> AsyncIterator[str]:
+    await asyncio.to_thread(migrations.upgrade, "approval", settings.migration_url)
+    made = f"BNDL-{uuid.uuid4().hex[:8]}"
+    yield made
+    runtime = ServiceRuntime(settings.model_copy(update={"service": "approval"}))
+    async with unit_of_work(runtime.sessions) as session:
+        for table, column in (
+            (models.clock_timers, models.clock_timers.c.case_id),
+            (models.cases, models.cases.c.case_id),
+            (models.bundle_members, models.bundle_members.c.case_id),
+            (models.bundles, models.bundles.c.bundle_id),
+        ):
+            await session.execute(table.delete().where(column.like(f"{made}%")))
+    await runtime.engine.dispose()
+
+
+async def bundle_timers(approval: handlers.Approval, bundle_id: str) -> list[Any]:
+    async with approval.runtime.sessions() as session:
+        return list(
+            await session.execute(
+                select(models.clock_timers).where(
+                    models.clock_timers.c.case_id == bundle_id,
+                    models.clock_timers.c.step == ClockStep.bundle.value,
+                )
+            )
+        )
+
+
+@pytest.mark.parametrize("bundle_first", [True, False])
+async def test_the_bundle_clock_is_the_same_in_either_order_and_stops_when_all_are_decided(
+    settings: ServiceSettings, prefix: str, bundle_first: bool
+) -> None:
+    approval = approval_at(settings, 0)
+    bundle = Bundle(prefix)
+    first, second, waiting = bundle.members
+    emitted = OutboxCapture(approval.runtime.sessions, "approval", prefix)
+
+    async def bundle_event() -> None:
+        async with unit_of_work(approval.runtime.sessions) as session:
+            await handlers.bundle_submitted(
+                session, envelope(bundle.bundle_id), bundle.submitted(), approval=approval
+            )
+
+    async def route(case_id: str) -> None:
+        # Routed events that do not name the bundle: approval finds it from the bundle event.
+        routed = bundle.routed(case_id, named=False)
+        async with unit_of_work(approval.runtime.sessions) as session:
+            await handlers.take_routed(session, envelope(case_id), routed, approval=approval)
+
+    try:
+        async with emitted:
+            if bundle_first:
+                await bundle_event()
+            await route(first)
+            await route(second)
+            if not bundle_first:
+                await bundle_event()
+            async with approval.runtime.sessions() as session:
+                row = (
+                    await session.execute(
+                        select(models.bundles).where(models.bundles.c.bundle_id == bundle.bundle_id)
+                    )
+                ).one()
+                case_bundles = (
+                    await session.execute(
+                        select(models.cases.c.bundle_id).where(
+                            models.cases.c.case_id.in_([first, second])
+                        )
+                    )
+                ).scalars()
+                assert set(case_bundles) == {bundle.bundle_id}
+            expected = clock.case_deadline(CALENDAR, clock.local_date(row.first_accepted_at), 10)
+            assert row.deadline == expected and row.decided_at is None
+            timers = await bundle_timers(approval, bundle.bundle_id)
+            assert sorted(float(t.point) for t in timers) == [0.5, 0.8, 1.0]
+            assert {t.department for t in timers} == {LEAD}
+
+            # One approved, one withdrawn; the waiting one withdrawn before it was ever routed.
+            async with unit_of_work(approval.runtime.sessions) as session:
+                await handlers.decide_case(
+                    session,
+                    approval=approval,
+                    case_id=first,
+                    decision=APPROVE,
+                    now=approval.runtime.clock.now(),
+                )
+            for case_id in (second, waiting):
+                withdrawn = CaseWithdrawn(
+                    case_id=case_id, bundle_id=bundle.bundle_id, withdrawn_at=datetime.now(UTC)
+                )
+                async with unit_of_work(approval.runtime.sessions) as session:
+                    await handlers.case_withdrawn(
+                        session, envelope(case_id), withdrawn, approval=approval
+                    )
+                still = await bundle_timers(approval, bundle.bundle_id)
+                assert bool(still) is (case_id == second), "stops with the last member only"
+            events = await emitted.events()
+        approved = [e for e in events if e.type == "gov.case.approved.v1"]
+        assert [e.data["bundle_id"] for e in approved] == [bundle.bundle_id]
+        if bundle_first:  # the routed events named no bundle, but approval knew it already
+            accepted = [e for e in events if e.type == "gov.case.accepted.v1"]
+            assert {e.data["bundle_id"] for e in accepted} == {bundle.bundle_id}
+    finally:
+        await emitted.discard()
+        await approval.runtime.engine.dispose()
+
+
+async def test_a_bundle_overdue_fires_once_for_the_lead_naming_its_open_members(
+    settings: ServiceSettings, prefix: str
+) -> None:
+    """Accepted 30 days ago on a 10-day limit: both warnings and the overdue are due; two
+    schedulers racing fire each once; the approved member is not among the open ones."""
+    past = approval_at(settings, -30 * DAYS)
+    bundle = Bundle(prefix)
+    first, second, _waiting = bundle.members
+    emitted = OutboxCapture(past.runtime.sessions, "approval", prefix)
+    others = [approval_at(settings, 0) for _ in range(2)]
+    try:
+        async with emitted:
+            async with unit_of_work(past.runtime.sessions) as session:
+                await handlers.bundle_submitted(
+                    session, envelope(bundle.bundle_id), bundle.submitted(), approval=past
+                )
+            for case_id in (first, second):
+                routed = bundle.routed(case_id, named=True)
+                async with unit_of_work(past.runtime.sessions) as session:
+                    await handlers.take_routed(session, envelope(case_id), routed, approval=past)
+            async with unit_of_work(past.runtime.sessions) as session:
+                await handlers.decide_case(
+                    session,
+                    approval=past,
+                    case_id=first,
+                    decision=APPROVE,
+                    now=past.runtime.clock.now(),
+                )
+
+            async def fire(runtime: ServiceRuntime) -> None:
+                async with unit_of_work(runtime.sessions) as session:
+                    await handlers.fire_due_timers(
+                        session, runtime=runtime, now=datetime.now(UTC), batch=1
+                    )
+
+            for _round in range(4):
+                await asyncio.gather(*(fire(o.runtime) for o in others))
+            events = [e for e in await emitted.events() if e.case_id == bundle.bundle_id]
+    finally:
+        await emitted.discard()
+        for one in (past, *others):
+            await one.runtime.engine.dispose()
+    assert sorted((e.type, e.data.get("elapsed_ratio")) for e in events) == [
+        ("gov.bundle.overdue.v1", None),
+        ("gov.bundle.sla_warning.v1", 0.5),
+        ("gov.bundle.sla_warning.v1", 0.8),
+    ]
+    for event in events:
+        assert event.data["lead"] == LEAD
+        assert event.data["open_members"] == [second, bundle.members[2]]
+    assert all(t.fired_at is not None for t in await bundle_timers(past, bundle.bundle_id))
+    assert timedelta(0) < datetime.now(UTC) - min(
+        t.due_at for t in await bundle_timers(past, bundle.bundle_id)
+    )
