@@ -139,29 +139,40 @@ def application_for(
         for m in item.get("materials", [])
         if complete or not m.get("required", True)
     ]
+    applicant = applicant_for(catalog, item["category"], street, rng)
+    # An enterprise may be registered by district only, unless the item is decided at street
+    # level, which needs the street.
+    if enterprise and item.get("delegated_to") != "street" and rng.random() < 0.5:
+        applicant["division_code"] = district
     return {
         "item_code": item["code"],
         "channel": channel,
         "office_code": office,
-        "applicant": {
-            "category": item["category"],
-            "name": company_name(rng, catalog["city"]["name"]) if enterprise else person_name(rng),
-            "id_number": credit_code(rng) if enterprise else resident_id(rng),
-            "phone": phone(rng),
-            # An enterprise may be registered by district only, unless the item is decided
-            # at street level, which needs the street.
-            "division_code": district
-            if enterprise and item.get("delegated_to") != "street" and rng.random() < 0.5
-            else street,
-        },
+        "applicant": applicant,
         "materials": materials,
-        "delivery": {
-            "method": method,
-            "address": f"{catalog['city']['name']}某路{rng.randint(1, 999)}号"
-            if method == "postal"
-            else None,
-        },
+        "delivery": delivery_for(catalog, method, rng),
     }
+
+
+def applicant_for(
+    catalog: dict[str, Any], category: str, division: str, rng: random.Random
+) -> dict[str, Any]:
+    """A person (resident ID) or a company (unified social credit code) of `division`."""
+    enterprise = category == "enterprise"
+    return {
+        "category": category,
+        "name": company_name(rng, catalog["city"]["name"]) if enterprise else person_name(rng),
+        "id_number": credit_code(rng) if enterprise else resident_id(rng),
+        "phone": phone(rng),
+        "division_code": division,
+    }
+
+
+def delivery_for(catalog: dict[str, Any], method: str, rng: random.Random) -> dict[str, Any]:
+    address = (
+        f"{catalog['city']['name']}某路{rng.randint(1, 999)}号" if method == "postal" else None
+    )
+    return {"method": method, "address": address}
 
 
 # -- bundles (一件事一次办, DESIGN.md §8) ---------------------------------------------------------
@@ -223,29 +234,17 @@ def bundle_application_for(
         for material in items[member["item"]].get("materials", []):
             if material.get("license_type") not in licences:
                 needed.setdefault(material["code"], material)
-    enterprise = bundle["category"] == "enterprise"
     office = _office_at(catalog, default_intake_levels(bundle), district, street, None)
     return {
         "bundle_code": bundle["code"],
         "channel": "counter",
         "office_code": office,
-        "applicant": {
-            "category": bundle["category"],
-            "name": company_name(rng, catalog["city"]["name"]) if enterprise else person_name(rng),
-            "id_number": credit_code(rng) if enterprise else resident_id(rng),
-            "phone": phone(rng),
-            # The street: a member may be decided at street level (派出所, 社区事务受理中心).
-            "division_code": street,
-        },
+        # The street: a member may be decided at street level (派出所, 社区事务受理中心).
+        "applicant": applicant_for(catalog, bundle["category"], street, rng),
         "answers": answers,
         "materials": [
             {"code": code, "sha256": hashlib.sha256(f"{code}{rng.random()}".encode()).hexdigest()}
             for code in needed
         ],
-        "delivery": {
-            "method": delivery,
-            "address": f"{catalog['city']['name']}某路{rng.randint(1, 999)}号"
-            if delivery == "postal"
-            else None,
-        },
+        "delivery": delivery_for(catalog, delivery, rng),
     }

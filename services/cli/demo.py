@@ -41,6 +41,8 @@ from services.cli.devclient import (
     INTAKE_PORT,
     ROUTING_PORT,
     ActingClient,
+    submit_new,
+    wait_listed,
 )
 from services.common.principals import Role
 from services.operators.catalog_file import load_catalog_file
@@ -134,7 +136,9 @@ async def run_demo(
             f"catalog [bold]{catalog['city']['name']}[/] version {version}: "
             f"{len(catalog['items'])} items, {len(catalog.get('bundles', []))} bundles"
         )
-        await _wait_items(http, endpoints, len(catalog["items"]))
+        await wait_listed(
+            http, f"{endpoints.intake}/v1/items", len(catalog["items"]), "the catalog"
+        )
         cases = plan_cases(catalog, count, rng)
         progress = Progress(
             TextColumn("{task.description:<24}"),
@@ -172,24 +176,8 @@ async def run_demo(
         )
 
 
-async def _wait_items(http: httpx.AsyncClient, endpoints: Endpoints, expected: int) -> None:
-    for _ in range(100):
-        answer = await http.get(f"{endpoints.intake}/v1/items")
-        if answer.status_code == 200 and len(answer.json()) == expected:
-            return
-        await asyncio.sleep(0.2)
-    raise RuntimeError("intake did not receive the catalog in 20 s")
-
-
 async def _submit(http: httpx.AsyncClient, endpoints: Endpoints, case: DemoCase) -> None:
-    answer = await http.post(
-        f"{endpoints.intake}/v1/cases",
-        json=case.body,
-        headers={"Idempotency-Key": f"demo-{id(case)}-{time.time()}"},
-    )
-    if answer.status_code != 201:
-        raise RuntimeError(f"submission refused ({answer.status_code}): {answer.text}")
-    body = answer.json()
+    body = await submit_new(http, f"{endpoints.intake}/v1/cases", case.body)
     case.answer = body
     case.case_id, case.status = body["case_id"], body["status"]
     case.submitted_at = time.monotonic()

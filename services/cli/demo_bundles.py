@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.cli.applicants import bundle_application_for, default_answers
-from services.cli.devclient import ActingClient
+from services.cli.devclient import ActingClient, submit_new, wait_listed
 
 if TYPE_CHECKING:
     from services.cli.demo import Endpoints
@@ -110,7 +110,8 @@ async def bundle_act(
         console.print("no bundle in force in the catalog: no bundle act")
         return 0
     console.rule("bundles (一件事一次办): one form, members in parallel, one delivery")
-    await _wait_bundles(http, endpoints, len(catalog.get("bundles", [])))
+    offered = len(bundles_in_force(catalog, date.today()))
+    await wait_listed(http, f"{endpoints.intake}/v1/bundles", offered, "the bundles")
     for demo in planned:
         await _submit(http, endpoints, demo)
     deadline = time.monotonic() + timeout
@@ -132,24 +133,8 @@ async def bundle_act(
     return 0
 
 
-async def _wait_bundles(http: httpx.AsyncClient, endpoints: Endpoints, expected: int) -> None:
-    for _ in range(100):
-        answer = await http.get(f"{endpoints.intake}/v1/bundles")
-        if answer.status_code == 200 and len(answer.json()) >= expected:
-            return
-        await asyncio.sleep(0.2)
-    raise RuntimeError("intake did not offer the catalog's bundles in 20 s")
-
-
 async def _submit(http: httpx.AsyncClient, endpoints: Endpoints, demo: DemoBundle) -> None:
-    answer = await http.post(
-        f"{endpoints.intake}/v1/bundles",
-        json=demo.body,
-        headers={"Idempotency-Key": f"demo-bundle-{id(demo)}-{time.time()}"},
-    )
-    if answer.status_code != 201:
-        raise RuntimeError(f"bundle refused ({answer.status_code}): {answer.text}")
-    body = answer.json()
+    body = await submit_new(http, f"{endpoints.intake}/v1/bundles", demo.body)
     demo.bundle_id, demo.status = body["bundle_id"], body["status"]
     demo.excluded = list(body.get("excluded", []))
     demo.submitted_at = time.monotonic()

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -101,6 +102,25 @@ class ActingClient(httpx.AsyncClient):
             return "online"
         view = answer.json()
         return _office_scope(view.get("office_code"), view.get("channel"))
+
+
+async def wait_listed(http: httpx.AsyncClient, url: str, expected: int, what: str) -> None:
+    """Until GET `url` lists `expected` entries (20 s at most): a copy that has caught up."""
+    for _ in range(100):
+        answer = await http.get(url)
+        if answer.status_code == 200 and len(answer.json()) == expected:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"intake did not receive {what} in 20 s")
+
+
+async def submit_new(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST a new submission (its own Idempotency-Key) and its 201 answer; refused: raise."""
+    answer = await http.post(url, json=body, headers={"Idempotency-Key": str(uuid.uuid4())})
+    if answer.status_code != 201:
+        raise RuntimeError(f"submission refused ({answer.status_code}): {answer.text}")
+    created: dict[str, Any] = answer.json()
+    return created
 
 
 Client = TypeVar("Client", bound=httpx.AsyncClient)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -116,30 +116,29 @@ class Console:
             await self.http.aclose()
 
     async def _follow_catalog(self) -> None:
-        """The latest catalog (for the district filter and names), from catalog.v1; retried
-        while Kafka is unreachable, so the console starts without it."""
-        while not self.closing.is_set():
-            try:
-                await self.catalogs.start(timeout=30)
-                await self.catalogs.run()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("catalog follower failed; retrying", error=repr(exc))
-                await asyncio.sleep(5)
+        """The latest catalog (for the district filter and names), from catalog.v1."""
+
+        async def follow() -> None:
+            await self.catalogs.start(timeout=30)
+            await self.catalogs.run()
+
+        await self._retried("catalog follower", follow)
 
     async def _follow_bundles(self) -> None:
-        """The bundle board, from bundle.v1 and the members' case events; retried while Kafka
-        (or the topic) is not there, so the console starts without it."""
+        """The bundle board, from bundle.v1 and the members' case events."""
+        await self._retried("bundle follower", self._bundle_follower.run)
+
+    async def _retried(self, what: str, follow: Callable[[], Awaitable[None]]) -> None:
+        """`follow` run again 5 s after it fails (Kafka unreachable, a topic not there yet),
+        so the console starts and answers without them."""
         while not self.closing.is_set():
             try:
-                await self._bundle_follower.run()
+                await follow()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("bundle follower failed; retrying", error=repr(exc))
+                log.warning(f"{what} failed; retrying", error=repr(exc))
                 await asyncio.sleep(5)
 
     async def upstream(self, url: str, params: Mapping[str, Any] | None = None) -> httpx.Response:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -317,26 +318,17 @@ async def keep_routable(client: ActingClient, cases: list[PlannedCase]) -> list[
     return kept
 
 
-async def post_submission(client: ActingClient, case: PlannedCase, replica: int) -> httpx.Response:
-    """The counter's POST of a planned case to one intake process, with its own key."""
+async def post_submission(
+    client: ActingClient, case: PlannedCase | PlannedBundle, replica: int, path: str = "/v1/cases"
+) -> httpx.Response:
+    """The counter's POST of a planned case (or bundle, at `/v1/bundles`) to one intake
+    process, with its own key."""
     return await client.post(
-        f"{url_of('intake', replica)}/v1/cases",
+        f"{url_of('intake', replica)}{path}",
         json=case.body,
         headers={
             "Idempotency-Key": case.key,
             **client.headers_for(Role.clerk, office_scope(case.body)),
-        },
-    )
-
-
-async def post_bundle(client: ActingClient, bundle: Any, replica: int) -> httpx.Response:
-    """The counter's POST of a planned bundle (tests.faults.bundles) to one intake process."""
-    return await client.post(
-        f"{url_of('intake', replica)}/v1/bundles",
-        json=bundle.body,
-        headers={
-            "Idempotency-Key": bundle.key,
-            **client.headers_for(Role.clerk, office_scope(bundle.body)),
         },
     )
 
@@ -865,7 +857,9 @@ async def run_scenario(
     await lag.start()
     terminals = counter_terminals()
     driver = LoadDriver(terminals, stack.replicas)
-    bundle_driver = LoadDriver(terminals, stack.replicas, post=post_bundle)
+    bundle_driver = LoadDriver(
+        terminals, stack.replicas, post=functools.partial(post_submission, path="/v1/bundles")
+    )
     counter = BundleCounter(client, [url_of("delivery", r) for r in range(1, stack.replicas + 1)])
     rating_tasks: list[asyncio.Task[None]] = []
 
