@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -193,9 +193,18 @@ class BundleBoard:
                 and all(m.status == "withdrawn" for m in row.members.values())
             ):
                 row.status = "withdrawn"
-        elif event_type == BundleDelivered.TYPE and row.status != "closed":
-            row.status = "delivered"
+        elif event_type == BundleDelivered.TYPE:
+            # Each member's line: its result delivered now, or how it ended before.
+            for result in data.get("results") or ():
+                member = row.members.get(str(result.get("case_id")))
+                if member is not None and member.status not in _FINAL:
+                    member.status = "delivered" if result.get("result") else result["outcome"]
+            if row.status != "closed":
+                row.status = "delivered"
         elif event_type == BundleClosed.TYPE:
+            for case_id in data.get("members") or ():
+                if (member := row.members.get(str(case_id))) is not None:
+                    member.status = "closed"
             row.status = "closed"
         elif event_type == BundleRated.TYPE:
             row.rating = data.get("rating")
@@ -206,17 +215,28 @@ class BundleBoard:
 
 
 class BundleFollower:
-    """Feeds a `BundleBoard`: bundle.v1 from its beginning, the case topics from now on."""
+    """Feeds a `BundleBoard`: bundle.v1 from its beginning, the case topics from now on.
+    `partitions` lists the partitions of those topics that exist (the admin's metadata)."""
 
-    def __init__(self, settings: CommonSettings, board: BundleBoard) -> None:
+    def __init__(
+        self,
+        settings: CommonSettings,
+        board: BundleBoard,
+        partitions: Callable[[tuple[str, ...]], Awaitable[list[TopicPartition]]],
+    ) -> None:
         self.settings = settings
         self.board = board
+        self.partitions = partitions
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
         self._stop.set()
 
     async def run(self) -> None:
+        bundle_parts = await self.partitions((BUNDLE_TOPIC,))
+        if not bundle_parts:
+            raise LookupError(f"{BUNDLE_TOPIC} does not exist yet")
+        case_parts = await self.partitions(CASE_TOPICS)
         consumer = AIOKafkaConsumer(
             **client_options(self.settings),
             group_id=None,
@@ -227,11 +247,6 @@ class BundleFollower:
         )
         await consumer.start()
         try:
-            topics = await consumer.topics()
-            bundle_parts = _partitions(consumer, [BUNDLE_TOPIC], topics)
-            case_parts = _partitions(consumer, list(CASE_TOPICS), topics)
-            if not bundle_parts:
-                raise LookupError(f"{BUNDLE_TOPIC} does not exist yet")
             consumer.assign(bundle_parts + case_parts)
             await consumer.seek_to_beginning(*bundle_parts)
             if case_parts:
@@ -254,13 +269,3 @@ class BundleFollower:
             return  # a poison record: the dead-letter view shows those
         if isinstance(envelope.data, Mapping):
             self.board.apply(envelope.type, envelope.data, envelope.time)
-
-
-def _partitions(
-    consumer: AIOKafkaConsumer, wanted: list[str], existing: set[str]
-) -> list[TopicPartition]:
-    found = []
-    for topic in wanted:
-        if topic in existing:
-            found += [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-    return found

@@ -111,7 +111,7 @@ class KafkaViews:
             self._cache[key] = (time.monotonic(), value)
             return value
 
-    async def _partitions(self, topics: tuple[str, ...]) -> list[TopicPartition]:
+    async def partitions(self, topics: tuple[str, ...]) -> list[TopicPartition]:
         """Every partition of those of `topics` that exist (the admin's metadata)."""
         _consumer, admin = await self._clients()
         found: list[TopicPartition] = []
@@ -129,7 +129,7 @@ class KafkaViews:
         at their end (or at the first record at or after `start`); and how many partitions.
         Positions are fixed before this returns: nothing published afterwards is missed."""
         partitions = await self._cached(
-            "stream-partitions", 30.0, lambda: self._partitions(STREAM_TOPICS)
+            "stream-partitions", 30.0, lambda: self.partitions(STREAM_TOPICS)
         )
         if not partitions:
             self._cache.pop("stream-partitions", None)
@@ -160,7 +160,7 @@ class KafkaViews:
 
     async def _dead_letters(self, recent: int) -> dict[str, Any]:
         consumer, _admin = await self._clients()
-        partitions = await self._partitions((DLQ_TOPIC,))
+        partitions = await self.partitions((DLQ_TOPIC,))
         if not partitions:
             return {"topic": DLQ_TOPIC, "exists": False, "count": 0, "recent": []}
         starts = await consumer.beginning_offsets(partitions)

@@ -93,7 +93,7 @@ class Console:
         self.catalogs: CatalogFollower[CatalogIndex] = CatalogFollower(settings, _catalog_index)
         self.facts = CaseMemory(capacity=20_000)
         self.bundles = BundleBoard()
-        self._bundle_follower = BundleFollower(settings, self.bundles)
+        self._bundle_follower = BundleFollower(settings, self.bundles, self.kafka.partitions)
         self.lookup = CaseLookup(self.fetch_case_view)
         self.streams = 0
         self.closing = asyncio.Event()

@@ -341,7 +341,9 @@ async def test_console_shows_a_case_live_and_its_timeline_to_closed(
             while True:
                 raw = await node.stdout.readline()
                 if not raw:
-                    raise AssertionError(f"node ended before {prefix}: {lines}")
+                    assert node.stderr is not None
+                    errors = (await node.stderr.read()).decode()
+                    raise AssertionError(f"node ended before {prefix}: {lines}\n{errors}")
                 line = raw.decode().rstrip("\n")
                 lines.append(line)
                 if line.startswith(prefix):

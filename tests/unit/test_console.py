@@ -215,11 +215,24 @@ def test_the_bundle_board_is_one_row_per_bundle_with_its_members() -> None:
     [row] = board.rows()
     assert row["members_done"] == 2 and row["members"][1]["status"] == "withdrawn"
     assert row["alert"] == "sla_warning"
-    board.apply("gov.bundle.closed.v1", {"bundle_id": "B-1"}, None)
+    board.apply(
+        "gov.bundle.delivered.v1",
+        {
+            "bundle_id": "B-1",
+            "results": [
+                {"case_id": "M-1", "outcome": "approved", "result": {"kind": "licence"}},
+                {"case_id": "M-2", "outcome": "withdrawn", "result": None},
+            ],
+        },
+        None,
+    )
+    assert [m["status"] for m in board.rows()[0]["members"]] == ["delivered", "withdrawn"]
+    board.apply("gov.bundle.closed.v1", {"bundle_id": "B-1", "members": ["M-1"]}, None)
     board.apply("gov.bundle.delivered.v1", {"bundle_id": "B-1"}, None)  # after the closing
     board.apply("gov.bundle.rated.v1", {"bundle_id": "B-1", "rating": "satisfied"}, None)
     [row] = board.rows()
     assert (row["status"], row["rating"]) == ("closed", "satisfied")
+    assert [m["status"] for m in row["members"]] == ["closed", "withdrawn"]
 
 
 def test_a_bundle_whose_members_are_all_withdrawn_is_withdrawn_and_the_board_is_bounded() -> None:
