@@ -116,7 +116,7 @@ async def case_view(case_id: CaseId, console: ConsoleDep) -> JSONResponse:
     )
 
 
-@router.get("/bundles")
+@router.get("/bundles", responses=errors(422))
 async def bundles(
     console: ConsoleDep, limit: Annotated[int, Query(ge=1, le=2000)] = 200
 ) -> dict[str, Any]:
