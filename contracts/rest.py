@@ -173,6 +173,7 @@ class WorklistEntry(Contract):
     licensed_materials: list[LicensedMaterial] = Field(
         default_factory=list, description="materials that came from e-licences, and which"
     )
+    bundle_id: str | None = Field(default=None, description="the bundle it is a member of (§8)")
 
 
 class ApprovalCaseView(Contract):
@@ -204,6 +205,7 @@ class ApprovalCaseView(Contract):
     verification: VerificationEntry | None = Field(
         default=None, description="the verification of its commitments, once approved (告知承诺)"
     )
+    bundle_id: str | None = Field(default=None, description="the bundle it is a member of (§8)")
 
 
 class FollowupEntry(Contract):
@@ -318,6 +320,9 @@ class ResultView(Contract):
     issued_at: AwareDatetime
     delivered_at: AwareDatetime | None
     closed_at: AwareDatetime | None
+    bundle_id: str | None = Field(
+        default=None, description="a bundle's member: delivered with its bundle (§8)"
+    )
 
 
 class PickupRequest(Contract):

@@ -421,6 +421,11 @@ async def case_supplemented(
         now = approval.runtime.clock.now()
         await open_verification(session, approval, outcome, calendar, now=now)
         await _emit(session, approval.runtime, outcome, envelope.traceparent)
+        # A held approval released (容缺受理): the member is decided for its bundle's clock.
+        if outcome.state.bundle_id is not None and outcome.state.status in clock.MEMBER_DECIDED:
+            await review_bundle_clock(
+                session, approval, outcome.state.bundle_id, traceparent=envelope.traceparent
+            )
 
 
 # -- a new catalog calendar --------------------------------------------------------------------

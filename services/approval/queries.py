@@ -158,6 +158,7 @@ def case_view(row: Any, verification: Verification | None = None) -> ApprovalCas
         deferred_due=row.deferred_due,
         licensed_materials=licensed_materials(row.application),
         verification=verification_entry(verification) if verification is not None else None,
+        bundle_id=row.bundle_id,
     )
 
 
@@ -189,6 +190,7 @@ async def worklist(
             deadline=r.deadline,
             applicant_name=r.application["applicant"]["name"],
             licensed_materials=licensed_materials(r.application),
+            bundle_id=r.bundle_id,
         )
         for r in rows
         if r.route is not None

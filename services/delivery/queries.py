@@ -69,6 +69,7 @@ def result_view(row: Any) -> ResultView:
         issued_at=issued_at,
         delivered_at=local(row.delivered_at),
         closed_at=local(row.closed_at),
+        bundle_id=row.bundle_id,
     )
 
 

@@ -231,6 +231,9 @@ async def test_an_electronic_bundle_goes_out_once_after_its_last_member_and_take
     assert held["status"] == "in_progress"
     assert [r["status"] for r in held["results"]] == ["result_issued"]  # electronic, yet held
     assert held["open_members"] == [denied, withdrawn]
+    assert held["results"][0]["bundle_id"] == bundle.bundle_id
+    at_approval = (await http.get(f"{APPROVAL}/v1/cases/{approved}")).json()
+    assert at_approval["bundle_id"] == bundle.bundle_id
     # A member's own pickup or rating: refused, it goes with the bundle.
     for action, body in (("pickup", {}), ("rating", {"rating": "satisfied"})):
         answer = await http.post(f"{DELIVERY}/v1/cases/{approved}/{action}", json=body)

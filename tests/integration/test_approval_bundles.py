@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from contracts.common import CaseStatus, Channel, DeliveryMethod
+from contracts.common import CaseStatus, Channel, DeliveryMethod, Material
 from contracts.events import (
     BundleMemberRef,
     BundleSubmitted,
     CaseRouted,
+    CaseSupplemented,
     CaseWithdrawn,
     ClockStep,
 )
@@ -28,6 +29,7 @@ from services.common import migrations
 from services.common.catalog_follower import CatalogFollower
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
+from services.common.refusals import Refusal
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.settings import CommonSettings
 from tests.outbox_capture import OutboxCapture
@@ -83,6 +85,37 @@ def envelope(subject: str) -> Envelope:
     return Envelope(type="test", source="/test", subject=subject, data={})
 
 
+async def submit(approval: handlers.Approval, bundle: Bundle) -> None:
+    async with unit_of_work(approval.runtime.sessions) as session:
+        await handlers.bundle_submitted(
+            session, envelope(bundle.bundle_id), bundle.submitted(), approval=approval
+        )
+
+
+async def take(approval: handlers.Approval, routed: CaseRouted) -> None:
+    async with unit_of_work(approval.runtime.sessions) as session:
+        await handlers.take_routed(session, envelope(routed.case_id), routed, approval=approval)
+
+
+async def approve(approval: handlers.Approval, case_id: str) -> Any:
+    async with unit_of_work(approval.runtime.sessions) as session:
+        return await handlers.decide_case(
+            session,
+            approval=approval,
+            case_id=case_id,
+            decision=APPROVE,
+            now=approval.runtime.clock.now(),
+        )
+
+
+async def withdraw(approval: handlers.Approval, bundle: Bundle, case_id: str) -> None:
+    withdrawn = CaseWithdrawn(
+        case_id=case_id, bundle_id=bundle.bundle_id, withdrawn_at=datetime.now(UTC)
+    )
+    async with unit_of_work(approval.runtime.sessions) as session:
+        await handlers.case_withdrawn(session, envelope(case_id), withdrawn, approval=approval)
+
+
 @pytest.fixture
 async def prefix(settings: ServiceSettings) -> AsyncIterator[str]:
     await asyncio.to_thread(migrations.upgrade, "approval", settings.migration_url)
@@ -121,26 +154,15 @@ async def test_the_bundle_clock_is_the_same_in_either_order_and_stops_when_all_a
     first, second, waiting = bundle.members
     emitted = OutboxCapture(approval.runtime.sessions, "approval", prefix)
 
-    async def bundle_event() -> None:
-        async with unit_of_work(approval.runtime.sessions) as session:
-            await handlers.bundle_submitted(
-                session, envelope(bundle.bundle_id), bundle.submitted(), approval=approval
-            )
-
-    async def route(case_id: str) -> None:
-        # Routed events that do not name the bundle: approval finds it from the bundle event.
-        routed = bundle.routed(case_id, named=False)
-        async with unit_of_work(approval.runtime.sessions) as session:
-            await handlers.take_routed(session, envelope(case_id), routed, approval=approval)
-
     try:
         async with emitted:
+            # Routed events that do not name the bundle: approval finds it from its event.
             if bundle_first:
-                await bundle_event()
-            await route(first)
-            await route(second)
+                await submit(approval, bundle)
+            await take(approval, bundle.routed(first, named=False))
+            await take(approval, bundle.routed(second, named=False))
             if not bundle_first:
-                await bundle_event()
+                await submit(approval, bundle)
             async with approval.runtime.sessions() as session:
                 row = (
                     await session.execute(
@@ -162,22 +184,9 @@ async def test_the_bundle_clock_is_the_same_in_either_order_and_stops_when_all_a
             assert {t.department for t in timers} == {LEAD}
 
             # One approved, one withdrawn; the waiting one withdrawn before it was ever routed.
-            async with unit_of_work(approval.runtime.sessions) as session:
-                await handlers.decide_case(
-                    session,
-                    approval=approval,
-                    case_id=first,
-                    decision=APPROVE,
-                    now=approval.runtime.clock.now(),
-                )
+            await approve(approval, first)
             for case_id in (second, waiting):
-                withdrawn = CaseWithdrawn(
-                    case_id=case_id, bundle_id=bundle.bundle_id, withdrawn_at=datetime.now(UTC)
-                )
-                async with unit_of_work(approval.runtime.sessions) as session:
-                    await handlers.case_withdrawn(
-                        session, envelope(case_id), withdrawn, approval=approval
-                    )
+                await withdraw(approval, bundle, case_id)
                 still = await bundle_timers(approval, bundle.bundle_id)
                 assert bool(still) is (case_id == second), "stops with the last member only"
             events = await emitted.events()
@@ -203,22 +212,10 @@ async def test_a_bundle_overdue_fires_once_for_the_lead_naming_its_open_members(
     others = [approval_at(settings, 0) for _ in range(2)]
     try:
         async with emitted:
-            async with unit_of_work(past.runtime.sessions) as session:
-                await handlers.bundle_submitted(
-                    session, envelope(bundle.bundle_id), bundle.submitted(), approval=past
-                )
+            await submit(past, bundle)
             for case_id in (first, second):
-                routed = bundle.routed(case_id, named=True)
-                async with unit_of_work(past.runtime.sessions) as session:
-                    await handlers.take_routed(session, envelope(case_id), routed, approval=past)
-            async with unit_of_work(past.runtime.sessions) as session:
-                await handlers.decide_case(
-                    session,
-                    approval=past,
-                    case_id=first,
-                    decision=APPROVE,
-                    now=past.runtime.clock.now(),
-                )
+                await take(past, bundle.routed(case_id, named=True))
+            await approve(past, first)
 
             async def fire(runtime: ServiceRuntime) -> None:
                 async with unit_of_work(runtime.sessions) as session:
@@ -245,3 +242,45 @@ async def test_a_bundle_overdue_fires_once_for_the_lead_naming_its_open_members(
     assert timedelta(0) < datetime.now(UTC) - min(
         t.due_at for t in await bundle_timers(past, bundle.bundle_id)
     )
+
+
+async def test_a_held_approval_keeps_the_bundle_clock_until_its_deferred_material_arrives(
+    settings: ServiceSettings, prefix: str
+) -> None:
+    """容缺受理 in a bundle: the approval is held while a deferred material is outstanding, so
+    the bundle is not done; the material arrives, the approval takes effect, the clock stops."""
+    approval = approval_at(settings, 0)
+    bundle = Bundle(prefix)
+    held, second, waiting = bundle.members
+    emitted = OutboxCapture(approval.runtime.sessions, "approval", prefix)
+    routed = bundle.routed(held, named=True)
+    deferred = routed.application.model_copy(
+        update={"materials": [Material(code="M02", deferred=True)]}
+    )
+    routed = routed.model_copy(update={"application": deferred})
+    try:
+        async with emitted:
+            await submit(approval, bundle)
+            await take(approval, routed)
+            for case_id in (second, waiting):
+                await withdraw(approval, bundle, case_id)
+            outcome = await approve(approval, held)
+            assert not isinstance(outcome, Refusal)
+            assert outcome.state.status is CaseStatus.approval_held
+            assert await bundle_timers(approval, bundle.bundle_id), "held: the clock runs on"
+            brought = CaseSupplemented(
+                case_id=held,
+                bundle_id=bundle.bundle_id,
+                materials=[Material(code="M02", sha256="0" * 64)],
+                supplemented_at=datetime.now(UTC),
+            )
+            async with unit_of_work(approval.runtime.sessions) as session:
+                await handlers.case_supplemented(
+                    session, envelope(held), brought, approval=approval
+                )
+            assert await bundle_timers(approval, bundle.bundle_id) == []
+            approved = [e for e in await emitted.events() if e.type == "gov.case.approved.v1"]
+        assert [e.data["bundle_id"] for e in approved] == [bundle.bundle_id]
+    finally:
+        await emitted.discard()
+        await approval.runtime.engine.dispose()
