@@ -80,6 +80,17 @@ def counter_office_for(
         levels = ["municipal"]  # no basic-level path yet: the municipal center only
     else:
         levels = default_intake_levels(item) + ["municipal"]
+    return _office_at(catalog, levels, district, street, rng)
+
+
+def _office_at(
+    catalog: dict[str, Any],
+    levels: list[str],
+    district: str,
+    street: str,
+    rng: random.Random | None,
+) -> str | None:
+    """The first level of `levels` with an office: the applicant's own, or any given `rng`."""
     for level in levels:
         candidates: list[str] = []
         for office in catalog["offices"]:
@@ -128,26 +139,112 @@ def application_for(
         for m in item.get("materials", [])
         if complete or not m.get("required", True)
     ]
+    applicant = applicant_for(catalog, item["category"], street, rng)
+    # An enterprise may be registered by district only, unless the item is decided at street
+    # level, which needs the street.
+    if enterprise and item.get("delegated_to") != "street" and rng.random() < 0.5:
+        applicant["division_code"] = district
     return {
         "item_code": item["code"],
         "channel": channel,
         "office_code": office,
-        "applicant": {
-            "category": item["category"],
-            "name": company_name(rng, catalog["city"]["name"]) if enterprise else person_name(rng),
-            "id_number": credit_code(rng) if enterprise else resident_id(rng),
-            "phone": phone(rng),
-            # An enterprise may be registered by district only, unless the item is decided
-            # at street level, which needs the street.
-            "division_code": district
-            if enterprise and item.get("delegated_to") != "street" and rng.random() < 0.5
-            else street,
-        },
+        "applicant": applicant,
         "materials": materials,
-        "delivery": {
-            "method": method,
-            "address": f"{catalog['city']['name']}某路{rng.randint(1, 999)}号"
-            if method == "postal"
-            else None,
-        },
+        "delivery": delivery_for(catalog, method, rng),
+    }
+
+
+def applicant_for(
+    catalog: dict[str, Any], category: str, division: str, rng: random.Random
+) -> dict[str, Any]:
+    """A person (resident ID) or a company (unified social credit code) of `division`."""
+    enterprise = category == "enterprise"
+    return {
+        "category": category,
+        "name": company_name(rng, catalog["city"]["name"]) if enterprise else person_name(rng),
+        "id_number": credit_code(rng) if enterprise else resident_id(rng),
+        "phone": phone(rng),
+        "division_code": division,
+    }
+
+
+def delivery_for(catalog: dict[str, Any], method: str, rng: random.Random) -> dict[str, Any]:
+    address = (
+        f"{catalog['city']['name']}某路{rng.randint(1, 999)}号" if method == "postal" else None
+    )
+    return {"method": method, "address": address}
+
+
+# -- bundles (一件事一次办, DESIGN.md §8) ---------------------------------------------------------
+
+
+def default_answers(bundle: dict[str, Any], value: bool = True) -> dict[str, bool | str]:
+    """An answer to every question of the bundle: `value` to the yes/no ones, the first
+    option to the choice ones."""
+    return {
+        q["code"]: (value if q.get("type", "boolean") == "boolean" else q["options"][0])
+        for q in bundle.get("questions", [])
+    }
+
+
+def created_members(bundle: dict[str, Any], answers: dict[str, bool | str]) -> list[dict[str, Any]]:
+    """The members the answers include: every `when` answer matches (DESIGN.md §8)."""
+    return [
+        m
+        for m in bundle["members"]
+        if all(answers.get(q) == a for q, a in (m.get("when") or {}).items())
+    ]
+
+
+def prerequisites(bundle: dict[str, Any], item_code: str) -> set[str]:
+    """Every member (item code) `item_code` waits for, directly or through another."""
+    after = {m["item"]: m.get("after") or [] for m in bundle["members"]}
+    found: set[str] = set()
+    todo = list(after.get(item_code, []))
+    while todo:
+        code = todo.pop()
+        if code not in found:
+            found.add(code)
+            todo += after.get(code, [])
+    return found
+
+
+def bundle_application_for(
+    catalog: dict[str, Any],
+    bundle: dict[str, Any],
+    rng: random.Random,
+    *,
+    answers: dict[str, bool | str] | None = None,
+    delivery: str = "counter_pickup",
+    district: str | None = None,
+    street: str | None = None,
+) -> dict[str, Any]:
+    """A complete `POST /v1/bundles` body at a counter of the bundle's window near the
+    applicant: one set of materials, the union of the created members', except what a
+    member's prerequisite issues as an e-licence (the member takes that licence when it is
+    released: the applicant never brings it)."""
+    if district is None or street is None:
+        district, street = rng.choice(streets(catalog))
+    answers = default_answers(bundle) if answers is None else answers
+    items = {i["code"]: i for i in catalog["items"]}
+    issued_by = {code: (items[code].get("result") or {}).get("license_type") for code in items}
+    needed: dict[str, dict[str, Any]] = {}
+    for member in created_members(bundle, answers):
+        licences = {issued_by[p] for p in prerequisites(bundle, member["item"])} - {None}
+        for material in items[member["item"]].get("materials", []):
+            if material.get("license_type") not in licences:
+                needed.setdefault(material["code"], material)
+    office = _office_at(catalog, default_intake_levels(bundle), district, street, None)
+    return {
+        "bundle_code": bundle["code"],
+        "channel": "counter",
+        "office_code": office,
+        # The street: a member may be decided at street level (派出所, 社区事务受理中心).
+        "applicant": applicant_for(catalog, bundle["category"], street, rng),
+        "answers": answers,
+        "materials": [
+            {"code": code, "sha256": hashlib.sha256(f"{code}{rng.random()}".encode()).hexdigest()}
+            for code in needed
+        ],
+        "delivery": delivery_for(catalog, delivery, rng),
     }

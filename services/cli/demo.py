@@ -4,6 +4,10 @@ Loads the demo catalog, submits realistic cases over every path through the inta
 answers the non-instant ones the way departments would, collects counter pickups, waits for
 every case to end, and prints what happened. Exits non-zero if a case does not end.
 
+Then the bundles of the catalog (一件事一次办, services.cli.demo_bundles): each applied for
+once at a counter, its members decided in parallel at their own levels, a dependent member
+released with its prerequisite's e-licence, one pickup, one rating.
+
 Then a short act of fewer materials (减材料, DESIGN.md §7): an e-licence issued by one case is
 reused by a later case of the same applicant (免提交), a deferred material is brought after
 acceptance and releases the held approval (容缺受理), and another is not brought, so the
@@ -30,12 +34,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from services.cli.applicants import application_for
+from services.cli.demo_bundles import bundle_act
 from services.cli.devclient import (
     APPROVAL_PORT,
     DELIVERY_PORT,
     INTAKE_PORT,
     ROUTING_PORT,
     ActingClient,
+    submit_new,
+    wait_listed,
 )
 from services.common.principals import Role
 from services.operators.catalog_file import load_catalog_file
@@ -127,9 +134,11 @@ async def run_demo(
         version = loaded.json()["version"]
         console.print(
             f"catalog [bold]{catalog['city']['name']}[/] version {version}: "
-            f"{len(catalog['items'])} items"
+            f"{len(catalog['items'])} items, {len(catalog.get('bundles', []))} bundles"
         )
-        await _wait_items(http, endpoints, len(catalog["items"]))
+        await wait_listed(
+            http, f"{endpoints.intake}/v1/items", len(catalog["items"]), "the catalog"
+        )
         cases = plan_cases(catalog, count, rng)
         progress = Progress(
             TextColumn("{task.description:<24}"),
@@ -160,29 +169,15 @@ async def run_demo(
         return 1
     console.print(f"[green]all {len(cases)} cases ended[/]")
     async with ActingClient(timeout=30) as http:
+        if await bundle_act(http, endpoints, catalog, rng, timeout, console) != 0:
+            return 1
         return await fewer_materials(
             http, endpoints, catalog, rng, timeout, console, lapse_file=lapse_file
         )
 
 
-async def _wait_items(http: httpx.AsyncClient, endpoints: Endpoints, expected: int) -> None:
-    for _ in range(100):
-        answer = await http.get(f"{endpoints.intake}/v1/items")
-        if answer.status_code == 200 and len(answer.json()) == expected:
-            return
-        await asyncio.sleep(0.2)
-    raise RuntimeError("intake did not receive the catalog in 20 s")
-
-
 async def _submit(http: httpx.AsyncClient, endpoints: Endpoints, case: DemoCase) -> None:
-    answer = await http.post(
-        f"{endpoints.intake}/v1/cases",
-        json=case.body,
-        headers={"Idempotency-Key": f"demo-{id(case)}-{time.time()}"},
-    )
-    if answer.status_code != 201:
-        raise RuntimeError(f"submission refused ({answer.status_code}): {answer.text}")
-    body = answer.json()
+    body = await submit_new(http, f"{endpoints.intake}/v1/cases", case.body)
     case.answer = body
     case.case_id, case.status = body["case_id"], body["status"]
     case.submitted_at = time.monotonic()

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -28,6 +29,9 @@ INTAKE_PORT, ROUTING_PORT, APPROVAL_PORT, DELIVERY_PORT = (
 CONSOLE_PORT = 8000 + SERVICES_PORT_OFFSET
 _CASE_ACTION = re.compile(
     r"^/v1/cases/(?P<case>[^/]+)/(?P<action>materials|withdraw|pickup|rating)$"
+)
+_BUNDLE_ACTION = re.compile(
+    r"^/v1/bundles/(?P<bundle>[^/]+)/(?P<action>materials|withdraw|pickup|rating)$"
 )
 
 
@@ -69,7 +73,7 @@ class ActingClient(httpx.AsyncClient):
         port, path, method = request.url.port, request.url.path, request.method
         body = _json(request)
         query = dict(request.url.params)
-        if port == INTAKE_PORT and method == "POST" and path == "/v1/cases":
+        if port == INTAKE_PORT and method == "POST" and path in ("/v1/cases", "/v1/bundles"):
             return Role.clerk, _office_scope(body.get("office_code"), body.get("channel"))
         if port == ROUTING_PORT and path == "/v1/catalog" and method == "POST":
             return Role.admin, None
@@ -80,14 +84,17 @@ class ActingClient(httpx.AsyncClient):
         match = _CASE_ACTION.match(path)
         if match and method == "POST" and port in (INTAKE_PORT, DELIVERY_PORT):
             return Role.clerk, await self._office_of(match["case"])
+        match = _BUNDLE_ACTION.match(path)
+        if match and method == "POST" and port in (INTAKE_PORT, DELIVERY_PORT):
+            return Role.clerk, await self._office_of(match["bundle"], what="bundles")
         return Role.operator, None
 
-    async def _office_of(self, case_id: str) -> str:
-        """The office that took a case (or `online`), as intake knows it."""
+    async def _office_of(self, ident: str, *, what: str = "cases") -> str:
+        """The office that took a case or a bundle (or `online`), as intake knows it."""
         answer = await super().send(
             self.build_request(
                 "GET",
-                f"{self._intake_url}/v1/cases/{case_id}",
+                f"{self._intake_url}/v1/{what}/{ident}",
                 headers=self.headers_for(Role.operator),
             )
         )
@@ -95,6 +102,25 @@ class ActingClient(httpx.AsyncClient):
             return "online"
         view = answer.json()
         return _office_scope(view.get("office_code"), view.get("channel"))
+
+
+async def wait_listed(http: httpx.AsyncClient, url: str, expected: int, what: str) -> None:
+    """Until GET `url` lists `expected` entries (20 s at most): a copy that has caught up."""
+    for _ in range(100):
+        answer = await http.get(url)
+        if answer.status_code == 200 and len(answer.json()) == expected:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"intake did not receive {what} in 20 s")
+
+
+async def submit_new(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST a new submission (its own Idempotency-Key) and its 201 answer; refused: raise."""
+    answer = await http.post(url, json=body, headers={"Idempotency-Key": str(uuid.uuid4())})
+    if answer.status_code != 201:
+        raise RuntimeError(f"submission refused ({answer.status_code}): {answer.text}")
+    created: dict[str, Any] = answer.json()
+    return created
 
 
 Client = TypeVar("Client", bound=httpx.AsyncClient)

@@ -18,11 +18,14 @@ from typing import Any
 
 from contracts.events import (
     APPROVAL_TOPIC,
+    BUNDLE_TOPIC,
     DECISIONS_TOPIC,
     DELIVERY_TOPIC,
     DLQ_TOPIC,
     INTAKE_TOPIC,
     ROUTING_TOPIC,
+    BundleOverdue,
+    BundleSlaWarning,
     CaseDeadlineUnknown,
     CaseDenied,
     CaseFollowupOpened,
@@ -40,6 +43,7 @@ FAMILY_OF_TOPIC = {
     DECISIONS_TOPIC: "decisions",
     APPROVAL_TOPIC: "approval",
     DELIVERY_TOPIC: "delivery",
+    BUNDLE_TOPIC: "bundle",
     DLQ_TOPIC: "dlq",
 }
 # Events an operator must not miss: coloured as alerts whatever topic they come from.
@@ -50,13 +54,15 @@ ALERT_TYPES = frozenset(
         CaseOverdue.TYPE,
         CaseDeadlineUnknown.TYPE,
         CaseHandoverRefused.TYPE,
+        BundleOverdue.TYPE,
     }
 )
-WARNING_TYPES = frozenset({CaseSlaWarning.TYPE, CaseFollowupOpened.TYPE})
+WARNING_TYPES = frozenset({CaseSlaWarning.TYPE, CaseFollowupOpened.TYPE, BundleSlaWarning.TYPE})
 
 
 def family(topic: str, event_type: str | None) -> str:
-    """intake | routing | decisions | approval | delivery | dlq | alert | warning | other."""
+    """intake | routing | decisions | approval | delivery | bundle | dlq | alert | warning |
+    other."""
     if topic == DLQ_TOPIC:
         return "dlq"
     if event_type in ALERT_TYPES:
@@ -123,6 +129,7 @@ def stream_item(
         "time": time.isoformat() if time else None,
         "source": source,
         "case_id": case_id,
+        "bundle_id": next(iter(sorted((facts or Facts()).bundles)), None),
         "handledby": handledby,
         "facts": (facts or Facts()).view(catalog),
         "summary": error or summary(event_type, data or {}),

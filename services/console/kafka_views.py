@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from contracts.events import CASE_TOPICS, DLQ_TOPIC
+from contracts.events import BUNDLE_TOPIC, CASE_TOPICS, DLQ_TOPIC
 from services.common.dlq import ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC, REASON, SOURCE
 from services.common.kafka import ReadableFetch, client_options
 from services.common.logs import get_logger, mask_text
@@ -24,7 +24,7 @@ from services.common.settings import CommonSettings
 
 log = get_logger(__name__)
 
-STREAM_TOPICS = (*CASE_TOPICS, DLQ_TOPIC)
+STREAM_TOPICS = (*CASE_TOPICS, BUNDLE_TOPIC, DLQ_TOPIC)
 T = TypeVar("T")
 
 
@@ -111,7 +111,7 @@ class KafkaViews:
             self._cache[key] = (time.monotonic(), value)
             return value
 
-    async def _partitions(self, topics: tuple[str, ...]) -> list[TopicPartition]:
+    async def partitions(self, topics: tuple[str, ...]) -> list[TopicPartition]:
         """Every partition of those of `topics` that exist (the admin's metadata)."""
         _consumer, admin = await self._clients()
         found: list[TopicPartition] = []
@@ -129,7 +129,7 @@ class KafkaViews:
         at their end (or at the first record at or after `start`); and how many partitions.
         Positions are fixed before this returns: nothing published afterwards is missed."""
         partitions = await self._cached(
-            "stream-partitions", 30.0, lambda: self._partitions(STREAM_TOPICS)
+            "stream-partitions", 30.0, lambda: self.partitions(STREAM_TOPICS)
         )
         if not partitions:
             self._cache.pop("stream-partitions", None)
@@ -160,7 +160,7 @@ class KafkaViews:
 
     async def _dead_letters(self, recent: int) -> dict[str, Any]:
         consumer, _admin = await self._clients()
-        partitions = await self._partitions((DLQ_TOPIC,))
+        partitions = await self.partitions((DLQ_TOPIC,))
         if not partitions:
             return {"topic": DLQ_TOPIC, "exists": False, "count": 0, "recent": []}
         starts = await consumer.beginning_offsets(partitions)

@@ -5,6 +5,7 @@ what they read does not answer, so the page shows the rest.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -57,6 +58,7 @@ async def stream(
     office: FilterValue = None,
     district: FilterValue = None,
     path: FilterValue = None,
+    bundle: FilterValue = None,
     start: Annotated[datetime | None, Query(alias="from")] = None,
 ) -> StreamingResponse:
     """Live case events as Server-Sent Events: `event: ready` once the reader is
@@ -79,6 +81,7 @@ async def stream(
         office=office,
         district=district,
         path=path,
+        bundle=bundle,
     )
     live = LiveStream(
         filters,
@@ -100,9 +103,50 @@ async def case_view(case_id: CaseId, console: ConsoleDep) -> JSONResponse:
     e-licences, what a held approval waits for), or why not. Intake's 404 and 503 come through
     as they are; any other refusal (the console's own token refused, say) is the console's
     problem with intake: 502."""
-    settings = console.settings
+    answer = await _from_intake(console, "/v1/cases/{case_id}", case_id)
+    view = answer.json()
+    if answer.status_code == 200:
+        view["approval"] = await _available(
+            "approval's view of the case", lambda: _approval_view(console, case_id)
+        )
+    return JSONResponse(
+        view,
+        status_code=answer.status_code,
+        media_type=answer.headers.get("content-type", "application/json"),
+    )
+
+
+@router.get("/bundles", responses=errors(422))
+async def bundles(
+    console: ConsoleDep, limit: Annotated[int, Query(ge=1, le=2000)] = 200
+) -> dict[str, Any]:
+    """The bundle board (一件事): one row per bundle, newest first, with its members as the
+    console last saw them (services.console.bundles)."""
+
+    async def compute() -> dict[str, Any]:
+        return {"rows": console.bundles.rows(limit), "known": len(console.bundles)}
+
+    return await _available("the bundle board", compute)
+
+
+@router.get("/bundles/{bundle_id}", responses=errors(404, 422, 502, 503))
+async def bundle_view(bundle_id: CaseId, console: ConsoleDep) -> JSONResponse:
+    """Intake's view of the bundle, masked: its members with their routes and statuses, the
+    deadline and one timeline. Errors as for a case."""
+    answer = await _from_intake(console, "/v1/bundles/{bundle_id}", bundle_id)
+    return JSONResponse(
+        answer.json(),
+        status_code=answer.status_code,
+        media_type=answer.headers.get("content-type", "application/json"),
+    )
+
+
+async def _from_intake(console: Console, path: str, ident: str) -> httpx.Response:
+    """Intake's answer (200 or 404) to a GET of `path` with `ident` in its one {field}; 503
+    passes through with its Retry-After, anything else is the console's problem: 502."""
+    url = console.settings.intake_url + re.sub(r"\{\w+\}", lambda _: quote(ident), path)
     try:
-        answer = await console.upstream(f"{settings.intake_url}/v1/cases/{quote(case_id)}")
+        answer = await console.upstream(url)
     except httpx.HTTPError as exc:
         raise Problem(502, "intake_unavailable", "Intake does not answer", _reason(exc)) from None
     if answer.status_code == 503:
@@ -118,18 +162,9 @@ async def case_view(case_id: CaseId, console: ConsoleDep) -> JSONResponse:
             502,
             "intake_refused",
             "Intake refused the console's request",
-            f"intake answered {answer.status_code} to GET /v1/cases/{{case_id}}",
+            f"intake answered {answer.status_code} to GET {path}",
         )
-    view = answer.json()
-    if answer.status_code == 200:
-        view["approval"] = await _available(
-            "approval's view of the case", lambda: _approval_view(console, case_id)
-        )
-    return JSONResponse(
-        view,
-        status_code=answer.status_code,
-        media_type=answer.headers.get("content-type", "application/json"),
-    )
+    return answer
 
 
 async def _approval_view(console: Console, case_id: str) -> dict[str, Any]:

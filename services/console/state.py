@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -21,6 +21,7 @@ from services.common.catalog_follower import CatalogFollower
 from services.common.limits import DEFAULT_MAX_HEAD_BYTES
 from services.common.logs import get_logger
 from services.common.settings import CommonSettings
+from services.console.bundles import BundleBoard, BundleFollower
 from services.console.kafka_views import KafkaViews
 from services.console.stream import CaseLookup
 from services.operators.event_facts import CaseMemory
@@ -91,6 +92,8 @@ class Console:
         self.kafka = KafkaViews(settings, timeout_s=settings.kafka_timeout_s)
         self.catalogs: CatalogFollower[CatalogIndex] = CatalogFollower(settings, _catalog_index)
         self.facts = CaseMemory(capacity=20_000)
+        self.bundles = BundleBoard()
+        self._bundle_follower = BundleFollower(settings, self.bundles, self.kafka.partitions)
         self.lookup = CaseLookup(self.fetch_case_view)
         self.streams = 0
         self.closing = asyncio.Event()
@@ -99,10 +102,12 @@ class Console:
     async def start(self) -> None:
         self.http = httpx.AsyncClient(timeout=self.settings.upstream_timeout_s)
         self._tasks.append(asyncio.create_task(self._follow_catalog(), name="catalog-follower"))
+        self._tasks.append(asyncio.create_task(self._follow_bundles(), name="bundle-follower"))
 
     async def stop(self) -> None:
         self.closing.set()
         self.catalogs.stop()
+        self._bundle_follower.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -111,17 +116,29 @@ class Console:
             await self.http.aclose()
 
     async def _follow_catalog(self) -> None:
-        """The latest catalog (for the district filter and names), from catalog.v1; retried
-        while Kafka is unreachable, so the console starts without it."""
+        """The latest catalog (for the district filter and names), from catalog.v1."""
+
+        async def follow() -> None:
+            await self.catalogs.start(timeout=30)
+            await self.catalogs.run()
+
+        await self._retried("catalog follower", follow)
+
+    async def _follow_bundles(self) -> None:
+        """The bundle board, from bundle.v1 and the members' case events."""
+        await self._retried("bundle follower", self._bundle_follower.run)
+
+    async def _retried(self, what: str, follow: Callable[[], Awaitable[None]]) -> None:
+        """`follow` run again 5 s after it fails (Kafka unreachable, a topic not there yet),
+        so the console starts and answers without them."""
         while not self.closing.is_set():
             try:
-                await self.catalogs.start(timeout=30)
-                await self.catalogs.run()
+                await follow()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("catalog follower failed; retrying", error=repr(exc))
+                log.warning(f"{what} failed; retrying", error=repr(exc))
                 await asyncio.sleep(5)
 
     async def upstream(self, url: str, params: Mapping[str, Any] | None = None) -> httpx.Response:

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from contracts.events import BUNDLE_TOPIC
 from services.common.envelope import Envelope, EnvelopeError
 from services.common.logs import get_logger, mask_text
 from services.console.events import stream_item
@@ -106,7 +107,8 @@ class LiveStream:
             )
         case_id = envelope.subject
         facts = self.facts.learn(case_id, facts_of(envelope.data, envelope.handledby))
-        if self.filters.missing_facts(facts):
+        # A bundle's own event is about the bundle: intake has no case of that id to ask about.
+        if record.topic != BUNDLE_TOPIC and self.filters.missing_facts(facts):
             looked_up = await self.lookup(case_id)
             if looked_up is not None:
                 facts = self.facts.learn(case_id, looked_up)

@@ -10,6 +10,8 @@ names things its own way):
   `data.office_code`, `data.handover.office_code`, and `online` for an online application;
 - division: the applicant's `division_code`;
 - path: `data.route.path`;
+- bundle: `data.bundle_id` (every event of a bundle's member, and the bundle's own events on
+  `bundle.v1`, DESIGN.md §8);
 - district: the district of each office, division and department above, resolved through the
   catalog when matching (a street lies in the district that lists it). Codes are never taken
   apart: `YZ0101` is in `YZ01` only because the catalog says so.
@@ -30,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from contracts.common import CaseStatus
 from services.common.logs import PERSONAL_KEYS, mask_name, mask_personal_data
 from services.policy.catalog_index import CatalogIndex
 
@@ -48,6 +51,18 @@ def short_type(event_type: str | None) -> str:
         if name.startswith(prefix):
             return name[len(prefix) :]
     return name
+
+
+_STATUSES = {s.value for s in CaseStatus}
+_STATUS_OF_SHORT = {"notified": CaseStatus.awaiting_supplement.value}
+
+
+def status_after(event_type: str | None) -> str | None:
+    """The case status an event of this type sets, if it sets one (DESIGN.md §4)."""
+    short = short_type(event_type)
+    if short in _STATUS_OF_SHORT:
+        return _STATUS_OF_SHORT[short]
+    return short if short in _STATUSES else None
 
 
 def type_matches(event_type: str | None, pattern: str) -> bool:
@@ -93,6 +108,7 @@ class Facts:
     divisions: frozenset[str] = frozenset()  # the applicant's jurisdiction
     paths: frozenset[str] = frozenset()
     channel: str | None = None  # known once an event (or intake) showed the application
+    bundles: frozenset[str] = frozenset()  # the bundle the case is a member of (§8)
 
     def union(self, other: Facts) -> Facts:
         return Facts(
@@ -101,6 +117,7 @@ class Facts:
             divisions=self.divisions | other.divisions,
             paths=self.paths | other.paths,
             channel=other.channel or self.channel,
+            bundles=self.bundles | other.bundles,
         )
 
     def districts(self, catalog: CatalogIndex | None) -> frozenset[str]:
@@ -119,6 +136,7 @@ class Facts:
             "departments": sorted(self.departments),
             "districts": sorted(self.districts(catalog)),
             "path": ",".join(sorted(self.paths)) or None,
+            "bundle": ",".join(sorted(self.bundles)) or None,
         }
 
 
@@ -157,6 +175,7 @@ def facts_of(data: Mapping[str, Any] | None, handledby: str | None = None) -> Fa
         divisions=_present(_get(data, "application", "applicant", "division_code")),
         paths=_present(_get(data, "route", "path")),
         channel=channel,
+        bundles=_present(_get(data, "bundle_id")),
     )
 
 
@@ -169,6 +188,7 @@ def facts_of_case_view(view: Mapping[str, Any]) -> Facts:
         divisions=_present(_get(view, "applicant", "division_code")),
         paths=_present(_get(view, "route", "path")),
         channel=channel,
+        bundles=_present(_get(view, "bundle_id")),
     )
 
 
@@ -212,9 +232,10 @@ def _any_glob(value: str | None, patterns: Iterable[str]) -> bool:
 
 @dataclass(frozen=True)
 class EventFilter:
-    """Which events to show; an empty field means any. A case may be a glob (`YZ-20261129-*`);
-    a type is its full or short name, or a glob of either (see `type_matches`); department,
-    office, district and path are exact."""
+    """Which events to show; an empty field means any. A case or a bundle may be a glob
+    (`YZ-20261129-*`); a type is its full or short name, or a glob of either (see
+    `type_matches`); department, office, district and path are exact. A bundle matches its
+    own events and every event of its members."""
 
     cases: frozenset[str] = frozenset()
     types: frozenset[str] = frozenset()
@@ -222,6 +243,7 @@ class EventFilter:
     offices: frozenset[str] = frozenset()
     districts: frozenset[str] = frozenset()
     paths: frozenset[str] = frozenset()
+    bundles: frozenset[str] = frozenset()
 
     @classmethod
     def of(
@@ -233,6 +255,7 @@ class EventFilter:
         offices: Iterable[str] = (),
         districts: Iterable[str] = (),
         paths: Iterable[str] = (),
+        bundles: Iterable[str] = (),
     ) -> EventFilter:
         return cls(
             frozenset(cases),
@@ -241,6 +264,7 @@ class EventFilter:
             frozenset(offices),
             frozenset(districts),
             frozenset(paths),
+            frozenset(bundles),
         )
 
     @classmethod
@@ -253,6 +277,7 @@ class EventFilter:
         office: str | None = None,
         district: str | None = None,
         path: str | None = None,
+        bundle: str | None = None,
     ) -> EventFilter:
         """Each filter as one value or a comma-separated list."""
         return cls(
@@ -262,12 +287,15 @@ class EventFilter:
             offices=_values(office),
             districts=_values(district),
             paths=_values(path),
+            bundles=_values(bundle),
         )
 
     @property
     def needs_facts(self) -> bool:
         """True when matching needs to know where a case was taken or is handled."""
-        return bool(self.departments or self.offices or self.districts or self.paths)
+        return bool(
+            self.departments or self.offices or self.districts or self.paths or self.bundles
+        )
 
     def missing_facts(self, facts: Facts | None) -> bool:
         """True when matching needs the case's application and no event showed it yet."""
@@ -297,6 +325,8 @@ class EventFilter:
         )
         if not all(not wanted or wanted & known for wanted, known in checks):
             return False
+        if self.bundles and not any(_any_glob(b, self.bundles) for b in facts.bundles):
+            return False
         return not self.districts or bool(self.districts & facts.districts(catalog))
 
     def describe(self) -> dict[str, list[str]]:
@@ -309,6 +339,7 @@ class EventFilter:
                 ("office", self.offices),
                 ("district", self.districts),
                 ("path", self.paths),
+                ("bundle", self.bundles),
             )
             if values
         }

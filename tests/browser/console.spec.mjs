@@ -8,6 +8,8 @@
 //            FILTER-OK ...             every line shown passes the office filter
 //            TIMELINE <case> <types>   its timeline page, every step to closed
 //            REFORMS licensed=.. ...   the pages of REFORM_LICENSED and REFORM_HELD (if set)
+//            BUNDLE <id> members=..     the bundle's row opened into its members (if BUNDLE_ID),
+//                                      and a member's case page linking back to the bundle
 //            TABLES ...                SLA (and its clocks at risk), triage, dead letters, lag
 //            RESUMED ...               pause and resume the stream
 //            SCREENSHOT <path>, DONE
@@ -16,7 +18,7 @@
 // Env: CONSOLE_URL (http://127.0.0.1:8000), STREAM_OFFICE (the office filter), CHROMIUM
 // (/usr/bin/chromium), SCREENSHOT (.run/console.png), TIMEOUT_MS (180000); REFORM_LICENSED
 // (a case whose material came from an e-licence) and REFORM_HELD (a case held at approval for
-// a deferred material), both optional.
+// a deferred material), both optional; BUNDLE_ID (a bundle submitted at intake), optional.
 
 import { mkdtemp, rm, mkdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -137,6 +139,26 @@ async function main(context, page) {
     const heldFor = await page.getByTestId("case-held-for").textContent();
     await page.screenshot({ path: screenshot.replace(/\.png$/, "-held.png"), fullPage: true });
     say(`REFORMS licensed=${JSON.stringify(licences)} deferred=${JSON.stringify(deferrals)} held_for=${JSON.stringify(heldFor)}`);
+  }
+
+  // A bundle (一件事) is one row that opens into its members; a member's page links back.
+  const bundleId = process.env.BUNDLE_ID;
+  if (bundleId) {
+    await page.evaluate((b) => { location.hash = `bundle=${encodeURIComponent(b)}`; }, bundleId);
+    const row = page.locator(`tr[data-testid="bundle-row"][data-bundle="${bundleId}"][data-open="true"]`);
+    await row.waitFor({ timeout: 30_000 });
+    const members = page.locator('tr[data-testid="bundle-member"]');
+    await members.first().waitFor({ timeout: 30_000 });
+    const shown = await members.evaluateAll((rows) => rows.map((r) => `${r.dataset.case}:${r.dataset.status}`));
+    await page.screenshot({ path: screenshot.replace(/\.png$/, "-bundle.png"), fullPage: true });
+    await row.click();  // closes it again
+    await page.locator(`tr[data-testid="bundle-row"][data-bundle="${bundleId}"][data-open="false"]`).waitFor();
+    if (await members.count()) fail("a closed bundle row still shows its members");
+    const member = shown[0].split(":")[0];
+    await page.evaluate((c) => { location.hash = `case=${encodeURIComponent(c)}`; }, member);
+    const back = page.locator('[data-testid="case-bundle"] [data-testid="bundle-link"]');
+    await back.waitFor({ timeout: 30_000 });
+    say(`BUNDLE ${bundleId} members=${shown.join(",")} back=${await back.textContent()}`);
   }
 
   // The other views render (or say plainly what is unavailable).

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.cli.applicants import application_for
+from services.cli.applicants import application_for, bundle_application_for
 from services.cli.demo import reform_items
 from services.cli.devclient import CONSOLE_PORT, ActingClient
 from services.console.app import ConsoleSettings, create_app
@@ -305,6 +305,14 @@ async def test_console_shows_a_case_live_and_its_timeline_to_closed(
     office = body["office_code"]
     assert office, item
     reforms = await reform_cases(http, catalog, rng)
+    bundle = rng.choice(catalog["bundles"])
+    submitted = await http.post(
+        f"{INTAKE}/v1/bundles",
+        json=bundle_application_for(catalog, bundle, rng, delivery="electronic"),
+    )
+    assert submitted.status_code == 201, submitted.text
+    bundle_id = submitted.json()["bundle_id"]
+    members = {m["case_id"] for m in submitted.json()["members"]}
 
     node = await asyncio.create_subprocess_exec(
         "node",
@@ -318,6 +326,7 @@ async def test_console_shows_a_case_live_and_its_timeline_to_closed(
             "SCREENSHOT": str(SCREENSHOT),
             "REFORM_LICENSED": reforms.licensed,
             "REFORM_HELD": reforms.held,
+            "BUNDLE_ID": bundle_id,
         },
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -332,7 +341,9 @@ async def test_console_shows_a_case_live_and_its_timeline_to_closed(
             while True:
                 raw = await node.stdout.readline()
                 if not raw:
-                    raise AssertionError(f"node ended before {prefix}: {lines}")
+                    assert node.stderr is not None
+                    errors = (await node.stderr.read()).decode()
+                    raise AssertionError(f"node ended before {prefix}: {lines}\n{errors}")
                 line = raw.decode().rstrip("\n")
                 lines.append(line)
                 if line.startswith(prefix):
@@ -370,6 +381,10 @@ async def test_console_shows_a_case_live_and_its_timeline_to_closed(
     assert f"{reforms.material} ← {reforms.license_id}" in shown
     assert f"{reforms.deferred} · due 20" in shown and "not received" in shown
     assert f"published when {reforms.deferred} arrive" in shown
+    # The bundle: one row opening into its members, each member's page linking back to it.
+    shown_bundle = printed["BUNDLE"].split()
+    assert shown_bundle[1] == bundle_id and shown_bundle[3] == f"back={bundle_id}"
+    assert {m.split(":")[0] for m in shown_bundle[2].removeprefix("members=").split(",")} == members
     assert "RESUMED" in printed
     assert Path(printed["SCREENSHOT"].split(" ", 1)[1]).stat().st_size > 10_000
 

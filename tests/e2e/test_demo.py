@@ -41,6 +41,10 @@ async def test_the_demo_runs_cases_over_every_path_to_their_end(
     assert "all 16 cases ended" in out
     for path in ("online", "delegated", "entrusted", "municipal"):
         assert path in out, f"no {path} case in the demo"
+    # The bundles (一件事): each applied for once, its members at several levels, one pickup.
+    assert re.search(r"all [3-9] bundles delivered once, closed and rated", out), out[-3000:]
+    bundles = out[out.index("bundles (一件事一次办)") : out.index("fewer materials")]
+    assert bundles.count("one pickup at") >= 3 and "waiting →" in bundles
 
     # The fewer-materials act: one row per case, its materials and the status it ended in.
     act = out[out.index("fewer materials") :]

@@ -19,7 +19,7 @@ from tests.faults.setup import load_demo_catalog
 from tests.faults.suite import HEADERS, OverloadReport, overload, scenarios, verdict_rows
 
 app = typer.Typer(add_completion=False, help=__doc__)
-console = Console(width=150)
+console = Console(width=190)
 
 
 def _quiet_clients() -> None:

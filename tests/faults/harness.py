@@ -20,13 +20,17 @@ A scenario's verdict (one table row):
   earlier than its cause;
 - max lag: the largest total lag of tongban's consumer groups, sampled every second;
 - recovery s: for each fault, seconds from its injection until the total lag is back under the
-  pre-fault level (the worst fault of the scenario).
+  pre-fault level (the worst fault of the scenario);
+- bundles (members), members lost/doubled: bundles submitted beside the cases under the same
+  faults, and whether each member reached one terminal state once and each bundle was
+  delivered and closed once (tests.faults.bundles).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -62,6 +66,15 @@ from services.common.db import asyncpg_dsn
 from services.common.envelope import Envelope
 from services.common.kafka import client_options
 from services.common.settings import CommonSettings
+from tests.faults.bundles import (
+    MEMBER_TERMINAL,
+    BundleCounter,
+    PlannedBundle,
+    bundle_database_checks,
+    bundles_done,
+    member_verdict,
+    plan_bundles,
+)
 from tests.kafka_helpers import topic_partitions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +99,7 @@ CASE_TOPICS = (
 )
 DLQ_TOPIC = "case.dlq.v1"
 CATALOG_TOPIC = "catalog.v1"
+BUNDLE_TOPIC = "bundle.v1"
 # Every process of these services follows the whole catalog topic (no consumer group); each
 # service dead-letters an unreadable catalog record once.
 CATALOG_FOLLOWERS = ("intake", "routing", "approval")
@@ -234,11 +248,15 @@ class PlannedCase:
     department_decides: bool
     deny: bool = False
     rate: bool = False
-    case_id: str | None = None
     submitted_at: float | None = None
     attempts: int = 0
     answers: list[int] = field(default_factory=list)
+    answer: dict[str, Any] = field(default_factory=dict)  # intake's 201 (or 200) body
     refused: str | None = None
+
+    @property
+    def case_id(self) -> str | None:
+        return self.answer.get("case_id")
 
 
 def plan_load(
@@ -300,10 +318,13 @@ async def keep_routable(client: ActingClient, cases: list[PlannedCase]) -> list[
     return kept
 
 
-async def post_submission(client: ActingClient, case: PlannedCase, replica: int) -> httpx.Response:
-    """The counter's POST of a planned case to one intake process, with its own key."""
+async def post_submission(
+    client: ActingClient, case: PlannedCase | PlannedBundle, replica: int, path: str = "/v1/cases"
+) -> httpx.Response:
+    """The counter's POST of a planned case (or bundle, at `/v1/bundles`) to one intake
+    process, with its own key."""
     return await client.post(
-        f"{url_of('intake', replica)}/v1/cases",
+        f"{url_of('intake', replica)}{path}",
         json=case.body,
         headers={
             "Idempotency-Key": case.key,
@@ -335,8 +356,13 @@ class LoadDriver:
     Idempotency-Key until intake answers it (a killed replica, 503 and 429 included)."""
 
     def __init__(
-        self, terminals: ClientFleet[ActingClient], replicas: int, give_up_s: float = 240
+        self,
+        terminals: ClientFleet[ActingClient],
+        replicas: int,
+        give_up_s: float = 240,
+        post: Callable[[ActingClient, Any, int], Awaitable[httpx.Response]] | None = None,
     ) -> None:
+        self.post = post or post_submission  # a case; a bundle: post_bundle
         self.terminals = terminals
         self.replicas = replicas
         self.give_up_s = give_up_s
@@ -346,7 +372,7 @@ class LoadDriver:
         self.retry_after_missing = 0
 
     async def run(
-        self, cases: list[PlannedCase], rate: float, on_accepted: Callable[[PlannedCase], None]
+        self, cases: Sequence[Any], rate: float, on_accepted: Callable[[Any], None]
     ) -> None:
         start = now()
         tasks = []
@@ -357,16 +383,14 @@ class LoadDriver:
             tasks.append(asyncio.create_task(self._submit(case, n, on_accepted)))
         await asyncio.gather(*tasks)
 
-    async def _submit(
-        self, case: PlannedCase, n: int, on_accepted: Callable[[PlannedCase], None]
-    ) -> None:
+    async def _submit(self, case: Any, n: int, on_accepted: Callable[[Any], None]) -> None:
         deadline = now() + self.give_up_s
         case.submitted_at = now()
         replica = n % self.replicas + 1
         while now() < deadline:
             case.attempts += 1
             try:
-                answer = await post_submission(self.terminals[n], case, replica)
+                answer = await self.post(self.terminals[n], case, replica)
             except httpx.HTTPError as exc:
                 self.transport_errors += 1
                 self.transport_kinds[type(exc).__name__] += 1
@@ -376,7 +400,7 @@ class LoadDriver:
             self.statuses[answer.status_code] += 1
             case.answers.append(answer.status_code)
             if answer.status_code in (200, 201):
-                case.case_id = answer.json()["case_id"]
+                case.answer = answer.json()
                 on_accepted(case)
                 return
             if answer.status_code in (429, 503):
@@ -406,7 +430,8 @@ class Seen:
 
 
 class Observer:
-    """Reads every case topic and the dead letters from where they stood when it started."""
+    """Reads every case topic, bundle.v1 (a bundle's events under its id) and the dead
+    letters from where they stood when it started."""
 
     def __init__(self, settings: CommonSettings) -> None:
         self.settings = settings
@@ -426,7 +451,7 @@ class Observer:
         await consumer.start()
         partitions = [
             tp
-            for topic in (*CASE_TOPICS, DLQ_TOPIC)
+            for topic in (*CASE_TOPICS, BUNDLE_TOPIC, DLQ_TOPIC)
             for tp in await topic_partitions(consumer, topic)
         ]
         consumer.assign(partitions)
@@ -650,12 +675,18 @@ class Verdict:
     max_lag: int
     recovery_s: float | None
     refused: int = 0
+    bundles: int = 0
+    members: int = 0
+    members_lost: int = 0
+    members_doubled: int = 0
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         return (
             self.lost == 0
+            and self.members_lost == 0
+            and self.members_doubled == 0
             and self.duplicate_effects == 0
             and self.order_violations == 0
             and self.refused == 0
@@ -721,10 +752,14 @@ class Submission(Protocol):
 
 
 async def database_checks(
-    settings: CommonSettings, cases: Sequence[Submission], since: datetime
+    settings: CommonSettings,
+    cases: Sequence[Submission],
+    since: datetime,
+    members: Sequence[str] = (),
 ) -> dict[str, Any]:
     """What the services' own tables say: status per case, one case per key, one result, one
-    rating, and no case created that the harness never had an answer for."""
+    rating, and no case created that the harness never had an answer for (`members`: the
+    cases a bundle's answer named)."""
     accepted = {c.case_id for c in cases if c.case_id}
     keys = [c.key for c in cases]
     conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
@@ -760,7 +795,7 @@ async def database_checks(
     return {
         "statuses": statuses,
         "key_mismatch": mismatched,
-        "phantom_cases": sorted(created - accepted),
+        "phantom_cases": sorted(created - accepted - set(members)),
         "results": int(results),
         "ratings": int(ratings),
     }
@@ -781,6 +816,7 @@ class ScenarioSpec:
     service_env: dict[str, str] | None = None  # restart the services with this environment
     poison_per_topic: int = 0
     dept_share: float = 0.3
+    bundles: int = 0  # bundle applications beside the cases (tests.faults.bundles)
 
 
 @dataclass
@@ -809,6 +845,8 @@ async def run_scenario(
         timeout=httpx.Timeout(15.0, connect=3.0), limits=httpx.Limits(max_connections=2000)
     )
     cases = await keep_routable(client, plan_load(catalog, spec.cases, rng, spec.dept_share))
+    bundles = plan_bundles(catalog, spec.bundles, rng)
+    items = {i["code"]: i for i in catalog["items"]}
     by_case: dict[str, PlannedCase] = {}
     observer = Observer(settings)
     department = Department(settings, by_case)
@@ -819,6 +857,10 @@ async def run_scenario(
     await lag.start()
     terminals = counter_terminals()
     driver = LoadDriver(terminals, stack.replicas)
+    bundle_driver = LoadDriver(
+        terminals, stack.replicas, post=functools.partial(post_submission, path="/v1/bundles")
+    )
+    counter = BundleCounter(client, [url_of("delivery", r) for r in range(1, stack.replicas + 1)])
     rating_tasks: list[asyncio.Task[None]] = []
 
     def accepted(case: PlannedCase) -> None:
@@ -827,6 +869,19 @@ async def run_scenario(
         department.known(case.case_id)
         if case.case_id in observer.closed_at:
             closed(case.case_id)
+
+    def bundle_accepted(bundle: PlannedBundle) -> None:
+        # Every member is an ordinary case for the department: decided unless instant.
+        for case_id, code in bundle.members().items():
+            by_case[case_id] = PlannedCase(
+                key=f"{bundle.key}/{case_id}",
+                item=items[code],
+                body=bundle.body,
+                department_decides=not items[code].get("instant"),
+                deny=code == bundle.deny,
+                answer={"case_id": case_id},
+            )
+            department.known(case_id)
 
     def closed(case_id: str) -> None:
         case = by_case.get(case_id)
@@ -857,16 +912,39 @@ async def run_scenario(
                 f"poison: {spec.poison_per_topic} malformed records on every consumed topic",
             )
 
+    async def counter_rounds() -> None:
+        while True:
+            delivered = {
+                b.bundle_id
+                for b in bundles
+                if b.bundle_id
+                and any(s.type == "gov.bundle.delivered.v1" for s in observer.events[b.bundle_id])
+            }
+            try:
+                await counter.serve(bundles, delivered)
+            except Exception as exc:  # an odd answer: said in the verdict, the rounds go on
+                counter.problems.append(f"counter round: {exc!r}"[:300])
+            await asyncio.sleep(1)
+
+    counting = asyncio.create_task(counter_rounds())
     try:
-        progress(spec.name, f"{spec.cases} cases at {spec.rate:g}/s")
-        await asyncio.gather(driver.run(cases, spec.rate, accepted), inject(), poison())
+        progress(spec.name, f"{spec.cases} cases at {spec.rate:g}/s, {len(bundles)} bundles")
+        await asyncio.gather(
+            driver.run(cases, spec.rate, accepted),
+            bundle_driver.run(bundles, max(len(bundles), 1) / duration, bundle_accepted),
+            inject(),
+            poison(),
+        )
         submitted = [c for c in cases if c.case_id]
         progress(spec.name, f"submitted {len(submitted)}; draining")
         deadline = now() + drain_s
         while now() < deadline:
-            if all(c.case_id in observer.closed_at for c in submitted):
+            if all(c.case_id in observer.closed_at for c in submitted) and bundles_done(
+                bundles, observer.events
+            ):
                 break
             await asyncio.sleep(0.5)
+        counting.cancel()
         await asyncio.gather(*rating_tasks)
         await asyncio.sleep(3)  # late duplicates, rating events, the intake timeline
         readers = await readers_of_topics(settings) if poison_sent else {}
@@ -876,14 +954,20 @@ async def run_scenario(
                 if not check_poison(poison_sent, observer.dead_letters, readers)["missing"]:
                     break
                 await asyncio.sleep(1)
-        checked = await database_checks(settings, cases, since)
+        members = [c for b in bundles for c in b.members()]
+        checked = await database_checks(settings, cases, since, members)
+        in_bundles = await bundle_database_checks(settings, bundles, since)
         # Let the intake timeline catch up on closings it has not applied yet.
         for _ in range(30):
-            if all(checked["statuses"].get(c.case_id) in TERMINAL for c in submitted):
+            if all(checked["statuses"].get(c.case_id) in TERMINAL for c in submitted) and all(
+                in_bundles["statuses"].get(c) in MEMBER_TERMINAL for c in members
+            ):
                 break
             await asyncio.sleep(1)
-            checked = await database_checks(settings, cases, since)
+            checked = await database_checks(settings, cases, since, members)
+            in_bundles = await bundle_database_checks(settings, bundles, since)
     finally:
+        counting.cancel()
         await client.aclose()
         await terminals.aclose()
         await lag.stop()
@@ -934,6 +1018,13 @@ async def run_scenario(
     if poison_report and poison_report["missing"]:
         problems.append(f"{len(poison_report['missing'])} poison records not dead-lettered")
     rated = sum(1 for c in submitted if c.rate and c.case_id in observer.closed_at)
+    bundle_verdict = member_verdict(
+        bundles, observer.events, in_bundles["statuses"], duplicate_effects
+    )
+    for case_id in members:
+        if found := order_violations(observer.events.get(case_id, [])):
+            disorder[case_id] = found
+    problems += counter.problems
     return Verdict(
         scenario=spec.name,
         submitted=len(submitted),
@@ -943,7 +1034,13 @@ async def run_scenario(
         order_violations=sum(len(v) for v in disorder.values()),
         max_lag=lag.max_lag(),
         recovery_s=recovery,
-        refused=sum(1 for c in cases if c.refused),
+        refused=sum(1 for c in cases if c.refused) + sum(1 for b in bundles if b.refused),
+        bundles=sum(1 for b in bundles if b.bundle_id),
+        members=bundle_verdict["members"],
+        members_lost=len(bundle_verdict["lost"]),
+        members_doubled=len(bundle_verdict["doubled"])
+        + len(in_bundles["key_mismatch"])
+        + len(in_bundles["phantom_bundles"]),
         details={
             "rate": spec.rate,
             "planned": len(cases),
@@ -955,7 +1052,12 @@ async def run_scenario(
             "key_mismatch": checked["key_mismatch"][:20],
             "phantom_cases": checked["phantom_cases"][:20],
             "order": dict(list(disorder.items())[:20]),
-            "refused": [c.refused for c in cases if c.refused][:10],
+            "refused": [c.refused for c in cases if c.refused][:10]
+            + [b.refused for b in bundles if b.refused][:10],
+            "lost_members": bundle_verdict["lost"][:20],
+            "doubled_members": dict(list(bundle_verdict["doubled"].items())[:20]),
+            "bundle_key_mismatch": in_bundles["key_mismatch"][:20],
+            "phantom_bundles": in_bundles["phantom_bundles"][:20],
             "results_rows": checked["results"],
             "ratings_rows": checked["ratings"],
             "ratings_asked": rated,
@@ -1079,14 +1181,15 @@ POISON_KINDS = ("not_a_cloudevent", "not_json", "unknown_type")
 async def send_poison(
     settings: CommonSettings, per_topic: int, rng: random.Random
 ) -> dict[str, list[tuple[int, int]]]:
-    """Malformed records on every consumed topic (the case topics and the catalog): without
+    """Malformed records on every consumed topic (the case topics, bundle.v1 and the
+    catalog): without
     CloudEvents headers, with a body that is not JSON, with an event type nobody knows.
     Returns (partition, offset) per topic."""
     producer = AIOKafkaProducer(**client_options(settings), enable_idempotence=True)
     await producer.start()
     sent: dict[str, list[tuple[int, int]]] = defaultdict(list)
     try:
-        for topic in (*CASE_TOPICS, CATALOG_TOPIC):
+        for topic in (*CASE_TOPICS, BUNDLE_TOPIC, CATALOG_TOPIC):
             for n in range(per_topic):
                 kind = POISON_KINDS[n % len(POISON_KINDS)]
                 key = f"POISON-{rng.randrange(10**9)}".encode()

@@ -42,13 +42,15 @@ def scenarios(size: str) -> list[ScenarioSpec]:
     broker_at: tuple[float, ...]
     service_at: tuple[float, ...]
     relay_at: tuple[float, ...]
+    # Bundles beside the cases under every fault: one application about every two seconds.
     if size == "full":
         n, rate, poison = 2400, 20.0, 200
         broker_at, service_at, relay_at = (0.2, 0.4, 0.6), (0.2, 0.4, 0.6), (0.3, 0.5, 0.7)
     else:
         n, rate, poison = 300, 20.0, 30
         broker_at, service_at, relay_at = (0.2, 0.6), (0.2,), (0.55,)
-    return [
+    bundles = int(n / rate / 2)
+    specs = [
         ScenarioSpec("baseline + poison", n, rate, poison_per_topic=poison),
         ScenarioSpec(
             "brokers: kill -9 leader",
@@ -80,6 +82,9 @@ def scenarios(size: str) -> list[ScenarioSpec]:
             service_env={"TONGBAN_FAULT_AMBIGUOUS_COMMIT_RATE": "0.01"},
         ),
     ]
+    for spec in specs:
+        spec.bundles = bundles
+    return specs
 
 
 # --------------------------------------------------------------------------- overload
@@ -246,6 +251,8 @@ def verdict_rows(verdicts: list[Verdict]) -> list[list[str]]:
                 str(v.order_violations),
                 str(v.max_lag),
                 "-" if v.recovery_s is None else f"{v.recovery_s:g}",
+                f"{v.bundles} ({v.members})",
+                f"{v.members_lost}/{v.members_doubled}",
                 "PASS" if v.passed else "FAIL",
             ]
         )
@@ -261,5 +268,7 @@ HEADERS = [
     "order violations",
     "max lag",
     "recovery s",
+    "bundles (members)",
+    "members lost/doubled",
     "",
 ]

@@ -1,6 +1,7 @@
 """Proven under faults (reduced size): no case lost, no effect doubled, no case's events out of
-order while brokers, service processes, relays and PostgreSQL fail under load; poison ends in
-the dead letters with reasons; intake past its capacity answers fast and loses nothing.
+order while brokers, service processes, relays and PostgreSQL fail under load, no member of a
+bundle lost or doubled and no bundle delivered other than once; poison ends in the dead letters
+with reasons; intake past its capacity answers fast and loses nothing.
 
 `make faults` runs the same scenarios with thousands of cases each."""
 
@@ -40,6 +41,12 @@ async def test_no_case_lost_and_no_effect_doubled(
     assert verdict.details["problems"] == [], details
     assert verdict.details["results_rows"] == verdict.submitted, details
     assert verdict.details["ratings_rows"] == verdict.details["ratings_asked"], details
+    # Bundles under the same faults: each submitted, every member ended once, each bundle
+    # delivered and closed once (tests.faults.bundles).
+    assert verdict.bundles == SCENARIOS[name].bundles > 0, details
+    assert verdict.members >= verdict.bundles, details
+    assert verdict.members_lost == 0, details
+    assert verdict.members_doubled == 0, details
     if SCENARIOS[name].faults:
         assert verdict.details["faults"] == len(SCENARIOS[name].faults), details
     if SCENARIOS[name].poison_per_topic:

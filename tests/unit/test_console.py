@@ -11,9 +11,17 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from contracts.events import APPROVAL_TOPIC, DELIVERY_TOPIC, DLQ_TOPIC, INTAKE_TOPIC, ROUTING_TOPIC
+from contracts.events import (
+    APPROVAL_TOPIC,
+    BUNDLE_TOPIC,
+    DELIVERY_TOPIC,
+    DLQ_TOPIC,
+    INTAKE_TOPIC,
+    ROUTING_TOPIC,
+)
 from services.common.envelope import Envelope
 from services.console.app import ConsoleSettings, create_app
+from services.console.bundles import BundleBoard
 from services.console.events import family
 from services.console.stream import CaseLookup, LiveStream, sse
 from services.operators.event_facts import CaseMemory, EventFilter
@@ -162,3 +170,113 @@ async def test_the_page_is_served_with_a_strict_content_policy() -> None:
         refused = await client.get("/api/stream", params={"from": "not a time"})
         assert refused.status_code == 422 and refused.json()["code"]
         assert (await client.get("/api/cases/bad%20id")).status_code == 422
+        assert (await client.get("/api/bundles/bad%20id")).status_code == 422
+
+
+# -- the bundle board (一件事) ---------------------------------------------------------------------
+
+
+def bundle_submitted(bundle_id: str = "B-1") -> dict[str, Any]:
+    return {
+        "bundle_id": bundle_id,
+        "bundle_code": "B-SHOP",
+        "bundle_name": "开店一件事",
+        "lead": "M-MKT",
+        "time_limit_days": 15,
+        "channel": "counter",
+        "office_code": "T1-DC",
+        "members": [
+            {"case_id": "M-1", "item_code": "ONL-E", "status": "submitted", "after": []},
+            {"case_id": "M-2", "item_code": "DEL-D", "status": "waiting", "after": ["M-1"]},
+        ],
+        "excluded": ["ENT-E"],
+        "delivery_method": "counter_pickup",
+        "submitted_at": "2026-06-15T10:00:00+08:00",
+    }
+
+
+def test_the_bundle_board_is_one_row_per_bundle_with_its_members() -> None:
+    board = BundleBoard()
+    # A member's own event may come before the bundle's submission (topics are not ordered).
+    board.apply("gov.case.routed.v1", {"case_id": "M-1", "bundle_id": "B-1"}, None)
+    board.apply("gov.bundle.submitted.v1", bundle_submitted(), None)
+    board.apply("gov.case.submitted.v1", {"case_id": "SINGLE"}, None)  # not a member
+    [row] = board.rows()
+    assert (row["bundle_id"], row["bundle_code"], row["status"]) == ("B-1", "B-SHOP", "in_progress")
+    assert [(m["case_id"], m["status"]) for m in row["members"]] == [
+        ("M-1", "routed"),
+        ("M-2", "waiting"),
+    ]
+    assert row["members"][1]["after"] == ["M-1"] and row["excluded"] == ["ENT-E"]
+    board.apply("gov.case.approved.v1", {"case_id": "M-1", "bundle_id": "B-1"}, None)
+    board.apply("gov.case.withdrawn.v1", {"case_id": "M-2", "bundle_id": "B-1"}, None)
+    board.apply("gov.case.submitted.v1", {"case_id": "M-2", "bundle_id": "B-1"}, None)  # late
+    board.apply("gov.bundle.sla_warning.v1", {"bundle_id": "B-1"}, None)
+    [row] = board.rows()
+    assert row["members_done"] == 2 and row["members"][1]["status"] == "withdrawn"
+    assert row["alert"] == "sla_warning"
+    board.apply(
+        "gov.bundle.delivered.v1",
+        {
+            "bundle_id": "B-1",
+            "results": [
+                {"case_id": "M-1", "outcome": "approved", "result": {"kind": "licence"}},
+                {"case_id": "M-2", "outcome": "withdrawn", "result": None},
+            ],
+        },
+        None,
+    )
+    assert [m["status"] for m in board.rows()[0]["members"]] == ["delivered", "withdrawn"]
+    board.apply("gov.bundle.closed.v1", {"bundle_id": "B-1", "members": ["M-1"]}, None)
+    board.apply("gov.bundle.delivered.v1", {"bundle_id": "B-1"}, None)  # after the closing
+    board.apply("gov.bundle.rated.v1", {"bundle_id": "B-1", "rating": "satisfied"}, None)
+    [row] = board.rows()
+    assert (row["status"], row["rating"]) == ("closed", "satisfied")
+    assert [m["status"] for m in row["members"]] == ["closed", "withdrawn"]
+
+
+def test_a_bundle_whose_members_are_all_withdrawn_is_withdrawn_and_the_board_is_bounded() -> None:
+    board = BundleBoard(capacity=2)
+    board.apply("gov.bundle.submitted.v1", bundle_submitted("B-1"), None)
+    board.apply("gov.bundle.withdrawn.v1", {"bundle_id": "B-1", "withdrawn_members": ["M-2"]}, None)
+    assert board.rows()[0]["status"] == "in_progress"  # M-1 still goes on
+    board.apply("gov.bundle.withdrawn.v1", {"bundle_id": "B-1", "withdrawn_members": ["M-1"]}, None)
+    assert board.rows()[0]["status"] == "withdrawn"
+    board.apply("gov.bundle.submitted.v1", bundle_submitted("B-2"), None)
+    board.apply("gov.bundle.submitted.v1", bundle_submitted("B-3"), None)
+    assert [r["bundle_id"] for r in board.rows()] == ["B-3", "B-2"] and len(board) == 2
+
+
+async def test_the_stream_follows_a_bundle_without_asking_intake_about_it() -> None:
+    asked: list[str] = []
+
+    async def fetch(case_id: str) -> dict[str, Any] | None:
+        asked.append(case_id)
+        return None
+
+    live = LiveStream(
+        EventFilter.parse(bundle="B-1"),
+        facts=CaseMemory(),
+        lookup=CaseLookup(fetch),
+        catalog=lambda: None,
+    )
+    own = Record(BUNDLE_TOPIC, 0, 0, *_bundle_record(bundle_submitted()))
+    line = await live.line(own)
+    assert line is not None and line["family"] == "bundle" and line["bundle_id"] == "B-1"
+    assert asked == []  # a bundle event is not a case intake could be asked about
+    member = {**submitted("M-1"), "bundle_id": "B-1"}
+    assert await live.line(record(INTAKE_TOPIC, "gov.case.submitted.v1", member)) is not None
+    assert await live.line(record(INTAKE_TOPIC, "gov.case.submitted.v1", submitted())) is None
+    assert family(BUNDLE_TOPIC, "gov.bundle.overdue.v1") == "alert"
+
+
+def _bundle_record(data: dict[str, Any]) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    envelope = Envelope(
+        type="gov.bundle.submitted.v1",
+        source="/tongban/intake",
+        subject=data["bundle_id"],
+        data=data,
+    )
+    key, value, headers = envelope.to_record()
+    assert key is not None and value is not None
+    return key, value, headers

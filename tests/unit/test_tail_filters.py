@@ -13,18 +13,19 @@ import pytest
 from aiokafka import TopicPartition
 from typer.testing import CliRunner
 
-from contracts.events import ReplayRecord
+from contracts.events import BUNDLE_TOPIC, CASE_TOPICS, ReplayRecord
 from services.cli.main import app
 from services.cli.ops.dlq import LetterFilters, letter_matches, parse_ref, refusal
-from services.cli.ops.events import EventView, parse_when, status_after, view_of
+from services.cli.ops.events import EventView, parse_when, view_of
 from services.cli.ops.filters import FilterError, check_filters, facts_of_view, select
 from services.cli.ops.lag import chosen_groups, compute_lag, service_of, totals
 from services.cli.ops.merge import SortedBacklog, TimeMergeBuffer
 from services.cli.ops.render import event_json, event_line, json_line
+from services.cli.ops.tail import TailOptions
 from services.common.city import CITY_TZ
 from services.common.envelope import Envelope
 from services.operators.dead_letters import DeadLetter
-from services.operators.event_facts import CaseMemory, EventFilter
+from services.operators.event_facts import CaseMemory, EventFilter, status_after
 from services.policy.catalog_index import CatalogIndex
 from tests.unit import catalog_data
 
@@ -170,6 +171,52 @@ def test_case_memory_follows_a_case_after_the_event_that_named_the_fact(
     assert select(approved, wanted, memory=memory, catalog=catalog)  # remembered path
     assert not select(other, wanted, memory=memory, catalog=catalog)  # unknown case
     assert not select(approved, wanted, memory=None, catalog=catalog)  # no memory
+
+
+def test_a_bundle_filter_follows_the_bundle_and_its_members() -> None:
+    """--bundle: the bundle's own events (bundle.v1, subject = bundle id) and every event of
+    its members, also one that does not name the bundle once an earlier one of its case did."""
+    memory = CaseMemory()
+    wanted = EventFilter.of(bundles=("B-1*",))
+    bundle_submitted = view_of(
+        record(
+            "gov.bundle.submitted.v1",
+            {"bundle_id": "B-100"},
+            case_id="B-100",
+            topic=BUNDLE_TOPIC,
+        )
+    )
+    member = view_of(
+        record("gov.case.submitted.v1", {"bundle_id": "B-100", "application": application()})
+    )
+    decision = view_of(record("gov.case.decision.v1", {"decision": "approve"}))  # no bundle_id
+    single = view_of(
+        record("gov.case.submitted.v1", {"application": application()}, case_id="T-SINGLE")
+    )
+    other_bundle = view_of(
+        record("gov.case.routed.v1", {"bundle_id": "B-200"}, case_id="T-OTHER-MEMBER")
+    )
+    assert select(bundle_submitted, wanted, memory=memory)
+    assert not select(decision, wanted, memory=CaseMemory())  # nothing known of its case
+    assert select(member, wanted, memory=memory)
+    assert select(decision, wanted, memory=memory)  # remembered from the member's submission
+    assert not select(single, wanted, memory=memory)
+    assert not select(other_bundle, wanted, memory=memory)
+    assert EventFilter.parse(bundle="B-1, B-2").bundles == {"B-1", "B-2"}
+    assert facts_of_view(member).view(None)["bundle"] == "B-100"
+
+
+def test_following_a_bundle_reads_bundle_v1_by_default() -> None:
+    plain, explicit = TailOptions().chosen_topics("case.dlq.v1")
+    assert plain == list(CASE_TOPICS) and not explicit
+    following, _ = TailOptions(filters=EventFilter.of(bundles=("B-1",))).chosen_topics("dlq")
+    assert following == [*CASE_TOPICS, BUNDLE_TOPIC]
+    named, explicit = TailOptions(
+        topics=("case.intake.v1",), filters=EventFilter.of(bundles=("B-1",))
+    ).chosen_topics("dlq")
+    assert named == ["case.intake.v1"] and explicit
+    help_text = CliRunner().invoke(app, ["tail", "--help"]).output
+    assert "--bundle" in help_text
 
 
 def test_filter_values_are_checked(catalog: CatalogIndex) -> None:

@@ -110,6 +110,9 @@ Filters (repeat one to allow several values; different filters must all match): 
 match what the event names, or what an earlier event of its case named during this tail.
 --district needs the catalog: --catalog FILE, or else the newest version on catalog.v1; an
 office, department or applicant division is in a district only if the catalog says so.
+--bundle (an id or glob) follows a bundle (一件事): its own events on bundle.v1, read by
+default then, and every event of its members (each names its `bundle_id`; an event that does
+not, a department's decision say, matches when an earlier event of its case named it).
 
 Personal data is always masked. Ctrl-C stops cleanly (exit 0).
 """
@@ -147,6 +150,10 @@ Offices = Annotated[list[str] | None, typer.Option("--office", help="intake offi
 Districts = Annotated[
     list[str] | None,
     typer.Option("--district", help="district code (office, department or applicant's)"),
+]
+BundleGlobs = Annotated[
+    list[str] | None,
+    typer.Option("--bundle", "-b", help="bundle id or glob: its events and its members'"),
 ]
 RoutePaths = Annotated[
     list[str] | None,
@@ -190,6 +197,7 @@ def tail(
     office: Offices = None,
     district: Districts = None,
     path: RoutePaths = None,
+    bundle: BundleGlobs = None,
     catalog: DistrictsCatalog = None,
     as_json: TailJson = False,
     max_events: MaxEvents = None,
@@ -206,6 +214,7 @@ def tail(
         offices=office or (),
         districts=district or (),
         paths=path or (),
+        bundles=bundle or (),
     )
     try:
         check_filters(replace(filters, districts=frozenset()))

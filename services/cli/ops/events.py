@@ -13,9 +13,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, Protocol, TypeAlias
 
-from contracts.common import CaseStatus
 from services.common.city import CITY_TZ
-from services.operators.event_facts import short_type
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -143,18 +141,6 @@ def view_of(record: RecordLike) -> EventView:
         value_text=value_text,
         error=error,
     )
-
-
-_STATUSES = {s.value for s in CaseStatus}
-_STATUS_OF_SHORT = {"notified": CaseStatus.awaiting_supplement.value}
-
-
-def status_after(event_type: str | None) -> str | None:
-    """The case status an event of this type sets, if it sets one (DESIGN.md §4)."""
-    short = short_type(event_type)
-    if short in _STATUS_OF_SHORT:
-        return _STATUS_OF_SHORT[short]
-    return short if short in _STATUSES else None
 
 
 # -- times given on the command line -------------------------------------------------------------

@@ -10,10 +10,10 @@ from typing import Any
 
 from rich.text import Text
 
-from services.cli.ops.events import EventView, status_after
+from services.cli.ops.events import EventView
 from services.cli.ops.filters import facts_of_view
 from services.common.logs import mask_text
-from services.operators.event_facts import mask_event_data, short_type
+from services.operators.event_facts import mask_event_data, short_type, status_after
 
 
 def masked_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -68,6 +68,8 @@ def summary(view: EventView) -> list[tuple[str, str]]:
         pairs.append(("dept", ",".join(sorted(facts.departments))))
     if facts.offices:
         pairs.append(("office", ",".join(sorted(facts.offices))))
+    if facts.bundles:
+        pairs.append(("bundle", ",".join(sorted(facts.bundles))))
     for key in ("decision", "rating", "rule"):
         if isinstance(data.get(key), str):
             pairs.append((key, data[key]))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from aiokafka import TopicPartition
 from rich.markup import escape
 
-from contracts.events import CASE_TOPICS
+from contracts.events import BUNDLE_TOPIC, CASE_TOPICS
 from services.cli.ops.events import EventView, view_of
 from services.cli.ops.filters import select
 from services.cli.ops.kafka_io import StartAt, StartKind, make_reader, partitions_of, seek_start
@@ -45,7 +45,7 @@ class TailError(RuntimeError):
 
 @dataclass(frozen=True)
 class TailOptions:
-    topics: tuple[str, ...] = ()  # empty: every case topic of the contract
+    topics: tuple[str, ...] = ()  # empty: every case topic of the contract (+ bundle.v1)
     include_dlq: bool = False
     start: StartAt = field(default_factory=StartAt)
     filters: EventFilter = field(default_factory=EventFilter)
@@ -55,9 +55,12 @@ class TailOptions:
     order_delay: float = DEFAULT_DELAY_S
 
     def chosen_topics(self, dlq_topic: str) -> tuple[list[str], bool]:
-        """(topics, explicit): explicitly named topics must exist; default ones may not."""
+        """(topics, explicit): explicitly named topics must exist; default ones may not.
+        Following a bundle adds its own topic to the default ones (§8)."""
         explicit = bool(self.topics)
         topics = list(self.topics) if explicit else list(CASE_TOPICS)
+        if not explicit and self.filters.bundles:
+            topics.append(BUNDLE_TOPIC)
         if self.include_dlq and dlq_topic not in topics:
             topics.append(dlq_topic)
         return topics, explicit

@@ -51,7 +51,7 @@ function caseLink(caseId) {
 
 // --------------------------------------------------------------------------- tabs
 
-const TABS = ["stream", "case", "sla", "triage", "dlq", "lag"];
+const TABS = ["stream", "case", "bundles", "sla", "triage", "dlq", "lag"];
 let currentTab = "stream";
 
 function showTab(name) {
@@ -72,6 +72,10 @@ function route() {
     showTab("case");
     $("case-form").elements.case.value = caseId;
     loadCase(caseId);
+  } else if (hash.startsWith("bundle=")) {
+    showTab("bundles");
+    bundles.open.add(hash.slice(7));
+    refreshBundles();
   } else {
     showTab(hash || "stream");
   }
@@ -93,7 +97,7 @@ function setStatus(state, text) {
 function streamParams(from) {
   const params = new URLSearchParams();
   const form = $("stream-filters");
-  for (const name of ["case", "type", "department", "office", "district", "path"]) {
+  for (const name of ["case", "type", "department", "office", "district", "path", "bundle"]) {
     const value = form.elements[name].value.trim();
     if (value) params.set(name, value);
   }
@@ -144,6 +148,7 @@ function addLine(item) {
       case: item.case_id || "", type: item.type || "", family: item.family,
       offices: (facts.offices || []).join(","), departments: (facts.departments || []).join(","),
       districts: (facts.districts || []).join(","), path: facts.path || "",
+      bundle: item.bundle_id || "",
     },
   },
   el("td", {}, cityTimeMs(item.time).slice(5)),
@@ -246,6 +251,7 @@ function renderCase(view) {
     ...fact("case", view.case_id),
     ...fact("status", el("span", { className: `status status-${view.status}`, testid: "case-status-value" }, view.status)),
     ...fact("item", view.item_code),
+    ...(view.bundle_id ? fact("bundle", bundleLink(view.bundle_id)) : []),
     ...fact("taken", `${view.channel || ""}${view.office_code ? " at " + view.office_code : ""}`),
     ...fact("route", route
       ? `${route.path} · ${route.level} · ${route.handled_by}${route.same_city ? " · same city" : ""} · rule ${route.rule} · catalog v${route.catalog_version}`
@@ -304,6 +310,76 @@ function wireCase() {
     const caseId = event.target.elements.case.value.trim();
     if (caseId) location.hash = `case=${encodeURIComponent(caseId)}`;
   });
+}
+
+// --------------------------------------------------------------------------- bundles
+
+// One row per bundle (一件事); a click opens it into its members, as intake sees them now.
+const bundles = { open: new Set(), views: new Map() };
+
+function bundleLink(bundleId) {
+  return el("a", { className: "case", href: `#bundle=${encodeURIComponent(bundleId)}`, testid: "bundle-link" }, bundleId);
+}
+
+async function refreshBundles() {
+  const { body } = await getJSON("/api/bundles");
+  if (!body || !body.available) { unavailable("bundles-message", body); badge("bundles-badge", ""); return; }
+  $("bundles-message").textContent = body.rows.length ? "" : "No bundle seen on bundle.v1 yet.";
+  await Promise.all([...bundles.open].map(loadBundle));
+  const rows = [];
+  for (const b of body.rows) {
+    const open = bundles.open.has(b.bundle_id);
+    rows.push(el("tr", {
+      testid: "bundle-row", className: `bundle ${b.alert === "overdue" ? "bad" : b.alert ? "warn" : ""}`,
+      dataset: { bundle: b.bundle_id, status: b.status, open: String(open) },
+      title: "open or close its members",
+    },
+    el("td", {}, open ? "▾" : "▸"),
+    el("td", {}, b.bundle_id),
+    el("td", {}, `${b.bundle_code} ${b.bundle_name}`),
+    el("td", {}, b.office_code || b.channel || ""),
+    el("td", {}, b.lead || ""),
+    el("td", { className: "num" }, `${b.members_done}/${b.members.length}`),
+    el("td", {}, el("span", { className: `status status-${b.status}` }, b.status), b.rating ? ` · ${b.rating}` : ""),
+    el("td", {}, cityTime(b.submitted_at))));
+    if (open) rows.push(...memberRows(b));
+  }
+  $("bundle-rows").replaceChildren(...rows);
+  for (const row of $("bundle-rows").querySelectorAll("tr[data-bundle]")) {
+    row.addEventListener("click", () => toggleBundle(row.dataset.bundle));
+  }
+  badge("bundles-badge", String(body.rows.filter((b) => b.status === "in_progress").length));
+}
+
+async function loadBundle(bundleId) {
+  const { status, body } = await getJSON(`/api/bundles/${encodeURIComponent(bundleId)}`).catch(() => ({ status: 0, body: null }));
+  bundles.views.set(bundleId, status === 200 ? body : { problem: (body && (body.detail || body.title)) || `intake answered ${status}` });
+}
+
+// The members of an open bundle: intake's view (routes, deadline) when it answers, else what
+// the board saw on the topics.
+function memberRows(board) {
+  const view = bundles.views.get(board.bundle_id) || {};
+  const members = view.members || board.members;
+  const rows = members.map((m) => el("tr", { testid: "bundle-member", className: "member", dataset: { case: m.case_id, status: m.status } },
+    el("td", {}),
+    el("td", {}, caseLink(m.case_id)),
+    el("td", {}, m.item_code),
+    el("td", {}, m.route ? `${m.route.level} · ${m.route.path}` : ""),
+    el("td", {}, m.route ? m.route.handled_by : ""),
+    el("td", {}, (m.after || []).length ? `after ${m.after.join(", ")}` : ""),
+    el("td", {}, el("span", { className: `status status-${m.status}` }, m.status)),
+    el("td", {}, m.deadline || "")));
+  const note = view.problem ? `intake: ${view.problem}`
+    : `deadline ${view.deadline || "not yet (no member accepted)"}${(view.excluded || board.excluded || []).length ? ` · left out by the answers: ${(view.excluded || board.excluded).join(", ")}` : ""}`;
+  rows.push(el("tr", { className: "member", testid: "bundle-note" }, el("td", {}), el("td", { colspan: 7 }, note)));
+  return rows;
+}
+
+function toggleBundle(bundleId) {
+  if (bundles.open.has(bundleId)) bundles.open.delete(bundleId);
+  else bundles.open.add(bundleId);
+  refreshBundles();
 }
 
 // --------------------------------------------------------------------------- tables
@@ -444,7 +520,7 @@ async function refreshCatalog() {
 
 async function refreshAll() {
   if (document.visibilityState !== "visible") return;
-  const results = await Promise.allSettled([refreshSla(), refreshTriage(), refreshDlq(), refreshLag()]);
+  const results = await Promise.allSettled([refreshSla(), refreshTriage(), refreshDlq(), refreshLag(), refreshBundles()]);
   const failed = results.filter((r) => r.status === "rejected").length;
   $("refreshed").textContent = `refreshed ${cityTime(new Date().toISOString())}${failed ? ` (${failed} failed)` : ""}`;
 }
