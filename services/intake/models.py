@@ -30,6 +30,9 @@ cases = Table(
     # 0008: a member of a bundle (一件事, DESIGN.md §8): its bundle, and the members (case ids)
     # it waits for while `waiting`.
     Column("bundle_id", String(64)),
+    # approved | denied, as its decision event said (the status alone loses it once the
+    # result is issued, and the result may be applied first): a prerequisite's standing (§8)
+    Column("decision", String(16)),
     Column("bundle_code", String(64)),
     Column("after", JSONB, nullable=False, server_default="[]"),
 )

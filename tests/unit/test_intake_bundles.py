@@ -17,6 +17,7 @@ from contracts.rest import BundleApplication, BundleStatus
 from services.intake.domain import bundles
 from services.intake.domain.bundles import Release
 from services.intake.domain.licenses import LibraryLicense
+from services.intake.domain.lifecycle import case_changes
 from services.policy.bundle_rules import bundle_intake_levels, bundle_office_allowed
 from services.policy.routing_rules import route_case
 from tests.unit.catalog_data import TODAY, application, base_catalog, credit_code, index
@@ -281,6 +282,33 @@ def test_a_prerequisite_that_ends_ends_its_dependent(ended: CaseStatus) -> None:
         DEL_D, ["A"], [("C0", S.approved, ONL_E), ("C1", ended, ONL_E)], {}
     )
     assert (decision.action, decision.ended_by) == (Release.end, "C1")
+
+
+def test_a_denial_applied_after_its_letter_still_ends_the_dependent() -> None:
+    """The fault suite's find: a denied prerequisite's result_issued (delivery topic) applied
+    before its denied event (approval topic) looked approved, and the dependent waited for a
+    licence that never came. The recorded decision decides; until it is known, wait."""
+    after_letter = case_changes(S.result_issued, "gov.case.denied.v1", {"case_id": "C1"})
+    assert "status" not in after_letter and after_letter["decision"] == "denied"
+    assert case_changes(S.approval_held, "gov.case.approved.v1", {})["decision"] == "approved"
+    assert case_changes(S.delivered, "gov.case.closed.v1", {"outcome": "denied"}) == {
+        "status": "closed",
+        "status_rank": 8,
+        "decision": "denied",
+    }
+    assert "decision" not in case_changes(S.routed, "gov.case.accepted.v1", {"deadline": None})
+
+    def judged(status: CaseStatus, decision: str | None) -> Release:
+        standing = bundles.standing(status, decision)
+        licences = {("C1", "biz"): "LIC-1"}
+        return bundles.release_decision(DEL_D, ["A"], [("C1", standing, ONL_E)], licences).action
+
+    assert judged(S.result_issued, None) is Release.wait  # which decision: not known yet
+    assert judged(S.result_issued, "denied") is Release.end
+    assert judged(S.closed, "denied") is Release.end
+    assert judged(S.result_issued, "approved") is Release.submit
+    assert judged(S.approved, None) is Release.submit  # the approved event set both
+    assert bundles.standing(S.waiting, None) is S.waiting
 
 
 def test_withdrawing_the_bundle_keeps_decided_members() -> None:

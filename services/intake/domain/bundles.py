@@ -441,6 +441,19 @@ class ReleaseDecision:
     ended_by: str | None = None  # the prerequisite case that ended
 
 
+def standing(status: CaseStatus, decision: str | None) -> CaseStatus:
+    """A prerequisite's status as its dependents judge it. A denial's letter moves the case on
+    to result_issued as an approval's licence does, and intake may apply the result before the
+    decision (topics are not ordered among themselves): past the decision the recorded
+    `decision` says which it was, and until it is known the case counts as undecided."""
+    if status in APPROVED and status is not CaseStatus.approved:
+        if decision == "denied":
+            return CaseStatus.denied
+        if decision != "approved":
+            return CaseStatus.accepted
+    return status
+
+
 def release_decision(
     item: Item,
     given: Iterable[str],

@@ -132,4 +132,15 @@ def case_changes(
         changes["failure"] = {"code": HANDOVER_REFUSED, "explanation": data["reason"]}
     elif event_type == CaseSupplementRequested.TYPE and new_status is not None:
         changes["missing_materials"] = data["missing_materials"]
+    decision = DECISION_OF_EVENT.get(event_type) or (
+        data.get("outcome") if event_type == CaseClosed.TYPE else None
+    )
+    if decision in DECISIONS:
+        # Kept apart from the status: a denial's letter moves the case on to result_issued as
+        # an approval's licence does, and that may be applied before the decision itself.
+        changes["decision"] = decision
     return changes
+
+
+DECISIONS = ("approved", "denied")
+DECISION_OF_EVENT = {CaseApproved.TYPE: "approved", CaseDenied.TYPE: "denied"}

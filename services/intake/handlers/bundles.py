@@ -466,7 +466,7 @@ async def settle_bundle(
     if not await queries.lock_bundles(session, [bundle_id]):
         return
     members = {m.case_id: m for m in await queries.bundle_members(session, bundle_id, lock=True)}
-    status = {case_id: CaseStatus(m.status) for case_id, m in members.items()}
+    status = {c: bundles.standing(CaseStatus(m.status), m.decision) for c, m in members.items()}
     licences = await queries.licences_of_cases(session, list(members))
     keys = load_keys(runtime.settings)
     now = runtime.clock.now()

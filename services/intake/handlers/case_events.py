@@ -73,7 +73,8 @@ async def follow_case_events(
     moved = {
         case.bundle_id
         for case_id, case in cases.items()
-        if case.bundle_id is not None and "status" in pending.get(case_id, {})
+        # the decision too: a denial applied after its letter moves no status (§8)
+        if case.bundle_id is not None and {"status", "decision"} & pending.get(case_id, {}).keys()
     }
     await settle_bundles(session, intake, moved)
 
