@@ -460,7 +460,17 @@ def _check_intake(
     item: Item, at: str, office_levels: set[Level], out: list[CatalogProblem]
 ) -> None:
     """Every intake level has an office of its kind, and a counter item has a counter."""
-    for j, level in enumerate(item.intake_levels or ()):
+    _check_intake_levels(item.intake_levels, at, office_levels, out)
+    takers = (effective_intake_levels(item) | {Level.municipal}) & office_levels
+    if item.mode is not Mode.online and not takers:
+        out.append(CatalogProblem(at, "no office in the city may take this item at a counter"))
+
+
+def _check_intake_levels(
+    levels: list[Level] | None, at: str, office_levels: set[Level], out: list[CatalogProblem]
+) -> None:
+    """Every intake level named (an item's or a bundle's window) has an office of its kind."""
+    for j, level in enumerate(levels or ()):
         if level not in office_levels:
             out.append(
                 CatalogProblem(
@@ -469,9 +479,6 @@ def _check_intake(
                     f"{level.value}-level intake",
                 )
             )
-    takers = (effective_intake_levels(item) | {Level.municipal}) & office_levels
-    if item.mode is not Mode.online and not takers:
-        out.append(CatalogProblem(at, "no office in the city may take this item at a counter"))
 
 
 def _check_fewer_materials(item: Item, at: str, out: list[CatalogProblem]) -> None:
@@ -553,15 +560,7 @@ def _check_bundles(
             out.append(CatalogProblem(f"{at}.lead", f"unknown department {bundle.lead!r}"))
         _check_window(bundle.effective_from, bundle.effective_to, at, out)
         if office_levels is not None:
-            for j, level in enumerate(bundle.intake_levels or ()):
-                if level not in office_levels:
-                    out.append(
-                        CatalogProblem(
-                            f"{at}.intake_levels[{j}]",
-                            f"no {LEVEL_OFFICE[level].value} office in the city takes "
-                            f"{level.value}-level intake",
-                        )
-                    )
+            _check_intake_levels(bundle.intake_levels, at, office_levels, out)
         questions = _check_questions(bundle, at, out)
         _check_members(bundle, at, known_items, items.broken_codes, questions, out)
         _check_after(bundle, at, out)
