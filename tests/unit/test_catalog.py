@@ -395,6 +395,24 @@ def test_demo_catalog() -> None:
         assert any(o.division == district.code for o in parsed.offices)
 
 
+def test_partner_catalog_is_a_second_city_beside_the_demo() -> None:
+    """`make federation`'s region 2: valid on its own, without warnings, with a city code,
+    divisions, offices and departments of its own, and one item of each mode."""
+    demo, _ = validate_catalog(load_catalog_file(ROOT / "deploy" / "demo" / "catalog.yaml"))
+    parsed, found = validate_catalog(
+        load_catalog_file(ROOT / "deploy" / "demo" / "partner-catalog.yaml")
+    )
+    assert found == [] and parsed is not None and demo is not None
+    assert catalog_warnings(parsed) == []
+    assert parsed.city.code != demo.city.code
+    assert all(d.code.startswith(parsed.city.code) for d in parsed.districts)
+    assert all(o.code.startswith(parsed.city.code) for o in parsed.offices)
+    assert all(d.code.startswith(parsed.city.code) for d in parsed.departments)
+    kinds = {(i.mode.value, i.delegated_to) for i in parsed.items}
+    assert len(kinds) == len(parsed.items) == 5
+    assert {i.code for i in parsed.items} & {i.code for i in demo.items}
+
+
 # --------------------------------------------------------------------------- fewer materials (§7)
 
 
