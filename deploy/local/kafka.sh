@@ -119,26 +119,15 @@ new_cluster_id() {
 write_log4j_config() {
   # Console only: the JVM's stdout/stderr go to .run/logs/kafka-N.log, so one file holds
   # both Kafka's log and anything the JVM itself prints (crashes, wrong Java version).
-  cat >"$KAFKA_DIR/log4j2.xml" <<'EOF'
-<?xml version="1.0" encoding="UTF-8"?>
-<!-- Written by deploy/local/kafka.sh. INFO, minus the noisiest loggers. -->
-<Configuration status="warn">
-  <Appenders>
-    <Console name="stdout" target="SYSTEM_OUT">
-      <PatternLayout pattern="[%d{ISO8601}] %p %m (%c)%n"/>
-    </Console>
-  </Appenders>
-  <Loggers>
-    <Root level="INFO"><AppenderRef ref="stdout"/></Root>
-    <!-- Dumps every config value (hundreds of lines) each time a component starts. -->
-    <Logger name="org.apache.kafka.common.config.AbstractConfig" level="WARN"/>
-    <Logger name="org.apache.kafka.clients.admin.AdminClientConfig" level="WARN"/>
-    <Logger name="state.change.logger" level="WARN"/>
-    <Logger name="kafka.request.logger" level="WARN"/>
-    <Logger name="org.apache.kafka.image.loader.MetadataLoader" level="WARN"/>
-  </Loggers>
-</Configuration>
-EOF
+  log4j2_console_config "Written by deploy/local/kafka.sh. INFO, minus the noisiest loggers." \
+    >"$KAFKA_DIR/log4j2.xml" <<'XML'
+<!-- Dumps every config value (hundreds of lines) each time a component starts. -->
+<Logger name="org.apache.kafka.common.config.AbstractConfig" level="WARN"/>
+<Logger name="org.apache.kafka.clients.admin.AdminClientConfig" level="WARN"/>
+<Logger name="state.change.logger" level="WARN"/>
+<Logger name="kafka.request.logger" level="WARN"/>
+<Logger name="org.apache.kafka.image.loader.MetadataLoader" level="WARN"/>
+XML
 }
 
 write_server_properties() {  # write_server_properties NODE SIZE

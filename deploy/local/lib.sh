@@ -89,6 +89,43 @@ close_extra_fds() {
   return 0
 }
 
+# SIGTERM (or the signal given) to a daemon of ours, wait for it to exit, SIGKILL after the
+# timeout. stop_process PID TIMEOUT-S WHAT LOG [SIGNAL]
+stop_process() {
+  local pid=$1 timeout_s=$2 what=$3 log=$4 signal=${5:-TERM} deadline
+  kill -"$signal" "$pid" 2>/dev/null || true
+  deadline=$(deadline_after "$timeout_s")
+  while pid_alive "$pid"; do
+    if past_deadline "$deadline"; then
+      warn "$what (pid $pid) ignored SIG$signal for ${timeout_s}s; sending SIGKILL. Log: $log"
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 1
+      return 0
+    fi
+    sleep 0.3
+  done
+}
+
+# A Log4j 2 configuration for a JVM of ours (the broker, MirrorMaker) on standard output at
+# INFO, which the caller sends to its log file; the <Logger .../> lines on stdin quieten
+# what is too chatty. log4j2_console_config WRITTEN-BY-COMMENT <<'XML' ... XML
+log4j2_console_config() {
+  cat <<XML
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- $1 -->
+<Configuration status="warn">
+  <Appenders>
+    <Console name="stdout" target="SYSTEM_OUT">
+      <PatternLayout pattern="[%d{ISO8601}] %p %m (%c)%n"/>
+    </Console>
+  </Appenders>
+  <Loggers>
+    <Root level="INFO"><AppenderRef ref="stdout"/></Root>
+XML
+  sed 's/^/    /'
+  printf '  </Loggers>\n</Configuration>\n'
+}
+
 # Serialise mutating commands (up/down/...) so two `make up` runs cannot race.
 # Child scripts started by stack.sh inherit the lock via TONGBAN_STACK_LOCK_HELD.
 # fd 9 holds the lock; daemons are started after close_extra_fds so they don't keep it.
