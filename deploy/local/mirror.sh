@@ -83,6 +83,9 @@ write_log4j_config() {
 <Logger name="org.apache.kafka.connect.mirror.MirrorSourceTaskConfig" level="WARN"/>
 <Logger name="org.apache.kafka.connect.mirror.MirrorCheckpointTaskConfig" level="WARN"/>
 <Logger name="org.apache.kafka.connect.runtime.distributed.DistributedConfig" level="WARN"/>
+<!-- Every few seconds per direction: topics refreshed, configs synced, offsets committed. -->
+<Logger name="org.apache.kafka.connect.mirror.Scheduler" level="WARN"/>
+<Logger name="org.apache.kafka.connect.runtime.WorkerSourceTask" level="WARN"/>
 <!-- One line per plugin found, and a banner per consumer: noise, not news. -->
 <Logger name="org.apache.kafka.connect.runtime.isolation" level="WARN"/>
 <Logger name="org.apache.kafka.clients.consumer.internals.ClassicKafkaConsumer" level="WARN"/>
@@ -120,6 +123,8 @@ refresh.topics.interval.seconds=5
 # the source's partition count.
 sync.topic.configs.enabled=true
 sync.topic.configs.interval.seconds=10
+# Each region grants its own services their own ACLs; none are copied across.
+sync.topic.acls.enabled=false
 tasks.max=1
 replication.policy.class=org.apache.kafka.connect.mirror.DefaultReplicationPolicy
 
@@ -141,11 +146,12 @@ errors.log.include.messages=false
 EOF
 }
 
-wait_started() {  # wait_started PID
-  local pid=$1 deadline t0; t0=$(now)
+wait_started() {  # wait_started PID LOG-BYTE-WHERE-THIS-START-BEGINS
+  local pid=$1 from=$2 deadline t0; t0=$(now)
   deadline=$(deadline_after "$START_TIMEOUT")
-  # MirrorMaker logs this once every herder (one per direction) has started.
-  until grep -q "Kafka MirrorMaker started" "$LOG" 2>/dev/null; do
+  # MirrorMaker logs this once every herder (one per direction) has started; the log is
+  # appended to, so only this start's part counts.
+  until tail -c +"$from" "$LOG" 2>/dev/null | grep -q "Kafka MirrorMaker started"; do
     if ! pid_alive "$pid"; then
       show_log_tail "$LOG" 60
       die "MirrorMaker exited during start-up. Log: $LOG"
@@ -192,6 +198,7 @@ cmd_up() {
   printf '%s %s\n%s %s\ntopics %s\n' "$a1" "$b1" "$a2" "$b2" "$topics" >"$CLUSTERS_FILE"
   write_log4j_config
   write_properties "$a1" "$b1" "$a2" "$b2" "$topics"
+  local from; from=$(( $(stat -c %s "$LOG" 2>/dev/null || echo 0) + 1 ))
   printf '===== %s starting MirrorMaker 2: %s (%s) <-> %s (%s), topics %s =====\n' \
     "$(date -Is)" "$a1" "$b1" "$a2" "$b2" "$topics" >>"$LOG"
   (
@@ -205,7 +212,7 @@ cmd_up() {
   pid=$!
   echo "$pid" >"$PID_FILE"
   say "MirrorMaker 2 started (pid $pid): $a1 ($b1) <-> $a2 ($b2), topics $topics, log $LOG"
-  wait_started "$pid"
+  wait_started "$pid" "$from"
 }
 
 cmd_down() {

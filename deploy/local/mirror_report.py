@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
@@ -50,31 +51,36 @@ class SeenCatalog:
 
 
 class Reader:
-    """One read-only consumer per cluster, without a group (nothing is committed)."""
+    """One read-only consumer per cluster, without a group (nothing is committed), and an
+    admin client for the partitions of a topic (a consumer without a subscription does not
+    know them)."""
 
     def __init__(self, cluster: Cluster, timeout_s: float) -> None:
         self.cluster = cluster
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=cluster.bootstrap,
-            client_id="tongban-mirror-report",
-            enable_auto_commit=False,
-            request_timeout_ms=int(timeout_s * 1000),
-        )
+        options: dict[str, Any] = {
+            "bootstrap_servers": cluster.bootstrap,
+            "client_id": "tongban-mirror-report",
+            "request_timeout_ms": int(timeout_s * 1000),
+        }
+        self.consumer = AIOKafkaConsumer(enable_auto_commit=False, **options)
+        self.admin = AIOKafkaAdminClient(**options)
 
     async def __aenter__(self) -> Reader:
         await self.consumer.start()
+        await self.admin.start()
         return self
 
     async def __aexit__(self, *_: object) -> None:
+        await self.admin.close()
         await self.consumer.stop()
 
     async def end_offset(self, topic: str) -> int | None:
         """The sum of the topic's end offsets, or None when the topic does not exist."""
-        if topic not in await self.consumer.topics():
+        [described] = await self.admin.describe_topics([topic])
+        if described["error_code"] != 0 or not described["partitions"]:
             return None
-        parts = self.consumer.partitions_for_topic(topic) or set()
         ends: dict[TopicPartition, int] = await self.consumer.end_offsets(
-            [TopicPartition(topic, p) for p in parts]
+            [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
         )
         return sum(ends.values())
 
