@@ -11,7 +11,7 @@ export KAFKA_BROKERS
 # The run folder of deploy/local/*.sh (TONGBAN_RUN_DIR moves a whole second stack elsewhere).
 RUN_DIR := $(or $(TONGBAN_RUN_DIR),.run)
 
-.PHONY: help install up down status lint test test-unit test-integration test-cluster faults demo console bench clean
+.PHONY: help install up down status lint test test-unit test-integration test-cluster faults demo federation console bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -40,9 +40,8 @@ up: install ## start Kafka (KAFKA_BROKERS=1|3) and PostgreSQL, migrate, create t
 	@bash deploy/local/stack.sh up
 	@source $(RUN_DIR)/env && $(BIN)/tongban migrate && $(BIN)/tongban topics
 
-down: ## stop everything `make up` started
-	@bash deploy/local/services.sh down
-	@bash deploy/local/stack.sh down
+down: ## stop everything `make up` (or `make demo`, `make federation`: both regions and MirrorMaker) started
+	@bash deploy/local/federation.sh down
 
 status: ## show what is running
 	@bash deploy/local/stack.sh status
@@ -72,6 +71,9 @@ demo: up ## run the case loop end to end on local defaults (leaves it running: m
 	  bash deploy/local/services.sh down >/dev/null && bash deploy/local/services.sh up >/dev/null; exit $$rc
 	@echo "The stack and the four services keep running (logs in .run/logs); make down stops them."
 
+federation: install ## two regions (云州市 here, 澜州市 on Kafka 19092, PostgreSQL 15432, services +10000) linked by MirrorMaker 2 (leaves them running: make down)
+	@bash deploy/local/federation.sh up
+
 console: install ## the operator console on http://127.0.0.1:8000 (needs the stack; make demo starts services)
 	@source $(RUN_DIR)/env && $(BIN)/tongban console
 
@@ -80,5 +82,6 @@ bench: $(VENV)/.installed ## throughput/latency bench: raw pipeline vs tongban a
 	@bash deploy/local/bench.sh
 
 clean: down ## remove the run folder (keeps the venv and the Kafka jar cache)
+	@bash deploy/local/federation.sh clean
 	@bash deploy/local/postgres.sh clean
 	rm -rf $(RUN_DIR)
