@@ -71,7 +71,7 @@ from services.approval.domain.review import CaseState, Decision, Outcome, Unrout
 from services.common import audit
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import PermanentError
-from services.common.db import locked_row, unit_of_work
+from services.common.db import bundle_of, locked_row, unit_of_work
 from services.common.envelope import Envelope
 from services.common.handover import HandoverTrust, load_trust, verify_handover
 from services.common.logs import get_logger
@@ -188,7 +188,7 @@ async def take_routed(
     only with a handover that verifies."""
     now = approval.runtime.clock.now()
     route = routed.route
-    bundle_id = await _bundle_of(session, routed.case_id, routed.bundle_id)
+    bundle_id = await bundle_of(session, bundle_members_t, routed.case_id, routed.bundle_id)
     if bundle_id != routed.bundle_id:
         routed = routed.model_copy(update={"bundle_id": bundle_id})
     calendar = calendar_for(approval.calendars, route.catalog_version)
@@ -353,7 +353,7 @@ async def case_withdrawn(
     """Withdrawn before the decision: later decisions are refused. A withdrawal that overtakes
     the routing event leaves a row of its own, so the case is never accepted afterwards."""
     now = approval.runtime.clock.now()
-    bundle_id = await _bundle_of(session, event.case_id, event.bundle_id)
+    bundle_id = await bundle_of(session, bundle_members_t, event.case_id, event.bundle_id)
     for _attempt in range(2):
         case = await queries.load_case(session, event.case_id, lock=True)
         if isinstance(case, CaseState):
@@ -923,17 +923,6 @@ class ClockScheduler:
 
 
 # -- bundles (一件事, DESIGN.md §8; see the module docstring) -----------------------------------
-
-
-async def _bundle_of(session: AsyncSession, case_id: str, named: str | None) -> str | None:
-    """A case's bundle: the one its event names, or the one whose `gov.bundle.submitted.v1`
-    listed it (an event from a producer that did not name it)."""
-    if named is not None:
-        return named
-    found = await session.execute(
-        select(bundle_members_t.c.bundle_id).where(bundle_members_t.c.case_id == case_id)
-    )
-    return found.scalar()
 
 
 async def review_bundle_clock(

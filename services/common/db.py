@@ -87,6 +87,18 @@ async def locked_row(session: AsyncSession, table: Table, **key: object) -> Any:
     return (await session.execute(query.with_for_update())).one()
 
 
+async def bundle_of(
+    session: AsyncSession, members: Table, case_id: str, named: str | None
+) -> str | None:
+    """The bundle (DESIGN.md §8) a case event's case belongs to: the one the event names, or
+    the one whose `gov.bundle.submitted.v1` listed it in the service's `members` table (an
+    event from a producer that did not name it)."""
+    if named is not None:
+        return named
+    found = await session.execute(select(members.c.bundle_id).where(members.c.case_id == case_id))
+    return found.scalar()
+
+
 def outbox_channel(schema: str) -> str:
     """The LISTEN/NOTIFY channel that wakes a schema's outbox relay."""
     return f"tongban_outbox_{schema}"

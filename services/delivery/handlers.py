@@ -39,7 +39,7 @@ from contracts.events import (
 from contracts.rest import BundleResultsView, BundleStatus, ResultView
 from services.common.city import CITY_TZ
 from services.common.consumer import PermanentError
-from services.common.db import locked_row
+from services.common.db import bundle_of, locked_row
 from services.common.envelope import Envelope
 from services.common.logs import get_logger
 from services.common.refusals import FieldError, Refused, refused
@@ -146,7 +146,7 @@ async def issue_and_deliver(
 
     One result per case: a second decision event for a case (any event id) changes nothing.
     """
-    bundle_id = await _bundle_of(session, decision.case_id, decision.bundle_id)
+    bundle_id = await bundle_of(session, members_t, decision.case_id, decision.bundle_id)
     if bundle_id is not None:
         # The bundle before the result row: the order its pickup takes them in.
         await locked_row(session, bundles_t, bundle_id=bundle_id)
@@ -408,17 +408,6 @@ def _not_a_member(row: Any, what: str) -> None:
 # -- bundles (一件事, DESIGN.md §8; see the module docstring) -----------------------------------
 
 
-async def _bundle_of(session: AsyncSession, case_id: str, named: str | None) -> str | None:
-    """The bundle a case event's case belongs to: the one it names, or the one whose
-    `gov.bundle.submitted.v1` listed it (an event from a producer that did not name it)."""
-    if named is not None:
-        return named
-    found = await session.execute(
-        select(members_t.c.bundle_id).where(members_t.c.case_id == case_id)
-    )
-    return found.scalar()
-
-
 async def _emit_events(
     session: AsyncSession,
     runtime: ServiceRuntime,
@@ -592,7 +581,7 @@ async def member_ended(
 ) -> None:
     """A member withdrawn (intake) or terminated (approval): it ends without a result, and
     its bundle no longer waits for it. A single case's end is none of delivery's business."""
-    bundle_id = await _bundle_of(session, ended.case_id, ended.bundle_id)
+    bundle_id = await bundle_of(session, members_t, ended.case_id, ended.bundle_id)
     if bundle_id is None:
         return
     await locked_row(session, bundles_t, bundle_id=bundle_id)
