@@ -7,6 +7,7 @@ cases (deploy/README.md). `department_topic` maps a department code to that name
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import string
 from collections.abc import Callable, Iterable
@@ -158,6 +159,7 @@ def make_consumer(
         max_poll_records=settings.consumer_max_records,
         session_timeout_ms=10_000,
         heartbeat_interval_ms=3_000,
+        metadata_max_age_ms=settings.kafka_metadata_max_age_ms,
         request_timeout_ms=settings.kafka_request_timeout_ms,
     )
 
@@ -211,9 +213,36 @@ async def ensure_topics(settings: CommonSettings, topics: list[TopicSpec]) -> li
             log.info("topics created", topics=created)
         if failures:
             raise TopicCreationError(failures)
+        await _until_led(admin, [t.name for t in topics])
         return created
     finally:
         await admin.close()
+
+
+async def _until_led(admin: AIOKafkaAdminClient, names: list[str], within_s: float = 60.0) -> None:
+    """Wait until the brokers' metadata shows every partition of `names` with a leader.
+
+    A topic another process has just created exists at the controller before every broker
+    knows it: a consumer that joins its group in between is given none of its partitions and
+    sits idle until its next metadata refresh. Bounded: past `within_s` a warning, and the
+    consumers' own refresh (`kafka_metadata_max_age_ms`) picks the topic up later."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    waiting = sorted(names)
+    while waiting:
+        described = await admin.describe_topics(waiting)
+        waiting = sorted(
+            str(t.get("topic"))
+            for t in described
+            if t.get("error_code")
+            or not t.get("partitions")
+            or any(p.get("leader", -1) < 0 for p in t["partitions"])
+        )
+        if not waiting:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("topics without a leader yet", topics=waiting)
+            return
+        await asyncio.sleep(0.2)
 
 
 # Told of each record the client could not parse: its partition, offset, and the error.

@@ -31,6 +31,10 @@ class CommonSettings(BaseSettings):
     kafka_replication: int = Field(1, ge=1)
     kafka_min_insync: int = Field(1, ge=1)
     kafka_request_timeout_ms: int = 30_000
+    # How stale a client's view of the topics may get: a consumer notices a topic (or, for a
+    # pattern subscription, a partner's mirrored topic, DESIGN.md §9) created after it joined
+    # within this time. The client default (5 minutes) left a group idle that long.
+    kafka_metadata_max_age_ms: int = Field(30_000, ge=1000)
     # A secured cluster (Strimzi listeners with SCRAM or TLS): PLAINTEXT | SSL | SASL_SSL |
     # SASL_PLAINTEXT, with the SASL user of the service (deploy/kubernetes/kafka-users.yaml).
     kafka_security_protocol: str = "PLAINTEXT"
