@@ -113,6 +113,13 @@ class ResultSpec(CatalogModel):
     )
 
 
+class Scope(StrEnum):
+    """Where an item may be applied for (DESIGN.md §9)."""
+
+    city = "city"
+    cross_region = "cross_region"
+
+
 class Item(CatalogModel):
     code: Code = Field(min_length=1, max_length=64)
     name: Text = ""
@@ -137,6 +144,11 @@ class Item(CatalogModel):
     result: ResultSpec = Field(default_factory=lambda: ResultSpec(kind="decision_letter"))
     effective_from: date | None = None
     effective_to: date | None = Field(default=None, description="inclusive; null: open-ended")
+    scope: Scope = Field(
+        default=Scope.city,
+        description="通办范围 (DESIGN.md §9): cross_region items of this city may be taken at a "
+        "partner region's counters for applicants of this city, and are forwarded here",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -71,6 +71,27 @@ class Level(StrEnum):
     street = "street"
 
 
+class Path(StrEnum):
+    """A route's path: the item's mode, or `cross_region` (异地代收代办, DESIGN.md §9): taken
+    here for an applicant of a partner region, forwarded there to be decided."""
+
+    online = "online"
+    delegated = "delegated"
+    entrusted = "entrusted"
+    municipal = "municipal"
+    cross_region = "cross_region"
+
+
+class RouteLevel(StrEnum):
+    """The level that handles a routed case: the catalog's levels, or `partner` (another
+    region, DESIGN.md §9)."""
+
+    municipal = "municipal"
+    district = "district"
+    street = "street"
+    partner = "partner"
+
+
 class Channel(StrEnum):
     counter = "counter"
     online = "online"
@@ -157,9 +178,11 @@ class Application(Contract):
 class Route(Contract):
     """Where a case is handled, and why (DESIGN.md §3)."""
 
-    path: Mode
-    level: Level
-    handled_by: str
+    path: Path
+    level: RouteLevel
+    handled_by: str = Field(
+        description="a department code; on `cross_region`: the partner's city code"
+    )
     same_city: bool
     rule: str
     catalog_version: int
@@ -172,6 +195,15 @@ class Route(Contract):
         default_factory=dict,
         description="the facts the rule used (item mode, jurisdiction, intake office...)",
     )
+
+
+class CrossRegionOrigin(Contract):
+    """Where a case adopted from a partner region was taken (DESIGN.md §9)."""
+
+    city_code: str = Field(description="the origin region's city code")
+    office_code: str | None = Field(description="the origin intake office (null: online)")
+    catalog_version: int = Field(description="this region's catalog version the origin used")
+    forwarded_at: AwareDatetime
 
 
 class Failure(Contract):

@@ -24,6 +24,7 @@ from contracts.common import (
     Channel,
     Code,
     Contract,
+    CrossRegionOrigin,
     DeliveryMethod,
     Failure,
     Handover,
@@ -45,6 +46,15 @@ DLQ_REPLAYS_TOPIC = "case.dlq.replays.v1"
 CATALOG_TOPIC = "catalog.v1"
 LICENSE_TOPIC = "license.v1"
 BUNDLE_TOPIC = "bundle.v1"
+# Across regions (DESIGN.md §9): what a region sends its partners. MirrorMaker 2 copies it to
+# each partner as `<source alias>.xregion.out.v1` (and `catalog.v1` as `<alias>.catalog.v1`).
+XREGION_TOPIC = "xregion.out.v1"
+# The city code a record on xregion.out.v1 is addressed to (a CloudEvents extension): a
+# region reads, from its partners' mirrored topics, exactly the records that name its own.
+TO_CITY_HEADER = "ce_tocity"
+# A case event relayed to a partner keeps its own type, id, source, subject and data; this
+# header names the region that published it (its city code).
+FROM_CITY_HEADER = "ce_fromcity"
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,11 @@ class CaseSubmitted(BundleMemberEvent):
     submitted_at: AwareDatetime
     handover: Handover | None = Field(
         default=None, description="the intake office's signature (counter intake)"
+    )
+    origin: CrossRegionOrigin | None = Field(
+        default=None,
+        description="a case adopted from a partner region (DESIGN.md §9): where it was taken; "
+        "`application.office_code` is then this region's municipal center",
     )
 
 
@@ -639,6 +654,49 @@ class BundleOverdue(BundleEvent):
     lead: str
     deadline: date
     open_members: list[str]
+
+
+# -- xregion.out.v1 (across regions, DESIGN.md §9) ----------------------------------------------
+
+
+@event(
+    "gov.case.forwarded.v1",
+    XREGION_TOPIC,
+    "routing",
+    "A case taken here for a partner region's applicant, forwarded there to be decided",
+)
+class CaseForwarded(CaseEvent):
+    """异地代收代办: routing's rule 2 found the applicant's jurisdiction in a partner region and
+    the item in that partner's catalog with `scope: cross_region`. The partner adopts the case
+    under the same `case_id` once it verifies `handover` (the intake office's signature over
+    the application, its material hashes included) against its partner keys."""
+
+    from_city: str = Field(description="the origin region's city code")
+    to_city: str = Field(description="the handling region's city code (= ce_tocity)")
+    item_code: str
+    catalog_version: int = Field(description="the version of the partner's catalog it was read in")
+    application: Application
+    submitted_at: AwareDatetime
+    handover: Handover
+    forwarded_at: AwareDatetime
+
+
+@event(
+    "gov.case.adoption_refused.v1",
+    XREGION_TOPIC,
+    "intake",
+    "A partner region refused a forwarded case (its handover did not verify, or its item is "
+    "not cross_region there)",
+)
+class CaseAdoptionRefused(CaseEvent):
+    """The handling region's answer to a forwarded case it will not adopt; flagged there for
+    operators, and at the origin the case fails routing (`partner_refused`) into triage."""
+
+    from_city: str = Field(description="the refusing region's city code")
+    to_city: str = Field(description="the origin region's city code (= ce_tocity)")
+    code: str = Field(description="handover_invalid | unknown_item | not_cross_region | ...")
+    reason: str
+    refused_at: AwareDatetime
 
 
 # -- case.dlq.replays.v1 (operators: `tongban dlq replay`) ---------------------------------------

@@ -52,6 +52,7 @@ from contracts.events import (
     INTAKE_TOPIC,
     LICENSE_TOPIC,
     ROUTING_TOPIC,
+    XREGION_TOPIC,
     EventType,
     ReplayRecord,
     types_on,
@@ -108,6 +109,16 @@ TOPIC_DESCRIPTIONS: dict[str, str] = {
         "bundle id: submitted and withdrawn (intake), delivered at once, closed and rated "
         "(delivery), the bundle's time-limit alarms (approval, `ce_handledby` = the lead "
         "department). Each member's own events stay on the case topics with `bundle_id`."
+    ),
+    XREGION_TOPIC: (
+        "What a region sends its partner regions (跨省通办, DESIGN.md §9); MirrorMaker 2 copies "
+        "it to each partner as `<source alias>.xregion.out.v1`, and each region reads, from "
+        "its partners' copies, the records whose `ce_tocity` names its own city code. "
+        "`gov.case.forwarded.v1` (routing) hands a case over; `gov.case.adoption_refused.v1` "
+        "(intake) answers one that does not verify. The events of a case handled across "
+        "regions are relayed here too, unchanged (same `ce_id`, `ce_type`, `ce_source`, data) "
+        "with `ce_tocity` and `ce_fromcity`: those of the handling region back to the origin, "
+        "the origin's own later steps (withdrawal, pickup, rating) to the handling region."
     ),
     DLQ_REPLAYS_TOPIC: (
         "The log of dead-letter replays (`tongban dlq replay`), one partition, in replay "
@@ -454,10 +465,12 @@ def _operations() -> list[_Operation]:
     for event in EVENT_TYPES.values():
         producers.setdefault((event.topic, event.producer), []).append(event.type)
     for (topic, producer), types in producers.items():
-        if topic != BUNDLE_TOPIC and any(t == topic for t, p in producers if p != producer):
+        if topic not in (BUNDLE_TOPIC, XREGION_TOPIC) and any(
+            t == topic for t, p in producers if p != producer
+        ):
             raise ValueError(f"topic {topic} has two producers")
         summary = f"{producer} publishes to {topic}"
-        if topic == BUNDLE_TOPIC:
+        if topic in (BUNDLE_TOPIC, XREGION_TOPIC):
             summary += ": " + ", ".join(f"`{t}`" for t in types)
         ops.append(_Operation(producer, "send", topic, summary))
     for service, topics in RECEIVES.items():
@@ -512,6 +525,7 @@ def _operations() -> list[_Operation]:
         CATALOG_TOPIC,
         LICENSE_TOPIC,
         BUNDLE_TOPIC,
+        XREGION_TOPIC,
         DLQ_TOPIC,
         DLQ_REPLAYS_TOPIC,
     )
@@ -554,6 +568,7 @@ def asyncapi_document() -> dict[str, Any]:
         CATALOG_TOPIC,
         LICENSE_TOPIC,
         BUNDLE_TOPIC,
+        XREGION_TOPIC,
         DLQ_TOPIC,
         DLQ_REPLAYS_TOPIC,
     ):

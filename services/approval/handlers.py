@@ -45,7 +45,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.catalog import Calendar
-from contracts.common import CaseStatus, Mode
+from contracts.common import CaseStatus, Path
 from contracts.events import (
     BundleOverdue,
     BundleSlaWarning,
@@ -193,7 +193,7 @@ async def take_routed(
         routed = routed.model_copy(update={"bundle_id": bundle_id})
     calendar = calendar_for(approval.calendars, route.catalog_version)
     problem = (
-        _handover_problem(routed, approval.trust, now) if route.path is Mode.entrusted else None
+        _handover_problem(routed, approval.trust, now) if route.path is Path.entrusted else None
     )
     if problem:
         HANDOVERS_REFUSED.inc()

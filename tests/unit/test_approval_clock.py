@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts.catalog import Calendar
-from contracts.common import CaseStatus, Handover, Mode
+from contracts.common import CaseStatus, Handover, Path
 from contracts.events import DecisionKind
 from services.approval.domain import clock, review
 from services.approval.domain.review import CaseState, Decision
@@ -154,7 +154,7 @@ def test_an_entrusted_case_is_accepted_as_of_its_signed_handover() -> None:
     )
     routed = routed.model_copy(
         update={
-            "route": routed.route.model_copy(update={"path": Mode.entrusted}),
+            "route": routed.route.model_copy(update={"path": Path.entrusted}),
             "handover": handover,
         }
     )

@@ -2,7 +2,7 @@ from datetime import date
 
 import pytest
 
-from contracts.common import Channel, Level, Mode
+from contracts.common import Channel, Level, Path, RouteLevel
 from services.policy.routing_rules import (
     RULES,
     RouteOutcome,
@@ -156,8 +156,8 @@ def test_r4_online_channel() -> None:
     assert outcome.ok and outcome.route is not None
     r = outcome.route
     assert (r.path, r.level, r.handled_by, r.rule) == (
-        Mode.online,
-        Level.municipal,
+        Path.online,
+        RouteLevel.municipal,
         "M-MKT",
         "R4-online",
     )
@@ -181,8 +181,8 @@ def test_r5_delegated_to_the_applicants_district() -> None:
     assert outcome.route is not None
     r = outcome.route
     assert (r.path, r.level, r.handled_by, r.rule) == (
-        Mode.delegated,
-        Level.district,
+        Path.delegated,
+        RouteLevel.district,
         "T1-MKT",
         "R5-delegated",
     )
@@ -212,7 +212,12 @@ def test_r5_delegated_to_the_applicants_street() -> None:
     outcome = route("DEL-S", office="T11-SC", division="T11")
     assert outcome.route is not None
     r = outcome.route
-    assert (r.level, r.handled_by, r.same_city, r.instant) == (Level.street, "T11-SOC", False, True)
+    assert (r.level, r.handled_by, r.same_city, r.instant) == (
+        RouteLevel.street,
+        "T11-SOC",
+        False,
+        True,
+    )
 
 
 def test_r5_street_same_city_only_across_districts() -> None:
@@ -248,8 +253,8 @@ def test_r6_entrusted(office: str) -> None:
     assert outcome.route is not None
     r = outcome.route
     assert (r.path, r.level, r.handled_by, r.rule) == (
-        Mode.entrusted,
-        Level.municipal,
+        Path.entrusted,
+        RouteLevel.municipal,
         "M-HOU",
         "R6-entrusted",
     )
@@ -271,8 +276,8 @@ def test_r7_municipal() -> None:
     assert outcome.route is not None
     r = outcome.route
     assert (r.path, r.level, r.handled_by, r.rule) == (
-        Mode.municipal,
-        Level.municipal,
+        Path.municipal,
+        RouteLevel.municipal,
         "M-HOU",
         "R7-municipal",
     )

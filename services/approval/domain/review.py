@@ -47,7 +47,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 
-from contracts.common import Application, CaseStatus, ItemSnapshot, Mode, Route
+from contracts.common import Application, CaseStatus, ItemSnapshot, Path, Route
 from contracts.events import (
     CaseAccepted,
     CaseApprovalHeld,
@@ -202,7 +202,7 @@ def take(
     route = routed.route
     limit = route.time_limit_days
     accepted_at = now
-    if route.path is Mode.entrusted and routed.handover is not None and not handover_problem:
+    if route.path is Path.entrusted and routed.handover is not None and not handover_problem:
         accepted_at = min(routed.handover.signed_at, now)
     state = CaseState(
         case_id=routed.case_id,
