@@ -111,10 +111,19 @@ class ConsumerRunner:
         group_id: str | None = None,
         dlq_producer: AIOKafkaProducer | None = None,
         batch_handler: BatchHandlerFn | None = None,
+        pattern: str | None = None,
+        accept: Callable[[Envelope], bool] | None = None,
+        starts_when: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
         self.topics = list(topics)
+        # A pattern subscription (instead of `topics`): the partner regions' mirrored topics
+        # (DESIGN.md §9), which appear when a partner is linked; `accept` then picks the
+        # records meant for this region, and the others are passed over without a letter.
+        self.pattern = pattern
+        self.accept = accept
+        self.starts_when = starts_when  # awaited before the group is joined
         self.subscriptions = dict(subscriptions)
         self.ignored_types = frozenset(ignored_types)
         self.sessions = sessions
@@ -141,10 +150,16 @@ class ConsumerRunner:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.starts_when is not None:
+            self.ready.set()  # waiting for its condition is not a fault: the service is ready
+            await self.starts_when()
         consumer = make_consumer(
             self.settings, group_id=self.group_id, client_id=f"{self.settings.service}-{self.name}"
         )
-        consumer.subscribe(self.topics, listener=_FinishBatchOnRevoke(self))
+        if self.pattern is not None:
+            consumer.subscribe(pattern=self.pattern, listener=_FinishBatchOnRevoke(self))
+        else:
+            consumer.subscribe(self.topics, listener=_FinishBatchOnRevoke(self))
         self._consumer = consumer
         await consumer.start()
         if self._dlq_producer is None:
@@ -158,7 +173,7 @@ class ConsumerRunner:
         )
         self._committed_at = time.monotonic()
         self.ready.set()
-        log.info("consumer started", consumer=self.name, topics=self.topics)
+        log.info("consumer started", consumer=self.name, topics=self.pattern or self.topics)
         try:
             while not self._stop.is_set():
                 try:
@@ -373,6 +388,8 @@ class ConsumerRunner:
             envelope = Envelope.from_record(record.key, record.value, list(record.headers or ()))
         except EnvelopeError as exc:
             return _DeadLetter(record, f"malformed: {exc}")
+        if self.accept is not None and not self.accept(envelope):
+            return None  # another region's (DESIGN.md §9)
         subscription = self.subscriptions.get(envelope.type)
         if subscription is None:
             if envelope.type in self.ignored_types:

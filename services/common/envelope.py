@@ -23,7 +23,7 @@ REQUIRED_HEADERS = ("ce_specversion", "ce_id", "ce_source", "ce_type")
 # Extension attributes tongban uses; `traceparent` follows the CloudEvents distributed-tracing
 # extension, which the Kafka binding maps to `ce_traceparent`; we also set the bare W3C header
 # that OpenTelemetry's Kafka propagators read.
-EXTENSIONS = ("handledby", "traceparent")
+EXTENSIONS = ("handledby", "traceparent", "tocity", "fromcity")
 
 _FORMAT = JSONFormat()
 
@@ -61,6 +61,10 @@ class Envelope:
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
     handledby: str | None = None
     traceparent: str | None = None
+    # Across regions (DESIGN.md §9): on xregion.out.v1, the city a record is addressed to and
+    # the city whose region published it (`ce_tocity`, `ce_fromcity`).
+    tocity: str | None = None
+    fromcity: str | None = None
 
     @property
     def key(self) -> bytes:
@@ -150,6 +154,8 @@ class Envelope:
             time=time,
             handledby=attrs.get("handledby"),
             traceparent=traceparent,
+            tocity=attrs.get("tocity"),
+            fromcity=attrs.get("fromcity"),
         )
 
 

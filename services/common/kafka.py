@@ -20,7 +20,14 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
-from contracts.events import BUNDLE_TOPIC, CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC, LICENSE_TOPIC
+from contracts.events import (
+    BUNDLE_TOPIC,
+    CASE_TOPICS,
+    CATALOG_TOPIC,
+    DLQ_TOPIC,
+    LICENSE_TOPIC,
+    XREGION_TOPIC,
+)
 from services.common.logs import get_logger
 from services.common.settings import CommonSettings
 
@@ -46,7 +53,19 @@ def standard_topics() -> list[TopicSpec]:
         TopicSpec(LICENSE_TOPIC, config={"cleanup.policy": "compact"}),
         # Bundles (DESIGN.md §8), keyed by bundle id: one bundle's story in order.
         TopicSpec(BUNDLE_TOPIC),
+        # What this region sends its partners (DESIGN.md §9), keyed by case id.
+        TopicSpec(XREGION_TOPIC),
     ]
+
+
+# A partner region's copy of a topic, as MirrorMaker 2's default replication policy names it:
+# `<source cluster alias>.<topic>` (an alias is a deployment name: no dots).
+def mirrored_pattern(topic: str) -> str:
+    return r"^[A-Za-z0-9_-]+\." + topic.replace(".", r"\.") + "$"
+
+
+PARTNER_XREGION_PATTERN = mirrored_pattern(XREGION_TOPIC)
+PARTNER_CATALOG_PATTERN = mirrored_pattern(CATALOG_TOPIC)
 
 
 # -- department topics ---------------------------------------------------------------------------

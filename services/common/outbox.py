@@ -59,18 +59,22 @@ class Outbox:
         _metadata, self.table, _inbox = runtime_metadata(schema)
 
     @staticmethod
-    def row(topic: str, envelope: Envelope) -> dict[str, Any]:
+    def row(topic: str, envelope: Envelope, outbox_id: str | None = None) -> dict[str, Any]:
+        """`outbox_id`: the row's own unique id when it is not the event's (an event relayed
+        to a partner region keeps its `ce_id`, and may be in this outbox already)."""
         key, value, headers = envelope.to_record()
         return {
-            "event_id": envelope.id,
+            "event_id": outbox_id or envelope.id,
             "topic": topic,
             "key": key,
             "value": value,
             "headers": [[name, raw.decode()] for name, raw in headers],
         }
 
-    async def add(self, session: AsyncSession, topic: str, envelope: Envelope) -> None:
-        await self.add_many(session, [(topic, envelope)])
+    async def add(
+        self, session: AsyncSession, topic: str, envelope: Envelope, outbox_id: str | None = None
+    ) -> None:
+        _pending(session.sync_session).append((self.table, self.row(topic, envelope, outbox_id)))
 
     async def add_many(self, session: AsyncSession, events: Sequence[tuple[str, Envelope]]) -> None:
         _pending(session.sync_session).extend((self.table, self.row(t, e)) for t, e in events)

@@ -9,6 +9,8 @@ creates missing topics, so a fresh machine needs no manual step.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
@@ -22,7 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.common import Code
-from contracts.events import EVENT_TYPES, CatalogPublished, Event
+from contracts.events import EVENT_TYPES, XREGION_TOPIC, CatalogPublished, Event
 from services.common import audit, migrations
 from services.common.auth import (
     AuthSettings,
@@ -41,11 +43,17 @@ from services.common.envelope import Envelope
 from services.common.handover import HandoverSettings
 from services.common.http_head import bounded_http
 from services.common.inbox import CATALOG_FOLLOWER, InboxPruner
-from services.common.kafka import ensure_topics, make_producer, standard_topics
+from services.common.kafka import (
+    PARTNER_XREGION_PATTERN,
+    ensure_topics,
+    make_producer,
+    standard_topics,
+)
 from services.common.limits import BodySizeLimit, LimitSettings, LoadShedder, max_body_bytes
 from services.common.logs import configure_logging, get_logger
 from services.common.metrics import DEAD_LETTERS, DEAD_LETTERS_TRUNCATED, TASK_RESTARTS
 from services.common.outbox import Outbox, OutboxRelay
+from services.common.partner_catalogs import PartnerCatalogs
 from services.common.tracing import (
     TraceRequests,
     TracingSettings,
@@ -145,10 +153,59 @@ class ServiceRuntime:
         self.consumers.append(runner)
         return runner
 
+    def consume_partners(
+        self,
+        *,
+        name: str,
+        subscriptions: Mapping[type[Event], HandlerFn],
+        own_city: Callable[[], str | None],
+    ) -> ConsumerRunner:
+        """A consumer group over the partner regions' mirrored `xregion.out.v1` topics
+        (`<alias>.xregion.out.v1`, DESIGN.md §9): the records addressed to this region
+        (`ce_tocity` = `own_city()`, the city of the catalog in force) go to their handlers,
+        whatever their type's home topic (a relayed case event keeps its type); records for
+        other regions, and types this group does not handle, are passed over. Until the
+        region has a catalog nothing is addressed to it: the group joins only once it has."""
+        by_type = {model.TYPE: Subscription(fn, model) for model, fn in subscriptions.items()}
+
+        async def city_known() -> None:
+            while own_city() is None:
+                await asyncio.sleep(1)
+
+        def addressed_here(envelope: Envelope) -> bool:
+            return envelope.tocity is not None and envelope.tocity == own_city()
+
+        runner = ConsumerRunner(
+            self.settings,
+            name=name,
+            topics=(),
+            pattern=PARTNER_XREGION_PATTERN,
+            accept=addressed_here,
+            starts_when=city_known,
+            subscriptions=by_type,
+            sessions=self.sessions,
+            schema=self.schema,
+            ignored_types=set(EVENT_TYPES) - set(by_type),
+        )
+        self.consumers.append(runner)
+        return runner
+
     def follow_catalog(self, build: Callable[[CatalogPublished], T]) -> CatalogFollower[T]:
         """This process's copy of the catalog (`catalog.v1`), its unreadable records
         dead-lettered once per service (see `dead_letter_once`)."""
         return CatalogFollower(self.settings, build, on_unreadable=self.dead_letter_once)
+
+    def follow_partner_catalogs(
+        self, build: Callable[[CatalogPublished], T], *, own_city: Callable[[], str | None]
+    ) -> PartnerCatalogs[T]:
+        """The partner regions' catalogs (`<alias>.catalog.v1`, DESIGN.md §9), started with
+        the service and kept up in the background."""
+        partners = PartnerCatalogs(
+            self.settings, build, own_city=own_city, on_unreadable=self.dead_letter_once
+        )
+        self.on_startup(partners.start)
+        self.background(partners.run, partners.stop)
+        return partners
 
     async def dead_letter_once(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         """Dead-letter a record read outside a consumer group (every replica reads the whole
@@ -238,6 +295,18 @@ class ServiceRuntime:
         topic, envelope = self.envelope(payload, **kwargs)
         await self.outbox.add(session, topic, envelope)
         return envelope
+
+    async def relay_to_partner(
+        self, session: AsyncSession, envelope: Envelope, *, to_city: str, from_city: str
+    ) -> None:
+        """Put a case event on `xregion.out.v1` for partner `to_city` (DESIGN.md §9), in the
+        caller's transaction: unchanged (same id, type, source, subject, data, time), with
+        `ce_tocity` and `ce_fromcity`. At least once, like everything on the link: the
+        partner's inbox makes a second copy a no-op."""
+        relayed = dataclasses.replace(envelope, tocity=to_city, fromcity=from_city)
+        # The outbox row's own id (64 characters), one per event and partner.
+        row_id = hashlib.sha256(f"{envelope.id}>{to_city}".encode()).hexdigest()
+        await self.outbox.add(session, XREGION_TOPIC, relayed, outbox_id=row_id)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
