@@ -263,7 +263,10 @@ class ServiceRuntime:
         subject: str | None = None,
         handledby: str | None = None,
         traceparent: str | None = None,
+        tocity: str | None = None,
+        fromcity: str | None = None,
     ) -> tuple[str, Envelope]:
+        """`tocity`/`fromcity`: a record for a partner region on xregion.out.v1 (DESIGN.md §9)."""
         spec = EVENT_TYPES.get(getattr(payload, "TYPE", ""))
         if spec is None or type(payload) is not spec.model:
             # e.g. DecisionOutcome, the base of two events, or a subclass of an event
@@ -287,6 +290,8 @@ class ServiceRuntime:
             time=self.clock.now(),  # the rows written with the event carry the same clock
             handledby=handledby,
             traceparent=traceparent,
+            tocity=tocity,
+            fromcity=fromcity,
         )
 
     async def emit(self, session: AsyncSession, payload: Event, **kwargs: Any) -> Envelope:
