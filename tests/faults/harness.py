@@ -341,11 +341,11 @@ def office_scope(body: dict[str, Any]) -> str:
     )
 
 
-def counter_terminals(timeout_s: float = 15.0) -> ClientFleet[ActingClient]:
+def counter_terminals(timeout_s: float = 15.0, connect_s: float = 5.0) -> ClientFleet[ActingClient]:
     """32 terminals of 64 connections each: the load never waits on its own client."""
     return ClientFleet(
         lambda: ActingClient(
-            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            timeout=httpx.Timeout(timeout_s, connect=connect_s),
             limits=httpx.Limits(max_connections=64),
         )
     )
