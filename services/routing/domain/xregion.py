@@ -15,6 +15,7 @@ Guarantees this module decides (the handlers keep them by consuming through the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -77,7 +78,7 @@ def relay_to(
 
 
 def refusal_applies(
-    refused: CaseAdoptionRefused, *, status: str, route: dict[str, object] | None
+    refused: CaseAdoptionRefused, *, status: str, route: Mapping[str, object] | None
 ) -> bool:
     """Does a partner's refusal answer this route? Only a case routed cross_region to the
     refusing city, and still routed (not already failed or re-routed elsewhere)."""
