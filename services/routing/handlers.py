@@ -348,6 +348,10 @@ async def retry_route(session: AsyncSession, case_id: str, *, routing: Routing) 
     change, and `gov.case.routed.v1` (with ce_handledby; also to the department's topic) or
     `gov.case.route_failed.v1` is written to the outbox, all in the caller's transaction.
 
+    A partner region's applicant's case (one the partner refused, `partner_refused`, §9) is
+    routed by the partner's newest catalog and, routed cross_region again, forwarded again
+    under the same case id.
+
     Refused: `case_not_found` (routing has no such case), `not_in_triage` (it is not
     route_failed), `no_catalog` (nothing loaded to route by).
     """
@@ -380,7 +384,6 @@ async def retry_route(session: AsyncSession, case_id: str, *, routing: Routing) 
         routing.catalogs, submitted, version=version, partners=routing.partner_catalogs()
     )
     assert outcome is not None  # the version exists
-    # A case a partner refused (partner_refused) is forwarded again, under the same case id.
     effect = effect_of(
         submitted, outcome, own_city=own_city(routing.catalogs), now=routing.runtime.clock.now()
     )
