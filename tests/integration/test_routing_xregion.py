@@ -19,7 +19,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -106,17 +106,20 @@ class Region:
         return f"{self.prefix}{uuid.uuid4().hex[:10].upper()}"
 
     def envelope(self, payload: Event, *, source: str, **kwargs: Any) -> Envelope:
-        _topic, envelope = self.runtime.envelope(payload, **kwargs)
-        return Envelope(
-            type=envelope.type,
-            source=source,
-            subject=envelope.subject,
-            data=envelope.data,
-            time=envelope.time,
-            handledby=envelope.handledby,
-            tocity=envelope.tocity,
-            fromcity=envelope.fromcity,
+        """The event as the service at `source` publishes it."""
+        return replace(self.runtime.envelope(payload, **kwargs)[1], source=source)
+
+    def accepted(self, case_id: str) -> Envelope:
+        now = self.runtime.clock.now()
+        accepted = CaseAccepted(
+            case_id=case_id, department="M-HOU", accepted_at=now, deadline=None, time_limit_days=5
         )
+        return self.envelope(accepted, source="/tongban/approval", handledby="M-HOU")
+
+    def withdrawn(self, case_id: str, *, fromcity: str | None = None) -> Envelope:
+        """Withdrawn at this region's counter, or imported from `fromcity`."""
+        withdrawn = CaseWithdrawn(case_id=case_id, withdrawn_at=self.runtime.clock.now())
+        return self.envelope(withdrawn, source="/tongban/intake", fromcity=fromcity)
 
     async def submit(self, case_id: str, *, item: str = "XR-E") -> CaseSubmitted:
         """A T counter takes the case of a P applicant; routing routes it (its handler)."""
@@ -308,20 +311,9 @@ async def test_the_origins_later_steps_are_relayed_unchanged_and_nothing_from_th
 ) -> None:
     case_id = region.case_id()
     await region.submit(case_id)
-    now = region.runtime.clock.now()
-    imported = region.envelope(
-        CaseWithdrawn(case_id=case_id, withdrawn_at=now), source="/tongban/intake", fromcity=PARTNER
-    )
-    accepted = region.envelope(
-        CaseAccepted(
-            case_id=case_id, department="M-HOU", accepted_at=now, deadline=None, time_limit_days=5
-        ),
-        source="/tongban/approval",
-        handledby="M-HOU",
-    )
-    withdrawn = region.envelope(
-        CaseWithdrawn(case_id=case_id, withdrawn_at=now), source="/tongban/intake"
-    )
+    imported = region.withdrawn(case_id, fromcity=PARTNER)
+    accepted = region.accepted(case_id)
+    withdrawn = region.withdrawn(case_id)
     # one partition, in this order: the withdrawn (relayed) is applied after the two others
     await send(region.settings, region.case_topic, [imported, accepted, withdrawn])
 
@@ -354,19 +346,9 @@ async def test_an_adopted_cases_events_go_to_its_origin(region: Region) -> None:
         ),
         source="/tongban/intake",
     )
-    accepted = region.envelope(
-        CaseAccepted(
-            case_id=case_id, department="M-HOU", accepted_at=now, deadline=None, time_limit_days=20
-        ),
-        source="/tongban/approval",
-        handledby="M-HOU",
-    )
-    imported = region.envelope(
-        CaseWithdrawn(case_id=case_id, withdrawn_at=now), source="/tongban/intake", fromcity=PARTNER
-    )
-    closing = region.envelope(
-        CaseWithdrawn(case_id=case_id, withdrawn_at=now), source="/tongban/intake"
-    )
+    accepted = region.accepted(case_id)
+    imported = region.withdrawn(case_id, fromcity=PARTNER)
+    closing = region.withdrawn(case_id)
     await send(region.settings, region.case_topic, [adopted, accepted, imported, closing])
 
     records = await on_topic(region, XREGION_TOPIC, subject=case_id, count=3)
