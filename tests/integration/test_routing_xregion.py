@@ -201,6 +201,7 @@ async def region(settings: ServiceSettings, make_topic: MakeTopic) -> AsyncItera
             sessions=runtime.sessions,
             schema="routing",
             ignored_types=(),
+            batch_handler=partial(handlers.relay_case_events, routing=routing),
         ),
         runtime.consume_partners(
             name=unique("routing-partners-it"),
