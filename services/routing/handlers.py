@@ -4,7 +4,7 @@ parts (`Routing`). A refused command raises `Refused` (services.common.refusals)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -34,7 +34,7 @@ from services.common.partner_catalogs import PartnerCatalogs
 from services.common.refusals import FieldError, Refusal, Refused, refused
 from services.common.service import ServiceRuntime
 from services.policy.catalog_index import CatalogIndex
-from services.policy.routing_rules import R2_CROSS_REGION, RouteOutcome, route_case
+from services.policy.routing_rules import R2_CROSS_REGION, PartnerIndexes, RouteOutcome, route_case
 from services.routing import models
 from services.routing.domain.versions import VersionTimeline
 from services.routing.domain.xregion import (
@@ -63,7 +63,7 @@ class Routing:
     partners: Partners | None = None
     timeline: VersionTimeline = field(default_factory=VersionTimeline)
 
-    def partner_catalogs(self) -> Mapping[str, tuple[int, CatalogIndex]]:
+    def partner_catalogs(self) -> PartnerIndexes:
         return self.partners.partners() if self.partners is not None else {}
 
 
@@ -89,7 +89,7 @@ def decide(
     *,
     version: int | None = None,
     timeline: VersionTimeline | None = None,
-    partners: Mapping[str, tuple[int, CatalogIndex]] | None = None,
+    partners: PartnerIndexes | None = None,
 ) -> RouteOutcome | None:
     """Route by `version`, by default the version in force at the submission (see
     services.routing.domain.versions), and the partners' newest catalogs (§9); None when no
