@@ -436,7 +436,7 @@ async def relay_case_events(
         )
         if to_city is None:
             continue  # the common case: not a case across regions
-        if city is None:  # no catalog yet: this region's name is not known; retried
+        if city is None:  # no catalog: this region has no name yet (retried, then a dead letter)
             raise RuntimeError(f"cannot relay {envelope.type} of {case_id}: no catalog loaded")
         await routing.runtime.relay_to_partner(session, envelope, to_city=to_city, from_city=city)
 
