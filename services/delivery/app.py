@@ -24,6 +24,7 @@ from contracts.events import (
     CaseClosed,
     CaseDelivered,
     CaseDenied,
+    CaseRated,
     CaseResultIssued,
     CaseRevoked,
     CaseRouted,
@@ -87,12 +88,16 @@ def create_app(settings: DeliverySettings | None = None) -> FastAPI:
         subscriptions={CaseResultIssued: partial(handlers.result_from_partner, delivery=delivery)},
         own_city=lambda: city.latest,
     )
-    # The handler: the origin's pickup of an adopted case, imported with `fromcity` set.
+    # The handler: the origin's pickup and rating of an adopted case, imported with `fromcity`.
     on_origin_pickup = partial(handlers.picked_up_at_origin, delivery=delivery)
     runtime.consume(
         DELIVERY_TOPIC,
         name="delivery-imported",
-        subscriptions={CaseDelivered: on_origin_pickup, CaseClosed: on_origin_pickup},
+        subscriptions={
+            CaseDelivered: on_origin_pickup,
+            CaseClosed: on_origin_pickup,
+            CaseRated: partial(handlers.rated_at_origin, delivery=delivery),
+        },
     )
     return runtime.create_app(
         title="tongban delivery",

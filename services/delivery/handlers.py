@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import DateTime, String, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -907,5 +907,53 @@ async def picked_up_at_origin(
             "origin's step changes nothing here (no result held for it, or ended before)",
             case_id=step.case_id,
             event_type=envelope.type,
+            fromcity=envelope.fromcity,
+        )
+
+
+async def rated_at_origin(
+    session: AsyncSession, envelope: Envelope, rated: CaseRated, *, delivery: Delivery
+) -> None:
+    """The handler: the applicant's rating of an adopted case, taken at the origin's counter
+    after the pickup there and imported here (`fromcity` set), counts for this region's
+    deciding department too: a rating row bound to this region's result, no event (approval
+    opens a bad rating's follow-up from the imported event itself). This region's own ratings
+    (no `fromcity`) are written by `rate`."""
+    if not envelope.fromcity:
+        return
+    r = models.results.c
+    bound = select(
+        r.case_id,
+        literal(rated.rating.value),
+        literal(rated.comment, String()),
+        r.item_code,
+        r.department,
+        r.intake_office,
+        r.level,
+        literal(rated.rated_at, DateTime(timezone=True)),
+    ).where(r.case_id == rated.case_id)
+    t = models.ratings.c
+    inserted = await session.execute(
+        pg_insert(models.ratings)
+        .from_select(
+            [
+                t.case_id,
+                t.rating,
+                t.comment,
+                t.item_code,
+                t.department,
+                t.intake_office,
+                t.level,
+                t.rated_at,
+            ],
+            bound,
+        )
+        .on_conflict_do_nothing(index_elements=[t.case_id])
+        .returning(t.case_id)
+    )
+    if inserted.scalar() is None:
+        log.info(
+            "origin's rating not recorded here (no result here, or rated before)",
+            case_id=rated.case_id,
             fromcity=envelope.fromcity,
         )

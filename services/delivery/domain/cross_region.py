@@ -11,7 +11,8 @@ A case across regions has two regions, and delivery plays a part in each:
   as for any case, except a `counter_pickup` result, which waits at the origin office in the
   partner region: this region's pickup is refused (`pickup_at_origin`), and the origin's
   delivered and closed, imported onto this region's case.delivery.v1 (`fromcity` set), close
-  the row without a new event (`closed_at_origin`).
+  the row without a new event (`closed_at_origin`); the rating taken there, imported the same
+  way, counts for this region's deciding department too (handlers.rated_at_origin).
 
 What the origin knows of its forwarded case comes from its own routed event (path
 `cross_region`); what the handler knows of the origin, from the adopted case's submitted event
