@@ -14,7 +14,7 @@ lock, sees every committed fact, and delivers the bundle exactly once."""
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -799,15 +799,7 @@ async def _record_cross_region_case(
 ) -> None:
     await session.execute(
         pg_insert(models.cross_region_cases)
-        .values(
-            case_id=case.case_id,
-            partner_city=case.partner_city,
-            role=case.role.value,
-            office_code=case.office_code,
-            delivery_method=case.delivery_method.value,
-            item_code=case.item_code,
-            recorded_at=_now(delivery.runtime),
-        )
+        .values(**asdict(case), recorded_at=_now(delivery.runtime))  # its enums are strings
         .on_conflict_do_nothing()
     )
 

@@ -8,7 +8,7 @@ issued and held as any case, its own pickup refused 409 `pickup_at_origin`, and 
 imported delivered and closed end it without a new event; its imported rating is counted for
 the deciding department here.
 
-As in test_delivery_ratings: ids start with the test's prefix, the events delivery writes are
+As in test_delivery_bundles: ids start with the test's prefix, the events delivery writes are
 held back from the stack's relay (`OutboxCapture`), and the rows go when the test ends.
 """
 
@@ -29,25 +29,27 @@ from services.common.envelope import Envelope
 from services.common.refusals import Refused
 from services.delivery import handlers, models, queries
 from services.delivery.handlers import Delivery, PartnerCaseNotKnown
+from tests.integration.test_delivery_bundles import cases
 from tests.integration.test_delivery_ratings import Cases, apply, decision, delivery
 from tests.unit.test_delivery_cross_region import LICENCE, adopted, forwarded
 
 pytestmark = pytest.mark.integration
 
-__all__ = ["delivery"]  # the fixture, shared with test_delivery_ratings
+__all__ = ["cases", "delivery"]  # the fixtures, shared with test_delivery_bundles and _ratings
 
 ORIGIN_OFFICE = "HC01-DC"  # as tests.unit.test_delivery_cross_region makes the cases
 
 
-@pytest.fixture
-async def cases(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[Cases]:
-    made = Cases(sessions)
-    async with made.emitted:
-        yield made
-    await made.emitted.discard()
+@pytest.fixture(autouse=True)
+async def cross_region_rows_removed(
+    sessions: async_sessionmaker[AsyncSession], cases: Cases
+) -> AsyncIterator[None]:
+    """The bundles' `cases` fixture removes the results and ratings; this, the test's cases
+    across regions."""
+    yield
     async with unit_of_work(sessions) as session:
-        for table in (models.ratings, models.results, models.cross_region_cases):
-            await session.execute(delete(table).where(table.c.case_id.like(f"{made.prefix}%")))
+        crossed = models.cross_region_cases
+        await session.execute(delete(crossed).where(crossed.c.case_id.like(f"{cases.prefix}%")))
 
 
 def relayed(event: Any, *, fromcity: str | None, source: str) -> Envelope:
