@@ -34,6 +34,7 @@ from contracts.events import (
 )
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.delivery import api, handlers
+from services.delivery.domain import cross_region
 
 
 class DeliverySettings(ServiceSettings):
@@ -68,16 +69,19 @@ def create_app(settings: DeliverySettings | None = None) -> FastAPI:
     )
     # Cases across regions (DESIGN.md §9): an adopted case's origin comes with its submitted
     # event; a case forwarded to a partner, with this region's routed event.
+    # Only those few records are validated and kept (`accept`): every case passes these topics.
     runtime.consume(
         INTAKE_TOPIC,
         subscriptions={
             CaseWithdrawn: on_ended,
             CaseSubmitted: partial(handlers.adopted_submitted, delivery=delivery),
         },
+        accept=lambda e: e.type != CaseSubmitted.TYPE or cross_region.names_origin(e.data),
     )
     runtime.consume(
         ROUTING_TOPIC,
         subscriptions={CaseRouted: partial(handlers.cross_region_routed, delivery=delivery)},
+        accept=lambda e: cross_region.routes_to_partner(e.data),
     )
     # The origin: the partner's issued results of the cases it forwarded, held for pickup here.
     city = runtime.follow_catalog(handlers.city_of)
@@ -93,6 +97,7 @@ def create_app(settings: DeliverySettings | None = None) -> FastAPI:
     runtime.consume(
         DELIVERY_TOPIC,
         name="delivery-imported",
+        accept=lambda e: e.fromcity is not None,  # not this region's own delivery events
         subscriptions={
             CaseDelivered: on_origin_pickup,
             CaseClosed: on_origin_pickup,

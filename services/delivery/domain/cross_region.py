@@ -83,6 +83,21 @@ def adopted_case(submitted: CaseSubmitted) -> CrossRegionCase | None:
     )
 
 
+# What a record's raw data (JSON, not yet validated) says, so the consumers of busy topics
+# validate and keep only the few records about cases across regions.
+
+
+def routes_to_partner(data: Any) -> bool:
+    """A routed event's data whose route is the path `cross_region`."""
+    route = data.get("route") if isinstance(data, dict) else None
+    return isinstance(route, dict) and route.get("path") == Path.cross_region.value
+
+
+def names_origin(data: Any) -> bool:
+    """A submitted event's data naming an `origin`: a case adopted from a partner region."""
+    return isinstance(data, dict) and data.get("origin") is not None
+
+
 def outcome_of(document: ResultDocument) -> str:
     """approved | denied, read off the issued document: a denial issues a decision letter."""
     return DENIED if document.kind == DECISION_LETTER_KIND else APPROVED
