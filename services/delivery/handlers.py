@@ -9,7 +9,13 @@ bundle goes out once (`domain.bundles`). The bundle event, each member's result 
 member's end arrive on different topics and consumers, in any order, and pickups and ratings
 come by REST: every one of them first upserts the bundle's row and locks it (FOR UPDATE), then
 looks at the whole bundle. So the check "every member has a result or has ended" runs under one
-lock, sees every committed fact, and delivers the bundle exactly once."""
+lock, sees every committed fact, and delivers the bundle exactly once.
+
+Cases across regions (跨省通办, DESIGN.md §9; `domain.cross_region`): the origin holds the
+partner's result of a counter_pickup case at its office and hands it over with its own events;
+the handling region refuses its own pickup of an adopted case and ends it, silently, on the
+origin's imported pickup. Every step is once per case (the inbox, and `ON CONFLICT` / status
+guards), however often the link delivers it."""
 
 from __future__ import annotations
 
