@@ -93,10 +93,28 @@ def summary(event_type: str | None, data: Mapping[str, Any]) -> str:
     missing = data.get("missing_materials")
     if isinstance(missing, list) and missing:
         parts.append("missing " + ", ".join(str(m) for m in missing))
+    origin = data.get("origin")
+    if isinstance(origin, Mapping):  # adopted from a partner region (§9)
+        parts.append(f"adopted from {origin.get('city_code')} ({origin.get('office_code')})")
     application = data.get("application")
     if isinstance(application, Mapping) and not parts:
         parts.append(f"item {application.get('item_code')} via {application.get('channel')}")
     return "; ".join(parts)[:300]
+
+
+def cross_region(facts: Facts | None, partner_names: Mapping[str, str]) -> dict[str, Any] | None:
+    """A case across regions (DESIGN.md §9) as the console marks it: this region's part
+    (`origin`: taken here, decided by the partner; `handler`: adopted from the partner) and the
+    partner's city code and name (None while its catalog has not arrived); None for any other
+    case."""
+    if facts is None or facts.xregion_role is None:
+        return None
+    code = min(facts.partners, default=None)
+    return {
+        "role": facts.xregion_role,
+        "partner": code,
+        "partner_name": partner_names.get(code) if code else None,
+    }
 
 
 def stream_item(
@@ -115,6 +133,7 @@ def stream_item(
     catalog: CatalogIndex | None,
     headers: Iterable[tuple[str, str]] = (),
     error: str | None = None,
+    partner_names: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The JSON one stream line is drawn from; `data` must already be masked."""
     extra = dict(headers)
@@ -132,6 +151,7 @@ def stream_item(
         "bundle_id": next(iter(sorted((facts or Facts()).bundles)), None),
         "handledby": handledby,
         "facts": (facts or Facts()).view(catalog),
+        "cross_region": cross_region(facts, partner_names or {}),
         "summary": error or summary(event_type, data or {}),
         "dlq": {k.removeprefix("dlq_"): v for k, v in extra.items() if k.startswith("dlq_")},
         "data": data,

@@ -70,11 +70,13 @@ class LiveStream:
         facts: CaseMemory,
         lookup: Callable[[str], Awaitable[Facts | None]],
         catalog: Callable[[], CatalogIndex | None],
+        partner_names: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
         self.filters = filters
         self.facts = facts
         self.lookup = lookup
         self.catalog = catalog
+        self.partner_names = partner_names  # city code -> name of the partner regions (§9)
 
     async def line(self, record: Any) -> dict[str, Any] | None:
         """The stream line of one record, or None when the filters leave it out."""
@@ -106,7 +108,9 @@ class LiveStream:
                 error=mask_text(f"unreadable record: {exc}"),
             )
         case_id = envelope.subject
-        facts = self.facts.learn(case_id, facts_of(envelope.data, envelope.handledby))
+        facts = self.facts.learn(
+            case_id, facts_of(envelope.data, envelope.handledby, envelope.fromcity)
+        )
         # A bundle's own event is about the bundle: intake has no case of that id to ask about.
         if record.topic != BUNDLE_TOPIC and self.filters.missing_facts(facts):
             looked_up = await self.lookup(case_id)
@@ -130,6 +134,7 @@ class LiveStream:
             facts=facts,
             catalog=catalog,
             headers=_dlq_headers(headers),
+            partner_names=self.partner_names(),
         )
 
 
