@@ -286,20 +286,26 @@ def _bundle_record(data: dict[str, Any]) -> tuple[bytes, bytes, list[tuple[str, 
 # -- across regions (跨省通办, DESIGN.md §9) -----------------------------------------------------
 
 
+def partner_aware_stream(filters: EventFilter) -> LiveStream:
+    """A live stream that knows one partner region, LZ 澜州市, and asks intake nothing."""
+
+    async def nothing_at_intake(case_id: str) -> dict[str, Any] | None:
+        return None
+
+    return LiveStream(
+        filters,
+        facts=CaseMemory(),
+        lookup=CaseLookup(nothing_at_intake),
+        catalog=lambda: None,
+        partner_names=lambda: {"LZ": "澜州市"},
+    )
+
+
 async def test_the_stream_marks_cases_across_regions_with_the_partner_city() -> None:
     """Origin side: routed on path cross_region to the partner; handling side: submitted with
     `origin`, and the origin's steps imported with ce_fromcity (which alone name the partner)."""
 
-    async def fetch(case_id: str) -> dict[str, Any] | None:
-        return None
-
-    live = LiveStream(
-        EventFilter.parse(path="cross_region"),
-        facts=CaseMemory(),
-        lookup=CaseLookup(fetch),
-        catalog=lambda: None,
-        partner_names=lambda: {"LZ": "澜州市"},
-    )
+    live = partner_aware_stream(EventFilter.parse(path="cross_region"))
     forwarded = {
         **submitted("ORIGIN-1"),
         "route": {"path": "cross_region", "handled_by": "LZ", "rule": "R2-cross-region",
@@ -317,13 +323,7 @@ async def test_the_stream_marks_cases_across_regions_with_the_partner_city() -> 
     local = await live.line(record(ROUTING_TOPIC, "gov.case.routed.v1", routed("LOCAL-1")))
     assert local is None  # path filter: not across regions
 
-    everything = LiveStream(
-        EventFilter(),
-        facts=CaseMemory(),
-        lookup=CaseLookup(fetch),
-        catalog=lambda: None,
-        partner_names=lambda: {"LZ": "澜州市"},
-    )
+    everything = partner_aware_stream(EventFilter())
     plain = await everything.line(record(ROUTING_TOPIC, "gov.case.routed.v1", routed()))
     assert plain is not None and plain["cross_region"] is None
     adopted = {
