@@ -24,8 +24,10 @@ from services.console.app import ConsoleSettings, create_app
 from services.console.bundles import BundleBoard
 from services.console.events import family
 from services.console.links import LinkSeen, NewestRecord, PartnerCity, link_row, partner_aliases
+from services.console.routes import case_view
+from services.console.state import Console
 from services.console.stream import CaseLookup, LiveStream, sse
-from services.operators.event_facts import CaseMemory, EventFilter
+from services.operators.event_facts import CaseMemory, EventFilter, facts_of
 from tests.unit.catalog_data import application, index
 
 pytestmark = pytest.mark.unit
@@ -408,3 +410,37 @@ def test_partner_aliases_are_the_sources_of_mirrored_link_topics_one_hop_away() 
         "region2": frozenset({"heartbeats", "xregion.out.v1", "catalog.v1"}),
         "region3": frozenset({"catalog.v1"}),
     }
+
+
+async def test_the_case_page_marks_a_case_across_regions_from_intake_or_the_stream() -> None:
+    """`/api/cases/{id}` adds `cross_region`: from intake's route (origin side), or from what
+    the stream showed of the case (an adopted case, handling side), else null."""
+    views = {
+        "ORIGIN-1": {"case_id": "ORIGIN-1", "status": "accepted", "channel": "counter",
+                     "route": {"path": "cross_region", "handled_by": "LZ", "level": "partner"}},
+        "ADOPTED-1": {"case_id": "ADOPTED-1", "status": "accepted", "channel": "counter",
+                      "route": {"path": "municipal", "handled_by": "T-MKT", "level": "municipal"}},
+        "LOCAL-1": {"case_id": "LOCAL-1", "status": "closed", "channel": "online",
+                    "route": {"path": "online", "handled_by": "T-MKT", "level": "municipal"}},
+    }  # fmt: skip
+
+    def intake(request: httpx.Request) -> httpx.Response:
+        case_id = request.url.path.rsplit("/", 1)[-1]
+        if request.url.path.startswith("/v1/cases/") and case_id in views:
+            return httpx.Response(200, json=views[case_id])
+        return httpx.Response(404, json={"code": "not_found"})
+
+    console = Console(ConsoleSettings(environment="test"))
+    console.http = httpx.AsyncClient(transport=httpx.MockTransport(intake))
+    console.facts.learn("ADOPTED-1", facts_of({"origin": {"city_code": "LZ"}}))
+    try:
+        shown = {c: json.loads(bytes((await case_view(c, console)).body)) for c in views}
+    finally:
+        await console.http.aclose()
+    assert shown["ORIGIN-1"]["cross_region"] == {
+        "role": "origin",
+        "partner": "LZ",
+        "partner_name": None,  # no partner catalog read yet
+    }
+    assert shown["ADOPTED-1"]["cross_region"]["role"] == "handler"
+    assert shown["LOCAL-1"]["cross_region"] is None
