@@ -11,7 +11,8 @@ personal field masked). It calls the services with the operator token
 `TONGBAN_CONSOLE_TOKEN`, required outside dev/test; in dev/test it mints its own.
 
 API (JSON; the page's only data source):
-- `GET /api/stream` Server-Sent Events of case and bundle events (and dead letters), masked,
+- `GET /api/stream` Server-Sent Events of case and bundle events (and dead letters, and what
+  partner regions address to this one on `<alias>.xregion.out.v1`), masked,
   filtered by `case`, `type`, `department`, `office`, `district`, `path`, `bundle` (each one
   value or a comma-separated list), from now on or `?from=<ISO time>`.
 - `GET /api/cases/{case_id}` intake's view of a case with its whole timeline (masked).

@@ -26,14 +26,17 @@ from contracts.events import (
     ROUTING_TOPIC,
     BundleOverdue,
     BundleSlaWarning,
+    CaseAdoptionRefused,
     CaseDeadlineUnknown,
     CaseDenied,
     CaseFollowupOpened,
+    CaseForwarded,
     CaseHandoverRefused,
     CaseOverdue,
     CaseRouteFailed,
     CaseSlaWarning,
 )
+from services.console.links import is_partner_xregion
 from services.operators.event_facts import Facts, short_type
 from services.policy.catalog_index import CatalogIndex
 
@@ -55,6 +58,7 @@ ALERT_TYPES = frozenset(
         CaseDeadlineUnknown.TYPE,
         CaseHandoverRefused.TYPE,
         BundleOverdue.TYPE,
+        CaseAdoptionRefused.TYPE,  # a partner region will not decide a case taken here (§9)
     }
 )
 WARNING_TYPES = frozenset({CaseSlaWarning.TYPE, CaseFollowupOpened.TYPE, BundleSlaWarning.TYPE})
@@ -62,13 +66,15 @@ WARNING_TYPES = frozenset({CaseSlaWarning.TYPE, CaseFollowupOpened.TYPE, BundleS
 
 def family(topic: str, event_type: str | None) -> str:
     """intake | routing | decisions | approval | delivery | bundle | dlq | alert | warning |
-    other."""
+    partner (what a partner region sent here, §9) | other."""
     if topic == DLQ_TOPIC:
         return "dlq"
     if event_type in ALERT_TYPES:
         return "alert"
     if event_type in WARNING_TYPES:
         return "warning"
+    if is_partner_xregion(topic):
+        return "partner"
     return FAMILY_OF_TOPIC.get(topic, "other")
 
 
@@ -93,6 +99,10 @@ def summary(event_type: str | None, data: Mapping[str, Any]) -> str:
     missing = data.get("missing_materials")
     if isinstance(missing, list) and missing:
         parts.append("missing " + ", ".join(str(m) for m in missing))
+    if event_type == CaseForwarded.TYPE:
+        parts.append(f"forwarded {data.get('from_city')} -> {data.get('to_city')}")
+    if event_type == CaseAdoptionRefused.TYPE:
+        parts.append(f"adoption refused by {data.get('from_city')}: {data.get('code')}")
     origin = data.get("origin")
     if isinstance(origin, Mapping):  # adopted from a partner region (§9)
         parts.append(f"adopted from {origin.get('city_code')} ({origin.get('office_code')})")

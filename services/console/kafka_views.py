@@ -2,8 +2,9 @@
 the newest records MirrorMaker 2 brought from each partner region (services.console.links).
 
 The console never joins a consumer group: every stream reader assigns itself all partitions
-of the case topics (and the dead-letter topic) and starts at their end, or at the first
-record at or after a given time, so watching never moves anyone's offsets.
+of the case topics (the bundle and dead-letter topics, and what partner regions send here) and
+starts at their end, or at the first record at or after a given time, so watching never moves
+anyone's offsets.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from services.console.links import (
     HEARTBEATS_TOPIC,
     LinkSeen,
     NewestRecord,
+    is_partner_xregion,
     mirrored_topic,
     partner_aliases,
 )
@@ -33,6 +35,8 @@ from services.console.links import (
 log = get_logger(__name__)
 
 STREAM_TOPICS = (*CASE_TOPICS, BUNDLE_TOPIC, DLQ_TOPIC)
+# and every partner's `<alias>.xregion.out.v1` here (DESIGN.md §9): what partner regions send
+# this one, of which the stream shows what is addressed to this region (services.console.stream)
 T = TypeVar("T")
 
 
@@ -136,9 +140,7 @@ class KafkaViews:
         """A started consumer assigned to every partition of the stream's topics, positioned
         at their end (or at the first record at or after `start`); and how many partitions.
         Positions are fixed before this returns: nothing published afterwards is missed."""
-        partitions = await self._cached(
-            "stream-partitions", 30.0, lambda: self.partitions(STREAM_TOPICS)
-        )
+        partitions = await self._cached("stream-partitions", 30.0, self._stream_partitions)
         if not partitions:
             self._cache.pop("stream-partitions", None)
             raise LookupError(f"none of the topics {', '.join(STREAM_TOPICS)} exists yet")
@@ -160,6 +162,11 @@ class KafkaViews:
             await _quietly(consumer.stop())
             raise
         return consumer, len(partitions)
+
+    async def _stream_partitions(self) -> list[TopicPartition]:
+        _consumer, admin = await self._clients()
+        partners = sorted(t for t in await admin.list_topics() if is_partner_xregion(t))
+        return await self.partitions((*STREAM_TOPICS, *partners))
 
     # -- dead letters --------------------------------------------------------------------------
 

@@ -71,6 +71,12 @@ def partner_aliases(topics: Iterable[str]) -> dict[str, frozenset[str]]:
     return {alias: frozenset(kinds) for alias, kinds in sorted(found.items())}
 
 
+def is_partner_xregion(topic: str) -> bool:
+    """A partner's `xregion.out.v1` as MirrorMaker brings it here: `<alias>.xregion.out.v1`."""
+    match = _MIRRORED.match(topic)
+    return match is not None and match["topic"] == XREGION_TOPIC
+
+
 def mirrored_topic(alias: str, topic: str) -> str:
     return f"{alias}.{topic}"
 

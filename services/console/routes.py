@@ -16,7 +16,7 @@ import httpx
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from contracts.events import EVENT_TYPES
+from contracts.events import EVENT_TYPES, XREGION_TOPIC
 from services.common.city import CITY_TZ
 from services.common.kafka import ReadableFetch
 from services.common.logs import get_logger
@@ -91,6 +91,7 @@ async def stream(
         lookup=console.lookup,
         catalog=lambda: console.catalogs.latest,
         partner_names=console.partner_names,
+        own_city=console.own_city,
     )
     return StreamingResponse(
         _events(console, live, request, start),
@@ -273,7 +274,10 @@ async def meta(console: ConsoleDep) -> dict[str, Any]:
     settings = console.settings
     return {
         "environment": settings.environment,
-        "event_types": sorted(t for t, spec in EVENT_TYPES.items() if spec.topic in STREAM_TOPICS),
+        # and what partners send here (their xregion.out.v1's types)
+        "event_types": sorted(
+            t for t, spec in EVENT_TYPES.items() if spec.topic in (*STREAM_TOPICS, XREGION_TOPIC)
+        ),
         "topics": list(STREAM_TOPICS),
     }
 

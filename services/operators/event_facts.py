@@ -212,6 +212,23 @@ def facts_of(
     )
 
 
+# A partner region's record addressed here (its `<alias>.xregion.out.v1`): the types whose
+# very kind says this region's part in the case.
+_ROLE_OF_PARTNER_TYPE = {
+    "gov.case.forwarded.v1": "handler",  # a case the partner asks this region to decide
+    "gov.case.adoption_refused.v1": "origin",  # the partner will not decide this region's case
+}
+
+
+def facts_of_partner_record(event_type: str | None, fromcity: str | None) -> Facts:
+    """What a record a partner region sent here says about its case: the partner (its
+    `ce_fromcity`) and, for a forwarded case or a refusal, this region's part. Nothing else:
+    its offices, departments and routes are the partner's, whose codes may equal this
+    region's; what else is known of the case comes from this region's own events."""
+    role = _ROLE_OF_PARTNER_TYPE.get(event_type or "")
+    return Facts(partners=_present(fromcity), xregion_role=role)
+
+
 def facts_of_case_view(view: Mapping[str, Any]) -> Facts:
     """What intake's `GET /v1/cases/{id}` (the operator's masked view) says about the case
     (`origin`, for a case adopted from a partner, when intake's view shows it)."""

@@ -14,13 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from contracts.events import CATALOG_TOPIC, XREGION_TOPIC, CatalogPublished
 from services.common.envelope import Envelope
 from services.common.kafka import TopicSpec, ensure_topics
 from services.common.settings import CommonSettings
 from services.console.app import ConsoleSettings, create_app
+from services.console.kafka_views import KafkaViews
 from tests.conftest import eventually, unique
 from tests.unit.catalog_data import base_catalog, catalog
 
@@ -121,3 +122,24 @@ async def test_links_show_each_partner_with_the_age_of_its_newest_heartbeat_and_
 
     assert rows[silent]["status"] == "no_heartbeat" and rows[silent]["heartbeat_age_s"] is None
     assert 10 <= rows[silent]["xregion_newest_age_s"] <= 10 + elapsed
+
+
+async def test_the_live_stream_also_reads_what_partners_send_here(settings: CommonSettings) -> None:
+    """Every partner's `<alias>.xregion.out.v1` is among the stream reader's partitions (the
+    stream then shows what is addressed to this region: tests/unit/test_console.py)."""
+    alias = unique("region-stream")
+    await mirror(settings, alias, heartbeats_ago_s=[1], xregion_ago_s=[5, 5])
+    views = KafkaViews(ConsoleSettings(environment="test"))
+    try:
+        consumer, count = await views.open_stream(None)
+        try:
+            assigned = consumer.assignment()
+        finally:
+            await consumer.stop()
+    finally:
+        await views.close()
+    mirrored = {tp for tp in assigned if tp.topic == f"{alias}.{XREGION_TOPIC}"}
+    assert mirrored == {TopicPartition(f"{alias}.{XREGION_TOPIC}", p) for p in (0, 1)}
+    assert {tp.topic for tp in assigned} >= {"case.intake.v1", "case.routing.v1"}
+    assert count == len(assigned)
+    assert not any(tp.topic.endswith((".heartbeats", ".catalog.v1")) for tp in assigned)

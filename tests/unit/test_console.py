@@ -288,8 +288,9 @@ def _bundle_record(data: dict[str, Any]) -> tuple[bytes, bytes, list[tuple[str, 
 # -- across regions (跨省通办, DESIGN.md §9) -----------------------------------------------------
 
 
-def partner_aware_stream(filters: EventFilter) -> LiveStream:
-    """A live stream that knows one partner region, LZ 澜州市, and asks intake nothing."""
+def partner_aware_stream(filters: EventFilter, own_city: str | None = "T") -> LiveStream:
+    """A live stream of region `own_city` that knows one partner region, LZ 澜州市, and asks
+    intake nothing."""
 
     async def nothing_at_intake(case_id: str) -> dict[str, Any] | None:
         return None
@@ -300,6 +301,7 @@ def partner_aware_stream(filters: EventFilter) -> LiveStream:
         lookup=CaseLookup(nothing_at_intake),
         catalog=lambda: None,
         partner_names=lambda: {"LZ": "澜州市"},
+        own_city=lambda: own_city,
     )
 
 
@@ -444,3 +446,51 @@ async def test_the_case_page_marks_a_case_across_regions_from_intake_or_the_stre
     }
     assert shown["ADOPTED-1"]["cross_region"]["role"] == "handler"
     assert shown["LOCAL-1"]["cross_region"] is None
+
+
+def from_partner(event_type: str, data: dict[str, Any], *, tocity: str, offset: int = 0) -> Record:
+    """A record partner LZ addressed to `tocity`, as MirrorMaker brings it here."""
+    envelope = Envelope(
+        type=event_type,
+        source="/tongban/routing",
+        subject=data["case_id"],
+        data=data,
+        tocity=tocity,
+        fromcity="LZ",
+    )
+    return Record("region2.xregion.out.v1", 0, offset, *envelope.to_record())
+
+
+async def test_the_stream_shows_what_a_partner_addresses_here_and_nothing_else() -> None:
+    live = partner_aware_stream(EventFilter(), own_city="YZ")
+    forwarded = {"case_id": "FWD-1", "from_city": "LZ", "to_city": "YZ",
+                 "application": _application(office="T1-DC")}  # fmt: skip
+    line = await live.line(from_partner("gov.case.forwarded.v1", forwarded, tocity="YZ"))
+    assert line is not None and line["family"] == "partner"
+    assert line["cross_region"] == {"role": "handler", "partner": "LZ", "partner_name": "澜州市"}
+    assert line["source"] == "LZ:/tongban/routing"
+    assert "forwarded LZ -> YZ" in line["summary"]
+    assert "申请人" not in json.dumps(line["data"], ensure_ascii=False)  # masked as any line
+    # a partner's link to a third region carries that region's cases: never shown here
+    elsewhere = {**forwarded, "case_id": "FWD-2", "to_city": "QZ"}
+    assert await live.line(from_partner("gov.case.forwarded.v1", elsewhere, tocity="QZ")) is None
+    # this region's own city not known yet: nothing from partners
+    unsure = partner_aware_stream(EventFilter(), own_city=None)
+    assert await unsure.line(from_partner("gov.case.forwarded.v1", forwarded, tocity="YZ")) is None
+
+    # The origin's view of a case it forwarded: the partner's events (its adopted submitted
+    # names this region as the origin) never turn this region into the handler.
+    taken_here = {
+        **submitted("ORIGIN-2"),
+        "route": {"path": "cross_region", "handled_by": "LZ", "rule": "R2-cross-region"},
+    }
+    await live.line(record(ROUTING_TOPIC, "gov.case.routed.v1", taken_here))
+    adopted_there = {**submitted("ORIGIN-2"), "origin": {"city_code": "YZ"}}
+    line = await live.line(from_partner("gov.case.submitted.v1", adopted_there, tocity="YZ"))
+    assert line is not None and line["cross_region"]["role"] == "origin"
+    refused = {"case_id": "ORIGIN-3", "from_city": "LZ", "to_city": "YZ",
+               "code": "not_cross_region", "reason": "不在通办范围"}  # fmt: skip
+    line = await live.line(from_partner("gov.case.adoption_refused.v1", refused, tocity="YZ"))
+    assert line is not None and line["family"] == "alert"
+    assert line["cross_region"]["role"] == "origin"
+    assert "adoption refused by LZ: not_cross_region" in line["summary"]
