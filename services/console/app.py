@@ -1,5 +1,6 @@
 """console: the operators' web console (port 8000): live event stream, case timelines, SLA
-board, triage queue, dead letters, consumer lag and bundles, on one page with no build step.
+board, triage queue, dead letters, consumer lag, bundles and the links to partner regions, on
+one page with no build step.
 
 Run: `tongban console` (or `python -m services.console`), then open http://127.0.0.1:8000.
 
@@ -10,12 +11,15 @@ personal field masked). It calls the services with the operator token
 `TONGBAN_CONSOLE_TOKEN`, required outside dev/test; in dev/test it mints its own.
 
 API (JSON; the page's only data source):
-- `GET /api/stream` Server-Sent Events of case and bundle events (and dead letters), masked,
+- `GET /api/stream` Server-Sent Events of case and bundle events (and dead letters, and what
+  partner regions address to this one on `<alias>.xregion.out.v1`), masked,
   filtered by `case`, `type`, `department`, `office`, `district`, `path`, `bundle` (each one
   value or a comma-separated list), from now on or `?from=<ISO time>`.
 - `GET /api/cases/{case_id}` intake's view of a case with its whole timeline (masked).
 - `GET /api/bundles` the bundle board (一件事, from `bundle.v1` and the members' case events):
   one row per bundle with its members; `GET /api/bundles/{bundle_id}` intake's view of one.
+- `GET /api/links` the links to partner regions (跨省通办, MirrorMaker 2): per partner, its
+  city and the ages of the newest heartbeat and forwarded record that crossed.
 - `GET /api/triage`, `GET /api/sla`, `GET /api/dlq`, `GET /api/lag`, `GET /api/catalog`:
   `{"available": true, ...}` or `{"available": false, "reason": ...}`, so the page shows
   what answers and says what does not.

@@ -26,14 +26,17 @@ from contracts.events import (
     ROUTING_TOPIC,
     BundleOverdue,
     BundleSlaWarning,
+    CaseAdoptionRefused,
     CaseDeadlineUnknown,
     CaseDenied,
     CaseFollowupOpened,
+    CaseForwarded,
     CaseHandoverRefused,
     CaseOverdue,
     CaseRouteFailed,
     CaseSlaWarning,
 )
+from services.console.links import is_partner_xregion
 from services.operators.event_facts import Facts, short_type
 from services.policy.catalog_index import CatalogIndex
 
@@ -55,6 +58,7 @@ ALERT_TYPES = frozenset(
         CaseDeadlineUnknown.TYPE,
         CaseHandoverRefused.TYPE,
         BundleOverdue.TYPE,
+        CaseAdoptionRefused.TYPE,  # a partner region will not decide a case taken here (§9)
     }
 )
 WARNING_TYPES = frozenset({CaseSlaWarning.TYPE, CaseFollowupOpened.TYPE, BundleSlaWarning.TYPE})
@@ -62,13 +66,15 @@ WARNING_TYPES = frozenset({CaseSlaWarning.TYPE, CaseFollowupOpened.TYPE, BundleS
 
 def family(topic: str, event_type: str | None) -> str:
     """intake | routing | decisions | approval | delivery | bundle | dlq | alert | warning |
-    other."""
+    partner (what a partner region sent here, §9) | other."""
     if topic == DLQ_TOPIC:
         return "dlq"
     if event_type in ALERT_TYPES:
         return "alert"
     if event_type in WARNING_TYPES:
         return "warning"
+    if is_partner_xregion(topic):
+        return "partner"
     return FAMILY_OF_TOPIC.get(topic, "other")
 
 
@@ -93,10 +99,32 @@ def summary(event_type: str | None, data: Mapping[str, Any]) -> str:
     missing = data.get("missing_materials")
     if isinstance(missing, list) and missing:
         parts.append("missing " + ", ".join(str(m) for m in missing))
+    if event_type == CaseForwarded.TYPE:
+        parts.append(f"forwarded {data.get('from_city')} -> {data.get('to_city')}")
+    if event_type == CaseAdoptionRefused.TYPE:
+        parts.append(f"adoption refused by {data.get('from_city')}: {data.get('code')}")
+    origin = data.get("origin")
+    if isinstance(origin, Mapping):  # adopted from a partner region (§9)
+        parts.append(f"adopted from {origin.get('city_code')} ({origin.get('office_code')})")
     application = data.get("application")
     if isinstance(application, Mapping) and not parts:
         parts.append(f"item {application.get('item_code')} via {application.get('channel')}")
     return "; ".join(parts)[:300]
+
+
+def cross_region(facts: Facts | None, partner_names: Mapping[str, str]) -> dict[str, Any] | None:
+    """A case across regions (DESIGN.md §9) as the console marks it: this region's part
+    (`origin`: taken here, decided by the partner; `handler`: adopted from the partner) and the
+    partner's city code and name (None while its catalog has not arrived); None for any other
+    case."""
+    if facts is None or facts.xregion_role is None:
+        return None
+    code = min(facts.partners, default=None)
+    return {
+        "role": facts.xregion_role,
+        "partner": code,
+        "partner_name": partner_names.get(code) if code else None,
+    }
 
 
 def stream_item(
@@ -115,6 +143,7 @@ def stream_item(
     catalog: CatalogIndex | None,
     headers: Iterable[tuple[str, str]] = (),
     error: str | None = None,
+    partner_names: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The JSON one stream line is drawn from; `data` must already be masked."""
     extra = dict(headers)
@@ -132,6 +161,7 @@ def stream_item(
         "bundle_id": next(iter(sorted((facts or Facts()).bundles)), None),
         "handledby": handledby,
         "facts": (facts or Facts()).view(catalog),
+        "cross_region": cross_region(facts, partner_names or {}),
         "summary": error or summary(event_type, data or {}),
         "dlq": {k.removeprefix("dlq_"): v for k, v in extra.items() if k.startswith("dlq_")},
         "data": data,

@@ -1,8 +1,10 @@
-"""The console's reads of Kafka: the live stream's reader, the dead letters, consumer lag.
+"""The console's reads of Kafka: the live stream's reader, the dead letters, consumer lag, and
+the newest records MirrorMaker 2 brought from each partner region (services.console.links).
 
 The console never joins a consumer group: every stream reader assigns itself all partitions
-of the case topics (and the dead-letter topic) and starts at their end, or at the first
-record at or after a given time, so watching never moves anyone's offsets.
+of the case topics (the bundle and dead-letter topics, and what partner regions send here) and
+starts at their end, or at the first record at or after a given time, so watching never moves
+anyone's offsets.
 """
 
 from __future__ import annotations
@@ -16,15 +18,25 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from contracts.events import BUNDLE_TOPIC, CASE_TOPICS, DLQ_TOPIC
+from contracts.events import BUNDLE_TOPIC, CASE_TOPICS, DLQ_TOPIC, XREGION_TOPIC
 from services.common.dlq import ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC, REASON, SOURCE
 from services.common.kafka import ReadableFetch, client_options
 from services.common.logs import get_logger, mask_text
 from services.common.settings import CommonSettings
+from services.console.links import (
+    HEARTBEATS_TOPIC,
+    LinkSeen,
+    NewestRecord,
+    is_partner_xregion,
+    mirrored_topic,
+    partner_aliases,
+)
 
 log = get_logger(__name__)
 
 STREAM_TOPICS = (*CASE_TOPICS, BUNDLE_TOPIC, DLQ_TOPIC)
+# and every partner's `<alias>.xregion.out.v1` here (DESIGN.md §9): what partner regions send
+# this one, of which the stream shows what is addressed to this region (services.console.stream)
 T = TypeVar("T")
 
 
@@ -128,9 +140,7 @@ class KafkaViews:
         """A started consumer assigned to every partition of the stream's topics, positioned
         at their end (or at the first record at or after `start`); and how many partitions.
         Positions are fixed before this returns: nothing published afterwards is missed."""
-        partitions = await self._cached(
-            "stream-partitions", 30.0, lambda: self.partitions(STREAM_TOPICS)
-        )
+        partitions = await self._cached("stream-partitions", 30.0, self._stream_partitions)
         if not partitions:
             self._cache.pop("stream-partitions", None)
             raise LookupError(f"none of the topics {', '.join(STREAM_TOPICS)} exists yet")
@@ -152,6 +162,11 @@ class KafkaViews:
             await _quietly(consumer.stop())
             raise
         return consumer, len(partitions)
+
+    async def _stream_partitions(self) -> list[TopicPartition]:
+        _consumer, admin = await self._clients()
+        partners = sorted(t for t in await admin.list_topics() if is_partner_xregion(t))
+        return await self.partitions((*STREAM_TOPICS, *partners))
 
     # -- dead letters --------------------------------------------------------------------------
 
@@ -182,6 +197,16 @@ class KafkaViews:
         recent: int,
     ) -> list[dict[str, Any]]:
         """The last `recent` records of each non-empty partition, newest first overall."""
+        records = await self._tail_records(starts, ends, recent)
+        return [_letter(r) for r in records[:recent]]
+
+    async def _tail_records(
+        self,
+        starts: Mapping[TopicPartition, int],
+        ends: Mapping[TopicPartition, int],
+        recent: int,
+    ) -> list[Any]:
+        """Up to the last `recent` records of each non-empty partition, newest first."""
         reader = self.new_consumer()
         await reader.start()
         try:
@@ -203,7 +228,40 @@ class KafkaViews:
         finally:
             await _quietly(reader.stop())
         records.sort(key=lambda r: (r.timestamp, r.partition, r.offset), reverse=True)
-        return [_letter(r) for r in records[:recent]]
+        return records
+
+    # -- links to partner regions --------------------------------------------------------------
+
+    async def links(self) -> list[LinkSeen]:
+        """Per partner alias (a `<alias>.heartbeats`, `.xregion.out.v1` or `.catalog.v1` here),
+        the newest heartbeat and the newest record on its `<alias>.xregion.out.v1`."""
+        return await self._cached("links", 2.0, self._links)
+
+    async def _links(self) -> list[LinkSeen]:
+        _consumer, admin = await self._clients()
+        seen = []
+        for alias, kinds in partner_aliases(await admin.list_topics()).items():
+            heartbeats = xregion = None
+            if HEARTBEATS_TOPIC in kinds:
+                heartbeats = await self.newest_record(mirrored_topic(alias, HEARTBEATS_TOPIC))
+            if XREGION_TOPIC in kinds:
+                xregion = await self.newest_record(mirrored_topic(alias, XREGION_TOPIC))
+            seen.append(LinkSeen(alias, heartbeats, xregion))
+        return seen
+
+    async def newest_record(self, topic: str) -> NewestRecord | None:
+        """How many records `topic` holds and its newest record's timestamp (by timestamp, over
+        its partitions); None when it does not exist."""
+        consumer, _admin = await self._clients()
+        partitions = await self.partitions((topic,))
+        if not partitions:
+            return None
+        starts = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        count = sum(max(0, ends[tp] - starts[tp]) for tp in partitions)
+        # A few records back, not one: the last offset may be a transaction marker.
+        records = await self._tail_records(starts, ends, 3) if count else []
+        return NewestRecord(count, records[0].timestamp if records else None)
 
     # -- consumer lag --------------------------------------------------------------------------
 

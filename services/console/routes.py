@@ -16,15 +16,17 @@ import httpx
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from contracts.events import EVENT_TYPES
+from contracts.events import EVENT_TYPES, XREGION_TOPIC
 from services.common.city import CITY_TZ
 from services.common.kafka import ReadableFetch
 from services.common.logs import get_logger
 from services.common.web import Problem, errors
+from services.console.events import cross_region
 from services.console.kafka_views import STREAM_TOPICS
+from services.console.links import link_row
 from services.console.state import Console
 from services.console.stream import LiveStream, sse
-from services.operators.event_facts import EventFilter
+from services.operators.event_facts import EventFilter, Facts, facts_of_case_view
 
 log = get_logger(__name__)
 
@@ -88,6 +90,8 @@ async def stream(
         facts=console.facts,
         lookup=console.lookup,
         catalog=lambda: console.catalogs.latest,
+        partner_names=console.partner_names,
+        own_city=console.own_city,
     )
     return StreamingResponse(
         _events(console, live, request, start),
@@ -100,12 +104,16 @@ async def stream(
 async def case_view(case_id: CaseId, console: ConsoleDep) -> JSONResponse:
     """Intake's view of the case (status, route, deadline, whole timeline, deferred materials),
     masked, with approval's view of it under `approval` (the materials that came from
-    e-licences, what a held approval waits for), or why not. Intake's 404 and 503 come through
-    as they are; any other refusal (the console's own token refused, say) is the console's
-    problem with intake: 502."""
+    e-licences, what a held approval waits for), or why not, and under `cross_region` this
+    region's part in a case across regions and the partner's city (null for other cases).
+    Intake's 404 and 503 come through as they are; any other refusal (the console's own token
+    refused, say) is the console's problem with intake: 502."""
     answer = await _from_intake(console, "/v1/cases/{case_id}", case_id)
     view = answer.json()
     if answer.status_code == 200:
+        # Across regions (§9): from intake's view, or from the case's events streamed here.
+        known = facts_of_case_view(view).union(console.facts.get(case_id) or Facts())
+        view["cross_region"] = cross_region(known, console.partner_names())
         view["approval"] = await _available(
             "approval's view of the case", lambda: _approval_view(console, case_id)
         )
@@ -234,13 +242,42 @@ async def lag(console: ConsoleDep) -> dict[str, Any]:
     return await _available("consumer lag", compute)
 
 
+@router.get("/links")
+async def links(console: ConsoleDep) -> dict[str, Any]:
+    """The links to partner regions (MirrorMaker 2, DESIGN.md §9), one row per source alias
+    with mirrored topics here: the partner's city (from its mirrored catalog), the age in
+    seconds of the newest heartbeat MirrorMaker brought over (`status` `up` within
+    `stale_after_s`, else `stale`; `no_heartbeat` if none ever came) and of the newest record
+    on `<alias>.xregion.out.v1` (services.console.links)."""
+    stale_after_s = console.settings.link_stale_after_s
+
+    async def compute() -> dict[str, Any]:
+        seen = await console.kafka.links()
+        now_ms = int(time.time() * 1000)
+        rows = [
+            link_row(
+                link,
+                now_ms=now_ms,
+                partner=console.partner_city(link.alias),
+                stale_after_s=stale_after_s,
+            )
+            for link in seen
+        ]
+        return {"rows": rows, "stale_after_s": stale_after_s}
+
+    return await _available("the links to partner regions", compute)
+
+
 @router.get("/meta")
 async def meta(console: ConsoleDep) -> dict[str, Any]:
     """What the page needs to know about this console: environment, event types."""
     settings = console.settings
     return {
         "environment": settings.environment,
-        "event_types": sorted(t for t, spec in EVENT_TYPES.items() if spec.topic in STREAM_TOPICS),
+        # and what partners send here (their xregion.out.v1's types)
+        "event_types": sorted(
+            t for t, spec in EVENT_TYPES.items() if spec.topic in (*STREAM_TOPICS, XREGION_TOPIC)
+        ),
         "topics": list(STREAM_TOPICS),
     }
 

@@ -1,6 +1,7 @@
 """The console's settings and its state while it runs: the client of the services (with the
-operator token it shows them), its Kafka views, its copy of the catalog, what it learned about
-cases from the stream, and how many live streams are open.
+operator token it shows them), its Kafka views, its copy of the catalog and of the partner
+regions' catalogs, what it learned about cases from the stream, and how many live streams are
+open.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import httpx
 from pydantic import Field, SecretStr, model_validator
 
 from contracts.catalog import Catalog
-from contracts.events import CatalogPublished
+from contracts.events import CATALOG_TOPIC, CatalogPublished
 from services.common.auth import AuthSettings, Role, mint_token
 from services.common.catalog_follower import CatalogFollower
 from services.common.limits import DEFAULT_MAX_HEAD_BYTES
 from services.common.logs import get_logger
+from services.common.partner_catalogs import PartnerCatalogs
 from services.common.settings import CommonSettings
 from services.console.bundles import BundleBoard, BundleFollower
 from services.console.kafka_views import KafkaViews
+from services.console.links import PartnerCity, mirrored_topic, partner_of
 from services.console.stream import CaseLookup
 from services.operators.event_facts import CaseMemory
 from services.policy.catalog_index import CatalogIndex
@@ -47,6 +50,9 @@ class ConsoleSettings(CommonSettings):
     stream_max_clients: int = Field(20, ge=1, description="open live streams at once")
     stream_keepalive_s: float = Field(15.0, gt=0)
     dlq_recent: int = Field(20, ge=0, le=500, description="dead letters listed")
+    link_stale_after_s: float = Field(
+        30.0, gt=0, description="a partner link whose newest heartbeat is older is shown stale"
+    )
 
     @model_validator(mode="after")
     def _token_outside_dev(self) -> ConsoleSettings:
@@ -91,6 +97,9 @@ class Console:
         self.http: httpx.AsyncClient | None = None
         self.kafka = KafkaViews(settings, timeout_s=settings.kafka_timeout_s)
         self.catalogs: CatalogFollower[CatalogIndex] = CatalogFollower(settings, _catalog_index)
+        self.partners: PartnerCatalogs[CatalogIndex] = PartnerCatalogs(
+            settings, _catalog_index, own_city=self.own_city
+        )
         self.facts = CaseMemory(capacity=20_000)
         self.bundles = BundleBoard()
         self._bundle_follower = BundleFollower(settings, self.bundles, self.kafka.partitions)
@@ -103,10 +112,12 @@ class Console:
         self.http = httpx.AsyncClient(timeout=self.settings.upstream_timeout_s)
         self._tasks.append(asyncio.create_task(self._follow_catalog(), name="catalog-follower"))
         self._tasks.append(asyncio.create_task(self._follow_bundles(), name="bundle-follower"))
+        self._tasks.append(asyncio.create_task(self._follow_partners(), name="partner-catalogs"))
 
     async def stop(self) -> None:
         self.closing.set()
         self.catalogs.stop()
+        self.partners.stop()
         self._bundle_follower.stop()
         for task in self._tasks:
             task.cancel()
@@ -127,6 +138,30 @@ class Console:
     async def _follow_bundles(self) -> None:
         """The bundle board, from bundle.v1 and the members' case events."""
         await self._retried("bundle follower", self._bundle_follower.run)
+
+    async def _follow_partners(self) -> None:
+        """The partner regions' catalogs, from `<alias>.catalog.v1` (for their city names)."""
+
+        async def follow() -> None:
+            await self.partners.start()
+            await self.partners.run()
+
+        await self._retried("partner catalogs", follow)
+
+    def own_city(self) -> str | None:
+        index = self.catalogs.latest
+        return index.catalog.city.code if index is not None else None
+
+    def partner_city(self, alias: str) -> PartnerCity | None:
+        """The city of the partner whose catalog arrives as `<alias>.catalog.v1`, if any yet."""
+        follower = self.partners.followers.get(mirrored_topic(alias, CATALOG_TOPIC))
+        if follower is None or follower.latest_version is None:
+            return None
+        return partner_of(follower.published[follower.latest_version])
+
+    def partner_names(self) -> dict[str, str]:
+        """City code -> name of every partner region whose catalog arrived."""
+        return {code: index.catalog.city.name for code, index in self.partners.partners().items()}
 
     async def _retried(self, what: str, follow: Callable[[], Awaitable[None]]) -> None:
         """`follow` run again 5 s after it fails (Kafka unreachable, a topic not there yet),

@@ -1,4 +1,5 @@
 """The live stream: Kafka records in, masked and filtered stream lines out (Server-Sent Events).
+Records from this region's case topics, and what partner regions address to it (§9).
 
 One `LiveStream` per open page; what the console learns about cases (`CaseMemory`) and what
 intake answered about a case (`CaseLookup`) are shared by all of them.
@@ -17,12 +18,14 @@ from services.common.envelope import Envelope, EnvelopeError
 from services.common.logs import get_logger, mask_text
 from services.console.events import stream_item
 from services.console.kafka_views import header_text
+from services.console.links import is_partner_xregion
 from services.operators.event_facts import (
     CaseMemory,
     EventFilter,
     Facts,
     facts_of,
     facts_of_case_view,
+    facts_of_partner_record,
     mask_event_data,
 )
 from services.policy.catalog_index import CatalogIndex
@@ -70,15 +73,26 @@ class LiveStream:
         facts: CaseMemory,
         lookup: Callable[[str], Awaitable[Facts | None]],
         catalog: Callable[[], CatalogIndex | None],
+        partner_names: Callable[[], Mapping[str, str]] = dict,
+        own_city: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.filters = filters
         self.facts = facts
         self.lookup = lookup
         self.catalog = catalog
+        self.partner_names = partner_names  # city code -> name of the partner regions (§9)
+        self.own_city = own_city  # this region's city code, once its catalog is read
 
     async def line(self, record: Any) -> dict[str, Any] | None:
-        """The stream line of one record, or None when the filters leave it out."""
+        """The stream line of one record, or None when the filters leave it out. Of what a
+        partner region sent here (`<alias>.xregion.out.v1`, §9), only the records addressed to
+        this region (`ce_tocity`) are shown: a partner's link to a third region carries that
+        region's cases."""
         headers = header_text(record.headers)
+        from_partner = is_partner_xregion(record.topic)
+        own = self.own_city()
+        if from_partner and (own is None or headers.get("ce_tocity") != own):
+            return None
         catalog = self.catalog()
         try:
             envelope = Envelope.from_record(record.key, record.value, list(record.headers or ()))
@@ -106,7 +120,11 @@ class LiveStream:
                 error=mask_text(f"unreadable record: {exc}"),
             )
         case_id = envelope.subject
-        facts = self.facts.learn(case_id, facts_of(envelope.data, envelope.handledby))
+        if from_partner:
+            said = facts_of_partner_record(envelope.type, envelope.fromcity)
+        else:
+            said = facts_of(envelope.data, envelope.handledby, envelope.fromcity)
+        facts = self.facts.learn(case_id, said)
         # A bundle's own event is about the bundle: intake has no case of that id to ask about.
         if record.topic != BUNDLE_TOPIC and self.filters.missing_facts(facts):
             looked_up = await self.lookup(case_id)
@@ -123,13 +141,15 @@ class LiveStream:
             event_id=envelope.id,
             event_type=envelope.type,
             time=envelope.time,
-            source=envelope.source,
+            # as intake's timeline names a partner's step: `<city>:<ce_source>`
+            source=f"{envelope.fromcity}:{envelope.source}" if from_partner else envelope.source,
             case_id=case_id,
             handledby=envelope.handledby,
             data=mask_event_data(envelope.data),
             facts=facts,
             catalog=catalog,
             headers=_dlq_headers(headers),
+            partner_names=self.partner_names(),
         )
 
 

@@ -12,6 +12,10 @@ names things its own way):
 - path: `data.route.path`;
 - bundle: `data.bundle_id` (every event of a bundle's member, and the bundle's own events on
   `bundle.v1`, DESIGN.md §8);
+- partner region (DESIGN.md §9): a case taken here for a partner's applicant is routed on path
+  `cross_region` with `handled_by` the partner's city code (this region is its origin); a case
+  adopted from a partner is submitted with `data.origin.city_code`, and the origin's steps
+  imported here carry the `ce_fromcity` header (this region handles it);
 - district: the district of each office, division and department above, resolved through the
   catalog when matching (a street lies in the district that lists it). Codes are never taken
   apart: `YZ0101` is in `YZ01` only because the catalog says so.
@@ -32,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.common import CaseStatus
+from contracts.common import CaseStatus, Path
 from services.common.logs import PERSONAL_KEYS, mask_name, mask_personal_data
 from services.policy.catalog_index import CatalogIndex
 
@@ -109,6 +113,9 @@ class Facts:
     paths: frozenset[str] = frozenset()
     channel: str | None = None  # known once an event (or intake) showed the application
     bundles: frozenset[str] = frozenset()  # the bundle the case is a member of (§8)
+    partners: frozenset[str] = frozenset()  # city codes of the partner regions it crosses to (§9)
+    # this region's part in a case across regions: `origin` (taken here) or `handler`
+    xregion_role: str | None = None
 
     def union(self, other: Facts) -> Facts:
         return Facts(
@@ -118,6 +125,8 @@ class Facts:
             paths=self.paths | other.paths,
             channel=other.channel or self.channel,
             bundles=self.bundles | other.bundles,
+            partners=self.partners | other.partners,
+            xregion_role=other.xregion_role or self.xregion_role,
         )
 
     def districts(self, catalog: CatalogIndex | None) -> frozenset[str]:
@@ -137,6 +146,8 @@ class Facts:
             "districts": sorted(self.districts(catalog)),
             "path": ",".join(sorted(self.paths)) or None,
             "bundle": ",".join(sorted(self.bundles)) or None,
+            "partner": ",".join(sorted(self.partners)) or None,
+            "xregion_role": self.xregion_role,
         }
 
 
@@ -157,9 +168,29 @@ def _online(channel: str | None) -> str | None:
     return "online" if channel == "online" else None
 
 
-def facts_of(data: Mapping[str, Any] | None, handledby: str | None = None) -> Facts:
-    """What one event (its data and its `ce_handledby` header) says about its case."""
+def _across_regions(
+    route_path: str | None, handled_by: str | None, origin_city: str | None, fromcity: str | None
+) -> tuple[frozenset[str], str | None]:
+    """The partner regions a case crosses to and this region's part in it (§9)."""
+    if route_path == Path.cross_region:
+        return _present(handled_by), "origin"
+    handled_for = _present(origin_city, fromcity)
+    return handled_for, "handler" if handled_for else None
+
+
+def facts_of(
+    data: Mapping[str, Any] | None, handledby: str | None = None, fromcity: str | None = None
+) -> Facts:
+    """What one event (its data, its `ce_handledby` and `ce_fromcity` headers) says about its
+    case. An event on this region's case topics with `ce_fromcity` set was imported from the
+    partner region the case came from."""
     channel = _get(data, "application", "channel")
+    partners, role = _across_regions(
+        _get(data, "route", "path"),
+        _get(data, "route", "handled_by"),
+        _get(data, "origin", "city_code"),
+        fromcity,
+    )
     return Facts(
         departments=_present(
             handledby, _get(data, "department"), _get(data, "route", "handled_by")
@@ -176,12 +207,38 @@ def facts_of(data: Mapping[str, Any] | None, handledby: str | None = None) -> Fa
         paths=_present(_get(data, "route", "path")),
         channel=channel,
         bundles=_present(_get(data, "bundle_id")),
+        partners=partners,
+        xregion_role=role,
     )
 
 
+# A partner region's record addressed here (its `<alias>.xregion.out.v1`): the types whose
+# very kind says this region's part in the case.
+_ROLE_OF_PARTNER_TYPE = {
+    "gov.case.forwarded.v1": "handler",  # a case the partner asks this region to decide
+    "gov.case.adoption_refused.v1": "origin",  # the partner will not decide this region's case
+}
+
+
+def facts_of_partner_record(event_type: str | None, fromcity: str | None) -> Facts:
+    """What a record a partner region sent here says about its case: the partner (its
+    `ce_fromcity`) and, for a forwarded case or a refusal, this region's part. Nothing else:
+    its offices, departments and routes are the partner's, whose codes may equal this
+    region's; what else is known of the case comes from this region's own events."""
+    role = _ROLE_OF_PARTNER_TYPE.get(event_type or "")
+    return Facts(partners=_present(fromcity), xregion_role=role)
+
+
 def facts_of_case_view(view: Mapping[str, Any]) -> Facts:
-    """What intake's `GET /v1/cases/{id}` (the operator's masked view) says about the case."""
+    """What intake's `GET /v1/cases/{id}` (the operator's masked view) says about the case
+    (`origin`, for a case adopted from a partner, when intake's view shows it)."""
     channel = _get(view, "channel")
+    partners, role = _across_regions(
+        _get(view, "route", "path"),
+        _get(view, "route", "handled_by"),
+        _get(view, "origin", "city_code"),
+        None,
+    )
     return Facts(
         departments=_present(_get(view, "route", "handled_by")),
         offices=_present(_get(view, "office_code"), _online(channel)),
@@ -189,6 +246,8 @@ def facts_of_case_view(view: Mapping[str, Any]) -> Facts:
         paths=_present(_get(view, "route", "path")),
         channel=channel,
         bundles=_present(_get(view, "bundle_id")),
+        partners=partners,
+        xregion_role=role,
     )
 
 

@@ -10,7 +10,8 @@
 //            REFORMS licensed=.. ...   the pages of REFORM_LICENSED and REFORM_HELD (if set)
 //            BUNDLE <id> members=..     the bundle's row opened into its members (if BUNDLE_ID),
 //                                      and a member's case page linking back to the bundle
-//            TABLES ...                SLA (and its clocks at risk), triage, dead letters, lag
+//            TABLES ...                SLA (and its clocks at risk), triage, dead letters, lag,
+//                                      partner links
 //            RESUMED ...               pause and resume the stream
 //            SCREENSHOT <path>, DONE
 // Anything wrong: `FAIL <why>` on stderr and exit code 1.
@@ -168,6 +169,7 @@ async function main(context, page) {
     ["triage", "triage-row", "triage-message"],
     ["dlq", "dlq-row", "dlq-message"],
     ["lag", "lag-row", "lag-message"],
+    ["links", "link-row", "links-message"],
   ]) {
     await page.getByTestId(`tab-${tab}`).click();
     const rows = page.getByTestId(row);

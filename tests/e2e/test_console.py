@@ -376,6 +376,7 @@ async def test_console_shows_a_case_live_and_its_timeline_to_closed(
     assert not [line for line in lines if line.startswith("PAGE-ERROR")], lines
     assert "lag=" in printed["TABLES"] and "dlq_count=" in printed["TABLES"]
     assert "clocks=" in printed["TABLES"]
+    assert "links=" in printed["TABLES"]  # a row per partner link, or why there is none
     # The case pages of fewer materials: the licence that stood in, the deferral, the hold.
     shown = printed["REFORMS"]
     assert f"{reforms.material} ← {reforms.license_id}" in shown

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -237,3 +238,24 @@ async def test_status_shows_the_link_running_and_caught_up(link: Link) -> None:
         assert loop.time() < deadline, f"not caught up in {DEADLINE_S}s:\n{out}"
         await asyncio.sleep(1)
     assert "MirrorMaker 2 running" in out
+
+
+async def test_heartbeats_cross_both_ways_with_their_source_timestamps(link: Link) -> None:
+    """MirrorMaker writes a heartbeat a second into each target's `heartbeats` and mirrors that
+    topic whatever MIRROR_TOPICS says: each region sees `<partner alias>.heartbeats`, whose
+    newest record is seconds old, the link's lag the console shows (GET /api/links)."""
+    loop = asyncio.get_running_loop()
+    for source, target in (link.regions, link.regions[::-1]):
+        topic = f"{source.alias}.heartbeats"
+        deadline = loop.time() + DEADLINE_S
+        while True:
+            try:
+                records = await read_topic(target.settings, topic, timeout=2.0, idle=0.5)
+            except AssertionError:  # not mirrored yet
+                records = []
+            if records:
+                break
+            assert loop.time() < deadline, f"no {topic} on {target.alias} in {DEADLINE_S}s"
+            await asyncio.sleep(0.5)
+        newest_age_s = time.time() - max(r.timestamp for r in records) / 1000
+        assert -5 < newest_age_s < 15, f"{topic}: newest heartbeat {newest_age_s:.1f}s old"

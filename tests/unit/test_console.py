@@ -23,8 +23,11 @@ from services.common.envelope import Envelope
 from services.console.app import ConsoleSettings, create_app
 from services.console.bundles import BundleBoard
 from services.console.events import family
+from services.console.links import LinkSeen, NewestRecord, PartnerCity, link_row, partner_aliases
+from services.console.routes import case_view
+from services.console.state import Console
 from services.console.stream import CaseLookup, LiveStream, sse
-from services.operators.event_facts import CaseMemory, EventFilter
+from services.operators.event_facts import CaseMemory, EventFilter, facts_of
 from tests.unit.catalog_data import application, index
 
 pytestmark = pytest.mark.unit
@@ -280,3 +283,214 @@ def _bundle_record(data: dict[str, Any]) -> tuple[bytes, bytes, list[tuple[str, 
     key, value, headers = envelope.to_record()
     assert key is not None and value is not None
     return key, value, headers
+
+
+# -- across regions (跨省通办, DESIGN.md §9) -----------------------------------------------------
+
+
+def partner_aware_stream(filters: EventFilter, own_city: str | None = "T") -> LiveStream:
+    """A live stream of region `own_city` that knows one partner region, LZ 澜州市, and asks
+    intake nothing."""
+
+    async def nothing_at_intake(case_id: str) -> dict[str, Any] | None:
+        return None
+
+    return LiveStream(
+        filters,
+        facts=CaseMemory(),
+        lookup=CaseLookup(nothing_at_intake),
+        catalog=lambda: None,
+        partner_names=lambda: {"LZ": "澜州市"},
+        own_city=lambda: own_city,
+    )
+
+
+async def test_the_stream_marks_cases_across_regions_with_the_partner_city() -> None:
+    """Origin side: routed on path cross_region to the partner; handling side: submitted with
+    `origin`, and the origin's steps imported with ce_fromcity (which alone name the partner)."""
+
+    live = partner_aware_stream(EventFilter.parse(path="cross_region"))
+    forwarded = {
+        **submitted("ORIGIN-1"),
+        "route": {"path": "cross_region", "handled_by": "LZ", "rule": "R2-cross-region",
+                  "level": "partner"},
+    }  # fmt: skip
+    line = await live.line(record(ROUTING_TOPIC, "gov.case.routed.v1", forwarded))
+    assert line is not None
+    assert line["cross_region"] == {"role": "origin", "partner": "LZ", "partner_name": "澜州市"}
+    assert line["facts"]["partner"] == "LZ" and line["facts"]["path"] == "cross_region"
+    assert "cross_region -> LZ" in line["summary"]
+    closed = await live.line(
+        record(DELIVERY_TOPIC, "gov.case.closed.v1", {"case_id": "ORIGIN-1", "outcome": "approved"})
+    )
+    assert closed is not None and closed["cross_region"]["role"] == "origin"  # remembered
+    local = await live.line(record(ROUTING_TOPIC, "gov.case.routed.v1", routed("LOCAL-1")))
+    assert local is None  # path filter: not across regions
+
+    everything = partner_aware_stream(EventFilter())
+    plain = await everything.line(record(ROUTING_TOPIC, "gov.case.routed.v1", routed()))
+    assert plain is not None and plain["cross_region"] is None
+    adopted = {
+        **submitted("ADOPTED-1"),
+        "origin": {"city_code": "LZ", "office_code": "LZ01-DC", "catalog_version": 3,
+                   "forwarded_at": "2026-06-15T10:00:00+08:00"},
+    }  # fmt: skip
+    line = await everything.line(record(INTAKE_TOPIC, "gov.case.submitted.v1", adopted))
+    assert line is not None
+    assert line["cross_region"] == {"role": "handler", "partner": "LZ", "partner_name": "澜州市"}
+    assert "adopted from LZ (LZ01-DC)" in line["summary"]
+    # An origin's step imported here names its region only in ce_fromcity.
+    envelope = Envelope(
+        type="gov.case.withdrawn.v1",
+        source="/tongban/intake",
+        subject="ADOPTED-2",
+        data={"case_id": "ADOPTED-2", "reason": "申请人撤回"},
+        fromcity="QZ",
+    )
+    imported = await everything.line(Record(INTAKE_TOPIC, 0, 9, *envelope.to_record()))
+    assert imported is not None
+    assert imported["cross_region"] == {"role": "handler", "partner": "QZ", "partner_name": None}
+
+
+def test_link_rows_age_the_newest_heartbeat_and_forwarded_record() -> None:
+    now = 1_800_000_000_000
+    partner = PartnerCity("LZ", "澜州市", 4)
+    up = link_row(
+        LinkSeen("region2", NewestRecord(900, now - 1_500), NewestRecord(12, now - 95_000)),
+        now_ms=now,
+        partner=partner,
+        stale_after_s=30,
+    )
+    assert up == {
+        "alias": "region2",
+        "partner": {"code": "LZ", "name": "澜州市", "version": 4},
+        "status": "up",
+        "heartbeat_topic": "region2.heartbeats",
+        "heartbeat_age_s": 1.5,
+        "xregion_topic": "region2.xregion.out.v1",
+        "xregion_records": 12,
+        "xregion_newest_age_s": 95.0,
+    }
+    stale = link_row(
+        LinkSeen("region2", NewestRecord(900, now - 30_100), None),
+        now_ms=now,
+        partner=None,
+        stale_after_s=30,
+    )
+    assert (stale["status"], stale["partner"], stale["xregion_records"]) == ("stale", None, None)
+    never = link_row(
+        LinkSeen("region3", None, NewestRecord(0, None)), now_ms=now, partner=None, stale_after_s=30
+    )
+    assert (never["status"], never["heartbeat_age_s"], never["xregion_newest_age_s"]) == (
+        "no_heartbeat",
+        None,
+        None,
+    )
+    # a partner clock a little ahead is no negative age
+    ahead = link_row(
+        LinkSeen("region2", NewestRecord(1, now + 400), None),
+        now_ms=now,
+        partner=None,
+        stale_after_s=30,
+    )
+    assert ahead["heartbeat_age_s"] == 0 and ahead["status"] == "up"
+
+
+def test_partner_aliases_are_the_sources_of_mirrored_link_topics_one_hop_away() -> None:
+    topics = [
+        "region2.heartbeats",
+        "region2.xregion.out.v1",
+        "region2.catalog.v1",
+        "region3.catalog.v1",
+        "heartbeats",  # this region's own MirrorMaker's
+        "region3.region2.heartbeats",  # two links away
+        "region2.checkpoints.internal",
+        "xregion.out.v1",
+        "case.intake.v1",
+    ]
+    assert partner_aliases(topics) == {
+        "region2": frozenset({"heartbeats", "xregion.out.v1", "catalog.v1"}),
+        "region3": frozenset({"catalog.v1"}),
+    }
+
+
+async def test_the_case_page_marks_a_case_across_regions_from_intake_or_the_stream() -> None:
+    """`/api/cases/{id}` adds `cross_region`: from intake's route (origin side), or from what
+    the stream showed of the case (an adopted case, handling side), else null."""
+    views = {
+        "ORIGIN-1": {"case_id": "ORIGIN-1", "status": "accepted", "channel": "counter",
+                     "route": {"path": "cross_region", "handled_by": "LZ", "level": "partner"}},
+        "ADOPTED-1": {"case_id": "ADOPTED-1", "status": "accepted", "channel": "counter",
+                      "route": {"path": "municipal", "handled_by": "T-MKT", "level": "municipal"}},
+        "LOCAL-1": {"case_id": "LOCAL-1", "status": "closed", "channel": "online",
+                    "route": {"path": "online", "handled_by": "T-MKT", "level": "municipal"}},
+    }  # fmt: skip
+
+    def intake(request: httpx.Request) -> httpx.Response:
+        case_id = request.url.path.rsplit("/", 1)[-1]
+        if request.url.path.startswith("/v1/cases/") and case_id in views:
+            return httpx.Response(200, json=views[case_id])
+        return httpx.Response(404, json={"code": "not_found"})
+
+    console = Console(ConsoleSettings(environment="test"))
+    console.http = httpx.AsyncClient(transport=httpx.MockTransport(intake))
+    console.facts.learn("ADOPTED-1", facts_of({"origin": {"city_code": "LZ"}}))
+    try:
+        shown = {c: json.loads(bytes((await case_view(c, console)).body)) for c in views}
+    finally:
+        await console.http.aclose()
+    assert shown["ORIGIN-1"]["cross_region"] == {
+        "role": "origin",
+        "partner": "LZ",
+        "partner_name": None,  # no partner catalog read yet
+    }
+    assert shown["ADOPTED-1"]["cross_region"]["role"] == "handler"
+    assert shown["LOCAL-1"]["cross_region"] is None
+
+
+def from_partner(event_type: str, data: dict[str, Any], *, tocity: str, offset: int = 0) -> Record:
+    """A record partner LZ addressed to `tocity`, as MirrorMaker brings it here."""
+    envelope = Envelope(
+        type=event_type,
+        source="/tongban/routing",
+        subject=data["case_id"],
+        data=data,
+        tocity=tocity,
+        fromcity="LZ",
+    )
+    return Record("region2.xregion.out.v1", 0, offset, *envelope.to_record())
+
+
+async def test_the_stream_shows_what_a_partner_addresses_here_and_nothing_else() -> None:
+    live = partner_aware_stream(EventFilter(), own_city="YZ")
+    forwarded = {"case_id": "FWD-1", "from_city": "LZ", "to_city": "YZ",
+                 "application": _application(office="T1-DC")}  # fmt: skip
+    line = await live.line(from_partner("gov.case.forwarded.v1", forwarded, tocity="YZ"))
+    assert line is not None and line["family"] == "partner"
+    assert line["cross_region"] == {"role": "handler", "partner": "LZ", "partner_name": "澜州市"}
+    assert line["source"] == "LZ:/tongban/routing"
+    assert "forwarded LZ -> YZ" in line["summary"]
+    assert "申请人" not in json.dumps(line["data"], ensure_ascii=False)  # masked as any line
+    # a partner's link to a third region carries that region's cases: never shown here
+    elsewhere = {**forwarded, "case_id": "FWD-2", "to_city": "QZ"}
+    assert await live.line(from_partner("gov.case.forwarded.v1", elsewhere, tocity="QZ")) is None
+    # this region's own city not known yet: nothing from partners
+    unsure = partner_aware_stream(EventFilter(), own_city=None)
+    assert await unsure.line(from_partner("gov.case.forwarded.v1", forwarded, tocity="YZ")) is None
+
+    # The origin's view of a case it forwarded: the partner's events (its adopted submitted
+    # names this region as the origin) never turn this region into the handler.
+    taken_here = {
+        **submitted("ORIGIN-2"),
+        "route": {"path": "cross_region", "handled_by": "LZ", "rule": "R2-cross-region"},
+    }
+    await live.line(record(ROUTING_TOPIC, "gov.case.routed.v1", taken_here))
+    adopted_there = {**submitted("ORIGIN-2"), "origin": {"city_code": "YZ"}}
+    line = await live.line(from_partner("gov.case.submitted.v1", adopted_there, tocity="YZ"))
+    assert line is not None and line["cross_region"]["role"] == "origin"
+    refused = {"case_id": "ORIGIN-3", "from_city": "LZ", "to_city": "YZ",
+               "code": "not_cross_region", "reason": "不在通办范围"}  # fmt: skip
+    line = await live.line(from_partner("gov.case.adoption_refused.v1", refused, tocity="YZ"))
+    assert line is not None and line["family"] == "alert"
+    assert line["cross_region"]["role"] == "origin"
+    assert "adoption refused by LZ: not_cross_region" in line["summary"]

@@ -9,6 +9,7 @@ with the reason otherwise.
 from __future__ import annotations
 
 import base64
+import copy
 import fnmatch
 import importlib
 import importlib.util
@@ -28,7 +29,7 @@ import yaml
 from contracts.events import CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC, XREGION_TOPIC
 from services.common.kafka import TopicSpec, department_topic, standard_topics
 from services.common.settings import CommonSettings
-from tests.unit.test_department_topics import Rule, can_read, rules
+from tests.unit.test_department_topics import Rule, can_read, matches, rules
 
 pytestmark = pytest.mark.unit
 
@@ -1066,3 +1067,177 @@ def test_keda_sees_offsets_of_every_scaled_group_and_reads_no_record() -> None:
         password["key"],
     )
     assert refs["username"]["name"] == password["name"]
+
+
+# -- across regions: MirrorMaker 2 between two regions (federation/) ----------------------------
+
+FEDERATION = K8S / "federation"
+REGIONS = ("region1", "region2")  # each the other's partner
+CROSSING = (CATALOG_TOPIC, XREGION_TOPIC)  # what a region's MirrorMaker pulls (DESIGN.md §9)
+HEARTBEATS = "heartbeats"  # MirrorMaker's own, mirrored whatever the topic pattern says
+FOLLOW_PARTNERS = ("intake", "routing", "delivery", "console")  # read `<partner>.` topics
+
+
+def partner_of(region: str) -> str:
+    (partner,) = set(REGIONS) - {region}
+    return partner
+
+
+def component_resources(directory: Path) -> list[dict[str, Any]]:
+    entries = kustomization(directory).get("resources", [])
+    return [d for entry in entries for d in load_all(directory / entry)]
+
+
+def mirror_maker(region: str) -> dict[str, Any]:
+    (mm2,) = [
+        d for d in component_resources(FEDERATION / region) if d["kind"] == "KafkaMirrorMaker2"
+    ]
+    return mm2
+
+
+def region_users(region: str) -> dict[str, dict[str, Any]]:
+    return of_kind("KafkaUser", iter(component_resources(FEDERATION / region)))
+
+
+def json_patches(directory: Path) -> list[tuple[dict[str, str], list[dict[str, Any]]]]:
+    """(target, operations) of each JSON 6902 patch a component lists."""
+    found = []
+    for entry in kustomization(directory).get("patches", []):
+        text = (directory / entry["path"]).read_text() if "path" in entry else entry["patch"]
+        found.append((entry["target"], yaml.safe_load(text)))
+    return found
+
+
+def with_component(docs: list[dict[str, Any]], directory: Path) -> list[dict[str, Any]]:
+    """`docs` with a component's resources added and its patches applied, as Kustomize does for
+    the patches used here: `add` to the end of a list, on targets chosen by kind and name
+    (a regular expression). test_each_region_builds_with_kustomize compares kubectl's build."""
+    docs = copy.deepcopy(docs) + component_resources(directory)
+    for target, operations in json_patches(directory):
+        chosen = [
+            d
+            for d in docs
+            if d["kind"] == target["kind"]
+            and re.fullmatch(target.get("name", ".*"), d["metadata"]["name"])
+        ]
+        assert chosen, f"{directory.name}: a patch for {target} changes nothing"
+        for doc in chosen:
+            for operation in operations:
+                assert operation["op"] == "add" and operation["path"].endswith("/-"), operation
+                node: Any = doc
+                for part in operation["path"].strip("/").split("/")[:-1]:
+                    node = node[part]
+                node.append(copy.deepcopy(operation["value"]))
+    return docs
+
+
+def region_manifests(region: str) -> list[dict[str, Any]]:
+    return with_component(with_component(list(manifests()), FEDERATION), FEDERATION / region)
+
+
+def can(user: dict[str, Any], operation: str, topic: str) -> bool:
+    return any(matches(r, topic) and r[3] in (operation, "All") for r in rules(user))
+
+
+def test_each_region_mirrors_its_partner_and_only_what_crosses() -> None:
+    for region in REGIONS:
+        partner = partner_of(region)
+        mm2 = mirror_maker(region)
+        spec = mm2["spec"]
+        assert mm2["apiVersion"] == kafka_cluster()["apiVersion"] == "kafka.strimzi.io/v1beta2"
+        assert spec["version"] == kafka_cluster()["spec"]["kafka"]["version"]
+        target = spec["target"]
+        # Connect runs in this region, on this region's cluster, as its own user
+        assert target["alias"] == region
+        assert target["bootstrapServers"] == config_map()["TONGBAN_KAFKA_BOOTSTRAP"]
+        users = region_users(region)
+        auth = target["authentication"]
+        assert auth["type"] == "scram-sha-512" and auth["username"] in users
+        assert auth["passwordSecret"]["secretName"] == auth["username"], "the User Operator's"
+        assert target["tls"]["trustedCertificates"][0]["secretName"] == "tongban-cluster-ca-cert"
+        (mirror,) = spec["mirrors"]
+        source = mirror["source"]
+        assert source["alias"] == partner
+        assert source["authentication"]["type"] == "scram-sha-512" and source["tls"]
+        # the partner's user for this region is the one the partner's component defines
+        assert source["authentication"]["username"] in region_users(partner)
+        assert source["authentication"]["username"] == f"mirror-{region}"
+        pattern = re.compile(mirror["topicsPattern"])
+        topics = [*expected_topics(), department_topic("YZ01-MKT"), HEARTBEATS, "catalog_v1"]
+        assert {t for t in topics if pattern.fullmatch(t)} == set(CROSSING), mirror["topicsPattern"]
+        connector = mirror["sourceConnector"]["config"]
+        assert connector["offset-syncs.topic.location"] == "target", "read-only on the partner"
+        assert connector["sync.topic.acls.enabled"] is False
+        assert "checkpointConnector" not in mirror, "consumer groups never cross"
+        assert "heartbeatConnector" in mirror, "the link's lag (GET /api/links)"
+        # one Connect cluster per region: its group and storage topics are its user's
+        writer = users[auth["username"]]
+        for storage in ("configStorageTopic", "offsetStorageTopic", "statusStorageTopic"):
+            assert can(writer, "Read", target[storage]) and can(writer, "Write", target[storage])
+        assert any(group_rule_covers(r, target["groupId"], {"Read"}) for r in rules(writer))
+
+
+def test_the_link_users_read_only_what_crosses_and_write_only_the_mirrors() -> None:
+    never = [*CASE_TOPICS, DLQ_TOPIC, "license.v1", "bundle.v1", department_topic("YZ01-MKT")]
+    for region in REGIONS:
+        partner = partner_of(region)
+        users = region_users(region)
+        reader = users[f"mirror-{partner}"]  # the partner's MirrorMaker, reading this region
+        assert reader["metadata"]["labels"]["strimzi.io/cluster"] == "tongban"
+        for topic in (*CROSSING, HEARTBEATS):
+            assert can_read(reader, topic) and can(reader, "DescribeConfigs", topic), topic
+        for topic in never:
+            assert not can_read(reader, topic), f"{topic} never crosses the link"
+        assert {op for *_, op in rules(reader)} <= {"Describe", "DescribeConfigs", "Read"}
+        assert all(
+            kind == "topic" and pattern == "literal" for kind, _, pattern, _ in rules(reader)
+        )
+        writer = users["mirror-maker"]  # this region's MirrorMaker, writing here
+        for topic in (*CROSSING, HEARTBEATS):
+            mirrored = f"{partner}.{topic}"
+            for operation in ("Create", "Write", "AlterConfigs"):
+                assert can(writer, operation, mirrored), (mirrored, operation)
+        assert can(writer, "Write", HEARTBEATS), "its heartbeats, mirrored to the partner"
+        for topic in (*CROSSING, *never):
+            assert not can_read(writer, topic) and not can(writer, "Write", topic), topic
+
+
+def test_the_processes_that_follow_a_partner_read_its_mirrored_topics_and_nothing_more() -> None:
+    for region in REGIONS:
+        partner = partner_of(region)
+        docs = region_manifests(region)
+        users = of_kind("KafkaUser", iter(docs))
+        for name in FOLLOW_PARTNERS:
+            for topic in (*CROSSING, HEARTBEATS):
+                assert can_read(users[name], f"{partner}.{topic}"), (region, name, topic)
+        assert not can_read(users["approval"], f"{partner}.{XREGION_TOPIC}")
+        keda = users["keda"]
+        assert can(keda, "Describe", f"{partner}.{XREGION_TOPIC}")
+        assert not can_read(keda, f"{partner}.{XREGION_TOPIC}")
+        # the listener the partner's MirrorMaker reads this region over: TLS and SCRAM
+        (kafka,) = [d for d in docs if d["kind"] == "Kafka"]
+        (link,) = [x for x in kafka["spec"]["kafka"]["listeners"] if x["name"] == "link"]
+        assert link["tls"] is True and link["authentication"]["type"] == "scram-sha-512"
+        # nothing of this region's is readable under the partner's prefix
+        assert not any(t.startswith(f"{partner}.") for t in expected_topics())
+
+
+def test_each_region_builds_with_kustomize(tmp_path: Path) -> None:
+    """The documented switch (federation/kustomization.yaml): the base with `federation` and
+    the region's own component; what kubectl builds is what the checks above assume."""
+    for region in REGIONS:
+        copy_dir = tmp_path / region / "kubernetes"
+        shutil.copytree(K8S, copy_dir)
+        with (copy_dir / "kustomization.yaml").open("a") as k:
+            k.write(f"components:\n  - federation\n  - federation/{region}\n")
+        built = kubectl_kustomize(copy_dir)
+        assert all(
+            d["metadata"].get("namespace") == "tongban" for d in built if d["kind"] != "Namespace"
+        )
+        expected = region_manifests(region)
+        assert sorted((d["kind"], d["metadata"]["name"]) for d in built) == sorted(
+            (d["kind"], d["metadata"]["name"]) for d in expected
+        )
+        built_users = of_kind("KafkaUser", iter(built))
+        for name, user in of_kind("KafkaUser", iter(expected)).items():
+            assert rules(built_users[name]) == rules(user), (region, name)

@@ -276,3 +276,26 @@ def test_filters_parse_lists_and_short_types() -> None:
     assert not EventFilter.parse(type="closed").matches(
         case_id=CASE, event_type=None, facts=None, catalog=None
     )  # an unreadable record has no type
+
+
+def test_a_case_across_regions_names_its_partner_and_this_regions_part() -> None:
+    """DESIGN.md §9: taken here and forwarded (path cross_region, handled_by the partner's
+    city) is `origin`; adopted from a partner (`origin` in intake's view or the submitted
+    event, or an imported step's ce_fromcity) is `handler`."""
+    origin_view = {
+        "case_id": CASE,
+        "channel": "counter",
+        "office_code": "T1-DC",
+        "route": {"path": "cross_region", "handled_by": "LZ", "level": "partner"},
+    }
+    facts = facts_of_case_view(origin_view)
+    assert facts.partners == {"LZ"} and facts.xregion_role == "origin"
+    assert facts.view(None)["partner"] == "LZ" and facts.view(None)["xregion_role"] == "origin"
+    adopted = facts_of_case_view({**origin_view, "route": None, "origin": {"city_code": "YZ"}})
+    assert adopted.partners == {"YZ"} and adopted.xregion_role == "handler"
+    imported = facts_of({"case_id": CASE, "reason": "撤回"}, fromcity="YZ")
+    assert imported.partners == {"YZ"} and imported.xregion_role == "handler"
+    local = facts_of(routed())
+    assert (local.partners, local.xregion_role) == (frozenset(), None)
+    assert local.union(imported).xregion_role == "handler"
+    assert imported.union(local).xregion_role == "handler"  # a later local event forgets nothing

@@ -36,7 +36,7 @@ def check_filters(filters: EventFilter, catalog: CatalogIndex | None = None) -> 
 
 
 def facts_of_view(view: EventView) -> Facts:
-    return facts_of(view.data, view.headers.get("ce_handledby"))
+    return facts_of(view.data, view.headers.get("ce_handledby"), view.headers.get("ce_fromcity"))
 
 
 def select(

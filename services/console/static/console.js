@@ -44,6 +44,18 @@ async function getJSON(url) {
   return { status: answer.status, body };
 }
 
+// A case across regions (DESIGN.md §9): "→ LZ 澜州市" taken here and decided there,
+// "← LZ 澜州市" adopted from there.
+function crossRegion(marker) {
+  if (!marker) return "";
+  const arrow = marker.role === "origin" ? "→" : "←";
+  const city = [marker.partner, marker.partner_name].filter(Boolean).join(" ");
+  return el("span", {
+    className: "xregion", testid: "cross-region",
+    title: marker.role === "origin" ? "taken here, decided by the partner region" : "adopted from the partner region",
+  }, `${arrow} ${city}`);
+}
+
 function caseLink(caseId) {
   if (!caseId) return "";
   return el("a", { className: "case", href: `#case=${encodeURIComponent(caseId)}`, testid: "case-link" }, caseId);
@@ -51,7 +63,7 @@ function caseLink(caseId) {
 
 // --------------------------------------------------------------------------- tabs
 
-const TABS = ["stream", "case", "bundles", "sla", "triage", "dlq", "lag"];
+const TABS = ["stream", "case", "bundles", "sla", "triage", "dlq", "lag", "links"];
 let currentTab = "stream";
 
 function showTab(name) {
@@ -149,6 +161,7 @@ function addLine(item) {
       offices: (facts.offices || []).join(","), departments: (facts.departments || []).join(","),
       districts: (facts.districts || []).join(","), path: facts.path || "",
       bundle: item.bundle_id || "",
+      partner: (item.cross_region && item.cross_region.partner) || "",
     },
   },
   el("td", {}, cityTimeMs(item.time).slice(5)),
@@ -157,6 +170,7 @@ function addLine(item) {
   el("td", {}, (facts.departments || []).join(" ")),
   el("td", {}, facts.path || ""),
   el("td", {}, (facts.offices || []).join(" ")),
+  el("td", {}, crossRegion(item.cross_region)),
   el("td", { className: "what" }, what || ""));
 
   const box = $("stream-box");
@@ -252,6 +266,8 @@ function renderCase(view) {
     ...fact("status", el("span", { className: `status status-${view.status}`, testid: "case-status-value" }, view.status)),
     ...fact("item", view.item_code),
     ...(view.bundle_id ? fact("bundle", bundleLink(view.bundle_id)) : []),
+    ...(view.cross_region ? fact("across regions", crossRegion(view.cross_region), view.cross_region.role === "origin"
+      ? " (taken here, decided there)" : " (adopted from there)") : []),
     ...fact("taken", `${view.channel || ""}${view.office_code ? " at " + view.office_code : ""}`),
     ...fact("route", route
       ? `${route.path} · ${route.level} · ${route.handled_by}${route.same_city ? " · same city" : ""} · rule ${route.rule} · catalog v${route.catalog_version}`
@@ -507,6 +523,25 @@ async function refreshLag() {
   badge("lag-badge", String(body.total), body.total > 1000);
 }
 
+async function refreshLinks() {
+  const { body } = await getJSON("/api/links");
+  if (!body || !body.available) { unavailable("links-message", body); badge("links-badge", "?", true); return; }
+  $("links-stale").textContent = String(body.stale_after_s);
+  $("links-message").textContent = body.rows.length ? "" : "No partner region: no mirrored topic <alias>.heartbeats, <alias>.xregion.out.v1 or <alias>.catalog.v1 here.";
+  const age = (s) => (s === null || s === undefined ? "–" : s.toFixed(1));
+  $("link-rows").replaceChildren(...body.rows.map((r) => el("tr",
+    { testid: "link-row", className: r.status === "up" ? "" : "bad", dataset: { alias: r.alias, status: r.status } },
+    el("td", {}, r.alias),
+    el("td", {}, r.partner ? `${r.partner.code} ${r.partner.name || ""} · catalog v${r.partner.version}` : "catalog not yet here"),
+    el("td", {}, r.status),
+    el("td", { className: "num" }, age(r.heartbeat_age_s)),
+    el("td", {}, r.xregion_topic),
+    el("td", { className: "num" }, r.xregion_records ?? "–"),
+    el("td", { className: "num" }, age(r.xregion_newest_age_s)))));
+  const down = body.rows.filter((r) => r.status !== "up").length;
+  badge("links-badge", body.rows.length ? `${body.rows.length - down}/${body.rows.length}` : "", down > 0);
+}
+
 async function refreshCatalog() {
   const { body } = await getJSON("/api/catalog");
   if (!body || !body.available) { $("catalog-version").textContent = "no catalog yet"; return; }
@@ -520,7 +555,7 @@ async function refreshCatalog() {
 
 async function refreshAll() {
   if (document.visibilityState !== "visible") return;
-  const results = await Promise.allSettled([refreshSla(), refreshTriage(), refreshDlq(), refreshLag(), refreshBundles()]);
+  const results = await Promise.allSettled([refreshSla(), refreshTriage(), refreshDlq(), refreshLag(), refreshBundles(), refreshLinks()]);
   const failed = results.filter((r) => r.status === "rejected").length;
   $("refreshed").textContent = `refreshed ${cityTime(new Date().toISOString())}${failed ? ` (${failed} failed)` : ""}`;
 }
