@@ -201,6 +201,13 @@ async def test_missing_materials_are_those_of_the_partners_item(
     answer = await http.post(f"{INTAKE}/v1/cases", json=body)
     assert answer.status_code == 201, answer.text
     assert answer.json()["missing_materials"] == ["PHOTO"]  # LZ's CIV-0301, not YZ's
+    # completed against LZ's item too
+    case_id = answer.json()["case_id"]
+    completed = await http.post(
+        f"{INTAKE}/v1/cases/{case_id}/materials", json={"materials": [{"code": "PHOTO"}]}
+    )
+    assert completed.status_code == 200, completed.text
+    assert completed.json()["status"] == "submitted" and completed.json()["missing_materials"] == []
 
 
 @pytest.mark.parametrize(
@@ -403,6 +410,8 @@ async def test_a_handover_that_does_not_verify_is_refused_back_to_the_origin(
     reason = "bad_signature" if how == "forged" else "digest_mismatch"
     assert reason in refusal["reason"]
 
+    metrics = (await http.get(f"{INTAKE}/metrics")).text
+    assert 'tongban_xregion_refused_total{code="handover_invalid"}' in metrics
     rows = await http.get(f"{INTAKE}/v1/xregion/refused", headers=http.headers_for(Role.operator))
     assert rows.status_code == 200, rows.text
     (row,) = [r for r in rows.json() if r["case_id"] == case.case_id]
