@@ -22,11 +22,13 @@ import pytest
 from contracts.common import Applicant, Application, Delivery, Handover, Material
 from contracts.events import (
     CATALOG_TOPIC,
+    DELIVERY_TOPIC,
     INTAKE_TOPIC,
     XREGION_TOPIC,
     CaseAccepted,
     CaseClosed,
     CaseForwarded,
+    CaseRated,
     CaseWithdrawn,
     CatalogPublished,
     Event,
@@ -362,7 +364,20 @@ async def test_a_forwarded_case_is_adopted_once_and_the_origins_withdrawal_impor
         tocity=YZ,
         fromcity=LZ,
     )
-    await produce(settings, mirrored(XREGION_TOPIC), [relayed.to_record()])
+    rated = CaseRated(case_id=case.case_id, rating="satisfied", rated_at=datetime.now(UTC))
+    # the withdrawal twice (MirrorMaker delivers at least once), then a step on its heels: once
+    # the step is imported, the copy was applied (one partition: in order) and made nothing
+    await produce(
+        settings,
+        mirrored(XREGION_TOPIC),
+        [
+            relayed.to_record(),
+            relayed.to_record(),
+            record(rated, source="/tongban/delivery", subject=case.case_id),
+        ],
+    )
+    (step,) = await events_of(case.case_id, DELIVERY_TOPIC, CaseRated.TYPE)
+    assert header(step, "ce_fromcity") == LZ
     (imported,) = await events_of(case.case_id, INTAKE_TOPIC, CaseWithdrawn.TYPE)
     assert header(imported, "ce_id") == relayed.id  # unchanged
     assert (
