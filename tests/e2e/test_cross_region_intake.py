@@ -170,6 +170,14 @@ async def test_a_partner_applicant_is_taken_at_a_counter_here_and_signed(
     assert taken["status"] == "submitted" and taken["missing_materials"] == []
     case_id = taken["case_id"]
     assert case_id.startswith(f"{YZ}-")
+    # the preview reads the item where routing will: in the partner's catalog (rule 2)
+    preview = taken["route_preview"]
+    assert preview is not None, taken
+    assert (preview["path"], preview["level"], preview["handled_by"]) == (
+        "cross_region",
+        "partner",
+        LZ,
+    )
 
     settings = ServiceSettings()
 

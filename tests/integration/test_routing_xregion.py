@@ -1,7 +1,7 @@
 """routing across regions (DESIGN.md §9) on the real broker and database, with a partner region
-simulated the way MirrorMaker 2 makes it here: its catalog on `region9.catalog.v1` (a
+simulated the way MirrorMaker 2 makes it here: its catalog on `region8.catalog.v1` (a
 CatalogPublished record, as its routing publishes it on its own catalog.v1) and its records
-for us on `region9.xregion.out.v1`.
+for us on `region8.xregion.out.v1`.
 
 This region is the unit tests' city T (its catalog applied to the process's copy, not loaded
 into the stack's routing, whose catalog in force other tests rely on); the partner is their
@@ -60,7 +60,7 @@ from tests.unit.catalog_data import application, base_catalog, catalog, partner_
 
 pytestmark = pytest.mark.integration
 
-ALIAS = "region9"
+ALIAS = "region8"
 OWN, PARTNER = "T", "P"
 PARTNER_VERSION = 3
 LOADED = datetime(2026, 1, 1, tzinfo=UTC)

@@ -152,6 +152,7 @@ def route_preview(
             application=application,
             submitted_on=today,
             bundle_code=bundle_code,
+            partners=intake.partner_indexes(),
         )
     except Exception as exc:  # a preview is a nicety: the case is taken anyway
         log.warning("route preview failed", error=repr(exc))

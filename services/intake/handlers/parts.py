@@ -35,6 +35,11 @@ class Intake:
         """Every partner region's newest catalog by city code."""
         return self.partners.partners() if self.partners is not None else {}
 
+    def partner_indexes(self) -> dict[str, tuple[int, CatalogIndex]]:
+        """Each partner's newest catalog with its version (the routing rules' `partners`)."""
+        versions = self.partner_versions()
+        return {c: (versions[c], i) for c, i in self.partner_catalogs().items() if c in versions}
+
     def partner_versions(self) -> dict[str, int]:
         """The version of each partner region's newest catalog, by city code."""
         if self.partners is None:
