@@ -459,11 +459,21 @@ async def test_a_denied_prerequisite_ends_its_dependent(
     assert denied.status_code == 200, denied.text
     view = await member_reaches(http, bundle_id, TAKE, "withdrawn")
     take = member(view, TAKE)
-    endings = [
-        e
-        for e in view["timeline"]
-        if e["case_id"] == take["case_id"] and e["type"] == "gov.case.withdrawn.v1"
-    ]
+
+    # The status is intake's own write; the timeline entry follows through the outbox and
+    # the timeline consumer: wait for it, then there must be exactly one.
+    async def ended() -> list[dict[str, Any]] | None:
+        found = await bundle_view(http, bundle_id)
+        entries = [
+            e
+            for e in found["timeline"]
+            if e["case_id"] == take["case_id"] and e["type"] == "gov.case.withdrawn.v1"
+        ]
+        return entries or None
+
+    endings = await eventually(
+        ended, timeout=60, what=f"{take['case_id']} withdrawn in the timeline"
+    )
     assert len(endings) == 1 and endings[0]["note"] == "reason: prerequisite_ended", endings
 
     # The denial's letter still goes out: with its dependent ended, every member has its
