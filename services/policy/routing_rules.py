@@ -3,7 +3,10 @@
 Rules run in order and the first match wins; every outcome names its rule id:
 
   R1  item unknown / not in force on the submission date     -> unknown_item, item_not_effective
+      (read in the catalog of the applicant's region: this city's, or a partner's, see below)
   R2  applicant's jurisdiction not in the city               -> out_of_jurisdiction
+      in a partner region, the item `cross_region` there     -> the partner (R2-cross-region),
+                                                                the office checked as by R3
   R3  intake office (or channel) not allowed for the item    -> office_not_allowed, unknown_office
       (for a member of a bundle the catalog knows: for the bundle, its one window, §8)
   R4  online     -> the owner (municipal)
@@ -23,6 +26,16 @@ Jurisdiction (the applicant's `division_code`): a street implies its district. A
 jurisdiction is the domicile street; an individual known only by a district (or an applicant
 known only by the city code) is still in the city, so R2 does not fail them: routing proceeds
 and only a delegated item that needs the finer division fails (R5, no_receiving_department).
+
+Across regions (DESIGN.md §9): the applicant's jurisdiction also decides which catalog the
+item code is read in (codes may be the same in two regions): this city's when the division is
+in the city, else the partner's whose catalog holds it (`partners`: city code -> that
+partner's newest catalog), else this city's as before (R2 then fails it out_of_jurisdiction).
+A partner applicant's case is never routed by R3-R7 here: R2 forwards it (path cross_region,
+level partner, handled_by = the partner's city code, the partner's catalog version and time
+limit) when the partner's item is `cross_region` and this city's counter (any office of the
+city; never the online channel) took it, and fails it out_of_jurisdiction otherwise. Every
+outcome about a partner applicant carries the partner's catalog version and names the partner.
 """
 
 from __future__ import annotations
@@ -31,15 +44,31 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 
-from contracts.catalog import Department, Item, Office
-from contracts.common import Application, Failure, ItemSnapshot, Level, Mode, Route
+from contracts.catalog import Department, Item, Office, Scope
+from contracts.common import (
+    Application,
+    Channel,
+    Failure,
+    ItemSnapshot,
+    Level,
+    Mode,
+    Path,
+    Route,
+    RouteLevel,
+)
 from services.policy.bundle_rules import bundle_office_allowed
 from services.policy.catalog_index import CatalogIndex
-from services.policy.intake_rules import LEVEL_ZH, item_in_force, office_allowed
+from services.policy.intake_rules import (
+    LEVEL_ZH,
+    item_in_force,
+    office_allowed,
+    unknown_office_reason,
+)
 
 R1_UNKNOWN_ITEM = "R1-unknown-item"
 R1_ITEM_NOT_EFFECTIVE = "R1-item-not-effective"
 R2_OUT_OF_JURISDICTION = "R2-out-of-jurisdiction"
+R2_CROSS_REGION = "R2-cross-region"
 R3_OFFICE_NOT_ALLOWED = "R3-office-not-allowed"
 R3_UNKNOWN_OFFICE = "R3-unknown-office"
 R4_ONLINE = "R4-online"
@@ -74,6 +103,23 @@ class Jurisdiction:
     level: Level  # of the code given: municipal (city only), district or street
     district: str | None
     street: str | None
+
+
+# A partner region's newest catalog: (its version, its index), by the partner's city code.
+PartnerCatalogs = Mapping[str, tuple[int, CatalogIndex]]
+
+
+def applicant_region(
+    index: CatalogIndex, partners: PartnerCatalogs, division_code: str
+) -> str | None:
+    """The partner region (its city code) whose catalog holds the applicant's division, or None:
+    in this city, or in no region known (this city first, then the partners by city code)."""
+    if index.division_level(division_code) is not None:
+        return None
+    for city in sorted(partners):
+        if city != index.city_code and partners[city][1].division_level(division_code) is not None:
+            return city
+    return None
 
 
 def jurisdiction(index: CatalogIndex, division_code: str) -> Jurisdiction | None:
@@ -122,6 +168,23 @@ class Routing:
     resolved_where: Jurisdiction | None = None  # by R2
     bundle_code: str | None = None  # the bundle the case is a member of (§8), if any
     office: Office | None = None  # by R3: the intake office (None on the online channel)
+    # §9: the partner region whose catalog the item is read in (None: this city's), and that
+    # catalog's version and index
+    partner: str | None = None
+    partner_catalog: tuple[int, CatalogIndex] | None = None
+
+    @property
+    def read_in(self) -> tuple[int, CatalogIndex]:
+        """The catalog (version, index) the item code is read in: the applicant's region's."""
+        return self.partner_catalog or (self.catalog_version, self.index)
+
+    @property
+    def in_partner(self) -> str:
+        """The partner region's name and code, for explanations ("" for this city)."""
+        if self.partner is None or self.partner_catalog is None:
+            return ""
+        city = self.partner_catalog[1].catalog.city
+        return f"{city.name or city.code}（{city.code}）"
 
     @property
     def item(self) -> Item:
@@ -140,7 +203,7 @@ class Routing:
     def fail(self, rule: str, code: str, explanation: str) -> RouteOutcome:
         return RouteOutcome(
             rule=rule,
-            catalog_version=self.catalog_version,
+            catalog_version=self.read_in[0],
             failure=Failure(code=code, explanation=explanation),
             item=item_snapshot(self.resolved_item) if self.resolved_item is not None else None,
             inputs=dict(self.inputs),
@@ -150,8 +213,8 @@ class Routing:
         self,
         rule: str,
         *,
-        path: Mode,
-        level: Level,
+        path: Path,
+        level: RouteLevel,
         handled_by: str,
         explanation: str,
         same_city: bool = False,
@@ -164,7 +227,7 @@ class Routing:
             handled_by=handled_by,
             same_city=same_city,
             rule=rule,
-            catalog_version=self.catalog_version,
+            catalog_version=self.read_in[0],
             explanation=explanation,
             time_limit_days=item.time_limit_days,
             instant=item.instant,
@@ -174,7 +237,7 @@ class Routing:
         )
         return RouteOutcome(
             rule=rule,
-            catalog_version=self.catalog_version,
+            catalog_version=route.catalog_version,
             route=route,
             item=item_snapshot(item),
             inputs=route.inputs,
@@ -182,17 +245,27 @@ class Routing:
 
 
 def r1_item_in_force(case: Routing) -> RouteOutcome | None:
-    """R1: the item exists and is in force on the submission date."""
-    code, version = case.application.item_code, case.catalog_version
-    item = case.index.items.get(code)
+    """R1: the item exists and is in force on the submission date (in the catalog of the
+    applicant's region)."""
+    code = case.application.item_code
+    version, index = case.read_in
+    item = index.items.get(code)
     if item is None:
+        if case.partner is not None:
+            return case.fail(
+                R1_UNKNOWN_ITEM,
+                "unknown_item",
+                f"事项 {code} 不在申请人所在地{case.in_partner}的目录（第 {version} 版）中 / "
+                f"item {code!r} is not in partner region {case.partner}'s catalog version "
+                f"{version} (the applicant's jurisdiction)",
+            )
         return case.fail(
             R1_UNKNOWN_ITEM,
             "unknown_item",
             f"事项 {code} 不在目录（第 {version} 版）中 / item {code!r} is not in catalog "
             f"version {version}",
         )
-    owner = case.index.departments.get(item.owner)
+    owner = index.departments.get(item.owner)
     case.resolved_item, case.owner = item, owner
     case.inputs |= {
         "item_mode": item.mode.value,
@@ -206,6 +279,14 @@ def r1_item_in_force(case: Routing) -> RouteOutcome | None:
     on = case.submitted_on
     if not item_in_force(item, on):
         window = f"{item.effective_from or '…'} ~ {item.effective_to or '…'}"
+        if case.partner is not None:
+            return case.fail(
+                R1_ITEM_NOT_EFFECTIVE,
+                "item_not_effective",
+                f"{case.in_partner}事项 {item.code}（{item.name}）在 {on} 不在有效期内（{window}）"
+                f" / item {item.code} of partner region {case.partner} is not in force on {on} "
+                f"(effective {window})",
+            )
         return case.fail(
             R1_ITEM_NOT_EFFECTIVE,
             "item_not_effective",
@@ -216,7 +297,10 @@ def r1_item_in_force(case: Routing) -> RouteOutcome | None:
 
 
 def r2_in_jurisdiction(case: Routing) -> RouteOutcome | None:
-    """R2: the applicant belongs to this city."""
+    """R2: the applicant belongs to this city; or to a partner region, for an item that region
+    takes across regions (§9)."""
+    if case.partner is not None:
+        return _cross_region(case)
     division = case.application.applicant.division_code
     where = jurisdiction(case.index, division)
     if where is None:
@@ -230,6 +314,63 @@ def r2_in_jurisdiction(case: Routing) -> RouteOutcome | None:
     case.resolved_where = where
     case.inputs |= {"applicant_district": where.district, "applicant_street": where.street}
     return None
+
+
+def _cross_region(case: Routing) -> RouteOutcome:
+    """R2 for a partner applicant (§9): forwarded to the partner when its item is cross_region
+    and a counter of this city took it; else refused as out of jurisdiction."""
+    partner, item, application = case.partner, case.item, case.application
+    assert partner is not None  # by route_case
+    version, index = case.read_in
+    division = application.applicant.division_code
+    where = jurisdiction(index, division)
+    assert where is not None  # applicant_region found the division in this catalog
+    case.resolved_where = where
+    case.inputs |= {
+        "applicant_district": where.district,
+        "applicant_street": where.street,
+        "item_scope": item.scope.value,
+    }
+    region = case.in_partner
+    if item.scope is not Scope.cross_region:
+        return case.fail(
+            R2_OUT_OF_JURISDICTION,
+            "out_of_jurisdiction",
+            f"申请人所在地 {division} 属于{region}，事项 {item.code} 不在其跨省通办范围内：请到"
+            f"{region}办理或使用其网上渠道 / the applicant's jurisdiction {division!r} is in "
+            f"partner region {partner}, where item {item.code} is not cross_region: apply in "
+            f"{partner} or on its online channel",
+        )
+    if application.channel is Channel.online:
+        return case.fail(
+            R3_OFFICE_NOT_ALLOWED,
+            "office_not_allowed",
+            f"跨省通办事项须在窗口收件，网上申请请使用{region}的网上渠道 / a cross-region "
+            f"application is taken at a counter; online, apply on {partner}'s own online channel",
+        )
+    office = case.index.offices.get(application.office_code) if application.office_code else None
+    if office is None:
+        return case.fail(
+            R3_UNKNOWN_OFFICE, "unknown_office", unknown_office_reason(application.office_code)
+        )
+    case.office = office
+    case.inputs |= {
+        "intake_office_kind": office.kind.value,
+        "intake_office_district": case.index.district_of(office.division),
+    }
+    own = case.index.catalog.city
+    return case.routed(
+        R2_CROSS_REGION,
+        path=Path.cross_region,
+        level=RouteLevel.partner,
+        handled_by=partner,
+        explanation=(
+            f"跨省通办（异地代收代办）：{own.name or own.code} {office.code} 收件，转申请人所在地"
+            f"{region}按其目录（第 {version} 版）办理 / Across regions: taken at {office.code} "
+            f"in {own.code}, forwarded to the applicant's region {partner} and decided there "
+            f"by its catalog version {version}"
+        ),
+    )
 
 
 def r3_intake_office(case: Routing) -> RouteOutcome | None:
@@ -271,7 +412,7 @@ def r3_intake_office(case: Routing) -> RouteOutcome | None:
 def _owner_decides(
     case: Routing,
     rule: str,
-    path: Mode,
+    path: Path,
     *,
     explanation: str,
     entrusted_receiver: str | None = None,
@@ -280,7 +421,7 @@ def _owner_decides(
     return case.routed(
         rule,
         path=path,
-        level=Level.municipal,
+        level=RouteLevel.municipal,
         handled_by=case.item.owner,
         explanation=explanation,
         entrusted_receiver=entrusted_receiver,
@@ -297,7 +438,7 @@ def r4_online(case: Routing) -> RouteOutcome | None:
     return _owner_decides(
         case,
         R4_ONLINE,
-        Mode.online,
+        Path.online,
         explanation=(
             f"全程网办：由事项主管部门 {_named(case.owner, item.owner)} 在线办理{assisted} / "
             f"Fully online: decided by the owner department {item.owner}{assisted_en}"
@@ -351,8 +492,8 @@ def r5_delegated(case: Routing) -> RouteOutcome | None:
     )
     return case.routed(
         R5_DELEGATED,
-        path=Mode.delegated,
-        level=level,
+        path=Path.delegated,
+        level=RouteLevel(level.value),
         handled_by=dept.code,
         same_city=same_city,
         explanation=(
@@ -373,7 +514,7 @@ def r6_entrusted(case: Routing) -> RouteOutcome | None:
     return _owner_decides(
         case,
         R6_ENTRUSTED,
-        Mode.entrusted,
+        Path.entrusted,
         entrusted_receiver=receiver,
         explanation=(
             f"委托基层收件：{receiver or '线上'} 收件，由市级主管部门 "
@@ -390,7 +531,7 @@ def r7_municipal(case: Routing) -> RouteOutcome:
     return _owner_decides(
         case,
         R7_MUNICIPAL,
-        Mode.municipal,
+        Path.municipal,
         explanation=(
             f"市级窗口办理：由市级主管部门 {_named(case.owner, item.owner)} 办理 / Municipal: "
             f"decided by the owner department {item.owner}"
@@ -419,9 +560,12 @@ def route_case(
     application: Application,
     submitted_on: date,
     bundle_code: str | None = None,
+    partners: PartnerCatalogs | None = None,
 ) -> RouteOutcome:
     """Apply rules R1-R7 in order; the first that matches decides. `bundle_code`: the
     bundle the case is a member of (R3 checks the bundle's window when the catalog knows it).
+    `partners`: the partner regions' newest catalogs by city code (§9); an applicant of one of
+    them has the item read in that catalog.
 
     `inputs` grows as the rules resolve facts, so an outcome names what it was decided on:
 
@@ -432,8 +576,11 @@ def route_case(
       in the city (R2)    applicant_district, applicant_street
       office known (R3)   intake_office_kind, intake_office_district
       delegated (R5)      receiving_division (the district/street whose unit decides)
+      partner applicant   partner_city, partner_catalog_version; item_scope (R2)
     """
     applicant = application.applicant
+    partners = partners or {}
+    partner = applicant_region(index, partners, applicant.division_code)
     case = Routing(
         index=index,
         catalog_version=catalog_version,
@@ -450,6 +597,12 @@ def route_case(
             "applicant_division": applicant.division_code,
         },
     )
+    if partner is not None:
+        case.partner, case.partner_catalog = partner, partners[partner]
+        case.inputs |= {
+            "partner_city": partner,
+            "partner_catalog_version": str(partners[partner][0]),
+        }
     for rule in RULES:
         outcome = rule(case)
         if outcome is not None:

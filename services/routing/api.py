@@ -29,7 +29,8 @@ async def preview(
     application: SubmissionRequest, principal: CurrentPrincipal, routing: RoutingDep
 ) -> RoutePreviewResponse:
     """The route a submission would get now, without creating a case (clerks, operators,
-    admins; intake asks on the clerk's behalf)."""
+    admins; intake asks on the clerk's behalf): a partner region's applicant's too (§9), read
+    in that partner's newest catalog."""
     require(principal, Role.clerk, Role.operator, Role.admin)
     outcome = handlers.decide(
         routing.catalogs,
@@ -37,6 +38,7 @@ async def preview(
             case_id="preview", application=application, submitted_at=routing.runtime.clock.now()
         ),
         version=routing.catalogs.latest_version,
+        partners=routing.partner_catalogs(),
     )
     if outcome is None:
         # routing cannot route before an administrator loads a catalog (intake answers the

@@ -11,7 +11,13 @@ from functools import partial
 from fastapi import FastAPI
 from pydantic import Field
 
-from contracts.events import INTAKE_TOPIC, CaseSubmitted
+from contracts.events import (
+    CASE_TOPICS,
+    EVENT_TYPES,
+    INTAKE_TOPIC,
+    CaseAdoptionRefused,
+    CaseSubmitted,
+)
 from services.common.department_topics import DepartmentTopics
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.routing import api, handlers
@@ -28,14 +34,31 @@ class RoutingSettings(ServiceSettings):
 def create_app(settings: RoutingSettings | None = None) -> FastAPI:
     settings = settings or RoutingSettings()
     runtime = ServiceRuntime(settings)
+    catalogs = runtime.follow_catalog(handlers.build_index)
+    city = partial(handlers.own_city, catalogs)
     routing = handlers.Routing(
         runtime=runtime,
-        catalogs=runtime.follow_catalog(handlers.build_index),
+        catalogs=catalogs,
         topics=DepartmentTopics(settings, timeout_s=settings.department_topics_timeout_s),
+        partners=runtime.follow_partner_catalogs(handlers.build_index, own_city=city),
     )
     runtime.consume(
         INTAKE_TOPIC,
         subscriptions={CaseSubmitted: partial(handlers.route_submission, routing=routing)},
+    )
+    # Across regions (DESIGN.md §9): the steps of cases taken for or adopted from a partner
+    # region go there (every case event type; the handler picks), and a partner's refusal of a
+    # forwarded case puts it in triage.
+    relay = partial(handlers.relay_case_event, routing=routing)
+    runtime.consume(
+        *CASE_TOPICS,
+        name="routing-xregion",
+        subscriptions={e.model: relay for e in EVENT_TYPES.values() if e.topic in CASE_TOPICS},
+    )
+    runtime.consume_partners(
+        name="routing-partners",
+        subscriptions={CaseAdoptionRefused: partial(handlers.partner_refused, routing=routing)},
+        own_city=city,
     )
     runtime.on_startup(routing.catalogs.start)
     runtime.on_startup(partial(handlers.ensure_department_topics, routing))

@@ -4,7 +4,9 @@ parts (`Routing`). A refused command raises `Refused` (services.common.refusals)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, null, select, text, update
@@ -12,32 +14,64 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.catalog import Catalog
-from contracts.common import Application, Failure, Handover
-from contracts.events import CaseRouted, CaseRouteFailed, CaseSubmitted, CatalogPublished
+from contracts.common import Application, Failure, Handover, Path
+from contracts.events import (
+    CaseAdoptionRefused,
+    CaseForwarded,
+    CaseRouted,
+    CaseRouteFailed,
+    CaseSubmitted,
+    CatalogPublished,
+    Event,
+)
 from services.common.catalog import validate_catalog
 from services.common.catalog_follower import CatalogFollower
 from services.common.city import CITY_TZ
 from services.common.department_topics import DepartmentTopics, department_copy_rows
 from services.common.envelope import Envelope
+from services.common.logs import get_logger
+from services.common.partner_catalogs import PartnerCatalogs
 from services.common.refusals import FieldError, Refusal, Refused, refused
 from services.common.service import ServiceRuntime
 from services.policy.catalog_index import CatalogIndex
-from services.policy.routing_rules import RouteOutcome, route_case
+from services.policy.routing_rules import R2_CROSS_REGION, RouteOutcome, route_case
 from services.routing import models
 from services.routing.domain.versions import VersionTimeline
+from services.routing.domain.xregion import (
+    PartnerCase,
+    Role,
+    refusal_applies,
+    refusal_failure,
+    relay_to,
+)
+
+log = get_logger(__name__)
 
 Catalogs = CatalogFollower[tuple[int, CatalogIndex]]
+Partners = PartnerCatalogs[tuple[int, CatalogIndex]]
 
 
 @dataclass(frozen=True)
 class Routing:
     """The parts of one routing process (built by `app.create_app`): its runtime, its copy of
-    the catalog versions, and the keeper of the departments' topics."""
+    the catalog versions, the partner regions' catalogs (DESIGN.md §9; None: no partners), and
+    the keeper of the departments' topics."""
 
     runtime: ServiceRuntime
     catalogs: Catalogs
     topics: DepartmentTopics
+    partners: Partners | None = None
     timeline: VersionTimeline = field(default_factory=VersionTimeline)
+
+    def partner_catalogs(self) -> Mapping[str, tuple[int, CatalogIndex]]:
+        return self.partners.partners() if self.partners is not None else {}
+
+
+def own_city(catalogs: Catalogs) -> str | None:
+    """This region's city (DESIGN.md §9): the city code of the catalog in force (the latest)."""
+    version = catalogs.latest_version
+    built = catalogs.at(version) if version is not None else None
+    return built[1].city_code if built is not None else None
 
 
 def build_index(published: CatalogPublished) -> tuple[int, CatalogIndex]:
@@ -55,9 +89,11 @@ def decide(
     *,
     version: int | None = None,
     timeline: VersionTimeline | None = None,
+    partners: Mapping[str, tuple[int, CatalogIndex]] | None = None,
 ) -> RouteOutcome | None:
     """Route by `version`, by default the version in force at the submission (see
-    services.routing.domain.versions); None when no catalog has been loaded."""
+    services.routing.domain.versions), and the partners' newest catalogs (§9); None when no
+    catalog has been loaded."""
     if version is None:
         version = (timeline or VersionTimeline()).select(follower.published, submitted.submitted_at)
     built = follower.at(version) if version is not None else None
@@ -70,6 +106,7 @@ def decide(
         application=submitted.application,
         submitted_on=submitted.submitted_at.astimezone(CITY_TZ).date(),
         bundle_code=submitted.bundle_code,
+        partners=partners,
     )
 
 
@@ -78,39 +115,91 @@ NO_CATALOG = Failure(
 )
 
 
+UNSIGNED_CROSS_REGION = Failure(
+    code="handover_missing",
+    explanation=(
+        "跨省通办案件须附收件机构签名的交接凭证，本案没有 / a case across regions is forwarded "
+        "only with the intake office's signed handover, and this one has none"
+    ),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Effect:
-    """What one routing decision changes: the routes row's decision columns and the event."""
+    """What one routing decision changes: the routes row's decision columns and the event; on
+    the cross_region path (§9) also the case forwarded to the partner region."""
 
     values: dict[str, Any]
     event: CaseRouted | CaseRouteFailed
     handled_by: str | None
+    forwarded: CaseForwarded | None = None
 
 
-def effect_of(submitted: CaseSubmitted, outcome: RouteOutcome | None) -> Effect:
-    if outcome is not None and outcome.route is not None and outcome.item is not None:
-        route = outcome.route
-        return Effect(
-            values={
-                "status": "routed",
-                "rule": route.rule,
-                "catalog_version": route.catalog_version,
-                "route": route.model_dump(mode="json"),
-                "failure": null(),
-                "inputs": dict(outcome.inputs),
-            },
-            event=CaseRouted(
-                case_id=submitted.case_id,
-                bundle_id=submitted.bundle_id,
-                bundle_code=submitted.bundle_code,
-                route=route,
+def effect_of(
+    submitted: CaseSubmitted,
+    outcome: RouteOutcome | None,
+    *,
+    own_city: str | None = None,
+    now: datetime | None = None,
+) -> Effect:
+    """`own_city` and `now`: this region's city and the forwarding time, for a cross_region
+    route (§9). The partner adopts a forwarded case by its handover: without one the case fails
+    here (`handover_missing`, into triage) instead of going out unsigned."""
+    route = outcome.route if outcome is not None else None
+    if outcome is not None and route is not None and route.path is Path.cross_region:
+        if submitted.handover is None or own_city is None or now is None:
+            unsigned = RouteOutcome(
+                rule=R2_CROSS_REGION,
+                catalog_version=outcome.catalog_version,
+                failure=UNSIGNED_CROSS_REGION,
                 item=outcome.item,
-                application=submitted.application,
-                submitted_at=submitted.submitted_at,
-                handover=submitted.handover,
-            ),
-            handled_by=route.handled_by,
+                inputs=outcome.inputs,
+            )
+            return _failed(submitted, unsigned)
+        forwarded = CaseForwarded(
+            case_id=submitted.case_id,
+            from_city=own_city,
+            to_city=route.handled_by,
+            item_code=submitted.application.item_code,
+            catalog_version=route.catalog_version,
+            application=submitted.application,
+            submitted_at=submitted.submitted_at,
+            handover=submitted.handover,
+            forwarded_at=now,
         )
+        return replace(_routed(submitted, outcome), forwarded=forwarded)
+    if outcome is not None and route is not None and outcome.item is not None:
+        return _routed(submitted, outcome)
+    return _failed(submitted, outcome)
+
+
+def _routed(submitted: CaseSubmitted, outcome: RouteOutcome) -> Effect:
+    route, item = outcome.route, outcome.item
+    assert route is not None and item is not None
+    return Effect(
+        values={
+            "status": "routed",
+            "rule": route.rule,
+            "catalog_version": route.catalog_version,
+            "route": route.model_dump(mode="json"),
+            "failure": null(),
+            "inputs": dict(outcome.inputs),
+        },
+        event=CaseRouted(
+            case_id=submitted.case_id,
+            bundle_id=submitted.bundle_id,
+            bundle_code=submitted.bundle_code,
+            route=route,
+            item=item,
+            application=submitted.application,
+            submitted_at=submitted.submitted_at,
+            handover=submitted.handover,
+        ),
+        handled_by=route.handled_by,
+    )
+
+
+def _failed(submitted: CaseSubmitted, outcome: RouteOutcome | None) -> Effect:
     if outcome is None:
         failure, rule, version, inputs = NO_CATALOG, "R0-no-catalog", None, None
     else:
@@ -150,25 +239,71 @@ async def emit_effect(
 ) -> Envelope:
     """Write the effect's event into the outbox; a routed case also goes, as the same record
     (same ce_id and headers, key = case id), to its department's topic, in one INSERT of the
-    caller's transaction (services.routing.topics)."""
+    caller's transaction (services.routing.topics).
+
+    A case forwarded to a partner region (§9) has no department here: its routed event names
+    the partner's city (ce_handledby), and in the same transaction `gov.case.forwarded.v1` goes
+    on xregion.out.v1 addressed to the partner (ce_tocity, ce_fromcity = this city) and the
+    case is recorded in `cross_region_cases` (role 'origin'), so its later steps follow it."""
     topic, envelope = runtime.envelope(
         effect.event, handledby=effect.handled_by, traceparent=traceparent
     )
-    department = effect.handled_by if isinstance(effect.event, CaseRouted) else None
+    forwarded = effect.forwarded
+    department = (
+        effect.handled_by if isinstance(effect.event, CaseRouted) and forwarded is None else None
+    )
     if department is not None:
         topics.want(department)  # no I/O: queues the topic's creation if not seen yet
     await session.execute(
         insert(runtime.outbox.table), department_copy_rows(topic, envelope, department)
     )
+    if forwarded is not None:
+        await runtime.emit(
+            session,
+            forwarded,
+            traceparent=traceparent,
+            tocity=forwarded.to_city,
+            fromcity=forwarded.from_city,
+        )
+        await record_partner_case(
+            session, forwarded.case_id, partner_city=forwarded.to_city, role=Role.origin
+        )
     return envelope
+
+
+async def record_partner_case(
+    session: AsyncSession, case_id: str, *, partner_city: str, role: Role
+) -> None:
+    """A case across regions (§9), once: the first row stays (a case has one partner)."""
+    await session.execute(
+        pg_insert(models.cross_region_cases)
+        .values(case_id=case_id, partner_city=partner_city, role=role.value)
+        .on_conflict_do_nothing()
+    )
 
 
 async def route_submission(
     session: AsyncSession, envelope: Envelope, submitted: CaseSubmitted, *, routing: Routing
 ) -> None:
     """Route a submitted case by the catalog version in force at its submission; a routed case
-    is also written to its department's topic."""
-    effect = effect_of(submitted, decide(routing.catalogs, submitted, timeline=routing.timeline))
+    is also written to its department's topic, a case of a partner's applicant forwarded there
+    (§9). A case adopted from a partner (`origin`) is recorded for the relay to its origin."""
+    if submitted.origin is not None:
+        await record_partner_case(
+            session, submitted.case_id, partner_city=submitted.origin.city_code, role=Role.handler
+        )
+    outcome = decide(
+        routing.catalogs,
+        submitted,
+        timeline=routing.timeline,
+        partners=routing.partner_catalogs(),
+    )
+    effect = effect_of(
+        submitted,
+        outcome,
+        own_city=own_city(routing.catalogs),
+        now=routing.runtime.clock.now(),
+    )
     row: dict[str, Any] = {
         "case_id": submitted.case_id,
         "item_code": submitted.application.item_code,
@@ -241,9 +376,14 @@ async def retry_route(session: AsyncSession, case_id: str, *, routing: Routing) 
         bundle_id=row.bundle_id,
         bundle_code=row.bundle_code,
     )
-    outcome = decide(routing.catalogs, submitted, version=version)
+    outcome = decide(
+        routing.catalogs, submitted, version=version, partners=routing.partner_catalogs()
+    )
     assert outcome is not None  # the version exists
-    effect = effect_of(submitted, outcome)
+    # A case a partner refused (partner_refused) is forwarded again, under the same case id.
+    effect = effect_of(
+        submitted, outcome, own_city=own_city(routing.catalogs), now=routing.runtime.clock.now()
+    )
     await session.execute(
         update(routes)
         .where(routes.c.case_id == case_id)
@@ -253,6 +393,99 @@ async def retry_route(session: AsyncSession, case_id: str, *, routing: Routing) 
     )
     await emit_effect(session, effect, runtime=routing.runtime, topics=routing.topics)
     return outcome
+
+
+async def relay_case_event(
+    session: AsyncSession, envelope: Envelope, payload: Event, *, routing: Routing
+) -> None:
+    """`routing-xregion` (§9): a case event of this region about a case across regions goes,
+    unchanged, to the partner region (domain.xregion.relay_to says which events, and where)."""
+    case_id = getattr(payload, "case_id", None) or envelope.subject
+    origin = payload.origin if isinstance(payload, CaseSubmitted) else None
+    if origin is not None:
+        # An adopted case's own submission: its row may not be written yet (route_submission).
+        await record_partner_case(
+            session, case_id, partner_city=origin.city_code, role=Role.handler
+        )
+        case = None
+    else:
+        row = (
+            await session.execute(
+                select(models.cross_region_cases).where(
+                    models.cross_region_cases.c.case_id == case_id
+                )
+            )
+        ).one_or_none()
+        if row is None:
+            return  # the common case: not a case across regions
+        case = PartnerCase(row.partner_city, Role(row.role))
+    city = own_city(routing.catalogs)
+    to_city = relay_to(
+        envelope.type,
+        fromcity=envelope.fromcity,
+        own_city=city,
+        case=case,
+        adopted_from=origin.city_code if origin is not None else None,
+    )
+    if to_city is None:
+        return
+    if city is None:  # no catalog yet: this region's name is not known; retried
+        raise RuntimeError(f"cannot relay {envelope.type} of {case_id}: no catalog loaded")
+    await routing.runtime.relay_to_partner(session, envelope, to_city=to_city, from_city=city)
+
+
+async def partner_refused(
+    session: AsyncSession, envelope: Envelope, refused: CaseAdoptionRefused, *, routing: Routing
+) -> None:
+    """`routing-partners` (§9): the partner region refused a case forwarded to it. The case
+    fails routing here (`partner_refused`, rule R2-cross-region) and waits in triage, where an
+    operator may retry it (forwarding it again) once the cause is mended."""
+    routes = models.routes
+    row = (
+        await session.execute(
+            select(routes).where(routes.c.case_id == refused.case_id).with_for_update()
+        )
+    ).one_or_none()
+    if row is None or not refusal_applies(refused, status=row.status, route=row.route):
+        log.warning(
+            "partner refusal ignored: no such case routed to that partner",
+            case_id=refused.case_id,
+            partner=refused.from_city,
+            code=refused.code,
+        )
+        return
+    log.warning(
+        "partner refused a forwarded case",
+        case_id=refused.case_id,
+        partner=refused.from_city,
+        code=refused.code,
+    )
+    failure = refusal_failure(refused)
+    await session.execute(
+        update(routes)
+        .where(routes.c.case_id == refused.case_id)
+        .values(
+            status="route_failed",
+            rule=R2_CROSS_REGION,
+            route=null(),
+            failure=failure.model_dump(mode="json"),
+            decided_at=routing.runtime.clock.now(),
+        )
+    )
+    await routing.runtime.emit(
+        session,
+        CaseRouteFailed(
+            case_id=row.case_id,
+            bundle_id=row.bundle_id,
+            bundle_code=row.bundle_code,
+            failure=failure,
+            rule=R2_CROSS_REGION,
+            catalog_version=row.catalog_version,
+            application=Application.model_validate(row.application),
+            submitted_at=row.submitted_at,
+        ),
+        traceparent=envelope.traceparent,
+    )
 
 
 async def load_catalog(

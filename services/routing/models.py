@@ -38,3 +38,15 @@ routes = Table(
     Column("bundle_id", String(64)),
     Column("bundle_code", String(64)),
 )
+
+# 0007: cases across regions (DESIGN.md §9): taken here and forwarded to `partner_city`
+# (role 'origin'), or adopted from it (role 'handler'); `routing-xregion` relays their events
+# there (services.routing.domain.xregion).
+cross_region_cases = Table(
+    "cross_region_cases",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("partner_city", String(32), nullable=False),
+    Column("role", String(16), nullable=False),  # origin | handler
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

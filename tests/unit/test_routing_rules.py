@@ -2,11 +2,13 @@ from datetime import date
 
 import pytest
 
-from contracts.common import Channel, Level, Path, RouteLevel
+from contracts.common import Category, Channel, Level, Path, RouteLevel
+from services.policy.catalog_index import CatalogIndex
 from services.policy.routing_rules import (
     RULES,
     RouteOutcome,
     Routing,
+    applicant_region,
     jurisdiction,
     r4_online,
     r5_delegated,
@@ -368,3 +370,172 @@ def test_each_path_rule_decides_its_own_mode_and_passes_the_others_on(
         assert rule(case) is None, name
     outcome = PATH_RULES[decided_by](case)
     assert outcome is not None and outcome.rule == decided_by and outcome.ok
+
+
+# --------------------------------------------------------------------------- across regions (§9)
+
+
+def partner_catalog() -> CatalogIndex:
+    """Partner region P (the city code of its catalog): district P1 with street P11; DEL-D
+    under the same code as city T's but cross_region here, XR-E cross_region, LOC-E not, and
+    XR-F cross_region but not yet in force."""
+    raw = base_catalog()
+    raw["city"] = {"code": "P", "name": "伙伴市"}
+    raw["districts"] = [
+        {"code": "P1", "name": "伙一区", "streets": [{"code": "P11", "name": "伙一一街道"}]}
+    ]
+    raw["offices"] = [{"code": "P-MC", "kind": "municipal_center", "division": "P"}]
+    raw["departments"] = [
+        {
+            "code": "P-MKT",
+            "name": "伙伴市场局",
+            "line": "market",
+            "level": "municipal",
+            "division": "P",
+        },
+        {
+            "code": "P1-MKT",
+            "name": "伙一区市场局",
+            "line": "market",
+            "level": "district",
+            "division": "P1",
+        },
+    ]
+    shared = {"category": "enterprise", "owner": "P-MKT", "mode": "municipal"}
+    raw["items"] = [
+        {
+            **shared,
+            "code": "DEL-D",
+            "name": "伙伴同码事项",
+            "time_limit_days": 9,
+            "scope": "cross_region",
+        },
+        {
+            **shared,
+            "code": "XR-E",
+            "name": "跨省通办事项",
+            "time_limit_days": 12,
+            "scope": "cross_region",
+        },
+        {**shared, "code": "LOC-E", "name": "本地事项", "time_limit_days": 4},
+        {
+            **shared,
+            "code": "XR-F",
+            "name": "未生效跨省事项",
+            "time_limit_days": 4,
+            "scope": "cross_region",
+            "effective_from": "2030-01-01",
+        },
+    ]
+    return index(raw)
+
+
+PARTNERS = {"P": (3, partner_catalog())}
+
+
+def route_across(item: str, **kwargs) -> RouteOutcome:
+    return route_case(
+        INDEX,
+        catalog_version=7,
+        application=application(item, **kwargs),
+        submitted_on=TODAY,
+        partners=PARTNERS,
+    )
+
+
+def test_applicant_region_tries_this_city_first_then_the_partners() -> None:
+    assert applicant_region(INDEX, PARTNERS, "T11") is None
+    assert applicant_region(INDEX, PARTNERS, "P11") == "P"
+    assert applicant_region(INDEX, PARTNERS, "P") == "P"
+    assert applicant_region(INDEX, PARTNERS, "ZZ01") is None
+
+
+@pytest.mark.parametrize(
+    ("office", "division"), [("T1-DC", "P11"), ("T12-SC", "P1"), ("T-MC", "P")]
+)
+def test_r2_cross_region_forwards_to_the_partner(office: str, division: str) -> None:
+    outcome = route_across("XR-E", office=office, category=Category.enterprise, division=division)
+    assert outcome.ok and outcome.route is not None
+    r = outcome.route
+    assert (r.path, r.level, r.handled_by, r.rule, r.same_city) == (
+        Path.cross_region,
+        RouteLevel.partner,
+        "P",
+        "R2-cross-region",
+        False,
+    )
+    # the partner's catalog version and time limit; this city's intake office
+    assert (r.catalog_version, outcome.catalog_version, r.time_limit_days) == (3, 3, 12)
+    assert r.intake_office == office and r.entrusted_receiver is None
+    assert "跨省通办" in r.explanation and "Across regions" in r.explanation
+    assert outcome.item is not None and outcome.item.code == "XR-E"
+    assert r.inputs["partner_city"] == "P" and r.inputs["partner_catalog_version"] == "3"
+    assert r.inputs["catalog_version"] == "7" and r.inputs["item_scope"] == "cross_region"
+
+
+def test_a_code_in_both_catalogs_is_read_in_the_applicants_region() -> None:
+    # DEL-D is delegated in T and cross_region (municipal, 9 days) in P.
+    local = route_across("DEL-D", office="T1-DC", division="T11")
+    assert local.route is not None and local.route.rule == "R5-delegated"
+    assert (local.route.time_limit_days, local.catalog_version) == (5, 7)
+    across = route_across("DEL-D", office="T1-DC", division="P11")
+    assert across.route is not None and across.route.rule == "R2-cross-region"
+    assert (across.route.time_limit_days, across.route.handled_by) == (9, "P")
+    assert across.item is not None and across.item.name == "伙伴同码事项"
+
+
+def test_a_partner_item_not_cross_region_is_out_of_jurisdiction() -> None:
+    outcome = route_across("LOC-E", office="T1-DC", division="P11")
+    failed(outcome, "R2-out-of-jurisdiction", "out_of_jurisdiction")
+    assert outcome.failure is not None and "P" in outcome.failure.explanation
+    assert "online channel" in outcome.failure.explanation
+    assert outcome.catalog_version == 3 and outcome.inputs["item_scope"] == "city"
+
+
+def test_a_partner_item_unknown_or_not_in_force_fails_r1_naming_the_partner() -> None:
+    # ONL-E is this city's item, not the partner's: read in P's catalog it is unknown.
+    for item, rule, code in [
+        ("ONL-E", "R1-unknown-item", "unknown_item"),
+        ("NOPE", "R1-unknown-item", "unknown_item"),
+        ("XR-F", "R1-item-not-effective", "item_not_effective"),
+    ]:
+        outcome = route_across(item, office="T1-DC", division="P11")
+        failed(outcome, rule, code)
+        assert outcome.failure is not None and "partner region P" in outcome.failure.explanation
+        assert "伙伴市（P）" in outcome.failure.explanation
+        assert outcome.catalog_version == 3 and outcome.inputs["partner_city"] == "P"
+
+
+def test_a_division_in_no_known_region_is_out_of_jurisdiction_as_before() -> None:
+    outcome = route_across("DEL-D", office="T1-DC", division="ZZ01")
+    failed(outcome, "R2-out-of-jurisdiction", "out_of_jurisdiction")
+    without = route("DEL-D", office="T1-DC", division="ZZ01")
+    assert outcome.failure is not None and without.failure is not None
+    assert outcome.failure.explanation == without.failure.explanation
+    assert "partner_city" not in outcome.inputs and outcome.catalog_version == 7
+    failed(route_across("NOPE", division="ZZ01"), "R1-unknown-item", "unknown_item")
+
+
+def test_cross_region_is_taken_only_at_a_counter_of_this_city() -> None:
+    failed(
+        route_across("XR-E", channel=Channel.online, division="P11"),
+        "R3-office-not-allowed",
+        "office_not_allowed",
+    )
+    failed(
+        route_across("XR-E", office="P-MC", division="P11"), "R3-unknown-office", "unknown_office"
+    )
+    failed(
+        route_across("XR-E", channel=Channel.counter, division="P11"),
+        "R3-unknown-office",
+        "unknown_office",
+    )
+
+
+def test_without_partners_a_partner_division_is_out_of_jurisdiction() -> None:
+    failed(route("XR-E", office="T1-DC", division="P11"), "R1-unknown-item", "unknown_item")
+    failed(
+        route("DEL-D", office="T1-DC", division="P11"),
+        "R2-out-of-jurisdiction",
+        "out_of_jurisdiction",
+    )
