@@ -111,6 +111,36 @@ class ItemView(Contract):
     materials: list[dict[str, Any]]
     effective_from: date | None
     effective_to: date | None
+    scope: str = Field(
+        "city", description="city | cross_region: taken at a partner region's counters (§9)"
+    )
+
+
+class PartnerView(Contract):
+    """A partner region (DESIGN.md §9), known by its catalog mirrored here."""
+
+    city_code: str
+    name: str
+    catalog_version: int
+    cross_region_items: int = Field(
+        description="its cross_region items in force today: what a counter here may take"
+    )
+
+
+class AdoptionRefusalView(Contract):
+    """A case a partner region forwarded here and this region did not adopt (DESIGN.md §9):
+    answered with `gov.case.adoption_refused.v1`; kept for operators."""
+
+    event_id: str = Field(description="the forwarded event's `ce_id`")
+    case_id: str
+    from_city: str = Field(description="the origin region's city code")
+    item_code: str
+    code: str = Field(
+        description="handover_invalid | unknown_item | item_not_effective | not_cross_region | "
+        "out_of_jurisdiction | case_id_in_use"
+    )
+    reason: str
+    refused_at: AwareDatetime
 
 
 # -- routing -----------------------------------------------------------------------------------

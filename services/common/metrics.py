@@ -77,3 +77,9 @@ HTTP_SECONDS = Histogram(
     HTTP_LABELS,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+XREGION_REFUSED = Counter(
+    "tongban_xregion_refused_total",
+    "Cases forwarded by a partner region that this region did not adopt, by refusal code "
+    "(DESIGN.md §9)",
+    ["code"],
+)

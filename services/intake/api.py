@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 
 from contracts.common import Code
 from contracts.rest import (
+    AdoptionRefusalView,
     BundleApplication,
     BundleCatalogView,
     BundleSubmissionResponse,
@@ -19,6 +20,7 @@ from contracts.rest import (
     HeldLicense,
     ItemView,
     MaterialsRequest,
+    PartnerView,
     SubmissionRequest,
     SubmissionResponse,
     WithdrawRequest,
@@ -26,6 +28,7 @@ from contracts.rest import (
 from services.common.auth import CurrentPrincipal
 from services.common.db import unit_of_work
 from services.common.limits import rate_limited
+from services.common.principals import Role, require
 from services.common.service import service_parts
 from services.common.web import CaseId, dependency_unavailable, errors
 from services.intake import handlers, queries
@@ -128,6 +131,7 @@ async def add_materials(
             case_id=case_id,
             materials=list(body.materials),
             index=index,
+            partners=intake.partner_catalogs(),
         )
 
 
@@ -155,10 +159,48 @@ async def withdraw(
     return await handlers.read_case(intake.runtime, case_id, principal)
 
 
-@router.get("/v1/items", tags=["catalog"], responses=errors(401, 503))
-async def items(principal: CurrentPrincipal, intake: IntakeDep) -> list[ItemView]:
-    """The catalog items in force (intake's copy of the newest catalog version)."""
-    return queries.items(queries.catalog_in_force(intake.catalogs))
+@router.get("/v1/items", tags=["catalog"], responses=errors(401, 404, 422, 503))
+async def items(
+    principal: CurrentPrincipal,
+    intake: IntakeDep,
+    city: Annotated[
+        Code | None,
+        Query(
+            max_length=32,
+            description="a partner region's city code: its cross_region items in force, which "
+            "a counter here takes for its applicants (DESIGN.md §9)",
+        ),
+    ] = None,
+) -> list[ItemView]:
+    """The catalog items in force (intake's copy of the newest catalog version); with `city`
+    of a partner region, that region's cross_region items in force."""
+    index = queries.catalog_in_force(intake.catalogs)
+    if city is None or city == index.city_code:
+        return queries.items(index)
+    partner = queries.partner_of(intake.partner_catalogs(), city)
+    return queries.partner_items(partner, intake.runtime.clock.today())
+
+
+@router.get("/v1/partners", tags=["catalog"], responses=errors(401, 503))
+async def partners(principal: CurrentPrincipal, intake: IntakeDep) -> list[PartnerView]:
+    """The partner regions known here (跨省通办, DESIGN.md §9), by their catalogs mirrored here:
+    city code, name, catalog version and how many cross_region items a counter here takes."""
+    return queries.partners(
+        intake.partner_catalogs(), intake.partner_versions(), intake.runtime.clock.today()
+    )
+
+
+@router.get("/v1/xregion/refused", tags=["operators"], responses=errors(401, 403, 422, 503))
+async def refused_adoptions(
+    principal: CurrentPrincipal,
+    intake: IntakeDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AdoptionRefusalView]:
+    """Cases partner regions forwarded here that were not adopted (a handover that does not
+    verify, an item not offered across regions...), newest first: operators follow them up
+    with the origin region, whose case waits in its triage queue (operators and admins)."""
+    require(principal, Role.operator, Role.admin)
+    return await handlers.read_refused(intake, limit=limit)
 
 
 @router.get(

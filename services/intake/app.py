@@ -32,10 +32,14 @@ class IntakeSettings(ServiceSettings):
 def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     settings = settings or IntakeSettings()
     runtime = ServiceRuntime(settings)
+    catalogs = runtime.follow_catalog(handlers.build_index)
     intake = handlers.Intake(
         runtime=runtime,
-        catalogs=runtime.follow_catalog(handlers.build_index),
+        catalogs=catalogs,
         limiter=RateLimiter.from_settings(settings),
+        partners=runtime.follow_partner_catalogs(
+            handlers.build_index, own_city=lambda: handlers.city_of_catalog(catalogs)
+        ),
     )
     runtime.consume(
         *CASE_TOPICS,
@@ -65,6 +69,14 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
             LicenseIssued: partial(handlers.record_license_issued, intake=intake),
             LicenseRevoked: handlers.record_license_revoked,
         },
+    )
+    # Across regions (DESIGN.md §9): cases forwarded here adopted (or refused), the origin's
+    # steps of an adopted case imported, the handling region's events of a case taken here
+    # into its timeline: whatever the partners' mirrored xregion.out.v1 addresses to this city.
+    runtime.consume_partners(
+        name="intake-partners",
+        subscriptions=handlers.partner_subscriptions(intake),
+        own_city=intake.own_city,
     )
     runtime.on_startup(partial(handlers.check_handover_keys, intake))
     runtime.on_startup(intake.catalogs.start)

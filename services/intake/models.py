@@ -144,3 +144,31 @@ bundle_keys = Table(
     Column("response", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# Across regions (跨省通办, DESIGN.md §9). A case adopted from a partner region (forwarded to
+# this one): its origin, so the origin's relayed steps of it are imported, and a second
+# forwarded of it is a no-op. Its counter view is an ordinary row of `cases`.
+adopted_cases = Table(
+    "adopted_cases",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("origin_city", String(32), nullable=False),
+    Column("origin_office", String(64)),
+    Column("forwarded_event_id", Text, nullable=False),
+    Column("adopted_at", DateTime(timezone=True), nullable=False),
+)
+
+# A forwarded case this region did not adopt (gov.case.adoption_refused.v1 went back to its
+# origin), one row per forwarded event: `GET /v1/xregion/refused` for operators.
+adoption_refusals = Table(
+    "adoption_refusals",
+    metadata,
+    Column("event_id", Text, primary_key=True),  # inbox_key of the forwarded event's ce_id
+    Column("case_id", String(64), nullable=False),
+    Column("from_city", String(32), nullable=False),
+    Column("item_code", String(64), nullable=False),
+    Column("code", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("refused_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_adoption_refusals_refused_at", adoption_refusals.c.refused_at)

@@ -12,11 +12,13 @@ from typing import Any
 from sqlalchemy import Select, Table, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contracts.catalog import Item
 from contracts.common import (
     Applicant,
     Application,
     CaseStatus,
     Failure,
+    Level,
     Material,
     Route,
     TimelineEntry,
@@ -36,6 +38,7 @@ from contracts.rest import (
     HeldLicense,
     ItemView,
     LicenseStatus,
+    PartnerView,
     SubmissionResponse,
 )
 from services.common import workdays
@@ -51,6 +54,7 @@ from services.intake.domain.licenses import LibraryLicense, holder_key, reuse_no
 from services.policy.bundle_rules import bundle_in_force, bundle_intake_levels
 from services.policy.catalog_index import CatalogIndex
 from services.policy.intake_rules import effective_intake_levels
+from services.policy.partner_rules import cross_region_items
 
 NO_CATALOG_IN_FORCE = Refusal(
     503,
@@ -72,19 +76,61 @@ def catalog_in_force(catalogs: CatalogFollower[CatalogIndex]) -> CatalogIndex:
 def items(index: CatalogIndex) -> list[ItemView]:
     """The catalog items in force, as `GET /v1/items` lists them."""
     return [
-        ItemView(
-            code=i.code,
-            name=i.name,
-            category=i.category.value,
-            mode=i.mode.value,
-            intake_levels=sorted(lvl.value for lvl in effective_intake_levels(i)),
-            instant=i.instant,
-            time_limit_days=i.time_limit_days,
-            materials=[m.model_dump(mode="json") for m in i.materials],
-            effective_from=i.effective_from,
-            effective_to=i.effective_to,
-        )
+        item_view(i, sorted(lvl.value for lvl in effective_intake_levels(i)))
         for i in index.catalog.items
+    ]
+
+
+def partner_items(partner: CatalogIndex, today: date) -> list[ItemView]:
+    """A partner region's items a counter here takes today (`GET /v1/items?city=`, §9): its
+    cross_region items in force, at any level of office here."""
+    every_level = sorted(level.value for level in Level)
+    return [item_view(i, every_level) for i in cross_region_items(partner, today)]
+
+
+def item_view(item: Item, intake_levels: list[str]) -> ItemView:
+    return ItemView(
+        code=item.code,
+        name=item.name,
+        category=item.category.value,
+        mode=item.mode.value,
+        intake_levels=intake_levels,
+        instant=item.instant,
+        time_limit_days=item.time_limit_days,
+        materials=[m.model_dump(mode="json") for m in item.materials],
+        effective_from=item.effective_from,
+        effective_to=item.effective_to,
+        scope=item.scope.value,
+    )
+
+
+def partner_of(intake_partners: dict[str, CatalogIndex], city: str) -> CatalogIndex:
+    """The partner region of city code `city`; 404 `unknown_partner` when none is known."""
+    partner = intake_partners.get(city)
+    if partner is None:
+        known = ", ".join(sorted(intake_partners)) or "none yet"
+        raise refused(
+            404,
+            "unknown_partner",
+            "Unknown partner region",
+            f"{city} is neither this region's city nor a partner region's (partners: {known}); "
+            "GET /v1/partners lists them",
+        )
+    return partner
+
+
+def partners(
+    intake_partners: dict[str, CatalogIndex], versions: dict[str, int], today: date
+) -> list[PartnerView]:
+    """`GET /v1/partners`: the partner regions known here, by city code."""
+    return [
+        PartnerView(
+            city_code=city,
+            name=partner.catalog.city.name,
+            catalog_version=versions.get(city, 0),
+            cross_region_items=len(cross_region_items(partner, today)),
+        )
+        for city, partner in sorted(intake_partners.items())
     ]
 
 

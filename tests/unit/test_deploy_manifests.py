@@ -25,10 +25,16 @@ import jsonschema
 import pytest
 import yaml
 
-from contracts.events import CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC
+from contracts.events import CASE_TOPICS, CATALOG_TOPIC, DLQ_TOPIC, XREGION_TOPIC
 from services.common.kafka import TopicSpec, department_topic, standard_topics
 from services.common.settings import CommonSettings
-from tests.unit.test_department_topics import Rule, can_read, rules
+from tests.unit.test_department_topics import (
+    MIRRORED_TOPIC_PREFIX,
+    Rule,
+    can_read,
+    matches,
+    rules,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -133,8 +139,19 @@ def consumer_groups() -> dict[str, dict[str, tuple[str, ...]]]:
     groups: dict[str, dict[str, tuple[str, ...]]] = {}
     for service in SERVICES:
         runtime = importlib.import_module(f"services.{service}.app").create_app().state.runtime
-        groups[service] = {r.group_id: tuple(r.topics) for r in runtime.consumers}
+        groups[service] = {
+            r.group_id: tuple(r.topics) or (mirrored_example(r.pattern),) for r in runtime.consumers
+        }
     return groups
+
+
+def mirrored_example(pattern: str | None) -> str:
+    """A partner's topic a pattern group reads (§9), as a Kubernetes deployment names it."""
+    assert pattern is not None, "a group reads topics or a pattern"
+    topic = next(t for t in (XREGION_TOPIC, CATALOG_TOPIC) if pattern.endswith(re.escape(t) + "$"))
+    example = f"{MIRRORED_TOPIC_PREFIX}lz.{topic}"
+    assert re.match(pattern, example), (pattern, example)
+    return example
 
 
 def expected_topics() -> dict[str, TopicSpec]:
@@ -950,7 +967,11 @@ def test_every_scaled_object_targets_a_deployment_and_the_groups_its_code_runs()
         for trigger in kafka:
             meta = trigger["metadata"]
             topics = groups[service][meta["consumerGroup"]]
-            if len(topics) == 1:
+            if any(t.startswith(MIRRORED_TOPIC_PREFIX) for t in topics):
+                # a pattern (the partners' mirrored topics, §9): no topic, the lag of each
+                assert "topic" not in meta, meta
+                topics = tuple(t for t in topics if t in partitions)
+            elif len(topics) == 1:
                 assert meta.get("topic") == topics[0], meta
             else:  # no topic: the lag of every topic the group consumes (or matches, §9)
                 assert "topic" not in meta, meta
@@ -1054,7 +1075,10 @@ def test_keda_sees_offsets_of_every_scaled_group_and_reads_no_record() -> None:
         for trigger in (t for t in obj["spec"]["triggers"] if t["type"] == "kafka"):
             group = trigger["metadata"]["consumerGroup"]
             assert any(group_rule_covers(r, group, {"Describe"}) for r in granted), group
-            assert set(consumer_groups()[service][group]) <= described, group
+            for topic in consumer_groups()[service][group]:
+                assert topic in described or any(
+                    matches(r, topic) for r in granted if r[2] == "prefix"
+                ), (group, topic)
     # the password KEDA presents is the one the KafkaUser is given
     password = keda["spec"]["authentication"]["password"]["valueFrom"]["secretKeyRef"]
     (auth,) = of_kind("TriggerAuthentication").values()

@@ -105,15 +105,20 @@ def case_changes(
     event_type: str,
     data: dict[str, Any],
     failure: dict[str, Any] | None = None,
+    *,
+    from_partner: bool = False,
 ) -> dict[str, Any]:
     """The columns an event changes in the counter's view of a case whose status and failure
-    are as given (pure)."""
+    are as given (pure). An event `from_partner` (published by another region, DESIGN.md §9)
+    moves the status, deadline and decision as any does, but never the route: a case taken
+    here keeps the cross_region route this region gave it, a case adopted here its own."""
     changes: dict[str, Any] = {}
     new_status = next_status(status, event_type)
     if new_status is not None:
         changes |= {"status": new_status.value, "status_rank": RANK[new_status]}
     if event_type == CaseRouted.TYPE:
-        changes["route"] = data["route"]
+        if not from_partner:
+            changes["route"] = data["route"]
         # A route clears a routing failure (a case retried out of triage), not a refused
         # handover: approval's refusal of the routed case may be applied here before the
         # routed event itself, since topics are not ordered among themselves.

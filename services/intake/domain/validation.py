@@ -7,6 +7,8 @@ the first refusal by the order below gives the problem's `code`, and `errors` li
   invalid_id_number   resident ID (GB 11643) for an individual, USCC (GB 32100) for an enterprise
   unknown_item        the item code is not in the catalog
   item_not_effective  the item is not in force today
+  not_cross_region    an applicant of a partner region, for a partner's item that is not
+                      `scope: cross_region` (DESIGN.md §9: `services.policy.partner_rules`)
   unknown_office      a counter submission without office_code, or an office not in the catalog
   office_not_allowed  the channel/office may not take the item (with where to go instead)
   unknown_material    a material code the item does not have (the valid codes are listed)
@@ -18,7 +20,11 @@ the first refusal by the order below gives the problem's `code`, and `errors` li
                       wrong type (`domain.licenses`, checked against intake's licence library)
   invalid_delivery    postal without an address; counter pickup on the online channel
 
-Not refused here: an applicant division outside the city (routing fails it as
+An applicant whose division lies in a partner region (`partner`) has the item code read in that
+partner's catalog, the office judged by `partner_rules.partner_office_allowed` and the
+materials against the partner's item; every other check is the same.
+
+Not refused here: an applicant division in no region known (routing fails it as
 out_of_jurisdiction), a deferred material (it counts as present: the case goes ahead and the
 applicant brings it after acceptance, 容缺受理, DESIGN.md §7), missing required materials
 (they are returned as `missing_materials` for the one-time notification), and an applicant
@@ -29,7 +35,7 @@ levels; the applicant's sets the ID format).
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
@@ -48,11 +54,13 @@ from services.policy.intake_rules import (
     office_allowed,
     unknown_material,
 )
+from services.policy.partner_rules import partner_item_problems, partner_office_allowed
 
 TITLES = {
     "invalid_id_number": "The ID number is not valid",
     "unknown_item": "Unknown item",
     "item_not_effective": "The item is not in force",
+    "not_cross_region": "The partner region's item is not offered across regions",
     "unknown_office": "Unknown intake office",
     "office_not_allowed": "This channel or office may not take the item",
     "unknown_material": "Unknown material",
@@ -213,9 +221,14 @@ def id_number_problem(category: Category, value: str, *, today: date) -> str | N
 
 
 def validate_submission(
-    index: CatalogIndex, application: Application, *, today: date
+    index: CatalogIndex,
+    application: Application,
+    *,
+    today: date,
+    partner: CatalogIndex | None = None,
 ) -> ValidationResult:
-    """Check a submission against the catalog (pure). `today` is the city's local date."""
+    """Check a submission against the catalog (pure). `today` is the city's local date;
+    `partner`: the partner region's catalog the applicant's division lies in (§9)."""
     refusals: list[Refusal] = []
 
     def refuse(
@@ -228,29 +241,17 @@ def validate_submission(
     if id_problem is not None:
         refuse("invalid_id_number", "applicant.id_number", id_problem)
 
-    item = index.items.get(application.item_code)
-    missing: tuple[str, ...] = ()
-    if item is None:
-        refuse(
-            "unknown_item",
-            "item_code",
-            f"item {application.item_code!r} is not in the catalog; GET /v1/items lists the items",
-        )
+    if partner is None:
+        item, decision = _own_item(index, application, today, refuse)
     else:
-        if not item_in_force(item, today):
-            window = f"{item.effective_from or '…'} ~ {item.effective_to or '…'}"
-            refuse(
-                "item_not_effective",
-                "item_code",
-                f"item {item.code} is not in force on {today} (effective {window})",
-            )
-        decision = office_allowed(
-            index,
-            item,
-            channel=application.channel,
-            office_code=application.office_code,
-            applicant_division=applicant.division_code,
+        item, problems = partner_item_problems(partner, application.item_code, today)
+        for problem in problems:
+            refuse(problem.code, "item_code", problem.message)
+        decision = partner_office_allowed(
+            index, partner, channel=application.channel, office_code=application.office_code
         )
+    missing: tuple[str, ...] = ()
+    if item is not None and decision is not None:
         refusals.extend(office_refusals(decision))
         for i, material in enumerate(application.materials):
             if (unknown := unknown_material(item, material.code)) is not None:
@@ -268,6 +269,39 @@ def validate_submission(
         item=item,
         id_number=applicant.id_number.strip().upper() if id_problem is None else None,
     )
+
+
+def _own_item(
+    index: CatalogIndex,
+    application: Application,
+    today: date,
+    refuse: Callable[[str, str, str], None],
+) -> tuple[Item | None, OfficeDecision | None]:
+    """The item read in this region's catalog, whether it is in force, and the office's
+    decision on it (none when the item is unknown)."""
+    item = index.items.get(application.item_code)
+    if item is None:
+        refuse(
+            "unknown_item",
+            "item_code",
+            f"item {application.item_code!r} is not in the catalog; GET /v1/items lists the items",
+        )
+        return None, None
+    if not item_in_force(item, today):
+        window = f"{item.effective_from or '…'} ~ {item.effective_to or '…'}"
+        refuse(
+            "item_not_effective",
+            "item_code",
+            f"item {item.code} is not in force on {today} (effective {window})",
+        )
+    decision = office_allowed(
+        index,
+        item,
+        channel=application.channel,
+        office_code=application.office_code,
+        applicant_division=application.applicant.division_code,
+    )
+    return item, decision
 
 
 def deferral_problem(item: Item, code: str) -> str | None:

@@ -9,6 +9,7 @@ members are ordinary cases. Plain functions over a session and the process's par
 One room, in files by what they are about, importing downward only (pyproject's
 import-linter contract `intake-handlers`):
 
+  partners               the partner regions' cases (§9): adopted, imported, followed
   case_events, library   the consumers of the case topics and of `license.v1`
   bundles                bundle commands, waiting members released or ended, `bundle.v1`
   cases                  case commands, and the taking every case and member goes through
@@ -39,7 +40,13 @@ from services.intake.handlers.library import (
     record_license_issued,
     record_license_revoked,
 )
-from services.intake.handlers.parts import Intake, build_index, check_handover_keys
+from services.intake.handlers.partners import partner_subscriptions, read_refused
+from services.intake.handlers.parts import (
+    Intake,
+    build_index,
+    check_handover_keys,
+    city_of_catalog,
+)
 
 __all__ = [
     "Intake",
@@ -49,12 +56,15 @@ __all__ = [
     "build_index",
     "case_row",
     "check_handover_keys",
+    "city_of_catalog",
     "follow_bundle_event",
     "follow_case_event",
     "follow_case_events",
+    "partner_subscriptions",
     "read_bundle",
     "read_case",
     "read_licenses",
+    "read_refused",
     "record_license_issued",
     "record_license_revoked",
     "settle_bundle",

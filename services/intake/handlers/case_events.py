@@ -1,5 +1,6 @@
 """Every event of every case topic into the counter's view of the case: its timeline entry,
-its status, route and deadline (the hot path of intake, taken in batches), a case another
+its status, route and deadline (the hot path of intake, taken in batches; a partner region's
+events of a case taken here come the same way, `handlers.partners`), a case another
 system submitted adopted, an applicant barred after a breached commitment, and the bundles
 whose members moved settled (`bundles.settle_bundles`)."""
 
@@ -102,12 +103,20 @@ async def _append_to_timeline(
                 "case_id": e.subject,
                 "type": e.type,
                 "time": e.time,
-                "source": e.source,
+                "source": timeline_source(e),
                 "data": e.data,
             }
             for e, _ in events
         ],
     )
+
+
+def timeline_source(envelope: Envelope) -> str:
+    """Who published the event: its `ce_source`, and `<city>:<ce_source>` for an event another
+    region published (a partner's relayed step, or one imported from the origin, §9)."""
+    if envelope.fromcity:
+        return f"{envelope.fromcity}:{envelope.source}"
+    return envelope.source
 
 
 async def _lock_cases(session: AsyncSession, case_ids: set[str]) -> dict[str, _FollowedCase]:
@@ -143,7 +152,13 @@ async def _fold_events(
             continue  # the adoption replayed the whole timeline, this event included
         case = cases.get(case_id)
         if case is not None:
-            changes = case_changes(case.status, envelope.type, envelope.data, case.failure)
+            changes = case_changes(
+                case.status,
+                envelope.type,
+                envelope.data,
+                case.failure,
+                from_partner=envelope.fromcity is not None,
+            )
             if changes:
                 pending.setdefault(case_id, {}).update(changes)
                 case.status = CaseStatus(changes.get("status", case.status))

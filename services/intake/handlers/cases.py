@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, TypeVar
@@ -61,6 +61,7 @@ from services.intake.domain.validation import (
 from services.intake.handlers.parts import Intake
 from services.policy.catalog_index import CatalogIndex
 from services.policy.intake_rules import missing_materials
+from services.policy.partner_rules import catalog_of_applicant
 from services.policy.routing_rules import route_case
 
 log = get_logger(__name__)
@@ -175,14 +176,19 @@ async def submit(
     digest = request_hash(application)
     index = queries.catalog_in_force(intake.catalogs)
     today = intake.runtime.clock.today()
-    item = index.items.get(application.item_code)
+    # An applicant of a partner region: the item code is read in that region's catalog (§9).
+    partner = catalog_of_applicant(
+        index, intake.partner_catalogs(), application.applicant.division_code
+    )
+    item = (partner or index).items.get(application.item_code)
     library, barred = await library_and_bar(intake, application, [item] if item else None)
     # Held e-licences satisfy their materials before anything is found missing (免提交).
     reuse = reuse_licenses(item, application, library)
     application = reuse.application
     committed = commitments.commitment_refusals(item, application.materials, barred=barred)
     result = with_refusals(
-        validate_submission(index, application, today=today), reuse.refusals + committed
+        validate_submission(index, application, today=today, partner=partner),
+        reuse.refusals + committed,
     )
     if not result.ok:
         # A retry of a case taken before the catalog changed still gets its case back.
@@ -430,14 +436,16 @@ async def add_materials(
     case_id: str,
     materials: list[Material],
     index: CatalogIndex,
+    partners: Mapping[str, CatalogIndex] | None = None,
 ) -> SubmissionResponse:
     """Supplement materials, by a clerk of the office that took the case: completes a counter
     case (awaiting_supplement), answers a review's request (supplement_requested), which
     needs every requested material at once, or brings deferred materials after acceptance
-    (容缺受理: `domain.deferral`)."""
+    (容缺受理: `domain.deferral`). The item is read in the applicant's region's catalog (§9)."""
     case = await queries.case_of_the_office(session, case_id, principal, lock=True)
-    item = index.items.get(case.item_code)
     application = Application.model_validate(case.application)
+    partner = catalog_of_applicant(index, partners or {}, application.applicant.division_code)
+    item = (partner or index).items.get(case.item_code)
     if item is not None:
         unknown = supplement_refusal(item, (m.code for m in materials))
         if unknown is not None:
