@@ -188,6 +188,10 @@ async def take_routed(
     only with a handover that verifies."""
     now = approval.runtime.clock.now()
     route = routed.route
+    partner = review.decided_by_partner(route)
+    if partner is not None:
+        await _remember_partner_case(session, routed.case_id, partner, now=now)
+        return
     bundle_id = await bundle_of(session, bundle_members_t, routed.case_id, routed.bundle_id)
     if bundle_id != routed.bundle_id:
         routed = routed.model_copy(update={"bundle_id": bundle_id})
@@ -244,6 +248,19 @@ async def take_routed(
     await _emit(session, approval.runtime, outcome, envelope.traceparent)
     if bundle_id is not None:
         await review_bundle_clock(session, approval, bundle_id, traceparent=envelope.traceparent)
+
+
+async def _remember_partner_case(
+    session: AsyncSession, case_id: str, partner: str, *, now: datetime
+) -> None:
+    """A case forwarded to partner region `partner` (DESIGN.md §9): nothing is taken here; its
+    row only lets the events that still pass through this region be recognised."""
+    await session.execute(
+        pg_insert(models.cross_region_cases)
+        .values(case_id=case_id, partner_city=partner, routed_at=now)
+        .on_conflict_do_nothing()
+    )
+    log.info("case decided by a partner region; not taken here", case_id=case_id, partner=partner)
 
 
 async def arm_decision_clock(
@@ -327,6 +344,9 @@ async def decision_made(
     )
     if isinstance(result, Refusal):
         reason = f"{result.code} ({result.status}): {result.detail}"
+        partner = await queries.deciding_partner(session, made.case_id)
+        if partner is not None:
+            raise PermanentError(f"{reason}; the case is decided in partner region {partner}")
         if result.code == "case_not_found":
             raise CaseNotYetRouted(reason)
         raise PermanentError(reason)
@@ -353,6 +373,8 @@ async def case_withdrawn(
     """Withdrawn before the decision: later decisions are refused. A withdrawal that overtakes
     the routing event leaves a row of its own, so the case is never accepted afterwards."""
     now = approval.runtime.clock.now()
+    if await queries.deciding_partner(session, event.case_id) is not None:
+        return  # decided in the partner region, which stops its own clock (DESIGN.md §9)
     bundle_id = await bundle_of(session, bundle_members_t, event.case_id, event.bundle_id)
     for _attempt in range(2):
         case = await queries.load_case(session, event.case_id, lock=True)
@@ -476,6 +498,10 @@ async def case_rated(
         return
     case = await queries.load_case(session, rated.case_id)
     if not isinstance(case, CaseState):
+        if await queries.deciding_partner(session, rated.case_id) is not None:
+            # Rated at this region's counter after the pickup: the rating travels to the
+            # deciding partner region, whose department answers it (DESIGN.md §9).
+            return
         raise CaseNotYetRouted(f"rating for case {rated.case_id} unknown to approval")
     opened_at = rated.rated_at
     calendar = calendar_for(approval.calendars, case.route.catalog_version)

@@ -135,3 +135,15 @@ bundle_members = Table(
     Column("position", Integer, nullable=False),
 )
 Index("ix_bundle_members_bundle", bundle_members.c.bundle_id)
+
+# Cases across regions (跨省通办, DESIGN.md §9): a case routed here on the path `cross_region`
+# is decided by the partner region (`partner_city`), never here. It is only remembered, so the
+# events about it that still pass through this region (its withdrawal, its rating after the
+# pickup at this region's counter) are recognised and left alone, with no worklist row.
+cross_region_cases = Table(
+    "cross_region_cases",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("partner_city", String(16), nullable=False),
+    Column("routed_at", DateTime(timezone=True), nullable=False),
+)

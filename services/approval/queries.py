@@ -42,6 +42,15 @@ followups = models.followups
 # -- a case's row <-> the review's state -------------------------------------------------------
 
 
+async def deciding_partner(session: AsyncSession, case_id: str) -> str | None:
+    """The partner region's city code if the case was routed here on the path `cross_region`
+    (decided there, DESIGN.md §9), else None."""
+    t = models.cross_region_cases.c
+    found = await session.execute(select(t.partner_city).where(t.case_id == case_id))
+    partner: str | None = found.scalar()
+    return partner
+
+
 def case_state(row: Any) -> CaseState | Unrouted:
     if row.route is None:
         return Unrouted(case_id=row.case_id, status=CaseStatus(row.status))

@@ -35,8 +35,9 @@ OVERSEERS = (Role.operator, Role.admin)
 
 
 def _office_scope(row: Any) -> str:
-    """The office that took the case and hands the result over; online cases: `online`."""
-    return str(row.pickup_office or row.intake_office or "online")
+    """The office that took the case (and, but for a case adopted from a partner region,
+    hands the result over, DESIGN.md §9); online cases: `online`."""
+    return str(row.intake_office or row.pickup_office or "online")
 
 
 def _reads_result(principal: Principal, row: Any) -> bool:
@@ -92,7 +93,9 @@ async def pickup(
 ) -> ResultView:
     """The applicant collects a `counter_pickup` result at the office that took the
     application (a clerk of that office hands it over): delivered, and the case closed. A
-    bundle's member is refused 409 `bundle_member`: it goes with its bundle's pickup."""
+    bundle's member is refused 409 `bundle_member`: it goes with its bundle's pickup; a case
+    adopted from a partner region 409 `pickup_at_origin`: it is collected at the office that
+    took it there (DESIGN.md §9)."""
     await _clerk_of_the_office(principal, case_id, delivery)
     async with unit_of_work(delivery.runtime.sessions) as session:
         return await handlers.pickup(

@@ -1,6 +1,7 @@
 """delivery: issues every decision's result (e-licence, paper document or decision letter),
 delivers it as the applicant chose at intake, closes the case and takes its one rating; a
-bundle's results go out once, together (DESIGN.md §8).
+bundle's results go out once, together (DESIGN.md §8); a case across regions (§9) is picked
+up at the office that took it, in whichever region decided it.
 
 Run: `python -m services.delivery` (port 8004). `create_app` wires one process: settings,
 runtime, the consumer of decisions and the REST routes of `api`; tests build their own.
@@ -15,11 +16,18 @@ from fastapi import FastAPI
 from contracts.events import (
     APPROVAL_TOPIC,
     BUNDLE_TOPIC,
+    DELIVERY_TOPIC,
     INTAKE_TOPIC,
+    ROUTING_TOPIC,
     BundleSubmitted,
     CaseApproved,
+    CaseClosed,
+    CaseDelivered,
     CaseDenied,
+    CaseResultIssued,
     CaseRevoked,
+    CaseRouted,
+    CaseSubmitted,
     CaseTerminated,
     CaseWithdrawn,
 )
@@ -57,7 +65,35 @@ def create_app(settings: DeliverySettings | None = None) -> FastAPI:
             BundleSubmitted: partial(handlers.bundle_submitted, delivery=delivery),
         },
     )
-    runtime.consume(INTAKE_TOPIC, subscriptions={CaseWithdrawn: on_ended})
+    # Cases across regions (DESIGN.md §9): an adopted case's origin comes with its submitted
+    # event; a case forwarded to a partner, with this region's routed event.
+    runtime.consume(
+        INTAKE_TOPIC,
+        subscriptions={
+            CaseWithdrawn: on_ended,
+            CaseSubmitted: partial(handlers.adopted_submitted, delivery=delivery),
+        },
+    )
+    runtime.consume(
+        ROUTING_TOPIC,
+        subscriptions={CaseRouted: partial(handlers.cross_region_routed, delivery=delivery)},
+    )
+    # The origin: the partner's issued results of the cases it forwarded, held for pickup here.
+    city = runtime.follow_catalog(handlers.city_of)
+    runtime.on_startup(city.start)
+    runtime.background(city.run, city.stop)
+    runtime.consume_partners(
+        name="delivery-partners",
+        subscriptions={CaseResultIssued: partial(handlers.result_from_partner, delivery=delivery)},
+        own_city=lambda: city.latest,
+    )
+    # The handler: the origin's pickup of an adopted case, imported with `fromcity` set.
+    on_origin_pickup = partial(handlers.picked_up_at_origin, delivery=delivery)
+    runtime.consume(
+        DELIVERY_TOPIC,
+        name="delivery-imported",
+        subscriptions={CaseDelivered: on_origin_pickup, CaseClosed: on_origin_pickup},
+    )
     return runtime.create_app(
         title="tongban delivery",
         description="Results, e-licences, delivery to the applicant, and ratings (DESIGN.md §4).",

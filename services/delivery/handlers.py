@@ -18,21 +18,27 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contracts.catalog import City
 from contracts.common import CaseStatus, DeliveryMethod, ResultDocument
 from contracts.events import (
     BundleRated,
     BundleSubmitted,
     CaseApproved,
+    CaseClosed,
     CaseDelivered,
     CaseDenied,
     CaseRated,
+    CaseResultIssued,
     CaseRevoked,
+    CaseRouted,
+    CaseSubmitted,
     CaseTerminated,
     CaseWithdrawn,
+    CatalogPublished,
     Event,
     Rating,
 )
@@ -47,6 +53,15 @@ from services.common.service import ServiceRuntime
 from services.delivery import models, queries
 from services.delivery.domain import bundles as bundle_rules
 from services.delivery.domain.bundles import Member, OnReady
+from services.delivery.domain.cross_region import (
+    CrossRegionCase,
+    Role,
+    adopted_case,
+    closed_at_origin,
+    forwarded_case,
+    held_at_origin,
+    pickup_at_origin,
+)
 from services.delivery.domain.results import (
     DeliveryFacts,
     DeliveryPlan,
@@ -164,14 +179,15 @@ async def issue_and_deliver(
     if plan.needs_tracking_number:
         serial = (await session.execute(select(models.tracking_serial.next_value()))).scalar_one()
         tracking = tracking_number(int(serial))
+    row = _result_row(decision, issued, plan, issued_at=issued_at, tracking=tracking)
+    if plan.method is DeliveryMethod.counter_pickup and bundle_id is None:
+        adopted = await queries.cross_region_case(session, decision.case_id)
+        if adopted is not None and adopted.role is Role.handler:
+            # Adopted from a partner region: it waits at the origin office (DESIGN.md §9).
+            row["pickup_office"] = adopted.office_code
     inserted = await session.execute(
         pg_insert(models.results)
-        .values(
-            {
-                **_result_row(decision, issued, plan, issued_at=issued_at, tracking=tracking),
-                "bundle_id": bundle_id,
-            }
-        )
+        .values({**row, "bundle_id": bundle_id})
         # Only the case id: a clash of licence id or tracking number must fail loudly.
         .on_conflict_do_nothing(index_elements=[models.results.c.case_id])
         .returning(models.results.c.case_id)
@@ -250,9 +266,12 @@ async def revoke_result(
 # -- commands: pickup, rating -----------------------------------------------------------------
 
 
-def _check_pickup(row: Any, case_id: str, office_code: str | None) -> DeliveryMethod:
+def _check_pickup(
+    row: Any, case_id: str, office_code: str | None, adopted: CrossRegionCase | None = None
+) -> DeliveryMethod:
     """The result's delivery method, once the result waits at the counter `office_code` (when
-    given) names; refused otherwise."""
+    given) names; refused otherwise. An `adopted` case's result waits at the origin office, in
+    the partner region (DESIGN.md §9): never here."""
     method = DeliveryMethod(row.delivery_method)
     if method is not DeliveryMethod.counter_pickup:
         raise _not_at_a_counter("result", f"Case {case_id}", method, row.tracking_number)
@@ -265,6 +284,8 @@ def _check_pickup(row: Any, case_id: str, office_code: str | None) -> DeliveryMe
             f"{row.delivered_at.astimezone(CITY_TZ).isoformat() if row.delivered_at else '?'}.",
             status_now=row.status,
         )
+    if adopted is not None:
+        raise Refused(pickup_at_origin(adopted))
     if office_code and row.pickup_office and office_code != row.pickup_office:
         raise _at_another_office(
             "result", f"The result of case {case_id}", row.pickup_office, office_code
@@ -309,7 +330,10 @@ async def pickup(
     """The applicant collects a counter_pickup result at the intake office."""
     row = await load_result(session, case_id, lock=True)
     _not_a_member(row, "pickup")
-    method = _check_pickup(row, case_id, office_code)
+    adopted = await queries.cross_region_case(session, case_id)
+    method = _check_pickup(
+        row, case_id, office_code, adopted if adopted and adopted.role is Role.handler else None
+    )
     plan = plan_delivery(method)
     now = _now(delivery.runtime)
     status = plan.status_after_pickup
@@ -754,3 +778,134 @@ async def rate_bundle(
     bundle_rated = events[-1]
     assert isinstance(bundle_rated, BundleRated)
     return bundle_rated.model_copy(update={"rated_at": now.astimezone(CITY_TZ)})
+
+
+# -- cases across regions (跨省通办, DESIGN.md §9; domain.cross_region) -------------------------
+
+
+def city_of(published: CatalogPublished) -> str:
+    """This region's city code, read off a catalog version: what the partner regions address
+    their records to (`ce_tocity`)."""
+    return City.model_validate(published.catalog.get("city")).code
+
+
+class PartnerCaseNotKnown(Exception):
+    """A partner's result for a case whose routed event this delivery has not seen yet (it
+    travels on this region's case.routing.v1): retried, then dead-lettered."""
+
+
+async def _record_cross_region_case(
+    session: AsyncSession, delivery: Delivery, case: CrossRegionCase
+) -> None:
+    await session.execute(
+        pg_insert(models.cross_region_cases)
+        .values(
+            case_id=case.case_id,
+            partner_city=case.partner_city,
+            role=case.role.value,
+            office_code=case.office_code,
+            delivery_method=case.delivery_method.value,
+            item_code=case.item_code,
+            recorded_at=_now(delivery.runtime),
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+async def cross_region_routed(
+    session: AsyncSession, envelope: Envelope, routed: CaseRouted, *, delivery: Delivery
+) -> None:
+    """The origin: a case this region routed to a partner region (path `cross_region`) is
+    remembered with its origin office and delivery; every other routed case is not
+    delivery's business until its decision."""
+    case = forwarded_case(routed)
+    if case is not None:
+        await _record_cross_region_case(session, delivery, case)
+
+
+async def adopted_submitted(
+    session: AsyncSession, envelope: Envelope, submitted: CaseSubmitted, *, delivery: Delivery
+) -> None:
+    """The handler: a case adopted from a partner region (submitted with `origin`) is
+    remembered; a counter_pickup result issued before this event (on another topic) moves to
+    the origin office."""
+    case = adopted_case(submitted)
+    if case is None:
+        return
+    await _record_cross_region_case(session, delivery, case)
+    r = models.results.c
+    await session.execute(
+        update(models.results)
+        .where(
+            r.case_id == case.case_id,
+            r.delivery_method == DeliveryMethod.counter_pickup.value,
+            r.status == CaseStatus.result_issued.value,
+        )
+        .values(pickup_office=case.office_code)
+    )
+
+
+async def result_from_partner(
+    session: AsyncSession, envelope: Envelope, issued: CaseResultIssued, *, delivery: Delivery
+) -> None:
+    """The origin: the partner's issued result of a counter_pickup case becomes this region's
+    result row, held at the origin office for `POST /v1/cases/{id}/pickup` (which emits this
+    region's delivered and closed). Once per case; nothing is emitted now (intake's timeline
+    shows the partner's event)."""
+    case = await queries.cross_region_case(session, issued.case_id)
+    if case is None:
+        raise PartnerCaseNotKnown(f"case {issued.case_id}: no cross_region route seen here yet")
+    row = held_at_origin(case, issued)
+    if row is None:
+        log.info(
+            "partner's result not held here (delivered by the partner)",
+            case_id=issued.case_id,
+            role=case.role.value,
+            method=case.delivery_method.value,
+        )
+        return
+    await session.execute(pg_insert(models.results).values(row).on_conflict_do_nothing())
+    log.info(
+        "partner's result held at the origin office",
+        case_id=issued.case_id,
+        partner=case.partner_city,
+        office=case.office_code,
+        event_id=envelope.id,
+    )
+
+
+async def picked_up_at_origin(
+    session: AsyncSession,
+    envelope: Envelope,
+    step: CaseDelivered | CaseClosed,
+    *,
+    delivery: Delivery,
+) -> None:
+    """The handler: the origin's delivered or closed of an adopted case, imported onto this
+    region's case.delivery.v1 (`fromcity` set, DESIGN.md §9), ends the result held for the
+    pickup there, with the origin's times and no event of its own (the timeline has the
+    origin's). This region's own delivery events (no `fromcity`) are passed over."""
+    if not envelope.fromcity:
+        return
+    applies_to, status, times = closed_at_origin(step)
+    r = models.results.c
+    values: dict[str, Any] = {"status": status.value, **times}
+    if isinstance(step, CaseClosed):  # a closed alone is the delivery too
+        values["delivered_at"] = func.coalesce(r.delivered_at, step.closed_at)
+    ended = await session.execute(
+        update(models.results)
+        .where(
+            r.case_id == step.case_id,
+            r.delivery_method == DeliveryMethod.counter_pickup.value,
+            r.status.in_([s.value for s in applies_to]),
+        )
+        .values(values)
+        .returning(r.case_id)
+    )
+    if ended.scalar() is None:
+        log.info(
+            "origin's step changes nothing here (no result held for it, or ended before)",
+            case_id=step.case_id,
+            event_type=envelope.type,
+            fromcity=envelope.fromcity,
+        )

@@ -6,7 +6,11 @@ that department's level, so the 好差评 statistics group ratings without a joi
 
 A bundle (一件事, DESIGN.md §8) is delivered once: its members' results carry `bundle_id` and
 wait (`result_issued`) until every member has a result or has ended; `bundles` holds the one
-delivery, pickup and rating, `bundle_members` the members listed and those that ended."""
+delivery, pickup and rating, `bundle_members` the members listed and those that ended.
+
+A case across regions (DESIGN.md §9) has a row in `cross_region_cases`: at the origin its
+counter_pickup result is a results row made from the partner's issued result; at the handler
+its counter_pickup result waits at the origin office and is closed by the origin's pickup."""
 
 from __future__ import annotations
 
@@ -124,3 +128,20 @@ bundle_members = Table(
     Column("ended_reason", String(64)),
 )
 Index("ix_bundle_members_bundle", bundle_members.c.bundle_id)
+
+# Cases across regions (跨省通办, DESIGN.md §9; domain.cross_region): this region's part in each
+# (`origin`: taken at its counter, decided by the partner; `handler`: adopted from the partner),
+# the partner's city code, the origin office (where a counter_pickup result is handed over) and
+# the delivery chosen there. Written from the origin's routed event or the adopted case's
+# submitted event.
+cross_region_cases = Table(
+    "cross_region_cases",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("partner_city", String(16), nullable=False),
+    Column("role", String(16), nullable=False),  # origin | handler
+    Column("office_code", String(64)),
+    Column("delivery_method", String(16), nullable=False),
+    Column("item_code", String(64), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)

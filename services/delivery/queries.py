@@ -26,6 +26,7 @@ from services.common.city import CITY_TZ
 from services.common.refusals import Refusal, Refused
 from services.delivery import models
 from services.delivery.domain.bundles import Member
+from services.delivery.domain.cross_region import CrossRegionCase, Role
 from services.delivery.domain.results import license_status
 from services.delivery.domain.stats import BAD, GOOD, RatedPeriod
 
@@ -48,6 +49,24 @@ async def load_result(session: AsyncSession, case_id: str, *, lock: bool = False
     if row is None:
         raise Refused(result_not_found(case_id))
     return row
+
+
+async def cross_region_case(session: AsyncSession, case_id: str) -> CrossRegionCase | None:
+    """The case's part across regions (DESIGN.md §9), or None for a case of this region alone."""
+    t = models.cross_region_cases.c
+    row = (
+        await session.execute(select(models.cross_region_cases).where(t.case_id == case_id))
+    ).first()
+    if row is None:
+        return None
+    return CrossRegionCase(
+        case_id=row.case_id,
+        partner_city=row.partner_city,
+        role=Role(row.role),
+        office_code=row.office_code,
+        delivery_method=DeliveryMethod(row.delivery_method),
+        item_code=row.item_code,
+    )
 
 
 def _local(moment: datetime | None) -> datetime | None:

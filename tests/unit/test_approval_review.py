@@ -20,7 +20,9 @@ from contracts.common import (
     ItemSnapshot,
     Level,
     Mode,
+    Path,
     Route,
+    RouteLevel,
 )
 from contracts.events import (
     CaseAccepted,
@@ -436,3 +438,27 @@ def test_the_state_machine(status: CaseStatus, kind: DecisionKind) -> None:
         assert outcome.state.status is expected
         assert len(outcome.events) == 1
         assert outcome.events[0].case_id == case.case_id
+
+
+# -- across regions (DESIGN.md §9) --------------------------------------------------------------
+
+
+def cross_region_route(routed: CaseRouted, partner: str = "LZ") -> CaseRouted:
+    """The route of rule R2-cross-region: forwarded to partner region `partner`."""
+    route = routed.route.model_copy(
+        update={
+            "path": Path.cross_region,
+            "level": RouteLevel.partner,
+            "handled_by": partner,
+            "rule": "R2-cross-region",
+        }
+    )
+    return routed.model_copy(update={"route": route})
+
+
+def test_a_cross_region_route_is_decided_by_its_partner_and_every_other_here() -> None:
+    assert review.decided_by_partner(cross_region_route(make_routed(), "LZ").route) == "LZ"
+    for path in Mode:
+        routed = make_routed()
+        route = routed.route.model_copy(update={"path": Path(path.value)})
+        assert review.decided_by_partner(route) is None, path

@@ -979,10 +979,12 @@ def test_every_scaled_object_targets_a_deployment_and_the_groups_its_code_runs()
             assert meta["offsetResetPolicy"] == "earliest", "as make_consumer starts a new group"
             assert int(meta["lagThreshold"]) > 0
             assert trigger["authenticationRef"]["name"] in authentications
-            # (a pattern group, over the partner regions' mirrored topics, names none here)
-            assert not topics or obj["spec"]["maxReplicaCount"] <= min(
-                partitions[t] for t in topics
-            ), f"{name}: replicas beyond the partitions of {topics} sit idle"
+            # A partner group subscribes by pattern to the mirrored `<alias>.xregion.out.v1`
+            # (DESIGN.md §9): MirrorMaker makes them with xregion.out.v1's partitions.
+            bounded_by = topics or (XREGION_TOPIC,)
+            assert obj["spec"]["maxReplicaCount"] <= min(partitions[t] for t in bounded_by), (
+                f"{name}: replicas beyond the partitions of {bounded_by} sit idle"
+            )
         assert any(t["type"] == "cpu" for t in triggers), f"{name}: no CPU trigger"
         requests = the_container(deployments[service])["resources"]["requests"]
         assert "cpu" in requests, "a CPU utilization target needs a CPU request"

@@ -32,6 +32,8 @@ States and transitions (DESIGN.md §1, §4):
   material arrives) for a case with committed materials opens a verification, due
   `verify_days` working days after that day. Confirmed, it closes and the decision stands;
   breached, the decision is revoked (`gov.case.revoked.v1`, reason `commitment_breached`).
+- A case routed on the path `cross_region` (DESIGN.md §9) is decided by the partner region
+  it was forwarded to: it is not taken here at all (`decided_by_partner`).
 - approved, denied, withdrawn, terminated and revoked are final here (an approved case still
   takes its verification); approval_held is decided (not
   withdrawable, takes no other decision) and waits only for the materials.
@@ -167,6 +169,14 @@ class Outcome:
 
 
 # -- taking a routed case ----------------------------------------------------------------------
+
+
+def decided_by_partner(route: Route) -> str | None:
+    """The partner region's city code when the route forwards the case there (path
+    `cross_region`, DESIGN.md §9): that region accepts and decides it, so this region's
+    approval takes nothing (no acceptance, no clock, no worklist row). None for every other
+    route."""
+    return route.handled_by if route.path is Path.cross_region else None
 
 
 def compute_deadline(
