@@ -130,8 +130,9 @@ class SecondRegion:
 
     # -- region 2 ---------------------------------------------------------------------------
 
-    def up(self) -> None:
-        """Region 2's stack, schemas, topics and services (each a no-op when it runs)."""
+    def up(self, extra: dict[str, str] | None = None) -> None:
+        """Region 2's stack, schemas, topics and services (each a no-op when it runs); `extra`:
+        more environment for its services."""
         _run(
             [
                 "bash",
@@ -141,7 +142,7 @@ class SecondRegion:
                 str(LOCAL),
                 str(TONGBAN),
             ],
-            self.env(),
+            {**self.env(), **(extra or {})},
             "region 2 up",
             timeout=400,
         )

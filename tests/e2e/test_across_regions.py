@@ -6,7 +6,8 @@ PostgreSQL and four services, and real MirrorMaker 2 links the two both ways
 (tests/two_regions.py). Everything is checked through the services' REST views and the
 records on the brokers: a case each way ends `closed` in both regions with the partner route
 and the result handed over at the origin counter; a city-scope item of the partner is refused
-at the counter; a forged handover is flagged at the handler and fails routing at the origin;
+at the counter; a handover the handler cannot verify is flagged there and fails routing at
+the origin (a forged forwarded record is flagged and adopts nothing);
 and cases submitted while the link is down arrive once it is back, none lost, none doubled.
 """
 
@@ -19,9 +20,11 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from contracts.common import Application
 from contracts.events import FROM_CITY_HEADER, TO_CITY_HEADER, XREGION_TOPIC
@@ -38,7 +41,12 @@ from services.cli.federation import (
     view,
 )
 from services.common.envelope import Envelope
-from services.common.handover import derive_dev_key, handover_digest, key_id_for
+from services.common.handover import (
+    HandoverSettings,
+    derive_dev_key,
+    handover_digest,
+    key_id_for,
+)
 from services.common.settings import CommonSettings
 from services.operators.catalog_file import load_catalog_file
 from tests.conftest import ROOT, eventually
@@ -76,8 +84,9 @@ async def regions(catalog: dict[str, Any]) -> AsyncIterator[TwoRegions]:
         "region 2", load_catalog_file(PARTNER_CATALOG), ServicePorts(second.services_offset)
     )
     clients = Clients({r.city: r.client() for r in (yz, lz)})
+    trust = trusted_offices(second.run_dir.parent / "trust", yz, lz)
     try:
-        await asyncio.to_thread(second.up)
+        await asyncio.to_thread(second.up, {"TONGBAN_HANDOVER_TRUST_DIR": str(trust)})
         await asyncio.to_thread(second.link, "up")
         loaded = await clients.of(lz).post(f"{lz.url('routing')}/v1/catalog", json=lz.catalog)
         assert loaded.status_code == 201, loaded.text
@@ -89,6 +98,29 @@ async def regions(catalog: dict[str, Any]) -> AsyncIterator[TwoRegions]:
         await asyncio.gather(*(c.aclose() for c in clients.by_city.values()))
         await asyncio.to_thread(second.link, "down")
         await asyncio.to_thread(second.down)
+
+
+def untrusted_office(yz: Region) -> str:
+    """The 云州 office whose key 澜州 is not given: its handovers cannot be verified there,
+    as a forged one could not (the last street center; the tests' others take the first)."""
+    return str([o["code"] for o in yz.catalog["offices"] if o["kind"] == "street_center"][-1])
+
+
+def trusted_offices(directory: Path, yz: Region, lz: Region) -> Path:
+    """Region 2's TONGBAN_HANDOVER_TRUST_DIR (production's way of naming partner keys): the
+    public key of every office of both cities (the dev keys, derived from the shared seed)
+    but `untrusted_office`."""
+    seed = HandoverSettings().handover_dev_seed.get_secret_value()
+    directory.mkdir(parents=True, exist_ok=True)
+    for region in (yz, lz):
+        for office in region.catalog["offices"]:
+            path = directory / f"{office['code']}.pub"
+            path.unlink(missing_ok=True)
+            if office["code"] == untrusted_office(yz):
+                continue
+            public = derive_dev_key(seed, office["code"]).public_key()
+            path.write_bytes(public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    return directory
 
 
 async def status_in(
@@ -188,16 +220,49 @@ async def test_a_city_item_of_the_partner_is_refused_at_the_counter_with_guidanc
     assert handler.name in problem["detail"]
 
 
-async def test_a_forged_handover_is_flagged_at_the_handler_and_fails_routing_at_the_origin(
+async def test_a_handover_the_partner_cannot_verify_is_flagged_there_and_fails_routing_here(
     regions: TwoRegions,
 ) -> None:
-    """A forwarded case on region 1's xregion.out.v1 whose handover was not signed with the
-    origin office's key: region 2 refuses to adopt it (handover_invalid, kept for operators)
-    and region 1's routing puts the case in triage (partner_refused)."""
+    """A case taken at a 云州 office whose key 澜州 does not hold (its signature is, to 澜州,
+    as good as forged): 澜州 refuses to adopt it (handover_invalid, kept for operators) and
+    云州's routing puts the case in its triage queue (partner_refused), never lost."""
     origin, handler = regions.yz, regions.lz
     item = cross_region_items(handler.catalog)[0]
     body = cross_region_application(
         origin.catalog, handler.catalog, item, random.Random(5), delivery="postal"
+    )
+    body["office_code"] = untrusted_office(origin)
+    case = CrossCase(origin=origin, handler=handler, item=item, body=body)
+    answer = await submit(regions.clients, case)
+    assert answer.status_code == 201, answer.text
+
+    row = await eventually(
+        refused_row(regions, handler, case.case_id),
+        timeout=90,
+        what=f"{case.case_id} flagged in {handler.city}",
+    )
+    assert row["code"] == "handover_invalid"
+
+    async def in_triage() -> dict[str, Any] | None:
+        answer = await regions.clients.of(origin).get(f"{origin.url('routing')}/v1/triage")
+        assert answer.status_code == 200, answer.text
+        entries: list[dict[str, Any]] = answer.json()
+        return next((e for e in entries if e["case_id"] == case.case_id), None)
+
+    entry = await eventually(in_triage, timeout=90, what=f"{case.case_id} in {origin.city} triage")
+    assert entry["failure"]["code"] == "partner_refused"
+    assert entry["rule"] == "R2-cross-region"
+    assert await view(regions.clients.of(handler), handler, case.case_id) == {}  # not adopted
+
+
+async def test_a_forged_forwarded_case_is_flagged_and_never_adopted(regions: TwoRegions) -> None:
+    """A gov.case.forwarded.v1 on 云州's xregion.out.v1 (so it crosses the real link) whose
+    handover was signed with a key that is not the office's: 澜州 flags it and adopts
+    nothing."""
+    origin, handler = regions.yz, regions.lz
+    item = cross_region_items(handler.catalog)[0]
+    body = cross_region_application(
+        origin.catalog, handler.catalog, item, random.Random(9), delivery="postal"
     )
     application = Application.model_validate(body)
     case_id = f"forged-{random.getrandbits(40):010x}"
@@ -237,27 +302,25 @@ async def test_a_forged_handover_is_flagged_at_the_handler_and_fails_routing_at_
     assert (FROM_CITY_HEADER, origin.city.encode()) in headers
     await produce(CommonSettings(), XREGION_TOPIC, [(key, value, headers)])
 
-    async def flagged() -> dict[str, Any] | None:
-        answer = await regions.clients.of(handler).get(
-            f"{handler.url('intake')}/v1/xregion/refused"
-        )
+    row = await eventually(
+        refused_row(regions, handler, case_id), timeout=90, what=f"{case_id} flagged"
+    )
+    assert row["code"] == "handover_invalid"
+    assert await view(regions.clients.of(handler), handler, case_id) == {}
+
+
+def refused_row(
+    two: TwoRegions, region: Region, case_id: str
+) -> Callable[[], Awaitable[dict[str, Any] | None]]:
+    """A poll: the operators' row of a forwarded case `region` refused to adopt."""
+
+    async def row() -> dict[str, Any] | None:
+        answer = await two.clients.of(region).get(f"{region.url('intake')}/v1/xregion/refused")
         assert answer.status_code == 200, answer.text
         rows: list[dict[str, Any]] = answer.json()
         return next((r for r in rows if r["case_id"] == case_id), None)
 
-    row = await eventually(flagged, timeout=90, what=f"{case_id} flagged in {handler.city}")
-    assert row["code"] == "handover_invalid"
-    assert await view(regions.clients.of(handler), handler, case_id) == {}  # never adopted
-
-    async def in_triage() -> dict[str, Any] | None:
-        answer = await regions.clients.of(origin).get(f"{origin.url('routing')}/v1/triage")
-        assert answer.status_code == 200, answer.text
-        entries: list[dict[str, Any]] = answer.json()
-        return next((e for e in entries if e["case_id"] == case_id), None)
-
-    entry = await eventually(in_triage, timeout=90, what=f"{case_id} in {origin.city}'s triage")
-    assert entry["failure"]["code"] == "partner_refused"
-    assert entry["rule"] == "R2-cross-region"
+    return row
 
 
 async def test_cases_sent_while_the_link_is_down_arrive_once_it_is_back(
