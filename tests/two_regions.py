@@ -2,9 +2,9 @@
 
 Region 1 is the stack the suite already runs (its Kafka, PostgreSQL and, for the e2e tests,
 its four services). `SecondRegion` starts region 2 the way `make federation` does
-(deploy/local/stack.sh, `tongban migrate`/`topics`, services.sh, then mirror.sh both ways),
-ONCE for whoever needs it, and stops everything it started at the end, its PostgreSQL data
-kept outside the run folder included (postgres.sh clean).
+(deploy/local/stack.sh, `tongban migrate`/`topics`, services.sh, and mirror.sh both ways:
+the last two side by side), ONCE for whoever needs it, and stops everything it started at
+the end, its PostgreSQL data kept outside the run folder included (postgres.sh clean).
 
 Ports, relative to region 1's so that two suites on one machine stay apart and nothing clashes
 with the suite's own stack, test_mirror.py's clusters (+100, +200) or `make federation` (19092,
@@ -130,24 +130,25 @@ class SecondRegion:
 
     # -- region 2 ---------------------------------------------------------------------------
 
-    def up(self, extra: dict[str, str] | None = None) -> None:
-        """Region 2's stack, schemas, topics and services (each a no-op when it runs); `extra`:
-        more environment for its services."""
+    def stack_up(self) -> None:
+        """Region 2's Kafka and PostgreSQL, its schemas and topics (each a no-op when done):
+        what MirrorMaker needs before it starts, the services not yet."""
         _run(
             [
                 "bash",
                 "-c",
                 'set -euo pipefail; bash "$0/stack.sh" up; source "$TONGBAN_RUN_DIR/env"; '
-                '"$1" migrate >/dev/null; "$1" topics >/dev/null; bash "$0/services.sh" up',
+                '"$1" migrate >/dev/null; "$1" topics >/dev/null',
                 str(LOCAL),
                 str(TONGBAN),
             ],
-            {**self.env(), **(extra or {})},
-            "region 2 up",
+            self.env(),
+            "region 2 stack up",
             timeout=400,
         )
 
     def services(self, command: str, extra: dict[str, str] | None = None) -> None:
+        """`services.sh up|down` for region 2; `extra`: more environment for the services."""
         _run(
             ["bash", str(LOCAL / "services.sh"), command],
             {**self.env(), **(extra or {})},

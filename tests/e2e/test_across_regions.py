@@ -86,8 +86,12 @@ async def regions(catalog: dict[str, Any]) -> AsyncIterator[TwoRegions]:
     clients = Clients({r.city: r.client() for r in (yz, lz)})
     trust = trusted_offices(second.run_dir.parent / "trust", yz, lz)
     try:
-        await asyncio.to_thread(second.up, {"TONGBAN_HANDOVER_TRUST_DIR": str(trust)})
-        await asyncio.to_thread(second.link, "up")
+        await asyncio.to_thread(second.stack_up)
+        # MirrorMaker starts beside region 2's services: it needs only the two clusters.
+        await asyncio.gather(
+            asyncio.to_thread(second.services, "up", {"TONGBAN_HANDOVER_TRUST_DIR": str(trust)}),
+            asyncio.to_thread(second.link, "up"),
+        )
         loaded = await clients.of(lz).post(f"{lz.url('routing')}/v1/catalog", json=lz.catalog)
         assert loaded.status_code == 201, loaded.text
         # A pattern subscription sees a new mirrored topic within 30 s (metadata refresh).
