@@ -110,8 +110,10 @@ async def test_every_forwarded_case_ends_once_in_both_regions_under_link_and_pro
                 await asyncio.to_thread(second.link, "down")
                 notes.append(f"link down at {share:.0%}")
             if n == len(cases) // 2:
-                killed = [s for s in SERVICES if sigkill(second.service_pid(s))]
+                pids = [second.service_pid(s) for s in SERVICES]
+                killed = [s for s, pid in zip(SERVICES, pids, strict=True) if sigkill(pid)]
                 notes.append(f"region 2 SIGKILL {','.join(killed)} at {share:.0%}")
+                await gone(pids)  # their ports are free once they are
                 await asyncio.to_thread(second.services, "up")
             if n == 2 * len(cases) // 3:
                 backlog = [c for c in cases[:n] if c.case_id and not await adopted(clients, c)]
@@ -169,6 +171,17 @@ async def test_every_forwarded_case_ends_once_in_both_regions_under_link_and_pro
 
 
 SERVICES = ("intake", "routing", "approval", "delivery")
+
+
+async def gone(pids: list[int | None], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while pid is not None and time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            await asyncio.sleep(0.1)
 
 
 async def adopted(clients: Clients, case: CrossCase) -> bool:
