@@ -126,6 +126,8 @@ class SecondRegion:
             "MIRROR_BOOTSTRAP_1": region1_bootstrap(),
             "MIRROR_ALIAS_2": ALIASES[1],
             "MIRROR_BOOTSTRAP_2": self.bootstrap,
+            # Region 1 may be the three-broker cluster (min.insync.replicas=2).
+            "MIRROR_REPLICATION_1": "3" if "," in region1_bootstrap() else "1",
         }
 
     # -- region 2 ---------------------------------------------------------------------------

@@ -104,7 +104,10 @@ cmd_up() {
   step 2 "region 2 (run folder $REGION2_RUN_DIR; Kafka $REGION2_KAFKA_PORT_BASE, PostgreSQL $REGION2_PG_PORT, services +$REGION2_SERVICES_PORT_OFFSET)"
   region_up 2
   step 3 "MirrorMaker 2 between them"
-  MIRROR_BOOTSTRAP_1=$(bootstrap_of 1) MIRROR_BOOTSTRAP_2=$(bootstrap_of 2) \
+  local b1; b1=$(bootstrap_of 1)
+  # A three-broker region 1 (KAFKA_BROKERS=3) refuses writes to one-replica topics.
+  [[ $b1 == *,* ]] && export MIRROR_REPLICATION_1=${MIRROR_REPLICATION_1:-3}
+  MIRROR_BOOTSTRAP_1=$b1 MIRROR_BOOTSTRAP_2=$(bootstrap_of 2) \
     bash "$LOCAL_DIR/mirror.sh" up
   step 4 "each region's catalog, loaded through its routing"
   load_catalog 1 deploy/demo/catalog.yaml
