@@ -14,14 +14,19 @@ with the suite's own stack, test_mirror.py's clusters (+100, +200) or `make fede
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from services.cli.devclient import SERVICES_PORT_OFFSET
+from services.cli.devclient import SERVICES_PORT_OFFSET, ServicePorts
+from services.cli.federation import Clients, Region, partner_known
 from services.common.settings import CommonSettings
+from services.operators.catalog_file import load_catalog_file
 from tests.conftest import ROOT, RUN_DIR
 
 LOCAL = ROOT / "deploy" / "local"
@@ -47,6 +52,13 @@ REGION_VARIABLES = (
     "SERVICES_PORT_OFFSET",
     "REPLICAS",
 )
+
+
+def single_broker_settings(bootstrap: str) -> CommonSettings:
+    """Client settings for a one-broker cluster of a test's own (replication 1)."""
+    return CommonSettings(
+        kafka_bootstrap=bootstrap, kafka_partitions=3, kafka_replication=1, kafka_min_insync=1
+    )
 
 
 def region1_bootstrap() -> str:
@@ -99,12 +111,7 @@ class SecondRegion:
 
     @property
     def settings(self) -> CommonSettings:
-        return CommonSettings(
-            kafka_bootstrap=self.bootstrap,
-            kafka_partitions=3,
-            kafka_replication=1,
-            kafka_min_insync=1,
-        )
+        return single_broker_settings(self.bootstrap)
 
     def env(self) -> dict[str, str]:
         """The environment of a command run as region 2 (as federation.sh's in_region 2)."""
@@ -190,6 +197,43 @@ class SecondRegion:
             return int((self.link_dir / "mirror" / "mirror.pid").read_text().strip())
         except (OSError, ValueError):
             return None
+
+
+PARTNER_CATALOG = ROOT / "deploy" / "demo" / "partner-catalog.yaml"
+DEMO_CATALOG = ROOT / "deploy" / "demo" / "catalog.yaml"
+
+
+@asynccontextmanager
+async def linked_regions(
+    second: SecondRegion, services_env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[Region, Region, Clients]]:
+    """Region 2 (澜州, the partner catalog loaded through its routing) and the link up beside
+    region 1 (云州, whose catalog the caller has loaded), until each intake lists the other's
+    cross_region items; (region 1, region 2, a client per region). Everything of region 2 and
+    the link is stopped on the way out."""
+    yz = Region("region 1", load_catalog_file(DEMO_CATALOG), ServicePorts())
+    lz = Region(
+        "region 2", load_catalog_file(PARTNER_CATALOG), ServicePorts(second.services_offset)
+    )
+    clients = Clients({r.city: r.client() for r in (yz, lz)})
+    try:
+        await asyncio.to_thread(second.stack_up)
+        # MirrorMaker starts beside region 2's services: it needs only the two clusters.
+        await asyncio.gather(
+            asyncio.to_thread(second.services, "up", services_env),
+            asyncio.to_thread(second.link, "up"),
+        )
+        loaded = await clients.of(lz).post(f"{lz.url('routing')}/v1/catalog", json=lz.catalog)
+        if loaded.status_code != 201:
+            raise RuntimeError(f"region 2 refused its catalog: {loaded.text}")
+        # A pattern subscription sees a new mirrored topic within 30 s (metadata refresh).
+        await partner_known(clients, yz, lz, timeout=90)
+        await partner_known(clients, lz, yz, timeout=90)
+        yield yz, lz, clients
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients.by_city.values()))
+        await asyncio.to_thread(second.link, "down")
+        await asyncio.to_thread(second.down)
 
 
 def _run(

@@ -30,30 +30,20 @@ INTAKE_PORT, ROUTING_PORT, APPROVAL_PORT, DELIVERY_PORT = (
 CONSOLE_PORT = 8000 + SERVICES_PORT_OFFSET
 
 
+SERVICE_PORTS = {"intake": 8001, "routing": 8002, "approval": 8003, "delivery": 8004}
+
+
 @dataclass(frozen=True)
 class ServicePorts:
     """The first replica's port of each service of a stack at `offset` (services.sh)."""
 
     offset: int = SERVICES_PORT_OFFSET
 
-    @property
-    def intake(self) -> int:
-        return 8001 + self.offset
-
-    @property
-    def routing(self) -> int:
-        return 8002 + self.offset
-
-    @property
-    def approval(self) -> int:
-        return 8003 + self.offset
-
-    @property
-    def delivery(self) -> int:
-        return 8004 + self.offset
+    def port(self, service: str) -> int:
+        return SERVICE_PORTS[service] + self.offset
 
     def url(self, service: str) -> str:
-        return f"http://127.0.0.1:{getattr(self, service)}"
+        return f"http://127.0.0.1:{self.port(service)}"
 
 
 _CASE_ACTION = re.compile(
@@ -82,7 +72,7 @@ class ActingClient(httpx.AsyncClient):
         super().__init__(**kwargs)
         self._settings = AuthSettings()
         self._ports = ServicePorts(port_offset)
-        self._intake_url = intake_url or f"http://127.0.0.1:{self._ports.intake}"
+        self._intake_url = intake_url or self._ports.url("intake")
         self._tokens: dict[tuple[Role, str | None], str] = {}
 
     def token(self, role: Role, scope: str | None = None) -> str:
@@ -108,20 +98,20 @@ class ActingClient(httpx.AsyncClient):
         port, path, method = request.url.port, request.url.path, request.method
         body = _json(request)
         query = dict(request.url.params)
-        ports = self._ports
-        if port == ports.intake and method == "POST" and path in ("/v1/cases", "/v1/bundles"):
+        intake, routing, approval, delivery = (self._ports.port(s) for s in SERVICE_PORTS)
+        if port == intake and method == "POST" and path in ("/v1/cases", "/v1/bundles"):
             return Role.clerk, _office_scope(body.get("office_code"), body.get("channel"))
-        if port == ports.routing and path == "/v1/catalog" and method == "POST":
+        if port == routing and path == "/v1/catalog" and method == "POST":
             return Role.admin, None
-        if port == ports.approval:
+        if port == approval:
             department = body.get("department") or query.get("department")
             if method == "POST" or (department and path in ("/v1/worklist", "/v1/followups")):
                 return Role.reviewer, department
         match = _CASE_ACTION.match(path)
-        if match and method == "POST" and port in (ports.intake, ports.delivery):
+        if match and method == "POST" and port in (intake, delivery):
             return Role.clerk, await self._office_of(match["case"])
         match = _BUNDLE_ACTION.match(path)
-        if match and method == "POST" and port in (ports.intake, ports.delivery):
+        if match and method == "POST" and port in (intake, delivery):
             return Role.clerk, await self._office_of(match["bundle"], what="bundles")
         return Role.operator, None
 

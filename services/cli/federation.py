@@ -29,11 +29,11 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from services.cli.applicants import OFFICE_LEVEL, application_for, default_intake_levels
-from services.cli.demo import in_force
+from services.cli.demo import in_force, progress_bar
 from services.cli.devclient import ActingClient, ServicePorts
 from services.operators.catalog_file import load_catalog_file
 
@@ -372,13 +372,7 @@ async def run_federation_demo(
     try:
         for origin, handler in (regions, regions[::-1]):
             await partner_known(clients, origin, handler, timeout=min(timeout, 90))
-        progress = Progress(
-            TextColumn("{task.description:<24}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        )
+        progress = progress_bar(console)
         with progress:
             submitting = progress.add_task("submitting", total=len(cases))
             for case in cases:

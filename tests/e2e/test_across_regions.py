@@ -28,7 +28,6 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from contracts.common import Application
 from contracts.events import FROM_CITY_HEADER, TO_CITY_HEADER, XREGION_TOPIC
-from services.cli.devclient import ServicePorts
 from services.cli.federation import (
     Clients,
     CrossCase,
@@ -36,7 +35,6 @@ from services.cli.federation import (
     city_items,
     cross_region_application,
     cross_region_items,
-    partner_known,
     submit,
     view,
 )
@@ -49,14 +47,12 @@ from services.common.handover import (
 )
 from services.common.settings import CommonSettings
 from services.operators.catalog_file import load_catalog_file
-from tests.conftest import ROOT, eventually
+from tests.conftest import eventually
 from tests.e2e.conftest import DEMO_CATALOG
 from tests.kafka_helpers import produce
-from tests.two_regions import SecondRegion
+from tests.two_regions import PARTNER_CATALOG, SecondRegion, linked_regions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-PARTNER_CATALOG = ROOT / "deploy" / "demo" / "partner-catalog.yaml"
 
 
 @dataclass
@@ -79,45 +75,27 @@ async def regions(catalog: dict[str, Any]) -> AsyncIterator[TwoRegions]:
     services and catalog the `catalog` fixture provides), and each region's intake listing
     the other's cross_region items (its copy of the mirrored catalog)."""
     second = SecondRegion.beside_the_suite()
-    yz = Region("region 1", load_catalog_file(DEMO_CATALOG), ServicePorts())
-    lz = Region(
-        "region 2", load_catalog_file(PARTNER_CATALOG), ServicePorts(second.services_offset)
-    )
-    clients = Clients({r.city: r.client() for r in (yz, lz)})
-    trust = trusted_offices(second.run_dir.parent / "trust", yz, lz)
-    try:
-        await asyncio.to_thread(second.stack_up)
-        # MirrorMaker starts beside region 2's services: it needs only the two clusters.
-        await asyncio.gather(
-            asyncio.to_thread(second.services, "up", {"TONGBAN_HANDOVER_TRUST_DIR": str(trust)}),
-            asyncio.to_thread(second.link, "up"),
-        )
-        loaded = await clients.of(lz).post(f"{lz.url('routing')}/v1/catalog", json=lz.catalog)
-        assert loaded.status_code == 201, loaded.text
-        # A pattern subscription sees a new mirrored topic within 30 s (metadata refresh).
-        await partner_known(clients, yz, lz, timeout=90)
-        await partner_known(clients, lz, yz, timeout=90)
+    catalogs = [load_catalog_file(f) for f in (DEMO_CATALOG, PARTNER_CATALOG)]
+    trust = trusted_offices(second.run_dir.parent / "trust", *catalogs)
+    async with linked_regions(second, {"TONGBAN_HANDOVER_TRUST_DIR": str(trust)}) as linked:
+        yz, lz, clients = linked
         yield TwoRegions(yz, lz, second, clients)
-    finally:
-        await asyncio.gather(*(c.aclose() for c in clients.by_city.values()))
-        await asyncio.to_thread(second.link, "down")
-        await asyncio.to_thread(second.down)
 
 
-def untrusted_office(yz: Region) -> str:
+def untrusted_office(yz: dict[str, Any]) -> str:
     """The 云州 office whose key 澜州 is not given: its handovers cannot be verified there,
     as a forged one could not (the last street center; the tests' others take the first)."""
-    return str([o["code"] for o in yz.catalog["offices"] if o["kind"] == "street_center"][-1])
+    return str([o["code"] for o in yz["offices"] if o["kind"] == "street_center"][-1])
 
 
-def trusted_offices(directory: Path, yz: Region, lz: Region) -> Path:
+def trusted_offices(directory: Path, yz: dict[str, Any], lz: dict[str, Any]) -> Path:
     """Region 2's TONGBAN_HANDOVER_TRUST_DIR (production's way of naming partner keys): the
     public key of every office of both cities (the dev keys, derived from the shared seed)
     but `untrusted_office`."""
     seed = HandoverSettings().handover_dev_seed.get_secret_value()
     directory.mkdir(parents=True, exist_ok=True)
-    for region in (yz, lz):
-        for office in region.catalog["offices"]:
+    for catalog in (yz, lz):
+        for office in catalog["offices"]:
             path = directory / f"{office['code']}.pub"
             path.unlink(missing_ok=True)
             if office["code"] == untrusted_office(yz):
@@ -235,7 +213,7 @@ async def test_a_handover_the_partner_cannot_verify_is_flagged_there_and_fails_r
     body = cross_region_application(
         origin.catalog, handler.catalog, item, random.Random(5), delivery="postal"
     )
-    body["office_code"] = untrusted_office(origin)
+    body["office_code"] = untrusted_office(origin.catalog)
     case = CrossCase(origin=origin, handler=handler, item=item, body=body)
     answer = await submit(regions.clients, case)
     assert answer.status_code == 201, answer.text

@@ -27,27 +27,21 @@ from typing import Any
 
 import pytest
 
-from services.cli.devclient import ServicePorts
 from services.cli.federation import (
     Clients,
     CrossCase,
     Region,
     advance,
-    partner_known,
     plan_cross_cases,
     submit,
     view,
 )
-from services.operators.catalog_file import load_catalog_file
-from tests.conftest import ROOT
 from tests.faults.conftest import VERDICTS
 from tests.faults.harness import RANK, Verdict
-from tests.faults.setup import DEMO_CATALOG
-from tests.two_regions import SecondRegion
+from tests.two_regions import SecondRegion, linked_regions
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
-PARTNER_CATALOG = ROOT / "deploy" / "demo" / "partner-catalog.yaml"
 SCENARIO = "across regions: link down, kill -9"
 CASES_PER_WAY = 12
 SUBMIT_EVERY_S = 0.5
@@ -58,26 +52,8 @@ DRAIN_S = 240.0
 async def two_regions(fault_catalog: dict[str, Any]) -> AsyncIterator[tuple[Region, Region]]:
     """Region 2 and the link beside the fault phase's region 1 (its catalog already loaded),
     each intake listing the other's cross_region items."""
-    second = SecondRegion.beside_the_suite()
-    yz = Region("region 1", load_catalog_file(DEMO_CATALOG), ServicePorts())
-    lz = Region(
-        "region 2", load_catalog_file(PARTNER_CATALOG), ServicePorts(second.services_offset)
-    )
-    clients = Clients({r.city: r.client() for r in (yz, lz)})
-    try:
-        await asyncio.to_thread(second.stack_up)
-        await asyncio.gather(
-            asyncio.to_thread(second.services, "up"), asyncio.to_thread(second.link, "up")
-        )
-        loaded = await clients.of(lz).post(f"{lz.url('routing')}/v1/catalog", json=lz.catalog)
-        assert loaded.status_code == 201, loaded.text
-        await partner_known(clients, yz, lz, timeout=90)
-        await partner_known(clients, lz, yz, timeout=90)
+    async with linked_regions(SecondRegion.beside_the_suite()) as (yz, lz, _):
         yield yz, lz
-    finally:
-        await asyncio.gather(*(c.aclose() for c in clients.by_city.values()))
-        await asyncio.to_thread(second.link, "down")
-        await asyncio.to_thread(second.down)
 
 
 def sigkill(pid: int | None) -> bool:
