@@ -79,7 +79,8 @@ OPERATORS = "operators"  # `tongban dlq` (and the console's dead-letter view)
 RECEIVES: dict[str, tuple[str, ...]] = {
     # the case timeline shows every event of the case; its copy of the licence library (§7)
     "intake": (*CASE_TOPICS, LICENSE_TOPIC, BUNDLE_TOPIC),
-    "routing": (INTAKE_TOPIC,),
+    # submissions to route; and every case topic for the relay of cases across regions (§9)
+    "routing": CASE_TOPICS,
     "approval": (ROUTING_TOPIC, DECISIONS_TOPIC, INTAKE_TOPIC, DELIVERY_TOPIC, BUNDLE_TOPIC),
     "delivery": (APPROVAL_TOPIC, INTAKE_TOPIC, BUNDLE_TOPIC),
 }

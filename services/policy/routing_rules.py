@@ -106,11 +106,11 @@ class Jurisdiction:
 
 
 # A partner region's newest catalog: (its version, its index), by the partner's city code.
-PartnerCatalogs = Mapping[str, tuple[int, CatalogIndex]]
+PartnerIndexes = Mapping[str, tuple[int, CatalogIndex]]
 
 
 def applicant_region(
-    index: CatalogIndex, partners: PartnerCatalogs, division_code: str
+    index: CatalogIndex, partners: PartnerIndexes, division_code: str
 ) -> str | None:
     """The partner region (its city code) whose catalog holds the applicant's division, or None:
     in this city, or in no region known (this city first, then the partners by city code)."""
@@ -560,7 +560,7 @@ def route_case(
     application: Application,
     submitted_on: date,
     bundle_code: str | None = None,
-    partners: PartnerCatalogs | None = None,
+    partners: PartnerIndexes | None = None,
 ) -> RouteOutcome:
     """Apply rules R1-R7 in order; the first that matches decides. `bundle_code`: the
     bundle the case is a member of (R3 checks the bundle's window when the catalog knows it).

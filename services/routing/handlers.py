@@ -4,7 +4,7 @@ parts (`Routing`). A refused command raises `Refused` (services.common.refusals)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -34,7 +34,7 @@ from services.common.partner_catalogs import PartnerCatalogs
 from services.common.refusals import FieldError, Refusal, Refused, refused
 from services.common.service import ServiceRuntime
 from services.policy.catalog_index import CatalogIndex
-from services.policy.routing_rules import R2_CROSS_REGION, RouteOutcome, route_case
+from services.policy.routing_rules import R2_CROSS_REGION, PartnerIndexes, RouteOutcome, route_case
 from services.routing import models
 from services.routing.domain.versions import VersionTimeline
 from services.routing.domain.xregion import (
@@ -63,7 +63,7 @@ class Routing:
     partners: Partners | None = None
     timeline: VersionTimeline = field(default_factory=VersionTimeline)
 
-    def partner_catalogs(self) -> Mapping[str, tuple[int, CatalogIndex]]:
+    def partner_catalogs(self) -> PartnerIndexes:
         return self.partners.partners() if self.partners is not None else {}
 
 
@@ -89,7 +89,7 @@ def decide(
     *,
     version: int | None = None,
     timeline: VersionTimeline | None = None,
-    partners: Mapping[str, tuple[int, CatalogIndex]] | None = None,
+    partners: PartnerIndexes | None = None,
 ) -> RouteOutcome | None:
     """Route by `version`, by default the version in force at the submission (see
     services.routing.domain.versions), and the partners' newest catalogs (§9); None when no
@@ -348,6 +348,10 @@ async def retry_route(session: AsyncSession, case_id: str, *, routing: Routing) 
     change, and `gov.case.routed.v1` (with ce_handledby; also to the department's topic) or
     `gov.case.route_failed.v1` is written to the outbox, all in the caller's transaction.
 
+    A partner region's applicant's case (one the partner refused, `partner_refused`, §9) is
+    routed by the partner's newest catalog and, routed cross_region again, forwarded again
+    under the same case id.
+
     Refused: `case_not_found` (routing has no such case), `not_in_triage` (it is not
     route_failed), `no_catalog` (nothing loaded to route by).
     """
@@ -380,7 +384,6 @@ async def retry_route(session: AsyncSession, case_id: str, *, routing: Routing) 
         routing.catalogs, submitted, version=version, partners=routing.partner_catalogs()
     )
     assert outcome is not None  # the version exists
-    # A case a partner refused (partner_refused) is forwarded again, under the same case id.
     effect = effect_of(
         submitted, outcome, own_city=own_city(routing.catalogs), now=routing.runtime.clock.now()
     )
@@ -398,40 +401,48 @@ async def retry_route(session: AsyncSession, case_id: str, *, routing: Routing) 
 async def relay_case_event(
     session: AsyncSession, envelope: Envelope, payload: Event, *, routing: Routing
 ) -> None:
-    """`routing-xregion` (§9): a case event of this region about a case across regions goes,
-    unchanged, to the partner region (domain.xregion.relay_to says which events, and where)."""
-    case_id = getattr(payload, "case_id", None) or envelope.subject
-    origin = payload.origin if isinstance(payload, CaseSubmitted) else None
-    if origin is not None:
-        # An adopted case's own submission: its row may not be written yet (route_submission).
-        await record_partner_case(
-            session, case_id, partner_city=origin.city_code, role=Role.handler
-        )
-        case = None
-    else:
-        row = (
-            await session.execute(
-                select(models.cross_region_cases).where(
-                    models.cross_region_cases.c.case_id == case_id
-                )
-            )
-        ).one_or_none()
-        if row is None:
-            return  # the common case: not a case across regions
-        case = PartnerCase(row.partner_city, Role(row.role))
+    """`routing-xregion` (§9), one event (a batch's events one by one after a failure)."""
+    await relay_case_events(session, [(envelope, payload)], routing=routing)
+
+
+async def relay_case_events(
+    session: AsyncSession, events: Sequence[tuple[Envelope, Event]], *, routing: Routing
+) -> None:
+    """`routing-xregion` (§9): this region's case events about cases across regions go,
+    unchanged, to the partner region (domain.xregion.relay_to says which, and where), in
+    offset order. Every case event of the region passes here, so a batch costs one lookup."""
+    table = models.cross_region_cases
+    case_ids = {_case_of(envelope, payload) for envelope, payload in events}
+    cases = {
+        row.case_id: PartnerCase(row.partner_city, Role(row.role))
+        for row in await session.execute(select(table).where(table.c.case_id.in_(case_ids)))
+    }
     city = own_city(routing.catalogs)
-    to_city = relay_to(
-        envelope.type,
-        fromcity=envelope.fromcity,
-        own_city=city,
-        case=case,
-        adopted_from=origin.city_code if origin is not None else None,
-    )
-    if to_city is None:
-        return
-    if city is None:  # no catalog yet: this region's name is not known; retried
-        raise RuntimeError(f"cannot relay {envelope.type} of {case_id}: no catalog loaded")
-    await routing.runtime.relay_to_partner(session, envelope, to_city=to_city, from_city=city)
+    for envelope, payload in events:
+        case_id = _case_of(envelope, payload)
+        origin = payload.origin if isinstance(payload, CaseSubmitted) else None
+        if origin is not None and case_id not in cases:
+            # An adopted case's own submission: its row may not be written yet (routing-intake).
+            await record_partner_case(
+                session, case_id, partner_city=origin.city_code, role=Role.handler
+            )
+            cases[case_id] = PartnerCase(origin.city_code, Role.handler)
+        to_city = relay_to(
+            envelope.type,
+            fromcity=envelope.fromcity,
+            own_city=city,
+            case=cases.get(case_id),
+            adopted_from=origin.city_code if origin is not None else None,
+        )
+        if to_city is None:
+            continue  # the common case: not a case across regions
+        if city is None:  # no catalog: this region has no name yet (retried, then a dead letter)
+            raise RuntimeError(f"cannot relay {envelope.type} of {case_id}: no catalog loaded")
+        await routing.runtime.relay_to_partner(session, envelope, to_city=to_city, from_city=city)
+
+
+def _case_of(envelope: Envelope, payload: Event) -> str:
+    return str(getattr(payload, "case_id", None) or envelope.subject)
 
 
 async def partner_refused(

@@ -207,6 +207,61 @@ def base_catalog() -> dict[str, Any]:
     return copy.deepcopy(_BASE)
 
 
+def partner_catalog() -> dict[str, Any]:
+    """Partner region P (the city code of its catalog): district P1 with street P11; DEL-D
+    under the same code as city T's but cross_region here, XR-E cross_region, LOC-E not, and
+    XR-F cross_region but not yet in force."""
+    raw = base_catalog()
+    raw["city"] = {"code": "P", "name": "伙伴市"}
+    raw["districts"] = [
+        {"code": "P1", "name": "伙一区", "streets": [{"code": "P11", "name": "伙一一街道"}]}
+    ]
+    raw["offices"] = [{"code": "P-MC", "kind": "municipal_center", "division": "P"}]
+    raw["departments"] = [
+        {
+            "code": "P-MKT",
+            "name": "伙伴市场局",
+            "line": "market",
+            "level": "municipal",
+            "division": "P",
+        },
+        {
+            "code": "P1-MKT",
+            "name": "伙一区市场局",
+            "line": "market",
+            "level": "district",
+            "division": "P1",
+        },
+    ]
+    shared = {"category": "enterprise", "owner": "P-MKT", "mode": "municipal"}
+    raw["items"] = [
+        {
+            **shared,
+            "code": "DEL-D",
+            "name": "伙伴同码事项",
+            "time_limit_days": 9,
+            "scope": "cross_region",
+        },
+        {
+            **shared,
+            "code": "XR-E",
+            "name": "跨省通办事项",
+            "time_limit_days": 12,
+            "scope": "cross_region",
+        },
+        {**shared, "code": "LOC-E", "name": "本地事项", "time_limit_days": 4},
+        {
+            **shared,
+            "code": "XR-F",
+            "name": "未生效跨省事项",
+            "time_limit_days": 4,
+            "scope": "cross_region",
+            "effective_from": "2030-01-01",
+        },
+    ]
+    return raw
+
+
 def catalog(raw: dict[str, Any] | None = None) -> Catalog:
     parsed, problems = validate_catalog(raw if raw is not None else base_catalog())
     assert problems == [], problems

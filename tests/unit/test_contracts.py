@@ -462,10 +462,11 @@ def test_operations_follow_the_design(asyncapi: dict[str, Any]) -> None:
     assert who("send", CATALOG_TOPIC) == {"routing"}
     # approval: withdrawals and supplements, ratings; delivery: members withdrawn (§8)
     assert who("receive", "case.intake.v1") == {"routing", "intake", "approval", "delivery"}
-    assert who("receive", "case.routing.v1") == {"approval", "intake"}
-    assert who("receive", "case.decisions.v1") == {"approval", "intake"}
-    assert who("receive", "case.approval.v1") == {"delivery", "intake"}
-    assert who("receive", "case.delivery.v1") == {"intake", "approval"}
+    # routing reads every case topic too: it relays the cases across regions (§9)
+    assert who("receive", "case.routing.v1") == {"approval", "intake", "routing"}
+    assert who("receive", "case.decisions.v1") == {"approval", "intake", "routing"}
+    assert who("receive", "case.approval.v1") == {"delivery", "intake", "routing"}
+    assert who("receive", "case.delivery.v1") == {"intake", "approval", "routing"}
     # bundle.v1: each service writes the bundle's steps it owns, and follows the others'.
     assert who("send", BUNDLE_TOPIC) == {"intake", "approval", "delivery"}
     assert who("receive", BUNDLE_TOPIC) == {"intake", "approval", "delivery"}

@@ -3,7 +3,6 @@ from datetime import date
 import pytest
 
 from contracts.common import Category, Channel, Level, Path, RouteLevel
-from services.policy.catalog_index import CatalogIndex
 from services.policy.routing_rules import (
     RULES,
     RouteOutcome,
@@ -16,7 +15,7 @@ from services.policy.routing_rules import (
     r7_municipal,
     route_case,
 )
-from tests.unit.catalog_data import TODAY, application, base_catalog, index
+from tests.unit.catalog_data import TODAY, application, base_catalog, index, partner_catalog
 
 pytestmark = pytest.mark.unit
 
@@ -375,62 +374,7 @@ def test_each_path_rule_decides_its_own_mode_and_passes_the_others_on(
 # --------------------------------------------------------------------------- across regions (§9)
 
 
-def partner_catalog() -> CatalogIndex:
-    """Partner region P (the city code of its catalog): district P1 with street P11; DEL-D
-    under the same code as city T's but cross_region here, XR-E cross_region, LOC-E not, and
-    XR-F cross_region but not yet in force."""
-    raw = base_catalog()
-    raw["city"] = {"code": "P", "name": "伙伴市"}
-    raw["districts"] = [
-        {"code": "P1", "name": "伙一区", "streets": [{"code": "P11", "name": "伙一一街道"}]}
-    ]
-    raw["offices"] = [{"code": "P-MC", "kind": "municipal_center", "division": "P"}]
-    raw["departments"] = [
-        {
-            "code": "P-MKT",
-            "name": "伙伴市场局",
-            "line": "market",
-            "level": "municipal",
-            "division": "P",
-        },
-        {
-            "code": "P1-MKT",
-            "name": "伙一区市场局",
-            "line": "market",
-            "level": "district",
-            "division": "P1",
-        },
-    ]
-    shared = {"category": "enterprise", "owner": "P-MKT", "mode": "municipal"}
-    raw["items"] = [
-        {
-            **shared,
-            "code": "DEL-D",
-            "name": "伙伴同码事项",
-            "time_limit_days": 9,
-            "scope": "cross_region",
-        },
-        {
-            **shared,
-            "code": "XR-E",
-            "name": "跨省通办事项",
-            "time_limit_days": 12,
-            "scope": "cross_region",
-        },
-        {**shared, "code": "LOC-E", "name": "本地事项", "time_limit_days": 4},
-        {
-            **shared,
-            "code": "XR-F",
-            "name": "未生效跨省事项",
-            "time_limit_days": 4,
-            "scope": "cross_region",
-            "effective_from": "2030-01-01",
-        },
-    ]
-    return index(raw)
-
-
-PARTNERS = {"P": (3, partner_catalog())}
+PARTNERS = {"P": (3, index(partner_catalog()))}
 
 
 def route_across(item: str, **kwargs) -> RouteOutcome:
