@@ -200,7 +200,8 @@ async def refused_adoptions(
     verify, an item not offered across regions...), newest first: operators follow them up
     with the origin region, whose case waits in its triage queue (operators and admins)."""
     require(principal, Role.operator, Role.admin)
-    return await handlers.read_refused(intake, limit=limit)
+    async with intake.runtime.sessions() as session:
+        return await queries.refused_adoptions(session, limit=limit)
 
 
 @router.get(

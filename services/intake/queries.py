@@ -1,7 +1,8 @@
 """intake's reads: a case as its caller may see it, its timeline, the stored answer of an
 Idempotency-Key, the catalog items in force, the licence library (what a submission may
-reuse, what a holder holds), and bundles (those offered today with their questions and
-materials; a bundle with its members, deadline and one timeline). No writes here."""
+reuse, what a holder holds), bundles (those offered today with their questions and
+materials; a bundle with its members, deadline and one timeline), and across regions the
+partners, their items a counter here takes and the forwarded cases refused. No writes here."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from contracts.common import (
     TimelineEntry,
 )
 from contracts.rest import (
+    AdoptionRefusalView,
     BundleApplication,
     BundleCatalogMember,
     BundleCatalogView,
@@ -583,3 +585,18 @@ def bundle_view(
         timeline=timeline,
         applicant=Applicant.model_validate(applicant if clear else mask_personal_data(applicant)),
     )
+
+
+# -- across regions (DESIGN.md §9) ---------------------------------------------------------------
+
+
+async def refused_adoptions(session: AsyncSession, *, limit: int) -> list[AdoptionRefusalView]:
+    """`GET /v1/xregion/refused`: the cases partners forwarded here and this region did not
+    adopt, newest first."""
+    refusals = models.adoption_refusals.c
+    rows = await session.execute(
+        select(models.adoption_refusals)
+        .order_by(refusals.refused_at.desc(), refusals.event_id)
+        .limit(limit)
+    )
+    return [AdoptionRefusalView.model_validate(dict(r._mapping)) for r in rows]

@@ -861,6 +861,7 @@ def test_secrets_reach_the_processes_that_need_them() -> None:
     # the handover keys are files from Secrets, where the settings point
     for name, variable in [
         ("intake", "TONGBAN_HANDOVER_KEY_DIR"),
+        ("intake", "TONGBAN_HANDOVER_TRUST_DIR"),  # partner regions' handovers (§9)
         ("approval", "TONGBAN_HANDOVER_TRUST_DIR"),
     ]:
         container = the_container(deployments[name])

@@ -40,7 +40,7 @@ from services.intake.handlers.library import (
     record_license_issued,
     record_license_revoked,
 )
-from services.intake.handlers.partners import partner_subscriptions, read_refused
+from services.intake.handlers.partners import partner_subscriptions
 from services.intake.handlers.parts import (
     Intake,
     build_index,
@@ -64,7 +64,6 @@ __all__ = [
     "read_bundle",
     "read_case",
     "read_licenses",
-    "read_refused",
     "record_license_issued",
     "record_license_revoked",
     "settle_bundle",

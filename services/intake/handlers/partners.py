@@ -36,7 +36,6 @@ from contracts.events import (
     CaseSubmitted,
     Event,
 )
-from contracts.rest import AdoptionRefusalView
 from services.common.city import CITY_TZ
 from services.common.consumer import HandlerFn, PermanentError
 from services.common.db import inbox_key
@@ -141,17 +140,12 @@ async def _adopt(
     row = case_row(forwarded.case_id, application, CaseStatus.submitted, [], now)
     await session.execute(models.cases.insert().values(row))
     await session.execute(
-        pg_insert(models.adopted_cases)
-        .values(
+        models.adopted_cases.insert().values(
             case_id=forwarded.case_id,
             origin_city=forwarded.from_city,
             origin_office=forwarded.application.office_code,
             forwarded_event_id=envelope.id,
             adopted_at=now,
-        )
-        .on_conflict_do_update(
-            index_elements=[models.adopted_cases.c.case_id],
-            set_={"origin_city": forwarded.from_city, "adopted_at": now},
         )
     )
     handover = sign_handover(
@@ -313,26 +307,3 @@ async def _case_exists(session: AsyncSession, case_id: str) -> bool:
         select(models.cases.c.case_id).where(models.cases.c.case_id == case_id)
     )
     return found.first() is not None
-
-
-async def read_refused(intake: Intake, *, limit: int) -> list[AdoptionRefusalView]:
-    """The forwarded cases refused here, newest first (operators)."""
-    refusals = models.adoption_refusals.c
-    async with intake.runtime.sessions() as session:
-        rows = await session.execute(
-            select(models.adoption_refusals)
-            .order_by(refusals.refused_at.desc(), refusals.event_id)
-            .limit(limit)
-        )
-        return [
-            AdoptionRefusalView(
-                event_id=r.event_id,
-                case_id=r.case_id,
-                from_city=r.from_city,
-                item_code=r.item_code,
-                code=r.code,
-                reason=r.reason,
-                refused_at=r.refused_at,
-            )
-            for r in rows
-        ]
