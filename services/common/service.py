@@ -131,10 +131,13 @@ class ServiceRuntime:
         name: str | None = None,
         ignored_types: Iterable[str] | None = None,
         batch_handler: BatchHandlerFn | None = None,
+        accept: Callable[[Envelope], bool] | None = None,
     ) -> ConsumerRunner:
         """A consumer group of this service, applying each event class with its handler;
         types on the topics it does not handle are ignored (they are contract types, just not
-        this consumer's business)."""
+        this consumer's business). `accept`, when given, passes over the records it refuses
+        before they are validated or reach the inbox: a group that wants few of a topic's
+        records pays nothing for the others."""
         stray = [model.__name__ for model in subscriptions if model.TOPIC not in topics]
         if stray:
             raise ValueError(f"{', '.join(stray)} not on {', '.join(topics)}")
@@ -149,6 +152,7 @@ class ServiceRuntime:
             schema=self.schema,
             ignored_types=ignored_types if ignored_types is not None else known - set(by_type),
             batch_handler=batch_handler,
+            accept=accept,
         )
         self.consumers.append(runner)
         return runner

@@ -24,6 +24,7 @@ from contracts.events import (
     CaseClosed,
     CaseDelivered,
     CaseDenied,
+    CaseRated,
     CaseResultIssued,
     CaseRevoked,
     CaseRouted,
@@ -33,6 +34,7 @@ from contracts.events import (
 )
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.delivery import api, handlers
+from services.delivery.domain import cross_region
 
 
 class DeliverySettings(ServiceSettings):
@@ -67,16 +69,19 @@ def create_app(settings: DeliverySettings | None = None) -> FastAPI:
     )
     # Cases across regions (DESIGN.md §9): an adopted case's origin comes with its submitted
     # event; a case forwarded to a partner, with this region's routed event.
+    # Only those few records are validated and kept (`accept`): every case passes these topics.
     runtime.consume(
         INTAKE_TOPIC,
         subscriptions={
             CaseWithdrawn: on_ended,
             CaseSubmitted: partial(handlers.adopted_submitted, delivery=delivery),
         },
+        accept=lambda e: e.type != CaseSubmitted.TYPE or cross_region.names_origin(e.data),
     )
     runtime.consume(
         ROUTING_TOPIC,
         subscriptions={CaseRouted: partial(handlers.cross_region_routed, delivery=delivery)},
+        accept=lambda e: cross_region.routes_to_partner(e.data),
     )
     # The origin: the partner's issued results of the cases it forwarded, held for pickup here.
     city = runtime.follow_catalog(handlers.city_of)
@@ -87,12 +92,17 @@ def create_app(settings: DeliverySettings | None = None) -> FastAPI:
         subscriptions={CaseResultIssued: partial(handlers.result_from_partner, delivery=delivery)},
         own_city=lambda: city.latest,
     )
-    # The handler: the origin's pickup of an adopted case, imported with `fromcity` set.
+    # The handler: the origin's pickup and rating of an adopted case, imported with `fromcity`.
     on_origin_pickup = partial(handlers.picked_up_at_origin, delivery=delivery)
     runtime.consume(
         DELIVERY_TOPIC,
         name="delivery-imported",
-        subscriptions={CaseDelivered: on_origin_pickup, CaseClosed: on_origin_pickup},
+        accept=lambda e: e.fromcity is not None,  # not this region's own delivery events
+        subscriptions={
+            CaseDelivered: on_origin_pickup,
+            CaseClosed: on_origin_pickup,
+            CaseRated: partial(handlers.rated_at_origin, delivery=delivery),
+        },
     )
     return runtime.create_app(
         title="tongban delivery",

@@ -9,16 +9,22 @@ bundle goes out once (`domain.bundles`). The bundle event, each member's result 
 member's end arrive on different topics and consumers, in any order, and pickups and ratings
 come by REST: every one of them first upserts the bundle's row and locks it (FOR UPDATE), then
 looks at the whole bundle. So the check "every member has a result or has ended" runs under one
-lock, sees every committed fact, and delivers the bundle exactly once."""
+lock, sees every committed fact, and delivers the bundle exactly once.
+
+Cases across regions (跨省通办, DESIGN.md §9; `domain.cross_region`): the origin holds the
+partner's result of a counter_pickup case at its office and hands it over with its own events;
+the handling region refuses its own pickup of an adopted case and ends it, silently, on the
+origin's imported pickup. Every step is once per case (the inbox, and `ON CONFLICT` / status
+guards), however often the link delivers it."""
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import DateTime, String, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -799,15 +805,7 @@ async def _record_cross_region_case(
 ) -> None:
     await session.execute(
         pg_insert(models.cross_region_cases)
-        .values(
-            case_id=case.case_id,
-            partner_city=case.partner_city,
-            role=case.role.value,
-            office_code=case.office_code,
-            delivery_method=case.delivery_method.value,
-            item_code=case.item_code,
-            recorded_at=_now(delivery.runtime),
-        )
+        .values(**asdict(case), recorded_at=_now(delivery.runtime))  # its enums are strings
         .on_conflict_do_nothing()
     )
 
@@ -907,5 +905,53 @@ async def picked_up_at_origin(
             "origin's step changes nothing here (no result held for it, or ended before)",
             case_id=step.case_id,
             event_type=envelope.type,
+            fromcity=envelope.fromcity,
+        )
+
+
+async def rated_at_origin(
+    session: AsyncSession, envelope: Envelope, rated: CaseRated, *, delivery: Delivery
+) -> None:
+    """The handler: the applicant's rating of an adopted case, taken at the origin's counter
+    after the pickup there and imported here (`fromcity` set), counts for this region's
+    deciding department too: a rating row bound to this region's result, no event (approval
+    opens a bad rating's follow-up from the imported event itself). This region's own ratings
+    (no `fromcity`) are written by `rate`."""
+    if not envelope.fromcity:
+        return
+    r = models.results.c
+    bound = select(
+        r.case_id,
+        literal(rated.rating.value),
+        literal(rated.comment, String()),
+        r.item_code,
+        r.department,
+        r.intake_office,
+        r.level,
+        literal(rated.rated_at, DateTime(timezone=True)),
+    ).where(r.case_id == rated.case_id)
+    t = models.ratings.c
+    inserted = await session.execute(
+        pg_insert(models.ratings)
+        .from_select(
+            [
+                t.case_id,
+                t.rating,
+                t.comment,
+                t.item_code,
+                t.department,
+                t.intake_office,
+                t.level,
+                t.rated_at,
+            ],
+            bound,
+        )
+        .on_conflict_do_nothing(index_elements=[t.case_id])
+        .returning(t.case_id)
+    )
+    if inserted.scalar() is None:
+        log.info(
+            "origin's rating not recorded here (no result here, or rated before)",
+            case_id=rated.case_id,
             fromcity=envelope.fromcity,
         )

@@ -24,16 +24,7 @@ import httpx
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from contracts.common import (
-    Application,
-    CrossRegionOrigin,
-    DeliveryMethod,
-    ItemSnapshot,
-    Path,
-    ResultDocument,
-    Route,
-    RouteLevel,
-)
+from contracts.common import Application, CrossRegionOrigin, DeliveryMethod, ResultDocument
 from contracts.events import (
     DELIVERY_TOPIC,
     INTAKE_TOPIC,
@@ -55,6 +46,7 @@ from services.common.settings import CommonSettings
 from tests.conftest import eventually
 from tests.e2e.conftest import APPROVAL, DELIVERY, items_where
 from tests.kafka_helpers import header, produce, read_topic
+from tests.unit.test_approval_review import cross_region_route, make_routed
 
 pytestmark = pytest.mark.e2e
 
@@ -82,17 +74,19 @@ def record(
 
 
 def counter_application(
-    catalog: dict[str, Any], rng: random.Random, *, office: str, instant: bool
-) -> tuple[dict[str, Any], Application]:
+    catalog: dict[str, Any], rng: random.Random, *, office_kind: str, instant: bool
+) -> tuple[dict[str, Any], str, Application]:
+    """An online item (instant or not) taken at a counter of `office_kind` for pickup there:
+    the item, the office and the application."""
     items = items_where(
         catalog,
         lambda i: i["mode"] == "online" and bool(i.get("instant")) is instant,
     )
     assert items, "the demo catalog has no such online item"
     item = rng.choice(items)
+    office = next(o["code"] for o in catalog["offices"] if o["kind"] == office_kind)
     body = application_for(catalog, item, rng, channel="counter", delivery="counter_pickup")
-    body["office_code"] = office
-    return item, Application.model_validate(body)
+    return item, office, Application.model_validate({**body, "office_code": office})
 
 
 def of_case(records: list[ConsumerRecord[bytes, bytes]], case_id: str) -> list[tuple[str, Any]]:
@@ -122,33 +116,14 @@ async def test_the_origin_holds_the_partners_result_at_its_office_and_hands_it_o
 ) -> None:
     await ensure_topics(settings, [TopicSpec(MIRRORED)])
     city = catalog["city"]["code"]
-    office = next(o["code"] for o in catalog["offices"] if o["kind"] == "district_center")
-    item, application = counter_application(catalog, rng, office=office, instant=False)
+    _item, office, application = counter_application(
+        catalog, rng, office_kind="district_center", instant=False
+    )
     case_id = f"{city}-XR-{uuid.uuid4().hex[:10].upper()}"
     now = datetime.now(UTC)
-    routed = CaseRouted(
-        case_id=case_id,
-        route=Route(
-            path=Path.cross_region,
-            level=RouteLevel.partner,
-            handled_by=PARTNER,
-            same_city=False,
-            rule="R2-cross-region",
-            catalog_version=1,
-            explanation="forwarded to the partner region",
-            time_limit_days=int(item.get("time_limit_days") or 0),
-            intake_office=office,
-        ),
-        item=ItemSnapshot(
-            code=item["code"],
-            name=item["name"],
-            instant=False,
-            time_limit_days=int(item.get("time_limit_days") or 0),
-            result_kind="licence",
-            e_license=True,
-        ),
-        application=application,
-        submitted_at=now,
+    # As routing publishes it (rule R2-cross-region), for the application taken here.
+    routed = cross_region_route(make_routed(intake_office=office), PARTNER).model_copy(
+        update={"case_id": case_id, "application": application, "submitted_at": now}
     )
     await produce(settings, ROUTING_TOPIC, [record(routed, source="/tongban/routing")])
     document = ResultDocument(kind="licence", license_id="EL-LZ-1", sha256="ab" * 32, title="证")
@@ -178,8 +153,9 @@ async def test_the_origin_holds_the_partners_result_at_its_office_and_hands_it_o
 async def test_the_handler_refuses_its_own_pickup_and_ends_with_the_origins(
     catalog: dict[str, Any], http: ActingClient, rng: random.Random, settings: CommonSettings
 ) -> None:
-    center = next(o["code"] for o in catalog["offices"] if o["kind"] == "municipal_center")
-    _item, application = counter_application(catalog, rng, office=center, instant=True)
+    _item, _center, application = counter_application(
+        catalog, rng, office_kind="municipal_center", instant=True
+    )
     case_id = f"{PARTNER}-XR-{uuid.uuid4().hex[:10].upper()}"
     now = datetime.now(UTC)
     adopted = CaseSubmitted(

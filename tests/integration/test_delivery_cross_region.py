@@ -5,9 +5,10 @@ The origin: its routed event (path cross_region) tells delivery where a forwarde
 taken; the partner's result_issued then makes one result held at that office, whose pickup
 emits this region's own delivered and closed. The handler: an adopted counter_pickup case is
 issued and held as any case, its own pickup refused 409 `pickup_at_origin`, and the origin's
-imported delivered and closed end it without a new event.
+imported delivered and closed end it without a new event; its imported rating is counted for
+the deciding department here.
 
-As in test_delivery_ratings: ids start with the test's prefix, the events delivery writes are
+As in test_delivery_bundles: ids start with the test's prefix, the events delivery writes are
 held back from the stack's relay (`OutboxCapture`), and the rows go when the test ends.
 """
 
@@ -22,31 +23,33 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.common import CaseStatus, DeliveryMethod, Level
-from contracts.events import CaseClosed, CaseDelivered, CaseResultIssued
+from contracts.events import CaseClosed, CaseDelivered, CaseRated, CaseResultIssued, Rating
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
 from services.common.refusals import Refused
 from services.delivery import handlers, models, queries
 from services.delivery.handlers import Delivery, PartnerCaseNotKnown
+from tests.integration.test_delivery_bundles import cases
 from tests.integration.test_delivery_ratings import Cases, apply, decision, delivery
 from tests.unit.test_delivery_cross_region import LICENCE, adopted, forwarded
 
 pytestmark = pytest.mark.integration
 
-__all__ = ["delivery"]  # the fixture, shared with test_delivery_ratings
+__all__ = ["cases", "delivery"]  # the fixtures, shared with test_delivery_bundles and _ratings
 
 ORIGIN_OFFICE = "HC01-DC"  # as tests.unit.test_delivery_cross_region makes the cases
 
 
-@pytest.fixture
-async def cases(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[Cases]:
-    made = Cases(sessions)
-    async with made.emitted:
-        yield made
-    await made.emitted.discard()
+@pytest.fixture(autouse=True)
+async def cross_region_rows_removed(
+    sessions: async_sessionmaker[AsyncSession], cases: Cases
+) -> AsyncIterator[None]:
+    """The bundles' `cases` fixture removes the results and ratings; this, the test's cases
+    across regions."""
+    yield
     async with unit_of_work(sessions) as session:
-        for table in (models.results, models.cross_region_cases):
-            await session.execute(delete(table).where(table.c.case_id.like(f"{made.prefix}%")))
+        crossed = models.cross_region_cases
+        await session.execute(delete(crossed).where(crossed.c.case_id.like(f"{cases.prefix}%")))
 
 
 def relayed(event: Any, *, fromcity: str | None, source: str) -> Envelope:
@@ -194,6 +197,20 @@ async def test_an_adopted_pickup_waits_at_the_origin_and_ends_with_the_origins_p
             await handlers.picked_up_at_origin(session, envelope, step, delivery=delivery)
     ended = await result_row(sessions, case_id)
     assert (ended.status, ended.delivered_at, ended.closed_at) == ("closed", at, at)
+
+    # The applicant rates it at the origin's counter: counted here for the deciding department.
+    rated = CaseRated(case_id=case_id, rating=Rating.dissatisfied, comment="慢", rated_at=at)
+    for fromcity in (None, "HC", "HC"):  # own events passed over; imported twice: one row
+        envelope = relayed(rated, fromcity=fromcity, source="/tongban/delivery")
+        async with unit_of_work(sessions) as session:
+            await handlers.rated_at_origin(session, envelope, rated, delivery=delivery)
+    async with sessions() as session:
+        ratings = (
+            await session.execute(select(models.ratings).where(models.ratings.c.case_id == case_id))
+        ).all()
+    assert [
+        (x.rating, x.comment, x.department, x.intake_office, x.level, x.rated_at) for x in ratings
+    ] == [("dissatisfied", "慢", cases.code("SOC"), "LZ-MC", "municipal", at)]
     assert await cases.emitted.types(case_id) == ["gov.case.result_issued.v1"], "no new event"
 
 

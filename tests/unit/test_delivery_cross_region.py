@@ -17,7 +17,17 @@ from contracts.common import (
     ResultDocument,
     RouteLevel,
 )
-from contracts.events import CaseClosed, CaseDelivered, CaseResultIssued, CaseRouted, CaseSubmitted
+from contracts.events import (
+    CaseClosed,
+    CaseDelivered,
+    CaseResultIssued,
+    CaseRouted,
+    CaseSubmitted,
+    CaseWithdrawn,
+    Event,
+)
+from services.common.envelope import Envelope
+from services.delivery.app import create_app
 from services.delivery.domain.cross_region import (
     CrossRegionCase,
     Role,
@@ -25,8 +35,10 @@ from services.delivery.domain.cross_region import (
     closed_at_origin,
     forwarded_case,
     held_at_origin,
+    names_origin,
     outcome_of,
     pickup_at_origin,
+    routes_to_partner,
 )
 from services.delivery.domain.results import DECISION_LETTER_KIND
 from tests.unit.test_approval_review import cross_region_route, make_routed
@@ -135,3 +147,37 @@ def test_the_origins_pickup_ends_the_held_result_with_the_origins_times() -> Non
     applies_to, status, times = closed_at_origin(closed)
     assert applies_to == {CaseStatus.result_issued, CaseStatus.delivered}
     assert (status, times) == (CaseStatus.closed, {"closed_at": AT})
+
+
+def test_the_records_about_cases_across_regions_are_told_from_their_raw_data() -> None:
+    assert routes_to_partner(forwarded().model_dump(mode="json"))
+    assert not routes_to_partner(make_routed().model_dump(mode="json"))
+    assert names_origin(adopted().model_dump(mode="json"))
+    assert not names_origin(adopted().model_copy(update={"origin": None}).model_dump(mode="json"))
+    junks: list[object] = [{}, {"route": "cross_region"}, [], "x", None]
+    for junk in junks:
+        assert not routes_to_partner(junk) and not names_origin(junk), junk
+
+
+def test_delivery_validates_and_keeps_only_the_records_about_cases_across_regions() -> None:
+    groups = {r.group_id: r for r in create_app().state.runtime.consumers}
+
+    def accepted(group: str, payload: Event, fromcity: str | None = None) -> bool:
+        envelope = Envelope(
+            type=payload.TYPE,
+            source="/test",
+            subject="C",
+            data=payload.model_dump(mode="json"),
+            fromcity=fromcity,
+        )
+        accept = groups[group].accept
+        return accept is None or accept(envelope)
+
+    assert accepted("delivery-routing", forwarded())
+    assert not accepted("delivery-routing", make_routed())
+    assert accepted("delivery-intake", adopted())
+    assert not accepted("delivery-intake", adopted().model_copy(update={"origin": None}))
+    assert accepted("delivery-intake", CaseWithdrawn(case_id="C", withdrawn_at=AT))
+    closed = CaseClosed(case_id="C", outcome="approved", closed_at=AT)
+    assert accepted("delivery-imported", closed, fromcity="HC")
+    assert not accepted("delivery-imported", closed)

@@ -11,7 +11,8 @@ A case across regions has two regions, and delivery plays a part in each:
   as for any case, except a `counter_pickup` result, which waits at the origin office in the
   partner region: this region's pickup is refused (`pickup_at_origin`), and the origin's
   delivered and closed, imported onto this region's case.delivery.v1 (`fromcity` set), close
-  the row without a new event (`closed_at_origin`).
+  the row without a new event (`closed_at_origin`); the rating taken there, imported the same
+  way, counts for this region's deciding department too (handlers.rated_at_origin).
 
 What the origin knows of its forwarded case comes from its own routed event (path
 `cross_region`); what the handler knows of the origin, from the adopted case's submitted event
@@ -80,6 +81,21 @@ def adopted_case(submitted: CaseSubmitted) -> CrossRegionCase | None:
         delivery_method=submitted.application.delivery.method,
         item_code=submitted.application.item_code,
     )
+
+
+# What a record's raw data (JSON, not yet validated) says, so the consumers of busy topics
+# validate and keep only the few records about cases across regions.
+
+
+def routes_to_partner(data: Any) -> bool:
+    """A routed event's data whose route is the path `cross_region`."""
+    route = data.get("route") if isinstance(data, dict) else None
+    return isinstance(route, dict) and route.get("path") == Path.cross_region.value
+
+
+def names_origin(data: Any) -> bool:
+    """A submitted event's data naming an `origin`: a case adopted from a partner region."""
+    return isinstance(data, dict) and data.get("origin") is not None
 
 
 def outcome_of(document: ResultDocument) -> str:
