@@ -163,15 +163,16 @@ async def test_a_case_across_regions_closes_in_both_with_the_partner_route_and_o
     )
     assert at_handler.status_code == 409, at_handler.text
     assert at_handler.json()["code"] == "pickup_at_origin"
+    # The origin's delivery holds it at the origin office once the relayed result_issued is
+    # there (its own consumer: intake's view may show result_issued a moment earlier).
+    result = await eventually(
+        held_at(regions, origin, case.case_id), timeout=60, what=f"{case.case_id} held at origin"
+    )
+    assert result["pickup_office"] == body["office_code"]
     picked = await regions.clients.of(origin).post(
         f"{origin.url('delivery')}/v1/cases/{case.case_id}/pickup", json={}
     )
     assert picked.status_code == 200, picked.text
-    result = await regions.clients.of(origin).get(
-        f"{origin.url('delivery')}/v1/results/{case.case_id}"
-    )
-    assert result.status_code == 200, result.text
-    assert result.json()["pickup_office"] == body["office_code"]
 
     at_origin = await status_in(regions, origin, case.case_id, "closed")
     at_handling = await status_in(regions, handler, case.case_id, "closed")
@@ -289,6 +290,18 @@ async def test_a_forged_forwarded_case_is_flagged_and_never_adopted(regions: Two
     )
     assert row["code"] == "handover_invalid"
     assert await view(regions.clients.of(handler), handler, case_id) == {}
+
+
+def held_at(
+    two: TwoRegions, region: Region, case_id: str
+) -> Callable[[], Awaitable[dict[str, Any] | None]]:
+    """A poll: the result `region`'s delivery holds for the case (None: not yet)."""
+
+    async def result() -> dict[str, Any] | None:
+        answer = await two.clients.of(region).get(f"{region.url('delivery')}/v1/results/{case_id}")
+        return answer.json() if answer.status_code == 200 else None
+
+    return result
 
 
 def refused_row(
