@@ -11,12 +11,15 @@
 #   the link  MirrorMaker 2 (mirror.sh) both ways: each region's catalog.v1 and xregion.out.v1
 #             arrive on the other as region1.<topic> / region2.<topic>.
 # Each catalog is loaded through its region's routing (POST /v1/catalog); then a table shows
-# that each region sees the other's catalog over the link. Everything keeps running.
+# that each region sees the other's catalog over the link, and `tongban federation-demo` runs
+# cases across regions (跨省通办) both ways to `closed` in both regions' views, with a table per
+# case and one refused city-scope item. Everything keeps running.
 #
 # Usage: deploy/local/federation.sh up | down | status | clean | --help
 #   up      start (or find running) both regions and the link, load both catalogs, wait up to
 #           FEDERATION_WAIT s (default 60) for each region to see its partner's catalog and
-#           print the table; exit 1 if one does not.
+#           print the table; exit 1 if one does not. Then FEDERATION_CASES cases each way
+#           (default 5; 0 skips them) across regions; exit 1 if one does not close in both.
 #   down    stop MirrorMaker, region 2 and region 1 (`make down` runs this). Fine when nothing runs.
 #   status  both regions' stacks and services, and the link with its lag.
 #   clean   remove region 2's PostgreSQL data kept outside its run folder (as root; after down).
@@ -27,6 +30,8 @@
 #        REGION2_SERVICES_PORT_OFFSET (default 10000)
 #        MIRROR_ALIAS_1, MIRROR_ALIAS_2, MIRROR_TOPICS: see mirror.sh (aliases region1, region2)
 #        FEDERATION_WAIT              seconds to wait for the catalogs to cross (default 60)
+#        FEDERATION_CASES             cases across regions each way (default 5; 0: none)
+#        FEDERATION_TIMEOUT           seconds for them to close in both regions (default 180)
 # shellcheck source-path=SCRIPTDIR disable=SC2034  # SCRIPT_NAME is read by lib.sh
 set -euo pipefail
 SCRIPT_NAME=federation
@@ -47,7 +52,8 @@ usage() { sed -n '2,/^# shellcheck/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 in_region() {  # in_region N COMMAND...
   local n=$1; shift
   (
-    unset TONGBAN_KAFKA_BOOTSTRAP TONGBAN_DATABASE_URL TONGBAN_MIGRATION_DATABASE_URL \
+    unset TONGBAN_KAFKA_BOOTSTRAP TONGBAN_KAFKA_BROKERS TONGBAN_KAFKA_REPLICATION TONGBAN_KAFKA_MIN_INSYNC \
+      TONGBAN_DATABASE_URL TONGBAN_MIGRATION_DATABASE_URL \
       TONGBAN_INTAKE_DATABASE_URL TONGBAN_ROUTING_DATABASE_URL TONGBAN_APPROVAL_DATABASE_URL \
       TONGBAN_DELIVERY_DATABASE_URL TONGBAN_ROUTING_URL TONGBAN_STACK_LOCK_HELD
     if (( n == 2 )); then
@@ -89,7 +95,7 @@ load_catalog() {  # load_catalog N FILE
     "$TONGBAN" "$(routing_url_of "$1")" "$REPO/$2"
 }
 
-step() { say "step $1/5: $2"; }
+step() { say "step $1/6: $2"; }
 
 cmd_up() {
   local t0; t0=$(now)
@@ -99,7 +105,10 @@ cmd_up() {
   step 2 "region 2 (run folder $REGION2_RUN_DIR; Kafka $REGION2_KAFKA_PORT_BASE, PostgreSQL $REGION2_PG_PORT, services +$REGION2_SERVICES_PORT_OFFSET)"
   region_up 2
   step 3 "MirrorMaker 2 between them"
-  MIRROR_BOOTSTRAP_1=$(bootstrap_of 1) MIRROR_BOOTSTRAP_2=$(bootstrap_of 2) \
+  local b1; b1=$(bootstrap_of 1)
+  # A three-broker region 1 (KAFKA_BROKERS=3) refuses writes to one-replica topics.
+  [[ $b1 == *,* ]] && export MIRROR_REPLICATION_1=${MIRROR_REPLICATION_1:-3}
+  MIRROR_BOOTSTRAP_1=$b1 MIRROR_BOOTSTRAP_2=$(bootstrap_of 2) \
     bash "$LOCAL_DIR/mirror.sh" up
   step 4 "each region's catalog, loaded through its routing"
   load_catalog 1 deploy/demo/catalog.yaml
@@ -111,6 +120,16 @@ cmd_up() {
     || rc=$?
   if (( rc != 0 )); then
     die "a region does not see its partner's catalog after ${FEDERATION_WAIT:-60}s (MirrorMaker log: $LOG_DIR/mirror.log)"
+  fi
+  local cases=${FEDERATION_CASES:-5}
+  if (( cases > 0 )); then
+    step 6 "$cases cases each way across regions (跨省通办), to closed in both regions"
+    # Region 1's env (the tongban command reads the dev auth settings; ports come as options).
+    in_region 1 bash -c 'source "$TONGBAN_RUN_DIR/env" && "$0" federation-demo \
+      --region1-offset "$1" --region2-offset "$2" --cases "$3" --timeout "$4"' \
+      "$TONGBAN" "${SERVICES_PORT_OFFSET:-0}" "$REGION2_SERVICES_PORT_OFFSET" "$cases" \
+      "${FEDERATION_TIMEOUT:-180}" \
+      || die "a case across regions did not close in both regions (logs: $LOG_DIR, $REGION2_RUN_DIR/logs)"
   fi
   say "two regions up and linked in $(since "$t0")s; they keep running (make down stops both)"
 }

@@ -22,6 +22,9 @@
 #                                             127.0.0.1:9092 and 127.0.0.1:19092)
 #        MIRROR_TOPICS    topics mirrored each way, space or comma separated
 #                         (default "catalog.v1 xregion.out.v1")
+#        MIRROR_REPLICATION_1, MIRROR_REPLICATION_2  replication factor of the topics
+#                         MirrorMaker creates on each cluster (default 1; 3 on a
+#                         three-broker cluster, KAFKA_BROKERS=3)
 #        MIRROR_HEAP      JVM heap (default 256m), MIRROR_JVM_OPTS (default -XX:TieredStopAtLevel=1)
 #        MIRROR_START_TIMEOUT / MIRROR_STOP_TIMEOUT  seconds (default 90 / 30)
 #        TONGBAN_RUN_DIR, TONGBAN_CACHE_DIR, JAVA_HOME
@@ -100,7 +103,7 @@ topics_regex() {
 }
 
 write_properties() {
-  local a1=$1 b1=$2 a2=$3 b2=$4 topics=$5
+  local a1=$1 b1=$2 a2=$3 b2=$4 topics=$5 r1=$6 r2=$7
   cat >"$PROPS" <<EOF
 # Written by deploy/local/mirror.sh; edit the script, not this file.
 # Dedicated MirrorMaker 2 between two tongban regions, both directions.
@@ -134,15 +137,25 @@ heartbeats.replication.enabled=true
 tasks.max=1
 replication.policy.class=org.apache.kafka.connect.mirror.DefaultReplicationPolicy
 
-# Single-broker dev clusters: every topic MirrorMaker creates has one replica (the mirrored
-# topics, heartbeats, checkpoints, offset-syncs and Connect's configs, offsets, status).
-replication.factor=1
-heartbeats.topic.replication.factor=1
-checkpoints.topic.replication.factor=1
-offset-syncs.topic.replication.factor=1
-config.storage.replication.factor=1
-offset.storage.replication.factor=1
-status.storage.replication.factor=1
+# Every topic MirrorMaker creates takes the replication factor of the cluster it is created
+# on (MIRROR_REPLICATION_1/2: 1 on a single-broker dev cluster, 3 on a three-broker one whose
+# min.insync.replicas=2 would refuse writes to a one-replica topic). Flow a->b creates the
+# mirrors, heartbeats and checkpoints on b, its offset-syncs on a (the default location) and
+# b's herder keeps Connect's configs, offsets and status on b.
+$a1->$a2.replication.factor=$r2
+$a1->$a2.heartbeats.topic.replication.factor=$r2
+$a1->$a2.checkpoints.topic.replication.factor=$r2
+$a1->$a2.offset-syncs.topic.replication.factor=$r1
+$a2->$a1.replication.factor=$r1
+$a2->$a1.heartbeats.topic.replication.factor=$r1
+$a2->$a1.checkpoints.topic.replication.factor=$r1
+$a2->$a1.offset-syncs.topic.replication.factor=$r2
+$a1.config.storage.replication.factor=$r1
+$a1.offset.storage.replication.factor=$r1
+$a1.status.storage.replication.factor=$r1
+$a2.config.storage.replication.factor=$r2
+$a2.offset.storage.replication.factor=$r2
+$a2.status.storage.replication.factor=$r2
 
 # Offsets of the mirroring consumers are stored every 5 s (default 60): a restart re-sends
 # at most that much (at least once; consumers drop copies by event id).
@@ -182,6 +195,9 @@ cmd_up() {
   local a1=${MIRROR_ALIAS_1:-region1} a2=${MIRROR_ALIAS_2:-region2}
   local b1=${MIRROR_BOOTSTRAP_1:-127.0.0.1:9092} b2=${MIRROR_BOOTSTRAP_2:-127.0.0.1:19092}
   local topics=${MIRROR_TOPICS:-catalog.v1 xregion.out.v1}
+  local r1=${MIRROR_REPLICATION_1:-1} r2=${MIRROR_REPLICATION_2:-1}
+  [[ $r1 =~ ^[1-9]$ && $r2 =~ ^[1-9]$ ]] \
+    || die "MIRROR_REPLICATION_1 and MIRROR_REPLICATION_2 must be a replication factor 1-9 (got '$r1', '$r2')"
   topics=$(tr ' ' ',' <<<"$topics" | tr -s ,)
   [[ $a1 =~ ^[A-Za-z0-9_-]+$ && $a2 =~ ^[A-Za-z0-9_-]+$ && $a1 != "$a2" ]] \
     || die "MIRROR_ALIAS_1 and MIRROR_ALIAS_2 must be two different names of letters, digits, _ or - (got '$a1', '$a2')"
@@ -203,7 +219,7 @@ cmd_up() {
   mkdir -p "$MIRROR_DIR" "$LOG_DIR"
   printf '%s %s\n%s %s\ntopics %s\n' "$a1" "$b1" "$a2" "$b2" "$topics" >"$CLUSTERS_FILE"
   write_log4j_config
-  write_properties "$a1" "$b1" "$a2" "$b2" "$topics"
+  write_properties "$a1" "$b1" "$a2" "$b2" "$topics" "$r1" "$r2"
   local from; from=$(( $(stat -c %s "$LOG" 2>/dev/null || echo 0) + 1 ))
   printf '===== %s starting MirrorMaker 2: %s (%s) <-> %s (%s), topics %s =====\n' \
     "$(date -Is)" "$a1" "$b1" "$a2" "$b2" "$topics" >>"$LOG"

@@ -82,6 +82,17 @@ def in_force(item: dict[str, Any], today: date) -> bool:
     )
 
 
+def progress_bar(console: Console) -> Progress:
+    """The demos' progress: a named bar per stage, done/total and the time it has taken."""
+    return Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
 def plan_cases(catalog: dict[str, Any], count: int, rng: random.Random) -> list[DemoCase]:
     """Every path first (each mode, both delegation levels, instant or not), then a mix."""
     today = date.today()
@@ -140,13 +151,7 @@ async def run_demo(
             http, f"{endpoints.intake}/v1/items", len(catalog["items"]), "the catalog"
         )
         cases = plan_cases(catalog, count, rng)
-        progress = Progress(
-            TextColumn("{task.description:<24}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        )
+        progress = progress_bar(console)
         with progress:
             submitting = progress.add_task("submitting", total=len(cases))
             for case in cases:

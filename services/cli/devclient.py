@@ -14,6 +14,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -27,6 +28,24 @@ INTAKE_PORT, ROUTING_PORT, APPROVAL_PORT, DELIVERY_PORT = (
     port + SERVICES_PORT_OFFSET for port in (8001, 8002, 8003, 8004)
 )
 CONSOLE_PORT = 8000 + SERVICES_PORT_OFFSET
+
+
+SERVICE_PORTS = {"intake": 8001, "routing": 8002, "approval": 8003, "delivery": 8004}
+
+
+@dataclass(frozen=True)
+class ServicePorts:
+    """The first replica's port of each service of a stack at `offset` (services.sh)."""
+
+    offset: int = SERVICES_PORT_OFFSET
+
+    def port(self, service: str) -> int:
+        return SERVICE_PORTS[service] + self.offset
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.port(service)}"
+
+
 _CASE_ACTION = re.compile(
     r"^/v1/cases/(?P<case>[^/]+)/(?P<action>materials|withdraw|pickup|rating)$"
 )
@@ -39,15 +58,21 @@ class ActingClient(httpx.AsyncClient):
     """`httpx.AsyncClient` whose requests carry the token of whoever would make them.
 
     An explicit `Authorization` header (or `headers={"Authorization": ""}` for none) wins, so
-    tests can also act as a chosen role, or as nobody.
+    tests can also act as a chosen role, or as nobody. `port_offset` names the stack it talks
+    to (default SERVICES_PORT_OFFSET): a second region on the same machine has its own.
     """
 
     def __init__(
-        self, *, intake_url: str = f"http://127.0.0.1:{INTAKE_PORT}", **kwargs: Any
+        self,
+        *,
+        intake_url: str | None = None,
+        port_offset: int = SERVICES_PORT_OFFSET,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._settings = AuthSettings()
-        self._intake_url = intake_url
+        self._ports = ServicePorts(port_offset)
+        self._intake_url = intake_url or self._ports.url("intake")
         self._tokens: dict[tuple[Role, str | None], str] = {}
 
     def token(self, role: Role, scope: str | None = None) -> str:
@@ -73,19 +98,20 @@ class ActingClient(httpx.AsyncClient):
         port, path, method = request.url.port, request.url.path, request.method
         body = _json(request)
         query = dict(request.url.params)
-        if port == INTAKE_PORT and method == "POST" and path in ("/v1/cases", "/v1/bundles"):
+        intake, routing, approval, delivery = (self._ports.port(s) for s in SERVICE_PORTS)
+        if port == intake and method == "POST" and path in ("/v1/cases", "/v1/bundles"):
             return Role.clerk, _office_scope(body.get("office_code"), body.get("channel"))
-        if port == ROUTING_PORT and path == "/v1/catalog" and method == "POST":
+        if port == routing and path == "/v1/catalog" and method == "POST":
             return Role.admin, None
-        if port == APPROVAL_PORT:
+        if port == approval:
             department = body.get("department") or query.get("department")
             if method == "POST" or (department and path in ("/v1/worklist", "/v1/followups")):
                 return Role.reviewer, department
         match = _CASE_ACTION.match(path)
-        if match and method == "POST" and port in (INTAKE_PORT, DELIVERY_PORT):
+        if match and method == "POST" and port in (intake, delivery):
             return Role.clerk, await self._office_of(match["case"])
         match = _BUNDLE_ACTION.match(path)
-        if match and method == "POST" and port in (INTAKE_PORT, DELIVERY_PORT):
+        if match and method == "POST" and port in (intake, delivery):
             return Role.clerk, await self._office_of(match["bundle"], what="bundles")
         return Role.operator, None
 

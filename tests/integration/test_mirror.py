@@ -30,6 +30,7 @@ from services.common.kafka import TopicSpec, ensure_topics
 from services.common.settings import CommonSettings
 from tests.conftest import ROOT
 from tests.kafka_helpers import produce, read_topic
+from tests.two_regions import single_broker_settings
 
 pytestmark = pytest.mark.integration
 
@@ -55,12 +56,7 @@ class Region:
 
     @property
     def settings(self) -> CommonSettings:
-        return CommonSettings(
-            kafka_bootstrap=self.bootstrap,
-            kafka_partitions=3,
-            kafka_replication=1,
-            kafka_min_insync=1,
-        )
+        return single_broker_settings(self.bootstrap)
 
 
 def port_base() -> int:

@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from contracts.common import Level
+from contracts.catalog import Scope
+from contracts.common import Category, Level, Mode
 from services.common.catalog import CatalogProblem, catalog_warnings, validate_catalog
 from services.operators.catalog_file import (
     CatalogFileError,
@@ -397,7 +398,8 @@ def test_demo_catalog() -> None:
 
 def test_partner_catalog_is_a_second_city_beside_the_demo() -> None:
     """`make federation`'s region 2: valid on its own, without warnings, with a city code,
-    divisions, offices and departments of its own, and one item of each mode."""
+    divisions, offices and departments of its own, every mode, and `cross_region` items of
+    several modes beside items that stay `city` (DESIGN.md §9)."""
     demo, _ = validate_catalog(load_catalog_file(ROOT / "deploy" / "demo" / "catalog.yaml"))
     parsed, found = validate_catalog(
         load_catalog_file(ROOT / "deploy" / "demo" / "partner-catalog.yaml")
@@ -408,9 +410,24 @@ def test_partner_catalog_is_a_second_city_beside_the_demo() -> None:
     assert all(d.code.startswith(parsed.city.code) for d in parsed.districts)
     assert all(o.code.startswith(parsed.city.code) for o in parsed.offices)
     assert all(d.code.startswith(parsed.city.code) for d in parsed.departments)
-    kinds = {(i.mode.value, i.delegated_to) for i in parsed.items}
-    assert len(kinds) == len(parsed.items) == 5
+    assert {i.mode for i in parsed.items} == set(Mode)
+    crossing = [i for i in parsed.items if i.scope is Scope.cross_region]
+    assert len({i.mode for i in crossing}) >= 3
+    assert {i.category for i in crossing} == set(Category)
+    assert any(i.scope is Scope.city for i in parsed.items)
     assert {i.code for i in parsed.items} & {i.code for i in demo.items}
+
+
+def test_both_demo_catalogs_have_cross_region_items_of_several_modes() -> None:
+    """Each region of `make federation` offers the other's applicants some of its items
+    (通办范围), of several modes, and keeps the rest to its own counters."""
+    for name in ("catalog.yaml", "partner-catalog.yaml"):
+        parsed, found = validate_catalog(load_catalog_file(ROOT / "deploy" / "demo" / name))
+        assert found == [] and parsed is not None, name
+        crossing = [i for i in parsed.items if i.scope is Scope.cross_region]
+        assert len({(i.mode, i.delegated_to) for i in crossing}) >= 3, name
+        assert any(not i.instant for i in crossing), name
+        assert len(crossing) < len(parsed.items), name
 
 
 # --------------------------------------------------------------------------- fewer materials (§7)
