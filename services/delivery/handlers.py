@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, String, func, literal, select, update
+from sqlalchemy import DateTime, String, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -795,11 +795,6 @@ def city_of(published: CatalogPublished) -> str:
     return City.model_validate(published.catalog.get("city")).code
 
 
-class PartnerCaseNotKnown(Exception):
-    """A partner's result for a case whose routed event this delivery has not seen yet (it
-    travels on this region's case.routing.v1): retried, then dead-lettered."""
-
-
 async def _record_cross_region_case(
     session: AsyncSession, delivery: Delivery, case: CrossRegionCase
 ) -> None:
@@ -817,8 +812,20 @@ async def cross_region_routed(
     remembered with its origin office and delivery; every other routed case is not
     delivery's business until its decision."""
     case = forwarded_case(routed)
-    if case is not None:
-        await _record_cross_region_case(session, delivery, case)
+    if case is None:
+        return
+    await _record_cross_region_case(session, delivery, case)
+    # The partner's result may have come first (another topic, another group): hold it now.
+    w = models.partner_results_waiting.c
+    waiting = (
+        await session.execute(
+            delete(models.partner_results_waiting)
+            .where(w.case_id == case.case_id)
+            .returning(w.issued)
+        )
+    ).first()
+    if waiting is not None:
+        await _hold_partner_result(session, case, CaseResultIssued.model_validate(waiting.issued))
 
 
 async def adopted_submitted(
@@ -852,7 +859,29 @@ async def result_from_partner(
     shows the partner's event)."""
     case = await queries.cross_region_case(session, issued.case_id)
     if case is None:
-        raise PartnerCaseNotKnown(f"case {issued.case_id}: no cross_region route seen here yet")
+        # This region's routed event of the case is not applied yet (other topic, other
+        # group, maybe a restart behind): keep the result; `cross_region_routed` holds it.
+        await session.execute(
+            pg_insert(models.partner_results_waiting)
+            .values(
+                case_id=issued.case_id,
+                issued=issued.model_dump(mode="json"),
+                received_at=_now(delivery.runtime),
+            )
+            .on_conflict_do_nothing()
+        )
+        log.info("partner's result waits for this region's route", case_id=issued.case_id)
+        return
+    await _hold_partner_result(session, case, issued, event_id=envelope.id)
+
+
+async def _hold_partner_result(
+    session: AsyncSession,
+    case: CrossRegionCase,
+    issued: CaseResultIssued,
+    *,
+    event_id: str | None = None,
+) -> None:
     row = held_at_origin(case, issued)
     if row is None:
         log.info(
@@ -868,7 +897,7 @@ async def result_from_partner(
         case_id=issued.case_id,
         partner=case.partner_city,
         office=case.office_code,
-        event_id=envelope.id,
+        event_id=event_id,
     )
 
 

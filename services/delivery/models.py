@@ -134,6 +134,15 @@ Index("ix_bundle_members_bundle", bundle_members.c.bundle_id)
 # the partner's city code, the origin office (where a counter_pickup result is handed over) and
 # the delivery chosen there. Written from the origin's routed event or the adopted case's
 # submitted event.
+# A partner's issued result that came before this region's routed event of the case (§9).
+partner_results_waiting = Table(
+    "partner_results_waiting",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("issued", JSONB, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
 cross_region_cases = Table(
     "cross_region_cases",
     metadata,

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.common import CaseStatus, DeliveryMethod, Level
@@ -28,7 +28,7 @@ from services.common.db import unit_of_work
 from services.common.envelope import Envelope
 from services.common.refusals import Refused
 from services.delivery import handlers, models, queries
-from services.delivery.handlers import Delivery, PartnerCaseNotKnown
+from services.delivery.handlers import Delivery
 from tests.integration.test_delivery_bundles import cases
 from tests.integration.test_delivery_ratings import Cases, apply, decision, delivery
 from tests.unit.test_delivery_cross_region import LICENCE, adopted, forwarded
@@ -76,15 +76,21 @@ async def test_the_partners_result_is_held_at_the_origin_office_and_picked_up_th
     routed = forwarded().model_copy(update={"case_id": case_id})
     issued = CaseResultIssued(case_id=case_id, result=LICENCE, issued_at=routed.submitted_at)
 
-    # The partner's result before this region's routed event reached delivery: retried.
-    with pytest.raises(PartnerCaseNotKnown):
-        async with unit_of_work(sessions) as session:
-            await handlers.result_from_partner(
-                session,
-                relayed(issued, fromcity="LZ", source="/tongban/delivery"),
-                issued,
-                delivery=delivery,
-            )
+    # The partner's result before this region's routed event reached delivery: it waits,
+    # and the routed event holds it at the origin office.
+    async with unit_of_work(sessions) as session:
+        await handlers.result_from_partner(
+            session,
+            relayed(issued, fromcity="LZ", source="/tongban/delivery"),
+            issued,
+            delivery=delivery,
+        )
+    async with sessions() as session:
+        waiting = await session.scalar(
+            select(func.count()).where(models.partner_results_waiting.c.case_id == case_id)
+        )
+        rows = await session.scalar(select(func.count()).where(models.results.c.case_id == case_id))
+    assert (waiting, rows) == (1, 0), "kept, not held, until the route is known"
     for _ in range(2):  # redelivered, and relayed twice over the link: one result
         async with unit_of_work(sessions) as session:
             envelope = relayed(routed, fromcity=None, source="/tongban/routing")
