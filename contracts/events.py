@@ -697,6 +697,12 @@ class CaseAdoptionRefused(CaseEvent):
     code: str = Field(description="handover_invalid | unknown_item | not_cross_region | ...")
     reason: str
     refused_at: AwareDatetime
+    forwarded_id: str | None = Field(
+        default=None,
+        description="the ce_id of the gov.case.forwarded.v1 refused: the origin applies a "
+        "refusal only to the forwarding it sent (a forged record for a real case id is refused "
+        "without failing the genuine one)",
+    )
 
 
 # -- case.dlq.replays.v1 (operators: `tongban dlq replay`) ---------------------------------------

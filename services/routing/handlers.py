@@ -258,7 +258,7 @@ async def emit_effect(
         insert(runtime.outbox.table), department_copy_rows(topic, envelope, department)
     )
     if forwarded is not None:
-        await runtime.emit(
+        sent = await runtime.emit(
             session,
             forwarded,
             traceparent=traceparent,
@@ -266,19 +266,36 @@ async def emit_effect(
             fromcity=forwarded.from_city,
         )
         await record_partner_case(
-            session, forwarded.case_id, partner_city=forwarded.to_city, role=Role.origin
+            session,
+            forwarded.case_id,
+            partner_city=forwarded.to_city,
+            role=Role.origin,
+            forwarded_id=sent.id,
         )
     return envelope
 
 
 async def record_partner_case(
-    session: AsyncSession, case_id: str, *, partner_city: str, role: Role
+    session: AsyncSession,
+    case_id: str,
+    *,
+    partner_city: str,
+    role: Role,
+    forwarded_id: str | None = None,
 ) -> None:
-    """A case across regions (§9), once: the first row stays (a case has one partner)."""
+    """A case across regions (§9), once: the first row stays (a case has one partner); a
+    forwarding sent again (a triage retry) becomes the one a refusal must answer."""
+    insert_row = pg_insert(models.cross_region_cases).values(
+        case_id=case_id, partner_city=partner_city, role=role.value, forwarded_id=forwarded_id
+    )
+    if forwarded_id is None:
+        await session.execute(insert_row.on_conflict_do_nothing())
+        return
     await session.execute(
-        pg_insert(models.cross_region_cases)
-        .values(case_id=case_id, partner_city=partner_city, role=role.value)
-        .on_conflict_do_nothing()
+        insert_row.on_conflict_do_update(
+            index_elements=[models.cross_region_cases.c.case_id],
+            set_={"forwarded_id": forwarded_id},
+        )
     )
 
 
@@ -457,7 +474,16 @@ async def partner_refused(
             select(routes).where(routes.c.case_id == refused.case_id).with_for_update()
         )
     ).one_or_none()
-    if row is None or not refusal_applies(refused, status=row.status, route=row.route):
+    sent = (
+        await session.execute(
+            select(models.cross_region_cases.c.forwarded_id).where(
+                models.cross_region_cases.c.case_id == refused.case_id
+            )
+        )
+    ).scalar()
+    if row is None or not refusal_applies(
+        refused, status=row.status, route=row.route, forwarded_id=sent
+    ):
         log.warning(
             "partner refusal ignored: no such case routed to that partner",
             case_id=refused.case_id,

@@ -49,4 +49,6 @@ cross_region_cases = Table(
     Column("partner_city", String(32), nullable=False),
     Column("role", String(16), nullable=False),  # origin | handler
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # 0008: the ce_id of the last gov.case.forwarded.v1 sent (origin): a refusal answers it
+    Column("forwarded_id", String(64)),
 )

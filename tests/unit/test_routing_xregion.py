@@ -154,6 +154,11 @@ def test_a_refusal_answers_only_a_case_still_routed_to_the_refusing_partner() ->
     assert not refusal_applies(
         refusal(), status="routed", route={"path": "municipal", "handled_by": "P"}
     )
+    # the refusal of another forwarding (a forged record bearing this case id) does not apply
+    sent = refusal().model_copy(update={"forwarded_id": "ev-sent"})
+    forged = refusal().model_copy(update={"forwarded_id": "ev-forged"})
+    assert refusal_applies(sent, status="routed", route=across, forwarded_id="ev-sent")
+    assert not refusal_applies(forged, status="routed", route=across, forwarded_id="ev-sent")
 
 
 def test_a_refusal_becomes_partner_refused_naming_the_partners_code_and_reason() -> None:

@@ -200,6 +200,7 @@ async def _refuse(
             code=refusal.code,
             reason=refusal.reason,
             refused_at=now,
+            forwarded_id=envelope.id,
         ),
         tocity=forwarded.from_city,
         fromcity=index.city_code,

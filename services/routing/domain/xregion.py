@@ -78,10 +78,18 @@ def relay_to(
 
 
 def refusal_applies(
-    refused: CaseAdoptionRefused, *, status: str, route: Mapping[str, object] | None
+    refused: CaseAdoptionRefused,
+    *,
+    status: str,
+    route: Mapping[str, object] | None,
+    forwarded_id: str | None = None,
 ) -> bool:
     """Does a partner's refusal answer this route? Only a case routed cross_region to the
-    refusing city, and still routed (not already failed or re-routed elsewhere)."""
+    refusing city, and still routed (not already failed or re-routed elsewhere), and only the
+    forwarding sent last (`forwarded_id`, when both sides name it): the refusal of a forged
+    record bearing a real case id must not fail the genuine case."""
+    if refused.forwarded_id and forwarded_id and refused.forwarded_id != forwarded_id:
+        return False
     return (
         status == "routed"
         and route is not None
