@@ -388,8 +388,6 @@ class ConsumerRunner:
             envelope = Envelope.from_record(record.key, record.value, list(record.headers or ()))
         except EnvelopeError as exc:
             return _DeadLetter(record, f"malformed: {exc}")
-        if self.accept is not None and not self.accept(envelope):
-            return None  # another region's (DESIGN.md §9)
         subscription = self.subscriptions.get(envelope.type)
         if subscription is None:
             if envelope.type in self.ignored_types:
@@ -397,6 +395,10 @@ class ConsumerRunner:
             return _DeadLetter(
                 record, f"unknown event type {envelope.type[:200]!r} on {record.topic}"
             )
+        # After the type: a record of no known type is poison for every reader, whatever
+        # the reader's filter (another region's record, §9; a case not its business).
+        if self.accept is not None and not self.accept(envelope):
+            return None
         payload: Any = envelope.data
         if subscription.model is not None:
             try:

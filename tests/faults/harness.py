@@ -102,7 +102,7 @@ CATALOG_TOPIC = "catalog.v1"
 BUNDLE_TOPIC = "bundle.v1"
 # Every process of these services follows the whole catalog topic (no consumer group); each
 # service dead-letters an unreadable catalog record once.
-CATALOG_FOLLOWERS = ("intake", "routing", "approval")
+CATALOG_FOLLOWERS = ("intake", "routing", "approval", "delivery")
 TERMINAL = {"closed", "withdrawn"}
 
 # Lifecycle rank of each event type: on one topic, a case's events come in this order, and an

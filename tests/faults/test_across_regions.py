@@ -113,7 +113,12 @@ async def test_every_forwarded_case_ends_once_in_both_regions_under_link_and_pro
         await asyncio.gather(*(c.aclose() for c in clients.by_city.values()))
     doubled = [f"{c.case_id} {t}" for c in submitted for t in doubled_events(c)]
     late = [f"{c.case_id} {t}" for c in submitted for t in after_closed(c)]
-    lost = [f"{c.case_id}: {c.origin_status}/{c.handler_status}" for c in submitted if not c.ended]
+    lost = [
+        f"{c.case_id}: {c.origin_status}/{c.handler_status}"
+        + (f" {c.origin_view['failure']}" if c.origin_view.get("failure") else "")
+        for c in submitted
+        if not c.ended
+    ]
     verdict = Verdict(
         scenario=SCENARIO,
         submitted=len(submitted),
