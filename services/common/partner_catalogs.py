@@ -110,6 +110,18 @@ class PartnerCatalogs(Generic[T]):
         for follower in self.followers.values():
             follower.stop()
 
+    async def look_again(self) -> bool:
+        """Look for partner topics now (a region linked since the last look); True when a new
+        one is followed. For a reader that met an applicant of no known region: the link may
+        be younger than the periodic look (`kafka_metadata_max_age_ms`)."""
+        known = len(self.followers)
+        try:
+            await self._discover()
+        except Exception as exc:  # the broker away: the periodic look tries again
+            log.warning("partner catalog topics not listed", error=repr(exc))
+            return False
+        return len(self.followers) > known
+
     async def _discover(self) -> None:
         admin = AIOKafkaAdminClient(**client_options(self.settings))
         await admin.start()

@@ -34,7 +34,13 @@ from services.common.partner_catalogs import PartnerCatalogs
 from services.common.refusals import FieldError, Refusal, Refused, refused
 from services.common.service import ServiceRuntime
 from services.policy.catalog_index import CatalogIndex
-from services.policy.routing_rules import R2_CROSS_REGION, PartnerIndexes, RouteOutcome, route_case
+from services.policy.routing_rules import (
+    R2_CROSS_REGION,
+    R2_OUT_OF_JURISDICTION,
+    PartnerIndexes,
+    RouteOutcome,
+    route_case,
+)
 from services.routing import models
 from services.routing.domain.versions import VersionTimeline
 from services.routing.domain.xregion import (
@@ -315,6 +321,19 @@ async def route_submission(
         timeline=routing.timeline,
         partners=routing.partner_catalogs(),
     )
+    if (
+        outcome is not None
+        and outcome.rule == R2_OUT_OF_JURISDICTION
+        and routing.partners is not None
+        and await routing.partners.look_again()
+    ):
+        # A partner linked since the last periodic look (intake may have seen it first).
+        outcome = decide(
+            routing.catalogs,
+            submitted,
+            timeline=routing.timeline,
+            partners=routing.partner_catalogs(),
+        )
     effect = effect_of(
         submitted,
         outcome,
