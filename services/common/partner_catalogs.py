@@ -28,6 +28,9 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
+# The least time between two looks for new partner topics asked for by a reader.
+LOOK_AGAIN_AFTER_S = 5.0
+
 
 class PartnerCatalogs(Generic[T]):
     """city code -> `build(published)` of that partner's newest catalog."""
@@ -48,6 +51,7 @@ class PartnerCatalogs(Generic[T]):
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._pattern = re.compile(PARTNER_CATALOG_PATTERN)
+        self._looked_at = float("-inf")  # the last `look_again` (event-loop time)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -113,7 +117,12 @@ class PartnerCatalogs(Generic[T]):
     async def look_again(self) -> bool:
         """Look for partner topics now (a region linked since the last look); True when a new
         one is followed. For a reader that met an applicant of no known region: the link may
-        be younger than the periodic look (`kafka_metadata_max_age_ms`)."""
+        be younger than the periodic look (`kafka_metadata_max_age_ms`). At most one look per
+        `LOOK_AGAIN_AFTER_S`: a stream of applicants of no region costs no broker call each."""
+        now = asyncio.get_running_loop().time()
+        if now - self._looked_at < LOOK_AGAIN_AFTER_S:
+            return False
+        self._looked_at = now
         known = len(self.followers)
         try:
             await self._discover()
