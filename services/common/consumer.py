@@ -30,12 +30,11 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.common.db import inbox_key, runtime_metadata
+from services.common.db import driver_connection, inbox_key
 from services.common.dlq import DeadLetterWriter, LetterShape, unreadable_record
-from services.common.envelope import Envelope, EnvelopeError
+from services.common.envelope import Envelope, EnvelopeError, RecentRecords
 from services.common.failures import describe_error, is_data_error, is_infrastructure_error
 from services.common.kafka import make_consumer, make_producer
 from services.common.logs import get_logger
@@ -57,6 +56,13 @@ HandlerFn = Callable[[AsyncSession, Envelope, Any], Awaitable[None]]
 # Applies the fresh events of a whole batch at once, in offset order (a consumer whose
 # per-event work is a few statements gains most from doing them once per batch).
 BatchHandlerFn = Callable[[AsyncSession, Sequence[tuple[Envelope, Any]]], Awaitable[None]]
+# Which of a batch's events concern a reader, known only from its own tables (read in the
+# batch's transaction): one flag per event, in order.
+RelevantFn = Callable[[AsyncSession, Sequence[tuple[Envelope, Any]]], Awaitable[list[bool]]]
+
+
+# This process's recently parsed records, shared by its consumer groups (one parse a record).
+RECENT_RECORDS = RecentRecords()
 
 
 class PermanentError(Exception):
@@ -114,6 +120,7 @@ class ConsumerRunner:
         pattern: str | None = None,
         accept: Callable[[Envelope], bool] | None = None,
         starts_when: Callable[[], Awaitable[None]] | None = None,
+        relevant: RelevantFn | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
@@ -124,11 +131,19 @@ class ConsumerRunner:
         self.pattern = pattern
         self.accept = accept
         self.starts_when = starts_when  # awaited before the group is joined
+        # A reader that acts on few of its records, and knows which only from its tables:
+        # the others are passed over with no inbox row (nothing was applied, so a copy of
+        # one has nothing to be kept from doing twice).
+        self.relevant = relevant
         self.subscriptions = dict(subscriptions)
         self.ignored_types = frozenset(ignored_types)
         self.sessions = sessions
         self.group_id = group_id or name
-        self._inbox = runtime_metadata(schema)[2]
+        self._inbox_sql = (
+            f'INSERT INTO "{schema}".inbox (consumer, event_id, topic) '
+            "SELECT $1, e, t FROM unnest($2::text[], $3::text[]) AS r(e, t) "
+            "ON CONFLICT DO NOTHING RETURNING event_id"
+        )
         self.batch_handler = batch_handler
         self._dlq_producer = dlq_producer
         self._own_dlq_producer = dlq_producer is None
@@ -385,7 +400,7 @@ class ConsumerRunner:
 
     def _parse_or_raise(self, record: ConsumerRecord[bytes, bytes]) -> _Work | _DeadLetter | None:
         try:
-            envelope = Envelope.from_record(record.key, record.value, list(record.headers or ()))
+            envelope = RECENT_RECORDS.envelope(record.key, record.value, record.headers)
         except EnvelopeError as exc:
             return _DeadLetter(record, f"malformed: {exc}")
         subscription = self.subscriptions.get(envelope.type)
@@ -433,19 +448,14 @@ class ConsumerRunner:
     async def _apply_fast(self, work: list[_Work]) -> None:
         """The whole batch in one transaction with one inbox statement: the common case."""
         async with self.sessions() as session, session.begin():
+            if self.relevant is not None:
+                work = await self._relevant(session, work)
             try:
-                # executemany with RETURNING: one cached statement for any batch size.
-                result = await session.execute(
-                    pg_insert(self._inbox)
-                    .on_conflict_do_nothing()
-                    .returning(self._inbox.c.event_id),
-                    [self._inbox_row(w) for w in _first_of_each(work)],
-                )
+                fresh = await self._inbox_insert(session, _first_of_each(work))
             except Exception as exc:
                 if is_infrastructure_error(exc):
                     raise
                 raise _HandlerFailed() from exc  # one record's row cannot be stored: isolate it
-            fresh = set(result.scalars().all())
             applied: set[str] = set()
             todo: list[_Work] = []
             for item in work:
@@ -461,6 +471,7 @@ class ConsumerRunner:
                 else:
                     for item in todo:
                         await self._call(session, item)
+                await flush_pending(session)
             except Exception as exc:
                 if is_infrastructure_error(exc):
                     raise
@@ -479,13 +490,11 @@ class ConsumerRunner:
                     try:
                         try:
                             async with session.begin_nested():
-                                inserted = await session.execute(
-                                    pg_insert(self._inbox)
-                                    .values(self._inbox_row(item))
-                                    .on_conflict_do_nothing()
-                                    .returning(self._inbox.c.event_id)
-                                )
-                                if inserted.scalar() is None:
+                                if self.relevant is not None and not await self._relevant(
+                                    session, [item]
+                                ):
+                                    break
+                                if not await self._inbox_insert(session, [item]):
                                     self._count(item.record, "duplicate")
                                     break
                                 await self._call(session, item)
@@ -551,8 +560,25 @@ class ConsumerRunner:
         ):
             await subscription.handler(session, envelope, item.payload)
 
-    def _inbox_row(self, item: _Work) -> dict[str, str]:
-        return {"consumer": self.name, "event_id": item.key, "topic": item.record.topic}
+    async def _relevant(self, session: AsyncSession, work: list[_Work]) -> list[_Work]:
+        assert self.relevant is not None
+        flags = await self.relevant(session, [(item.envelope, item.payload) for item in work])
+        for item, flag in zip(work, flags, strict=True):
+            if not flag:
+                self._count(item.record, "ignored")
+        return [item for item, flag in zip(work, flags, strict=True) if flag]
+
+    async def _inbox_insert(self, session: AsyncSession, work: list[_Work]) -> set[str]:
+        """Insert the inbox rows of `work` (distinct keys); the keys that were not there yet.
+        One prepared statement for any batch size, on the session's asyncpg connection."""
+        driver = await driver_connection(session)
+        rows = await driver.fetch(
+            self._inbox_sql,
+            self.name,
+            [item.key for item in work],
+            [item.record.topic for item in work],
+        )
+        return {row[0] for row in rows}
 
     def _count(self, record: ConsumerRecord[bytes, bytes], outcome: str) -> None:
         EVENTS_CONSUMED.labels(self.settings.service, self.name, record.topic, outcome).inc()

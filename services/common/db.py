@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -71,8 +72,12 @@ def make_sessionmaker(
 @asynccontextmanager
 async def unit_of_work(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """One transaction: state changes and their outbox rows commit together or not at all."""
+    # Imported here: the outbox builds on this module's tables and `driver_connection`.
+    from services.common.outbox import flush_pending
+
     async with sessions() as session, session.begin():
         yield session
+        await flush_pending(session)  # on asyncpg directly; commit's own flush finds nothing
 
 
 async def locked_row(session: AsyncSession, table: Table, **key: object) -> Any:
@@ -97,6 +102,26 @@ async def bundle_of(
         return named
     found = await session.execute(select(members.c.bundle_id).where(members.c.case_id == case_id))
     return found.scalar()
+
+
+async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under `session`, inside the session's transaction (begun here if
+    no statement began it yet), for the runtime's statements on every event's path (inbox,
+    outbox): asyncpg's own prepared statements, without SQLAlchemy's compilation and greenlet
+    hops, which cost as much CPU as the statements themselves. Handlers keep SQLAlchemy.
+
+    The dialect begins its transaction lazily, at the first statement; a statement sent past
+    it would run outside the transaction (autocommit). So the BEGIN is made here, the way the
+    dialect makes it (`_start_transaction`: a private method, hence sqlalchemy < 2.2 in
+    pyproject.toml; tests/integration/test_consumer.py proves a rollback takes both kinds of
+    statement back)."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    adapted: Any = raw.dbapi_connection
+    if adapted._transaction is None:
+        await adapted._start_transaction()
+    driver: asyncpg.Connection = adapted._connection
+    return driver
 
 
 def outbox_channel(schema: str) -> str:

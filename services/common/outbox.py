@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import signal
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -32,7 +33,7 @@ from sqlalchemy import Table, event, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from services.common.db import asyncpg_dsn, outbox_channel, runtime_metadata
+from services.common.db import asyncpg_dsn, driver_connection, outbox_channel, runtime_metadata
 from services.common.envelope import Envelope
 from services.common.failures import AmbiguousCommits
 from services.common.kafka import make_producer
@@ -49,9 +50,10 @@ PENDING = "tongban_outbox_pending"
 class Outbox:
     """Writes events into one service schema's outbox table.
 
-    `add` buffers the row in the session; the rows go into the table in one multi-row INSERT
-    when the transaction commits (or when `flush_pending` is called, as the consumer does per
-    savepoint). A consumer batch of a hundred events then costs one INSERT, not one per event.
+    `add` buffers the row in the session; the rows go into the table in one INSERT when the
+    transaction commits (or when `flush_pending` is called, as the consumer and `unit_of_work`
+    do before they commit). A consumer batch of a hundred events then costs one INSERT, not one
+    per event.
     """
 
     def __init__(self, schema: str) -> None:
@@ -85,20 +87,52 @@ def _pending(session: Session) -> list[tuple[Table, dict[str, Any]]]:
     return pending
 
 
-def flush_pending_sync(session: Session) -> None:
-    """Write the buffered rows, in the order they were added (one INSERT per table run)."""
-    pending = session.info.pop(PENDING, None)
+def _runs(
+    pending: list[tuple[Table, dict[str, Any]]],
+) -> Iterator[tuple[Table, list[dict[str, Any]]]]:
+    """The buffered rows by table, in the order they were added (one run per table change)."""
     while pending:
         table = pending[0][0]
         run = 0
         while run < len(pending) and pending[run][0] is table:
             run += 1
-        session.execute(insert(table), [row for _, row in pending[:run]])
+        yield table, [row for _, row in pending[:run]]
         pending = pending[run:]
 
 
+def flush_pending_sync(session: Session) -> None:
+    """Write the buffered rows through SQLAlchemy (at commit, for writers that did not call
+    `flush_pending`)."""
+    for table, rows in _runs(session.info.pop(PENDING, None) or []):
+        session.execute(insert(table), rows)
+
+
+@functools.cache
+def _insert_sql(schema: str, name: str) -> str:
+    # One statement for any number of rows, kept prepared by asyncpg; WITH ORDINALITY keeps
+    # the rows' `id`s in the order they were added (the relay publishes in `id` order).
+    return (
+        f'INSERT INTO "{schema}"."{name}" (event_id, topic, key, value, headers) '
+        "SELECT e, t, k, v, h FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], "
+        "$5::jsonb[]) WITH ORDINALITY AS r(e, t, k, v, h, n) ORDER BY n"
+    )
+
+
 async def flush_pending(session: AsyncSession) -> None:
-    await session.run_sync(flush_pending_sync)
+    """Write the buffered rows now, in the session's transaction, on its asyncpg connection."""
+    pending = session.sync_session.info.pop(PENDING, None)
+    if not pending:
+        return
+    driver = await driver_connection(session)
+    for table, rows in _runs(pending):
+        await driver.execute(
+            _insert_sql(str(table.schema), table.name),
+            [r["event_id"] for r in rows],
+            [r["topic"] for r in rows],
+            [r["key"] for r in rows],
+            [r["value"] for r in rows],
+            [json.dumps(r["headers"]) for r in rows],
+        )
 
 
 def discard_pending(session: AsyncSession) -> None:

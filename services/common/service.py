@@ -36,7 +36,13 @@ from services.common.auth import (
 )
 from services.common.catalog_follower import CatalogFollower
 from services.common.clock import ServiceClock
-from services.common.consumer import BatchHandlerFn, ConsumerRunner, HandlerFn, Subscription
+from services.common.consumer import (
+    BatchHandlerFn,
+    ConsumerRunner,
+    HandlerFn,
+    RelevantFn,
+    Subscription,
+)
 from services.common.db import inbox_key, make_engine, make_sessionmaker, runtime_metadata
 from services.common.dlq import DeadLetterWriter, LetterShape
 from services.common.envelope import Envelope
@@ -132,12 +138,14 @@ class ServiceRuntime:
         ignored_types: Iterable[str] | None = None,
         batch_handler: BatchHandlerFn | None = None,
         accept: Callable[[Envelope], bool] | None = None,
+        relevant: RelevantFn | None = None,
     ) -> ConsumerRunner:
         """A consumer group of this service, applying each event class with its handler;
         types on the topics it does not handle are ignored (they are contract types, just not
         this consumer's business). `accept`, when given, passes over the records it refuses
         before they are validated or reach the inbox: a group that wants few of a topic's
-        records pays nothing for the others."""
+        records pays nothing for the others. `relevant` does the same for records only the
+        service's tables can tell apart (read once per batch, in its transaction)."""
         stray = [model.__name__ for model in subscriptions if model.TOPIC not in topics]
         if stray:
             raise ValueError(f"{', '.join(stray)} not on {', '.join(topics)}")
@@ -153,6 +161,7 @@ class ServiceRuntime:
             ignored_types=ignored_types if ignored_types is not None else known - set(by_type),
             batch_handler=batch_handler,
             accept=accept,
+            relevant=relevant,
         )
         self.consumers.append(runner)
         return runner

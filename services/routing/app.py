@@ -55,6 +55,7 @@ def create_app(settings: RoutingSettings | None = None) -> FastAPI:
         name="routing-xregion",
         subscriptions={e.model: relay for e in EVENT_TYPES.values() if e.topic in CASE_TOPICS},
         batch_handler=partial(handlers.relay_case_events, routing=routing),
+        relevant=handlers.concern_partners,
     )
     runtime.consume_partners(
         name="routing-partners",

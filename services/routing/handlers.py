@@ -446,13 +446,8 @@ async def relay_case_events(
 ) -> None:
     """`routing-xregion` (§9): this region's case events about cases across regions go,
     unchanged, to the partner region (domain.xregion.relay_to says which, and where), in
-    offset order. Every case event of the region passes here, so a batch costs one lookup."""
-    table = models.cross_region_cases
-    case_ids = {_case_of(envelope, payload) for envelope, payload in events}
-    cases = {
-        row.case_id: PartnerCase(row.partner_city, Role(row.role))
-        for row in await session.execute(select(table).where(table.c.case_id.in_(case_ids)))
-    }
+    offset order. Only the events `concern_partners` kept come here."""
+    cases = await _partner_cases(session, events)
     city = own_city(routing.catalogs)
     for envelope, payload in events:
         case_id = _case_of(envelope, payload)
@@ -471,10 +466,35 @@ async def relay_case_events(
             adopted_from=origin.city_code if origin is not None else None,
         )
         if to_city is None:
-            continue  # the common case: not a case across regions
+            continue
         if city is None:  # no catalog: this region has no name yet (retried, then a dead letter)
             raise RuntimeError(f"cannot relay {envelope.type} of {case_id}: no catalog loaded")
         await routing.runtime.relay_to_partner(session, envelope, to_city=to_city, from_city=city)
+
+
+async def concern_partners(
+    session: AsyncSession, events: Sequence[tuple[Envelope, Event]]
+) -> list[bool]:
+    """`routing-xregion`'s filter: every case event of the region passes that group, and
+    nearly all are about cases of this region alone. Those (no `cross_region_cases` row, not
+    an adopted submission) are passed over with one lookup per batch and no inbox row."""
+    cases = await _partner_cases(session, events)
+    return [
+        _case_of(envelope, payload) in cases
+        or (isinstance(payload, CaseSubmitted) and payload.origin is not None)
+        for envelope, payload in events
+    ]
+
+
+async def _partner_cases(
+    session: AsyncSession, events: Sequence[tuple[Envelope, Event]]
+) -> dict[str, PartnerCase]:
+    table = models.cross_region_cases
+    case_ids = {_case_of(envelope, payload) for envelope, payload in events}
+    return {
+        row.case_id: PartnerCase(row.partner_city, Role(row.role))
+        for row in await session.execute(select(table).where(table.c.case_id.in_(case_ids)))
+    }
 
 
 def _case_of(envelope: Envelope, payload: Event) -> str:

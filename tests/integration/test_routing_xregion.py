@@ -28,7 +28,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 
 from contracts.common import CrossRegionOrigin, Handover
 from contracts.events import (
@@ -202,6 +202,7 @@ async def region(settings: ServiceSettings, make_topic: MakeTopic) -> AsyncItera
             schema="routing",
             ignored_types=(),
             batch_handler=partial(handlers.relay_case_events, routing=routing),
+            relevant=handlers.concern_partners,
         ),
         runtime.consume_partners(
             name=unique("routing-partners-it"),
@@ -328,6 +329,31 @@ async def test_the_origins_later_steps_are_relayed_unchanged_and_nothing_from_th
     for name in ("ce_id", "ce_type", "ce_source", "ce_subject", "ce_time"):
         assert header(relayed, name) == original[name], name
     assert relayed.value == value  # the same data, unchanged
+
+
+async def test_a_case_of_this_region_alone_passes_the_relay_group_without_an_inbox_row(
+    region: Region,
+) -> None:
+    """Every case event of the region passes routing-xregion; those of cases of this region
+    alone (nearly all) are passed over with no inbox row (`concern_partners`), while a
+    relayed event keeps its row, as every applied event does."""
+    local_id, cross_id = region.case_id(), region.case_id()
+    await region.submit(cross_id)
+    local, relayed = region.withdrawn(local_id), region.withdrawn(cross_id)
+    await send(region.settings, region.case_topic, [local, relayed])  # one partition, in order
+
+    records = await on_topic(region, XREGION_TOPIC, subject=cross_id, count=2)
+    assert relayed.id in {header(r, "ce_id") for r in records}
+    async with region.runtime.sessions() as session:
+        kept = set(
+            (
+                await session.execute(
+                    text("SELECT event_id FROM routing.inbox WHERE consumer = :group"),
+                    {"group": region.relay_group},
+                )
+            ).scalars()
+        )
+    assert relayed.id in kept and local.id not in kept
 
 
 async def test_an_adopted_cases_events_go_to_its_origin(region: Region) -> None:
