@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
@@ -56,9 +57,9 @@ HandlerFn = Callable[[AsyncSession, Envelope, Any], Awaitable[None]]
 # Applies the fresh events of a whole batch at once, in offset order (a consumer whose
 # per-event work is a few statements gains most from doing them once per batch).
 BatchHandlerFn = Callable[[AsyncSession, Sequence[tuple[Envelope, Any]]], Awaitable[None]]
-# Which of a batch's events concern a reader, known only from its own tables (read in the
-# batch's transaction): one flag per event, in order.
-RelevantFn = Callable[[AsyncSession, Sequence[tuple[Envelope, Any]]], Awaitable[list[bool]]]
+# Which of a batch's events concern a reader, known only from its own tables: one flag per
+# event, in order. Read on the asyncpg connection outside any transaction (one round trip).
+RelevantFn = Callable[[asyncpg.Connection, Sequence[tuple[Envelope, Any]]], Awaitable[list[bool]]]
 
 
 # This process's recently parsed records, shared by its consumer groups (one parse a record).
@@ -437,6 +438,8 @@ class ConsumerRunner:
                 dead.append(parsed)
             else:
                 self._count(record, "ignored")
+        if work and self.relevant is not None:
+            work = await self._relevant(work)
         if not work:
             return dead
         try:
@@ -448,8 +451,6 @@ class ConsumerRunner:
     async def _apply_fast(self, work: list[_Work]) -> None:
         """The whole batch in one transaction with one inbox statement: the common case."""
         async with self.sessions() as session, session.begin():
-            if self.relevant is not None:
-                work = await self._relevant(session, work)
             try:
                 fresh = await self._inbox_insert(session, _first_of_each(work))
             except Exception as exc:
@@ -490,10 +491,6 @@ class ConsumerRunner:
                     try:
                         try:
                             async with session.begin_nested():
-                                if self.relevant is not None and not await self._relevant(
-                                    session, [item]
-                                ):
-                                    break
                                 if not await self._inbox_insert(session, [item]):
                                     self._count(item.record, "duplicate")
                                     break
@@ -560,9 +557,15 @@ class ConsumerRunner:
         ):
             await subscription.handler(session, envelope, item.payload)
 
-    async def _relevant(self, session: AsyncSession, work: list[_Work]) -> list[_Work]:
+    async def _relevant(self, work: list[_Work]) -> list[_Work]:
+        """The events that concern this reader; the others pass with no transaction at all.
+        A case that becomes one of them after this read is one whose earlier events the
+        reader would have passed over inside a transaction too (read committed)."""
         assert self.relevant is not None
-        flags = await self.relevant(session, [(item.envelope, item.payload) for item in work])
+        async with self.sessions() as session:
+            driver = await driver_connection(session, transaction=False)
+            events = [(item.envelope, item.payload) for item in work]
+            flags = await self.relevant(driver, events)
         for item, flag in zip(work, flags, strict=True):
             if not flag:
                 self._count(item.record, "ignored")

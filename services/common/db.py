@@ -104,7 +104,9 @@ async def bundle_of(
     return found.scalar()
 
 
-async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
+async def driver_connection(
+    session: AsyncSession, *, transaction: bool = True
+) -> asyncpg.Connection:
     """The asyncpg connection under `session`, inside the session's transaction (begun here if
     no statement began it yet), for the runtime's statements on every event's path (inbox,
     outbox): asyncpg's own prepared statements, without SQLAlchemy's compilation and greenlet
@@ -113,12 +115,15 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     The dialect begins its transaction lazily, at the first statement; a statement sent past
     it would run outside the transaction (autocommit). So the BEGIN is made here, the way the
     dialect makes it (`_start_transaction`: a private method, hence sqlalchemy < 2.2 in
-    pyproject.toml; tests/integration/test_consumer.py proves a rollback takes both kinds of
-    statement back)."""
+    pyproject.toml; tests/integration/test_outbox.py proves a rollback takes both kinds of
+    statement back).
+
+    With `transaction=False`, for a read outside any transaction (one round trip, where BEGIN
+    and COMMIT would make three): the session must then run no statement of its own."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     adapted: Any = raw.dbapi_connection
-    if adapted._transaction is None:
+    if transaction and adapted._transaction is None:
         await adapted._start_transaction()
     driver: asyncpg.Connection = adapted._connection
     return driver

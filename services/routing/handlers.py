@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import func, insert, null, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -473,14 +474,19 @@ async def relay_case_events(
 
 
 async def concern_partners(
-    session: AsyncSession, events: Sequence[tuple[Envelope, Event]]
+    driver: asyncpg.Connection, events: Sequence[tuple[Envelope, Event]]
 ) -> list[bool]:
     """`routing-xregion`'s filter: every case event of the region passes that group, and
     nearly all are about cases of this region alone. Those (no `cross_region_cases` row, not
-    an adopted submission) are passed over with one lookup per batch and no inbox row."""
-    cases = await _partner_cases(session, events)
+    an adopted submission) are passed over with one read per batch, with no transaction and
+    no inbox row."""
+    rows = await driver.fetch(
+        f"SELECT case_id FROM {models.cross_region_cases.fullname} WHERE case_id = ANY($1::text[])",
+        sorted({_case_of(envelope, payload) for envelope, payload in events}),
+    )
+    partner_cases = {row[0] for row in rows}
     return [
-        _case_of(envelope, payload) in cases
+        _case_of(envelope, payload) in partner_cases
         or (isinstance(payload, CaseSubmitted) and payload.origin is not None)
         for envelope, payload in events
     ]
