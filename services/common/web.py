@@ -185,7 +185,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     # and uvicorn then closes the connection: a client that had already sent its next
     # request on it got a reset instead of an answer (seen under overload, when the pool
     # timed out).
-    for infrastructure in (OSError, asyncpg.InterfaceError, asyncpg.PostgresError, SQLAlchemyError):
+    # asyncpg's own errors too: the hot statements run on asyncpg directly (common/rows.py).
+    app.add_exception_handler(asyncpg.PostgresError, _on_database_data_error)
+    for infrastructure in (OSError, asyncpg.InterfaceError, SQLAlchemyError):
         app.add_exception_handler(infrastructure, _on_failure)
     app.add_exception_handler(Exception, _on_unexpected)
 

@@ -13,6 +13,7 @@ import asyncpg
 from sqlalchemy import func, insert, null, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import Null
 
 from contracts.catalog import Catalog
 from contracts.common import Application, Failure, Handover, Path
@@ -33,6 +34,7 @@ from services.common.envelope import Envelope
 from services.common.logs import get_logger
 from services.common.partner_catalogs import PartnerCatalogs
 from services.common.refusals import FieldError, Refusal, Refused, refused
+from services.common.rows import insert_rows
 from services.common.service import ServiceRuntime
 from services.policy.catalog_index import CatalogIndex
 from services.policy.routing_rules import (
@@ -349,18 +351,16 @@ async def route_submission(
         "bundle_id": submitted.bundle_id,
         "bundle_code": submitted.bundle_code,
         "handover": (
-            submitted.handover.model_dump(mode="json") if submitted.handover is not None else null()
+            submitted.handover.model_dump(mode="json") if submitted.handover is not None else None
         ),
         "decided_at": routing.runtime.clock.now(),
-        **effect.values,
+        # SQL NULL for SQLAlchemy's null() (a JSONB column's None would be JSON null there).
+        **{name: None if isinstance(v, Null) else v for name, v in effect.values.items()},
     }
-    inserted = await session.execute(
-        pg_insert(models.routes)
-        .values(row)
-        .on_conflict_do_nothing()
-        .returning(models.routes.c.case_id)
+    inserted = await insert_rows(
+        session, models.routes, [row], on_conflict_do_nothing=True, returning="case_id"
     )
-    if inserted.scalar() is None:
+    if not inserted:
         return  # routed before (a resubmission of the same case id): one route per case
     await emit_effect(
         session,

@@ -20,6 +20,7 @@ from contracts.events import CaseNotified, CaseSubmitted
 from services.common.clock import ServiceClock
 from services.common.db import inbox_key
 from services.common.envelope import Envelope
+from services.common.rows import insert_rows, select_rows, update_row
 from services.intake import models, queries
 from services.intake.domain import commitments
 from services.intake.domain.lifecycle import case_changes
@@ -67,7 +68,7 @@ async def follow_case_events(
     pending = await _fold_events(session, events, cases, clock=clock)
     now = clock.now()
     for case_id, changes in pending.items():
-        await update_case(session, case_id, changes, now=now)
+        await update_row(session, models.cases, {"case_id": case_id}, changes | {"updated_at": now})
     for envelope, _payload in events:
         if commitments.bars_applicant(envelope.type, envelope.data):
             await _bar_applicant(session, envelope)
@@ -93,10 +94,9 @@ async def _append_to_timeline(
     session: AsyncSession, events: Sequence[tuple[Envelope, Any]]
 ) -> None:
     """Every event of the batch on its case's timeline, once (a redelivery adds nothing)."""
-    # executemany form: one compiled statement whatever the batch size (SQLAlchemy sends
-    # the rows as multi-row VALUES), where `.values([...])` would compile anew per size.
-    await session.execute(
-        pg_insert(models.timeline).on_conflict_do_nothing(),
+    await insert_rows(
+        session,
+        models.timeline,
         [
             {
                 "event_id": inbox_key(e.id),
@@ -108,6 +108,7 @@ async def _append_to_timeline(
             }
             for e, _ in events
         ],
+        on_conflict_do_nothing=True,
     )
 
 
@@ -121,18 +122,15 @@ def timeline_source(envelope: Envelope) -> str:
 
 async def _lock_cases(session: AsyncSession, case_ids: set[str]) -> dict[str, _FollowedCase]:
     """The batch's cases intake holds, locked for the transaction."""
-    rows = await session.execute(
-        select(
-            models.cases.c.case_id,
-            models.cases.c.status,
-            models.cases.c.failure,
-            models.cases.c.bundle_id,
-        )
-        .where(models.cases.c.case_id.in_(sorted(case_ids)))
-        .order_by(models.cases.c.case_id)  # one lock order: no deadlock between batches
-        .with_for_update()
-    )
-    return {r.case_id: _FollowedCase(CaseStatus(r.status), r.failure, r.bundle_id) for r in rows}
+    rows = await select_rows(session, _LOCK_CASES, sorted(case_ids))
+    return {r[0]: _FollowedCase(CaseStatus(r[1]), r[2], r[3]) for r in rows}
+
+
+# One lock order (by case id): no deadlock between batches.
+_LOCK_CASES = (
+    f"SELECT case_id, status, failure, bundle_id FROM {models.cases.fullname} "
+    "WHERE case_id = ANY($1::text[]) ORDER BY case_id FOR UPDATE"
+)
 
 
 async def _fold_events(

@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import Table, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.catalog import Item
@@ -39,6 +38,7 @@ from services.common.handover import HandoverKeyError, HandoverKeys, load_keys, 
 from services.common.logs import get_logger
 from services.common.principals import Principal
 from services.common.refusals import FieldError, Refused, refused
+from services.common.rows import insert_rows
 from services.common.service import ServiceRuntime
 from services.intake import models, queries
 from services.intake.domain import access, commitments, deferral
@@ -288,13 +288,11 @@ async def store_key(
 ) -> None:
     """Store the key with the answer of what it took (`case_id=` or `bundle_id=`); a key stored
     already (a retry, or a retry that raced this one) raises `KeyAlreadyUsed`."""
-    stored = await session.execute(
-        pg_insert(keys)
-        .values(key=key, request_hash=digest, response=response.model_dump(mode="json"), **taken)
-        .on_conflict_do_nothing()
-        .returning(keys.c.key)
+    row = {"key": key, "request_hash": digest, "response": response.model_dump(mode="json")}
+    stored = await insert_rows(
+        session, keys, [row | taken], on_conflict_do_nothing=True, returning="key"
     )
-    if stored.scalar() is None:
+    if not stored:
         raise KeyAlreadyUsed(key)
 
 
@@ -329,7 +327,7 @@ async def create_case(
     row = case_row(case_id, application, status, missing, now)
     if member is not None:
         row |= member.columns()
-    await session.execute(models.cases.insert().values(row))
+    await insert_rows(session, models.cases, [row])
     deferred = deferred_codes(application.materials)
     if not waits:
         await emit_first_event(
