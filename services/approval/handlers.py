@@ -76,6 +76,7 @@ from services.common.envelope import Envelope
 from services.common.handover import HandoverTrust, load_trust, verify_handover
 from services.common.logs import get_logger
 from services.common.refusals import Refusal
+from services.common.rows import insert_rows
 from services.common.service import ServiceRuntime
 from services.common.workdays import WorkCalendar
 
@@ -208,13 +209,14 @@ async def take_routed(
             office=route.entrusted_receiver,
         )
     outcome = review.take(routed, now=now, calendar=calendar, handover_problem=problem)
-    inserted = await session.execute(
-        pg_insert(cases)
-        .values(queries.case_values(outcome.state, now))
-        .on_conflict_do_nothing()
-        .returning(cases.c.case_id)
+    inserted = await insert_rows(
+        session,
+        cases,
+        [queries.case_values(outcome.state, now)],
+        on_conflict_do_nothing=True,
+        returning="case_id",
     )
-    if inserted.scalar() is None:
+    if not inserted:
         # Taken before, or withdrawn before routing reached us: then only record where it
         # would have gone (the withdrawal stands; nothing is accepted).
         await session.execute(

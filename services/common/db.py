@@ -100,8 +100,12 @@ async def bundle_of(
     event from a producer that did not name it)."""
     if named is not None:
         return named
-    found = await session.execute(select(members.c.bundle_id).where(members.c.case_id == case_id))
-    return found.scalar()
+    # Every case event pays this read (almost always for nothing): on asyncpg directly.
+    driver = await driver_connection(session)
+    found: str | None = await driver.fetchval(
+        f"SELECT bundle_id FROM {members.fullname} WHERE case_id = $1", case_id
+    )
+    return found
 
 
 async def driver_connection(

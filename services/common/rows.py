@@ -54,14 +54,19 @@ def _value(table: Table, column: str, value: Any) -> Any:
 
 @functools.cache
 def _insert_sql(
-    table: Table, columns: tuple[str, ...], do_nothing: bool, returning: str | None
+    table: Table,
+    columns: tuple[str, ...],
+    do_nothing: bool,
+    conflict_on: tuple[str, ...],
+    returning: str | None,
 ) -> str:
     # unnest of one array per column: one prepared statement for any number of rows, in order.
     arrays = ", ".join(f"${i}::{_sql_type(table, c)}[]" for i, c in enumerate(columns, 1))
     names = ", ".join(_quoted(c) for c in columns)
     sql = f"INSERT INTO {_table_name(table)} ({names}) SELECT * FROM unnest({arrays})"
     if do_nothing:
-        sql += " ON CONFLICT DO NOTHING"
+        target = f" ({', '.join(_quoted(c) for c in conflict_on)})" if conflict_on else ""
+        sql += f" ON CONFLICT{target} DO NOTHING"
     if returning is not None:
         sql += f" RETURNING {_quoted(returning)}"
     return sql
@@ -80,14 +85,16 @@ async def insert_rows(
     rows: Sequence[Mapping[str, Any]],
     *,
     on_conflict_do_nothing: bool = False,
+    conflict_on: tuple[str, ...] = (),
     returning: str | None = None,
 ) -> list[Any]:
     """Insert `rows` (dicts with the same keys) in one statement; the `returning` column of
-    each row inserted (with `on_conflict_do_nothing`, the rows that were not there yet)."""
+    each row inserted (with `on_conflict_do_nothing`, the rows that were not there yet; only a
+    clash on the `conflict_on` columns, when given: any other clash fails loudly)."""
     if not rows:
         return []
     columns = tuple(rows[0])
-    sql = _insert_sql(table, columns, on_conflict_do_nothing, returning)
+    sql = _insert_sql(table, columns, on_conflict_do_nothing, conflict_on, returning)
     arrays = [[_value(table, c, row[c]) for row in rows] for c in columns]
     driver = await driver_connection(session)
     if returning is None:

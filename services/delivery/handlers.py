@@ -55,6 +55,7 @@ from services.common.db import bundle_of, locked_row
 from services.common.envelope import Envelope
 from services.common.logs import get_logger
 from services.common.refusals import FieldError, Refused, refused
+from services.common.rows import insert_rows
 from services.common.service import ServiceRuntime
 from services.delivery import models, queries
 from services.delivery.domain import bundles as bundle_rules
@@ -191,14 +192,16 @@ async def issue_and_deliver(
         if adopted is not None and adopted.role is Role.handler:
             # Adopted from a partner region: it waits at the origin office (DESIGN.md §9).
             row["pickup_office"] = adopted.office_code
-    inserted = await session.execute(
-        pg_insert(models.results)
-        .values({**row, "bundle_id": bundle_id})
+    inserted = await insert_rows(
+        session,
+        models.results,
+        [{**row, "bundle_id": bundle_id}],
+        on_conflict_do_nothing=True,
         # Only the case id: a clash of licence id or tracking number must fail loudly.
-        .on_conflict_do_nothing(index_elements=[models.results.c.case_id])
-        .returning(models.results.c.case_id)
+        conflict_on=("case_id",),
+        returning="case_id",
     )
-    if inserted.scalar() is None:
+    if not inserted:
         log.info(
             "result already issued; decision ignored",
             case_id=decision.case_id,

@@ -110,7 +110,6 @@ async def test_http_requests_get_a_server_span_continuing_the_caller(
 _SERVICE_APP_SPANS = """
 import asyncio, json
 import httpx
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from services.common.service import ServiceRuntime, ServiceSettings
 from services.common.tracing import configure_tracing
@@ -118,7 +117,7 @@ from services.common.tracing import configure_tracing
 async def main():
     settings = ServiceSettings(service="intake")
     exporter = InMemorySpanExporter()
-    configure_tracing(settings).add_span_processor(SimpleSpanProcessor(exporter))
+    provider = configure_tracing(settings, exporter)
     app = ServiceRuntime(settings).create_app(title="t", description="d")
 
     @app.get("/v1/ping")
@@ -129,6 +128,7 @@ async def main():
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         assert (await client.get("/v1/ping")).status_code == 200
         assert (await client.get("/healthz")).status_code == 200
+    provider.force_flush()
     print(json.dumps(sorted([s.name, s.kind.name] for s in exporter.get_finished_spans())))
 
 asyncio.run(main())
@@ -148,3 +148,20 @@ def test_a_service_request_makes_one_server_span_and_a_probe_none() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [["GET /v1/ping", "SERVER"]]
+
+
+def test_spans_with_nowhere_to_go_record_nothing_and_the_ids_still_flow() -> None:
+    provider = make_provider(TracingSettings(service="test"), record=False)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_provider(provider)
+    try:
+        with continued_span("apply gov.case.submitted.v1", PARENT, kind=SpanKind.CONSUMER) as span:
+            emitted = current_traceparent()
+            assert not span.is_recording()
+    finally:
+        tracing.use_provider(None)
+    assert emitted is not None
+    _version, trace_id, span_id, _flags = emitted.split("-")
+    assert trace_id == TRACE_ID and span_id != PARENT.split("-")[2]  # a hop of its own
+    assert exporter.get_finished_spans() == ()
