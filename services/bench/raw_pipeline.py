@@ -579,6 +579,12 @@ async def _problem(send: Send, problem: shape.Problem) -> None:
     await _answer(send, problem.status, problem.body(), b"application/problem+json")
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's default reset (RESET ALL, UNLISTEN, ...: a round trip
+    per request): nothing here changes a session's state, and an open transaction is still
+    rolled back by the pool itself."""
+
+
 # -- one process -----------------------------------------------------------------------------------
 
 
@@ -601,7 +607,9 @@ async def _run(
     stop: multiprocessing.synchronize.Event,
     port: multiprocessing.sharedctypes.Synchronized[int] | None,
 ) -> None:
-    pool = await asyncpg.create_pool(cfg.dsn, min_size=2, max_size=cfg.pool_size)
+    pool = await asyncpg.create_pool(
+        cfg.dsn, min_size=2, max_size=cfg.pool_size, reset=_keep_session
+    )
     producer = AIOKafkaProducer(
         **cfg.kafka,
         client_id=f"raw-{process}-relay",
@@ -631,6 +639,8 @@ async def _run(
                 loop="none",
                 lifespan="off",
                 access_log=False,
+                proxy_headers=False,
+                server_header=False,
                 log_level="warning",
                 backlog=4096,
             )
