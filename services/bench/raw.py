@@ -28,19 +28,25 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.bench import loadgen, raw_shape
-from services.bench.e2e import Tokens, instant_items
-from services.bench.procs import ProcessSampler, add_stack, cpu_deltas, per_unit, pg_counters
+from services.bench.e2e import Tokens, generator_cost, instant_items
+from services.bench.procs import (
+    LOAD_GENERATOR,
+    ProcessSampler,
+    add_stack,
+    cpu_deltas,
+    per_unit,
+    pg_counters,
+)
 from services.bench.raw_pipeline import PipelineConfig, ddl, process_main
 from services.bench.stats import StepOutcome, completion_rate, latency_summary, stop_reason
 from services.cli.applicants import application_for
@@ -49,8 +55,6 @@ from services.common.kafka import TopicSpec, client_options, ensure_topics
 from services.common.settings import CommonSettings
 
 SCHEMA = "bench_raw"
-LOADGEN = "loadgen"  # the generator's name among the processes (a new process per rung)
-BODIES = 500  # distinct application bodies per rung (cycled; every request has its own key)
 
 
 @dataclass(frozen=True)
@@ -255,75 +259,44 @@ def submissions(
     return found
 
 
-@dataclass
-class _GeneratorProbe:
-    """The generator process of a rung: its peak RSS, sampled while it runs."""
-
-    peak_rss: int = 0
-    pid: int | None = None
-    _task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    def start(self, pid: int) -> None:
-        self.pid = pid
-        self._task = asyncio.get_running_loop().create_task(self._sample(pid))
-
-    async def _sample(self, pid: int) -> None:
-        with contextlib.suppress(psutil.Error):
-            process = psutil.Process(pid)
-            while True:
-                self.peak_rss = max(self.peak_rss, process.memory_info().rss)
-                await asyncio.sleep(0.5)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
 def step_figures(
     rate: float,
-    result: loadgen.LoadResult,
+    load: loadgen.LoadResult,
     routed: dict[str, float],
     closed: dict[str, float],
     *,
     drained: bool,
 ) -> dict[str, Any]:
-    """One rung's figures from the generator's answers and the cases' Kafka timestamps."""
-    made = {a.case_id: a.sent_at for a in result.answers if a.status == 201 and a.case_id}
-    statuses = Counter(a.status for a in result.answers)
+    """One rung's figures from the generator's answers and the cases' Kafka timestamps, under
+    the names of (b)'s rungs (e2e._step_figures), so the report shows both alike."""
+    made = {a.case_id: a.sent_at for a in load.answers if a.status == 201 and a.case_id}
+    statuses = Counter(a.status for a in load.answers if a.status)
+    unanswered = sum(1 for a in load.answers if not a.status)
+    offered = len(load.answers) + load.late
     closed_at = [closed[c] for c in made if c in closed]
     cps = completion_rate(closed_at)
     return {
         "rate": rate,
-        "offered": len(result.answers) + result.late,
+        "offered": offered,
         "submitted": len(made),
+        "submit_rate": round(len(load.answers) * rate / offered, 1) if offered else None,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "late": result.late,
+        "errors": {"no answer": unanswered} if unanswered else {},
+        "skipped_inflight_cap": load.late,
         "routed": sum(1 for c in made if c in routed),
+        "route_failed": 0,
         "closed": len(closed_at),
         "drained": drained,
         "closed_per_s": None if cps is None else round(cps, 1),
-        "http": latency_summary([a.latency_s for a in result.answers if a.status]),
+        "http": latency_summary([a.latency_s for a in load.answers if a.status]),
         "submit_to_routed": latency_summary(
             [max(0.0, routed[c] - t) for c, t in made.items() if c in routed]
         ),
         "submit_to_closed": latency_summary(
             [max(0.0, closed[c] - t) for c, t in made.items() if c in closed]
         ),
-        "loadgen_cpu_ms_per_request": (
-            round(1000 * result.cpu_s / len(result.answers), 3) if result.answers else None
-        ),
+        "load_generator": generator_cost(load),
     }
-
-
-def with_generator(cpu_s: dict[str, float], generator_cpu_s: float) -> dict[str, float]:
-    """A rung's CPU per group with the generator's own (from its rusage), taken out of
-    `others` (the rest of the machine), where the sampler, not knowing it, had counted it."""
-    found = {**cpu_s, LOADGEN: round(generator_cpu_s, 2)}
-    if "others" in found:
-        found["others"] = round(max(0.0, found["others"] - generator_cpu_s), 2)
-    return found
 
 
 async def _rung(
@@ -333,33 +306,37 @@ async def _rung(
     sampler: ProcessSampler,
     requests: list[loadgen.Request],
     rate: float,
-    seconds: float,
     database_url: str,
-) -> tuple[dict[str, Any], int]:
-    """One rung: offer `requests` at `rate`, wait for their cases; its figures, and the
-    generator's peak RSS."""
+) -> dict[str, Any]:
+    """One rung: each of `requests` once at `rate`, then wait for their cases; its figures.
+    The generator is sampled as `load-generator` while it runs, then charged the CPU it
+    reports itself (as in (b))."""
     cpu_before = sampler.snapshot()
     pg_before = await pg_counters(database_url)
     began = time.monotonic()
-    probe = _GeneratorProbe()
-    try:
-        result = await loadgen.offer(
-            loadgen.LoadStep(
-                urls=[pipeline.url],
-                rate=rate,
-                seconds=seconds,
-                requests=requests,
-                connections=cfg.connections,
-                max_inflight=cfg.max_inflight,
-            ),
-            on_start=probe.start,
-        )
-    finally:
-        await probe.stop()
-    made = [a.case_id for a in result.answers if a.status == 201 and a.case_id]
+    started: list[int] = []
+
+    def sample_it(pid: int) -> None:
+        started.append(pid)
+        sampler.add(LOAD_GENERATOR, pid, kind="bench", from_start=True)
+
+    load = await loadgen.offer(
+        loadgen.LoadStep(
+            urls=[pipeline.url],
+            rate=rate,
+            seconds=len(requests) / rate,
+            requests=requests,
+            connections=cfg.connections,
+            max_inflight=cfg.max_inflight,
+        ),
+        on_start=sample_it,
+    )
+    for pid in started:
+        sampler.ended(LOAD_GENERATOR, pid, load.cpu_s)
+    made = [a.case_id for a in load.answers if a.status == 201 and a.case_id]
     drained = await clock.wait_closed(made, cfg.drain_timeout)
-    cpu = with_generator(cpu_deltas(cpu_before, sampler.snapshot()), result.cpu_s)
-    figures = step_figures(rate, result, clock.routed, clock.closed, drained=drained)
+    cpu = cpu_deltas(cpu_before, sampler.snapshot())
+    figures = step_figures(rate, load, clock.routed, clock.closed, drained=drained)
     figures["wall_s"] = round(time.monotonic() - began, 2)
     await asyncio.sleep(1.1)  # let the backends flush their statistics
     figures["pg_per_closed_case"] = per_unit(
@@ -367,7 +344,7 @@ async def _rung(
     )
     figures["cpu_s"] = cpu
     figures["loadavg"] = [round(x, 2) for x in os.getloadavg()]
-    return figures, probe.peak_rss
+    return figures
 
 
 async def run_raw(
@@ -378,7 +355,8 @@ async def run_raw(
     run_dir: Path,
     on_step: Callable[[str, dict[str, Any] | None, float, float], None] = lambda *a: None,
 ) -> dict[str, Any]:
-    """The raw pipeline up, warmed, the ladder climbed, everything dropped; the figures."""
+    """The raw pipeline up, warmed, the ladder climbed, everything dropped; the figures.
+    `on_step(phase, figures, done, total)` reports progress, as (b)'s."""
     pcfg = pipeline_config(settings, run_id=new_run_id())
     rng = random.Random(cfg.seed)
     tokens = Tokens()
@@ -386,7 +364,6 @@ async def run_raw(
     sampler = ProcessSampler()
     clock = CaseClock(pcfg)
     steps: list[dict[str, Any]] = []
-    peak_rss = 0
     stopped = "ladder_end"
     try:
         async with RawPipeline(pcfg) as pipeline:
@@ -397,16 +374,9 @@ async def run_raw(
             try:
                 if cfg.warmup_cases:
                     on_step("raw warm-up", None, 0, 1)
-                    warm = submissions(catalog, min(cfg.warmup_cases, BODIES), rng, tokens)
+                    warm = submissions(catalog, cfg.warmup_cases, rng, tokens)
                     await _rung(
-                        cfg,
-                        pipeline,
-                        clock,
-                        sampler,
-                        warm,
-                        cfg.warmup_rate,
-                        cfg.warmup_cases / cfg.warmup_rate,
-                        settings.database_url,
+                        cfg, pipeline, clock, sampler, warm, cfg.warmup_rate, settings.database_url
                     )
                     on_step("raw warm-up", None, 1, 1)
                 sampler.start()
@@ -414,18 +384,11 @@ async def run_raw(
                 for rate in cfg.rates:
                     name = f"raw {rate:g}/s"
                     on_step(name, None, 0, 1)
-                    count = min(BODIES, max(1, round(rate * cfg.step_seconds)))
-                    figures, rss = await _rung(
-                        cfg,
-                        pipeline,
-                        clock,
-                        sampler,
-                        submissions(catalog, count, rng, tokens),
-                        rate,
-                        cfg.step_seconds,
-                        settings.database_url,
+                    count = max(1, round(rate * cfg.step_seconds))
+                    offered = submissions(catalog, count, rng, tokens)
+                    figures = await _rung(
+                        cfg, pipeline, clock, sampler, offered, rate, settings.database_url
                     )
-                    peak_rss = max(peak_rss, rss)
                     steps.append(figures)
                     on_step(name, figures, 1, 1)
                     outcomes.append(
@@ -445,7 +408,7 @@ async def run_raw(
                 await clock.stop()
     finally:
         await drop(pcfg)
-    return _result(cfg, pcfg, steps, processes, peak_rss, stopped)
+    return _result(cfg, pcfg, steps, processes, stopped)
 
 
 def _result(
@@ -453,20 +416,12 @@ def _result(
     pcfg: PipelineConfig,
     steps: list[dict[str, Any]],
     processes: list[dict[str, Any]],
-    generator_peak_rss: int,
     stopped: str,
 ) -> dict[str, Any]:
     for proc in processes:  # CPU within the ladder's rungs (not the warm-up)
         proc["cpu_s"] = round(sum(s["cpu_s"].get(str(proc["name"]), 0.0) for s in steps), 2)
-    processes.append(
-        {
-            "name": LOADGEN,
-            "kind": "bench",
-            "pid": None,
-            "cpu_s": round(sum(s["cpu_s"].get(LOADGEN, 0.0) for s in steps), 2),
-            "peak_rss_mb": round(generator_peak_rss / 2**20, 1),
-        }
-    )
+    requests = sum(s["load_generator"]["requests"] for s in steps)
+    generator_cpu = sum(s["load_generator"]["cpu_s"] for s in steps)
     return {
         "label": "raw case pipeline",
         "kind": "rawcase",
@@ -484,4 +439,7 @@ def _result(
         "max_closed_per_s": max((s["closed_per_s"] or 0.0 for s in steps), default=0.0),
         "steps": steps,
         "processes": processes,
+        "load_generator_cpu_ms_per_request": (
+            round(1000 * generator_cpu / requests, 4) if requests else None
+        ),
     }

@@ -306,6 +306,7 @@ def route_for(submitted: dict[str, Any], *, now: datetime) -> dict[str, Any]:
     code = str(application.get("item_code", ""))
     department = department_of(code)
     office = application.get("office_code")
+    division = (application.get("applicant") or {}).get("division_code")
     return {
         "path": "online",
         "rule": "R4-online",
@@ -323,14 +324,20 @@ def route_for(submitted: dict[str, Any], *, now: datetime) -> dict[str, Any]:
             "item_category": "enterprise",
             "effective_from": "2024-01-01",
             "catalog_version": "1",
-            "applicant_division": (application.get("applicant") or {}).get("division_code"),
+            "applicant_street": division,
+            "applicant_category": (application.get("applicant") or {}).get("category"),
+            "applicant_district": division[:4] if isinstance(division, str) else None,
+            "applicant_division": division,
+            "intake_office_kind": "street_center" if office else "online",
+            "intake_office_district": office[:4] if isinstance(office, str) else None,
         },
         "instant": True,
         "same_city": False,
         "handled_by": department,
         "explanation": (
-            f"全程网办：由事项主管部门（{department}）在线办理 / Fully online: decided by the "
-            f"owner department {department}"
+            f"全程网办：由事项主管部门 云州市市场监督管理局（{department}） 在线办理，由 "
+            f"{office or '网上办事大厅'} 帮办 / Fully online: decided by the owner department "
+            f"{department}, assisted at {office or 'the online hall'}"
         ),
         "intake_office": office,
         "catalog_version": 1,
