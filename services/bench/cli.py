@@ -82,19 +82,26 @@ def _progress() -> Progress:
     )
 
 
+# The ladder's options, the same for (a) and (b).
+Rates = Annotated[
+    str | None,
+    typer.Option(
+        help="comma-separated offered rates (default: --start-rate doubling to --max-rate)"
+    ),
+]
+StepSeconds = Annotated[float, typer.Option(help="submission time per rate")]
+DrainTimeout = Annotated[float, typer.Option(help="max wait for a step's cases")]
+MinGain = Annotated[float, typer.Option(help="stop when closed/s rises less than this share")]
+
+
 @app.command("raw")
 def raw_command(
-    rates: Annotated[
-        str | None,
-        typer.Option(help="comma-separated offered rates (default: 100 doubling to --max-rate)"),
-    ] = None,
+    rates: Rates = None,
     start_rate: Annotated[float, typer.Option()] = 100.0,
     max_rate: Annotated[float, typer.Option()] = 3200.0,
-    step_seconds: Annotated[float, typer.Option(help="submission time per rate")] = 10.0,
-    drain_timeout: Annotated[float, typer.Option(help="max wait for a step's cases")] = 40.0,
-    min_gain: Annotated[
-        float, typer.Option(help="stop when closed/s rises less than this share")
-    ] = 0.10,
+    step_seconds: StepSeconds = 10.0,
+    drain_timeout: DrainTimeout = 40.0,
+    min_gain: MinGain = 0.10,
     warmup: Annotated[int, typer.Option(help="warm-up cases (not counted)")] = 200,
     connections: Annotated[int, typer.Option(help="generator's keep-alive connections")] = 64,
     catalog_file: Annotated[Path, typer.Option("--catalog", exists=True)] = DEFAULT_CATALOG,
@@ -135,17 +142,12 @@ def e2e_command(
     routing_url: Annotated[
         str | None, typer.Option(help="routing base URL (default 127.0.0.1:8002 + offset)")
     ] = None,
-    rates: Annotated[
-        str | None,
-        typer.Option(help="comma-separated offered rates (default: 25 doubling to --max-rate)"),
-    ] = None,
+    rates: Rates = None,
     start_rate: Annotated[float, typer.Option()] = 25.0,
     max_rate: Annotated[float, typer.Option()] = 800.0,
-    step_seconds: Annotated[float, typer.Option(help="submission time per rate")] = 10.0,
-    drain_timeout: Annotated[float, typer.Option(help="max wait for a step's cases")] = 40.0,
-    min_gain: Annotated[
-        float, typer.Option(help="stop when closed/s rises less than this share")
-    ] = 0.10,
+    step_seconds: StepSeconds = 10.0,
+    drain_timeout: DrainTimeout = 40.0,
+    min_gain: MinGain = 0.10,
     measure_up_to: Annotated[
         float, typer.Option(help="never stop the ladder for saturation below this rate")
     ] = ROUTED_P99_AT_RATE,
