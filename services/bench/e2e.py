@@ -244,7 +244,7 @@ async def _offer(
 
     def sample_it(pid: int) -> None:
         started.append(pid)
-        sampler.add(LOAD_GENERATOR, pid, kind="bench", from_start=True)
+        sampler.add_started(LOAD_GENERATOR, pid, kind="bench")
 
     load = await offer(load_step(config, requests, rate), on_start=sample_it)
     for pid in started:

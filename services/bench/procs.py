@@ -46,30 +46,21 @@ class ProcessSampler:
         self._groups: list[_Group] = []
         self._task: asyncio.Task[None] | None = None
 
-    def add(
-        self,
-        name: str,
-        pid: int,
-        *,
-        kind: str,
-        with_children: bool = False,
-        from_start: bool = False,
-    ) -> None:
-        """Sample `pid` as group `name`. A name already registered follows the new pid and keeps
-        what its earlier pids spent (the load generator is a new process every step).
-        `from_start`: count the process's CPU from its start, not from the first sample (a
-        process the bench started for the window)."""
-        if not psutil.pid_exists(pid):
-            return
+    def add(self, name: str, pid: int, *, kind: str, with_children: bool = False) -> None:
+        if psutil.pid_exists(pid):
+            self._groups.append(_Group(name, kind, pid, with_children))
+
+    def add_started(self, name: str, pid: int, *, kind: str) -> None:
+        """Sample `pid`, a process the bench started for the window, as group `name`, its CPU
+        counted from its start. A name already registered follows the new pid and keeps what
+        its earlier pids spent (the load generator is a new process every step)."""
         group = next((g for g in self._groups if g.name == name), None)
         if group is None:
-            group = _Group(name, kind, pid, with_children)
+            group = _Group(name, kind, pid, with_children=False)
             self._groups.append(group)
-        else:
-            group.pid, group.alive = pid, True
-        if from_start:
-            group.cpu_first[pid] = 0.0
-            group.cpu_last.setdefault(pid, 0.0)
+        group.pid, group.alive = pid, True
+        group.cpu_first[pid] = 0.0
+        group.cpu_last.setdefault(pid, 0.0)
 
     def ended(self, name: str, pid: int, cpu_s: float) -> None:
         """The CPU a process of group `name` spent in all, as it reported itself once done (its

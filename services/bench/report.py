@@ -88,7 +88,7 @@ def evaluate_targets(raw: dict[str, Any] | None, runs: Sequence[dict[str, Any]])
             for r in runs
             if r.get("load_generator_cpu_ms_per_request") is not None
         ),
-        default=None,
+        default=(None, ""),
     )
     return [
         Target(
@@ -119,13 +119,7 @@ def evaluate_targets(raw: dict[str, Any] | None, runs: Sequence[dict[str, Any]])
             worst_rss[0] if worst_rss else None,
             worst_rss[1] if worst_rss else "",
         ),
-        Target(
-            "load generator CPU per request (ms)",
-            "<=",
-            LOADGEN_CPU_MS_TARGET,
-            generator[0] if generator else None,
-            generator[1] if generator else "",
-        ),
+        Target("load generator CPU per request (ms)", "<=", LOADGEN_CPU_MS_TARGET, *generator),
     ]
 
 

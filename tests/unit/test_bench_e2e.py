@@ -62,12 +62,12 @@ def test_figures_time_cases_from_their_scheduled_send() -> None:
 def test_the_sampler_follows_a_new_generator_and_charges_its_own_cpu() -> None:
     sampler = ProcessSampler()
     me = os.getpid()  # stands for a generator that started, ran and ended
-    sampler.add(LOAD_GENERATOR, me, kind="bench", from_start=True)
+    sampler.add_started(LOAD_GENERATOR, me, kind="bench")
     sampler.sample()
     sampler.ended(LOAD_GENERATOR, me, 1.5)
     assert sampler.snapshot()[LOAD_GENERATOR] == pytest.approx(1.5)  # all of it, from start
     following = os.getppid()  # stands for the next step's generator
-    sampler.add(LOAD_GENERATOR, following, kind="bench", from_start=True)
+    sampler.add_started(LOAD_GENERATOR, following, kind="bench")
     sampler.ended(LOAD_GENERATOR, following, 0.5)
     (figures,) = sampler.figures()
     assert (figures["name"], figures["cpu_s"]) == (LOAD_GENERATOR, 2.0)
