@@ -318,7 +318,7 @@ async def _rung(
 
     def sample_it(pid: int) -> None:
         started.append(pid)
-        sampler.add(LOAD_GENERATOR, pid, kind="bench", from_start=True)
+        sampler.add_started(LOAD_GENERATOR, pid, kind="bench")
 
     load = await loadgen.offer(
         loadgen.LoadStep(
