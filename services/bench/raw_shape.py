@@ -2,7 +2,7 @@
 framework: pure data and pure functions, no I/O (unit-tested in tests/unit/test_bench_rawcase.py).
 
 What tongban does for one instant online case with electronic delivery (what `make bench`
-submits), read off a stack on 7 Dec 2026 (one case submitted, its records read back from the
+submits), read off a stack on 7 Dec 2026 (two cases submitted, their records read back from the
 four case topics, the inbox rows counted per consumer group):
 
     POST /v1/cases (intake)          one transaction: idempotency key, case, outbox row
