@@ -107,7 +107,7 @@ def raw_command(
     catalog_file: Annotated[Path, typer.Option("--catalog", exists=True)] = DEFAULT_CATALOG,
     out: Annotated[Path, typer.Option(help="result JSON")] = Path(".run/bench/raw.json"),
 ) -> None:
-    """(a) The raw limit: tongban's case (1 POST, 7 events, 17 applications) in four processes
+    """(a) The raw limit: tongban's case (1 POST, 7 events, 10 applications) in four processes
     with no framework, at rising open-loop rates until closed/s stops rising."""
     config = raw.RawConfig(
         rates=_offered_rates(rates, start_rate, max_rate),

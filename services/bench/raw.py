@@ -1,7 +1,7 @@
 """(a) The raw limit: tongban's case path with no framework, on the same Kafka and PostgreSQL.
 
 The case is tongban's (services/bench/raw_shape.py: one HTTP submission, 7 events published,
-17 applications with inbox and state rows); the four processes that carry it
+10 applications with inbox and state rows); the four processes that carry it
 (services/bench/raw_pipeline.py) are plain asyncio programs on asyncpg and aiokafka, in tables
 of schema `bench_raw` and topics `bench.raw.<run>.<role>`, made before the run and dropped after
 it. They are driven as tongban is in (b): the same application bodies and clerks' tokens, from

@@ -27,7 +27,7 @@ import multiprocessing.sharedctypes
 import multiprocessing.synchronize
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -325,10 +325,7 @@ async def apply_intake(
 async def apply_routing(
     conn: asyncpg.Connection, sql: _Sql, work: Sequence[Incoming], fresh: set[tuple[str, str]]
 ) -> list[Outgoing]:
-    """routing-xregion: one lookup of the batch's cases (none is across regions here);
-    routing-intake: each submitted case routed."""
-    if any(consumer == "routing-xregion" for consumer, _ in fresh):
-        await conn.fetch(sql.cross_region, sorted({w.case_id for w in work}))
+    """routing-intake: each submitted case routed."""
     replies = []
     routes: list[tuple[str, str, str, bytes]] = []
     for item in _fresh_for(work, fresh, "routing-intake", shape.SUBMITTED):
@@ -432,6 +429,7 @@ async def consume(
     sql = _Sql(cfg.schema, process)
     apply = APPLY[process]
     appliers = shape.appliers(process)
+    looks_up = shape.looks_up_partners(process)
     consumer = AIOKafkaConsumer(
         *[cfg.topic(t) for t in shape.topics_read(process)],
         **cfg.kafka,
@@ -452,6 +450,8 @@ async def consume(
                 joined.set()
             if not batch:
                 continue
+            if looks_up:
+                await _look_up_partners(pool, sql, batch.values())
             work = [
                 w
                 for records in batch.values()
@@ -474,6 +474,16 @@ async def consume(
             await consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs})
     finally:
         await consumer.stop()
+
+
+async def _look_up_partners(
+    pool: asyncpg.Pool, sql: _Sql, batch: Iterable[list[ConsumerRecord[bytes, bytes]]]
+) -> None:
+    """routing-xregion: the batch's cases across regions, one read outside any transaction
+    (none is, on this path: every record is passed over, with no inbox row)."""
+    cases = sorted({r.key.decode() for records in batch for r in records if r.key})
+    async with pool.acquire() as conn:
+        await conn.fetch(sql.cross_region, cases)
 
 
 # -- intake's endpoint -----------------------------------------------------------------------------

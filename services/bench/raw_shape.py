@@ -15,22 +15,24 @@ four case topics, the inbox rows counted per consumer group):
       -> gov.case.result_issued.v1, .delivered.v1, .closed.v1  on case.delivery.v1
 
     7 events published (intake 1, routing 1, approval 2, delivery 3)
-    17 applications, each an inbox row (consumer, event id) in its batch's transaction:
+    10 applications, each an inbox row (consumer, event id) in its batch's transaction:
       intake-timeline   7  every event of the case: a timeline row each, the case row updated
       routing-intake    1  the submitted event: the route
-      routing-xregion   7  every event: one lookup of cases across regions per batch, no row
-                           written for a case of this region (DESIGN.md §9)
       approval-routing  1  the routed event
       delivery-approval 1  the approved event
+    routing-xregion reads every event (7) and passes over those of cases of this region alone
+      with one lookup of cases across regions per batch, outside any transaction, no inbox row
+      (DESIGN.md §9; main since d52f699 and 595ee23: it wrote 7 inbox rows a case before)
     fetched and skipped (read, type looked at, no inbox row): approval-intake 1 (submitted),
       approval-delivery 3, delivery-approval 1 (accepted), delivery-intake 1 (submitted),
       delivery-routing 1 (routed), delivery-imported 3 (delivery's own events).
 
-Issue 18 counted 9 applications (routing 1, approval 1, delivery 1, the timeline 6): since
-then the cross-region work added routing-xregion (7 inbox rows a case), and the timeline
-applies the submitted event too (7). An item whose result goes into the licence library (1 of
-the demo catalog's 10 instant items, MKT-0104) adds gov.license.issued.v1 and intake-licenses'
-inbox row: left out here, so the raw case is the common one of 7 events and 17 applications.
+Issue 18 counted 9 applications (routing 1, approval 1, delivery 1, the timeline 6): the
+timeline applies the submitted event too (7). An item whose result goes into the licence
+library (1 of the demo catalog's 10 instant items, MKT-0104) adds gov.license.issued.v1 and
+intake-licenses' inbox row: left out here, so the raw case is the common one of 7 events and
+10 applications. When tongban's path changes what it applies, CONSUMERS below follows it: the
+limit is the same case with no framework, not a different one.
 
 The raw pipeline runs one consumer group per process over the topics its tongban counterpart
 reads (the lean form issue 18 asks of tongban: one consumer per service), so a record two of a
@@ -96,6 +98,8 @@ class Consumer:
     applies: frozenset[str]
     state_table: str | None = None
     replies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Reads its batch's cases across regions once, outside any transaction, before applying.
+    looks_up_partners: bool = False
 
 
 CONSUMERS = (
@@ -108,7 +112,8 @@ CONSUMERS = (
         "routing_routes",
         {SUBMITTED: (ROUTED,)},
     ),
-    Consumer("routing-xregion", ROUTING, TOPIC_ROLES, ALL_TYPES),
+    # None of the path's cases is across regions: every event passed over after the lookup.
+    Consumer("routing-xregion", ROUTING, TOPIC_ROLES, frozenset(), looks_up_partners=True),
     Consumer(
         "approval-routing",
         APPROVAL,
@@ -140,6 +145,11 @@ def topics_read(process: str) -> tuple[str, ...]:
     tongban counterpart reads, in topic order."""
     wanted = {t for c in CONSUMERS if c.process == process for t in c.topics}
     return tuple(t for t in TOPIC_ROLES if t in wanted)
+
+
+def looks_up_partners(process: str) -> bool:
+    """Whether the process reads each batch's cases across regions (routing-xregion)."""
+    return any(c.looks_up_partners for c in CONSUMERS if c.process == process)
 
 
 def appliers(process: str) -> dict[str, tuple[str, ...]]:

@@ -1,6 +1,6 @@
 """The raw case pipeline of the bench on the real broker and database: every case closes, and
 each process leaves exactly the inbox, state and records one case's shape says, times the cases
-(services/bench/raw_shape.py: 7 events and 17 applications a case)."""
+(services/bench/raw_shape.py: 7 events and 10 applications a case)."""
 
 from __future__ import annotations
 

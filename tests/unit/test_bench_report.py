@@ -64,7 +64,7 @@ def a_run(label: str, best: float, rss: float, generator_ms: float = 0.1) -> dic
 
 RAW: dict[str, Any] = {
     **a_run("raw case pipeline", 600, 45),
-    "shape": {"events": 7, "applications": 17},
+    "shape": {"events": 7, "applications": 10},
     "processes": [
         {"name": "raw-intake", "kind": "raw", "pid": 3, "cpu_s": 4.0, "peak_rss_mb": 45},
         {"name": "postgresql", "kind": "infra", "pid": 2, "cpu_s": 5.0, "peak_rss_mb": 900},
@@ -128,7 +128,7 @@ def test_report_prints_and_plots(tmp_path: Path) -> None:
     text = out.getvalue()
     assert "replicas=1" in text
     assert "closed cases/s" in text
-    assert "(a) raw case pipeline" in text and "17 applications" in text
+    assert "(a) raw case pipeline" in text and "10 applications" in text
     assert "raw-intake" in text  # its processes' table
     assert report["raw_limit_closed_per_s"] == 600.0
     assert "gen CPU ms/req" in text and "load generator CPU per request" in text
