@@ -16,6 +16,11 @@ every statement) and aiokafka; intake's endpoint is a bare ASGI callable under u
 httptools. No FastAPI, SQLAlchemy or pydantic: only what the path needs. A record's body is
 decoded only by a consumer that applies it and needs its fields (routing, approval, delivery);
 the timeline stores the bytes as they came.
+
+Left out, as a limit should: token verification and schema validation beyond the body's shape,
+the domain's rules (every case is routed online and approved at once), dead letters and
+retries (the pipeline reads only its own records; a failing part stops its process and the
+bench with it), spans, metrics and logs per request.
 """
 
 from __future__ import annotations
