@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make bench` (issue 8): the raw Kafka+PostgreSQL pipeline, then tongban end to end with
-# REPLICAS=1 and REPLICAS=2, then the report (table, $RUN_DIR/bench/bench.json and bench.png).
+# `make bench` (issues 8, 18): the raw case pipeline (tongban's case on the same Kafka and
+# PostgreSQL with no framework: the limit), then tongban end to end with REPLICAS=1 and
+# REPLICAS=2, then the report (table, $RUN_DIR/bench/bench.json and bench.png).
 # Submissions come from a compiled load generator (Go, services/bench/loadgen/), built first
 # into $CACHE_DIR/bin: the bench fails at once, saying so, if Go is missing.
 #
@@ -58,7 +59,7 @@ mkdir -p "$OUT"
 rm -f "$OUT"/raw.json "$OUT"/e2e-r*.json
 
 status=0
-say "(a) raw four-hop pipeline"
+say "(a) raw case pipeline (no framework)"
 "$BIN/python" -m services.bench raw --out "$OUT/raw.json" "${RAW_ARGS[@]}" || status=1
 
 runs=()

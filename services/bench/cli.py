@@ -82,56 +82,53 @@ def _progress() -> Progress:
     )
 
 
+# The ladder's options, the same for (a) and (b).
+Rates = Annotated[
+    str | None,
+    typer.Option(
+        help="comma-separated offered rates (default: --start-rate doubling to --max-rate)"
+    ),
+]
+StepSeconds = Annotated[float, typer.Option(help="submission time per rate")]
+DrainTimeout = Annotated[float, typer.Option(help="max wait for a step's cases")]
+MinGain = Annotated[float, typer.Option(help="stop when closed/s rises less than this share")]
+
+
 @app.command("raw")
 def raw_command(
-    messages: Annotated[int, typer.Option(help="burst size (throughput phase)", min=100)] = 20_000,
-    paced_rate: Annotated[float, typer.Option(help="open-loop rate of the latency phase")] = 100.0,
-    paced_seconds: Annotated[float, typer.Option(help="length of the latency phase")] = 5.0,
-    payload_bytes: Annotated[int, typer.Option(help="padding per message")] = 512,
-    hops: Annotated[int, typer.Option(min=1, max=8)] = 4,
-    timeout: Annotated[float, typer.Option(help="max s to wait for a phase to finish")] = 90.0,
-    fetch_max_wait_ms: Annotated[
-        int, typer.Option(help="consumer long-poll wait (500 = aiokafka's and tongban's)")
-    ] = 500,
+    rates: Rates = None,
+    start_rate: Annotated[float, typer.Option()] = 100.0,
+    max_rate: Annotated[float, typer.Option()] = 3200.0,
+    step_seconds: StepSeconds = 10.0,
+    drain_timeout: DrainTimeout = 40.0,
+    min_gain: MinGain = 0.10,
+    warmup: Annotated[int, typer.Option(help="warm-up cases (not counted)")] = 200,
+    connections: Annotated[int, typer.Option(help="generator's keep-alive connections")] = 64,
+    catalog_file: Annotated[Path, typer.Option("--catalog", exists=True)] = DEFAULT_CATALOG,
     out: Annotated[Path, typer.Option(help="result JSON")] = Path(".run/bench/raw.json"),
 ) -> None:
-    """(a) The raw limit: 4 hop processes, batch -> one transaction -> idempotent produce."""
-    settings = CommonSettings()
-    cfg = raw.RawConfig(
-        bootstrap=settings.kafka_bootstrap,
-        database_url=settings.database_url,
-        run_id=raw.new_run_id(),
-        hops=hops,
-        partitions=settings.kafka_partitions,
-        max_records=settings.consumer_max_records,
-        poll_ms=settings.consumer_poll_ms,
-        fetch_max_wait_ms=fetch_max_wait_ms,
+    """(a) The raw limit: tongban's case (1 POST, 7 events, 10 applications) in four processes
+    with no framework, at rising open-loop rates until closed/s stops rising."""
+    config = raw.RawConfig(
+        rates=_offered_rates(rates, start_rate, max_rate),
+        step_seconds=step_seconds,
+        drain_timeout=drain_timeout,
+        min_gain=min_gain,
+        warmup_cases=warmup,
+        connections=connections,
     )
+    console.print(f"raw case pipeline: rates {', '.join(f'{r:g}' for r in config.rates)}")
     with _progress() as progress:
-        tasks: dict[str, Any] = {}
-
-        def on_progress(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = progress.add_task(f"raw {phase}", total=total, note="")
-            progress.update(tasks[phase], completed=done)
-
         result = asyncio.run(
             raw.run_raw(
-                cfg,
-                messages=messages,
-                paced_rate=paced_rate,
-                paced_seconds=paced_seconds,
-                payload_bytes=payload_bytes,
-                timeout=timeout,
+                config,
+                catalog=load_catalog_file(catalog_file),
+                settings=CommonSettings(),
                 run_dir=run_dir(),
-                on_progress=on_progress,
+                on_step=_step_bars(progress),
             )
         )
-    burst = result["burst"]
-    console.print(
-        f"raw: {burst['msgs_per_s']} msgs/s at hop {hops} "
-        f"(p99 {result['paced']['latency']['p99_ms']} ms at {paced_rate:g}/s)"
-    )
+    console.print(f"raw: best {result['max_closed_per_s']} closed cases/s ({result['stopped']})")
     _write(out, result)
 
 
@@ -145,17 +142,12 @@ def e2e_command(
     routing_url: Annotated[
         str | None, typer.Option(help="routing base URL (default 127.0.0.1:8002 + offset)")
     ] = None,
-    rates: Annotated[
-        str | None,
-        typer.Option(help="comma-separated offered rates (default: 25 doubling to --max-rate)"),
-    ] = None,
+    rates: Rates = None,
     start_rate: Annotated[float, typer.Option()] = 25.0,
     max_rate: Annotated[float, typer.Option()] = 800.0,
-    step_seconds: Annotated[float, typer.Option(help="submission time per rate")] = 10.0,
-    drain_timeout: Annotated[float, typer.Option(help="max wait for a step's cases")] = 40.0,
-    min_gain: Annotated[
-        float, typer.Option(help="stop when closed/s rises less than this share")
-    ] = 0.10,
+    step_seconds: StepSeconds = 10.0,
+    drain_timeout: DrainTimeout = 40.0,
+    min_gain: MinGain = 0.10,
     measure_up_to: Annotated[
         float, typer.Option(help="never stop the ladder for saturation below this rate")
     ] = ROUTED_P99_AT_RATE,

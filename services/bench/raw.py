@@ -1,228 +1,211 @@
-"""(a) The raw limit: a minimal four-hop pipeline on the same Kafka and PostgreSQL.
+"""(a) The raw limit: tongban's case path with no framework, on the same Kafka and PostgreSQL.
 
-Hop i (a process of its own) consumes `bench.<run>.hop<i>` in batches (`getmany`), writes one
-state row and one inbox row per message in ONE transaction per batch (asyncpg, `unnest`),
-produces every message to the next topic with an idempotent producer (tongban's own
-`make_producer`/`make_consumer`, so the Kafka client settings are the same as the services'),
-and commits the offsets after the database commit and the acks. Hop 4 produces to
-`bench.<run>.done`, which the bench reads to time each message.
+The case is tongban's (services/bench/raw_shape.py: one HTTP submission, 7 events published,
+10 applications with inbox and state rows); the four processes that carry it
+(services/bench/raw_pipeline.py) are plain asyncio programs on asyncpg and aiokafka, in tables
+of schema `bench_raw` and topics `bench.raw.<run>.<role>`, made before the run and dropped after
+it. They are driven as tongban is in (b): the same application bodies and clerks' tokens, from
+the compiled load generator (services/bench/loadgen.py), a warm-up, then a ladder of open-loop
+rates until closed cases/s stop rising (stats.stop_reason). A case is timed from its scheduled
+send to the Kafka timestamp of its routed and closed records (set by the relays' producers).
 
-Two phases on the same workers: `paced` (an open-loop rate, for latency) and `burst` (N
-messages at once, for the throughput ceiling). What tongban adds on top (outbox + relay,
-validation, envelopes, HTTP) is what the (b)/(a) ratio measures.
+Per rung: closed/s, p50/p95/p99 submit->routed and submit->closed, the CPU each process spent
+(the four raw processes, PostgreSQL with its backends, Kafka, the generator, from psutil; the
+generator's own from its rusage) and PostgreSQL's work per closed case; peak RSS per process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import multiprocessing
 import multiprocessing.process
+import multiprocessing.sharedctypes
 import multiprocessing.synchronize
 import os
+import random
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from services.bench.procs import ProcessSampler, add_stack, cpu_deltas, per_unit, pg_counters
-from services.bench.stats import completion_rate, latency_summary
-from services.common.db import asyncpg_dsn
-from services.common.kafka import (
-    TopicSpec,
-    client_options,
-    ensure_topics,
-    make_consumer,
-    make_producer,
+from services.bench import loadgen, raw_shape
+from services.bench.e2e import Tokens, generator_cost, instant_items
+from services.bench.procs import (
+    LOAD_GENERATOR,
+    ProcessSampler,
+    add_stack,
+    cpu_deltas,
+    per_unit,
+    pg_counters,
 )
+from services.bench.raw_pipeline import PipelineConfig, ddl, process_main
+from services.bench.stats import StepOutcome, completion_rate, latency_summary, stop_reason
+from services.cli.applicants import application_for
+from services.common.db import asyncpg_dsn
+from services.common.kafka import TopicSpec, client_options, ensure_topics
 from services.common.settings import CommonSettings
 
 SCHEMA = "bench_raw"
-DDL = [
-    f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
-    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.state (
-        hop smallint NOT NULL,
-        msg_id text NOT NULL,
-        data jsonb NOT NULL,
-        updated_at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (hop, msg_id))""",
-    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.inbox (
-        consumer varchar(128) NOT NULL,
-        event_id varchar(64) NOT NULL,
-        topic varchar(249) NOT NULL,
-        processed_at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (consumer, event_id))""",
-]
-INBOX_SQL = f"""
-    INSERT INTO {SCHEMA}.inbox (consumer, event_id, topic)
-    SELECT $1, e, $2 FROM unnest($3::text[]) AS e
-    ON CONFLICT DO NOTHING RETURNING event_id"""
-STATE_SQL = f"""
-    INSERT INTO {SCHEMA}.state (hop, msg_id, data)
-    SELECT $1, i, d::jsonb FROM unnest($2::text[], $3::text[]) AS u(i, d)
-    ON CONFLICT (hop, msg_id) DO UPDATE SET data = excluded.data, updated_at = now()"""
 
 
 @dataclass(frozen=True)
 class RawConfig:
-    bootstrap: str
-    database_url: str
-    run_id: str
-    hops: int = 4
-    partitions: int = 12
-    max_records: int = 500
-    poll_ms: int = 200
-    # aiokafka's default, which tongban's make_consumer keeps; lower it to see what the broker's
-    # long-poll costs in latency (aiokafka sends one fetch per broker at a time).
-    fetch_max_wait_ms: int = 500
-
-    def topic(self, hop: int) -> str:
-        """Input topic of hop `hop` (1-based); hop `hops + 1` is the done topic."""
-        return f"bench.{self.run_id}.hop{hop}" if hop <= self.hops else self.done_topic
-
-    @property
-    def done_topic(self) -> str:
-        return f"bench.{self.run_id}.done"
-
-    def settings(self, name: str) -> CommonSettings:
-        return CommonSettings(
-            service=name,
-            kafka_bootstrap=self.bootstrap,
-            database_url=self.database_url,
-            kafka_partitions=self.partitions,
-            consumer_max_records=self.max_records,
-        )
+    rates: list[float]
+    step_seconds: float = 10.0
+    drain_timeout: float = 40.0
+    min_gain: float = 0.10
+    warmup_cases: int = 200
+    warmup_rate: float = 50.0
+    connections: int = 64
+    max_inflight: int = 4096
+    seed: int = 18
 
 
-# -- one hop (runs in its own process) ------------------------------------------------------------
-
-
-def _consumer(
-    settings: CommonSettings, topic: str, group_id: str, cfg: RawConfig
-) -> AIOKafkaConsumer:
-    """tongban's `make_consumer`, with the broker long-poll wait as a knob."""
-    if cfg.fetch_max_wait_ms == 500:
-        return make_consumer(settings, topic, group_id=group_id)
-    return AIOKafkaConsumer(
-        topic,
-        **client_options(settings),
-        group_id=group_id,
-        client_id=settings.service,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        max_poll_records=settings.consumer_max_records,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=3_000,
-        request_timeout_ms=settings.kafka_request_timeout_ms,
-        fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+def pipeline_config(
+    settings: CommonSettings, *, run_id: str, schema: str = SCHEMA
+) -> PipelineConfig:
+    """The four processes' configuration: plain values, as they are spawned."""
+    kafka = client_options(settings)
+    if "ssl_context" in kafka:
+        raise RuntimeError("the raw pipeline runs on a PLAINTEXT or SASL_PLAINTEXT broker only")
+    return PipelineConfig(
+        dsn=asyncpg_dsn(settings.database_url),
+        kafka=kafka,
+        schema=schema,
+        topic_prefix=f"bench.raw.{run_id}",
+        group_prefix=f"bench-raw-{run_id}",
+        partitions=settings.kafka_partitions,
+        max_records=settings.consumer_max_records,
+        poll_ms=settings.consumer_poll_ms,
+        outbox_batch=settings.outbox_batch_size,
     )
 
 
-def hop_process(
-    config: dict[str, Any],
-    hop: int,
-    ready: multiprocessing.synchronize.Event,
-    stop: multiprocessing.synchronize.Event,
-) -> None:
-    """Process entry point (spawned): run hop `hop` until `stop` is set."""
-    asyncio.run(_hop(RawConfig(**config), hop, ready, stop))
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:8]
 
 
-async def _hop(
-    cfg: RawConfig,
-    hop: int,
-    ready: multiprocessing.synchronize.Event,
-    stop: multiprocessing.synchronize.Event,
-) -> None:
-    name = f"bench-raw-hop{hop}"
-    settings = cfg.settings(name)
-    source, target = cfg.topic(hop), cfg.topic(hop + 1)
-    consumer = _consumer(settings, source, f"bench-raw-{cfg.run_id}-hop{hop}", cfg)
-    producer = make_producer(settings, client_id=name)
-    conn = await asyncpg.connect(asyncpg_dsn(cfg.database_url))
-    await consumer.start()
-    await producer.start()
+# -- the pipeline's tables, topics and processes ---------------------------------------------------
+
+
+async def prepare(cfg: PipelineConfig, settings: CommonSettings) -> None:
+    """Fresh tables in the pipeline's schema, and its topics."""
+    conn = await asyncpg.connect(cfg.dsn)
     try:
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=cfg.poll_ms, max_records=cfg.max_records)
-            if consumer.assignment() and not ready.is_set():
-                ready.set()
-            if not batch:
-                continue
-            records = [r for recs in batch.values() for r in recs]
-            ids = [r.key.decode() for r in records]
-            async with conn.transaction():
-                fresh = {row[0] for row in await conn.fetch(INBOX_SQL, name, source, ids)}
-                written = [(i, r.value.decode()) for i, r in zip(ids, records, strict=True)]
-                written = [(i, v) for i, v in dict(written).items() if i in fresh]
-                if written:
-                    await conn.execute(
-                        STATE_SQL, hop, [i for i, _ in written], [v for _, v in written]
-                    )
-            # Forward everything, duplicates included: the next hop's inbox drops them, and a
-            # message whose commit happened but whose send did not is not lost.
-            futures = [
-                await producer.send(target, key=r.key, value=r.value, headers=r.headers)
-                for r in records
-            ]
-            await asyncio.gather(*futures)
-            await consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs})
-    finally:
-        await consumer.stop()
-        await producer.stop()
-        await conn.close()
-
-
-# -- the bench -------------------------------------------------------------------------------------
-
-
-async def prepare(cfg: RawConfig) -> None:
-    """Fresh tables in schema bench_raw, and this run's topics."""
-    conn = await asyncpg.connect(asyncpg_dsn(cfg.database_url))
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        for statement in DDL:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{cfg.schema}" CASCADE')
+        for statement in ddl(cfg.schema):
             await conn.execute(statement)
     finally:
         await conn.close()
-    topics = [TopicSpec(cfg.topic(h)) for h in range(1, cfg.hops + 2)]
-    await ensure_topics(cfg.settings("bench-raw"), topics)
+    await ensure_topics(settings, [TopicSpec(t, partitions=cfg.partitions) for t in cfg.topics])
 
 
-async def delete_topics(cfg: RawConfig) -> None:
-    admin = AIOKafkaAdminClient(**client_options(cfg.settings("bench-raw")))
+async def drop(cfg: PipelineConfig) -> None:
+    """The pipeline's schema and topics gone (best effort for the topics: small, per run)."""
+    conn = await asyncpg.connect(cfg.dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{cfg.schema}" CASCADE')
+    finally:
+        await conn.close()
+    admin = AIOKafkaAdminClient(**cfg.kafka)
     await admin.start()
     try:
-        await admin.delete_topics([cfg.topic(h) for h in range(1, cfg.hops + 2)])
+        await admin.delete_topics(cfg.topics)
+    except Exception:  # the broker keeps a topic it cannot delete now: harmless, named per run
+        pass
     finally:
         await admin.close()
 
 
-class _DoneWatcher:
-    """Reads the done topic from its start; latency = the done record's timestamp (set by hop
-    N's producer) minus the injection time carried in the message."""
+class RawPipeline:
+    """The four processes, spawned; `async with` starts them and waits until each consumer
+    has its partitions and intake listens, and stops them at the end."""
 
-    def __init__(self, cfg: RawConfig) -> None:
+    def __init__(self, cfg: PipelineConfig, *, start_timeout: float = 60.0) -> None:
         self.cfg = cfg
-        self.done: dict[str, tuple[str, float, float]] = {}  # id -> (phase, t0, done at)
+        self.start_timeout = start_timeout
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._ready = {p: ctx.Event() for p in raw_shape.PROCESSES}
+        self._port: multiprocessing.sharedctypes.Synchronized[int] = ctx.Value("i", 0)
+        self._workers: dict[str, multiprocessing.process.BaseProcess] = {
+            p: ctx.Process(
+                target=process_main,
+                args=(asdict(cfg), p, self._ready[p], self._stop),
+                kwargs={"port": self._port if p == raw_shape.INTAKE else None},
+                name=f"raw-{p}",
+                daemon=True,
+            )
+            for p in raw_shape.PROCESSES
+        }
+
+    @property
+    def url(self) -> str:
+        """intake's submission URL."""
+        return f"http://{self.cfg.host}:{self._port.value}/v1/cases"
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {f"raw-{p}": w.pid for p, w in self._workers.items() if w.pid is not None}
+
+    async def __aenter__(self) -> RawPipeline:
+        for worker in self._workers.values():
+            worker.start()
+        started = time.monotonic()
+        while not all(r.is_set() for r in self._ready.values()):
+            dead = [p for p, w in self._workers.items() if not w.is_alive()]
+            if dead or time.monotonic() - started > self.start_timeout:
+                self._shut()
+                waiting = [p for p, r in self._ready.items() if not r.is_set()]
+                raise RuntimeError(
+                    f"raw pipeline did not start within {self.start_timeout:g} s "
+                    f"(exited: {dead or 'none'}, not ready: {waiting})"
+                )
+            await asyncio.sleep(0.1)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await asyncio.to_thread(self._shut)
+
+    def _shut(self) -> None:
+        self._stop.set()
+        for worker in self._workers.values():
+            if worker.pid is None:
+                continue
+            worker.join(timeout=15)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join(timeout=5)
+
+
+class CaseClock:
+    """Routed and closed timestamps per case id, from the pipeline's routing and delivery
+    topics (read from their start: they are the run's own)."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.routed: dict[str, float] = {}
+        self.closed: dict[str, float] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            **client_options(self.cfg.settings("bench-raw-watch")),
-            enable_auto_commit=False,
-            max_poll_records=2000,
-        )
+        consumer = AIOKafkaConsumer(**self.cfg.kafka, enable_auto_commit=False)
         await consumer.start()
-        parts = [TopicPartition(self.cfg.done_topic, p) for p in range(self.cfg.partitions)]
+        parts = [
+            TopicPartition(self.cfg.topic(role), p)
+            for role in (raw_shape.ROUTING, raw_shape.DELIVERY)
+            for p in range(self.cfg.partitions)
+        ]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         self._consumer = consumer
@@ -230,263 +213,233 @@ class _DoneWatcher:
 
     async def _run(self) -> None:
         assert self._consumer is not None
+        wanted = {raw_shape.ROUTED: self.routed, raw_shape.CLOSED: self.closed}
         while True:
-            batch = await self._consumer.getmany(timeout_ms=100, max_records=2000)
+            batch = await self._consumer.getmany(timeout_ms=100, max_records=5000)
             for records in batch.values():
                 for r in records:
-                    body = json.loads(r.value)
-                    self.done.setdefault(
-                        body["id"], (body["phase"], body["t0"], r.timestamp / 1000)
-                    )
+                    target = wanted.get(raw_shape.header(r.headers or (), "ce_type") or "")
+                    if target is not None and r.key is not None:
+                        target.setdefault(r.key.decode(), r.timestamp / 1000)
 
-    def count(self, phase: str) -> int:
-        return sum(1 for p, _, _ in self.done.values() if p == phase)
-
-    def timings(self, phase: str) -> list[tuple[float, float]]:
-        """(sent at, done at) of each message of `phase` that is through."""
-        return [(t0, at) for p, t0, at in self.done.values() if p == phase]
+    async def wait_closed(self, cases: Sequence[str], timeout: float) -> bool:
+        """True once every one of `cases` closed, False if `timeout` s passed first."""
+        deadline = time.monotonic() + timeout
+        while not all(c in self.closed for c in cases):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.2)
+        return True
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self._consumer is not None:
             await self._consumer.stop()
 
 
-def _message(run_id: str, phase: str, n: int, pad: str) -> tuple[bytes, bytes]:
-    msg_id = f"{run_id}-{phase}-{n}"
-    body = {"id": msg_id, "phase": phase, "t0": time.time(), "pad": pad}
-    return msg_id.encode(), json.dumps(body).encode()
+# -- the ladder ------------------------------------------------------------------------------------
 
 
-async def _wait(
-    predicate: Callable[[], bool], timeout: float, progress: Callable[[], None]
-) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        progress()
-        if predicate():
-            return True
-        await asyncio.sleep(0.1)
-    return predicate()
+def submissions(
+    catalog: dict[str, Any], count: int, rng: random.Random, tokens: Tokens
+) -> list[loadgen.Request]:
+    """Applications for the catalog's instant items with electronic delivery, each with its
+    clerk's (or the online channel's) token: the bodies and tokens (b) sends."""
+    items = instant_items(catalog, date.today())
+    if not items:
+        raise RuntimeError("the catalog has no instant item in force")
+    found = []
+    for _ in range(count):
+        body = application_for(catalog, rng.choice(items), rng, delivery="electronic")
+        token = tokens.for_body(body).removeprefix("Bearer ")
+        found.append(loadgen.Request(token=token, body=raw_shape.dumps(body)))
+    return found
+
+
+def step_figures(
+    rate: float,
+    load: loadgen.LoadResult,
+    routed: dict[str, float],
+    closed: dict[str, float],
+    *,
+    drained: bool,
+) -> dict[str, Any]:
+    """One rung's figures from the generator's answers and the cases' Kafka timestamps, under
+    the names of (b)'s rungs (e2e._step_figures), so the report shows both alike."""
+    made = {a.case_id: a.sent_at for a in load.answers if a.status == 201 and a.case_id}
+    statuses = Counter(a.status for a in load.answers if a.status)
+    unanswered = sum(1 for a in load.answers if not a.status)
+    offered = len(load.answers) + load.late
+    closed_at = [closed[c] for c in made if c in closed]
+    cps = completion_rate(closed_at)
+    return {
+        "rate": rate,
+        "offered": offered,
+        "submitted": len(made),
+        "submit_rate": round(len(load.answers) * rate / offered, 1) if offered else None,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "errors": {"no answer": unanswered} if unanswered else {},
+        "skipped_inflight_cap": load.late,
+        "routed": sum(1 for c in made if c in routed),
+        "route_failed": 0,
+        "closed": len(closed_at),
+        "drained": drained,
+        "closed_per_s": None if cps is None else round(cps, 1),
+        "http": latency_summary([a.latency_s for a in load.answers if a.status]),
+        "submit_to_routed": latency_summary(
+            [max(0.0, routed[c] - t) for c, t in made.items() if c in routed]
+        ),
+        "submit_to_closed": latency_summary(
+            [max(0.0, closed[c] - t) for c, t in made.items() if c in closed]
+        ),
+        "load_generator": generator_cost(load),
+    }
+
+
+async def _rung(
+    cfg: RawConfig,
+    pipeline: RawPipeline,
+    clock: CaseClock,
+    sampler: ProcessSampler,
+    requests: list[loadgen.Request],
+    rate: float,
+    database_url: str,
+) -> dict[str, Any]:
+    """One rung: each of `requests` once at `rate`, then wait for their cases; its figures.
+    The generator is sampled as `load-generator` while it runs, then charged the CPU it
+    reports itself (as in (b))."""
+    cpu_before = sampler.snapshot()
+    pg_before = await pg_counters(database_url)
+    began = time.monotonic()
+    started: list[int] = []
+
+    def sample_it(pid: int) -> None:
+        started.append(pid)
+        sampler.add_started(LOAD_GENERATOR, pid, kind="bench")
+
+    load = await loadgen.offer(
+        loadgen.LoadStep(
+            urls=[pipeline.url],
+            rate=rate,
+            seconds=len(requests) / rate,
+            requests=requests,
+            connections=cfg.connections,
+            max_inflight=cfg.max_inflight,
+        ),
+        on_start=sample_it,
+    )
+    for pid in started:
+        sampler.ended(LOAD_GENERATOR, pid, load.cpu_s)
+    made = [a.case_id for a in load.answers if a.status == 201 and a.case_id]
+    drained = await clock.wait_closed(made, cfg.drain_timeout)
+    cpu = cpu_deltas(cpu_before, sampler.snapshot())
+    figures = step_figures(rate, load, clock.routed, clock.closed, drained=drained)
+    figures["wall_s"] = round(time.monotonic() - began, 2)
+    await asyncio.sleep(1.1)  # let the backends flush their statistics
+    figures["pg_per_closed_case"] = per_unit(
+        pg_before, await pg_counters(database_url), figures["closed"]
+    )
+    figures["cpu_s"] = cpu
+    figures["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    return figures
 
 
 async def run_raw(
     cfg: RawConfig,
     *,
-    messages: int,
-    paced_rate: float,
-    paced_seconds: float,
-    payload_bytes: int,
-    timeout: float,
+    catalog: dict[str, Any],
+    settings: CommonSettings,
     run_dir: Path,
-    on_progress: Callable[[str, int, int], None] = lambda phase, done, total: None,
+    on_step: Callable[[str, dict[str, Any] | None, float, float], None] = lambda *a: None,
 ) -> dict[str, Any]:
-    await prepare(cfg)
-    stop, readies, workers = _spawn_hops(cfg)
+    """The raw pipeline up, warmed, the ladder climbed, everything dropped; the figures.
+    `on_step(phase, figures, done, total)` reports progress, as (b)'s."""
+    pcfg = pipeline_config(settings, run_id=new_run_id())
+    rng = random.Random(cfg.seed)
+    tokens = Tokens()
+    await prepare(pcfg, settings)
     sampler = ProcessSampler()
-    watcher = _DoneWatcher(cfg)
-    producer = make_producer(cfg.settings("bench-raw-inject"), client_id="bench-raw-inject")
-    pad = "x" * payload_bytes
-    result: dict[str, Any] = {"config": asdict(cfg), "payload_bytes": payload_bytes}
+    clock = CaseClock(pcfg)
+    steps: list[dict[str, Any]] = []
+    stopped = "ladder_end"
     try:
-        await _hops_ready(readies, workers)
-        await watcher.start()
-        await producer.start()
-        add_stack(
-            sampler,
-            run_dir,
-            [(f"raw-hop{i + 1}", w.pid) for i, w in enumerate(workers) if w.pid is not None],
-        )
-        sampler.start()
-        paced_total = await _paced_phase(
-            cfg,
-            producer,
-            watcher,
-            rate=paced_rate,
-            seconds=paced_seconds,
-            pad=pad,
-            timeout=timeout,
-            on_progress=on_progress,
-        )
-        burst = await _burst_phase(
-            cfg,
-            producer,
-            watcher,
-            sampler,
-            messages=messages,
-            pad=pad,
-            timeout=timeout,
-            on_progress=on_progress,
-        )
-        processes = await sampler.stop()
-        paced = watcher.timings("paced")
-        result |= {
-            "paced": {
-                "rate": paced_rate,
-                "messages": paced_total,
-                "completed": len(paced),
-                "latency": latency_summary([max(0.0, at - t0) for t0, at in paced]),
-            },
-            "burst": _burst_figures(burst, watcher.timings("burst"), messages),
-            "processes": processes,
-        }
-        return result
+        async with RawPipeline(pcfg) as pipeline:
+            for name, pid in pipeline.pids.items():
+                sampler.add(name, pid, kind="raw")
+            add_stack(sampler, run_dir)
+            await clock.start()
+            try:
+                if cfg.warmup_cases:
+                    on_step("raw warm-up", None, 0, 1)
+                    warm = submissions(catalog, cfg.warmup_cases, rng, tokens)
+                    await _rung(
+                        cfg, pipeline, clock, sampler, warm, cfg.warmup_rate, settings.database_url
+                    )
+                    on_step("raw warm-up", None, 1, 1)
+                sampler.start()
+                outcomes: list[StepOutcome] = []
+                for rate in cfg.rates:
+                    name = f"raw {rate:g}/s"
+                    on_step(name, None, 0, 1)
+                    count = max(1, round(rate * cfg.step_seconds))
+                    offered = submissions(catalog, count, rng, tokens)
+                    figures = await _rung(
+                        cfg, pipeline, clock, sampler, offered, rate, settings.database_url
+                    )
+                    steps.append(figures)
+                    on_step(name, figures, 1, 1)
+                    outcomes.append(
+                        StepOutcome(
+                            offered=rate,
+                            submitted=figures["submitted"],
+                            closed=figures["closed"],
+                            closed_per_s=figures["closed_per_s"],
+                        )
+                    )
+                    reason = stop_reason(outcomes, min_gain=cfg.min_gain)
+                    if reason is not None:
+                        stopped = reason
+                        break
+            finally:
+                processes = await sampler.stop()
+                await clock.stop()
     finally:
-        stop.set()
-        await watcher.stop()
-        await producer.stop()
-        _join_hops(workers)
-        try:
-            await delete_topics(cfg)
-        except Exception:  # best effort: the topics are per run and small
-            pass
+        await drop(pcfg)
+    return _result(cfg, pcfg, steps, processes, stopped)
 
 
-def _spawn_hops(
+def _result(
     cfg: RawConfig,
-) -> tuple[
-    multiprocessing.synchronize.Event,
-    list[multiprocessing.synchronize.Event],
-    list[multiprocessing.process.BaseProcess],
-]:
-    """One process per hop, started: the stop event, each hop's ready event, the processes."""
-    ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    readies = [ctx.Event() for _ in range(cfg.hops)]
-    workers: list[multiprocessing.process.BaseProcess] = [
-        ctx.Process(
-            target=hop_process,
-            args=(asdict(cfg), hop, readies[hop - 1], stop),
-            name=f"bench-raw-hop{hop}",
-            daemon=True,
-        )
-        for hop in range(1, cfg.hops + 1)
-    ]
-    for worker in workers:
-        worker.start()
-    return stop, readies, workers
-
-
-async def _hops_ready(
-    readies: list[multiprocessing.synchronize.Event],
-    workers: list[multiprocessing.process.BaseProcess],
-) -> None:
-    started = time.monotonic()
-    while not all(r.is_set() for r in readies):
-        if time.monotonic() - started > 60 or not all(w.is_alive() for w in workers):
-            raise RuntimeError("raw hop workers did not start (group join) within 60 s")
-        await asyncio.sleep(0.1)
-
-
-def _join_hops(workers: list[multiprocessing.process.BaseProcess]) -> None:
-    for worker in workers:
-        worker.join(timeout=15)
-        if worker.is_alive():
-            worker.terminate()
-            worker.join(timeout=5)
-
-
-async def _paced_phase(
-    cfg: RawConfig,
-    producer: AIOKafkaProducer,
-    watcher: _DoneWatcher,
-    *,
-    rate: float,
-    seconds: float,
-    pad: str,
-    timeout: float,
-    on_progress: Callable[[str, int, int], None],
-) -> int:
-    """Open loop at `rate`, for latency; waits until they are through. How many were sent."""
-    total = int(rate * seconds)
-    t_start = time.perf_counter()
-    futures = []
-    for n in range(total):
-        delay = t_start + n / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        key, value = _message(cfg.run_id, "paced", n, pad)
-        futures.append(await producer.send(cfg.topic(1), key=key, value=value))
-        on_progress("paced", watcher.count("paced"), total)
-    await asyncio.gather(*futures)
-    await _wait(
-        lambda: watcher.count("paced") >= total,
-        timeout,
-        lambda: on_progress("paced", watcher.count("paced"), total),
-    )
-    return total
-
-
-@dataclass(frozen=True)
-class _Burst:
-    """What the burst phase measured besides the done times."""
-
-    start: float  # wall clock
-    inject_s: float
-    drained: bool
-    cpu_s: dict[str, float]
-    pg_per_message: dict[str, float]
-
-
-async def _burst_phase(
-    cfg: RawConfig,
-    producer: AIOKafkaProducer,
-    watcher: _DoneWatcher,
-    sampler: ProcessSampler,
-    *,
-    messages: int,
-    pad: str,
-    timeout: float,
-    on_progress: Callable[[str, int, int], None],
-) -> _Burst:
-    """Everything at once, for the throughput ceiling, with its CPU and PostgreSQL costs."""
-    cpu_before = sampler.snapshot()
-    pg_before = await pg_counters(cfg.database_url)
-    start = time.time()
-    futures = []
-    for n in range(messages):
-        key, value = _message(cfg.run_id, "burst", n, pad)
-        futures.append(await producer.send(cfg.topic(1), key=key, value=value))
-    await asyncio.gather(*futures)
-    inject_s = time.time() - start
-    drained = await _wait(
-        lambda: watcher.count("burst") >= messages,
-        timeout,
-        lambda: on_progress("burst", watcher.count("burst"), messages),
-    )
-    cpu_s = cpu_deltas(cpu_before, sampler.snapshot())
-    await asyncio.sleep(1.1)  # let the backends flush their statistics
-    pg = per_unit(pg_before, await pg_counters(cfg.database_url), watcher.count("burst"))
-    return _Burst(start, inject_s, drained, cpu_s, pg)
-
-
-def _burst_figures(
-    burst: _Burst, timings: list[tuple[float, float]], messages: int
+    pcfg: PipelineConfig,
+    steps: list[dict[str, Any]],
+    processes: list[dict[str, Any]],
+    stopped: str,
 ) -> dict[str, Any]:
-    done = [at for _, at in timings]
+    for proc in processes:  # CPU within the ladder's rungs (not the warm-up)
+        proc["cpu_s"] = round(sum(s["cpu_s"].get(str(proc["name"]), 0.0) for s in steps), 2)
+    requests = sum(s["load_generator"]["requests"] for s in steps)
+    generator_cpu = sum(s["load_generator"]["cpu_s"] for s in steps)
     return {
-        "messages": messages,
-        "completed": len(timings),
-        "drained": burst.drained,
-        "inject_s": round(burst.inject_s, 2),
-        "wall_s": round(max(done) - burst.start, 2) if done else None,
-        "msgs_per_s_overall": round(len(timings) / (max(done) - burst.start), 1) if done else None,
-        "msgs_per_s": _round(completion_rate(done)),
-        "latency": latency_summary([max(0.0, at - t0) for t0, at in timings]),
-        "cpu_s": burst.cpu_s,
-        "pg_per_message": burst.pg_per_message,
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "label": "raw case pipeline",
+        "kind": "rawcase",
+        "shape": raw_shape.case_shape().as_dict(),
+        "config": {
+            **asdict(cfg),
+            "partitions": pcfg.partitions,
+            "max_records": pcfg.max_records,
+            "poll_ms": pcfg.poll_ms,
+            "outbox_batch": pcfg.outbox_batch,
+            "pool_size": pcfg.pool_size,
+        },
+        "step_seconds": cfg.step_seconds,
+        "stopped": stopped,
+        "max_closed_per_s": max((s["closed_per_s"] or 0.0 for s in steps), default=0.0),
+        "steps": steps,
+        "processes": processes,
+        "load_generator_cpu_ms_per_request": (
+            round(1000 * generator_cpu / requests, 4) if requests else None
+        ),
     }
-
-
-def _round(value: float | None, digits: int = 1) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:8]
