@@ -143,6 +143,7 @@ def build_report(
     runs: Sequence[dict[str, Any]],
     meta: dict[str, Any],
     untraced: dict[str, Any] | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     targets = evaluate_targets(raw, runs)
     return {
@@ -153,6 +154,7 @@ def build_report(
         "targets": [t.as_dict() for t in targets],
         "tracing_off": untraced,
         "tracing_cost": tracing_cost(runs[0] if runs else None, untraced),
+        "runtime": runtime,
     }
 
 
@@ -215,6 +217,31 @@ def print_tracing_cost(report: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
+def print_runtime_budget(runtime: dict[str, Any] | None, console: Console) -> None:
+    """(c): the runtime's CPU per event (services/bench/runtime.py) beside issue 18's budget."""
+    rows = (runtime or {}).get("budget") or []
+    if not rows:
+        return
+    traced = "spans recorded" if runtime and runtime.get("traced") else "tracing off"
+    table = Table(
+        title=f"(c) runtime budget: CPU of services/common per event, one process ({traced})"
+    )
+    for col in ("figure", "events", "events/batch", "CPU ms/event", "budget ms", "ratio"):
+        table.add_column(col, justify="left" if col == "figure" else "right")
+    for row in rows:
+        ratio = row["ratio"]
+        colour = "green" if ratio is not None and ratio <= 1 else "red"
+        table.add_row(
+            row["figure"],
+            str(row["events"]),
+            _fmt(row["events_per_batch"]),
+            _fmt(row["cpu_ms_per_event"], 3),
+            _fmt(row["budget_ms"], 2),
+            "-" if ratio is None else f"[{colour}]{ratio:.2f}[/]",
+        )
+    console.print(table)
+
+
 def print_report(report: dict[str, Any], console: Console) -> None:
     if report.get("raw"):
         console.print(_raw_table(report["raw"]))
@@ -227,6 +254,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             "'others CPU s' = CPU taken by processes outside the bench and the stack under test"
         )
         console.print(_processes_table(run))
+    print_runtime_budget(report.get("runtime"), console)
     console.print(_targets_table(report["targets"]))
 
 
