@@ -214,9 +214,15 @@ def runtime_command(
         int, typer.Option(help="events of the paced regime (0: skip)", min=0)
     ] = 500,
     paced_rate: Annotated[float, typer.Option(help="events/s of the paced regime", min=1)] = 100.0,
+    idle_seconds: Annotated[
+        float, typer.Option(help="s of the paced group's idle CPU, measured first", min=0.1)
+    ] = 2.0,
     outbox_events: Annotated[
         int, typer.Option(help="events written to the outbox and relayed (0: skip)", min=0)
     ] = 2_000,
+    outbox_per_transaction: Annotated[
+        int, typer.Option(help="events a transaction of the second write figure (1: skip)", min=1)
+    ] = 100,
     payload_bytes: Annotated[int, typer.Option(help="size of each event's data, at least")] = 1_024,
     timeout: Annotated[float, typer.Option(help="max s for one regime to finish")] = 120.0,
     out: Annotated[Path, typer.Option(help="result JSON")] = Path(".run/bench/runtime.json"),
@@ -231,7 +237,9 @@ def runtime_command(
         events=events,
         paced_events=paced_events,
         paced_rate=paced_rate,
+        idle_seconds=idle_seconds,
         outbox_events=outbox_events,
+        outbox_per_transaction=outbox_per_transaction,
         payload_bytes=payload_bytes,
         partitions=settings.kafka_partitions,
         timeout=timeout,

@@ -237,6 +237,12 @@ def print_runtime_budget(runtime: dict[str, Any] | None, console: Console) -> No
             _fmt(row["budget_ms"], 2),
             "-" if ratio is None else f"[{colour}]{ratio:.2f}[/]",
         )
+    paced = (runtime or {}).get("figures", {}).get("applied, paced") or {}
+    if paced.get("idle_cpu_ms_per_s") is not None:
+        table.caption = (
+            f"paced: {paced['rate']:g} events/s; the runner costs "
+            f"{paced['idle_cpu_ms_per_s']:.1f} ms of CPU a second with nothing to apply"
+        )
     console.print(table)
 
 

@@ -64,15 +64,18 @@ async def test_every_event_is_applied_and_published_and_measured(
         assert figures["applied, backlog"]["inbox_rows"] == 200
         assert figures["applied, paced"]["inbox_rows"] == 40
         assert figures["applied, backlog"]["batches"] >= 1
+        assert figures["applied, paced"]["idle_cpu_ms_per_s"] > 0
 
         # published: every written event on the topic, once, and the outbox emptied
+        # (one event a transaction, then 100 a transaction, each after its warm-up)
         relay = figures["published: relay"]
-        warm_up = figures["published: outbox writes"]["warm_up"]
-        assert relay["events"] == relay["on_topic"] == 200 + warm_up
+        written = 2 * (200 + figures["published: outbox writes"]["warm_up"])
+        assert figures["published: outbox writes, batched"]["transactions"] == 2
+        assert relay["events"] == relay["on_topic"] == written
         assert relay["rows_left"] == 0
-        records = await read_topic(settings, cfg.topic("published"), min_records=200 + warm_up)
+        records = await read_topic(settings, cfg.topic("published"), min_records=written)
         assert sorted(r.key.decode() for r in records if r.key) == [
-            case_id(cfg.run_id, "published", i) for i in range(200 + warm_up)
+            case_id(cfg.run_id, "published", i) for i in range(written)
         ]
         assert {header(r, "ce_type") for r in records} == {CaseRouted.TYPE}
         # nothing was refused on the way
@@ -83,6 +86,7 @@ async def test_every_event_is_applied_and_published_and_measured(
             "applied, backlog",
             "applied, paced",
             "published: outbox writes",
+            "published: outbox writes, batched",
             "published: relay",
             "published: writes + relay",
         ]

@@ -16,6 +16,7 @@ from services.bench.runtime import (
     NoopHandler,
     budget_rows,
     case_id,
+    idle_cpu_ms_per_s,
     per_event_ms,
     published_total,
     routed_envelope,
@@ -48,6 +49,7 @@ def test_the_routed_event_grows_to_the_size_asked() -> None:
 def test_figures_per_event() -> None:
     assert per_event_ms(0.3, 2000) == 0.15
     assert per_event_ms(0.3, 0) is None
+    assert idle_cpu_ms_per_s(0.05, 2.0) == 25.0
     figures = window_figures(0.5, 2.0, 1000, batches=4)
     assert figures == {
         "events": 1000,
@@ -72,7 +74,10 @@ def a_result() -> dict[str, Any]:
         "traced": True,
         "figures": {
             "applied, backlog": window_figures(0.6, 3.0, 5000, events_per_batch=416.7),
-            "applied, paced": window_figures(0.5, 5.0, 500, events_per_batch=1.2),
+            "applied, paced": window_figures(
+                0.5, 5.0, 500, events_per_batch=1.2, rate=100.0, idle_cpu_ms_per_s=12.5
+            ),
+            "published: outbox writes, batched": window_figures(0.4, 1.0, 2000),
             "published: relay": window_figures(0.1, 1.0, 2000),
         },
     }
@@ -80,8 +85,13 @@ def a_result() -> dict[str, Any]:
 
 def test_each_figure_beside_its_budget() -> None:
     rows = {row["figure"]: row for row in budget_rows(a_result())}
-    assert list(rows) == ["applied, backlog", "applied, paced", "published: relay"]
-    backlog, paced, relay = rows.values()
+    assert list(rows) == [
+        "applied, backlog",
+        "applied, paced",
+        "published: outbox writes, batched",
+        "published: relay",
+    ]
+    backlog, paced, batched, relay = rows.values()
     assert (backlog["cpu_ms_per_event"], backlog["budget_ms"], backlog["ratio"]) == (
         0.12,
         BUDGET_MS["applied"],
@@ -92,6 +102,7 @@ def test_each_figure_beside_its_budget() -> None:
         6.67,
         1.2,
     )
+    assert (batched["cpu_ms_per_event"], batched["ratio"]) == (0.2, 2.0)
     assert (relay["budget_ms"], relay["ratio"]) == (BUDGET_MS["published"], 0.5)
 
 
@@ -103,6 +114,7 @@ def test_the_budget_table_in_the_runtime_command_and_the_report() -> None:
     table = out.getvalue()
     assert "runtime budget" in table and "spans recorded" in table
     assert "applied, paced" in table and "6.67" in table and "0.80" in table
+    assert "12.5 ms of CPU a second with nothing to apply" in table
 
     report = build_report(None, [], {"cpus": 2}, runtime=result)
     assert report["runtime"] is result
