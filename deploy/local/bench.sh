@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make bench` (issue 8): the raw Kafka+PostgreSQL pipeline, then tongban end to end with
 # REPLICAS=1 and REPLICAS=2, then (c) the runtime's own CPU per applied and published event
-# (issue 18's budget; one process, no services), then the report (table,
-# $RUN_DIR/bench/bench.json and bench.png).
+# (issue 18's budget, in the bench's one process) and intake's per HTTP submission, then the
+# report (table, $RUN_DIR/bench/bench.json and bench.png).
 #
 # Starts the stack if it is not up (and stops it at the end only then); always starts and stops
 # the services itself, so services already running from this run folder are restarted.
@@ -11,6 +11,7 @@
 #        BENCH_RAW_ARGS     extra options for `python -m services.bench raw`
 #        BENCH_E2E_ARGS     extra options for `python -m services.bench e2e`
 #        BENCH_RUNTIME_ARGS extra options for `python -m services.bench runtime`
+#        BENCH_HTTP_SUBMISSIONS  submissions of (c)'s HTTP figure (default 500)
 #        BENCH_TRACING_RATES  offered rates of the tracing-off run (default 25,50)
 #        SERVICES_PORT_OFFSET, TONGBAN_RUN_DIR, TONGBAN_KAFKA_PORT_BASE, TONGBAN_PG_PORT,
 #        KAFKA_BROKERS      as for stack.sh and services.sh (a second stack beside the default)
@@ -84,8 +85,16 @@ if REPLICAS=${REPLICA_COUNTS[0]} TONGBAN_TRACING_ENABLED=false bash "$LOCAL_DIR/
 fi
 bash "$LOCAL_DIR/services.sh" down
 
-say "(c) the runtime's own CPU per applied and published event (one process, no services)"
-"$BIN/python" -m services.bench runtime --out "$OUT/runtime.json" "${RUNTIME_ARGS[@]}" || status=1
+say "(c) the runtime's own CPU per applied and published event, intake's per submission"
+http_args=(--http-submissions "${BENCH_HTTP_SUBMISSIONS:-500}")
+if ! REPLICAS=1 bash "$LOCAL_DIR/services.sh" up; then
+  warn "services did not start: (c) without the HTTP figure"
+  http_args=()
+  status=1
+fi
+"$BIN/python" -m services.bench runtime --out "$OUT/runtime.json" "${http_args[@]}" \
+  "${RUNTIME_ARGS[@]}" || status=1
+bash "$LOCAL_DIR/services.sh" down
 
 "$BIN/python" -m services.bench report --raw "$OUT/raw.json" "${runs[@]}" \
   --tracing-off "$OUT/e2e-untraced.json" --runtime "$OUT/runtime.json" \

@@ -27,7 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from services.bench import e2e, raw, runtime
+from services.bench import e2e, raw, runtime, submission
 from services.bench.report import (
     ROUTED_P99_AT_RATE,
     build_report,
@@ -225,10 +225,21 @@ def runtime_command(
     ] = 100,
     payload_bytes: Annotated[int, typer.Option(help="size of each event's data, at least")] = 1_024,
     timeout: Annotated[float, typer.Option(help="max s for one regime to finish")] = 120.0,
+    http_submissions: Annotated[
+        int,
+        typer.Option(
+            help="also intake's CPU per HTTP submission, over this many (0: skip; needs the "
+            "services up: deploy/local/services.sh)",
+            min=0,
+        ),
+    ] = 0,
+    http_rate: Annotated[float, typer.Option(help="submissions/s", min=1)] = 50.0,
+    catalog_file: Annotated[Path, typer.Option("--catalog", exists=True)] = DEFAULT_CATALOG,
     out: Annotated[Path, typer.Option(help="result JSON")] = Path(".run/bench/runtime.json"),
 ) -> None:
     """(c) The runtime's own CPU per applied and per published event (issue 18's budget), in
-    this one process against the running Kafka and PostgreSQL."""
+    this one process against the running Kafka and PostgreSQL; with --http-submissions, also
+    intake's CPU per submission (routing, approval and delivery paused meanwhile)."""
     settings = CommonSettings()
     cfg = runtime.RuntimeConfig(
         bootstrap=settings.kafka_bootstrap,
@@ -253,11 +264,32 @@ def runtime_command(
             progress.update(tasks[phase], completed=done)
 
         result = asyncio.run(runtime.run_runtime(cfg, on_progress=on_progress))
+    if http_submissions:
+        http_config = submission.SubmissionConfig(
+            intake_url=default_intake_urls()[0],
+            routing_url=f"http://127.0.0.1:{8002 + port_offset()}",
+            run_dir=run_dir(),
+            submissions=http_submissions,
+            rate=http_rate,
+        )
+        console.print(
+            f"intake's CPU per submission: {http_submissions} at {http_rate:g}/s to "
+            f"{http_config.intake_url} (routing, approval, delivery paused)"
+        )
+        result["figures"][runtime.HTTP_SUBMISSION] = asyncio.run(
+            submission.measure_submissions(http_config, catalog=load_catalog_file(catalog_file))
+        )
+        result["budget"] = runtime.budget_rows(result)
     print_runtime_budget(result, console)
     console.print(
         "CPU of the event loop's thread (time.thread_time: the runtime's work; the whole "
         "process's in the JSON) over each window, per event; the events are produced by a "
-        "child process; the handler does nothing. HTTP submission (budget 1 ms): not measured."
+        "child process; the handler does nothing. "
+        + (
+            f"HTTP: intake's process (psutil) less its idle CPU; includes {submission.INCLUDES}."
+            if http_submissions
+            else "HTTP submission (budget 1 ms): not measured (--http-submissions)."
+        )
     )
     _write(out, result)
 

@@ -82,6 +82,8 @@ Progress = Callable[[str, int, int], None]
 # The write figure again with many events a transaction: what Outbox.add and its flush cost per
 # event once the transaction's own cost is shared (a handler's transaction writes state too).
 BATCHED_WRITES = "published: outbox writes, batched"
+# Intake's CPU per HTTP submission (services/bench/submission.py), when measured.
+HTTP_SUBMISSION = "http: submission (intake)"
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,7 @@ def budget_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         (BATCHED_WRITES, "published"),
         ("published: relay", "published"),
         ("published: writes + relay", "published"),
+        (HTTP_SUBMISSION, "http"),
     ):
         figures = result.get("figures", {}).get(name)
         if figures is None:

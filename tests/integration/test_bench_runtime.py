@@ -4,7 +4,11 @@ figures are measured, and it leaves no schema or topic behind."""
 
 from __future__ import annotations
 
+import subprocess
+import time
+
 import asyncpg
+import psutil
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import text
@@ -12,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.events import CaseRouted
 from services.bench.runtime import RuntimeConfig, case_id, clean_up, new_run_id, run_runtime
+from services.bench.submission import paused
 from services.common.db import asyncpg_dsn
 from services.common.kafka import client_options
 from services.common.settings import CommonSettings
@@ -106,6 +111,30 @@ async def test_every_event_is_applied_and_published_and_measured(
     await eventually(
         lambda: _none_left(settings, f"bench.{cfg.run_id}."), timeout=10, what="topics deleted"
     )
+
+
+def settles_at(process: psutil.Process, *, stopped: bool) -> bool:
+    """Whether the process is (not) stopped within 5 s: a signal is delivered asynchronously."""
+    for _ in range(100):
+        if (process.status() == psutil.STATUS_STOPPED) is stopped:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_paused_processes_are_continued_after_the_window() -> None:
+    """The HTTP figure pauses routing, approval and delivery: they must run again after it,
+    also when the measure fails."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        process = psutil.Process(child.pid)
+        with pytest.raises(RuntimeError), paused([child.pid]):
+            assert settles_at(process, stopped=True)
+            raise RuntimeError("the measure failed")
+        assert settles_at(process, stopped=False)
+    finally:
+        child.kill()
+        child.wait()
 
 
 async def _none_left(settings: CommonSettings, prefix: str) -> bool:

@@ -13,6 +13,7 @@ from contracts.events import CaseRouted
 from services.bench.report import build_report, print_report, print_runtime_budget
 from services.bench.runtime import (
     BUDGET_MS,
+    HTTP_SUBMISSION,
     NoopHandler,
     budget_rows,
     case_id,
@@ -23,6 +24,7 @@ from services.bench.runtime import (
     routed_payload,
     window_figures,
 )
+from services.bench.submission import cpu_ms_per_submission
 from services.common.envelope import Envelope
 
 pytestmark = pytest.mark.unit
@@ -134,3 +136,16 @@ async def test_the_noop_handler_says_when_it_has_seen_its_target() -> None:
     assert not handler.reached.is_set()
     await handler(None, envelope, None)  # type: ignore[arg-type]
     assert handler.reached.is_set() and handler.applied == 2
+
+
+def test_cpu_per_submission_is_what_intake_spent_above_its_idle() -> None:
+    # 1.2 s over 4 s while idling at 0.05 s a second: 1.0 s of work for 200 submissions
+    assert cpu_ms_per_submission(1.2, 4.0, 0.05, 200) == 5.0
+    assert cpu_ms_per_submission(0.1, 4.0, 0.05, 200) == 0.0  # noise below idle: none
+    assert cpu_ms_per_submission(1.2, 4.0, 0.05, 0) is None
+
+
+def test_the_http_figure_beside_its_budget() -> None:
+    result = {"figures": {HTTP_SUBMISSION: {"events": 200, "cpu_ms_per_event": 2.5}}}
+    (row,) = budget_rows(result)
+    assert (row["figure"], row["budget_ms"], row["ratio"]) == (HTTP_SUBMISSION, 1.0, 2.5)
