@@ -235,6 +235,12 @@ def runtime_command(
     ] = 0,
     http_rate: Annotated[float, typer.Option(help="submissions/s", min=1)] = 50.0,
     catalog_file: Annotated[Path, typer.Option("--catalog", exists=True)] = DEFAULT_CATALOG,
+    profile_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="write each window's cProfile (<figure>.pstats) here; inflates the figures"
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="result JSON")] = Path(".run/bench/runtime.json"),
 ) -> None:
     """(c) The runtime's own CPU per applied and per published event (issue 18's budget), in
@@ -254,6 +260,7 @@ def runtime_command(
         payload_bytes=payload_bytes,
         partitions=settings.kafka_partitions,
         timeout=timeout,
+        profile_dir=str(profile_dir) if profile_dir else None,
     )
     with _progress() as progress:
         tasks: dict[str, TaskID] = {}

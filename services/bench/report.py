@@ -223,6 +223,8 @@ def print_runtime_budget(runtime: dict[str, Any] | None, console: Console) -> No
     if not rows:
         return
     traced = "spans recorded" if runtime and runtime.get("traced") else "tracing off"
+    if runtime and runtime.get("profiled"):
+        traced += "; PROFILED: figures inflated"
     table = Table(title=f"(c) runtime budget: CPU per event in services/common ({traced})")
     for col in ("figure", "events", "events/batch", "CPU ms/event", "budget ms", "ratio"):
         table.add_column(col, justify="left" if col == "figure" else "right")

@@ -25,16 +25,19 @@ Tracing is as in the services (`TracingSettings`: spans recorded, not exported, 
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import hashlib
 import multiprocessing
 import multiprocessing.process
 import multiprocessing.synchronize
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -100,6 +103,9 @@ class RuntimeConfig:
     payload_bytes: int = 1_024  # size of the event's `data` (JSON), at least
     partitions: int = 12
     timeout: float = 120.0  # max s for one regime to finish
+    # cProfile of each window's event loop thread into this folder (`<figure>.pstats`); the
+    # profiler's own cost then inflates the figures, so the result says it was on.
+    profile_dir: str | None = None
 
     @property
     def schema(self) -> str:
@@ -111,6 +117,11 @@ class RuntimeConfig:
     @property
     def topics(self) -> list[str]:
         return [self.topic(n) for n in ("backlog", "paced", "published", "dlq")]
+
+    def profile(self, figure: str) -> Path | None:
+        if self.profile_dir is None:
+            return None
+        return Path(self.profile_dir) / (re.sub(r"[^a-z0-9]+", "-", figure).strip("-") + ".pstats")
 
     def settings(self) -> CommonSettings:
         """The services' settings from the environment, on this run's broker, database and
@@ -341,18 +352,27 @@ async def _wait_event(event: Any, timeout: float, what: str) -> None:
 
 
 @contextmanager
-def cpu_window() -> Iterator[dict[str, float]]:
+def cpu_window(profile: Path | None = None) -> Iterator[dict[str, float]]:
     """CPU and wall time over the block: of the event loop's thread (`cpu_s`, the figure:
     the runtime's work, aiokafka, asyncpg and SQLAlchemy's greenlets, all runs there) and of
-    the whole process (`process_cpu_s`, which also holds the progress bar's render thread)."""
+    the whole process (`process_cpu_s`, which also holds the progress bar's render thread).
+    With `profile`, that thread's cProfile statistics are written there."""
     spent: dict[str, float] = {}
+    profiler = cProfile.Profile() if profile is not None else None
     cpu0, process0, wall0 = time.thread_time(), time.process_time(), time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
     try:
         yield spent
     finally:
+        if profiler is not None:
+            profiler.disable()
         spent["cpu_s"] = time.thread_time() - cpu0
         spent["process_cpu_s"] = time.process_time() - process0
         spent["wall_s"] = time.perf_counter() - wall0
+        if profiler is not None and profile is not None:
+            profile.parent.mkdir(parents=True, exist_ok=True)
+            profiler.dump_stats(profile)
 
 
 class NoopHandler:
@@ -475,7 +495,7 @@ async def _applied_backlog(
     handler = NoopHandler(target=n)
     runner = applying_runner(cfg.settings(), sessions, cfg.schema, cfg.topic("backlog"), handler)
     # The window includes the runner's start and group join: a few ms, spread over the backlog.
-    with cpu_window() as spent:
+    with cpu_window(cfg.profile("applied, backlog")) as spent:
         task = asyncio.create_task(runner.run())
         await _applied(
             handler,
@@ -522,7 +542,7 @@ async def _applied_paced(
         with cpu_window() as idle:
             await asyncio.sleep(cfg.idle_seconds)
         batches_before = _batches(runner)
-        with cpu_window() as spent:
+        with cpu_window(cfg.profile("applied, paced")) as spent:
             go.set()
             await _applied(
                 handler,
@@ -585,7 +605,7 @@ async def _outbox_writes(
     for payload in payloads[:warm_up]:
         await write([payload])
     measured = payloads[warm_up:]
-    with cpu_window() as spent:
+    with cpu_window(cfg.profile(phase)) as spent:
         for i in range(0, n, per_transaction):
             await write(measured[i : i + per_transaction])
             if i % 100 < per_transaction:
@@ -609,7 +629,7 @@ async def _relay(
     them; the window includes its start (connection, advisory lock, producer)."""
     n = await outbox_rows(db, cfg.schema)
     relay = OutboxRelay(cfg.settings(), schema=cfg.schema)
-    with cpu_window() as spent:
+    with cpu_window(cfg.profile("published: relay")) as spent:
         task = asyncio.create_task(relay.run())
 
         def all_published() -> bool:
@@ -727,6 +747,7 @@ async def run_runtime(
         "config": asdict(cfg) | {"database_url": None},
         "schema": cfg.schema,
         "traced": traced,
+        "profiled": cfg.profile_dir is not None,  # figures inflated by the profiler
         "consumer_max_records": settings.consumer_max_records,
         "outbox_batch_size": settings.outbox_batch_size,
         "data_bytes": len(

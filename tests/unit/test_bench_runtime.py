@@ -15,6 +15,7 @@ from services.bench.runtime import (
     BUDGET_MS,
     HTTP_SUBMISSION,
     NoopHandler,
+    RuntimeConfig,
     budget_rows,
     case_id,
     idle_cpu_ms_per_s,
@@ -149,3 +150,12 @@ def test_the_http_figure_beside_its_budget() -> None:
     result = {"figures": {HTTP_SUBMISSION: {"events": 200, "cpu_ms_per_event": 2.5}}}
     (row,) = budget_rows(result)
     assert (row["figure"], row["budget_ms"], row["ratio"]) == (HTTP_SUBMISSION, 1.0, 2.5)
+
+
+def test_each_figure_profiles_into_a_file_of_its_own() -> None:
+    cfg = RuntimeConfig(bootstrap="b", database_url="d", run_id="r", profile_dir="/tmp/p")
+    assert str(cfg.profile("published: outbox writes, batched")) == (
+        "/tmp/p/published-outbox-writes-batched.pstats"
+    )
+    assert str(cfg.profile("applied, paced")) == "/tmp/p/applied-paced.pstats"
+    assert RuntimeConfig(bootstrap="b", database_url="d", run_id="r").profile("x") is None
