@@ -217,19 +217,24 @@ def _bodies(
     return out
 
 
+async def post_case(http: httpx.AsyncClient, url: str, body: bytes, auth: str) -> httpx.Response:
+    """One submission to intake's `POST /v1/cases`, with an idempotency key of its own."""
+    return await http.post(
+        f"{url}/v1/cases",
+        content=body,
+        headers={
+            "Authorization": auth,
+            "Content-Type": "application/json",
+            "Idempotency-Key": f"bench-{uuid.uuid4().hex}",
+        },
+    )
+
+
 async def _submit(http: httpx.AsyncClient, url: str, body: bytes, auth: str, step: _Step) -> None:
     sent = time.time()
     started = time.perf_counter()
     try:
-        answer = await http.post(
-            f"{url}/v1/cases",
-            content=body,
-            headers={
-                "Authorization": auth,
-                "Content-Type": "application/json",
-                "Idempotency-Key": f"bench-{uuid.uuid4().hex}",
-            },
-        )
+        answer = await post_case(http, url, body, auth)
     except httpx.HTTPError as exc:
         step.errors[type(exc).__name__] += 1
         return

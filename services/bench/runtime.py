@@ -271,28 +271,35 @@ def published_total(writes: dict[str, Any], relay: dict[str, Any]) -> dict[str, 
 # -- the producer (a child process: its CPU is not the runtime's) --------------------------------
 
 
+@dataclass(frozen=True)
+class Production:
+    """What the child produces: `count` events on the regime's topic, at `rate`/s (0: all at
+    once)."""
+
+    regime: str
+    count: int
+    rate: float = 0.0
+
+
 def producer_process(
     config: dict[str, Any],
-    regime: str,
-    count: int,
-    rate: float,
+    production: Production,
     ready: multiprocessing.synchronize.Event,
     go: multiprocessing.synchronize.Event,
 ) -> None:
     """Process entry point (spawned). Paced (`rate` > 0): one warm-up event first (so the
     group has joined before the window opens), `ready`, wait for `go`, then `count` events at
     `rate`/s, open loop. Backlog (`rate` 0): `count` events at once, then exit."""
-    asyncio.run(_produce(RuntimeConfig(**config), regime, count, rate, ready, go))
+    asyncio.run(_produce(RuntimeConfig(**config), production, ready, go))
 
 
 async def _produce(
     cfg: RuntimeConfig,
-    regime: str,
-    count: int,
-    rate: float,
+    production: Production,
     ready: multiprocessing.synchronize.Event,
     go: multiprocessing.synchronize.Event,
 ) -> None:
+    regime, count, rate = production.regime, production.count, production.rate
     topic = cfg.topic(regime)
     producer = make_producer(cfg.settings(), client_id=f"bench-runtime-{regime}")
     await producer.start()
@@ -320,14 +327,14 @@ async def _produce(
 
 
 def _spawn_producer(
-    cfg: RuntimeConfig, regime: str, count: int, rate: float
+    cfg: RuntimeConfig, production: Production
 ) -> tuple[multiprocessing.process.BaseProcess, Any, Any]:
     ctx = multiprocessing.get_context("spawn")
     ready, go = ctx.Event(), ctx.Event()
     process = ctx.Process(
         target=producer_process,
-        args=(asdict(cfg), regime, count, rate, ready, go),
-        name=f"bench-runtime-{regime}",
+        args=(asdict(cfg), production, ready, go),
+        name=f"bench-runtime-{production.regime}",
         daemon=True,
     )
     process.start()
@@ -488,7 +495,7 @@ async def _applied_backlog(
     on_progress: Progress,
 ) -> dict[str, Any]:
     n = cfg.events
-    process, _ready, _go = _spawn_producer(cfg, "backlog", n, 0.0)
+    process, _ready, _go = _spawn_producer(cfg, Production("backlog", n))
     on_progress("produce backlog", 0, n)
     await _join(process, cfg.timeout)
     on_progress("produce backlog", n, n)
@@ -532,7 +539,7 @@ async def _applied_paced(
     handler = NoopHandler(target=1)  # the warm-up event first
     runner = applying_runner(cfg.settings(), sessions, cfg.schema, cfg.topic("paced"), handler)
     task = asyncio.create_task(runner.run())
-    process, ready, go = _spawn_producer(cfg, "paced", n, cfg.paced_rate)
+    process, ready, go = _spawn_producer(cfg, Production("paced", n, cfg.paced_rate))
     try:
         await _wait_event(ready, cfg.timeout, "the paced producer")
         await asyncio.wait_for(handler.reached.wait(), cfg.timeout)

@@ -18,7 +18,6 @@ import os
 import random
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any
 import httpx
 import psutil
 
-from services.bench.e2e import E2EConfig, Tokens, instant_items, load_catalog
+from services.bench.e2e import E2EConfig, Tokens, instant_items, load_catalog, post_case
 from services.bench.procs import service_pids
 from services.cli.applicants import application_for
 
@@ -83,19 +82,6 @@ def paused(pids: list[int]) -> Iterator[None]:
                 pass
 
 
-async def _post(http: httpx.AsyncClient, url: str, body: bytes, auth: str) -> int:
-    answer = await http.post(
-        f"{url}/v1/cases",
-        content=body,
-        headers={
-            "Authorization": auth,
-            "Content-Type": "application/json",
-            "Idempotency-Key": f"bench-runtime-{uuid.uuid4().hex}",
-        },
-    )
-    return answer.status_code
-
-
 async def measure_submissions(
     config: SubmissionConfig, *, catalog: dict[str, Any]
 ) -> dict[str, Any]:
@@ -119,7 +105,7 @@ async def measure_submissions(
     async with httpx.AsyncClient(timeout=30) as http:
         await load_catalog(http, tokens, e2e_config, catalog)
         for body, auth in bodies[:20]:  # warm-up: imports, pools, prepared statements
-            await _post(http, config.intake_url, body, auth)
+            await post_case(http, config.intake_url, body, auth)
         with paused(others):
             await asyncio.sleep(1.0)  # the warm-up's own work done
             idle0, idle_at = _cpu_s(intake), time.perf_counter()
@@ -129,9 +115,9 @@ async def measure_submissions(
             sends = []
             for n, (body, auth) in enumerate(bodies[20:]):
                 await asyncio.sleep(max(0.0, busy_at + n / config.rate - time.perf_counter()))
-                sends.append(asyncio.create_task(_post(http, config.intake_url, body, auth)))
-            for status in await asyncio.gather(*sends):
-                statuses[status] = statuses.get(status, 0) + 1
+                sends.append(asyncio.create_task(post_case(http, config.intake_url, body, auth)))
+            for answer in await asyncio.gather(*sends):
+                statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
             await asyncio.sleep(1.0)  # the relay's publish and the timeline's apply of the last
             busy_cpu, busy_wall = _cpu_s(intake) - busy0, time.perf_counter() - busy_at
     idle_rate = idle_cpu / idle_wall
