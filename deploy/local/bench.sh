@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make bench` (issues 8, 18): the raw case pipeline (tongban's case on the same Kafka and
 # PostgreSQL with no framework: the limit), then tongban end to end with REPLICAS=1 and
-# REPLICAS=2, then the report (table, $RUN_DIR/bench/bench.json and bench.png).
+# REPLICAS=2, then (c) the runtime's own CPU per applied and published event (issue 18's
+# budget, in the bench's one process) and intake's per HTTP submission, then the report
+# (table, $RUN_DIR/bench/bench.json and bench.png).
 # Submissions come from a compiled load generator (Go, services/bench/loadgen/), built first
 # into $CACHE_DIR/bin: the bench fails at once, saying so, if Go is missing.
 #
@@ -11,6 +13,8 @@
 # Env:   BENCH_REPLICAS     replica counts to compare (default "1 2")
 #        BENCH_RAW_ARGS     extra options for `python -m services.bench raw`
 #        BENCH_E2E_ARGS     extra options for `python -m services.bench e2e`
+#        BENCH_RUNTIME_ARGS extra options for `python -m services.bench runtime`
+#        BENCH_HTTP_SUBMISSIONS  submissions of (c)'s HTTP figure (default 500)
 #        BENCH_TRACING_RATES  offered rates of the tracing-off run (default 25,50)
 #        SERVICES_PORT_OFFSET, TONGBAN_RUN_DIR, TONGBAN_KAFKA_PORT_BASE, TONGBAN_PG_PORT,
 #        KAFKA_BROKERS      as for stack.sh and services.sh (a second stack beside the default)
@@ -28,6 +32,7 @@ OUT="$RUN_DIR/bench"
 read -r -a REPLICA_COUNTS <<<"${BENCH_REPLICAS:-1 2}"
 read -r -a RAW_ARGS <<<"${BENCH_RAW_ARGS:-}"
 read -r -a E2E_ARGS <<<"${BENCH_E2E_ARGS:-}"
+read -r -a RUNTIME_ARGS <<<"${BENCH_RUNTIME_ARGS:-}"
 export TONGBAN_RATE_LIMIT_PER_S=${TONGBAN_RATE_LIMIT_PER_S:-100000}
 export TONGBAN_RATE_LIMIT_BURST=${TONGBAN_RATE_LIMIT_BURST:-100000}
 export TONGBAN_RUN_DIR=$RUN_DIR
@@ -56,7 +61,7 @@ source "$RUN_DIR/env"
 "$BIN/tongban" migrate >/dev/null && "$BIN/tongban" topics >/dev/null || die "migrate/topics failed"
 bash "$LOCAL_DIR/services.sh" down >/dev/null 2>&1 || true
 mkdir -p "$OUT"
-rm -f "$OUT"/raw.json "$OUT"/e2e-r*.json
+rm -f "$OUT"/raw.json "$OUT"/e2e-r*.json "$OUT"/runtime.json
 
 status=0
 say "(a) raw case pipeline (no framework)"
@@ -85,8 +90,19 @@ if REPLICAS=${REPLICA_COUNTS[0]} TONGBAN_TRACING_ENABLED=false bash "$LOCAL_DIR/
 fi
 bash "$LOCAL_DIR/services.sh" down
 
+say "(c) the runtime's own CPU per applied and published event, intake's per submission"
+http_args=(--http-submissions "${BENCH_HTTP_SUBMISSIONS:-500}")
+if ! REPLICAS=1 bash "$LOCAL_DIR/services.sh" up; then
+  warn "services did not start: (c) without the HTTP figure"
+  http_args=()
+  status=1
+fi
+"$BIN/python" -m services.bench runtime --out "$OUT/runtime.json" "${http_args[@]}" \
+  "${RUNTIME_ARGS[@]}" || status=1
+bash "$LOCAL_DIR/services.sh" down
+
 "$BIN/python" -m services.bench report --raw "$OUT/raw.json" "${runs[@]}" \
-  --tracing-off "$OUT/e2e-untraced.json" \
+  --tracing-off "$OUT/e2e-untraced.json" --runtime "$OUT/runtime.json" \
   --out "$OUT/bench.json" --plot "$OUT/bench.png" || status=1
 say "done in $(since "$t0")s: $OUT/bench.json, $OUT/bench.png"
 exit $status

@@ -1,4 +1,4 @@
-"""`python -m services.bench`: raw pipeline, tongban ladder, and the combined report.
+"""`python -m services.bench`: raw pipeline, tongban ladder, runtime cost, combined report.
 
 `make bench` (deploy/local/bench.sh) runs them in order on a stack of its own; each command
 also runs alone against whatever stack `$TONGBAN_RUN_DIR/env` describes.
@@ -27,12 +27,13 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from services.bench import e2e, loadgen, raw
+from services.bench import e2e, loadgen, raw, runtime, submission
 from services.bench.report import (
     ROUTED_P99_AT_RATE,
     build_report,
     plot_report,
     print_report,
+    print_runtime_budget,
     print_tracing_cost,
 )
 from services.bench.stats import rate_ladder
@@ -43,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CATALOG = ROOT / "deploy" / "demo" / "catalog.yaml"
 
 app = typer.Typer(
-    help="tongban bench (issue 8): the raw Kafka+PostgreSQL limit, tongban end to end, report.",
+    help="tongban bench (issues 8, 18): the raw Kafka+PostgreSQL limit, tongban end to end, "
+    "the runtime's CPU per event, report.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -211,6 +213,102 @@ def build_loadgen_command() -> None:
     console.print(str(binary))
 
 
+@app.command("runtime")
+def runtime_command(
+    events: Annotated[
+        int, typer.Option(help="events of the backlog regime (0: skip)", min=0)
+    ] = 5_000,
+    paced_events: Annotated[
+        int, typer.Option(help="events of the paced regime (0: skip)", min=0)
+    ] = 500,
+    paced_rate: Annotated[float, typer.Option(help="events/s of the paced regime", min=1)] = 100.0,
+    idle_seconds: Annotated[
+        float, typer.Option(help="s of the paced group's idle CPU, measured first", min=0.1)
+    ] = 2.0,
+    outbox_events: Annotated[
+        int, typer.Option(help="events written to the outbox and relayed (0: skip)", min=0)
+    ] = 2_000,
+    outbox_per_transaction: Annotated[
+        int, typer.Option(help="events a transaction of the second write figure (1: skip)", min=1)
+    ] = 100,
+    payload_bytes: Annotated[int, typer.Option(help="size of each event's data, at least")] = 1_024,
+    timeout: Annotated[float, typer.Option(help="max s for one regime to finish")] = 120.0,
+    http_submissions: Annotated[
+        int,
+        typer.Option(
+            help="also intake's CPU per HTTP submission, over this many (0: skip; needs the "
+            "services up: deploy/local/services.sh)",
+            min=0,
+        ),
+    ] = 0,
+    http_rate: Annotated[float, typer.Option(help="submissions/s", min=1)] = 50.0,
+    catalog_file: Annotated[Path, typer.Option("--catalog", exists=True)] = DEFAULT_CATALOG,
+    profile_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="write each window's cProfile (<figure>.pstats) here; inflates the figures"
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="result JSON")] = Path(".run/bench/runtime.json"),
+) -> None:
+    """(c) The runtime's own CPU per applied and per published event (issue 18's budget), in
+    this one process against the running Kafka and PostgreSQL; with --http-submissions, also
+    intake's CPU per submission (routing, approval and delivery paused meanwhile)."""
+    settings = CommonSettings()
+    cfg = runtime.RuntimeConfig(
+        bootstrap=settings.kafka_bootstrap,
+        database_url=settings.database_url,
+        run_id=runtime.new_run_id(),
+        events=events,
+        paced_events=paced_events,
+        paced_rate=paced_rate,
+        idle_seconds=idle_seconds,
+        outbox_events=outbox_events,
+        outbox_per_transaction=outbox_per_transaction,
+        payload_bytes=payload_bytes,
+        partitions=settings.kafka_partitions,
+        timeout=timeout,
+        profile_dir=str(profile_dir) if profile_dir else None,
+    )
+    with _progress() as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total, note="")
+            progress.update(tasks[phase], completed=done)
+
+        result = asyncio.run(runtime.run_runtime(cfg, on_progress=on_progress))
+    if http_submissions:
+        http_config = submission.SubmissionConfig(
+            intake_url=default_intake_urls()[0],
+            routing_url=f"http://127.0.0.1:{8002 + port_offset()}",
+            run_dir=run_dir(),
+            submissions=http_submissions,
+            rate=http_rate,
+        )
+        console.print(
+            f"intake's CPU per submission: {http_submissions} at {http_rate:g}/s to "
+            f"{http_config.intake_url} (routing, approval, delivery paused)"
+        )
+        result["figures"][runtime.HTTP_SUBMISSION] = asyncio.run(
+            submission.measure_submissions(http_config, catalog=load_catalog_file(catalog_file))
+        )
+        result["budget"] = runtime.budget_rows(result)
+    print_runtime_budget(result, console)
+    console.print(
+        "CPU of the event loop's thread (time.thread_time: the runtime's work; the whole "
+        "process's in the JSON) over each window, per event; the events are produced by a "
+        "child process; the handler does nothing. "
+        + (
+            f"HTTP: intake's process (psutil) less its idle CPU; includes {submission.INCLUDES}."
+            if http_submissions
+            else "HTTP submission (budget 1 ms): not measured (--http-submissions)."
+        )
+    )
+    _write(out, result)
+
+
 def _offered_rates(rates: str | None, start_rate: float, max_rate: float) -> list[float]:
     """`--rates` as given, else from `start_rate` doubling up to `max_rate`."""
     if rates:
@@ -262,10 +360,16 @@ def report_command(
         Path | None,
         typer.Option(help="e2e result JSON of the first run's setup with tracing off"),
     ] = None,
+    runtime_file: Annotated[
+        Path | None, typer.Option("--runtime", help="runtime result JSON (its budget table)")
+    ] = None,
 ) -> None:
     """Combine raw and e2e results: targets, table, JSON and PNG."""
     raw_result = json.loads(raw_file.read_text()) if raw_file and raw_file.exists() else None
     untraced = json.loads(tracing_off.read_text()) if tracing_off and tracing_off.exists() else None
+    runtime_result = (
+        json.loads(runtime_file.read_text()) if runtime_file and runtime_file.exists() else None
+    )
     e2e_results = [json.loads(p.read_text()) for p in runs if p.exists()]
     meta = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -277,7 +381,7 @@ def report_command(
         "loadavg_at_report": [round(x, 2) for x in os.getloadavg()],
         "latency_clock": "Kafka record timestamp of the event minus the time the bench sent it",
     }
-    report = build_report(raw_result, e2e_results, meta, untraced)
+    report = build_report(raw_result, e2e_results, meta, untraced, runtime_result)
     print_report(report, console)
     print_tracing_cost(report, console)
     _write(out, report)

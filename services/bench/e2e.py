@@ -20,6 +20,7 @@ import json
 import os
 import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -232,6 +233,19 @@ def load_step(config: E2EConfig, requests: list[Request], rate: float) -> LoadSt
         requests=requests,
         connections=config.connections,
         max_inflight=config.max_inflight,
+    )
+
+
+async def post_case(http: httpx.AsyncClient, url: str, body: bytes, auth: str) -> httpx.Response:
+    """One submission to intake's `POST /v1/cases`, with an idempotency key of its own."""
+    return await http.post(
+        f"{url}/v1/cases",
+        content=body,
+        headers={
+            "Authorization": auth,
+            "Content-Type": "application/json",
+            "Idempotency-Key": f"bench-{uuid.uuid4().hex}",
+        },
     )
 
 

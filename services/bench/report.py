@@ -157,6 +157,7 @@ def build_report(
     runs: Sequence[dict[str, Any]],
     meta: dict[str, Any],
     untraced: dict[str, Any] | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     targets = evaluate_targets(raw, runs)
     return {
@@ -167,6 +168,7 @@ def build_report(
         "targets": [t.as_dict() for t in targets],
         "tracing_off": untraced,
         "tracing_cost": tracing_cost(runs[0] if runs else None, untraced),
+        "runtime": runtime,
     }
 
 
@@ -229,6 +231,37 @@ def print_tracing_cost(report: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
+def print_runtime_budget(runtime: dict[str, Any] | None, console: Console) -> None:
+    """(c): the runtime's CPU per event (services/bench/runtime.py) beside issue 18's budget."""
+    rows = (runtime or {}).get("budget") or []
+    if not rows:
+        return
+    traced = "spans recorded" if runtime and runtime.get("traced") else "tracing off"
+    if runtime and runtime.get("profiled"):
+        traced += "; PROFILED: figures inflated"
+    table = Table(title=f"(c) runtime budget: CPU per event in services/common ({traced})")
+    for col in ("figure", "events", "events/batch", "CPU ms/event", "budget ms", "ratio"):
+        table.add_column(col, justify="left" if col == "figure" else "right")
+    for row in rows:
+        ratio = row["ratio"]
+        colour = "green" if ratio is not None and ratio <= 1 else "red"
+        table.add_row(
+            row["figure"],
+            str(row["events"]),
+            _fmt(row["events_per_batch"]),
+            _fmt(row["cpu_ms_per_event"], 3),
+            _fmt(row["budget_ms"], 2),
+            "-" if ratio is None else f"[{colour}]{ratio:.2f}[/]",
+        )
+    paced = (runtime or {}).get("figures", {}).get("applied, paced") or {}
+    if paced.get("idle_cpu_ms_per_s") is not None:
+        table.caption = (
+            f"paced: {paced['rate']:g} events/s; the runner costs "
+            f"{paced['idle_cpu_ms_per_s']:.1f} ms of CPU a second with nothing to apply"
+        )
+    console.print(table)
+
+
 def print_report(report: dict[str, Any], console: Console) -> None:
     cpus = report.get("meta", {}).get("cpus")
     raw = report.get("raw")
@@ -256,6 +289,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             "'others CPU s' = CPU taken by processes outside the bench and the stack under test"
         )
         console.print(_processes_table(run))
+    print_runtime_budget(report.get("runtime"), console)
     console.print(_targets_table(report["targets"]))
 
 
