@@ -77,7 +77,7 @@ federation: install ## two regions (云州市 here, 澜州市 on Kafka 19092, Po
 console: install ## the operator console on http://127.0.0.1:8000 (needs the stack; make demo starts services)
 	@source $(RUN_DIR)/env && $(BIN)/tongban console
 
-bench: $(VENV)/.installed ## throughput/latency bench: raw pipeline vs tongban at REPLICAS=1 and 2 (4-6 min; report in .run/bench/)
+bench: $(VENV)/.installed ## throughput/latency bench: raw pipeline vs tongban at REPLICAS=1 and 2 (4-6 min; report in .run/bench/; needs Go for its load generator)
 	@bash deploy/local/fetch-kafka.sh
 	@bash deploy/local/bench.sh
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make bench` (issue 8): the raw Kafka+PostgreSQL pipeline, then tongban end to end with
 # REPLICAS=1 and REPLICAS=2, then the report (table, $RUN_DIR/bench/bench.json and bench.png).
+# Submissions come from a compiled load generator (Go, services/bench/loadgen/), built first
+# into $CACHE_DIR/bin: the bench fails at once, saying so, if Go is missing.
 #
 # Starts the stack if it is not up (and stops it at the end only then); always starts and stops
 # the services itself, so services already running from this run folder are restarted.
@@ -40,6 +42,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 t0=$(now)
+say "building the load generator (Go; first build about 30 s, then cached)"
+"$BIN/python" -m services.bench build-loadgen || die "the load generator did not build (see above)"
 if bash "$LOCAL_DIR/stack.sh" status >/dev/null 2>&1; then
   say "using the stack already running from $RUN_DIR (left running afterwards)"
 else

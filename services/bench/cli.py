@@ -27,7 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from services.bench import e2e, raw
+from services.bench import e2e, loadgen, raw
 from services.bench.report import (
     ROUTED_P99_AT_RATE,
     build_report,
@@ -160,6 +160,9 @@ def e2e_command(
         float, typer.Option(help="never stop the ladder for saturation below this rate")
     ] = ROUTED_P99_AT_RATE,
     max_inflight: Annotated[int, typer.Option(help="open requests before sends are skipped")] = 256,
+    connections: Annotated[
+        int, typer.Option(help="the load generator's keep-alive connections per intake replica")
+    ] = 64,
     warmup: Annotated[int, typer.Option(help="warm-up cases at 20/s (not counted)")] = 100,
     idle_seconds: Annotated[
         float, typer.Option(help="seconds of idle CPU measured before the ladder")
@@ -178,6 +181,7 @@ def e2e_command(
         drain_timeout=drain_timeout,
         min_gain=min_gain,
         max_inflight=max_inflight,
+        connections=connections,
         warmup_cases=warmup,
         idle_seconds=idle_seconds,
         measure_up_to=measure_up_to,
@@ -198,9 +202,21 @@ def e2e_command(
             )
         )
     console.print(
-        f"{label}: best {result['max_closed_per_s']} closed cases/s ({result['stopped']})"
+        f"{label}: best {result['max_closed_per_s']} closed cases/s ({result['stopped']}); "
+        f"load generator {result['load_generator_cpu_ms_per_request']} ms CPU per request"
     )
     _write(out, result)
+
+
+@app.command("build-loadgen")
+def build_loadgen_command() -> None:
+    """Build the compiled load generator (Go) if its sources changed; print its path."""
+    try:
+        binary = loadgen.build()
+    except loadgen.LoadgenUnavailable as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print(str(binary))
 
 
 def _offered_rates(rates: str | None, start_rate: float, max_rate: float) -> list[float]:

@@ -3,11 +3,14 @@
 The demo catalog is loaded through routing's API; cases are instant items with electronic
 delivery, so they close with no department acting. Each rung of the ladder submits for
 `step_seconds` at its rate through intake's `POST /v1/cases` (round robin over the intake
-replicas), then waits until its cases closed (or the drain time ran out). A watcher reads
-`case.routing.v1` and `case.delivery.v1` from their end (no consumer group) and keeps, per case,
-the timestamp of `gov.case.routed.v1` and `gov.case.closed.v1` (the record timestamps, set by
-the outbox relay's producer). submit->routed / submit->closed run from the moment the bench
-sent the POST.
+replicas), then waits until its cases closed (or the drain time ran out). The submissions come
+from the compiled load generator (services/bench/loadgen.py), open loop, each with its own
+Idempotency-Key and the token of its counter's terminal (a clerk of its office, or the online
+channel); its CPU and RSS are sampled as the process `load-generator`, never counted as the
+stack's. A watcher reads `case.routing.v1` and `case.delivery.v1` from their end (no consumer
+group) and keeps, per case, the timestamp of `gov.case.routed.v1` and `gov.case.closed.v1` (the
+record timestamps, set by the outbox relay's producer). submit->routed / submit->closed run
+from the time each POST was due (its scheduled send), so a late send counts against the figures.
 """
 
 from __future__ import annotations
@@ -17,10 +20,9 @@ import json
 import os
 import random
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts.events import DELIVERY_TOPIC, ROUTING_TOPIC, CaseClosed, CaseRouted, CaseRouteFailed
+from services.bench.loadgen import LoadResult, LoadStep, Request, offer
 from services.bench.procs import (
+    LOAD_GENERATOR,
     ProcessSampler,
     add_stack,
     cpu_deltas,
@@ -40,13 +44,11 @@ from services.bench.procs import (
 )
 from services.bench.stats import StepOutcome, completion_rate, latency_summary, stop_reason
 from services.cli.applicants import application_for
-from services.cli.devclient import ClientFleet
 from services.common.auth import AuthSettings, Role, mint_token
 from services.common.kafka import client_options
 from services.common.settings import CommonSettings
 
 ROUTED, ROUTE_FAILED, CLOSED = CaseRouted.TYPE, CaseRouteFailed.TYPE, CaseClosed.TYPE
-CONNECTIONS_PER_CLIENT = 16  # of the bench's client fleet
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class E2EConfig:
     drain_timeout: float = 40.0
     min_gain: float = 0.10
     max_inflight: int = 256
+    connections: int = 64  # the load generator's keep-alive connections per intake replica
     warmup_cases: int = 100
     idle_seconds: float = 5.0  # CPU of the idle stack, measured before the ladder
     measure_up_to: float = 100.0  # the rate of the p99 submit->routed target
@@ -84,18 +87,21 @@ class Tokens:
         self._settings = AuthSettings()
         self._cache: dict[tuple[Role, str | None], str] = {}
 
-    def header(self, role: Role, scope: str | None = None) -> str:
+    def token(self, role: Role, scope: str | None = None) -> str:
         key = (role, scope)
         if key not in self._cache:
-            token = mint_token(
+            self._cache[key] = mint_token(
                 self._settings, subject=f"bench-{role.value}-{scope}", role=role, scope=scope
             )
-            self._cache[key] = f"Bearer {token}"
         return self._cache[key]
 
+    def header(self, role: Role, scope: str | None = None) -> str:
+        return f"Bearer {self.token(role, scope)}"
+
     def for_body(self, body: dict[str, Any]) -> str:
+        """The token of the terminal that submits `body`: a clerk of its office, or online."""
         online = body.get("channel") == "online" or not body.get("office_code")
-        return self.header(Role.clerk, "online" if online else body["office_code"])
+        return self.token(Role.clerk, "online" if online else body["office_code"])
 
 
 async def partitions(settings: CommonSettings, *topics: str) -> list[TopicPartition]:
@@ -166,17 +172,17 @@ class CaseWatcher:
             await self._consumer.stop()
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Step:
+    """One offered rate and what the load generator got for it."""
+
     rate: float
-    sent_at: dict[str, float] = field(default_factory=dict)  # case id -> POST sent (epoch s)
-    http_s: list[float] = field(default_factory=list)
-    statuses: Counter[int] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
-    skipped: int = 0  # not sent: max_inflight requests were still waiting for an answer
-    late_s: list[float] = field(default_factory=list)  # how late each send left
-    first_send: float = 0.0
-    last_send: float = 0.0
+    load: LoadResult
+
+    @property
+    def sent_at(self) -> dict[str, float]:
+        """Case id -> the scheduled send of the POST that created it (epoch s)."""
+        return {a.case_id: a.sent_at for a in self.load.answers if a.status == 201 and a.case_id}
 
 
 async def load_catalog(
@@ -209,65 +215,41 @@ def _bodies(
     rng: random.Random,
     count: int,
     tokens: Tokens,
-) -> list[tuple[bytes, str]]:
+) -> list[Request]:
     out = []
     for _ in range(count):
         body = application_for(catalog, rng.choice(items), rng, delivery="electronic")
-        out.append((json.dumps(body).encode(), tokens.for_body(body)))
+        out.append(Request(token=tokens.for_body(body), body=json.dumps(body).encode()))
     return out
 
 
-async def _submit(http: httpx.AsyncClient, url: str, body: bytes, auth: str, step: _Step) -> None:
-    sent = time.time()
-    started = time.perf_counter()
-    try:
-        answer = await http.post(
-            f"{url}/v1/cases",
-            content=body,
-            headers={
-                "Authorization": auth,
-                "Content-Type": "application/json",
-                "Idempotency-Key": f"bench-{uuid.uuid4().hex}",
-            },
-        )
-    except httpx.HTTPError as exc:
-        step.errors[type(exc).__name__] += 1
-        return
-    step.http_s.append(time.perf_counter() - started)
-    step.statuses[answer.status_code] += 1
-    if answer.status_code == 201:
-        step.sent_at[answer.json()["case_id"]] = sent
+def load_step(config: E2EConfig, requests: list[Request], rate: float) -> LoadStep:
+    """Each request once, at `rate`, round robin over the intake replicas."""
+    return LoadStep(
+        urls=[f"{url}/v1/cases" for url in config.intake_urls],
+        rate=rate,
+        seconds=len(requests) / rate,
+        requests=requests,
+        connections=config.connections,
+        max_inflight=config.max_inflight,
+    )
 
 
 async def _offer(
-    http: ClientFleet[httpx.AsyncClient],
-    config: E2EConfig,
-    bodies: list[tuple[bytes, str]],
-    rate: float,
+    config: E2EConfig, requests: list[Request], rate: float, sampler: ProcessSampler
 ) -> _Step:
-    """Open loop: send i leaves at start + i/rate whatever the answers to earlier ones."""
-    step = _Step(rate=rate)
-    inflight: set[asyncio.Task[None]] = set()
-    urls = config.intake_urls
-    start = time.perf_counter()
-    step.first_send = time.time()
-    for n, (body, auth) in enumerate(bodies):
-        due = start + n / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        else:
-            step.late_s.append(-delay)
-        if len(inflight) >= config.max_inflight:
-            step.skipped += 1
-            continue
-        task = asyncio.create_task(_submit(http[n], urls[n % len(urls)], body, auth, step))
-        inflight.add(task)
-        task.add_done_callback(inflight.discard)
-    step.last_send = time.time()
-    if inflight:
-        await asyncio.gather(*inflight)
-    return step
+    """Open loop through the compiled generator, sampled as `load-generator` while it runs and
+    then charged the CPU it reports itself."""
+    started: list[int] = []
+
+    def sample_it(pid: int) -> None:
+        started.append(pid)
+        sampler.add(LOAD_GENERATOR, pid, kind="bench", from_start=True)
+
+    load = await offer(load_step(config, requests, rate), on_start=sample_it)
+    for pid in started:
+        sampler.ended(LOAD_GENERATOR, pid, load.cpu_s)
+    return _Step(rate=rate, load=load)
 
 
 async def _drain(watcher: CaseWatcher, step: _Step, timeout: float) -> bool:
@@ -280,34 +262,44 @@ async def _drain(watcher: CaseWatcher, step: _Step, timeout: float) -> bool:
 
 
 def _step_figures(step: _Step, watcher: CaseWatcher, drained: bool) -> dict[str, Any]:
-    routed = [watcher.routed[c] - t for c, t in step.sent_at.items() if c in watcher.routed]
-    closed_at = [watcher.closed[c] for c in step.sent_at if c in watcher.closed]
-    closed = [watcher.closed[c] - t for c, t in step.sent_at.items() if c in watcher.closed]
-    offered = (
-        len(step.sent_at)
-        + sum(n for s, n in step.statuses.items() if s != 201)
-        + step.skipped
-        + sum(step.errors.values())
-    )
-    send_span = step.last_send - step.first_send
+    sent_at = step.sent_at
+    answers = step.load.answers
+    routed = [watcher.routed[c] - t for c, t in sent_at.items() if c in watcher.routed]
+    closed_at = [watcher.closed[c] for c in sent_at if c in watcher.closed]
+    closed = [watcher.closed[c] - t for c, t in sent_at.items() if c in watcher.closed]
+    statuses = Counter(a.status for a in answers if a.status)
+    unanswered = sum(1 for a in answers if not a.status)
+    offered = len(answers) + step.load.late
     cps = completion_rate(closed_at)
     return {
         "rate": step.rate,
         "offered": offered,
-        "submitted": len(step.sent_at),
-        "submit_rate": round(offered / send_span, 1) if send_span > 0 else None,
-        "statuses": {str(k): v for k, v in sorted(step.statuses.items())},
-        "errors": dict(step.errors),
-        "skipped_inflight_cap": step.skipped,
-        "late_sends": len([s for s in step.late_s if s > 0.01]),
+        "submitted": len(sent_at),
+        # sent per second of the schedule: below the rate only when sends were skipped
+        "submit_rate": round(len(answers) * step.rate / offered, 1) if offered else None,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "errors": {"no answer": unanswered} if unanswered else {},
+        "skipped_inflight_cap": step.load.late,
         "routed": len(routed),
-        "route_failed": sum(1 for c in step.sent_at if c in watcher.failed),
+        "route_failed": sum(1 for c in sent_at if c in watcher.failed),
         "closed": len(closed),
         "drained": drained,
         "closed_per_s": None if cps is None else round(cps, 1),
-        "http": latency_summary(step.http_s),
+        "http": latency_summary([a.latency_s for a in answers if a.status]),
         "submit_to_routed": latency_summary([max(0.0, x) for x in routed]),
         "submit_to_closed": latency_summary([max(0.0, x) for x in closed]),
+        "load_generator": generator_cost(step.load),
+    }
+
+
+def generator_cost(load: LoadResult) -> dict[str, Any]:
+    """What the load generator spent on a step: its CPU per request sent."""
+    sent = len(load.answers)
+    return {
+        "requests": sent,
+        "cpu_s": round(load.cpu_s, 3),
+        "cpu_ms_per_request": round(1000 * load.cpu_s / sent, 4) if sent else None,
+        "wall_s": round(load.wall_s, 2),
     }
 
 
@@ -332,7 +324,6 @@ async def run_e2e(
     for name, pid in pids.items():
         sampler.add(name, pid, kind="service")  # uvicorn without workers: one process
     add_stack(sampler, run_dir)
-    fleet = _client_fleet(config)
     async with httpx.AsyncClient(timeout=30) as http:
         version = await load_catalog(http, tokens, config, catalog)
         await watcher.start()
@@ -340,7 +331,7 @@ async def run_e2e(
             # Warm-up (not counted): first requests pay imports, pools and connections.
             if config.warmup_cases:
                 warm = await _offer(
-                    fleet, config, _bodies(catalog, items, rng, config.warmup_cases, tokens), 20.0
+                    config, _bodies(catalog, items, rng, config.warmup_cases, tokens), 20.0, sampler
                 )
                 await _drain(watcher, warm, config.drain_timeout)
             sampler.start()
@@ -348,7 +339,6 @@ async def run_e2e(
             steps, stopped = await _climb(
                 config,
                 lambda count: _bodies(catalog, items, rng, count, tokens),
-                fleet=fleet,
                 watcher=watcher,
                 sampler=sampler,
                 settings=settings,
@@ -358,10 +348,11 @@ async def run_e2e(
         finally:
             processes = await sampler.stop()
             await watcher.stop()
-            await fleet.aclose()
     for proc in processes:  # CPU within the ladder's steps (not warm-up, not the idle probe)
         proc["cpu_s"] = round(sum(s["cpu_s"].get(str(proc["name"]), 0.0) for s in steps), 2)
     best = max((s["closed_per_s"] or 0.0 for s in steps), default=0.0)
+    generator_cpu_s = sum(s["load_generator"]["cpu_s"] for s in steps)
+    generator_requests = sum(s["load_generator"]["requests"] for s in steps)
     return {
         "label": label,
         "intake_urls": config.intake_urls,
@@ -373,15 +364,17 @@ async def run_e2e(
         "steps": steps,
         "processes": processes,
         "idle_cpu_s_per_s": idle,
+        "load_generator_cpu_ms_per_request": (
+            round(1000 * generator_cpu_s / generator_requests, 4) if generator_requests else None
+        ),
         "services": sorted(pids),
     }
 
 
 async def _climb(
     config: E2EConfig,
-    bodies: Callable[[int], list[tuple[bytes, str]]],
+    bodies: Callable[[int], list[Request]],
     *,
-    fleet: ClientFleet[httpx.AsyncClient],
     watcher: CaseWatcher,
     sampler: ProcessSampler,
     settings: CommonSettings,
@@ -396,7 +389,7 @@ async def _climb(
         offered = bodies(max(1, round(rate * config.step_seconds)))
         on_step(f"{label} {rate:g}/s", None, 0, 1)
         figures = await _measured_step(
-            fleet, config, offered, rate, watcher=watcher, sampler=sampler, settings=settings
+            config, offered, rate, watcher=watcher, sampler=sampler, settings=settings
         )
         steps.append(figures)
         on_step(f"{label} {rate:g}/s", figures, 1, 1)
@@ -414,18 +407,6 @@ async def _climb(
     return steps, "ladder_end"
 
 
-def _client_fleet(config: E2EConfig) -> ClientFleet[httpx.AsyncClient]:
-    """Submissions go through a fleet of clients with a few connections each, as a city's
-    terminals do; one client with max_inflight connections became the bottleneck past
-    saturation."""
-    return ClientFleet(
-        lambda: httpx.AsyncClient(
-            timeout=30, limits=httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT)
-        ),
-        count=max(1, config.max_inflight // CONNECTIONS_PER_CLIENT),
-    )
-
-
 async def _idle_cpu(sampler: ProcessSampler, seconds: float) -> dict[str, float]:
     """CPU seconds per second each group takes with no case arriving (none if `seconds` is 0)."""
     if seconds <= 0:
@@ -437,9 +418,8 @@ async def _idle_cpu(sampler: ProcessSampler, seconds: float) -> dict[str, float]
 
 
 async def _measured_step(
-    fleet: ClientFleet[httpx.AsyncClient],
     config: E2EConfig,
-    bodies: list[tuple[bytes, str]],
+    requests: list[Request],
     rate: float,
     *,
     watcher: CaseWatcher,
@@ -451,7 +431,7 @@ async def _measured_step(
     cpu_before = sampler.snapshot()
     pg_before = await pg_counters(settings.database_url)
     began = time.monotonic()
-    step = await _offer(fleet, config, bodies, rate)
+    step = await _offer(config, requests, rate, sampler)
     drained = await _drain(watcher, step, config.drain_timeout)
     cpu_after = sampler.snapshot()
     figures = _step_figures(step, watcher, drained)

@@ -46,9 +46,39 @@ class ProcessSampler:
         self._groups: list[_Group] = []
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, name: str, pid: int, *, kind: str, with_children: bool = False) -> None:
-        if psutil.pid_exists(pid):
-            self._groups.append(_Group(name, kind, pid, with_children))
+    def add(
+        self,
+        name: str,
+        pid: int,
+        *,
+        kind: str,
+        with_children: bool = False,
+        from_start: bool = False,
+    ) -> None:
+        """Sample `pid` as group `name`. A name already registered follows the new pid and keeps
+        what its earlier pids spent (the load generator is a new process every step).
+        `from_start`: count the process's CPU from its start, not from the first sample (a
+        process the bench started for the window)."""
+        if not psutil.pid_exists(pid):
+            return
+        group = next((g for g in self._groups if g.name == name), None)
+        if group is None:
+            group = _Group(name, kind, pid, with_children)
+            self._groups.append(group)
+        else:
+            group.pid, group.alive = pid, True
+        if from_start:
+            group.cpu_first[pid] = 0.0
+            group.cpu_last.setdefault(pid, 0.0)
+
+    def ended(self, name: str, pid: int, cpu_s: float) -> None:
+        """The CPU a process of group `name` spent in all, as it reported itself once done (its
+        own rusage): sampling once a second misses what it spent after the last sample."""
+        for group in self._groups:
+            if group.name == name:
+                group.cpu_first.setdefault(pid, 0.0)
+                group.cpu_last[pid] = cpu_s
+                group.alive = False
 
     def sample(self) -> None:
         for group in self._groups:
@@ -161,13 +191,17 @@ def infra_pids(run_dir: Path) -> dict[str, int]:
     return {name: pid for name, pid in found.items() if psutil.pid_exists(pid)}
 
 
+BENCH_CLIENT = "bench-client"  # the bench's own Python process (watcher, sampler)
+LOAD_GENERATOR = "load-generator"  # the compiled generator of services/bench/loadgen.py
+
+
 def add_stack(
     sampler: ProcessSampler, run_dir: Path, extra: Iterable[tuple[str, int]] = ()
 ) -> None:
     """Register PostgreSQL (with its backends), Kafka, the bench itself and `extra` pids."""
     for name, pid in infra_pids(run_dir).items():
         sampler.add(name, pid, kind="infra", with_children=name == "postgresql")
-    sampler.add("bench-client", os.getpid(), kind="bench")
+    sampler.add(BENCH_CLIENT, os.getpid(), kind="bench")
     for name, pid in extra:
         sampler.add(name, pid, kind="bench")
 

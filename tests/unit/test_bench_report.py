@@ -48,9 +48,10 @@ def a_step(rate: float, closed_per_s: float, routed_p99: float) -> dict[str, Any
     }
 
 
-def a_run(label: str, best: float, rss: float) -> dict[str, Any]:
+def a_run(label: str, best: float, rss: float, generator_ms: float = 0.1) -> dict[str, Any]:
     return {
         "label": label,
+        "load_generator_cpu_ms_per_request": generator_ms,
         "stopped": "saturated",
         "max_closed_per_s": best,
         "steps": [a_step(50, 50, 30), a_step(100, best, 80), a_step(200, best * 0.95, 900)],
@@ -74,7 +75,8 @@ RAW = {
 
 def test_targets_carry_measured_values_and_ratios() -> None:
     targets = {
-        t.name: t for t in evaluate_targets(RAW, [a_run("r1", 90, 120), a_run("r2", 120, 160)])
+        t.name: t
+        for t in evaluate_targets(RAW, [a_run("r1", 90, 120, 0.7), a_run("r2", 120, 160, 0.2)])
     }
     closed = targets["closed cases/s"]
     assert (closed.measured, closed.where, closed.met) == (120, "r2", False)
@@ -86,6 +88,8 @@ def test_targets_carry_measured_values_and_ratios() -> None:
     assert (routed.measured, routed.where, routed.met) == (80, "r1", False)  # first run's rung
     rss = targets["peak RSS per service process (MB)"]
     assert (rss.measured, rss.where, rss.met) == (160, "r2 intake-1", False)  # infra ignored
+    generator = targets["load generator CPU per request (ms)"]
+    assert (generator.measured, generator.where, generator.met) == (0.7, "r1", False)  # worst
 
 
 def test_targets_met_and_unmeasured() -> None:
@@ -123,13 +127,21 @@ def test_report_prints_and_plots(tmp_path: Path) -> None:
     text = out.getvalue()
     assert "replicas=1" in text
     assert "closed cases/s" in text
+    assert "gen CPU ms/req" in text and "load generator CPU per request" in text
     plot = tmp_path / "bench.png"
     plot_report(report, plot)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cpu_per_case_counts_only_the_processes_under_test() -> None:
-    cpu = {"intake-1": 1.0, "postgresql": 0.5, "bench-client": 9.0, "machine": 20.0, "others": 5.0}
+    cpu = {
+        "intake-1": 1.0,
+        "postgresql": 0.5,
+        "bench-client": 9.0,
+        "load-generator": 3.0,
+        "machine": 20.0,
+        "others": 5.0,
+    }
     assert stack_cpu_ms_per_unit(cpu, 100) == pytest.approx(15.0)
     assert stack_cpu_ms_per_unit(cpu, 0) is None
     assert stack_cpu_ms_per_unit({}, 10) is None

@@ -1,0 +1,3 @@
+module tongban/bench/loadgen
+
+go 1.21
