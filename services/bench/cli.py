@@ -27,7 +27,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from services.bench import e2e, loadgen, raw
+from services.bench import e2e, loadgen, members, raw
+from services.bench.member_cost import members_table
 from services.bench.report import (
     ROUTED_P99_AT_RATE,
     build_report,
@@ -208,6 +209,52 @@ def e2e_command(
     _write(out, result)
 
 
+@app.command("members")
+def members_command(
+    intake_url: Annotated[
+        list[str] | None,
+        typer.Option(help="intake base URL, repeat per replica (default: from the pid files)"),
+    ] = None,
+    routing_url: Annotated[
+        str | None, typer.Option(help="routing base URL (default 127.0.0.1:8002 + offset)")
+    ] = None,
+    bundle_rate: Annotated[float, typer.Option(help="bundles/s (open loop)")] = 10.0,
+    seconds: Annotated[float, typer.Option(help="submission time of each side")] = 20.0,
+    size: Annotated[int, typer.Option("--members", help="members of the bench's bundle")] = 3,
+    warmup: Annotated[int, typer.Option(help="warm-up bundles (and single cases)")] = 30,
+    drain_timeout: Annotated[float, typer.Option(help="max wait for a side's cases")] = 60.0,
+    catalog_file: Annotated[Path, typer.Option("--catalog", exists=True)] = DEFAULT_CATALOG,
+    out: Annotated[Path, typer.Option(help="result JSON")] = Path(".run/bench/members.json"),
+) -> None:
+    """(c) Cost per member: bundles of instant items against single cases of the same items
+    at the same member rate, CPU per closed member / per closed case and their ratio."""
+    config = members.MembersConfig(
+        intake_urls=intake_url or default_intake_urls(),
+        routing_url=routing_url or f"http://127.0.0.1:{8002 + port_offset()}",
+        bundle_rate=bundle_rate,
+        seconds=seconds,
+        members=size,
+        warmup_bundles=warmup,
+        drain_timeout=drain_timeout,
+    )
+    result = asyncio.run(
+        members.run_members(
+            config,
+            catalog=load_catalog_file(catalog_file),
+            settings=CommonSettings(),
+            run_dir=run_dir(),
+            on_phase=lambda phase: console.print(f"members: {phase}"),
+        )
+    )
+    if not result["catalog_bundles_closing_alone"]:
+        console.print(
+            "members: no bundle of the catalog closes with no department acting; measured "
+            f"{result['bundle']['code']} of its instant items instead"
+        )
+    console.print(members_table(result))
+    _write(out, result)
+
+
 @app.command("build-loadgen")
 def build_loadgen_command() -> None:
     """Build the compiled load generator (Go) if its sources changed; print its path."""
@@ -270,11 +317,17 @@ def report_command(
         Path | None,
         typer.Option(help="e2e result JSON of the first run's setup with tracing off"),
     ] = None,
+    members_file: Annotated[
+        Path | None, typer.Option("--members", help="cost per member result JSON")
+    ] = None,
 ) -> None:
     """Combine raw and e2e results: targets, table, JSON and PNG."""
     raw_result = json.loads(raw_file.read_text()) if raw_file and raw_file.exists() else None
     untraced = json.loads(tracing_off.read_text()) if tracing_off and tracing_off.exists() else None
     e2e_results = [json.loads(p.read_text()) for p in runs if p.exists()]
+    per_member = (
+        json.loads(members_file.read_text()) if members_file and members_file.exists() else None
+    )
     meta = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": _git_commit(),
@@ -285,7 +338,7 @@ def report_command(
         "loadavg_at_report": [round(x, 2) for x in os.getloadavg()],
         "latency_clock": "Kafka record timestamp of the event minus the time the bench sent it",
     }
-    report = build_report(raw_result, e2e_results, meta, untraced)
+    report = build_report(raw_result, e2e_results, meta, untraced, per_member)
     print_report(report, console)
     print_tracing_cost(report, console)
     _write(out, report)

@@ -10,6 +10,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from services.bench.member_cost import (
+    MEMBER_COST_RATIO_TARGET,
+    member_cost_ratio,
+    members_table,
+)
 from services.bench.procs import BENCH_CLIENT, LOAD_GENERATOR
 
 # Issue 8's targets. Reported with the measured value and measured/target; never asserted.
@@ -163,8 +168,9 @@ def build_report(
     runs: Sequence[dict[str, Any]],
     meta: dict[str, Any],
     untraced: dict[str, Any] | None = None,
+    members: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    targets = evaluate_targets(raw, runs)
+    targets = [*evaluate_targets(raw, runs), member_cost_target(members)]
     return {
         "meta": meta,
         "raw": raw,
@@ -173,7 +179,20 @@ def build_report(
         "targets": [t.as_dict() for t in targets],
         "tracing_off": untraced,
         "tracing_cost": tracing_cost(runs[0] if runs else None, untraced),
+        "members": members,
     }
+
+
+def member_cost_target(members: dict[str, Any] | None) -> Target:
+    """Issue 18's: a bundle member costs the stack at most 1.5 x a single case of its items."""
+    bundle = (members or {}).get("bundle") or {}
+    return Target(
+        "bundle CPU per member / single case's",
+        "<=",
+        MEMBER_COST_RATIO_TARGET,
+        member_cost_ratio(members),
+        f"{bundle['code']} x{len(bundle['members'])}" if bundle else "",
+    )
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -248,6 +267,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             "'others CPU s' = CPU taken by processes outside the bench and the stack under test"
         )
         console.print(_processes_table(run))
+    if report.get("members"):
+        console.print(members_table(report["members"]))
     console.print(_targets_table(report["targets"]))
 
 
