@@ -222,6 +222,9 @@ def members_command(
     seconds: Annotated[float, typer.Option(help="submission time of each side")] = 20.0,
     size: Annotated[int, typer.Option("--members", help="members of the bench's bundle")] = 3,
     warmup: Annotated[int, typer.Option(help="warm-up bundles (and single cases)")] = 30,
+    idle_seconds: Annotated[
+        float, typer.Option(help="seconds of idle CPU measured after the warm-up")
+    ] = 5.0,
     drain_timeout: Annotated[float, typer.Option(help="max wait for a side's cases")] = 60.0,
     catalog_file: Annotated[Path, typer.Option("--catalog", exists=True)] = DEFAULT_CATALOG,
     out: Annotated[Path, typer.Option(help="result JSON")] = Path(".run/bench/members.json"),
@@ -235,6 +238,7 @@ def members_command(
         seconds=seconds,
         members=size,
         warmup_bundles=warmup,
+        idle_seconds=idle_seconds,
         drain_timeout=drain_timeout,
     )
     result = asyncio.run(

@@ -127,6 +127,15 @@ def per_unit_ms(cpu_s: Mapping[str, float], units: int) -> dict[str, float]:
     return out
 
 
+def net_of_idle(
+    cpu_s: Mapping[str, float], idle_per_s: Mapping[str, float], wall_s: float
+) -> dict[str, float]:
+    """CPU seconds of each process beyond what it spends idle over `wall_s` (never below 0):
+    the work the cases caused. A bundle's members close together after its last one, so its
+    side lasts longer; its idle polling is not a cost of the members."""
+    return {k: round(max(0.0, v - idle_per_s.get(k, 0.0) * wall_s), 3) for k, v in cpu_s.items()}
+
+
 def cost_ratios(per_member: Mapping[str, float], per_case: Mapping[str, float]) -> dict[str, float]:
     """Bundle CPU per member / single case CPU per case, per process and for the `stack`
     (only where both were measured and the single case cost something)."""
@@ -164,22 +173,25 @@ def members_table(result: Mapping[str, Any]) -> Table:
             f"against {singles['rate']:g} single cases/s of the same items"
         )
     )
-    for col in ("process", "single ms/case", "bundle ms/member", "ratio"):
+    cols = ("process", "single ms/case", "bundle ms/member", "ratio", "with idle: ratio")
+    for col in cols:
         table.add_column(col, justify="left" if col == "process" else "right")
     per_case, per_member = singles["cpu_ms_per_unit"], bundles["cpu_ms_per_unit"]
-    ratios = result["ratio"]
+    ratios, gross = result["ratio"], result.get("ratio_with_idle") or {}
     for name in sorted(set(per_case) | set(per_member), key=lambda n: (n == "stack", n)):
         table.add_row(
             name,
             _fmt(per_case.get(name)),
             _fmt(per_member.get(name)),
             _fmt(ratios.get(name)),
+            _fmt(gross.get(name)),
         )
     table.caption = (
         f"singles: {singles['closed']}/{singles['submitted']} closed, p99 closed "
         f"{_fmt(singles['submit_to_closed']['p99_ms'], 0)} ms; bundles: "
         f"{bundles['closed_members']} members of {bundles['submitted']} bundles closed, p99 "
-        f"closed {_fmt(bundles['submit_to_closed']['p99_ms'], 0)} ms; target ratio <= "
+        f"closed {_fmt(bundles['submit_to_closed']['p99_ms'], 0)} ms; CPU net of each "
+        f"process's idle CPU over the side's time ('with idle': gross); target ratio <= "
         f"{MEMBER_COST_RATIO_TARGET:g}"
     )
     return table

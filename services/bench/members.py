@@ -1,9 +1,11 @@
 """(c) The cost per member: bundles (一件事, DESIGN.md §8) against single cases, in one run.
 
 Guarantee: both sides submit the same items at the same member rate through the compiled load
-generator, and each is charged exactly the CPU every process under test spent from its first
-submission until its last case closed (services, PostgreSQL with its backends, Kafka; never the
-bench or the generator), divided by what closed: single cases, or bundle members.
+generator, and each is charged the CPU every process under test spent from its first submission
+until its last case closed (services, PostgreSQL with its backends, Kafka; never the bench or the
+generator), less what that process spends idle over the same time (measured before both sides),
+divided by what closed: single cases, or bundle members. The gross figures (idle included) are
+kept beside them.
 
 None of the demo catalog's bundles closes with no department acting (each has a member that is
 not instant), so the bench loads the catalog with a bundle of its own (`B-BENCH`,
@@ -40,6 +42,7 @@ from services.bench.member_cost import (
     bundles_closing_alone,
     closed_members,
     cost_ratios,
+    net_of_idle,
     per_unit_ms,
     with_bundle,
 )
@@ -67,6 +70,7 @@ class MembersConfig:
     seconds: float = 20.0  # submission time of each side
     members: int = 3  # members of the bench's bundle
     warmup_bundles: int = 30  # and as many member-rate single cases, not counted
+    idle_seconds: float = 5.0  # idle CPU of the stack, measured after the warm-up
     drain_timeout: float = 60.0
     connections: int = 64
     max_inflight: int = 256
@@ -247,8 +251,21 @@ async def _measured(
     }
 
 
-def _common(load: LoadResult, rate: float, window: dict[str, Any], units: int) -> dict[str, Any]:
+async def _idle_cpu(sampler: ProcessSampler, seconds: float) -> dict[str, float]:
+    """CPU seconds per second each process takes with nothing arriving (none for 0 s)."""
+    if seconds <= 0:
+        return {}
+    before = sampler.snapshot()
+    await asyncio.sleep(seconds)
+    spent = cpu_deltas(before, sampler.snapshot())
+    return {k: round(v / seconds, 4) for k, v in spent.items()}
+
+
+def _common(
+    load: LoadResult, rate: float, window: dict[str, Any], units: int, idle: dict[str, float]
+) -> dict[str, Any]:
     pg_before, pg_after = window.pop("pg")
+    net = net_of_idle(window["cpu_s"], idle, window["wall_s"])
     return {
         "rate": rate,
         "offered": len(load.answers) + load.late,
@@ -257,7 +274,9 @@ def _common(load: LoadResult, rate: float, window: dict[str, Any], units: int) -
         "http": latency_summary([a.latency_s for a in load.answers if a.status]),
         "load_generator": generator_cost(load),
         **window,
-        "cpu_ms_per_unit": per_unit_ms(window["cpu_s"], units),
+        "cpu_s_net_of_idle": net,
+        "cpu_ms_per_unit": per_unit_ms(net, units),
+        "cpu_ms_per_unit_with_idle": per_unit_ms(window["cpu_s"], units),
         "pg_per_unit": per_unit(pg_before, pg_after, units),
     }
 
@@ -313,6 +332,8 @@ async def run_members(
                 warm = await bundles(config.warmup_bundles)()
                 await _until(lambda: bundles_closed(warm), config.drain_timeout)
             sampler.start()
+            on_phase("idle")
+            idle = await _idle_cpu(sampler, config.idle_seconds)
             count = max(1, round(config.bundle_rate * config.seconds))
             on_phase(f"single cases {member_rate:g}/s")
             single_load, single_window = await _measured(
@@ -337,7 +358,7 @@ async def run_members(
     cases = _created(single_load)
     closed_cases = [c for c in cases if c in watcher.closed]
     single = {
-        **_common(single_load, member_rate, single_window, len(closed_cases)),
+        **_common(single_load, member_rate, single_window, len(closed_cases), idle),
         "submitted": len(cases),
         "closed": len(closed_cases),
         "submit_to_closed": latency_summary(
@@ -348,7 +369,7 @@ async def run_members(
     members_closed = closed_members(sent, watcher.members_of, watcher.closed)
     done = [b for b in sent if bundle_done(b, watcher.members_of, watcher.closed)]
     grouped = {
-        **_common(bundle_load, config.bundle_rate, bundle_window, members_closed),
+        **_common(bundle_load, config.bundle_rate, bundle_window, members_closed, idle),
         "submitted": len(sent),
         "members": sum(len(watcher.members_of.get(b, [])) for b in sent),
         "closed_members": members_closed,
@@ -367,5 +388,9 @@ async def run_members(
         "bundle": bundle,
         "singles": single,
         "bundles": grouped,
+        "idle_cpu_s_per_s": idle,
         "ratio": cost_ratios(grouped["cpu_ms_per_unit"], single["cpu_ms_per_unit"]),
+        "ratio_with_idle": cost_ratios(
+            grouped["cpu_ms_per_unit_with_idle"], single["cpu_ms_per_unit_with_idle"]
+        ),
     }

@@ -22,6 +22,7 @@ from services.bench.member_cost import (
     cost_ratios,
     member_cost_ratio,
     members_table,
+    net_of_idle,
     per_unit_ms,
     with_bundle,
 )
@@ -115,6 +116,12 @@ def test_cpu_per_unit_counts_only_the_processes_under_test() -> None:
         "stack": 4.0,
     }
     assert per_unit_ms(cpu_s, 0) == {}
+
+
+def test_idle_cpu_over_the_sides_time_is_not_charged_to_its_cases() -> None:
+    cpu_s = {"intake-1": 2.0, "kafka-1": 0.5, "postgresql": 1.0}
+    idle = {"intake-1": 0.01, "kafka-1": 0.05, "machine": 0.3}
+    assert net_of_idle(cpu_s, idle, 20.0) == {"intake-1": 1.8, "kafka-1": 0.0, "postgresql": 1.0}
 
 
 def test_the_ratio_is_per_member_over_per_case_where_both_were_measured() -> None:
