@@ -28,10 +28,10 @@ from rich.progress import (
 )
 
 from services.bench import e2e, loadgen, members, raw
-from services.bench.member_cost import members_table
 from services.bench.report import (
     ROUTED_P99_AT_RATE,
     build_report,
+    members_table,
     plot_report,
     print_report,
     print_tracing_cost,
@@ -66,6 +66,10 @@ def default_intake_urls() -> list[str]:
     return [f"http://127.0.0.1:{8001 + 10 * r + port_offset()}" for r in range(replicas)]
 
 
+def default_routing_url() -> str:
+    return f"http://127.0.0.1:{8002 + port_offset()}"
+
+
 def _write(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -81,6 +85,15 @@ def _progress() -> Progress:
         TimeElapsedColumn(),
         console=console,
     )
+
+
+IntakeUrls = Annotated[
+    list[str] | None,
+    typer.Option(help="intake base URL, repeat per replica (default: from the pid files)"),
+]
+RoutingUrl = Annotated[
+    str | None, typer.Option(help="routing base URL (default 127.0.0.1:8002 + offset)")
+]
 
 
 @app.command("raw")
@@ -139,13 +152,8 @@ def raw_command(
 @app.command("e2e")
 def e2e_command(
     label: Annotated[str, typer.Option(help="name of this run, e.g. replicas=1")] = "replicas=1",
-    intake_url: Annotated[
-        list[str] | None,
-        typer.Option(help="intake base URL, repeat per replica (default: from the pid files)"),
-    ] = None,
-    routing_url: Annotated[
-        str | None, typer.Option(help="routing base URL (default 127.0.0.1:8002 + offset)")
-    ] = None,
+    intake_url: IntakeUrls = None,
+    routing_url: RoutingUrl = None,
     rates: Annotated[
         str | None,
         typer.Option(help="comma-separated offered rates (default: 25 doubling to --max-rate)"),
@@ -176,7 +184,7 @@ def e2e_command(
     ladder = _offered_rates(rates, start_rate, max_rate)
     config = e2e.E2EConfig(
         intake_urls=intake_url or default_intake_urls(),
-        routing_url=routing_url or f"http://127.0.0.1:{8002 + port_offset()}",
+        routing_url=routing_url or default_routing_url(),
         rates=ladder,
         step_seconds=step_seconds,
         drain_timeout=drain_timeout,
@@ -211,13 +219,8 @@ def e2e_command(
 
 @app.command("members")
 def members_command(
-    intake_url: Annotated[
-        list[str] | None,
-        typer.Option(help="intake base URL, repeat per replica (default: from the pid files)"),
-    ] = None,
-    routing_url: Annotated[
-        str | None, typer.Option(help="routing base URL (default 127.0.0.1:8002 + offset)")
-    ] = None,
+    intake_url: IntakeUrls = None,
+    routing_url: RoutingUrl = None,
     bundle_rate: Annotated[float, typer.Option(help="bundles/s (open loop)")] = 10.0,
     seconds: Annotated[float, typer.Option(help="submission time of each side")] = 20.0,
     size: Annotated[int, typer.Option("--members", help="members of the bench's bundle")] = 3,
@@ -233,7 +236,7 @@ def members_command(
     at the same member rate, CPU per closed member / per closed case and their ratio."""
     config = members.MembersConfig(
         intake_urls=intake_url or default_intake_urls(),
-        routing_url=routing_url or f"http://127.0.0.1:{8002 + port_offset()}",
+        routing_url=routing_url or default_routing_url(),
         bundle_rate=bundle_rate,
         seconds=seconds,
         members=size,

@@ -3,7 +3,7 @@ per member case that closed, against what a single case of the same items costs,
 
 Pure figures over plain data (no I/O), so the picking of the bench's bundle, the member counting
 and the ratio are unit-tested (tests/unit/test_bench_member_cost.py). The measuring itself is in
-services/bench/members.py.
+services/bench/members.py, the table in services/bench/report.py.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import copy
 from collections.abc import Iterable, Mapping
 from datetime import date
 from typing import Any
-
-from rich.table import Table
 
 from services.bench.procs import BENCH_CLIENT, LOAD_GENERATOR, MACHINE
 
@@ -152,46 +150,3 @@ def member_cost_ratio(result: Mapping[str, Any] | None) -> float | None:
         return None
     value = (result.get("ratio") or {}).get("stack")
     return None if value is None else float(value)
-
-
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def members_table(result: Mapping[str, Any]) -> Table:
-    """One row per process: CPU ms per single case, per bundle member, and the ratio."""
-    singles, bundles = result["singles"], result["bundles"]
-    bundle = result["bundle"]
-    table = Table(
-        title=(
-            f"(c) cost per member: {bundles['rate']:g} bundles/s of {len(bundle['members'])} "
-            f"members ({bundle['code']}: {', '.join(m['item'] for m in bundle['members'])}) "
-            f"against {singles['rate']:g} single cases/s of the same items"
-        )
-    )
-    cols = ("process", "single ms/case", "bundle ms/member", "ratio", "with idle: ratio")
-    for col in cols:
-        table.add_column(col, justify="left" if col == "process" else "right")
-    per_case, per_member = singles["cpu_ms_per_unit"], bundles["cpu_ms_per_unit"]
-    ratios, gross = result["ratio"], result.get("ratio_with_idle") or {}
-    for name in sorted(set(per_case) | set(per_member), key=lambda n: (n == "stack", n)):
-        table.add_row(
-            name,
-            _fmt(per_case.get(name)),
-            _fmt(per_member.get(name)),
-            _fmt(ratios.get(name)),
-            _fmt(gross.get(name)),
-        )
-    table.caption = (
-        f"singles: {singles['closed']}/{singles['submitted']} closed, p99 closed "
-        f"{_fmt(singles['submit_to_closed']['p99_ms'], 0)} ms; bundles: "
-        f"{bundles['closed_members']} members of {bundles['submitted']} bundles closed, p99 "
-        f"closed {_fmt(bundles['submit_to_closed']['p99_ms'], 0)} ms; CPU net of each "
-        f"process's idle CPU over the side's time ('with idle': gross); target ratio <= "
-        f"{MEMBER_COST_RATIO_TARGET:g}"
-    )
-    return table

@@ -31,10 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer
 
-from contracts.events import BUNDLE_TOPIC, DELIVERY_TOPIC, BundleSubmitted, CaseClosed
-from services.bench.e2e import E2EConfig, Tokens, generator_cost, load_catalog, partitions
+from contracts.events import BUNDLE_TOPIC, DELIVERY_TOPIC, BundleSubmitted
+from services.bench.e2e import (
+    CaseWatcher,
+    E2EConfig,
+    Tokens,
+    generator_cost,
+    idle_cpu,
+    load_catalog,
+)
 from services.bench.loadgen import LoadResult, LoadStep, Request, offer
 from services.bench.member_cost import (
     bench_bundle,
@@ -58,7 +64,6 @@ from services.bench.procs import (
 from services.bench.stats import latency_summary
 from services.cli.applicants import application_for, bundle_application_for, streets
 from services.common.auth import Role
-from services.common.kafka import client_options
 from services.common.settings import CommonSettings
 
 
@@ -77,52 +82,20 @@ class MembersConfig:
     seed: int = 18
 
 
-class MemberWatcher:
-    """Each bundle's members (from `gov.bundle.submitted.v1`) and each case's closing time
-    (from `gov.case.closed.v1`, record timestamp)."""
+class MemberWatcher(CaseWatcher):
+    """Each case's closing time (record timestamp of `gov.case.closed.v1`) and each bundle's
+    members (from `gov.bundle.submitted.v1`)."""
+
+    TOPICS = (DELIVERY_TOPIC, BUNDLE_TOPIC)
 
     def __init__(self, settings: CommonSettings) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.members_of: dict[str, list[str]] = {}
-        self.closed: dict[str, float] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        parts = await partitions(self.settings, BUNDLE_TOPIC, DELIVERY_TOPIC)
-        consumer = AIOKafkaConsumer(
-            **client_options(self.settings), enable_auto_commit=False, max_poll_records=2000
-        )
-        await consumer.start()
-        consumer.assign(parts)
-        await consumer.seek_to_end(*parts)
-        for tp in parts:  # resolve the positions now, before the first submission
-            await consumer.position(tp)
-        self._consumer = consumer
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=100, max_records=2000)
-            for records in batch.values():
-                for r in records:
-                    kind = next((v for k, v in r.headers if k == "ce_type"), b"").decode()
-                    if kind == CaseClosed.TYPE and r.key is not None:
-                        self.closed.setdefault(r.key.decode(), r.timestamp / 1000)
-                    elif kind == BundleSubmitted.TYPE and r.value is not None:
-                        data = json.loads(r.value)
-                        self.members_of[data["bundle_id"]] = [m["case_id"] for m in data["members"]]
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        if self._consumer is not None:
-            await self._consumer.stop()
+    def take(self, kind: str, value: bytes | None) -> None:
+        if kind == BundleSubmitted.TYPE and value is not None:
+            data = json.loads(value)
+            self.members_of[data["bundle_id"]] = [m["case_id"] for m in data["members"]]
 
 
 def single_bodies(
@@ -251,16 +224,6 @@ async def _measured(
     }
 
 
-async def _idle_cpu(sampler: ProcessSampler, seconds: float) -> dict[str, float]:
-    """CPU seconds per second each process takes with nothing arriving (none for 0 s)."""
-    if seconds <= 0:
-        return {}
-    before = sampler.snapshot()
-    await asyncio.sleep(seconds)
-    spent = cpu_deltas(before, sampler.snapshot())
-    return {k: round(v / seconds, 4) for k, v in spent.items()}
-
-
 def _common(
     load: LoadResult, rate: float, window: dict[str, Any], units: int, idle: dict[str, float]
 ) -> dict[str, Any]:
@@ -333,7 +296,7 @@ async def run_members(
                 await _until(lambda: bundles_closed(warm), config.drain_timeout)
             sampler.start()
             on_phase("idle")
-            idle = await _idle_cpu(sampler, config.idle_seconds)
+            idle = await idle_cpu(sampler, config.idle_seconds)
             count = max(1, round(config.bundle_rate * config.seconds))
             on_phase(f"single cases {member_rate:g}/s")
             single_load, single_window = await _measured(

@@ -21,12 +21,11 @@ from services.bench.member_cost import (
     closes_alone,
     cost_ratios,
     member_cost_ratio,
-    members_table,
     net_of_idle,
     per_unit_ms,
     with_bundle,
 )
-from services.bench.report import build_report, print_report
+from services.bench.report import build_report, members_table, print_report
 from services.common.catalog import validate_catalog
 from services.operators.catalog_file import load_catalog_file
 
