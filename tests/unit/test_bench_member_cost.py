@@ -4,6 +4,7 @@ ratio and its target in the report."""
 from __future__ import annotations
 
 import io
+import json
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from contracts.events import BundleSubmitted
 from services.bench.member_cost import (
     BENCH_BUNDLE_CODE,
     MEMBER_COST_RATIO_TARGET,
@@ -25,8 +27,10 @@ from services.bench.member_cost import (
     per_unit_ms,
     with_bundle,
 )
+from services.bench.members import MemberWatcher
 from services.bench.report import build_report, members_table, print_report
 from services.common.catalog import validate_catalog
+from services.common.settings import CommonSettings
 from services.operators.catalog_file import load_catalog_file
 
 pytestmark = pytest.mark.unit
@@ -168,3 +172,19 @@ def test_the_report_carries_the_target_and_prints_the_rows(demo: dict[str, Any])
     table = io.StringIO()
     Console(file=table, width=200).print(members_table(members))
     assert "7.00" in table.getvalue() and "4.00" in table.getvalue()
+
+
+def test_the_watcher_learns_a_bundles_members_from_its_submission() -> None:
+    watcher = MemberWatcher(CommonSettings.model_construct())
+    submitted = {
+        "bundle_id": "B1",
+        "members": [{"case_id": "c1", "item_code": "A"}, {"case_id": "c2", "item_code": "B"}],
+    }
+    watcher.take(BundleSubmitted.TYPE, json.dumps(submitted).encode())
+    watcher.take("gov.bundle.delivered.v1", json.dumps({"bundle_id": "B2"}).encode())
+    watcher.take(BundleSubmitted.TYPE, None)
+    assert watcher.members_of == {"B1": ["c1", "c2"]}
+    watcher.closed = {"c1": 1.0}
+    assert not bundle_done("B1", watcher.members_of, watcher.closed)
+    watcher.closed["c2"] = 2.0
+    assert bundle_done("B1", watcher.members_of, watcher.closed)
