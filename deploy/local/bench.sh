@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make bench` (issues 8, 18): the raw case pipeline (tongban's case on the same Kafka and
 # PostgreSQL with no framework: the limit), then tongban end to end with REPLICAS=1 and
-# REPLICAS=2, then (c) the runtime's own CPU per applied and published event (issue 18's
-# budget, in the bench's one process) and intake's per HTTP submission, then the report
+# REPLICAS=2, then (c) the cost per member of bundles, then (d) the runtime's own CPU per
+# applied and published event (issue 18's budget, in the bench's one process) and intake's per HTTP submission, then the report
 # (table, $RUN_DIR/bench/bench.json and bench.png).
 # Submissions come from a compiled load generator (Go, services/bench/loadgen/), built first
 # into $CACHE_DIR/bin: the bench fails at once, saying so, if Go is missing.
@@ -14,8 +14,9 @@
 #        BENCH_RAW_ARGS     extra options for `python -m services.bench raw`
 #        BENCH_E2E_ARGS     extra options for `python -m services.bench e2e`
 #        BENCH_RUNTIME_ARGS extra options for `python -m services.bench runtime`
-#        BENCH_HTTP_SUBMISSIONS  submissions of (c)'s HTTP figure (default 500)
+#        BENCH_HTTP_SUBMISSIONS  submissions of (d)'s HTTP figure (default 500)
 #        BENCH_TRACING_RATES  offered rates of the tracing-off run (default 25,50)
+#        BENCH_MEMBERS_ARGS extra options for `python -m services.bench members`
 #        SERVICES_PORT_OFFSET, TONGBAN_RUN_DIR, TONGBAN_KAFKA_PORT_BASE, TONGBAN_PG_PORT,
 #        KAFKA_BROKERS      as for stack.sh and services.sh (a second stack beside the default)
 #        TONGBAN_RATE_LIMIT_PER_S / _BURST  intake's per-client limit for the bench's services
@@ -33,6 +34,7 @@ read -r -a REPLICA_COUNTS <<<"${BENCH_REPLICAS:-1 2}"
 read -r -a RAW_ARGS <<<"${BENCH_RAW_ARGS:-}"
 read -r -a E2E_ARGS <<<"${BENCH_E2E_ARGS:-}"
 read -r -a RUNTIME_ARGS <<<"${BENCH_RUNTIME_ARGS:-}"
+read -r -a MEMBERS_ARGS <<<"${BENCH_MEMBERS_ARGS:-}"
 export TONGBAN_RATE_LIMIT_PER_S=${TONGBAN_RATE_LIMIT_PER_S:-100000}
 export TONGBAN_RATE_LIMIT_BURST=${TONGBAN_RATE_LIMIT_BURST:-100000}
 export TONGBAN_RUN_DIR=$RUN_DIR
@@ -90,10 +92,22 @@ if REPLICAS=${REPLICA_COUNTS[0]} TONGBAN_TRACING_ENABLED=false bash "$LOCAL_DIR/
 fi
 bash "$LOCAL_DIR/services.sh" down
 
-say "(c) the runtime's own CPU per applied and published event, intake's per submission"
+# The cost per member (issue 18): bundles of instant items against single cases of the same
+# items at the same member rate, on the first setup.
+say "(c) cost per member: bundles against single cases, REPLICAS=${REPLICA_COUNTS[0]}"
+rm -f "$OUT/members.json"
+if REPLICAS=${REPLICA_COUNTS[0]} bash "$LOCAL_DIR/services.sh" up; then
+  "$BIN/python" -m services.bench members --out "$OUT/members.json" "${MEMBERS_ARGS[@]}" || status=1
+else
+  warn "services did not start for the cost per member"
+  status=1
+fi
+bash "$LOCAL_DIR/services.sh" down
+
+say "(d) the runtime's own CPU per applied and published event, intake's per submission"
 http_args=(--http-submissions "${BENCH_HTTP_SUBMISSIONS:-500}")
 if ! REPLICAS=1 bash "$LOCAL_DIR/services.sh" up; then
-  warn "services did not start: (c) without the HTTP figure"
+  warn "services did not start: (d) without the HTTP figure"
   http_args=()
   status=1
 fi
@@ -102,7 +116,7 @@ fi
 bash "$LOCAL_DIR/services.sh" down
 
 "$BIN/python" -m services.bench report --raw "$OUT/raw.json" "${runs[@]}" \
-  --tracing-off "$OUT/e2e-untraced.json" --runtime "$OUT/runtime.json" \
+  --tracing-off "$OUT/e2e-untraced.json" --members "$OUT/members.json" --runtime "$OUT/runtime.json" \
   --out "$OUT/bench.json" --plot "$OUT/bench.png" || status=1
 say "done in $(since "$t0")s: $OUT/bench.json, $OUT/bench.png"
 exit $status

@@ -27,10 +27,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from services.bench import e2e, loadgen, raw, runtime, submission
+from services.bench import e2e, loadgen, members, raw, runtime, submission
 from services.bench.report import (
     ROUTED_P99_AT_RATE,
     build_report,
+    members_table,
     plot_report,
     print_report,
     print_runtime_budget,
@@ -67,6 +68,10 @@ def default_intake_urls() -> list[str]:
     return [f"http://127.0.0.1:{8001 + 10 * r + port_offset()}" for r in range(replicas)]
 
 
+def default_routing_url() -> str:
+    return f"http://127.0.0.1:{8002 + port_offset()}"
+
+
 def _write(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -94,6 +99,13 @@ Rates = Annotated[
 StepSeconds = Annotated[float, typer.Option(help="submission time per rate")]
 DrainTimeout = Annotated[float, typer.Option(help="max wait for a step's cases")]
 MinGain = Annotated[float, typer.Option(help="stop when closed/s rises less than this share")]
+IntakeUrls = Annotated[
+    list[str] | None,
+    typer.Option(help="intake base URL, repeat per replica (default: from the pid files)"),
+]
+RoutingUrl = Annotated[
+    str | None, typer.Option(help="routing base URL (default 127.0.0.1:8002 + offset)")
+]
 
 
 @app.command("raw")
@@ -137,13 +149,8 @@ def raw_command(
 @app.command("e2e")
 def e2e_command(
     label: Annotated[str, typer.Option(help="name of this run, e.g. replicas=1")] = "replicas=1",
-    intake_url: Annotated[
-        list[str] | None,
-        typer.Option(help="intake base URL, repeat per replica (default: from the pid files)"),
-    ] = None,
-    routing_url: Annotated[
-        str | None, typer.Option(help="routing base URL (default 127.0.0.1:8002 + offset)")
-    ] = None,
+    intake_url: IntakeUrls = None,
+    routing_url: RoutingUrl = None,
     rates: Rates = None,
     start_rate: Annotated[float, typer.Option()] = 25.0,
     max_rate: Annotated[float, typer.Option()] = 800.0,
@@ -169,7 +176,7 @@ def e2e_command(
     ladder = _offered_rates(rates, start_rate, max_rate)
     config = e2e.E2EConfig(
         intake_urls=intake_url or default_intake_urls(),
-        routing_url=routing_url or f"http://127.0.0.1:{8002 + port_offset()}",
+        routing_url=routing_url or default_routing_url(),
         rates=ladder,
         step_seconds=step_seconds,
         drain_timeout=drain_timeout,
@@ -199,6 +206,51 @@ def e2e_command(
         f"{label}: best {result['max_closed_per_s']} closed cases/s ({result['stopped']}); "
         f"load generator {result['load_generator_cpu_ms_per_request']} ms CPU per request"
     )
+    _write(out, result)
+
+
+@app.command("members")
+def members_command(
+    intake_url: IntakeUrls = None,
+    routing_url: RoutingUrl = None,
+    bundle_rate: Annotated[float, typer.Option(help="bundles/s (open loop)")] = 10.0,
+    seconds: Annotated[float, typer.Option(help="submission time of each side")] = 20.0,
+    size: Annotated[int, typer.Option("--members", help="members of the bench's bundle")] = 3,
+    warmup: Annotated[int, typer.Option(help="warm-up bundles (and single cases)")] = 30,
+    idle_seconds: Annotated[
+        float, typer.Option(help="seconds of idle CPU measured after the warm-up")
+    ] = 5.0,
+    drain_timeout: Annotated[float, typer.Option(help="max wait for a side's cases")] = 60.0,
+    catalog_file: Annotated[Path, typer.Option("--catalog", exists=True)] = DEFAULT_CATALOG,
+    out: Annotated[Path, typer.Option(help="result JSON")] = Path(".run/bench/members.json"),
+) -> None:
+    """(c) Cost per member: bundles of instant items against single cases of the same items
+    at the same member rate, CPU per closed member / per closed case and their ratio."""
+    config = members.MembersConfig(
+        intake_urls=intake_url or default_intake_urls(),
+        routing_url=routing_url or default_routing_url(),
+        bundle_rate=bundle_rate,
+        seconds=seconds,
+        members=size,
+        warmup_bundles=warmup,
+        idle_seconds=idle_seconds,
+        drain_timeout=drain_timeout,
+    )
+    result = asyncio.run(
+        members.run_members(
+            config,
+            catalog=load_catalog_file(catalog_file),
+            settings=CommonSettings(),
+            run_dir=run_dir(),
+            on_phase=lambda phase: console.print(f"members: {phase}"),
+        )
+    )
+    if not result["catalog_bundles_closing_alone"]:
+        console.print(
+            "members: no bundle of the catalog closes with no department acting; measured "
+            f"{result['bundle']['code']} of its instant items instead"
+        )
+    console.print(members_table(result))
     _write(out, result)
 
 
@@ -363,6 +415,9 @@ def report_command(
     runtime_file: Annotated[
         Path | None, typer.Option("--runtime", help="runtime result JSON (its budget table)")
     ] = None,
+    members_file: Annotated[
+        Path | None, typer.Option("--members", help="cost per member result JSON")
+    ] = None,
 ) -> None:
     """Combine raw and e2e results: targets, table, JSON and PNG."""
     raw_result = json.loads(raw_file.read_text()) if raw_file and raw_file.exists() else None
@@ -371,6 +426,9 @@ def report_command(
         json.loads(runtime_file.read_text()) if runtime_file and runtime_file.exists() else None
     )
     e2e_results = [json.loads(p.read_text()) for p in runs if p.exists()]
+    per_member = (
+        json.loads(members_file.read_text()) if members_file and members_file.exists() else None
+    )
     meta = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": _git_commit(),
@@ -381,7 +439,7 @@ def report_command(
         "loadavg_at_report": [round(x, 2) for x in os.getloadavg()],
         "latency_clock": "Kafka record timestamp of the event minus the time the bench sent it",
     }
-    report = build_report(raw_result, e2e_results, meta, untraced, runtime_result)
+    report = build_report(raw_result, e2e_results, meta, untraced, runtime_result, per_member)
     print_report(report, console)
     print_tracing_cost(report, console)
     _write(out, report)

@@ -126,7 +126,10 @@ async def partitions(settings: CommonSettings, *topics: str) -> list[TopicPartit
 
 
 class CaseWatcher:
-    """Routed/closed timestamps per case id, from the routing and delivery topics."""
+    """Routed/closed timestamps per case id, from the routing and delivery topics (and
+    `TOPICS`' other records to `take`, for a watcher that wants more)."""
+
+    TOPICS: tuple[str, ...] = (ROUTING_TOPIC, DELIVERY_TOPIC)
 
     def __init__(self, settings: CommonSettings) -> None:
         self.settings = settings
@@ -137,7 +140,7 @@ class CaseWatcher:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        parts = await partitions(self.settings, ROUTING_TOPIC, DELIVERY_TOPIC)
+        parts = await partitions(self.settings, *self.TOPICS)
         consumer = AIOKafkaConsumer(
             **client_options(self.settings),
             enable_auto_commit=False,
@@ -161,6 +164,11 @@ class CaseWatcher:
                     target = {ROUTED: self.routed, ROUTE_FAILED: self.failed, CLOSED: self.closed}
                     if kind in target and r.key is not None:
                         target[kind].setdefault(r.key.decode(), r.timestamp / 1000)
+                    else:
+                        self.take(kind, r.value)
+
+    def take(self, kind: str, value: bytes | None) -> None:
+        """Any other record of `TOPICS`: its `ce_type` and value (here: none wanted)."""
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -349,7 +357,7 @@ async def run_e2e(
                 )
                 await _drain(watcher, warm, config.drain_timeout)
             sampler.start()
-            idle = await _idle_cpu(sampler, config.idle_seconds)
+            idle = await idle_cpu(sampler, config.idle_seconds)
             steps, stopped = await _climb(
                 config,
                 lambda count: _bodies(catalog, items, rng, count, tokens),
@@ -421,7 +429,7 @@ async def _climb(
     return steps, "ladder_end"
 
 
-async def _idle_cpu(sampler: ProcessSampler, seconds: float) -> dict[str, float]:
+async def idle_cpu(sampler: ProcessSampler, seconds: float) -> dict[str, float]:
     """CPU seconds per second each group takes with no case arriving (none if `seconds` is 0)."""
     if seconds <= 0:
         return {}

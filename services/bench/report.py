@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from services.bench.member_cost import MEMBER_COST_RATIO_TARGET, member_cost_ratio
 from services.bench.procs import BENCH_CLIENT, LOAD_GENERATOR
 
 # Issue 8's targets. Reported with the measured value and measured/target; never asserted.
@@ -158,8 +159,9 @@ def build_report(
     meta: dict[str, Any],
     untraced: dict[str, Any] | None = None,
     runtime: dict[str, Any] | None = None,
+    members: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    targets = evaluate_targets(raw, runs)
+    targets = [*evaluate_targets(raw, runs), member_cost_target(members)]
     return {
         "meta": meta,
         "raw": raw,
@@ -169,7 +171,20 @@ def build_report(
         "tracing_off": untraced,
         "tracing_cost": tracing_cost(runs[0] if runs else None, untraced),
         "runtime": runtime,
+        "members": members,
     }
+
+
+def member_cost_target(members: dict[str, Any] | None) -> Target:
+    """Issue 18's: a bundle member costs the stack at most 1.5 x a single case of its items."""
+    bundle = (members or {}).get("bundle") or {}
+    return Target(
+        "bundle CPU per member / single case's",
+        "<=",
+        MEMBER_COST_RATIO_TARGET,
+        member_cost_ratio(members),
+        f"{bundle['code']} x{len(bundle['members'])}" if bundle else "",
+    )
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -290,6 +305,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         )
         console.print(_processes_table(run))
     print_runtime_budget(report.get("runtime"), console)
+    if report.get("members"):
+        console.print(members_table(report["members"]))
     console.print(_targets_table(report["targets"]))
 
 
@@ -357,6 +374,43 @@ def _processes_table(run: dict[str, Any]) -> Table:
             _fmt(p["peak_rss_mb"]) if p["kind"] != "infra" else f"({_fmt(p['peak_rss_mb'])})",
         )
     return procs
+
+
+def members_table(result: dict[str, Any]) -> Table:
+    """One row per process: CPU ms per single case, per bundle member, and the ratio."""
+    singles, bundles = result["singles"], result["bundles"]
+    bundle = result["bundle"]
+    table = Table(
+        title=(
+            f"(c) cost per member: {bundles['rate']:g} bundles/s of {len(bundle['members'])} "
+            f"members ({bundle['code']}: {', '.join(m['item'] for m in bundle['members'])}) "
+            f"against {singles['rate']:g} single cases/s of the same items"
+        )
+    )
+    cols = ("process", "single ms/case", "bundle ms/member", "ratio", "with idle: ratio")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "process" else "right")
+    per_case, per_member = singles["cpu_ms_per_unit"], bundles["cpu_ms_per_unit"]
+    ratios, gross = result["ratio"], result.get("ratio_with_idle") or {}
+    for name in sorted(set(per_case) | set(per_member), key=lambda n: (n == "stack", n)):
+        table.add_row(
+            name,
+            _fmt(per_case.get(name), 2),
+            _fmt(per_member.get(name), 2),
+            _fmt(ratios.get(name), 2),
+            _fmt(gross.get(name), 2),
+        )
+    table.caption = (
+        f"singles: {singles['closed']} closed of {singles['submitted']} taken "
+        f"({singles.get('offered', '-')} offered), p99 closed "
+        f"{_fmt(singles['submit_to_closed']['p99_ms'], 0)} ms; bundles: "
+        f"{bundles['closed_members']} members closed of {bundles['submitted']} bundles taken "
+        f"({bundles.get('offered', '-')} offered), p99 "
+        f"closed {_fmt(bundles['submit_to_closed']['p99_ms'], 0)} ms; CPU net of each "
+        f"process's idle CPU over the side's time ('with idle': gross); target ratio <= "
+        f"{MEMBER_COST_RATIO_TARGET:g}"
+    )
+    return table
 
 
 def _targets_table(targets: list[dict[str, Any]]) -> Table:

@@ -1,0 +1,359 @@
+"""(c) The cost per member: bundles (一件事, DESIGN.md §8) against single cases, in one run.
+
+Guarantee: both sides submit the same items at the same member rate through the compiled load
+generator, and each is charged the CPU every process under test spent from its first submission
+until its last case closed (services, PostgreSQL with its backends, Kafka; never the bench or the
+generator), less what that process spends idle over the same time (measured before both sides),
+divided by what closed: single cases, or bundle members. The gross figures (idle included) are
+kept beside them.
+
+None of the demo catalog's bundles closes with no department acting (each has a member that is
+not instant), so the bench loads the catalog with a bundle of its own (`B-BENCH`,
+services.bench.member_cost.bench_bundle): instant online items of one category, electronic
+delivery, so its members are accepted, approved and issued automatically, delivered once
+together and closed. The single cases are the same items, one application each, at the same
+kind of counter, electronic. A watcher reads `bundle.v1` (a bundle's members, from its
+submission) and `case.delivery.v1` (each case's `gov.case.closed.v1`) from their end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from contracts.events import BUNDLE_TOPIC, DELIVERY_TOPIC, BundleSubmitted
+from services.bench.e2e import (
+    CaseWatcher,
+    E2EConfig,
+    Tokens,
+    generator_cost,
+    idle_cpu,
+    load_catalog,
+)
+from services.bench.loadgen import LoadResult, LoadStep, Request, offer
+from services.bench.member_cost import (
+    bench_bundle,
+    bundle_done,
+    bundles_closing_alone,
+    closed_members,
+    cost_ratios,
+    net_of_idle,
+    per_unit_ms,
+    with_bundle,
+)
+from services.bench.procs import (
+    LOAD_GENERATOR,
+    ProcessSampler,
+    add_stack,
+    cpu_deltas,
+    per_unit,
+    pg_counters,
+    service_pids,
+)
+from services.bench.stats import latency_summary
+from services.cli.applicants import application_for, bundle_application_for, streets
+from services.common.auth import Role
+from services.common.settings import CommonSettings
+
+
+@dataclass(frozen=True)
+class MembersConfig:
+    intake_urls: list[str]
+    routing_url: str
+    bundle_rate: float = 10.0  # bundles/s; single cases go at bundle_rate x members
+    seconds: float = 20.0  # submission time of each side
+    members: int = 3  # members of the bench's bundle
+    warmup_bundles: int = 30  # and as many member-rate single cases, not counted
+    idle_seconds: float = 5.0  # idle CPU of the stack, measured after the warm-up
+    drain_timeout: float = 60.0
+    connections: int = 64
+    max_inflight: int = 256
+    seed: int = 18
+
+
+class MemberWatcher(CaseWatcher):
+    """Each case's closing time (record timestamp of `gov.case.closed.v1`) and each bundle's
+    members (from `gov.bundle.submitted.v1`)."""
+
+    TOPICS = (DELIVERY_TOPIC, BUNDLE_TOPIC)
+
+    def __init__(self, settings: CommonSettings) -> None:
+        super().__init__(settings)
+        self.members_of: dict[str, list[str]] = {}
+
+    def take(self, kind: str, value: bytes | None) -> None:
+        if kind == BundleSubmitted.TYPE and value is not None:
+            data = json.loads(value)
+            self.members_of[data["bundle_id"]] = [m["case_id"] for m in data["members"]]
+
+
+def single_bodies(
+    catalog: dict[str, Any],
+    bundle: dict[str, Any],
+    rng: random.Random,
+    count: int,
+    tokens: Tokens,
+) -> list[Request]:
+    """`count` single applications of the bundle's items in turn, at a counter of the
+    bundle's kind near the applicant, electronic."""
+    items = {i["code"]: i for i in catalog["items"]}
+    codes = [m["item"] for m in bundle["members"]]
+    out = []
+    for n in range(count):
+        district, street = rng.choice(streets(catalog))
+        body = application_for(
+            catalog,
+            items[codes[n % len(codes)]],
+            rng,
+            channel="counter",
+            delivery="electronic",
+            district=district,
+            street=street,
+        )
+        out.append(Request(token=tokens.for_body(body), body=json.dumps(body).encode()))
+    return out
+
+
+def bundle_bodies(
+    catalog: dict[str, Any], bundle: dict[str, Any], rng: random.Random, count: int, tokens: Tokens
+) -> list[Request]:
+    """`count` applications for the bundle at its window near the applicant, electronic."""
+    out = []
+    for _ in range(count):
+        body = bundle_application_for(catalog, bundle, rng, delivery="electronic")
+        out.append(Request(token=tokens.for_body(body), body=json.dumps(body).encode()))
+    return out
+
+
+async def _wait_for_bundle(
+    http: httpx.AsyncClient, tokens: Tokens, config: MembersConfig, code: str
+) -> None:
+    for url in config.intake_urls:
+        for _ in range(150):
+            listed = await http.get(
+                f"{url}/v1/bundles", headers={"Authorization": tokens.header(Role.operator)}
+            )
+            if listed.status_code == 200 and code in {b["code"] for b in listed.json()}:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise RuntimeError(f"intake at {url} did not list bundle {code} in 30 s")
+
+
+async def _offer(
+    config: MembersConfig,
+    path: str,
+    id_field: str,
+    requests: list[Request],
+    rate: float,
+    sampler: ProcessSampler,
+) -> LoadResult:
+    started: list[int] = []
+
+    def sample_it(pid: int) -> None:
+        started.append(pid)
+        sampler.add_started(LOAD_GENERATOR, pid, kind="bench")
+
+    load = await offer(
+        LoadStep(
+            urls=[f"{url}{path}" for url in config.intake_urls],
+            rate=rate,
+            seconds=len(requests) / rate,
+            requests=requests,
+            connections=config.connections,
+            max_inflight=config.max_inflight,
+            id_field=id_field,
+        ),
+        on_start=sample_it,
+    )
+    for pid in started:
+        sampler.ended(LOAD_GENERATOR, pid, load.cpu_s)
+    return load
+
+
+def _created(load: LoadResult) -> dict[str, float]:
+    """Id of what each 201 created -> the scheduled send of its POST."""
+    return {a.case_id: a.sent_at for a in load.answers if a.status == 201 and a.case_id}
+
+
+async def _until(done: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        await asyncio.sleep(0.2)
+    return done()
+
+
+async def _measured(
+    submit: Callable[[], Any],
+    done: Callable[[LoadResult], bool],
+    *,
+    sampler: ProcessSampler,
+    settings: CommonSettings,
+    timeout: float,
+) -> tuple[LoadResult, dict[str, Any]]:
+    """Submit, wait until `done`, and what the window cost: CPU per process, PostgreSQL
+    counters (deltas, not yet per unit), wall time."""
+    cpu_before = sampler.snapshot()
+    pg_before = await pg_counters(settings.database_url)
+    began = time.monotonic()
+    load: LoadResult = await submit()
+    drained = await _until(lambda: done(load), timeout)
+    cpu_after = sampler.snapshot()
+    wall = time.monotonic() - began
+    await asyncio.sleep(1.1)  # let the backends flush their statistics
+    pg_after = await pg_counters(settings.database_url)
+    return load, {
+        "drained": drained,
+        "wall_s": round(wall, 2),
+        "cpu_s": cpu_deltas(cpu_before, cpu_after),
+        "pg": (pg_before, pg_after),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _common(
+    load: LoadResult, rate: float, window: dict[str, Any], units: int, idle: dict[str, float]
+) -> dict[str, Any]:
+    pg_before, pg_after = window.pop("pg")
+    net = net_of_idle(window["cpu_s"], idle, window["wall_s"])
+    return {
+        "rate": rate,
+        "offered": len(load.answers) + load.late,
+        "statuses": {str(k): v for k, v in sorted(Counter(a.status for a in load.answers).items())},
+        "late": load.late,
+        "http": latency_summary([a.latency_s for a in load.answers if a.status]),
+        "load_generator": generator_cost(load),
+        **window,
+        "cpu_s_net_of_idle": net,
+        "cpu_ms_per_unit": per_unit_ms(net, units),
+        "cpu_ms_per_unit_with_idle": per_unit_ms(window["cpu_s"], units),
+        "pg_per_unit": per_unit(pg_before, pg_after, units),
+    }
+
+
+async def run_members(
+    config: MembersConfig,
+    *,
+    catalog: dict[str, Any],
+    settings: CommonSettings,
+    run_dir: Path,
+    on_phase: Callable[[str], None] = lambda _p: None,
+) -> dict[str, Any]:
+    """Warm-up, then single cases at the member rate, then bundles: figures and ratios."""
+    rng = random.Random(config.seed)
+    tokens = Tokens()
+    today = date.today()
+    alone = bundles_closing_alone(catalog, today)
+    bundle = bench_bundle(catalog, today, config.members)
+    loaded = with_bundle(catalog, bundle)
+    member_rate = config.bundle_rate * len(bundle["members"])
+    watcher = MemberWatcher(settings)
+    sampler = ProcessSampler()
+    for name, pid in service_pids(run_dir).items():
+        sampler.add(name, pid, kind="service")
+    add_stack(sampler, run_dir)
+
+    def singles(count: int) -> Callable[[], Any]:
+        requests = single_bodies(loaded, bundle, rng, count, tokens)
+        return lambda: _offer(config, "/v1/cases", "case_id", requests, member_rate, sampler)
+
+    def bundles(count: int) -> Callable[[], Any]:
+        requests = bundle_bodies(loaded, bundle, rng, count, tokens)
+        return lambda: _offer(
+            config, "/v1/bundles", "bundle_id", requests, config.bundle_rate, sampler
+        )
+
+    def cases_closed(load: LoadResult) -> bool:
+        return all(c in watcher.closed for c in _created(load))
+
+    def bundles_closed(load: LoadResult) -> bool:
+        return all(bundle_done(b, watcher.members_of, watcher.closed) for b in _created(load))
+
+    e2e_config = E2EConfig(intake_urls=config.intake_urls, routing_url=config.routing_url, rates=[])
+    async with httpx.AsyncClient(timeout=30) as http:
+        version = await load_catalog(http, tokens, e2e_config, loaded)
+        await _wait_for_bundle(http, tokens, config, bundle["code"])
+        await watcher.start()
+        try:
+            on_phase("warm-up")
+            if config.warmup_bundles:  # first requests pay imports, pools and connections
+                warm = await singles(config.warmup_bundles)()
+                await _until(lambda: cases_closed(warm), config.drain_timeout)
+                warm = await bundles(config.warmup_bundles)()
+                await _until(lambda: bundles_closed(warm), config.drain_timeout)
+            sampler.start()
+            on_phase("idle")
+            idle = await idle_cpu(sampler, config.idle_seconds)
+            count = max(1, round(config.bundle_rate * config.seconds))
+            on_phase(f"single cases {member_rate:g}/s")
+            single_load, single_window = await _measured(
+                singles(count * len(bundle["members"])),
+                cases_closed,
+                sampler=sampler,
+                settings=settings,
+                timeout=config.drain_timeout,
+            )
+            on_phase(f"bundles {config.bundle_rate:g}/s")
+            bundle_load, bundle_window = await _measured(
+                bundles(count),
+                bundles_closed,
+                sampler=sampler,
+                settings=settings,
+                timeout=config.drain_timeout,
+            )
+        finally:
+            await sampler.stop()
+            await watcher.stop()
+
+    cases = _created(single_load)
+    closed_cases = [c for c in cases if c in watcher.closed]
+    single = {
+        **_common(single_load, member_rate, single_window, len(closed_cases), idle),
+        "submitted": len(cases),
+        "closed": len(closed_cases),
+        "submit_to_closed": latency_summary(
+            [max(0.0, watcher.closed[c] - cases[c]) for c in closed_cases]
+        ),
+    }
+    sent = _created(bundle_load)
+    members_closed = closed_members(sent, watcher.members_of, watcher.closed)
+    done = [b for b in sent if bundle_done(b, watcher.members_of, watcher.closed)]
+    grouped = {
+        **_common(bundle_load, config.bundle_rate, bundle_window, members_closed, idle),
+        "submitted": len(sent),
+        "members": sum(len(watcher.members_of.get(b, [])) for b in sent),
+        "closed_members": members_closed,
+        "closed_bundles": len(done),
+        # a bundle closes when its last member does (one delivery for all)
+        "submit_to_closed": latency_summary(
+            [
+                max(0.0, max(watcher.closed[c] for c in watcher.members_of[b]) - sent[b])
+                for b in done
+            ]
+        ),
+    }
+    return {
+        "catalog_version": version,
+        "catalog_bundles_closing_alone": alone,
+        "bundle": bundle,
+        "singles": single,
+        "bundles": grouped,
+        "idle_cpu_s_per_s": idle,
+        "ratio": cost_ratios(grouped["cpu_ms_per_unit"], single["cpu_ms_per_unit"]),
+        "ratio_with_idle": cost_ratios(
+            grouped["cpu_ms_per_unit_with_idle"], single["cpu_ms_per_unit_with_idle"]
+        ),
+    }
