@@ -700,9 +700,15 @@ async def clean_up(cfg: RuntimeConfig, engine: AsyncEngine) -> None:
 
 @contextmanager
 def services_tracing() -> Iterator[bool]:
-    """Spans as the services make them (TONGBAN_TRACING_*): recorded, not exported."""
+    """Spans as the services make them (TONGBAN_TRACING_*): recorded only when exported
+    (services/common/tracing.py: configure_tracing), never exported from here."""
     settings = TracingSettings(service="bench-runtime")
-    provider = make_provider(settings) if settings.tracing_enabled else None
+    exported = bool(settings.otlp_endpoint)
+    provider = (
+        make_provider(settings.model_copy(update={"otlp_endpoint": None}), record=exported)
+        if settings.tracing_enabled
+        else None
+    )
     use_provider(provider)
     try:
         yield provider is not None
