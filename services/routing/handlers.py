@@ -484,12 +484,15 @@ async def concern_partners(
         f"SELECT case_id FROM {models.cross_region_cases.fullname} WHERE case_id = ANY($1::text[])",
         sorted({_case_of(envelope, payload) for envelope, payload in events}),
     )
-    partner_cases = {row[0] for row in rows}
-    return [
-        _case_of(envelope, payload) in partner_cases
-        or (isinstance(payload, CaseSubmitted) and payload.origin is not None)
-        for envelope, payload in events
-    ]
+    # An adopted case's submission makes its row as it is applied: the case's later events
+    # in the same batch concern the partner too (the handler relays them after it).
+    adopted = {
+        payload.case_id
+        for _envelope, payload in events
+        if isinstance(payload, CaseSubmitted) and payload.origin is not None
+    }
+    partner_cases = {row[0] for row in rows} | adopted
+    return [_case_of(envelope, payload) in partner_cases for envelope, payload in events]
 
 
 async def _partner_cases(

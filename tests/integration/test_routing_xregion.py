@@ -46,7 +46,7 @@ from contracts.events import (
 from services.common import migrations
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import ConsumerRunner, Subscription
-from services.common.db import unit_of_work
+from services.common.db import driver_connection, unit_of_work
 from services.common.department_topics import DepartmentTopics
 from services.common.envelope import Envelope
 from services.common.kafka import TopicSpec, ensure_topics
@@ -384,6 +384,36 @@ async def test_an_adopted_cases_events_go_to_its_origin(region: Region) -> None:
     assert {(header(r, "ce_tocity"), header(r, "ce_fromcity")) for r in records} == {(PARTNER, OWN)}
     partner_case = await region.partner_case(case_id)
     assert (partner_case.partner_city, partner_case.role) == (PARTNER, "handler")
+
+
+async def test_an_adopted_submission_makes_its_cases_later_events_in_the_batch_relevant(
+    region: Region,
+) -> None:
+    """The relay group's filter reads `cross_region_cases` before the batch is applied: an
+    adopted case's row is written only as its submission is applied, so its events after the
+    submission in the same batch must pass the filter on the submission's word (a burst of
+    forwarded cases after a link comes back arrives so)."""
+    case_id, local_id = region.case_id(), region.case_id()
+    now = region.runtime.clock.now()
+    origin = CrossRegionOrigin(
+        city_code=PARTNER, office_code="P-MC", catalog_version=1, forwarded_at=now
+    )
+    submitted = CaseSubmitted(
+        case_id=case_id,
+        application=application("ENT-I", office="T-MC", division="T12"),
+        submitted_at=now,
+        origin=origin,
+    )
+    accepted = region.accepted(case_id)
+    local = region.withdrawn(local_id)
+    batch = [
+        (region.envelope(submitted, source="/tongban/intake"), submitted),
+        (accepted, CaseAccepted.model_validate(accepted.data)),
+        (local, CaseWithdrawn.model_validate(local.data)),
+    ]
+    async with region.runtime.sessions() as session:
+        driver = await driver_connection(session, transaction=False)
+        assert await handlers.concern_partners(driver, batch) == [True, True, False]
 
 
 # --------------------------------------------------------------------------- refusals
