@@ -128,7 +128,7 @@ def tracing_cost(
     traced: dict[str, Any] | None, untraced: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
     """Per offered rate run both ways: stack CPU ms per closed case and p99 submit->routed,
-    with tracing on (spans recorded) and off (traceparent passed through only)."""
+    with tracing on (spans with ids, recorded only when exported) and off (traceparent passed through only)."""
     if not traced or not untraced:
         return []
     rows = []
@@ -231,7 +231,9 @@ def print_tracing_cost(report: dict[str, Any], console: Console) -> None:
     rows = report.get("tracing_cost") or []
     if not rows:
         return
-    table = Table(title="cost of tracing (one process per service; spans recorded, not exported)")
+    table = Table(
+        title="cost of tracing (one process per service; spans made, recorded only when exported)"
+    )
     for col in ("offered/s", "CPU ms/case on", "off", "cost", "p99 routed ms on", "off"):
         table.add_column(col, justify="right")
     for row in rows:
@@ -251,10 +253,12 @@ def print_runtime_budget(runtime: dict[str, Any] | None, console: Console) -> No
     rows = (runtime or {}).get("budget") or []
     if not rows:
         return
-    traced = "spans recorded" if runtime and runtime.get("traced") else "tracing off"
+    traced = (
+        "spans as the services make them" if runtime and runtime.get("traced") else "tracing off"
+    )
     if runtime and runtime.get("profiled"):
         traced += "; PROFILED: figures inflated"
-    table = Table(title=f"(c) runtime budget: CPU per event in services/common ({traced})")
+    table = Table(title=f"(d) runtime budget: CPU per event in services/common ({traced})")
     for col in ("figure", "events", "events/batch", "CPU ms/event", "budget ms", "ratio"):
         table.add_column(col, justify="left" if col == "figure" else "right")
     for row in rows:

@@ -97,7 +97,7 @@ async def measure_submissions(
     bodies = []
     for _ in range(config.submissions + 20):
         application = application_for(catalog, rng.choice(items), rng, delivery="electronic")
-        bodies.append((json.dumps(application).encode(), tokens.for_body(application)))
+        bodies.append((json.dumps(application).encode(), f"Bearer {tokens.for_body(application)}"))
     e2e_config = E2EConfig(
         intake_urls=[config.intake_url], routing_url=config.routing_url, rates=[]
     )
@@ -122,6 +122,8 @@ async def measure_submissions(
             busy_cpu, busy_wall = _cpu_s(intake) - busy0, time.perf_counter() - busy_at
     idle_rate = idle_cpu / idle_wall
     accepted = statuses.get(201, 0)
+    if not accepted:  # a figure of nothing: say why rather than print a dash
+        raise RuntimeError(f"intake took none of the submissions: answers {statuses}")
     return {
         "submissions": config.submissions,
         "rate": config.rate,

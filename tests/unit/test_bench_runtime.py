@@ -115,7 +115,7 @@ def test_the_budget_table_in_the_runtime_command_and_the_report() -> None:
     out = io.StringIO()
     print_runtime_budget(result, Console(file=out, width=200))
     table = out.getvalue()
-    assert "runtime budget" in table and "spans recorded" in table
+    assert "runtime budget" in table and "spans as the services make them" in table
     assert "applied, paced" in table and "6.67" in table and "0.80" in table
     assert "12.5 ms of CPU a second with nothing to apply" in table
 
