@@ -128,7 +128,8 @@ def tracing_cost(
     traced: dict[str, Any] | None, untraced: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
     """Per offered rate run both ways: stack CPU ms per closed case and p99 submit->routed,
-    with tracing on (spans with ids, recorded only when exported) and off (traceparent passed through only)."""
+    with tracing on (spans with ids, recorded only when exported) and off (traceparent passed
+    through only)."""
     if not traced or not untraced:
         return []
     rows = []

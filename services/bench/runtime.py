@@ -18,8 +18,8 @@ steady on a busy machine (it counts CPU used, not time waited):
   event per transaction) and `relay` (`OutboxRelay` publishing those rows and deleting them).
 
 Tracing is as in the services (`TracingSettings`: spans made, recorded only when exported
-(`TONGBAN_OTLP_ENDPOINT`), none with `TONGBAN_TRACING_ENABLED=false`). The schema `bench_runtime_<run>` and the topics
-`bench.<run>.*` are dropped at the end.
+(`TONGBAN_OTLP_ENDPOINT`), none with `TONGBAN_TRACING_ENABLED=false`). The schema
+`bench_runtime_<run>` and the topics `bench.<run>.*` are dropped at the end.
 """
 
 from __future__ import annotations
