@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -232,15 +232,34 @@ def _bodies(
     return out
 
 
-def load_step(config: E2EConfig, requests: list[Request], rate: float) -> LoadStep:
+class Submitting(Protocol):
+    """What a load step needs of a bench's configuration (e2e's, the cost per member's)."""
+
+    @property
+    def intake_urls(self) -> list[str]: ...
+    @property
+    def connections(self) -> int: ...
+    @property
+    def max_inflight(self) -> int: ...
+
+
+def load_step(
+    config: Submitting,
+    requests: list[Request],
+    rate: float,
+    *,
+    path: str = "/v1/cases",
+    id_field: str = "case_id",
+) -> LoadStep:
     """Each request once, at `rate`, round robin over the intake replicas."""
     return LoadStep(
-        urls=[f"{url}/v1/cases" for url in config.intake_urls],
+        urls=[f"{url}{path}" for url in config.intake_urls],
         rate=rate,
         seconds=len(requests) / rate,
         requests=requests,
         connections=config.connections,
         max_inflight=config.max_inflight,
+        id_field=id_field,
     )
 
 

@@ -40,8 +40,9 @@ from services.bench.e2e import (
     generator_cost,
     idle_cpu,
     load_catalog,
+    load_step,
 )
-from services.bench.loadgen import LoadResult, LoadStep, Request, offer
+from services.bench.loadgen import LoadResult, Request, offer
 from services.bench.member_cost import (
     bench_bundle,
     bundle_done,
@@ -166,15 +167,7 @@ async def _offer(
         sampler.add_started(LOAD_GENERATOR, pid, kind="bench")
 
     load = await offer(
-        LoadStep(
-            urls=[f"{url}{path}" for url in config.intake_urls],
-            rate=rate,
-            seconds=len(requests) / rate,
-            requests=requests,
-            connections=config.connections,
-            max_inflight=config.max_inflight,
-            id_field=id_field,
-        ),
+        load_step(config, requests, rate, path=path, id_field=id_field),
         on_start=sample_it,
     )
     for pid in started:
