@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
@@ -33,7 +32,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.common.db import driver_connection, inbox_key
+from services.common.db import Driver, driver_connection, inbox_key
 from services.common.dlq import DeadLetterWriter, LetterShape, unreadable_record
 from services.common.envelope import Envelope, EnvelopeError, RecentRecords
 from services.common.failures import describe_error, is_data_error, is_infrastructure_error
@@ -59,7 +58,7 @@ HandlerFn = Callable[[AsyncSession, Envelope, Any], Awaitable[None]]
 BatchHandlerFn = Callable[[AsyncSession, Sequence[tuple[Envelope, Any]]], Awaitable[None]]
 # Which of a batch's events concern a reader, known only from its own tables: one flag per
 # event, in order. Read on the asyncpg connection outside any transaction (one round trip).
-RelevantFn = Callable[[asyncpg.Connection, Sequence[tuple[Envelope, Any]]], Awaitable[list[bool]]]
+RelevantFn = Callable[[Driver, Sequence[tuple[Envelope, Any]]], Awaitable[list[bool]]]
 
 
 # This process's recently parsed records, shared by its consumer groups (one parse a record).

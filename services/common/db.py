@@ -6,9 +6,10 @@ never reads another's. The runtime tables (outbox, inbox) live beside the servic
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -108,9 +109,59 @@ async def bundle_of(
     return found
 
 
-async def driver_connection(
-    session: AsyncSession, *, transaction: bool = True
-) -> asyncpg.Connection:
+class Driver:
+    """The session's asyncpg connection, for the runtime's statements (`driver_connection`).
+
+    A connection found dead here (PostgreSQL restarted: no pre-ping) is invalidated, and the
+    pool with it, as SQLAlchemy does when its own statements meet a disconnect: otherwise the
+    dead connections would go back into the pool and every retry would take one again."""
+
+    def __init__(self, connection: AsyncConnection, driver: asyncpg.Connection) -> None:
+        self._connection = connection
+        self._driver = driver
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        return await self._run(self._driver.execute(sql, *args))  # type: ignore[no-any-return]
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        return await self._run(self._driver.fetch(sql, *args))  # type: ignore[no-any-return]
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._run(self._driver.fetchval(sql, *args))
+
+    async def _run(self, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except Exception as exc:
+            await forget_if_dead(self._connection, exc)
+            raise
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    if isinstance(exc, ValueError):  # asyncpg's refusal of a value: the data, not the link
+        return False
+    return isinstance(
+        exc,
+        OSError
+        | ConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.exceptions.OperatorInterventionError,
+    ) or (exc.__cause__ is not None and _is_disconnect(exc.__cause__))
+
+
+async def forget_if_dead(connection: AsyncConnection, exc: BaseException) -> None:
+    """After `exc` on `connection`: if the link is gone, never hand this connection (nor the
+    pool's others, which died with the server) out again."""
+    if not _is_disconnect(exc):
+        return
+    with contextlib.suppress(Exception):
+        await connection.invalidate(exc if isinstance(exc, Exception) else None)
+    with contextlib.suppress(Exception):
+        await connection.engine.dispose(close=False)
+
+
+async def driver_connection(session: AsyncSession, *, transaction: bool = True) -> Driver:
     """The asyncpg connection under `session`, inside the session's transaction (begun here if
     no statement began it yet), for the runtime's statements on every event's path (inbox,
     outbox): asyncpg's own prepared statements, without SQLAlchemy's compilation and greenlet
@@ -125,12 +176,15 @@ async def driver_connection(
     With `transaction=False`, for a read outside any transaction (one round trip, where BEGIN
     and COMMIT would make three): the session must then run no statement of its own."""
     connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    adapted: Any = raw.dbapi_connection
-    if transaction and adapted._transaction is None:
-        await adapted._start_transaction()
-    driver: asyncpg.Connection = adapted._connection
-    return driver
+    try:
+        raw = await connection.get_raw_connection()
+        adapted: Any = raw.dbapi_connection
+        if transaction and adapted._transaction is None:
+            await adapted._start_transaction()
+    except Exception as exc:
+        await forget_if_dead(connection, exc)
+        raise
+    return Driver(connection, adapted._connection)
 
 
 def outbox_channel(schema: str) -> str:

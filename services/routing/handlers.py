@@ -9,7 +9,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 from sqlalchemy import func, insert, null, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,6 +28,7 @@ from contracts.events import (
 from services.common.catalog import validate_catalog
 from services.common.catalog_follower import CatalogFollower
 from services.common.city import CITY_TZ
+from services.common.db import Driver
 from services.common.department_topics import DepartmentTopics, department_copy_rows
 from services.common.envelope import Envelope
 from services.common.logs import get_logger
@@ -473,9 +473,7 @@ async def relay_case_events(
         await routing.runtime.relay_to_partner(session, envelope, to_city=to_city, from_city=city)
 
 
-async def concern_partners(
-    driver: asyncpg.Connection, events: Sequence[tuple[Envelope, Event]]
-) -> list[bool]:
+async def concern_partners(driver: Driver, events: Sequence[tuple[Envelope, Event]]) -> list[bool]:
     """`routing-xregion`'s filter: every case event of the region passes that group, and
     nearly all are about cases of this region alone. Those (no `cross_region_cases` row, not
     an adopted submission) are passed over with one read per batch, with no transaction and

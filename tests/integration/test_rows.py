@@ -7,12 +7,16 @@ from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import Column, Date, DateTime, Integer, MetaData, String, Table, Text, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from services.common.db import asyncpg_dsn, driver_connection, make_engine, make_sessionmaker
+from services.common.failures import is_infrastructure_error
 from services.common.rows import insert_rows, select_rows, update_row
+from services.common.settings import CommonSettings
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +93,28 @@ async def test_rows_roll_back_with_the_transaction(
             await insert_rows(session, table, ROWS)
             raise RuntimeError("the handler failed after its rows were written")
     assert await read(sessions, table) == []
+
+
+async def test_a_connection_found_dead_is_not_handed_out_again(settings: CommonSettings) -> None:
+    """PostgreSQL restarted (here: the backend terminated): the first runtime statement on a
+    pooled connection fails, and the next unit of work gets a live one, not the dead one back
+    (the runtime's statements go around SQLAlchemy, which would otherwise drop the pool)."""
+    engine = make_engine(settings, pool_size=1)
+    sessions = make_sessionmaker(engine)
+    try:
+        async with sessions() as session, session.begin():
+            first = await (await driver_connection(session)).fetchval("SELECT pg_backend_pid()")
+        killer = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+        try:
+            assert await killer.fetchval("SELECT pg_terminate_backend($1)", first)
+        finally:
+            await killer.close()
+        with pytest.raises(Exception) as failed:
+            async with sessions() as session, session.begin():
+                await (await driver_connection(session)).fetchval("SELECT 1")
+        assert is_infrastructure_error(failed.value), failed.value
+        async with sessions() as session, session.begin():
+            again = await (await driver_connection(session)).fetchval("SELECT pg_backend_pid()")
+        assert again != first
+    finally:
+        await engine.dispose()
