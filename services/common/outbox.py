@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import signal
 import zlib
@@ -33,12 +32,13 @@ from sqlalchemy import Table, event, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from services.common.db import asyncpg_dsn, driver_connection, outbox_channel, runtime_metadata
+from services.common.db import asyncpg_dsn, outbox_channel, runtime_metadata
 from services.common.envelope import Envelope
 from services.common.failures import AmbiguousCommits
 from services.common.kafka import make_producer
 from services.common.logs import configure_logging, get_logger
 from services.common.metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG, RELAY_LEADER
+from services.common.rows import insert_rows
 from services.common.settings import CommonSettings
 
 log = get_logger(__name__)
@@ -107,32 +107,11 @@ def flush_pending_sync(session: Session) -> None:
         session.execute(insert(table), rows)
 
 
-@functools.cache
-def _insert_sql(schema: str, name: str) -> str:
-    # One statement for any number of rows, kept prepared by asyncpg; WITH ORDINALITY keeps
-    # the rows' `id`s in the order they were added (the relay publishes in `id` order).
-    return (
-        f'INSERT INTO "{schema}"."{name}" (event_id, topic, key, value, headers) '
-        "SELECT e, t, k, v, h FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], "
-        "$5::jsonb[]) WITH ORDINALITY AS r(e, t, k, v, h, n) ORDER BY n"
-    )
-
-
 async def flush_pending(session: AsyncSession) -> None:
     """Write the buffered rows now, in the session's transaction, on its asyncpg connection."""
     pending = session.sync_session.info.pop(PENDING, None)
-    if not pending:
-        return
-    driver = await driver_connection(session)
-    for table, rows in _runs(pending):
-        await driver.execute(
-            _insert_sql(str(table.schema), table.name),
-            [r["event_id"] for r in rows],
-            [r["topic"] for r in rows],
-            [r["key"] for r in rows],
-            [r["value"] for r in rows],
-            [json.dumps(r["headers"]) for r in rows],
-        )
+    for table, rows in _runs(pending or []):
+        await insert_rows(session, table, rows)
 
 
 def discard_pending(session: AsyncSession) -> None:

@@ -60,10 +60,16 @@ def _insert_sql(
     conflict_on: tuple[str, ...],
     returning: str | None,
 ) -> str:
-    # unnest of one array per column: one prepared statement for any number of rows, in order.
+    # unnest of one array per column: one prepared statement for any number of rows. WITH
+    # ORDINALITY keeps the rows in the order given (an identity column, such as the outbox's
+    # `id` that the relay publishes by, is drawn in that order).
     arrays = ", ".join(f"${i}::{_sql_type(table, c)}[]" for i, c in enumerate(columns, 1))
     names = ", ".join(_quoted(c) for c in columns)
-    sql = f"INSERT INTO {_table_name(table)} ({names}) SELECT * FROM unnest({arrays})"
+    aliases = ", ".join(f"c{i}" for i in range(len(columns)))
+    sql = (
+        f"INSERT INTO {_table_name(table)} ({names}) SELECT {aliases} FROM unnest({arrays}) "
+        f"WITH ORDINALITY AS r({aliases}, n) ORDER BY n"
+    )
     if do_nothing:
         target = f" ({', '.join(_quoted(c) for c in conflict_on)})" if conflict_on else ""
         sql += f" ON CONFLICT{target} DO NOTHING"
