@@ -58,17 +58,24 @@ class HttpMetrics:
             return
         start = perf_counter()
         status = 500  # what the client gets if the app fails before answering
+        observed = False
 
         async def send_and_note_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, observed
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # Counted before the last byte leaves: a client that scrapes /metrics right
+                # after its answer sees its request counted.
+                observed = True
+                self._observe(scope, status, perf_counter() - start)
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            self._observe(scope, status, perf_counter() - start)
+            if not observed:
+                self._observe(scope, status, perf_counter() - start)
 
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
         method = scope.get("method", "")
