@@ -8,7 +8,7 @@
 #        deploy/local/kafka-cli.sh kafka-topics --describe --topic case.routing.v1
 #        deploy/local/kafka-cli.sh kafka-consumer-groups --list
 #        deploy/local/kafka-cli.sh kafka-consumer-groups --describe --all-groups
-#        deploy/local/kafka-cli.sh kafka-consumer-groups --describe --group routing-intake
+#        deploy/local/kafka-cli.sh kafka-consumer-groups --describe --group routing-events
 #        deploy/local/kafka-cli.sh kafka-get-offsets --topic case.dlq.v1
 #        deploy/local/kafka-cli.sh kafka-topics --help           (the tool's own options)
 # TOOL is a script name of the Kafka distribution's bin/, with or without ".sh".

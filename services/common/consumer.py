@@ -23,20 +23,21 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.common.db import Driver, driver_connection, inbox_key
+from services.common.db import Driver, driver_connection, inbox_key, runtime_metadata
 from services.common.dlq import DeadLetterWriter, LetterShape, unreadable_record
 from services.common.envelope import Envelope, EnvelopeError, RecentRecords
 from services.common.failures import describe_error, is_data_error, is_infrastructure_error
-from services.common.kafka import make_consumer, make_producer
+from services.common.kafka import client_options, make_consumer, make_producer
 from services.common.logs import get_logger
 from services.common.metrics import (
     BATCH_SECONDS,
@@ -47,10 +48,13 @@ from services.common.metrics import (
     HANDLER_RETRIES,
 )
 from services.common.outbox import discard_pending, flush_pending
+from services.common.rows import insert_rows
 from services.common.settings import CommonSettings
 from services.common.tracing import continued_span
 
 log = get_logger(__name__)
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 HandlerFn = Callable[[AsyncSession, Envelope, Any], Awaitable[None]]
 # Applies the fresh events of a whole batch at once, in offset order (a consumer whose
@@ -104,6 +108,14 @@ class _HandlerFailed(Exception):
 
 
 class ConsumerRunner:
+    """One reader of the service's events: the event types it applies with their handlers,
+    the name its inbox rows and dead letters go by, its own transactions and retries.
+
+    A service's readers share one consumer group (`ConsumerGroup`, one fetch for all of them:
+    issue 18); a reader can also run alone as a group of its own (`run`), as the partner
+    readers do (a pattern subscription cannot share a consumer with a topic list).
+    """
+
     def __init__(
         self,
         settings: CommonSettings,
@@ -139,234 +151,53 @@ class ConsumerRunner:
         self.ignored_types = frozenset(ignored_types)
         self.sessions = sessions
         self.group_id = group_id or name
-        self._inbox_sql = (
-            f'INSERT INTO "{schema}".inbox (consumer, event_id, topic) '
-            "SELECT $1, e, t FROM unnest($2::text[], $3::text[]) AS r(e, t) "
-            "ON CONFLICT DO NOTHING RETURNING event_id"
-        )
+        self._inbox = runtime_metadata(schema)[2]
         self.batch_handler = batch_handler
         self._dlq_producer = dlq_producer
-        self._own_dlq_producer = dlq_producer is None
-        self._letters: DeadLetterWriter | None = None
-        self._consumer: AIOKafkaConsumer | None = None
+        # Set with the group this reader runs in (`ConsumerGroup.stop`, `_set_ready`).
         self._stop = asyncio.Event()
-        self._batch_lock = asyncio.Lock()
-        # Offsets of applied batches not yet committed to Kafka, and when we last committed.
-        self._uncommitted: dict[TopicPartition, int] = {}
-        # The next offset of each partition after the last batch this runner handled (since
-        # the partition was assigned): where to restart after an unreadable record.
-        self._handled_to: dict[TopicPartition, int] = {}
-        self._committed_at = 0.0
+        self._batch_lock = asyncio.Lock()  # one batch of this reader at a time
         self.ready = asyncio.Event()
+        self._group: ConsumerGroup | None = None
 
     def stop(self) -> None:
         self._stop.set()
+        if self._group is not None:
+            self._group.stop()
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def _consumer(self) -> AIOKafkaConsumer | None:
+        """The Kafka consumer of the group this reader runs in (None before it starts)."""
+        return self._group.consumer if self._group is not None else None
+
+    def knows(self, event_type: str) -> bool:
+        """A type this reader applies or passes over; any other is unknown to it."""
+        return event_type in self.subscriptions or event_type in self.ignored_types
 
     async def run(self) -> None:
-        if self.starts_when is not None:
-            self.ready.set()  # waiting for its condition is not a fault: the service is ready
-            await self.starts_when()
-        consumer = make_consumer(
-            self.settings, group_id=self.group_id, client_id=f"{self.settings.service}-{self.name}"
-        )
-        if self.pattern is not None:
-            consumer.subscribe(pattern=self.pattern, listener=_FinishBatchOnRevoke(self))
-        else:
-            consumer.subscribe(self.topics, listener=_FinishBatchOnRevoke(self))
-        self._consumer = consumer
-        await consumer.start()
-        if self._dlq_producer is None:
-            self._dlq_producer = make_producer(self.settings, client_id=f"{self.name}-dlq")
-            await self._dlq_producer.start()
-        self._letters = DeadLetterWriter(
-            self._dlq_producer,
-            topic=self.settings.dlq_topic,
-            max_bytes=self.settings.dlq_max_record_bytes,
-            retry_backoff_max_s=self.settings.consumer_retry_backoff_max_s,
-        )
-        self._committed_at = time.monotonic()
-        self.ready.set()
-        log.info("consumer started", consumer=self.name, topics=self.pattern or self.topics)
-        try:
-            while not self._stop.is_set():
-                try:
-                    batch = await consumer.getmany(
-                        timeout_ms=self.settings.consumer_poll_ms,
-                        max_records=self.settings.consumer_max_records,
-                    )
-                except Exception as exc:
-                    if isinstance(exc, KafkaError):
-                        raise
-                    await self._pass_unreadable(consumer, exc)
-                    continue
-                if batch:
-                    async with self._batch_lock:
-                        await self._handle_batch(consumer, batch)
-                else:
-                    await self._commit_if_due(consumer)
-        finally:
-            # Graceful: the batch in hand finished above; commit its offsets, leave the group.
-            await self._commit_or_log(consumer, None, when="at stop")
-            await consumer.stop()
-            if self._own_dlq_producer and self._dlq_producer is not None:
-                await self._dlq_producer.stop()
-            log.info("consumer stopped", consumer=self.name)
+        """Run as a consumer group of its own (`group_id`)."""
+        if self._group is None:
+            ConsumerGroup(
+                self.settings,
+                group_id=self.group_id,
+                readers=[self],
+                pattern=self.pattern,
+                starts_when=self.starts_when,
+                dlq_producer=self._dlq_producer,
+            )
+        assert self._group is not None
+        await self._group.run()
 
-    async def _handle_batch(
-        self,
-        consumer: AIOKafkaConsumer,
-        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
-    ) -> None:
-        assigned = consumer.assignment()
-        # A revoke may have slipped in between the fetch and the lock: those partitions are
-        # someone else's now; they will read them again and the inbox dedupes.
-        batch = {tp: recs for tp, recs in batch.items() if tp in assigned and recs}
-        if not batch:
-            return
-        records = [r for recs in batch.values() for r in recs]
-        started = time.perf_counter()
-        dead = await self._apply_with_infra_retries(records)
-        if dead is None:
-            return  # stopping during an outage: leave offsets, the next owner redoes the batch
-        for letter in dead:
-            if not await self._dead_letter(letter):
-                return  # stopping while the broker is away: the next owner redoes the batch
-        BATCH_SECONDS.labels(self.settings.service, self.name).observe(
-            time.perf_counter() - started
-        )
-        offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
-        self._handled_to.update(offsets)
-        for tp, next_offset in offsets.items():
-            highwater = consumer.highwater(tp)
-            if highwater is not None:
-                CONSUMER_LAG.labels(
-                    self.settings.service, self.name, tp.topic, str(tp.partition)
-                ).set(max(0, highwater - next_offset))
-        self._uncommitted.update(offsets)
-        await self._commit_if_due(consumer)
-
-    # -- records the Kafka client cannot read ----------------------------------------------------
-
-    async def _pass_unreadable(self, consumer: AIOKafkaConsumer, error: Exception) -> None:
-        """A fetched record the client library cannot even parse (e.g. a header name that is
-        not UTF-8, which no Java client writes but a raw producer can) makes `getmany` raise
-        for every partition, again at every call. Worse, the client then drops the records it
-        had already taken from other partitions in that call and moves their positions past
-        them. So: rewind every assigned partition to where this runner really is, then read
-        them one at a time; the partition that fails has its unreadable record at its
-        position: dead-letter it by reference (topic, partition, offset: there are no bytes to
-        copy) and step over it. Every other record is applied as usual."""
-        log.warning("a fetched record cannot be read", consumer=self.name, error=repr(error))
-        # getmany is called outside the batch lock, as in `run`: a rebalance waits for the
-        # lock, and getmany waits for the rebalance. A partition that moves meanwhile is its
-        # next owner's (IllegalStateError on seek): it rewinds from the committed offsets.
-        try:
-            for tp in consumer.assignment():
-                consumer.seek(tp, await self._handled_position(consumer, tp))
-            for tp in sorted(consumer.assignment()):
-                while not self._stop.is_set():
-                    at = await self._handled_position(consumer, tp)
-                    try:
-                        records = await consumer.getmany(
-                            tp,
-                            timeout_ms=self.settings.consumer_poll_ms,
-                            max_records=self.settings.consumer_max_records,
-                        )
-                    except Exception as exc:
-                        if isinstance(exc, KafkaError):
-                            raise
-                        await self._skip_unreadable(consumer, tp, at, exc)
-                        continue
-                    if not records.get(tp):
-                        break  # read up to what the broker has: back to the normal loop
-                    async with self._batch_lock:
-                        await self._handle_batch(consumer, records)
-        except IllegalStateError as exc:
-            log.info("partitions moved while passing an unreadable record", error=repr(exc))
-
-    async def _handled_position(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
-        if tp in self._handled_to:
-            return self._handled_to[tp]
-        committed = await consumer.committed(tp)
-        if committed is not None:
-            return int(committed)
-        return int((await consumer.beginning_offsets([tp]))[tp])
-
-    async def _skip_unreadable(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, error: Exception
-    ) -> None:
-        """The record at `offset` cannot be read: find it exactly (the records before it in the
-        fetch are readable: apply them one by one), dead-letter it, move past it."""
-        consumer.seek(tp, offset)
-        while True:
-            try:
-                records = await consumer.getmany(tp, timeout_ms=1000, max_records=1)
-            except Exception as exc:
-                if isinstance(exc, KafkaError):
-                    raise
-                error = exc
-                break
-            if not records.get(tp) or self._stop.is_set():
-                return  # the record is gone (retention) or not fetched: the loop goes on
-            async with self._batch_lock:
-                await self._handle_batch(consumer, records)
-            offset = self._handled_to.get(tp, offset)
-        unreadable = unreadable_record(tp.topic, tp.partition, offset)
-        reason = f"unreadable: the Kafka client cannot parse the record ({error!r})"
+    async def apply(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[_DeadLetter] | None:
+        """Apply this reader's share of a fetch (whole, or record by record when one fails);
+        the letters to send, or None when stopping during an outage (nothing committed)."""
         async with self._batch_lock:
-            if not await self._dead_letter(_DeadLetter(unreadable, reason[:2000])):
-                return  # stopping while the broker is away: not past it
-            consumer.seek(tp, offset + 1)
-            self._handled_to[tp] = offset + 1
-            self._uncommitted[tp] = offset + 1
-
-    async def _commit_if_due(self, consumer: AIOKafkaConsumer) -> None:
-        interval_s = self.settings.consumer_commit_interval_ms / 1000
-        if self._uncommitted and time.monotonic() - self._committed_at >= interval_s:
-            await self._commit_offsets(consumer)
-
-    def forget_positions(self, partitions: Iterable[TopicPartition]) -> None:
-        for tp in partitions:
-            self._handled_to.pop(tp, None)
-
-    async def finish_before_revoke(self, revoked: Iterable[TopicPartition]) -> None:
-        """Before partitions move: let the batch in hand finish, then commit the offsets of
-        the moving partitions, so their next owner starts where this one ended."""
-        async with self._batch_lock:
-            if self._consumer is not None:
-                await self._commit_or_log(self._consumer, revoked, when="before rebalance")
-
-    async def _commit_or_log(
-        self,
-        consumer: AIOKafkaConsumer,
-        only: Iterable[TopicPartition] | None,
-        *,
-        when: str,
-    ) -> None:
-        try:
-            await self._commit_offsets(consumer, only)
-        except Exception as exc:  # the broker may be gone: the inbox covers a redelivery
-            log.warning("offset commit failed", when=when, consumer=self.name, error=repr(exc))
-
-    async def _commit_offsets(
-        self, consumer: AIOKafkaConsumer, only: Iterable[TopicPartition] | None = None
-    ) -> None:
-        """Commit the offsets of applied batches (of the partitions `only`, if given)."""
-        wanted = set(only) if only is not None else None
-        offsets = {tp: o for tp, o in self._uncommitted.items() if wanted is None or tp in wanted}
-        if not offsets:
-            return
-        for tp in offsets:
-            del self._uncommitted[tp]
-        self._committed_at = time.monotonic()
-        try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # Lost the partitions in a rebalance: effects are committed in the database, so
-            # the new owner's redelivery is a no-op through the inbox.
-            log.warning("offset commit failed after rebalance", consumer=self.name, error=str(exc))
+            started = time.perf_counter()
+            dead = await self._apply_with_infra_retries(records)
+            BATCH_SECONDS.labels(self.settings.service, self.name).observe(
+                time.perf_counter() - started
+            )
+            return dead
 
     async def _apply_with_infra_retries(
         self, records: list[ConsumerRecord[bytes, bytes]]
@@ -405,11 +236,9 @@ class ConsumerRunner:
             return _DeadLetter(record, f"malformed: {exc}")
         subscription = self.subscriptions.get(envelope.type)
         if subscription is None:
-            if envelope.type in self.ignored_types:
-                return None
-            return _DeadLetter(
-                record, f"unknown event type {envelope.type[:200]!r} on {record.topic}"
-            )
+            # Not this reader's type: another reader of the topic applies it (a type no
+            # reader knows is dead-lettered by the group before it reaches a reader).
+            return None
         # After the type: a record of no known type is poison for every reader, whatever
         # the reader's filter (another region's record, §9; a case not its business).
         if self.accept is not None and not self.accept(envelope):
@@ -573,42 +402,495 @@ class ConsumerRunner:
     async def _inbox_insert(self, session: AsyncSession, work: list[_Work]) -> set[str]:
         """Insert the inbox rows of `work` (distinct keys); the keys that were not there yet.
         One prepared statement for any batch size, on the session's asyncpg connection."""
-        driver = await driver_connection(session)
-        rows = await driver.fetch(
-            self._inbox_sql,
-            self.name,
-            [item.key for item in work],
-            [item.record.topic for item in work],
+        rows = [
+            {"consumer": self.name, "event_id": item.key, "topic": item.record.topic}
+            for item in work
+        ]
+        inserted = await insert_rows(
+            session, self._inbox, rows, on_conflict_do_nothing=True, returning="event_id"
         )
-        return {row[0] for row in rows}
+        return set(inserted)
 
     def _count(self, record: ConsumerRecord[bytes, bytes], outcome: str) -> None:
         EVENTS_CONSUMED.labels(self.settings.service, self.name, record.topic, outcome).inc()
 
+
+class ConsumerGroup:
+    """One Kafka consumer for several readers (a service's whole group, DESIGN.md §2).
+
+    Each fetch is shared out by topic: every reader of a record's topic gets it, and applies
+    its share in its own transaction, concurrently with the other readers. A partition whose
+    records are in hand is paused until every reader holding them is done, so records of one
+    partition (one case) are applied in offset order, and a reader that waits (a decision that
+    overtook its case retries) holds only the partitions of its share while the others go on.
+    A partition's offset moves when all its readers have applied (or dead-lettered) its
+    records. A record no reader can read (not a CloudEvent, a type no reader knows, bytes the
+    Kafka client cannot parse) is dead-lettered once, as the group's (`dlq_source`
+    `<service>/<group>`); what a reader refuses is dead-lettered as that reader's.
+    """
+
+    def __init__(
+        self,
+        settings: CommonSettings,
+        *,
+        group_id: str,
+        readers: Sequence[ConsumerRunner],
+        pattern: str | None = None,
+        starts_when: Callable[[], Awaitable[None]] | None = None,
+        dlq_producer: AIOKafkaProducer | None = None,
+        seed_from: Sequence[str] = (),
+    ) -> None:
+        if not readers:
+            raise ValueError("a consumer group needs a reader")
+        self.settings = settings
+        self.group_id = group_id
+        self.readers = list(readers)
+        self.pattern = pattern
+        self.starts_when = starts_when
+        # Groups whose committed offsets this one starts from when it has none of its own
+        # (the readers' former groups of one each: no replay after the upgrade).
+        self.seed_from = list(seed_from)
+        self.topics = sorted({t for r in self.readers for t in r.topics})
+        self._dlq_producer = dlq_producer
+        self._own_dlq_producer = dlq_producer is None
+        self._letters: DeadLetterWriter | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        for reader in self.readers:
+            if reader._group is not None:
+                raise ValueError(f"{reader.name} is in group {reader._group.group_id} already")
+            reader._group = self
+        self._by_topic: dict[str, list[ConsumerRunner]] = {}
+        # Batches being applied, and the offsets they move their partitions to when done.
+        self._in_flight: set[asyncio.Task[None]] = set()
+        # Offsets of applied records not yet committed to Kafka, and when we last committed.
+        self._uncommitted: dict[TopicPartition, int] = {}
+        # The next offset of each partition after the last records this group handled (since
+        # the partition was assigned): where to restart after an unreadable record.
+        self._handled_to: dict[TopicPartition, int] = {}
+        self._committed_at = 0.0
+        self._failed: BaseException | None = None  # a batch that raised: the group restarts
+
+    def stop(self) -> None:
+        self._stop.set()
+        for reader in self.readers:
+            reader._stop.set()  # cuts short a reader waiting out an outage
+
+    def _set_ready(self) -> None:
+        self.ready.set()
+        for reader in self.readers:
+            reader.ready.set()
+
+    def _readers_of(self, topic: str) -> list[ConsumerRunner]:
+        readers = self._by_topic.get(topic)
+        if readers is None:
+            # A pattern group's topics are not known in advance: all its readers read them.
+            readers = [r for r in self.readers if topic in r.topics or r.pattern is not None]
+            self._by_topic[topic] = readers
+        return readers
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if any(r._stop.is_set() for r in self.readers):
+            self._stop.set()  # a reader stopped before its group ran
+        if self.starts_when is not None:
+            self._set_ready()  # waiting for its condition is not a fault: the service is ready
+            await self.starts_when()
+        self._failed = None
+        if self.seed_from:
+            await self._seed_offsets()
+        consumer = make_consumer(
+            self.settings,
+            group_id=self.group_id,
+            client_id=f"{self.settings.service}-{self.group_id}",
+        )
+        if self.pattern is not None:
+            consumer.subscribe(pattern=self.pattern, listener=_FinishBatchOnRevoke(self))
+        else:
+            consumer.subscribe(self.topics, listener=_FinishBatchOnRevoke(self))
+        self.consumer = consumer
+        await consumer.start()
+        if self._dlq_producer is None:
+            self._dlq_producer = make_producer(self.settings, client_id=f"{self.group_id}-dlq")
+            await self._dlq_producer.start()
+        self._letters = DeadLetterWriter(
+            self._dlq_producer,
+            topic=self.settings.dlq_topic,
+            max_bytes=self.settings.dlq_max_record_bytes,
+            retry_backoff_max_s=self.settings.consumer_retry_backoff_max_s,
+        )
+        self._committed_at = time.monotonic()
+        self._set_ready()
+        log.info(
+            "consumer started",
+            consumer=self.group_id,
+            readers=[r.name for r in self.readers],
+            topics=self.pattern or self.topics,
+        )
+        try:
+            while not self._stop.is_set() and self._failed is None:
+                try:
+                    batch = await consumer.getmany(
+                        timeout_ms=self.settings.consumer_poll_ms,
+                        max_records=self.settings.consumer_max_records,
+                    )
+                except Exception as exc:
+                    if isinstance(exc, KafkaError):
+                        raise
+                    await self._pass_unreadable(consumer, exc)
+                    continue
+                if batch:
+                    self._start_batch(consumer, batch)
+                await self._commit_if_due(consumer)
+            if self._failed is not None:
+                raise RuntimeError(f"{self.group_id}: a batch failed") from self._failed
+        finally:
+            # Graceful: the batches in hand finish (or give up at once if the database is
+            # away); commit their offsets, leave the group.
+            await self._settle()
+            await self._commit_or_log(consumer, None, when="at stop")
+            await consumer.stop()
+            if self._own_dlq_producer and self._dlq_producer is not None:
+                await self._dlq_producer.stop()
+            log.info("consumer stopped", consumer=self.group_id)
+
+    async def _settle(self) -> None:
+        """Wait for every batch in hand."""
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    def _start_batch(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    ) -> None:
+        assigned = consumer.assignment()
+        # A revoke may have slipped in between the fetch and here: those partitions are
+        # someone else's now; they will read them again and the inbox dedupes.
+        batch = {tp: recs for tp, recs in batch.items() if tp in assigned and recs}
+        if not batch:
+            return
+        consumer.pause(*batch)  # nothing more of these partitions until this batch is done
+        task = asyncio.create_task(self._apply_batch(consumer, batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Not an outage (those are retried) nor a record's fault (dead-lettered): a bug.
+            # Stop, so the supervisor restarts the group from the committed offsets.
+            log.error("batch failed", consumer=self.group_id, error=repr(task.exception()))
+            self._failed = task.exception()
+
+    async def _apply_batch(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    ) -> None:
+        records = [r for recs in batch.values() for r in recs]
+        letters, shares = self._share_out(records)
+        holders = dict.fromkeys(batch, 0)
+        for share in shares.values():
+            for tp in _partitions(share):
+                holders[tp] += 1
+        # A partition's letters go out together, in offset order, once all its readers are
+        # done; then its offset moves.
+        outbox: dict[TopicPartition, list[tuple[_DeadLetter, ConsumerRunner | None]]] = {}
+        for letter in letters:
+            outbox.setdefault(_partition(letter.record), []).append((letter, None))
+
+        async def finish(partitions: Iterable[TopicPartition]) -> bool:
+            for tp in partitions:
+                for letter, reader in sorted(outbox.pop(tp, []), key=lambda x: x[0].record.offset):
+                    if not await self._dead_letter(
+                        letter, reader.name if reader else self.group_id
+                    ):
+                        return False  # stopping while the broker is away: not past them
+                    for counted in [reader] if reader else self._readers_of(tp.topic):
+                        counted._count(letter.record, "dead_lettered")
+                self._done(consumer, batch, [tp])
+            return True
+
+        if not await finish([tp for tp, n in holders.items() if n == 0]):
+            return
+
+        async def apply_share(reader: ConsumerRunner, share: list[Record]) -> None:
+            dead = await reader.apply(share)
+            if dead is None:
+                return  # stopping during an outage: leave offsets, the next owner redoes it
+            for letter in dead:
+                outbox.setdefault(_partition(letter.record), []).append((letter, reader))
+            finished = []
+            for tp in _partitions(share):
+                holders[tp] -= 1
+                if holders[tp] == 0:
+                    finished.append(tp)
+            await finish(finished)
+
+        await asyncio.gather(*(apply_share(r, share) for r, share in shares.items()))
+
+    def _share_out(
+        self, records: list[Record]
+    ) -> tuple[list[_DeadLetter], dict[ConsumerRunner, list[Record]]]:
+        """The group's own letters (records no reader can read), and each reader's share."""
+        letters: list[_DeadLetter] = []
+        shares: dict[ConsumerRunner, list[Record]] = {}
+        for record in records:
+            readers = self._readers_of(record.topic)
+            try:
+                envelope = RECENT_RECORDS.envelope(record.key, record.value, record.headers)
+            except EnvelopeError as exc:
+                letters.append(_DeadLetter(record, f"malformed: {exc}"))
+                continue
+            except Exception as exc:  # whatever a record holds, it must not stop the partition
+                letters.append(_DeadLetter(record, f"unreadable: {describe_error(exc)}"))
+                continue
+            if not any(r.knows(envelope.type) for r in readers):
+                letters.append(
+                    _DeadLetter(
+                        record, f"unknown event type {envelope.type[:200]!r} on {record.topic}"
+                    )
+                )
+                continue
+            for reader in readers:
+                shares.setdefault(reader, []).append(record)
+        return letters, shares
+
+    def _done(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[TopicPartition, list[Record]],
+        partitions: Iterable[TopicPartition],
+    ) -> None:
+        """Every reader has applied these partitions' records: move their offsets on and
+        fetch them again."""
+        offsets = {tp: batch[tp][-1].offset + 1 for tp in partitions}
+        if not offsets:
+            return
+        self._handled_to.update(offsets)
+        self._uncommitted.update(offsets)
+        assigned = consumer.assignment()
+        for tp, next_offset in offsets.items():
+            highwater = consumer.highwater(tp) if tp in assigned else None
+            if highwater is not None:
+                CONSUMER_LAG.labels(
+                    self.settings.service, self.group_id, tp.topic, str(tp.partition)
+                ).set(max(0, highwater - next_offset))
+        # A partition moved to another member meanwhile is not ours to resume.
+        consumer.resume(*(tp for tp in offsets if tp in assigned))
+
+    # -- offsets when the group is new ---------------------------------------------------------
+
+    async def _seed_offsets(self) -> None:
+        """A group with no offsets yet starts where the groups it replaces stand: for each
+        partition, the least offset committed by the former groups of the readers of its
+        topic (all of them must have one; else the partition starts from the beginning, the
+        inbox skipping what was applied). Nothing is committed if the group has offsets."""
+        admin = AIOKafkaAdminClient(**client_options(self.settings))
+        await admin.start()
+        try:
+            if await admin.list_consumer_group_offsets(self.group_id):
+                return
+            former = {g: await admin.list_consumer_group_offsets(g) for g in self.seed_from}
+        finally:
+            await admin.close()
+        seeds = seed_offsets(
+            {r.group_id: r.topics for r in self.readers if r.group_id in former},
+            {g: {tp: meta.offset for tp, meta in o.items()} for g, o in former.items()},
+        )
+        if not seeds:
+            return
+        # A consumer of the group that is no member of it (manual assignment) may commit
+        # while the group is empty; if a replica joined first, its offsets stand.
+        seeder = make_consumer(self.settings, group_id=self.group_id)
+        await seeder.start()
+        try:
+            seeder.assign(list(seeds))
+            await seeder.commit(seeds)
+            log.info(
+                "offsets seeded from former groups", consumer=self.group_id, partitions=len(seeds)
+            )
+        except KafkaError as exc:
+            log.info("offsets not seeded", consumer=self.group_id, error=repr(exc))
+        finally:
+            await seeder.stop()
+
+    # -- records the Kafka client cannot read ----------------------------------------------------
+
+    async def _pass_unreadable(self, consumer: AIOKafkaConsumer, error: Exception) -> None:
+        """A fetched record the client library cannot even parse (e.g. a header name that is
+        not UTF-8, which no Java client writes but a raw producer can) makes `getmany` raise
+        for every partition, again at every call. Worse, the client then drops the records it
+        had already taken from other partitions in that call and moves their positions past
+        them. So: let the batches in hand finish, rewind every assigned partition to where
+        this group really is, then read them one at a time; the partition that fails has its
+        unreadable record at its position: dead-letter it by reference (topic, partition,
+        offset: there are no bytes to copy) and step over it. Every other record is applied
+        as usual."""
+        log.warning("a fetched record cannot be read", consumer=self.group_id, error=repr(error))
+        await self._settle()
+        # A partition that moves meanwhile is its next owner's (IllegalStateError on seek): it
+        # rewinds from the committed offsets.
+        try:
+            for tp in consumer.assignment():
+                consumer.seek(tp, await self._handled_position(consumer, tp))
+            for tp in sorted(consumer.assignment()):
+                while not self._stop.is_set():
+                    at = await self._handled_position(consumer, tp)
+                    try:
+                        records = await consumer.getmany(
+                            tp,
+                            timeout_ms=self.settings.consumer_poll_ms,
+                            max_records=self.settings.consumer_max_records,
+                        )
+                    except Exception as exc:
+                        if isinstance(exc, KafkaError):
+                            raise
+                        await self._skip_unreadable(consumer, tp, at, exc)
+                        continue
+                    if not records.get(tp):
+                        break  # read up to what the broker has: back to the normal loop
+                    await self._apply_batch(consumer, records)
+        except IllegalStateError as exc:
+            log.info("partitions moved while passing an unreadable record", error=repr(exc))
+
+    async def _handled_position(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
+        if tp in self._handled_to:
+            return self._handled_to[tp]
+        committed = await consumer.committed(tp)
+        if committed is not None:
+            return int(committed)
+        return int((await consumer.beginning_offsets([tp]))[tp])
+
+    async def _skip_unreadable(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, error: Exception
+    ) -> None:
+        """The record at `offset` cannot be read: find it exactly (the records before it in the
+        fetch are readable: apply them one by one), dead-letter it, move past it."""
+        consumer.seek(tp, offset)
+        while True:
+            try:
+                records = await consumer.getmany(tp, timeout_ms=1000, max_records=1)
+            except Exception as exc:
+                if isinstance(exc, KafkaError):
+                    raise
+                error = exc
+                break
+            if not records.get(tp) or self._stop.is_set():
+                return  # the record is gone (retention) or not fetched: the loop goes on
+            await self._apply_batch(consumer, records)
+            offset = self._handled_to.get(tp, offset)
+        unreadable = unreadable_record(tp.topic, tp.partition, offset)
+        reason = f"unreadable: the Kafka client cannot parse the record ({error!r})"
+        if not await self._dead_letter(_DeadLetter(unreadable, reason[:2000]), self.group_id):
+            return  # stopping while the broker is away: not past it
+        consumer.seek(tp, offset + 1)
+        self._handled_to[tp] = offset + 1
+        self._uncommitted[tp] = offset + 1
+
+    # -- offsets -------------------------------------------------------------------------------
+
+    async def _commit_if_due(self, consumer: AIOKafkaConsumer) -> None:
+        interval_s = self.settings.consumer_commit_interval_ms / 1000
+        if self._uncommitted and time.monotonic() - self._committed_at >= interval_s:
+            await self._commit_offsets(consumer)
+
+    def forget_positions(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in partitions:
+            self._handled_to.pop(tp, None)
+
+    async def finish_before_revoke(self, revoked: Iterable[TopicPartition]) -> None:
+        """Before partitions move: let the batches in hand finish, then commit the offsets of
+        the moving partitions, so their next owner starts where this one ended."""
+        await self._settle()
+        if self.consumer is not None:
+            await self._commit_or_log(self.consumer, revoked, when="before rebalance")
+
+    async def _commit_or_log(
+        self,
+        consumer: AIOKafkaConsumer,
+        only: Iterable[TopicPartition] | None,
+        *,
+        when: str,
+    ) -> None:
+        try:
+            await self._commit_offsets(consumer, only)
+        except Exception as exc:  # the broker may be gone: the inbox covers a redelivery
+            log.warning("offset commit failed", when=when, consumer=self.group_id, error=repr(exc))
+
+    async def _commit_offsets(
+        self, consumer: AIOKafkaConsumer, only: Iterable[TopicPartition] | None = None
+    ) -> None:
+        """Commit the offsets of applied records (of the partitions `only`, if given)."""
+        wanted = set(only) if only is not None else None
+        offsets = {tp: o for tp, o in self._uncommitted.items() if wanted is None or tp in wanted}
+        if not offsets:
+            return
+        for tp in offsets:
+            del self._uncommitted[tp]
+        self._committed_at = time.monotonic()
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # Lost the partitions in a rebalance: effects are committed in the database, so
+            # the new owner's redelivery is a no-op through the inbox.
+            log.warning(
+                "offset commit failed after rebalance", consumer=self.group_id, error=str(exc)
+            )
+
     # -- dead letters --------------------------------------------------------------------------
 
-    async def _dead_letter(self, letter: _DeadLetter) -> bool:
-        """Store the letter; False if the runner stops while the broker is away."""
+    async def _dead_letter(self, letter: _DeadLetter, source: str) -> bool:
+        """Store the letter as `source`'s (a reader, or the group); False if the group stops
+        while the broker is away."""
         record = letter.record
         assert self._letters is not None
         log.warning(
             "dead-lettered",
-            consumer=self.name,
+            consumer=source,
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
             reason=letter.reason[:500],
         )
         shape = await self._letters.write(
-            record, letter.reason, f"{self.settings.service}/{self.name}", stop=self._stop
+            record, letter.reason, f"{self.settings.service}/{source}", stop=self._stop
         )
         if shape is None:
             return False
         if shape is not LetterShape.WHOLE:
-            DEAD_LETTERS_TRUNCATED.labels(self.settings.service, self.name, record.topic).inc()
-        DEAD_LETTERS.labels(self.settings.service, self.name, record.topic).inc()
-        self._count(record, "dead_lettered")
+            DEAD_LETTERS_TRUNCATED.labels(self.settings.service, source, record.topic).inc()
+        DEAD_LETTERS.labels(self.settings.service, source, record.topic).inc()
         return True
+
+
+def seed_offsets(
+    topics_of: Mapping[str, Sequence[str]], committed: Mapping[str, Mapping[TopicPartition, int]]
+) -> dict[TopicPartition, int]:
+    """Where a new group over several former groups starts: for each partition of a topic,
+    the least offset the former groups reading that topic committed, when every one of them
+    committed one (`topics_of`: former group -> its topics; `committed`: former group ->
+    its offsets). A partition some former reader never committed is left out: it starts
+    from the beginning, so nothing is skipped."""
+    seeds: dict[TopicPartition, int] = {}
+    partitions = {tp for offsets in committed.values() for tp in offsets}
+    for tp in partitions:
+        groups = [g for g, topics in topics_of.items() if tp.topic in topics]
+        offsets = [committed.get(g, {}).get(tp) for g in groups]
+        if groups and all(o is not None and o >= 0 for o in offsets):
+            seeds[tp] = min(o for o in offsets if o is not None)
+    return seeds
+
+
+def _partition(record: Record) -> TopicPartition:
+    return TopicPartition(record.topic, record.partition)
+
+
+def _partitions(records: Iterable[Record]) -> set[TopicPartition]:
+    return {_partition(r) for r in records}
 
 
 def _first_of_each(work: list[_Work]) -> list[_Work]:
@@ -622,15 +904,15 @@ def _first_of_each(work: list[_Work]) -> list[_Work]:
 
 
 class _FinishBatchOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Before partitions move, the runner finishes its batch and commits their offsets (and
+    """Before partitions move, the group finishes its batches and commits their offsets (and
     any offsets of earlier batches not committed yet)."""
 
-    def __init__(self, runner: ConsumerRunner) -> None:
-        self._runner = runner
+    def __init__(self, group: ConsumerGroup) -> None:
+        self._group = group
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self._runner.finish_before_revoke(revoked)
+        await self._group.finish_before_revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        # Where this runner was in a partition it held before may be stale now.
-        self._runner.forget_positions(assigned)
+        # Where this group was in a partition it held before may be stale now.
+        self._group.forget_positions(assigned)

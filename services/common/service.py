@@ -38,6 +38,7 @@ from services.common.catalog_follower import CatalogFollower
 from services.common.clock import ServiceClock
 from services.common.consumer import (
     BatchHandlerFn,
+    ConsumerGroup,
     ConsumerRunner,
     HandlerFn,
     RelevantFn,
@@ -97,6 +98,7 @@ class ServiceRuntime:
         self.outbox = Outbox(self.schema)
         self.relay = OutboxRelay(settings, schema=self.schema)
         self.consumers: list[ConsumerRunner] = []
+        self._groups: list[ConsumerGroup] | None = None
         self._startup: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._stoppers: list[Callable[[], None]] = []
@@ -336,11 +338,45 @@ class ServiceRuntime:
         self._stopping = False
         self._stopped.clear()
         self._supervise("outbox-relay", self.relay.run)
-        for runner in self.consumers:
-            self._supervise(runner.name, runner.run)
+        for group in self.consumer_groups():
+            self._supervise(group.group_id, group.run)
         for fn in self._background:
             self._supervise(getattr(fn, "__name__", "background"), fn)
         log.info("service started", service=self.settings.service)
+
+    def consumer_groups(self) -> list[ConsumerGroup]:
+        """One consumer group for all the readers of the service's own topics (one fetch for
+        all of them, DESIGN.md §2; it starts where their former groups of one each stand), and
+        a group of its own for each reader of a pattern (the partners' mirrored topics, which
+        appear later) or with a start condition."""
+        if self._groups is not None:
+            return self._groups
+        shared = [r for r in self.consumers if r.pattern is None and r.starts_when is None]
+        groups = (
+            [
+                ConsumerGroup(
+                    self.settings,
+                    group_id=f"{self.settings.service}-events",
+                    readers=shared,
+                    seed_from=[r.group_id for r in shared],
+                )
+            ]
+            if shared
+            else []
+        )
+        for reader in self.consumers:
+            if reader not in shared:
+                groups.append(
+                    ConsumerGroup(
+                        self.settings,
+                        group_id=reader.group_id,
+                        readers=[reader],
+                        pattern=reader.pattern,
+                        starts_when=reader.starts_when,
+                    )
+                )
+        self._groups = groups
+        return groups
 
     def _migrate(self) -> None:
         owner_url, url = self.settings.migration_database_url, self.settings.database_url

@@ -228,7 +228,7 @@ async def test_console_shows_a_commitment_under_verification(
 
 
 async def test_console_api_answers(console: str, catalog: dict[str, Any]) -> None:
-    # intake's timeline group commits offsets (and so shows in the lag view) once it has
+    # intake's group commits offsets (and so shows in the lag view) once it has
     # applied an event: on a fresh stack, this test may be the first to run.
     rng = random.Random("console-api")
     async with ActingClient(timeout=30) as http:
@@ -252,7 +252,7 @@ async def test_console_api_answers(console: str, catalog: dict[str, Any]) -> Non
         async def intake_group_listed() -> bool:
             # A group shows once it has committed offsets: right after start-up it may not yet.
             lag = (await client.get("/api/lag")).json()
-            return {"intake-timeline"} <= {r["group"] for r in lag["rows"]}
+            return {"intake-events"} <= {r["group"] for r in lag["rows"]}
 
         await eventually(intake_group_listed, timeout=30, what="intake's group in the lag view")
         missing = await client.get("/api/cases/NO-SUCH-CASE")

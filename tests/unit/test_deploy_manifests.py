@@ -141,7 +141,8 @@ def consumer_groups() -> dict[str, dict[str, tuple[str, ...]]]:
     for service in SERVICES:
         runtime = importlib.import_module(f"services.{service}.app").create_app().state.runtime
         groups[service] = {
-            r.group_id: tuple(r.topics) or (mirrored_example(r.pattern),) for r in runtime.consumers
+            g.group_id: tuple(g.topics) or (mirrored_example(g.pattern),)
+            for g in runtime.consumer_groups()
         }
     return groups
 
