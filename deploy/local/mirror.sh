@@ -128,9 +128,9 @@ sync.topic.configs.enabled=true
 sync.topic.configs.interval.seconds=10
 # Each region grants its own services their own ACLs; none are copied across.
 sync.topic.acls.enabled=false
-# The link's lag: each flow writes a heartbeat a second into its target's `heartbeats`, and
-# `heartbeats` topics cross whatever `topics` lists (the defaults, stated because a region's
-# console reads the age of the newest `<partner alias>.heartbeats`: GET /api/links).
+# The link's lag: each flow writes a heartbeat a second into its target's heartbeats topic,
+# and heartbeats topics cross whatever topics lists (the defaults, stated because a region's
+# console reads the age of the newest <partner alias>.heartbeats: GET /api/links).
 emit.heartbeats.enabled=true
 emit.heartbeats.interval.seconds=1
 heartbeats.replication.enabled=true

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.db import Driver, driver_connection, inbox_key, runtime_metadata
 from services.common.dlq import DeadLetterWriter, LetterShape, unreadable_record
-from services.common.envelope import Envelope, EnvelopeError, RecentRecords
+from services.common.envelope import Envelope, EnvelopeError
 from services.common.failures import describe_error, is_data_error, is_infrastructure_error
 from services.common.kafka import client_options, make_consumer, make_producer
 from services.common.logs import get_logger
@@ -55,6 +55,8 @@ from services.common.tracing import continued_span
 log = get_logger(__name__)
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
+# A record with the envelope its group read from it (once, for every reader that takes it).
+Parsed: TypeAlias = tuple[Record, Envelope]
 
 HandlerFn = Callable[[AsyncSession, Envelope, Any], Awaitable[None]]
 # Applies the fresh events of a whole batch at once, in offset order (a consumer whose
@@ -63,10 +65,6 @@ BatchHandlerFn = Callable[[AsyncSession, Sequence[tuple[Envelope, Any]]], Awaita
 # Which of a batch's events concern a reader, known only from its own tables: one flag per
 # event, in order. Read on the asyncpg connection outside any transaction (one round trip).
 RelevantFn = Callable[[Driver, Sequence[tuple[Envelope, Any]]], Awaitable[list[bool]]]
-
-
-# This process's recently parsed records, shared by its consumer groups (one parse a record).
-RECENT_RECORDS = RecentRecords()
 
 
 class PermanentError(Exception):
@@ -188,9 +186,10 @@ class ConsumerRunner:
         assert self._group is not None
         await self._group.run()
 
-    async def apply(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[_DeadLetter] | None:
-        """Apply this reader's share of a fetch (whole, or record by record when one fails);
-        the letters to send, or None when stopping during an outage (nothing committed)."""
+    async def apply(self, records: list[Parsed]) -> list[_DeadLetter] | None:
+        """Apply this reader's share of a fetch, each record with the envelope the group read
+        from it (whole, or record by record when one fails); the letters to send, or None when
+        stopping during an outage (nothing committed)."""
         async with self._batch_lock:
             started = time.perf_counter()
             dead = await self._apply_with_infra_retries(records)
@@ -199,9 +198,7 @@ class ConsumerRunner:
             )
             return dead
 
-    async def _apply_with_infra_retries(
-        self, records: list[ConsumerRecord[bytes, bytes]]
-    ) -> list[_DeadLetter] | None:
+    async def _apply_with_infra_retries(self, records: list[Parsed]) -> list[_DeadLetter] | None:
         backoff = self.settings.consumer_retry_backoff_s or 0.1
         while True:
             try:
@@ -223,17 +220,13 @@ class ConsumerRunner:
 
     # -- applying a batch ----------------------------------------------------------------------
 
-    def _parse(self, record: ConsumerRecord[bytes, bytes]) -> _Work | _DeadLetter | None:
+    def _parse(self, record: Record, envelope: Envelope) -> _Work | _DeadLetter | None:
         try:
-            return self._parse_or_raise(record)
+            return self._parse_or_raise(record, envelope)
         except Exception as exc:  # whatever a record holds, it must not stop the partition
             return _DeadLetter(record, f"unreadable: {describe_error(exc)}")
 
-    def _parse_or_raise(self, record: ConsumerRecord[bytes, bytes]) -> _Work | _DeadLetter | None:
-        try:
-            envelope = RECENT_RECORDS.envelope(record.key, record.value, record.headers)
-        except EnvelopeError as exc:
-            return _DeadLetter(record, f"malformed: {exc}")
+    def _parse_or_raise(self, record: Record, envelope: Envelope) -> _Work | _DeadLetter | None:
         subscription = self.subscriptions.get(envelope.type)
         if subscription is None:
             # Not this reader's type: another reader of the topic applies it (a type no
@@ -255,11 +248,11 @@ class ConsumerRunner:
                 return _DeadLetter(record, f"schema-invalid {envelope.type}: {problems}")
         return _Work(record, envelope, payload)
 
-    async def _apply(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[_DeadLetter]:
+    async def _apply(self, records: list[Parsed]) -> list[_DeadLetter]:
         work: list[_Work] = []
         dead: list[_DeadLetter] = []
-        for record in records:
-            parsed = self._parse(record)
+        for record, envelope in records:
+            parsed = self._parse(record, envelope)
             if isinstance(parsed, _Work):
                 work.append(parsed)
             elif isinstance(parsed, _DeadLetter):
@@ -594,7 +587,7 @@ class ConsumerGroup:
         letters, shares = self._share_out(records)
         holders = dict.fromkeys(batch, 0)
         for share in shares.values():
-            for tp in _partitions(share):
+            for tp in _partitions(r for r, _ in share):
                 holders[tp] += 1
         # A partition's letters go out together, in offset order, once all its readers are
         # done; then its offset moves.
@@ -617,14 +610,14 @@ class ConsumerGroup:
         if not await finish([tp for tp, n in holders.items() if n == 0]):
             return
 
-        async def apply_share(reader: ConsumerRunner, share: list[Record]) -> None:
+        async def apply_share(reader: ConsumerRunner, share: list[Parsed]) -> None:
             dead = await reader.apply(share)
             if dead is None:
                 return  # stopping during an outage: leave offsets, the next owner redoes it
             for letter in dead:
                 outbox.setdefault(_partition(letter.record), []).append((letter, reader))
             finished = []
-            for tp in _partitions(share):
+            for tp in _partitions(r for r, _ in share):
                 holders[tp] -= 1
                 if holders[tp] == 0:
                     finished.append(tp)
@@ -634,14 +627,17 @@ class ConsumerGroup:
 
     def _share_out(
         self, records: list[Record]
-    ) -> tuple[list[_DeadLetter], dict[ConsumerRunner, list[Record]]]:
-        """The group's own letters (records no reader can read), and each reader's share."""
+    ) -> tuple[list[_DeadLetter], dict[ConsumerRunner, list[Parsed]]]:
+        """The group's own letters (records no reader can read), and each reader's share: a
+        record is parsed once, whatever number of readers take it."""
         letters: list[_DeadLetter] = []
-        shares: dict[ConsumerRunner, list[Record]] = {}
+        shares: dict[ConsumerRunner, list[Parsed]] = {}
         for record in records:
             readers = self._readers_of(record.topic)
             try:
-                envelope = RECENT_RECORDS.envelope(record.key, record.value, record.headers)
+                envelope = Envelope.from_record(
+                    record.key, record.value, list(record.headers or ())
+                )
             except EnvelopeError as exc:
                 letters.append(_DeadLetter(record, f"malformed: {exc}"))
                 continue
@@ -656,7 +652,7 @@ class ConsumerGroup:
                 )
                 continue
             for reader in readers:
-                shares.setdefault(reader, []).append(record)
+                shares.setdefault(reader, []).append((record, envelope))
         return letters, shares
 
     def _done(

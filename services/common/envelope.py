@@ -159,42 +159,6 @@ class Envelope:
         )
 
 
-class RecentRecords:
-    """`Envelope.from_record`, once per record in a process: a service reads each record in
-    several consumer groups (routing's submitted event by routing-intake and routing-xregion;
-    an intake event by intake's timeline, approval-intake, delivery-intake), a few ms apart,
-    and parsing is a pure function of the record's bytes, so the envelope (or the reason it is
-    poison) of a recent record is handed out again. Keyed by the bytes themselves, not by the
-    record's place: a recreated topic's offsets start again, its bytes do not collide.
-    Envelopes are shared: nothing may change one (none does: they are frozen, their data only
-    read). First in, first out, at most `size` records (a few MB)."""
-
-    def __init__(self, size: int = 2048) -> None:
-        self.size = size
-        self._recent: dict[tuple[Any, ...], Envelope | str] = {}
-
-    def envelope(self, key: bytes | None, value: bytes | None, headers: Any) -> Envelope:
-        """The record's envelope; EnvelopeError (with the same reason each time) for poison."""
-        try:
-            # A record can hold anything: headers of no usable hash, a key of no known type.
-            cache_key = (key, value, tuple(headers or ()))
-            hash(cache_key)
-        except TypeError:
-            return Envelope.from_record(key, value, list(headers or ()))
-        known = self._recent.get(cache_key)
-        if known is None:
-            try:
-                known = Envelope.from_record(key, value, list(headers or ()))
-            except EnvelopeError as exc:
-                known = str(exc)  # the reason, raised anew each time (no growing traceback)
-            if len(self._recent) >= self.size:
-                del self._recent[next(iter(self._recent))]
-            self._recent[cache_key] = known
-        if isinstance(known, str):
-            raise EnvelopeError(known)
-        return known
-
-
 class _Parsed(JSONFormat):
     """The JSON format, handing the SDK the data `_check_data` parsed (no second parse)."""
 
