@@ -37,11 +37,11 @@ from services.bench.loadgen import LoadResult, LoadStep, Request, offer
 from services.bench.procs import (
     LOAD_GENERATOR,
     ProcessSampler,
+    add_services,
     add_stack,
     cpu_deltas,
     per_unit,
     pg_counters,
-    service_pids,
 )
 from services.bench.stats import StepOutcome, completion_rate, latency_summary, stop_reason
 from services.cli.applicants import application_for
@@ -218,13 +218,15 @@ async def load_catalog(
     return version
 
 
-def _bodies(
+def instant_bodies(
     catalog: dict[str, Any],
     items: list[dict[str, Any]],
     rng: random.Random,
     count: int,
     tokens: Tokens,
 ) -> list[Request]:
+    """`count` applications for these items (picked at random), electronic, each with the
+    token of its terminal."""
     out = []
     for _ in range(count):
         body = application_for(catalog, rng.choice(items), rng, delivery="electronic")
@@ -361,9 +363,7 @@ async def run_e2e(
         raise RuntimeError("the catalog has no instant item in force")
     watcher = CaseWatcher(settings)
     sampler = ProcessSampler()
-    pids = service_pids(run_dir)
-    for name, pid in pids.items():
-        sampler.add(name, pid, kind="service")  # uvicorn without workers: one process
+    pids = add_services(sampler, run_dir)
     add_stack(sampler, run_dir)
     async with httpx.AsyncClient(timeout=30) as http:
         version = await load_catalog(http, tokens, config, catalog)
@@ -372,14 +372,17 @@ async def run_e2e(
             # Warm-up (not counted): first requests pay imports, pools and connections.
             if config.warmup_cases:
                 warm = await _offer(
-                    config, _bodies(catalog, items, rng, config.warmup_cases, tokens), 20.0, sampler
+                    config,
+                    instant_bodies(catalog, items, rng, config.warmup_cases, tokens),
+                    20.0,
+                    sampler,
                 )
                 await _drain(watcher, warm, config.drain_timeout)
             sampler.start()
             idle = await idle_cpu(sampler, config.idle_seconds)
             steps, stopped = await _climb(
                 config,
-                lambda count: _bodies(catalog, items, rng, count, tokens),
+                lambda count: instant_bodies(catalog, items, rng, count, tokens),
                 watcher=watcher,
                 sampler=sampler,
                 settings=settings,

@@ -40,7 +40,7 @@ from services.bench.member_cost import (
     cost_ratios,
     with_bundle,
 )
-from services.bench.procs import ProcessSampler, add_stack, service_pids
+from services.bench.procs import ProcessSampler, add_services, add_stack
 from services.bench.stats import latency_summary
 from services.bench.windows import created, measured, offer_sampled, until, window_figures
 from services.cli.applicants import application_for, bundle_application_for, streets
@@ -150,8 +150,7 @@ async def run_members(
     member_rate = config.bundle_rate * len(bundle["members"])
     watcher = MemberWatcher(settings)
     sampler = ProcessSampler()
-    for name, pid in service_pids(run_dir).items():
-        sampler.add(name, pid, kind="service")
+    add_services(sampler, run_dir)
     add_stack(sampler, run_dir)
 
     def singles(count: int) -> Callable[[], Any]:

@@ -54,6 +54,11 @@ def created(load: LoadResult) -> dict[str, float]:
     return {a.case_id: a.sent_at for a in load.answers if a.status == 201 and a.case_id}
 
 
+def statuses(load: LoadResult) -> dict[str, int]:
+    """How many answers of each HTTP status (0: no answer), by status."""
+    return {str(k): v for k, v in sorted(Counter(a.status for a in load.answers).items())}
+
+
 async def until(done: Callable[[], bool], timeout: float) -> bool:
     """Poll `done` until it holds (True) or `timeout` seconds ran out (its last answer)."""
     deadline = time.monotonic() + timeout
@@ -102,7 +107,7 @@ def window_figures(
     return {
         "rate": rate,
         "offered": len(load.answers) + load.late,
-        "statuses": {str(k): v for k, v in sorted(Counter(a.status for a in load.answers).items())},
+        "statuses": statuses(load),
         "late": load.late,
         "http": latency_summary([a.latency_s for a in load.answers if a.status]),
         "load_generator": generator_cost(load),
