@@ -22,9 +22,9 @@ from services.bench.member_cost import (
     closed_members,
     closes_alone,
     cost_ratios,
-    stack_cost_ratio,
     net_of_idle,
     per_unit_ms,
+    stack_cost_ratio,
     with_bundle,
 )
 from services.bench.members import MemberWatcher
