@@ -522,7 +522,9 @@ def _git_commit() -> str | None:
 
 @app.command("report")
 def report_command(
-    runs: Annotated[list[Path], typer.Argument(help="e2e result JSON files, in order")],
+    runs: Annotated[
+        list[Path] | None, typer.Argument(help="e2e result JSON files, in order (none: no ladder)")
+    ] = None,
     raw_file: Annotated[Path | None, typer.Option("--raw", help="raw result JSON")] = None,
     out: Annotated[Path, typer.Option(help="combined JSON")] = Path(".run/bench/bench.json"),
     plot: Annotated[Path, typer.Option(help="PNG plot")] = Path(".run/bench/bench.png"),
@@ -549,7 +551,7 @@ def report_command(
     runtime_result = (
         json.loads(runtime_file.read_text()) if runtime_file and runtime_file.exists() else None
     )
-    e2e_results = [json.loads(p.read_text()) for p in runs if p.exists()]
+    e2e_results = [json.loads(p.read_text()) for p in runs or [] if p.exists()]
     per_member, across, sustained = (
         json.loads(f.read_text()) if f and f.exists() else None
         for f in (members_file, xregion_file, soak_file)
