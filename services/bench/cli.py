@@ -352,7 +352,7 @@ def soak_command(
     def on_minute(line: dict[str, Any]) -> None:
         rss = "  ".join(f"{k} {v:.0f}" for k, v in line["rss_mb"].items())
         console.print(
-            f"soak: minute {line['minute']}: {line['closed']} closed, "
+            f"soak: minute {line['minute']:g}: {line['closed']} closed, "
             f"{line['closed_per_s'] if line['closed_per_s'] is not None else '-'} closed/s; "
             f"RSS MB {rss}; load {line['loadavg_1m']}"
         )

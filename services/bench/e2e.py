@@ -127,12 +127,14 @@ async def partitions(settings: CommonSettings, *topics: str) -> list[TopicPartit
 
 class CaseWatcher:
     """Routed/closed timestamps per case id, from the routing and delivery topics (and
-    `TOPICS`' other records to `take`, for a watcher that wants more)."""
+    `TOPICS`' other records to `take`, for a watcher that wants more); `topics` read others
+    instead (a partner's mirrored topic)."""
 
     TOPICS: tuple[str, ...] = (ROUTING_TOPIC, DELIVERY_TOPIC)
 
-    def __init__(self, settings: CommonSettings) -> None:
+    def __init__(self, settings: CommonSettings, topics: tuple[str, ...] | None = None) -> None:
         self.settings = settings
+        self.topics = topics or self.TOPICS
         self.routed: dict[str, float] = {}
         self.failed: dict[str, float] = {}
         self.closed: dict[str, float] = {}
@@ -140,7 +142,7 @@ class CaseWatcher:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        parts = await partitions(self.settings, *self.TOPICS)
+        parts = await partitions(self.settings, *self.topics)
         consumer = AIOKafkaConsumer(
             **client_options(self.settings),
             enable_auto_commit=False,

@@ -511,7 +511,8 @@ def soak_table(result: dict[str, Any]) -> Table:
     table = Table(
         title=(
             f"sustained load: {result['rate']:g} cases/s for {result['minutes']:g} min "
-            f"({result['closed']} closed of {result['submitted']} taken, "
+            f"({result['closed']} closed of {result['submitted']} taken of "
+            f"{result.get('offered', '-')} offered, statuses {result.get('statuses', {})}; "
             f"{_fmt(result['closed_per_s'])} closed/s)"
         )
     )

@@ -145,9 +145,11 @@ async def run_soak(
             due = began + len(samples) * config.sample_seconds
             await asyncio.wait({load_task}, timeout=max(0.0, due - time.monotonic()))
             samples.append(sample())
-            if samples[-1]["t"] >= minute * 60 or load_task.done():
-                on_minute(_minute_line(samples, minute, services))
-                minute += 1
+            if samples[-1]["t"] >= minute * 60:
+                on_minute(_minute_line(samples, services))
+                minute = int(samples[-1]["t"] // 60) + 1
+        if samples[-1]["t"] % 60 > config.sample_seconds:  # a last part-minute: its line too
+            on_minute(_minute_line(samples, services))
         load = load_task.result()
         for pid in generator:
             sampler.ended(LOAD_GENERATOR, pid, load.cpu_s)
@@ -194,10 +196,10 @@ async def run_soak(
     }
 
 
-def _minute_line(samples: list[dict[str, Any]], minute: int, services: list[str]) -> dict[str, Any]:
+def _minute_line(samples: list[dict[str, Any]], services: list[str]) -> dict[str, Any]:
     last = samples[-1]
     return {
-        "minute": minute,
+        "minute": round(last["t"] / 60, 1),
         "t": last["t"],
         "closed": last["closed"],
         "closed_per_s": closed_per_s(samples, last["t"] - 60, last["t"]),

@@ -156,11 +156,9 @@ async def run_xregion(
     rng = random.Random(config.seed)
     tokens = Tokens()
     pairs = comparable_items(home, partner, date.today())
-    singles_seen = CaseWatcher(settings)
-    singles_seen.TOPICS = (DELIVERY_TOPIC,)
+    singles_seen = CaseWatcher(settings, (DELIVERY_TOPIC,))
     # What the handling region publishes about a case it adopted comes back over the link.
-    cross_seen = CaseWatcher(settings)
-    cross_seen.TOPICS = (f"{config.partner_alias}.{XREGION_TOPIC}",)
+    cross_seen = CaseWatcher(settings, (f"{config.partner_alias}.{XREGION_TOPIC}",))
     sampler = ProcessSampler()
     add_services(sampler, run_dir)
     add_stack(sampler, run_dir)

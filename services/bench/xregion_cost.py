@@ -27,7 +27,7 @@ LINK = "mirrormaker"
 REGION_TOTALS = ("region1", "region2", LINK)
 
 
-def closes_alone(item: Mapping[str, Any], today: date) -> bool:
+def closes_by_itself(item: Mapping[str, Any], today: date) -> bool:
     """An instant online item in force: with electronic delivery its case closes with no
     department acting."""
     return bool(item.get("instant")) and item.get("mode") == "online" and in_force(item, today)
@@ -39,11 +39,13 @@ def comparable_items(
     """(partner's item, home's item) pairs: the partner's `cross_region` items that close
     alone, each with the home catalog's item of the same code (national basic codes) when that
     one closes alone too, so both sides take the same kind of work. ValueError when none."""
-    own = {i["code"]: i for i in home["items"] if closes_alone(i, today)}
+    own = {i["code"]: i for i in home["items"] if closes_by_itself(i, today)}
     pairs = [
         (dict(item), dict(own[item["code"]]))
         for item in sorted(partner["items"], key=lambda i: str(i["code"]))
-        if item.get("scope") == CROSS_REGION and closes_alone(item, today) and item["code"] in own
+        if item.get("scope") == CROSS_REGION
+        and closes_by_itself(item, today)
+        and item["code"] in own
     ]
     if not pairs:
         raise ValueError(
