@@ -70,15 +70,19 @@ class E2EConfig:
 
 def instant_items(catalog: dict[str, Any], today: date) -> list[dict[str, Any]]:
     """Instant items in force today: accepted and approved automatically, so with electronic
-    delivery a case closes with no one acting (as tests/e2e pick them)."""
+    delivery a case closes with no one acting (as tests/e2e pick them). RuntimeError when the
+    catalog has none: nothing the bench could measure."""
     iso = today.isoformat()
-    return [
+    items = [
         i
         for i in catalog["items"]
         if i.get("instant")
         and str(i.get("effective_from") or "0000") <= iso
         and (i.get("effective_to") is None or str(i["effective_to"]) >= iso)
     ]
+    if not items:
+        raise RuntimeError("the catalog has no instant item in force")
+    return items
 
 
 class Tokens:
@@ -361,8 +365,6 @@ async def run_e2e(
     rng = random.Random(config.seed)
     tokens = Tokens()
     items = instant_items(catalog, date.today())
-    if not items:
-        raise RuntimeError("the catalog has no instant item in force")
     watcher = CaseWatcher(settings)
     sampler = ProcessSampler()
     pids = add_services(sampler, run_dir)

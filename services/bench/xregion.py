@@ -25,6 +25,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -199,27 +200,27 @@ async def run_xregion(
         on_phase("idle")
         idle = await idle_cpu(sampler, config.idle_seconds)
         count = max(1, round(config.rate * config.seconds))
-        on_phase(f"single cases {config.rate:g}/s")
-        single_load, single_window = await measured(
-            lambda: singles(count),
-            closed_in(singles_seen),
-            sampler=sampler,
-            database_url=settings.database_url,
-            timeout=config.drain_timeout,
-        )
-        on_phase(f"cases across regions {config.rate:g}/s")
-        cross_load, cross_window = await measured(
-            lambda: crosses(count),
-            closed_in(cross_seen),
-            sampler=sampler,
-            database_url=settings.database_url,
-            timeout=config.drain_timeout,
-        )
+        windows = []
+        for phase, submit, seen in (
+            ("single cases", singles, singles_seen),
+            ("cases across regions", crosses, cross_seen),
+        ):
+            on_phase(f"{phase} {config.rate:g}/s")
+            windows.append(
+                await measured(
+                    partial(submit, count),
+                    closed_in(seen),
+                    sampler=sampler,
+                    database_url=settings.database_url,
+                    timeout=config.drain_timeout,
+                )
+            )
     finally:
         processes = await sampler.stop()
         await singles_seen.stop()
         await cross_seen.stop()
 
+    (single_load, single_window), (cross_load, cross_window) = windows
     single = _side(single_load, single_window, singles_seen.closed, config.rate, idle)
     cross = _side(cross_load, cross_window, cross_seen.closed, config.rate, idle)
     return {
