@@ -11,7 +11,7 @@ export KAFKA_BROKERS
 # The run folder of deploy/local/*.sh (TONGBAN_RUN_DIR moves a whole second stack elsewhere).
 RUN_DIR := $(or $(TONGBAN_RUN_DIR),.run)
 
-.PHONY: help install up down status lint test test-unit test-integration test-cluster faults demo federation console bench clean
+.PHONY: help install up down status lint test test-unit test-integration test-cluster faults demo federation console bench bench-soak bench-xregion clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -80,6 +80,14 @@ console: install ## the operator console on http://127.0.0.1:8000 (needs the sta
 bench: $(VENV)/.installed ## throughput/latency bench: raw pipeline vs tongban at REPLICAS=1 and 2 (4-6 min; report in .run/bench/; needs Go for its load generator)
 	@bash deploy/local/fetch-kafka.sh
 	@bash deploy/local/bench.sh
+
+bench-soak: $(VENV)/.installed ## sustained load: 50 cases/s for 10 min on one region, RSS per process over time against 150 MB (about 12 min; .run/bench/soak.json, soak.png; BENCH_SOAK_ARGS)
+	@bash deploy/local/fetch-kafka.sh
+	@bash deploy/local/bench-soak.sh
+
+bench-xregion: $(VENV)/.installed ## cost of a case across regions against a single case, on two linked regions (started and stopped if not up; about 4 min; .run/bench/xregion.json)
+	@bash deploy/local/fetch-kafka.sh
+	@bash deploy/local/bench-xregion.sh
 
 clean: down ## remove the run folder (keeps the venv and the Kafka jar cache)
 	@bash deploy/local/federation.sh clean

@@ -3,7 +3,8 @@
 # PostgreSQL with no framework: the limit), then tongban end to end with REPLICAS=1 and
 # REPLICAS=2, then (c) the cost per member of bundles, then (d) the runtime's own CPU per
 # applied and published event (issue 18's budget, in the bench's one process) and intake's per HTTP submission, then the report
-# (table, $RUN_DIR/bench/bench.json and bench.png).
+# (table, $RUN_DIR/bench/bench.json and bench.png; with the results of `make bench-soak` and
+# `make bench-xregion` if they were run: they are not part of this one).
 # Submissions come from a compiled load generator (Go, services/bench/loadgen/), built first
 # into $CACHE_DIR/bin: the bench fails at once, saying so, if Go is missing.
 #
@@ -28,54 +29,27 @@ SCRIPT_NAME=bench
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO" || exit 1
 
-BIN="$REPO/.venv/bin"
-OUT="$RUN_DIR/bench"
 read -r -a REPLICA_COUNTS <<<"${BENCH_REPLICAS:-1 2}"
 read -r -a RAW_ARGS <<<"${BENCH_RAW_ARGS:-}"
 read -r -a E2E_ARGS <<<"${BENCH_E2E_ARGS:-}"
 read -r -a RUNTIME_ARGS <<<"${BENCH_RUNTIME_ARGS:-}"
 read -r -a MEMBERS_ARGS <<<"${BENCH_MEMBERS_ARGS:-}"
-export TONGBAN_RATE_LIMIT_PER_S=${TONGBAN_RATE_LIMIT_PER_S:-100000}
-export TONGBAN_RATE_LIMIT_BURST=${TONGBAN_RATE_LIMIT_BURST:-100000}
-export TONGBAN_RUN_DIR=$RUN_DIR
-
-started_stack=0
-cleanup() {
-  bash "$LOCAL_DIR/services.sh" down >/dev/null 2>&1 || true
-  if (( started_stack )); then
-    bash "$LOCAL_DIR/stack.sh" down || true
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=bench-lib.sh
+source "$LOCAL_DIR/bench-lib.sh"
 
 t0=$(now)
-say "building the load generator (Go; first build about 30 s, then cached)"
-"$BIN/python" -m services.bench build-loadgen || die "the load generator did not build (see above)"
-if bash "$LOCAL_DIR/stack.sh" status >/dev/null 2>&1; then
-  say "using the stack already running from $RUN_DIR (left running afterwards)"
-else
-  bash "$LOCAL_DIR/stack.sh" up || die "the stack did not start"
-  started_stack=1
-fi
-# shellcheck disable=SC1091
-source "$RUN_DIR/env"
-"$BIN/tongban" migrate >/dev/null && "$BIN/tongban" topics >/dev/null || die "migrate/topics failed"
-bash "$LOCAL_DIR/services.sh" down >/dev/null 2>&1 || true
-mkdir -p "$OUT"
+bench_prepare
 rm -f "$OUT"/raw.json "$OUT"/e2e-r*.json "$OUT"/runtime.json
 
 status=0
 say "(a) raw case pipeline (no framework)"
 "$BIN/python" -m services.bench raw --out "$OUT/raw.json" "${RAW_ARGS[@]}" || status=1
 
-runs=()
 for replicas in "${REPLICA_COUNTS[@]}"; do
   say "(b) tongban end to end, REPLICAS=$replicas"
   if REPLICAS=$replicas bash "$LOCAL_DIR/services.sh" up; then
     "$BIN/python" -m services.bench e2e --label "replicas=$replicas" \
       --out "$OUT/e2e-r$replicas.json" "${E2E_ARGS[@]}" || status=1
-    runs+=("$OUT/e2e-r$replicas.json")
   else
     warn "services did not start with REPLICAS=$replicas"
     status=1
@@ -115,8 +89,6 @@ fi
   "${RUNTIME_ARGS[@]}" || status=1
 bash "$LOCAL_DIR/services.sh" down
 
-"$BIN/python" -m services.bench report --raw "$OUT/raw.json" "${runs[@]}" \
-  --tracing-off "$OUT/e2e-untraced.json" --members "$OUT/members.json" --runtime "$OUT/runtime.json" \
-  --out "$OUT/bench.json" --plot "$OUT/bench.png" || status=1
+bench_report || status=1
 say "done in $(since "$t0")s: $OUT/bench.json, $OUT/bench.png"
 exit $status

@@ -27,15 +27,18 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from services.bench import e2e, loadgen, members, raw, runtime, submission
+from services.bench import e2e, loadgen, members, raw, runtime, soak, submission, xregion
 from services.bench.report import (
     ROUTED_P99_AT_RATE,
     build_report,
     members_table,
     plot_report,
+    plot_soak,
     print_report,
     print_runtime_budget,
     print_tracing_cost,
+    soak_table,
+    xregion_table,
 )
 from services.bench.stats import rate_ladder
 from services.common.settings import CommonSettings
@@ -254,6 +257,121 @@ def members_command(
     _write(out, result)
 
 
+PARTNER_CATALOG = ROOT / "deploy" / "demo" / "partner-catalog.yaml"
+
+
+def region2_run_dir() -> Path:
+    """Region 2's run folder as deploy/local/federation.sh sets it (REGION2_RUN_DIR, default
+    <region 1's run folder>/region2)."""
+    return Path(os.environ.get("REGION2_RUN_DIR") or run_dir() / "region2")
+
+
+@app.command("xregion")
+def xregion_command(
+    intake_url: IntakeUrls = None,
+    rate: Annotated[float, typer.Option(help="cases/s of each side (open loop)")] = 10.0,
+    seconds: Annotated[float, typer.Option(help="submission time of each side")] = 20.0,
+    warmup: Annotated[int, typer.Option(help="warm-up cases of each side")] = 30,
+    idle_seconds: Annotated[
+        float, typer.Option(help="seconds of idle CPU measured after the warm-up")
+    ] = 5.0,
+    drain_timeout: Annotated[float, typer.Option(help="max wait for a side's cases")] = 90.0,
+    region2: Annotated[
+        Path | None,
+        typer.Option(help="region 2's run folder (default $REGION2_RUN_DIR or <run>/region2)"),
+    ] = None,
+    partner_alias: Annotated[
+        str, typer.Option(help="MirrorMaker's alias of region 2 (mirror.sh: MIRROR_ALIAS_2)")
+    ] = "region2",
+    catalog_file: Annotated[
+        Path, typer.Option("--catalog", exists=True, help="region 1's catalog (loaded)")
+    ] = DEFAULT_CATALOG,
+    partner_file: Annotated[
+        Path, typer.Option("--partner-catalog", exists=True, help="region 2's catalog (loaded)")
+    ] = PARTNER_CATALOG,
+    out: Annotated[Path, typer.Option(help="result JSON")] = Path(".run/bench/xregion.json"),
+) -> None:
+    """Cost across regions: cases of the partner's cross_region items taken at region 1's
+    counters against single cases of region 1's items of the same codes, at the same rate; CPU
+    per closed case of every process of both regions and MirrorMaker 2, and the ratio. Needs
+    both regions up and linked with their catalogs (deploy/local/federation.sh up)."""
+    config = xregion.XRegionConfig(
+        intake_urls=intake_url or default_intake_urls(),
+        region2_run_dir=region2 or region2_run_dir(),
+        partner_alias=partner_alias,
+        rate=rate,
+        seconds=seconds,
+        warmup_cases=warmup,
+        idle_seconds=idle_seconds,
+        drain_timeout=drain_timeout,
+    )
+    result = asyncio.run(
+        xregion.run_xregion(
+            config,
+            home=load_catalog_file(catalog_file),
+            partner=load_catalog_file(partner_file),
+            settings=CommonSettings(),
+            run_dir=run_dir(),
+            on_phase=lambda phase: console.print(f"xregion: {phase}"),
+        )
+    )
+    console.print(xregion_table(result))
+    _write(out, result)
+
+
+@app.command("soak")
+def soak_command(
+    intake_url: IntakeUrls = None,
+    routing_url: RoutingUrl = None,
+    minutes: Annotated[float, typer.Option(help="minutes of sustained load", min=0.1)] = 10.0,
+    rate: Annotated[float, typer.Option(help="cases/s, open loop, the whole time", min=0.1)] = 50.0,
+    sample_seconds: Annotated[float, typer.Option(help="s between RSS/CPU samples")] = 10.0,
+    warmup: Annotated[int, typer.Option(help="warm-up cases at 20/s (not counted)")] = 100,
+    drain_timeout: Annotated[float, typer.Option(help="max wait for the last cases")] = 120.0,
+    catalog_file: Annotated[Path, typer.Option("--catalog", exists=True)] = DEFAULT_CATALOG,
+    out: Annotated[Path, typer.Option(help="result JSON")] = Path(".run/bench/soak.json"),
+    plot: Annotated[Path, typer.Option(help="PNG of RSS over time")] = Path(".run/bench/soak.png"),
+) -> None:
+    """Sustained load: instant cases at one steady open-loop rate for --minutes against the
+    running services; RSS (and CPU) of every process sampled throughout, a line a minute, RSS
+    at start, peak and end per process against the target (<= 150 MB per service process)."""
+    config = soak.SoakConfig(
+        intake_urls=intake_url or default_intake_urls(),
+        routing_url=routing_url or default_routing_url(),
+        rate=rate,
+        minutes=minutes,
+        sample_seconds=sample_seconds,
+        warmup_cases=warmup,
+        drain_timeout=drain_timeout,
+    )
+    console.print(
+        f"soak: {rate:g} cases/s for {minutes:g} min to {', '.join(config.intake_urls)}, "
+        f"samples every {sample_seconds:g} s"
+    )
+
+    def on_minute(line: dict[str, Any]) -> None:
+        rss = "  ".join(f"{k} {v:.0f}" for k, v in line["rss_mb"].items())
+        console.print(
+            f"soak: minute {line['minute']:g}: {line['closed']} closed, "
+            f"{line['closed_per_s'] if line['closed_per_s'] is not None else '-'} closed/s; "
+            f"RSS MB {rss}; load {line['loadavg_1m']}"
+        )
+
+    result = asyncio.run(
+        soak.run_soak(
+            config,
+            catalog=load_catalog_file(catalog_file),
+            settings=CommonSettings(),
+            run_dir=run_dir(),
+            on_minute=on_minute,
+        )
+    )
+    console.print(soak_table(result))
+    _write(out, result)
+    plot_soak(result, plot)
+    console.print(f"wrote {plot}")
+
+
 @app.command("build-loadgen")
 def build_loadgen_command() -> None:
     """Build the compiled load generator (Go) if its sources changed; print its path."""
@@ -404,7 +522,9 @@ def _git_commit() -> str | None:
 
 @app.command("report")
 def report_command(
-    runs: Annotated[list[Path], typer.Argument(help="e2e result JSON files, in order")],
+    runs: Annotated[
+        list[Path] | None, typer.Argument(help="e2e result JSON files, in order (none: no ladder)")
+    ] = None,
     raw_file: Annotated[Path | None, typer.Option("--raw", help="raw result JSON")] = None,
     out: Annotated[Path, typer.Option(help="combined JSON")] = Path(".run/bench/bench.json"),
     plot: Annotated[Path, typer.Option(help="PNG plot")] = Path(".run/bench/bench.png"),
@@ -418,6 +538,12 @@ def report_command(
     members_file: Annotated[
         Path | None, typer.Option("--members", help="cost per member result JSON")
     ] = None,
+    xregion_file: Annotated[
+        Path | None, typer.Option("--xregion", help="cost across regions result JSON")
+    ] = None,
+    soak_file: Annotated[
+        Path | None, typer.Option("--soak", help="sustained load result JSON")
+    ] = None,
 ) -> None:
     """Combine raw and e2e results: targets, table, JSON and PNG."""
     raw_result = json.loads(raw_file.read_text()) if raw_file and raw_file.exists() else None
@@ -425,9 +551,10 @@ def report_command(
     runtime_result = (
         json.loads(runtime_file.read_text()) if runtime_file and runtime_file.exists() else None
     )
-    e2e_results = [json.loads(p.read_text()) for p in runs if p.exists()]
-    per_member = (
-        json.loads(members_file.read_text()) if members_file and members_file.exists() else None
+    e2e_results = [json.loads(p.read_text()) for p in runs or [] if p.exists()]
+    per_member, across, sustained = (
+        json.loads(f.read_text()) if f and f.exists() else None
+        for f in (members_file, xregion_file, soak_file)
     )
     meta = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -439,7 +566,9 @@ def report_command(
         "loadavg_at_report": [round(x, 2) for x in os.getloadavg()],
         "latency_clock": "Kafka record timestamp of the event minus the time the bench sent it",
     }
-    report = build_report(raw_result, e2e_results, meta, untraced, runtime_result, per_member)
+    report = build_report(
+        raw_result, e2e_results, meta, untraced, runtime_result, per_member, across, sustained
+    )
     print_report(report, console)
     print_tracing_cost(report, console)
     _write(out, report)

@@ -37,11 +37,11 @@ from services.bench.loadgen import LoadResult, LoadStep, Request, offer
 from services.bench.procs import (
     LOAD_GENERATOR,
     ProcessSampler,
+    add_services,
     add_stack,
     cpu_deltas,
     per_unit,
     pg_counters,
-    service_pids,
 )
 from services.bench.stats import StepOutcome, completion_rate, latency_summary, stop_reason
 from services.cli.applicants import application_for
@@ -70,15 +70,19 @@ class E2EConfig:
 
 def instant_items(catalog: dict[str, Any], today: date) -> list[dict[str, Any]]:
     """Instant items in force today: accepted and approved automatically, so with electronic
-    delivery a case closes with no one acting (as tests/e2e pick them)."""
+    delivery a case closes with no one acting (as tests/e2e pick them). RuntimeError when the
+    catalog has none: nothing the bench could measure."""
     iso = today.isoformat()
-    return [
+    items = [
         i
         for i in catalog["items"]
         if i.get("instant")
         and str(i.get("effective_from") or "0000") <= iso
         and (i.get("effective_to") is None or str(i["effective_to"]) >= iso)
     ]
+    if not items:
+        raise RuntimeError("the catalog has no instant item in force")
+    return items
 
 
 class Tokens:
@@ -127,12 +131,14 @@ async def partitions(settings: CommonSettings, *topics: str) -> list[TopicPartit
 
 class CaseWatcher:
     """Routed/closed timestamps per case id, from the routing and delivery topics (and
-    `TOPICS`' other records to `take`, for a watcher that wants more)."""
+    `TOPICS`' other records to `take`, for a watcher that wants more); `topics` read others
+    instead (a partner's mirrored topic)."""
 
     TOPICS: tuple[str, ...] = (ROUTING_TOPIC, DELIVERY_TOPIC)
 
-    def __init__(self, settings: CommonSettings) -> None:
+    def __init__(self, settings: CommonSettings, topics: tuple[str, ...] | None = None) -> None:
         self.settings = settings
+        self.topics = topics or self.TOPICS
         self.routed: dict[str, float] = {}
         self.failed: dict[str, float] = {}
         self.closed: dict[str, float] = {}
@@ -140,7 +146,7 @@ class CaseWatcher:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        parts = await partitions(self.settings, *self.TOPICS)
+        parts = await partitions(self.settings, *self.topics)
         consumer = AIOKafkaConsumer(
             **client_options(self.settings),
             enable_auto_commit=False,
@@ -218,13 +224,15 @@ async def load_catalog(
     return version
 
 
-def _bodies(
+def instant_bodies(
     catalog: dict[str, Any],
     items: list[dict[str, Any]],
     rng: random.Random,
     count: int,
     tokens: Tokens,
 ) -> list[Request]:
+    """`count` applications for these items (picked at random), electronic, each with the
+    token of its terminal."""
     out = []
     for _ in range(count):
         body = application_for(catalog, rng.choice(items), rng, delivery="electronic")
@@ -357,13 +365,9 @@ async def run_e2e(
     rng = random.Random(config.seed)
     tokens = Tokens()
     items = instant_items(catalog, date.today())
-    if not items:
-        raise RuntimeError("the catalog has no instant item in force")
     watcher = CaseWatcher(settings)
     sampler = ProcessSampler()
-    pids = service_pids(run_dir)
-    for name, pid in pids.items():
-        sampler.add(name, pid, kind="service")  # uvicorn without workers: one process
+    pids = add_services(sampler, run_dir)
     add_stack(sampler, run_dir)
     async with httpx.AsyncClient(timeout=30) as http:
         version = await load_catalog(http, tokens, config, catalog)
@@ -372,14 +376,17 @@ async def run_e2e(
             # Warm-up (not counted): first requests pay imports, pools and connections.
             if config.warmup_cases:
                 warm = await _offer(
-                    config, _bodies(catalog, items, rng, config.warmup_cases, tokens), 20.0, sampler
+                    config,
+                    instant_bodies(catalog, items, rng, config.warmup_cases, tokens),
+                    20.0,
+                    sampler,
                 )
                 await _drain(watcher, warm, config.drain_timeout)
             sampler.start()
             idle = await idle_cpu(sampler, config.idle_seconds)
             steps, stopped = await _climb(
                 config,
-                lambda count: _bodies(catalog, items, rng, count, tokens),
+                lambda count: instant_bodies(catalog, items, rng, count, tokens),
                 watcher=watcher,
                 sampler=sampler,
                 settings=settings,

@@ -144,8 +144,9 @@ def cost_ratios(per_member: Mapping[str, float], per_case: Mapping[str, float]) 
     }
 
 
-def member_cost_ratio(result: Mapping[str, Any] | None) -> float | None:
-    """The stack's ratio of a members result (None when not measured)."""
+def stack_cost_ratio(result: Mapping[str, Any] | None) -> float | None:
+    """The stack's ratio of a comparison result (the cost per member's, across regions'):
+    None when not measured."""
     if not result:
         return None
     value = (result.get("ratio") or {}).get("stack")

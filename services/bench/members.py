@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -33,36 +30,19 @@ from typing import Any
 import httpx
 
 from contracts.events import BUNDLE_TOPIC, DELIVERY_TOPIC, BundleSubmitted
-from services.bench.e2e import (
-    CaseWatcher,
-    E2EConfig,
-    Tokens,
-    generator_cost,
-    idle_cpu,
-    load_catalog,
-    load_step,
-)
-from services.bench.loadgen import LoadResult, Request, offer
+from services.bench.e2e import CaseWatcher, E2EConfig, Tokens, idle_cpu, load_catalog
+from services.bench.loadgen import LoadResult, Request
 from services.bench.member_cost import (
     bench_bundle,
     bundle_done,
     bundles_closing_alone,
     closed_members,
     cost_ratios,
-    net_of_idle,
-    per_unit_ms,
     with_bundle,
 )
-from services.bench.procs import (
-    LOAD_GENERATOR,
-    ProcessSampler,
-    add_stack,
-    cpu_deltas,
-    per_unit,
-    pg_counters,
-    service_pids,
-)
+from services.bench.procs import ProcessSampler, add_services, add_stack
 from services.bench.stats import latency_summary
+from services.bench.windows import created, measured, offer_sampled, until, window_figures
 from services.cli.applicants import application_for, bundle_application_for, streets
 from services.common.auth import Role
 from services.common.settings import CommonSettings
@@ -152,91 +132,6 @@ async def _wait_for_bundle(
             raise RuntimeError(f"intake at {url} did not list bundle {code} in 30 s")
 
 
-async def _offer(
-    config: MembersConfig,
-    path: str,
-    id_field: str,
-    requests: list[Request],
-    rate: float,
-    sampler: ProcessSampler,
-) -> LoadResult:
-    started: list[int] = []
-
-    def sample_it(pid: int) -> None:
-        started.append(pid)
-        sampler.add_started(LOAD_GENERATOR, pid, kind="bench")
-
-    load = await offer(
-        load_step(config, requests, rate, path=path, id_field=id_field),
-        on_start=sample_it,
-    )
-    for pid in started:
-        sampler.ended(LOAD_GENERATOR, pid, load.cpu_s)
-    return load
-
-
-def _created(load: LoadResult) -> dict[str, float]:
-    """Id of what each 201 created -> the scheduled send of its POST."""
-    return {a.case_id: a.sent_at for a in load.answers if a.status == 201 and a.case_id}
-
-
-async def _until(done: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if done():
-            return True
-        await asyncio.sleep(0.2)
-    return done()
-
-
-async def _measured(
-    submit: Callable[[], Any],
-    done: Callable[[LoadResult], bool],
-    *,
-    sampler: ProcessSampler,
-    settings: CommonSettings,
-    timeout: float,
-) -> tuple[LoadResult, dict[str, Any]]:
-    """Submit, wait until `done`, and what the window cost: CPU per process, PostgreSQL
-    counters (deltas, not yet per unit), wall time."""
-    cpu_before = sampler.snapshot()
-    pg_before = await pg_counters(settings.database_url)
-    began = time.monotonic()
-    load: LoadResult = await submit()
-    drained = await _until(lambda: done(load), timeout)
-    cpu_after = sampler.snapshot()
-    wall = time.monotonic() - began
-    await asyncio.sleep(1.1)  # let the backends flush their statistics
-    pg_after = await pg_counters(settings.database_url)
-    return load, {
-        "drained": drained,
-        "wall_s": round(wall, 2),
-        "cpu_s": cpu_deltas(cpu_before, cpu_after),
-        "pg": (pg_before, pg_after),
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-def _common(
-    load: LoadResult, rate: float, window: dict[str, Any], units: int, idle: dict[str, float]
-) -> dict[str, Any]:
-    pg_before, pg_after = window.pop("pg")
-    net = net_of_idle(window["cpu_s"], idle, window["wall_s"])
-    return {
-        "rate": rate,
-        "offered": len(load.answers) + load.late,
-        "statuses": {str(k): v for k, v in sorted(Counter(a.status for a in load.answers).items())},
-        "late": load.late,
-        "http": latency_summary([a.latency_s for a in load.answers if a.status]),
-        "load_generator": generator_cost(load),
-        **window,
-        "cpu_s_net_of_idle": net,
-        "cpu_ms_per_unit": per_unit_ms(net, units),
-        "cpu_ms_per_unit_with_idle": per_unit_ms(window["cpu_s"], units),
-        "pg_per_unit": per_unit(pg_before, pg_after, units),
-    }
-
-
 async def run_members(
     config: MembersConfig,
     *,
@@ -255,25 +150,24 @@ async def run_members(
     member_rate = config.bundle_rate * len(bundle["members"])
     watcher = MemberWatcher(settings)
     sampler = ProcessSampler()
-    for name, pid in service_pids(run_dir).items():
-        sampler.add(name, pid, kind="service")
+    add_services(sampler, run_dir)
     add_stack(sampler, run_dir)
 
     def singles(count: int) -> Callable[[], Any]:
         requests = single_bodies(loaded, bundle, rng, count, tokens)
-        return lambda: _offer(config, "/v1/cases", "case_id", requests, member_rate, sampler)
+        return lambda: offer_sampled(config, "/v1/cases", "case_id", requests, member_rate, sampler)
 
     def bundles(count: int) -> Callable[[], Any]:
         requests = bundle_bodies(loaded, bundle, rng, count, tokens)
-        return lambda: _offer(
+        return lambda: offer_sampled(
             config, "/v1/bundles", "bundle_id", requests, config.bundle_rate, sampler
         )
 
     def cases_closed(load: LoadResult) -> bool:
-        return all(c in watcher.closed for c in _created(load))
+        return all(c in watcher.closed for c in created(load))
 
     def bundles_closed(load: LoadResult) -> bool:
-        return all(bundle_done(b, watcher.members_of, watcher.closed) for b in _created(load))
+        return all(bundle_done(b, watcher.members_of, watcher.closed) for b in created(load))
 
     e2e_config = E2EConfig(intake_urls=config.intake_urls, routing_url=config.routing_url, rates=[])
     async with httpx.AsyncClient(timeout=30) as http:
@@ -284,48 +178,48 @@ async def run_members(
             on_phase("warm-up")
             if config.warmup_bundles:  # first requests pay imports, pools and connections
                 warm = await singles(config.warmup_bundles)()
-                await _until(lambda: cases_closed(warm), config.drain_timeout)
+                await until(lambda: cases_closed(warm), config.drain_timeout)
                 warm = await bundles(config.warmup_bundles)()
-                await _until(lambda: bundles_closed(warm), config.drain_timeout)
+                await until(lambda: bundles_closed(warm), config.drain_timeout)
             sampler.start()
             on_phase("idle")
             idle = await idle_cpu(sampler, config.idle_seconds)
             count = max(1, round(config.bundle_rate * config.seconds))
             on_phase(f"single cases {member_rate:g}/s")
-            single_load, single_window = await _measured(
+            single_load, single_window = await measured(
                 singles(count * len(bundle["members"])),
                 cases_closed,
                 sampler=sampler,
-                settings=settings,
+                database_url=settings.database_url,
                 timeout=config.drain_timeout,
             )
             on_phase(f"bundles {config.bundle_rate:g}/s")
-            bundle_load, bundle_window = await _measured(
+            bundle_load, bundle_window = await measured(
                 bundles(count),
                 bundles_closed,
                 sampler=sampler,
-                settings=settings,
+                database_url=settings.database_url,
                 timeout=config.drain_timeout,
             )
         finally:
             await sampler.stop()
             await watcher.stop()
 
-    cases = _created(single_load)
+    cases = created(single_load)
     closed_cases = [c for c in cases if c in watcher.closed]
     single = {
-        **_common(single_load, member_rate, single_window, len(closed_cases), idle),
+        **window_figures(single_load, member_rate, single_window, len(closed_cases), idle),
         "submitted": len(cases),
         "closed": len(closed_cases),
         "submit_to_closed": latency_summary(
             [max(0.0, watcher.closed[c] - cases[c]) for c in closed_cases]
         ),
     }
-    sent = _created(bundle_load)
+    sent = created(bundle_load)
     members_closed = closed_members(sent, watcher.members_of, watcher.closed)
     done = [b for b in sent if bundle_done(b, watcher.members_of, watcher.closed)]
     grouped = {
-        **_common(bundle_load, config.bundle_rate, bundle_window, members_closed, idle),
+        **window_figures(bundle_load, config.bundle_rate, bundle_window, members_closed, idle),
         "submitted": len(sent),
         "members": sum(len(watcher.members_of.get(b, [])) for b in sent),
         "closed_members": members_closed,

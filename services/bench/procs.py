@@ -30,6 +30,7 @@ class _Group:
     cpu_first: dict[int, float] = field(default_factory=dict)
     cpu_last: dict[int, float] = field(default_factory=dict)
     peak_rss: int = 0
+    rss: int = 0  # at the last sample
     alive: bool = True
 
 
@@ -88,9 +89,18 @@ class ProcessSampler:
                         continue
                     group.cpu_first.setdefault(proc.pid, cpu)
                     group.cpu_last[proc.pid] = cpu
+                group.rss = rss
                 group.peak_rss = max(group.peak_rss, rss)
             except psutil.NoSuchProcess:
                 group.alive = False
+
+    def rss_mb(self, kinds: Iterable[str] = ("service", "infra")) -> dict[str, float]:
+        """Resident set (MB) of each live group of these kinds at the last sample (for a series
+        over time: sample first)."""
+        wanted = set(kinds)
+        return {
+            g.name: round(g.rss / 2**20, 1) for g in self._groups if g.alive and g.kind in wanted
+        }
 
     def snapshot(self) -> dict[str, float]:
         """CPU seconds per group so far, and `machine`: busy CPU seconds of the whole machine
@@ -169,6 +179,12 @@ def service_pids(run_dir: Path) -> dict[str, int]:
     return found
 
 
+def mirror_pid(run_dir: Path) -> int | None:
+    """MirrorMaker 2's pid (deploy/local/mirror.sh, run from region 1's run folder), if it runs."""
+    pid = _read_pid(run_dir / "mirror" / "mirror.pid")
+    return pid if pid is not None and psutil.pid_exists(pid) else None
+
+
 def infra_pids(run_dir: Path) -> dict[str, int]:
     """The local PostgreSQL postmaster and Kafka nodes started by deploy/local/stack.sh."""
     found = {}
@@ -186,12 +202,27 @@ BENCH_CLIENT = "bench-client"  # the bench's own Python process (watcher, sample
 LOAD_GENERATOR = "load-generator"  # the compiled generator of services/bench/loadgen.py
 
 
+def add_infra(sampler: ProcessSampler, run_dir: Path, *, prefix: str = "") -> None:
+    """Register the PostgreSQL (with its backends) and Kafka of the stack in `run_dir`, their
+    names prefixed (a second region's: `prefix` names it)."""
+    for name, pid in infra_pids(run_dir).items():
+        sampler.add(f"{prefix}{name}", pid, kind="infra", with_children=name == "postgresql")
+
+
+def add_services(sampler: ProcessSampler, run_dir: Path, *, prefix: str = "") -> list[str]:
+    """Register the service processes services.sh started from `run_dir` (uvicorn without
+    workers: one process each), their names prefixed; the names registered."""
+    pids = service_pids(run_dir)
+    for name, pid in pids.items():
+        sampler.add(f"{prefix}{name}", pid, kind="service")
+    return [f"{prefix}{name}" for name in sorted(pids)]
+
+
 def add_stack(
     sampler: ProcessSampler, run_dir: Path, extra: Iterable[tuple[str, int]] = ()
 ) -> None:
     """Register PostgreSQL (with its backends), Kafka, the bench itself and `extra` pids."""
-    for name, pid in infra_pids(run_dir).items():
-        sampler.add(name, pid, kind="infra", with_children=name == "postgresql")
+    add_infra(sampler, run_dir)
     sampler.add(BENCH_CLIENT, os.getpid(), kind="bench")
     for name, pid in extra:
         sampler.add(name, pid, kind="bench")

@@ -3,7 +3,7 @@ a plot."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,8 +11,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from services.bench.member_cost import MEMBER_COST_RATIO_TARGET, member_cost_ratio
+from services.bench.member_cost import MEMBER_COST_RATIO_TARGET, stack_cost_ratio
 from services.bench.procs import BENCH_CLIENT, LOAD_GENERATOR
+from services.bench.xregion_cost import PARTNER_PREFIX, REGION_TOTALS, XREGION_COST_RATIO_TARGET
 
 # Issue 8's targets. Reported with the measured value and measured/target; never asserted.
 CLOSED_PER_S_TARGET = 500.0
@@ -161,8 +162,15 @@ def build_report(
     untraced: dict[str, Any] | None = None,
     runtime: dict[str, Any] | None = None,
     members: dict[str, Any] | None = None,
+    xregion: dict[str, Any] | None = None,
+    soak: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    targets = [*evaluate_targets(raw, runs), member_cost_target(members)]
+    targets = [
+        *evaluate_targets(raw, runs),
+        member_cost_target(members),
+        xregion_cost_target(xregion),
+        soak_rss_target(soak),
+    ]
     return {
         "meta": meta,
         "raw": raw,
@@ -173,6 +181,8 @@ def build_report(
         "tracing_cost": tracing_cost(runs[0] if runs else None, untraced),
         "runtime": runtime,
         "members": members,
+        "xregion": xregion,
+        "soak": soak,
     }
 
 
@@ -183,8 +193,36 @@ def member_cost_target(members: dict[str, Any] | None) -> Target:
         "bundle CPU per member / single case's",
         "<=",
         MEMBER_COST_RATIO_TARGET,
-        member_cost_ratio(members),
+        stack_cost_ratio(members),
         f"{bundle['code']} x{len(bundle['members'])}" if bundle else "",
+    )
+
+
+def xregion_cost_target(xregion: dict[str, Any] | None) -> Target:
+    """Issue 18's: a case across regions costs both regions and the link at most 1.5 x a
+    single case of an item of the same code."""
+    return Target(
+        "cross-region CPU per case / single case's",
+        "<=",
+        XREGION_COST_RATIO_TARGET,
+        stack_cost_ratio(xregion),
+        ", ".join(i["partner"] for i in (xregion or {}).get("items", [])),
+    )
+
+
+def soak_rss_target(soak: dict[str, Any] | None) -> Target:
+    """Issue 18's: every service process at most 150 MB resident after ten minutes of
+    sustained load (the soak's end, its largest service)."""
+    worst = (soak or {}).get("worst_service_end") or {}
+    where = ""
+    if soak:
+        where = f"{worst.get('name', '-')} after {soak['minutes']:g} min at {soak['rate']:g}/s"
+    return Target(
+        "RSS per service process after sustained load (MB)",
+        "<=",
+        RSS_MB_TARGET,
+        worst.get("end_mb"),
+        where,
     )
 
 
@@ -312,6 +350,10 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     print_runtime_budget(report.get("runtime"), console)
     if report.get("members"):
         console.print(members_table(report["members"]))
+    if report.get("xregion"):
+        console.print(xregion_table(report["xregion"]))
+    if report.get("soak"):
+        console.print(soak_table(report["soak"]))
     console.print(_targets_table(report["targets"]))
 
 
@@ -381,30 +423,46 @@ def _processes_table(run: dict[str, Any]) -> Table:
     return procs
 
 
+def _cost_table(
+    title: str,
+    other: str,
+    per_case: dict[str, float],
+    per_other: dict[str, float],
+    ratios: dict[str, float],
+    gross: dict[str, float],
+    order: Callable[[str], Any] = lambda n: (n == "stack", n),
+) -> Table:
+    """One row per process (and total): CPU ms per single case, per `other`, their ratio net
+    of idle and gross."""
+    table = Table(title=title)
+    cols = ("process", "single ms/case", other, "ratio", "with idle: ratio")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "process" else "right")
+    for name in sorted(set(per_case) | set(per_other), key=order):
+        table.add_row(
+            name,
+            _fmt(per_case.get(name), 2),
+            _fmt(per_other.get(name), 2),
+            _fmt(ratios.get(name), 2),
+            _fmt(gross.get(name), 2),
+        )
+    return table
+
+
 def members_table(result: dict[str, Any]) -> Table:
     """One row per process: CPU ms per single case, per bundle member, and the ratio."""
     singles, bundles = result["singles"], result["bundles"]
     bundle = result["bundle"]
-    table = Table(
-        title=(
-            f"(c) cost per member: {bundles['rate']:g} bundles/s of {len(bundle['members'])} "
-            f"members ({bundle['code']}: {', '.join(m['item'] for m in bundle['members'])}) "
-            f"against {singles['rate']:g} single cases/s of the same items"
-        )
+    table = _cost_table(
+        f"(c) cost per member: {bundles['rate']:g} bundles/s of {len(bundle['members'])} "
+        f"members ({bundle['code']}: {', '.join(m['item'] for m in bundle['members'])}) "
+        f"against {singles['rate']:g} single cases/s of the same items",
+        "bundle ms/member",
+        singles["cpu_ms_per_unit"],
+        bundles["cpu_ms_per_unit"],
+        result["ratio"],
+        result.get("ratio_with_idle") or {},
     )
-    cols = ("process", "single ms/case", "bundle ms/member", "ratio", "with idle: ratio")
-    for col in cols:
-        table.add_column(col, justify="left" if col == "process" else "right")
-    per_case, per_member = singles["cpu_ms_per_unit"], bundles["cpu_ms_per_unit"]
-    ratios, gross = result["ratio"], result.get("ratio_with_idle") or {}
-    for name in sorted(set(per_case) | set(per_member), key=lambda n: (n == "stack", n)):
-        table.add_row(
-            name,
-            _fmt(per_case.get(name), 2),
-            _fmt(per_member.get(name), 2),
-            _fmt(ratios.get(name), 2),
-            _fmt(gross.get(name), 2),
-        )
     table.caption = (
         f"singles: {singles['closed']} closed of {singles['submitted']} taken "
         f"({singles.get('offered', '-')} offered), p99 closed "
@@ -416,6 +474,111 @@ def members_table(result: dict[str, Any]) -> Table:
         f"{MEMBER_COST_RATIO_TARGET:g}"
     )
     return table
+
+
+def xregion_table(result: dict[str, Any]) -> Table:
+    """One row per process of both regions and the link, then per region and in all: CPU ms
+    per single case, per case across regions, and the ratio."""
+    singles, cross = result["singles"], result["cross_region"]
+    items = ", ".join(i["partner"] for i in result["items"])
+    table = _cost_table(
+        f"cost across regions: {cross['rate']:g} cases/s of {result['partner_city']}'s "
+        f"cross_region items ({items}) taken in {result['home_city']} against "
+        f"{singles['rate']:g} single cases/s of {result['home_city']}'s items of the same codes",
+        "across regions ms/case",
+        singles["cpu_ms_per_unit"],
+        cross["cpu_ms_per_unit"],
+        result["ratio"],
+        result.get("ratio_with_idle") or {},
+        order=lambda n: (n == "stack", n in REGION_TOTALS, n),
+    )
+    table.caption = (
+        f"singles: {singles['closed']} closed of {singles['submitted']} taken "
+        f"({singles.get('offered', '-')} offered), p99 closed "
+        f"{_fmt(singles['submit_to_closed']['p99_ms'], 0)} ms; across regions: "
+        f"{cross['closed']} closed of {cross['submitted']} taken "
+        f"({cross.get('offered', '-')} offered), p99 closed "
+        f"{_fmt(cross['submit_to_closed']['p99_ms'], 0)} ms; '{PARTNER_PREFIX.strip()} ...' "
+        "are the handling region's processes; CPU net of each process's idle CPU over the "
+        f"side's time ('with idle': gross); target ratio <= {XREGION_COST_RATIO_TARGET:g}"
+    )
+    return table
+
+
+def soak_table(result: dict[str, Any]) -> Table:
+    """One row per process: RSS at the start, peak and end of the sustained load, its growth
+    (in all and over the second half), CPU ms per closed case."""
+    table = Table(
+        title=(
+            f"sustained load: {result['rate']:g} cases/s for {result['minutes']:g} min "
+            f"({result['closed']} closed of {result['submitted']} taken of "
+            f"{result.get('offered', '-')} offered, statuses {result.get('statuses', {})}; "
+            f"{_fmt(result['closed_per_s'])} closed/s)"
+        )
+    )
+    cols = ("process", "RSS start MB", "peak MB", "end MB", "growth MB", "2nd half MB")
+    for col in (*cols, "CPU ms/closed case"):
+        table.add_column(col, justify="left" if col == "process" else "right")
+    services = set(result["services"])
+    per_case = result["cpu_ms_per_closed_case"]
+    for name, rss in result["rss"].items():
+        table.add_row(
+            name if name in services else f"({name})",
+            _fmt(rss["start_mb"]),
+            _fmt(rss["peak_mb"]),
+            _fmt(rss["end_mb"]),
+            _fmt(rss["growth_mb"]),
+            _fmt(rss["second_half_growth_mb"]),
+            _fmt(per_case.get(name), 2),
+        )
+    worst = result.get("worst_service_end") or {}
+    table.caption = (
+        f"RSS sampled every {result['sample_seconds']:g} s; (infra): PostgreSQL with its "
+        f"backends (shared memory counted in each) and Kafka's JVM, not under the target; "
+        f"target <= {RSS_MB_TARGET:g} MB per service process at the end: largest "
+        f"{worst.get('name', '-')} {_fmt(worst.get('end_mb'))} MB; all processes under test: "
+        f"{_fmt(per_case.get('stack'), 2)} ms CPU per closed case (idle included); p99 "
+        f"submit->closed {_fmt(result['submit_to_closed']['p99_ms'], 0)} ms"
+    )
+    return table
+
+
+def plot_soak(result: dict[str, Any], path: Path) -> None:
+    """RSS of each service process over the sustained load against the target, and the closed
+    cases per second between samples against the offered rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = result["samples"]
+    minutes = [s["t"] / 60 for s in samples]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
+    for name in result["services"]:
+        left.plot(minutes, [s["rss_mb"].get(name) for s in samples], "-", label=name, linewidth=1.5)
+    left.axhline(RSS_MB_TARGET, color="green", linestyle=":", label=f"target {RSS_MB_TARGET:g} MB")
+    left.set(
+        xlabel="minutes of sustained load",
+        ylabel="RSS MB",
+        title=f"resident memory per service process at {result['rate']:g} cases/s",
+    )
+    left.set_ylim(bottom=0)
+    pace = [
+        (b["t"] / 60, (b["closed"] - a["closed"]) / (b["t"] - a["t"]))
+        for a, b in zip(samples, samples[1:], strict=False)
+        if b["t"] > a["t"]
+    ]
+    right.plot([p[0] for p in pace], [p[1] for p in pace], "-", label="closed/s between samples")
+    right.axhline(result["rate"], color="grey", linestyle=":", label="offered")
+    right.set(xlabel="minutes of sustained load", ylabel="cases/s", title="throughput")
+    right.set_ylim(bottom=0)
+    for axis in (left, right):
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _targets_table(targets: list[dict[str, Any]]) -> Table:

@@ -22,9 +22,9 @@ from services.bench.member_cost import (
     closed_members,
     closes_alone,
     cost_ratios,
-    member_cost_ratio,
     net_of_idle,
     per_unit_ms,
+    stack_cost_ratio,
     with_bundle,
 )
 from services.bench.members import MemberWatcher
@@ -131,8 +131,8 @@ def test_the_ratio_is_per_member_over_per_case_where_both_were_measured() -> Non
     per_case = {"intake-1": 2.0, "routing-1": 1.0, "kafka-1": 0.0, "stack": 4.0}
     per_member = {"intake-1": 3.0, "routing-1": 1.0, "kafka-1": 0.2, "stack": 5.0, "new": 1.0}
     assert cost_ratios(per_member, per_case) == {"intake-1": 1.5, "routing-1": 1.0, "stack": 1.25}
-    assert member_cost_ratio({"ratio": {"stack": 1.25}}) == 1.25
-    assert member_cost_ratio(None) is None and member_cost_ratio({"ratio": {}}) is None
+    assert stack_cost_ratio({"ratio": {"stack": 1.25}}) == 1.25
+    assert stack_cost_ratio(None) is None and stack_cost_ratio({"ratio": {}}) is None
 
 
 def a_side(rate: float, per_unit: dict[str, float], closed: int) -> dict[str, Any]:
