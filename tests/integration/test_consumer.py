@@ -7,7 +7,7 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from services.common.consumer import ConsumerRunner, PermanentError, Subscription
+from services.common.consumer import ConsumerGroup, ConsumerRunner, PermanentError, Subscription
 from services.common.envelope import Envelope
 from services.common.kafka import client_options
 from services.common.settings import CommonSettings
@@ -62,8 +62,12 @@ def widget_writer(
     return Subscription(handler=handle, model=WidgetMade)
 
 
+Running = TypeVar("Running", ConsumerRunner, ConsumerGroup)
+
+
 @asynccontextmanager
-async def running(runner: ConsumerRunner) -> AsyncIterator[ConsumerRunner]:
+async def running(runner: Running) -> AsyncIterator[Running]:
+    """A reader running as a group of its own, or a group of readers, until the block ends."""
     task = asyncio.create_task(runner.run())
     try:
         await asyncio.wait_for(runner.ready.wait(), 30)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 from aiokafka import TopicPartition
@@ -70,17 +68,6 @@ def reader(
     )
 
 
-@asynccontextmanager
-async def group_running(group: ConsumerGroup) -> AsyncIterator[ConsumerGroup]:
-    task = asyncio.create_task(group.run())
-    try:
-        await asyncio.wait_for(group.ready.wait(), 30)
-        yield group
-    finally:
-        group.stop()
-        await asyncio.wait_for(task, 30)
-
-
 async def widget_ids(engine: AsyncEngine, schema: str) -> set[str]:
     async with engine.connect() as conn:
         rows = await conn.execute(text(f'SELECT id FROM "{schema}".widget'))
@@ -119,7 +106,7 @@ async def test_each_reader_applies_the_records_of_its_own_topics(
     group_id = unique("group")
     await produce(settings, shared, [made(f"HC-{n}", f"s{n}").to_record() for n in range(6)])
     await produce(settings, own, [made("HC-9", "o1").to_record()])
-    async with group_running(ConsumerGroup(cfg, group_id=group_id, readers=[one, two])):
+    async with running(ConsumerGroup(cfg, group_id=group_id, readers=[one, two])):
         await eventually(
             lambda: _has(engine, schema, {"two:o1", "one:s5", "two:s5"}), what="both readers"
         )
@@ -177,9 +164,7 @@ async def test_a_reader_that_waits_holds_only_its_own_partitions(
         writer(schema, "taken", calls, opens=arrived),
     )
     await produce(settings, decisions, [made("HC-1", "w").to_record()])
-    async with group_running(
-        ConsumerGroup(cfg, group_id=unique("group"), readers=[decider, taker])
-    ):
+    async with running(ConsumerGroup(cfg, group_id=unique("group"), readers=[decider, taker])):
         await asyncio.wait_for(_first_call(calls, "decided:w"), 30)
         await produce(settings, routed, [made("HC-1", "w").to_record()])
         await eventually(lambda: _has(engine, schema, {"taken:w", "decided:w"}), what="both")
@@ -210,7 +195,7 @@ async def test_a_record_no_reader_can_read_is_dead_lettered_once_by_the_group(
     good = made("HC-3", "good").to_record()
     await produce(settings, topic, [(key, value, []), (key, value, martian), good])
     group_id = unique("group")
-    async with group_running(ConsumerGroup(cfg, group_id=group_id, readers=[one, two])):
+    async with running(ConsumerGroup(cfg, group_id=group_id, readers=[one, two])):
         await eventually(lambda: _has(engine, schema, {"one:good", "two:good"}), what="good")
         letters = await read_topic(settings, dlq, min_records=2, idle=0.5)
     assert len(letters) == 2
@@ -252,7 +237,7 @@ async def test_a_new_group_starts_where_the_former_groups_stand(
 
     group_id = unique("group")
     group = ConsumerGroup(cfg, group_id=group_id, readers=readers(), seed_from=list(names))
-    async with group_running(group):
+    async with running(group):
         await eventually(lambda: _has(engine, schema, {"one:b0"}), what="one's missed record")
     assert sum((await committed(settings, group_id)).values()) == 4
     # Seeded at `one`'s place (3): only b0 was read again, and `two` met it in its inbox.
