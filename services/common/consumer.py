@@ -623,7 +623,13 @@ class ConsumerGroup:
                     finished.append(tp)
             await finish(finished)
 
-        await asyncio.gather(*(apply_share(r, share) for r, share in shares.items()))
+        # Every share runs to its end before a failure is raised: none is left running alone.
+        outcomes = await asyncio.gather(
+            *(apply_share(r, share) for r, share in shares.items()), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     def _share_out(
         self, records: list[Record]
