@@ -172,10 +172,11 @@ class ConsumerRunner:
         """A type this reader applies or passes over; any other is unknown to it."""
         return event_type in self.subscriptions or event_type in self.ignored_types
 
-    async def run(self) -> None:
-        """Run as a consumer group of its own (`group_id`)."""
+    def own_group(self) -> ConsumerGroup:
+        """This reader as a consumer group of its own (`group_id`, its pattern and start
+        condition), made once."""
         if self._group is None:
-            ConsumerGroup(
+            return ConsumerGroup(
                 self.settings,
                 group_id=self.group_id,
                 readers=[self],
@@ -183,8 +184,11 @@ class ConsumerRunner:
                 starts_when=self.starts_when,
                 dlq_producer=self._dlq_producer,
             )
-        assert self._group is not None
-        await self._group.run()
+        return self._group
+
+    async def run(self) -> None:
+        """Run as a consumer group of its own."""
+        await self.own_group().run()
 
     async def apply(self, records: list[Parsed]) -> list[_DeadLetter] | None:
         """Apply this reader's share of a fetch, each record with the envelope the group read
@@ -230,10 +234,10 @@ class ConsumerRunner:
         subscription = self.subscriptions.get(envelope.type)
         if subscription is None:
             # Not this reader's type: another reader of the topic applies it (a type no
-            # reader knows is dead-lettered by the group before it reaches a reader).
+            # reader knows is dead-lettered by the group before it reaches a reader, whatever
+            # the readers' filters below).
             return None
-        # After the type: a record of no known type is poison for every reader, whatever
-        # the reader's filter (another region's record, §9; a case not its business).
+        # Another region's record (§9), a case not this reader's business: passed over.
         if self.accept is not None and not self.accept(envelope):
             return None
         payload: Any = envelope.data
@@ -585,19 +589,21 @@ class ConsumerGroup:
     ) -> None:
         records = [r for recs in batch.values() for r in recs]
         letters, shares = self._share_out(records)
+        held = {reader: _partitions(r for r, _ in share) for reader, share in shares.items()}
         holders = dict.fromkeys(batch, 0)
-        for share in shares.values():
-            for tp in _partitions(r for r, _ in share):
+        for partitions in held.values():
+            for tp in partitions:
                 holders[tp] += 1
         # A partition's letters go out together, in offset order, once all its readers are
         # done; then its offset moves.
-        outbox: dict[TopicPartition, list[tuple[_DeadLetter, ConsumerRunner | None]]] = {}
+        letters_of: dict[TopicPartition, list[tuple[_DeadLetter, ConsumerRunner | None]]] = {}
         for letter in letters:
-            outbox.setdefault(_partition(letter.record), []).append((letter, None))
+            letters_of.setdefault(_partition(letter.record), []).append((letter, None))
 
         async def finish(partitions: Iterable[TopicPartition]) -> bool:
             for tp in partitions:
-                for letter, reader in sorted(outbox.pop(tp, []), key=lambda x: x[0].record.offset):
+                in_order = sorted(letters_of.pop(tp, []), key=lambda x: x[0].record.offset)
+                for letter, reader in in_order:
                     if not await self._dead_letter(
                         letter, reader.name if reader else self.group_id
                     ):
@@ -615,9 +621,9 @@ class ConsumerGroup:
             if dead is None:
                 return  # stopping during an outage: leave offsets, the next owner redoes it
             for letter in dead:
-                outbox.setdefault(_partition(letter.record), []).append((letter, reader))
+                letters_of.setdefault(_partition(letter.record), []).append((letter, reader))
             finished = []
-            for tp in _partitions(r for r, _ in share):
+            for tp in held[reader]:
                 holders[tp] -= 1
                 if holders[tp] == 0:
                     finished.append(tp)

@@ -364,17 +364,7 @@ class ServiceRuntime:
             if shared
             else []
         )
-        for reader in self.consumers:
-            if reader not in shared:
-                groups.append(
-                    ConsumerGroup(
-                        self.settings,
-                        group_id=reader.group_id,
-                        readers=[reader],
-                        pattern=reader.pattern,
-                        starts_when=reader.starts_when,
-                    )
-                )
+        groups += [reader.own_group() for reader in self.consumers if reader not in shared]
         self._groups = groups
         return groups
 
