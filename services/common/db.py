@@ -145,6 +145,9 @@ def _is_disconnect(exc: BaseException) -> bool:
         OSError
         | ConnectionError
         | asyncpg.InterfaceError
+        # The server's FATAL (backend terminated) arrived while the connection sat idle, and
+        # the next statement met the protocol still consuming it: the link is as good as gone.
+        | asyncpg.InternalClientError
         | asyncpg.PostgresConnectionError
         | asyncpg.exceptions.OperatorInterventionError,
     ) or (exc.__cause__ is not None and _is_disconnect(exc.__cause__))

@@ -37,6 +37,10 @@ def is_infrastructure_error(exc: BaseException) -> bool:
         return False
     if isinstance(exc, OSError | TimeoutError | ConnectionError | asyncpg.InterfaceError):
         return True
+    if isinstance(exc, asyncpg.InternalClientError):
+        # asyncpg's protocol met a state it did not expect, as when a terminated backend's
+        # FATAL is still being read: a fresh connection heals it (db.forget_if_dead).
+        return True
     if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError):
         return True
     if isinstance(exc, asyncpg.PostgresError):

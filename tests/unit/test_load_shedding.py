@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -114,6 +115,13 @@ def test_failures_are_classified() -> None:
     assert is_infrastructure_error(AmbiguousCommitError("x"))
     assert is_infrastructure_error(ConnectionResetError())
     assert is_infrastructure_error(sa_exc.TimeoutError("pool"))
+    # A terminated backend's FATAL still being read when the next statement is sent.
+    assert is_infrastructure_error(
+        asyncpg.InternalClientError(
+            "cannot switch to state 15; another operation (2) is in progress"
+        )
+    )
+    assert not is_infrastructure_error(asyncpg.DataError("invalid input for query argument"))
     assert not is_infrastructure_error(ValueError("bad payload"))
     wrapped = RuntimeError("handler")
     wrapped.__cause__ = TimeoutError()
