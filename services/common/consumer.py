@@ -19,6 +19,7 @@ The guarantees (DESIGN.md §2):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -459,8 +460,16 @@ class ConsumerGroup:
                 raise ValueError(f"{reader.name} is in group {reader._group.group_id} already")
             reader._group = self
         self._by_topic: dict[str, list[ConsumerRunner]] = {}
-        # Batches being applied, and the offsets they move their partitions to when done.
-        self._in_flight: set[asyncio.Task[None]] = set()
+        # Batches being applied, each with its number of records; the partitions paused until
+        # their readers are done.
+        self._in_flight: dict[asyncio.Task[None], int] = {}
+        self._held: set[TopicPartition] = set()
+        # At `consumer_max_records_in_flight` the group fetches no more until batches finish:
+        # each reader applies one batch at a time, so what a consumer behind its topics fetched
+        # beyond that only waited in memory. Batches slower than a poll (an outage, a reader
+        # waiting) get every partition paused, so the group can poll (and stay in the group)
+        # without fetching.
+        self._all_paused = False
         # Offsets of applied records not yet committed to Kafka, and when we last committed.
         self._uncommitted: dict[TopicPartition, int] = {}
         # The next offset of each partition after the last records this group handled (since
@@ -528,16 +537,16 @@ class ConsumerGroup:
         )
         try:
             while not self._stop.is_set() and self._failed is None:
-                try:
-                    batch = await consumer.getmany(
-                        timeout_ms=self.settings.consumer_poll_ms,
-                        max_records=self.settings.consumer_max_records,
-                    )
-                except Exception as exc:
-                    if isinstance(exc, KafkaError):
-                        raise
-                    await self._pass_unreadable(consumer, exc)
+                if sum(self._in_flight.values()) >= self.settings.consumer_max_records_in_flight:
+                    await self._wait_for_room(consumer)
+                    await self._commit_if_due(consumer)
                     continue
+                if self._all_paused:
+                    self._all_paused = False
+                    consumer.resume(*(consumer.assignment() - self._held))
+                batch = await self._fetch(consumer, self.settings.consumer_poll_ms)
+                if batch and self.settings.consumer_linger_ms:
+                    batch = await self._linger(consumer, batch)
                 if batch:
                     self._start_batch(consumer, batch)
                 await self._commit_if_due(consumer)
@@ -553,10 +562,57 @@ class ConsumerGroup:
                 await self._dlq_producer.stop()
             log.info("consumer stopped", consumer=self.group_id)
 
+    async def _fetch(
+        self, consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Record]] | None:
+        try:
+            batch: dict[TopicPartition, list[Record]] = await consumer.getmany(
+                timeout_ms=timeout_ms,
+                max_records=max_records or self.settings.consumer_max_records,
+            )
+            return batch
+        except Exception as exc:
+            if isinstance(exc, KafkaError):
+                raise
+            await self._pass_unreadable(consumer, exc)
+            return None
+
+    async def _linger(
+        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Record]]
+    ) -> dict[TopicPartition, list[Record]]:
+        """`consumer_linger_ms` after a fetch, whatever else has arrived joins the batch, so
+        each reader's transaction takes several events instead of one each (only where a
+        moment's delay is harmless: intake's view of its cases)."""
+        taken = sum(len(records) for records in batch.values())
+        room = self.settings.consumer_max_records - taken
+        if room <= 0:
+            return batch
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), self.settings.consumer_linger_ms / 1000)
+        more = await self._fetch(consumer, 0, room)
+        for tp, records in (more or {}).items():
+            batch[tp] = batch.get(tp, []) + records  # the same partition's later records
+        return batch
+
     async def _settle(self) -> None:
         """Wait for every batch in hand."""
         while self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    async def _wait_for_room(self, consumer: AIOKafkaConsumer) -> None:
+        """The records in hand are at the limit: wait for a batch to finish, up to a poll. If
+        none does, pause every partition and poll without fetching: Kafka drops a member that
+        has not polled for max.poll.interval (the loop resumes them once there is room)."""
+        done, _ = await asyncio.wait(
+            self._in_flight,
+            timeout=self.settings.consumer_poll_ms / 1000,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if not done:
+            if not self._all_paused:
+                self._all_paused = True
+                consumer.pause(*consumer.assignment())
+            await consumer.getmany(timeout_ms=0)
 
     def _start_batch(
         self,
@@ -570,12 +626,13 @@ class ConsumerGroup:
         if not batch:
             return
         consumer.pause(*batch)  # nothing more of these partitions until this batch is done
+        self._held.update(batch)
         task = asyncio.create_task(self._apply_batch(consumer, batch))
-        self._in_flight.add(task)
+        self._in_flight[task] = sum(len(recs) for recs in batch.values())
         task.add_done_callback(self._batch_done)
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
+        self._in_flight.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             # Not an outage (those are retried) nor a record's fault (dead-lettered): a bug.
             # Stop, so the supervisor restarts the group from the committed offsets.
@@ -687,8 +744,11 @@ class ConsumerGroup:
                 CONSUMER_LAG.labels(
                     self.settings.service, self.group_id, tp.topic, str(tp.partition)
                 ).set(max(0, highwater - next_offset))
-        # A partition moved to another member meanwhile is not ours to resume.
-        consumer.resume(*(tp for tp in offsets if tp in assigned))
+        self._held.difference_update(offsets)
+        # A partition moved to another member meanwhile is not ours to resume; nor one the
+        # group paused while it waited for room (the loop resumes those).
+        if not self._all_paused:
+            consumer.resume(*(tp for tp in offsets if tp in assigned))
 
     # -- offsets when the group is new ---------------------------------------------------------
 
@@ -809,6 +869,7 @@ class ConsumerGroup:
     def forget_positions(self, partitions: Iterable[TopicPartition]) -> None:
         for tp in partitions:
             self._handled_to.pop(tp, None)
+            self._held.discard(tp)  # assigned afresh: not paused (batches finish before revoke)
 
     async def finish_before_revoke(self, revoked: Iterable[TopicPartition]) -> None:
         """Before partitions move: let the batches in hand finish, then commit the offsets of

@@ -176,6 +176,8 @@ def make_consumer(
         auto_offset_reset="earliest",  # a new group starts from the beginning: nothing skipped
         isolation_level="read_committed",
         max_poll_records=settings.consumer_max_records,
+        fetch_max_bytes=settings.consumer_fetch_max_bytes,
+        max_partition_fetch_bytes=settings.consumer_partition_fetch_bytes,
         session_timeout_ms=10_000,
         heartbeat_interval_ms=3_000,
         metadata_max_age_ms=settings.kafka_metadata_max_age_ms,

@@ -57,6 +57,21 @@ class CommonSettings(BaseSettings):
 
     # Consumer runner: batch shape, bounded retries for a failing handler, dead letters.
     consumer_max_records: int = Field(500, ge=1)
+    # What one fetch may bring, in all and per partition. The client buffers a whole fetch
+    # response until it is consumed; with aiokafka's defaults (50 MiB, 1 MiB a partition) a
+    # consumer that fell behind held tens of MB of records at once, and the process kept that
+    # memory after it caught up (intake's RSS grew by 60 MB in a soak). 1 MiB is about 500
+    # events, one batch (`consumer_max_records`); a record bigger than either limit still comes,
+    # alone (the broker always returns a partition's first batch).
+    consumer_fetch_max_bytes: int = Field(1_048_576, ge=1024)
+    consumer_partition_fetch_bytes: int = Field(262_144, ge=1024)
+    # A consumer group fetches no more while this many records are being applied (each reader
+    # takes one batch at a time: a consumer behind its topics only queued the rest in memory).
+    consumer_max_records_in_flight: int = Field(1000, ge=1)
+    # After a fetch that found records, a group waits this long for more before applying: a
+    # reader's transaction then takes several events. 0 (the default) where every moment
+    # counts: routing, approval and delivery are on the case's path.
+    consumer_linger_ms: int = Field(0, ge=0)
     consumer_poll_ms: int = Field(200, ge=1)
     # Offsets are committed at most this often (and always before partitions move and at a
     # graceful stop). Every applied event is in the inbox, so a crash redelivers at most this

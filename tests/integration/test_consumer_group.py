@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -253,3 +255,105 @@ async def test_a_new_group_starts_where_the_former_groups_stand(
             "two:b0": 1,
         }
     )
+
+
+async def test_a_group_behind_its_topics_holds_no_more_records_than_its_limit(
+    settings: CommonSettings,
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    schema: str,
+    make_topic: MakeTopic,
+) -> None:
+    """A reader applies one batch at a time: what its group fetched beyond that only waited in
+    memory (intake's RSS grew by tens of MB while its timeline was behind). At
+    `consumer_max_records_in_flight` the group fetches no more; when the batches in hand are
+    slower than a poll it pauses every partition and keeps polling; when they finish, every
+    record is applied once."""
+    topic, dlq = await make_topic("backlog", partitions=4), await make_topic("dlq")
+    cfg = settings.model_copy(
+        update={
+            "dlq_topic": dlq,
+            "consumer_max_records": 3,
+            "consumer_max_records_in_flight": 4,
+            "consumer_poll_ms": 100,
+        }
+    )
+    gate = asyncio.Event()
+    calls: Counter[str] = Counter()
+
+    async def held_until_the_gate_opens(
+        session: AsyncSession, envelope: Envelope, payload: WidgetMade
+    ) -> None:
+        await gate.wait()
+        await writer(schema, "w", calls).handler(session, envelope, payload)
+
+    blocked = reader(
+        cfg,
+        sessions,
+        schema,
+        unique("slow"),
+        [topic],
+        Subscription(handler=held_until_the_gate_opens, model=WidgetMade),
+    )
+    await produce(settings, topic, [made(f"HC-{n}", f"b{n}").to_record() for n in range(40)])
+    group = ConsumerGroup(cfg, group_id=unique("group"), readers=[blocked])
+    async with running(group):
+        consumer = group.consumer
+        assert consumer is not None
+        await eventually(lambda: _assigned(consumer, 4), what="the four partitions assigned")
+        await asyncio.sleep(1.5)  # many polls: a group without the limit fetches all 40
+        fetched = sum([await consumer.position(tp) for tp in consumer.assignment()])
+        # At most the limit, plus one fetch past it (the fetch that reached it).
+        assert 1 <= fetched <= 4 + 3 - 1, fetched
+        gate.set()
+        await eventually(
+            lambda: _has(engine, schema, {f"w:b{n}" for n in range(40)}), what="every record"
+        )
+    assert len(calls) == 40 and set(calls.values()) == {1}, calls
+    assert await read_topic(settings, dlq, idle=0.5) == []
+
+
+async def _assigned(consumer: AIOKafkaConsumer, partitions: int) -> bool:
+    return len(consumer.assignment()) == partitions
+
+
+async def test_a_lingering_group_applies_what_arrived_meanwhile_in_one_batch(
+    settings: CommonSettings,
+    sessions: async_sessionmaker[AsyncSession],
+    schema: str,
+    make_topic: MakeTopic,
+) -> None:
+    """`consumer_linger_ms` (intake's view of its cases): events a moment apart, of different
+    partitions, reach the reader as one batch, one transaction, instead of one each; and
+    every record is applied once."""
+    topic, dlq = await make_topic("linger", partitions=2), await make_topic("dlq")
+    cfg = settings.model_copy(update={"dlq_topic": dlq, "consumer_linger_ms": 2000})
+    batches: list[list[str]] = []
+
+    async def take(session: AsyncSession, events: Sequence[tuple[Envelope, Any]]) -> None:
+        batches.append([payload.wid for _, payload in events])
+
+    lingering = ConsumerRunner(
+        cfg,
+        name=unique("linger"),
+        topics=[topic],
+        subscriptions={MADE: Subscription(handler=_never, model=WidgetMade)},
+        sessions=sessions,
+        schema=schema,
+        batch_handler=take,
+    )
+    async with running(ConsumerGroup(cfg, group_id=unique("group"), readers=[lingering])):
+        await asyncio.sleep(0.5)  # joined and polling, nothing to read
+        await produce(settings, topic, [made("HC-1", "first").to_record()])
+        await asyncio.sleep(0.2)  # fetched by now: the group lingers
+        await produce(settings, topic, [made("HC-2", "second").to_record()])
+        await eventually(lambda: _taken(batches, 2), what="both records")
+    assert [sorted(b) for b in batches] == [["first", "second"]]
+
+
+async def _never(session: AsyncSession, envelope: Envelope, payload: Any) -> None:
+    raise AssertionError("a reader with a batch handler takes its events as a batch")
+
+
+async def _taken(batches: list[list[str]], count: int) -> bool:
+    return sum(len(b) for b in batches) >= count
