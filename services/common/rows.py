@@ -80,9 +80,16 @@ def _insert_sql(
 
 @functools.cache
 def _update_sql(table: Table, keys: tuple[str, ...], columns: tuple[str, ...]) -> str:
-    sets = ", ".join(f"{_quoted(c)} = ${i}" for i, c in enumerate(columns, 1))
-    where = " AND ".join(f"{_quoted(k)} = ${i}" for i, k in enumerate(keys, len(columns) + 1))
-    return f"UPDATE {_table_name(table)} SET {sets} WHERE {where}"
+    # One array per column, as for inserts: one prepared statement for any number of rows.
+    names = (*columns, *keys)
+    arrays = ", ".join(f"${i}::{_sql_type(table, c)}[]" for i, c in enumerate(names, 1))
+    aliases = ", ".join(f"c{i}" for i in range(len(names)))
+    sets = ", ".join(f"{_quoted(c)} = r.c{i}" for i, c in enumerate(columns))
+    where = " AND ".join(f"t.{_quoted(k)} = r.c{i}" for i, k in enumerate(keys, len(columns)))
+    return (
+        f"UPDATE {_table_name(table)} AS t SET {sets} "
+        f"FROM unnest({arrays}) AS r({aliases}) WHERE {where}"
+    )
 
 
 async def insert_rows(
@@ -110,19 +117,28 @@ async def insert_rows(
     return [record[0] for record in records]
 
 
-async def update_row(
-    session: AsyncSession, table: Table, key: Mapping[str, Any], changes: Mapping[str, Any]
+async def update_rows(
+    session: AsyncSession,
+    table: Table,
+    updates: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
 ) -> None:
-    """Set `changes` on the row whose columns equal `key` (its primary key)."""
-    if not changes:
+    """Apply each (key, changes): set `changes` on the row whose columns equal `key` (its
+    primary key). One statement for all the rows that change the same columns (a batch of
+    events changes a few such sets over many rows), not a round trip per row."""
+    shapes: dict[tuple[tuple[str, ...], tuple[str, ...]], list[list[Any]]] = {}
+    for key, changes in updates:
+        if not changes:
+            continue
+        columns, keys = tuple(sorted(changes)), tuple(key)
+        arrays = shapes.setdefault((keys, columns), [[] for _ in (*columns, *keys)])
+        values = [*((c, changes[c]) for c in columns), *key.items()]
+        for array, (column, value) in zip(arrays, values, strict=True):
+            array.append(_value(table, column, value))
+    if not shapes:
         return
-    columns, keys = tuple(changes), tuple(key)
     driver = await driver_connection(session)
-    await driver.execute(
-        _update_sql(table, keys, columns),
-        *(_value(table, c, v) for c, v in changes.items()),
-        *key.values(),
-    )
+    for (keys, columns), arrays in shapes.items():
+        await driver.execute(_update_sql(table, keys, columns), *arrays)
 
 
 async def select_rows(session: AsyncSession, sql: str, *args: Any) -> Iterable[asyncpg.Record]:

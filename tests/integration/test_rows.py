@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.common.db import asyncpg_dsn, driver_connection, make_engine, make_sessionmaker
 from services.common.failures import is_infrastructure_error
-from services.common.rows import insert_rows, select_rows, update_row
+from services.common.rows import insert_rows, select_rows, update_rows
 from services.common.settings import CommonSettings
 
 pytestmark = pytest.mark.integration
@@ -74,15 +74,53 @@ async def test_rows_inserted_and_updated_on_asyncpg_read_back_equal(
             on_conflict_do_nothing=True,
             returning="id",
         )
-        await update_row(session, table, {"id": "r2"}, {"status": "closed", "data": [1, 2]})
+        await update_rows(
+            session,
+            table,
+            [
+                ({"id": "r2"}, {"status": "closed", "data": [1, 2]}),
+                ({"id": "r1"}, {"rank": 7}),
+                ({"id": "r9"}, {"rank": 9}),  # no such row: nothing
+                ({"id": "r1"}, {}),  # nothing to change
+            ],
+        )
         locked = await select_rows(
             session, f"SELECT id, data FROM {table.fullname} WHERE id = ANY($1) FOR UPDATE", ["r1"]
         )
     assert again == []  # there already: nothing inserted, nothing changed
     assert [(r[0], r[1]) for r in locked] == [("r1", ROWS[0]["data"])]  # JSONB read as objects
     after = await read(sessions, table)
-    assert after[0] == ROWS[0]
+    assert after[0] == ROWS[0] | {"rank": 7}
     assert after[1] == ROWS[1] | {"status": "closed", "data": [1, 2]}
+    assert len(after) == 2
+
+
+async def test_rows_updated_together_take_each_their_own_values(
+    sessions: async_sessionmaker[AsyncSession], table: Table
+) -> None:
+    """Many rows changing the same columns in one statement (intake's timeline batch), the
+    columns named in any order, JSONB and NULL among the values."""
+    rows = [ROWS[0] | {"id": f"m{n}", "rank": n} for n in range(50)]
+    async with sessions() as session, session.begin():
+        await insert_rows(session, table, rows)
+        await update_rows(
+            session,
+            table,
+            [
+                (
+                    {"id": f"m{n}"},
+                    {"status": f"s{n}", "data": {"n": n}}
+                    if n % 2
+                    else {"data": None, "status": f"s{n}"},
+                )
+                for n in range(50)
+            ],
+        )
+    after = {r["id"]: r for r in await read(sessions, table)}
+    for n in range(50):
+        assert after[f"m{n}"]["status"] == f"s{n}"
+        assert after[f"m{n}"]["data"] == ({"n": n} if n % 2 else None)
+        assert after[f"m{n}"]["rank"] == n
 
 
 async def test_rows_roll_back_with_the_transaction(

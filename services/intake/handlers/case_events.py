@@ -20,7 +20,7 @@ from contracts.events import CaseNotified, CaseSubmitted
 from services.common.clock import ServiceClock
 from services.common.db import inbox_key
 from services.common.envelope import Envelope
-from services.common.rows import insert_rows, select_rows, update_row
+from services.common.rows import insert_rows, select_rows, update_rows
 from services.intake import models, queries
 from services.intake.domain import commitments
 from services.intake.domain.lifecycle import case_changes
@@ -67,8 +67,14 @@ async def follow_case_events(
     cases = await _lock_cases(session, {e.subject for e, _ in events})
     pending = await _fold_events(session, events, cases, clock=clock)
     now = clock.now()
-    for case_id, changes in pending.items():
-        await update_row(session, models.cases, {"case_id": case_id}, changes | {"updated_at": now})
+    await update_rows(
+        session,
+        models.cases,
+        [
+            ({"case_id": case_id}, changes | {"updated_at": now})
+            for case_id, changes in pending.items()
+        ],
+    )
     for envelope, _payload in events:
         if commitments.bars_applicant(envelope.type, envelope.data):
             await _bar_applicant(session, envelope)
