@@ -12,6 +12,16 @@ LOG_DIR="$RUN_DIR/logs"
 VENV_PY="${TONGBAN_PYTHON:-$REPO/.venv/bin/python}"
 PROBE="$LOCAL_DIR/probe.py"
 
+# `<script> --help` (or -h): the script's header comment, and nothing else done. Every
+# script sources this file with its own arguments in "$@", so each answers --help here.
+print_script_help() {
+  awk 'NR == 1 { next } /^# shellcheck/ { exit } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+}
+if [[ ${BASH_SOURCE[1]:-} == "$0" && ( ${1:-} == -h || ${1:-} == --help ) ]]; then
+  print_script_help
+  exit 0
+fi
+
 say()  { printf '[%s] %s\n' "${SCRIPT_NAME:-local}" "$*"; }
 warn() { printf '[%s] WARNING: %s\n' "${SCRIPT_NAME:-local}" "$*" >&2; }
 die()  { printf '[%s] ERROR: %s\n' "${SCRIPT_NAME:-local}" "$*" >&2; exit 1; }

@@ -7,6 +7,11 @@
 # Usage: deploy/local/run-faults.sh [python -m tests.faults options, e.g. --only brokers]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+  echo; .venv/bin/python -m tests.faults --help
+  exit 0
+fi
 BIN=.venv/bin
 
 cleanup() {

@@ -5,6 +5,11 @@
 # The stack is always stopped at the end; the exit code is non-zero if any phase failed.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+  echo; echo "Options after the script name go to pytest (e.g. -k NAME, -x)."
+  exit 0
+fi
 BIN=.venv/bin
 status=0
 

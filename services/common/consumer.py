@@ -612,7 +612,12 @@ class ConsumerGroup:
             if not self._all_paused:
                 self._all_paused = True
                 consumer.pause(*consumer.assignment())
-            await consumer.getmany(timeout_ms=0)
+            # Nothing comes of the paused partitions; partitions assigned meanwhile are not
+            # paused, and what they bring is applied like any fetch (never dropped: the
+            # position has moved past it).
+            batch = await self._fetch(consumer, 0)
+            if batch:
+                self._start_batch(consumer, batch)
 
     def _start_batch(
         self,
