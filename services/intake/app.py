@@ -55,6 +55,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     runtime.consume(
         BUNDLE_TOPIC,
         name="intake-bundles",
+        batch_handler=partial(handlers.follow_bundle_events, clock=runtime.clock),
         subscriptions={
             spec.model: partial(handlers.follow_bundle_event, clock=runtime.clock)
             for spec in EVENT_TYPES.values()

@@ -20,6 +20,7 @@ The names `app`, `api` and the tests use are the room's, re-exported here."""
 from services.intake.handlers.bundles import (
     add_bundle_materials,
     follow_bundle_event,
+    follow_bundle_events,
     read_bundle,
     settle_bundle,
     submit_bundle,
@@ -58,6 +59,7 @@ __all__ = [
     "check_handover_keys",
     "city_of_catalog",
     "follow_bundle_event",
+    "follow_bundle_events",
     "follow_case_event",
     "follow_case_events",
     "partner_subscriptions",

@@ -563,6 +563,17 @@ BUNDLE_STATUS_OF_EVENT = {
 }
 
 
+async def follow_bundle_events(
+    session: AsyncSession, events: Sequence[tuple[Envelope, Any]], *, clock: ServiceClock
+) -> None:
+    """A batch of bundle events: the bundles they name locked first, all in one order (the
+    order of the timeline and of every request on a bundle), then each event followed. Locked
+    event by event, two bundles in the opposite order to a timeline batch deadlocked."""
+    await queries.lock_bundles(session, sorted({envelope.subject for envelope, _ in events}))
+    for envelope, payload in events:
+        await follow_bundle_event(session, envelope, payload, clock=clock)
+
+
 async def follow_bundle_event(
     session: AsyncSession, envelope: Envelope, payload: Any, *, clock: ServiceClock
 ) -> None:
