@@ -466,10 +466,10 @@ class ConsumerGroup:
         self._held: set[TopicPartition] = set()
         # At `consumer_max_records_in_flight` the group fetches no more until batches finish:
         # each reader applies one batch at a time, so what a consumer behind its topics fetched
-        # beyond that only waited in memory. Batches slower than a poll (an outage, a reader
-        # waiting) get every partition paused, so the group can poll (and stay in the group)
-        # without fetching.
+        # beyond that only waited in memory. Batches that hold the group for long (an outage)
+        # get every partition paused, so it can poll (and stay in the group) without fetching.
         self._all_paused = False
+        self._waiting_since: float | None = None
         # Offsets of applied records not yet committed to Kafka, and when we last committed.
         self._uncommitted: dict[TopicPartition, int] = {}
         # The next offset of each partition after the last records this group handled (since
@@ -541,6 +541,7 @@ class ConsumerGroup:
                     await self._wait_for_room(consumer)
                     await self._commit_if_due(consumer)
                     continue
+                self._waiting_since = None
                 if self._all_paused:
                     self._all_paused = False
                     consumer.resume(*(consumer.assignment() - self._held))
@@ -600,15 +601,20 @@ class ConsumerGroup:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def _wait_for_room(self, consumer: AIOKafkaConsumer) -> None:
-        """The records in hand are at the limit: wait for a batch to finish, up to a poll. If
-        none does, pause every partition and poll without fetching: Kafka drops a member that
-        has not polled for max.poll.interval (the loop resumes them once there is room)."""
+        """The records in hand are at the limit: wait for a batch to finish, up to a poll.
+        Held for long (`_ROOM_WAIT_BEFORE_POLL_S`), pause every partition and poll without
+        fetching: Kafka drops a member that has not polled for max.poll.interval (5 minutes),
+        and the loop resumes them once there is room. Not sooner: pausing drops what the
+        client had fetched ahead, which is then fetched again."""
         done, _ = await asyncio.wait(
             self._in_flight,
             timeout=self.settings.consumer_poll_ms / 1000,
             return_when=asyncio.FIRST_COMPLETED,
         )
-        if not done:
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        if not done and now - self._waiting_since >= _ROOM_WAIT_BEFORE_POLL_S:
             if not self._all_paused:
                 self._all_paused = True
                 consumer.pause(*consumer.assignment())
@@ -939,6 +945,11 @@ class ConsumerGroup:
             DEAD_LETTERS_TRUNCATED.labels(self.settings.service, source, record.topic).inc()
         DEAD_LETTERS.labels(self.settings.service, source, record.topic).inc()
         return True
+
+
+# How long a group at its limit of records in hand waits before it polls with every partition
+# paused: well inside Kafka's max.poll.interval.ms (aiokafka's default, 300 s).
+_ROOM_WAIT_BEFORE_POLL_S = 30.0
 
 
 def seed_offsets(

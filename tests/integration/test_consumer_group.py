@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from services.common import consumer as consumer_module
 from services.common.consumer import ConsumerGroup, ConsumerRunner, Subscription
 from services.common.envelope import Envelope
 from services.common.kafka import client_options
@@ -257,18 +258,22 @@ async def test_a_new_group_starts_where_the_former_groups_stand(
     )
 
 
+@pytest.mark.parametrize("paused_after_s", [30.0, 0.2], ids=["waiting", "paused-and-polling"])
 async def test_a_group_behind_its_topics_holds_no_more_records_than_its_limit(
     settings: CommonSettings,
     engine: AsyncEngine,
     sessions: async_sessionmaker[AsyncSession],
     schema: str,
     make_topic: MakeTopic,
+    monkeypatch: pytest.MonkeyPatch,
+    paused_after_s: float,
 ) -> None:
     """A reader applies one batch at a time: what its group fetched beyond that only waited in
     memory (intake's RSS grew by tens of MB while its timeline was behind). At
-    `consumer_max_records_in_flight` the group fetches no more; when the batches in hand are
-    slower than a poll it pauses every partition and keeps polling; when they finish, every
-    record is applied once."""
+    `consumer_max_records_in_flight` the group fetches no more; held there for long (an
+    outage; shortened here) it pauses every partition and polls without fetching, to stay in
+    its group; when the batches finish, every record is applied once."""
+    monkeypatch.setattr(consumer_module, "_ROOM_WAIT_BEFORE_POLL_S", paused_after_s)
     topic, dlq = await make_topic("backlog", partitions=4), await make_topic("dlq")
     cfg = settings.model_copy(
         update={
@@ -305,6 +310,7 @@ async def test_a_group_behind_its_topics_holds_no_more_records_than_its_limit(
         fetched = sum([await consumer.position(tp) for tp in consumer.assignment()])
         # At most the limit, plus one fetch past it (the fetch that reached it).
         assert 1 <= fetched <= 4 + 3 - 1, fetched
+        assert group._all_paused == (paused_after_s < 1.5)  # the path this case is about
         gate.set()
         await eventually(
             lambda: _has(engine, schema, {f"w:b{n}" for n in range(40)}), what="every record"
