@@ -20,6 +20,7 @@
 # shellcheck source-path=SCRIPTDIR disable=SC2034  # SCRIPT_NAME is read by lib.sh
 set -euo pipefail
 SCRIPT_NAME=kafka-cli
+SCRIPT_OWN_HELP=1  # its --help says more than its header (lib.sh leaves it alone)
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

@@ -13,11 +13,12 @@ VENV_PY="${TONGBAN_PYTHON:-$REPO/.venv/bin/python}"
 PROBE="$LOCAL_DIR/probe.py"
 
 # `<script> --help` (or -h): the script's header comment, and nothing else done. Every
-# script sources this file with its own arguments in "$@", so each answers --help here.
+# script sources this file with its own arguments in "$@", so each answers --help here,
+# unless it sets SCRIPT_OWN_HELP (its own usage says more, e.g. kafka-cli.sh's tool list).
 print_script_help() {
   awk 'NR == 1 { next } /^# shellcheck/ { exit } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
 }
-if [[ ${BASH_SOURCE[1]:-} == "$0" && ( ${1:-} == -h || ${1:-} == --help ) ]]; then
+if [[ -z ${SCRIPT_OWN_HELP:-} && ${BASH_SOURCE[1]:-} == "$0" && ( ${1:-} == -h || ${1:-} == --help ) ]]; then
   print_script_help
   exit 0
 fi
