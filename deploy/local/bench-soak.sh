@@ -21,10 +21,6 @@ SCRIPT_NAME=bench-soak
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO" || exit 1
-if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-  sed -n '2,/^# shellcheck/p' "$0" | sed '$d; s/^# \{0,1\}//'
-  exit 0
-fi
 
 read -r -a SOAK_ARGS <<<"${BENCH_SOAK_ARGS:---minutes 10 --rate 50}"
 # shellcheck source=bench-lib.sh

@@ -26,8 +26,6 @@ SCRIPT_NAME=fetch-kafka
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-[[ ${1:-} == -h || ${1:-} == --help ]] && { sed -n '2,/^# shellcheck/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; }
-
 KAFKA_VERSION=${KAFKA_VERSION:-4.4.0}
 MIRROR_VERSION=${MIRROR_VERSION:-4.3.1}
 LOG4J_VERSION=${LOG4J_VERSION:-2.26.1}

@@ -5,13 +5,18 @@
 # .run/faults/report.json, and stops everything it started. Exit 1 on any lost case,
 # duplicate effect or order violation.
 # Usage: deploy/local/run-faults.sh [python -m tests.faults options, e.g. --only brokers]
+# shellcheck source-path=SCRIPTDIR disable=SC2034  # SCRIPT_NAME, SCRIPT_OWN_HELP are read by lib.sh
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+SCRIPT_NAME=run-faults
+SCRIPT_OWN_HELP=1  # its help adds a line to the header (lib.sh prints the header)
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-  awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
-  echo; .venv/bin/python -m tests.faults --help
+  print_script_help
+  echo; (cd "$REPO" && "$VENV_PY" -m tests.faults --help)
   exit 0
 fi
+cd "$(dirname "$0")/../.."
 BIN=.venv/bin
 
 cleanup() {

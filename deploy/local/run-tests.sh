@@ -3,13 +3,18 @@
 #   1. one broker + PostgreSQL: unit, integration and e2e tests;
 #   2. three brokers (RF 3, min ISR 2): the tests marked `cluster`.
 # The stack is always stopped at the end; the exit code is non-zero if any phase failed.
+# shellcheck source-path=SCRIPTDIR disable=SC2034  # SCRIPT_NAME, SCRIPT_OWN_HELP are read by lib.sh
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+SCRIPT_NAME=run-tests
+SCRIPT_OWN_HELP=1  # its help adds a line to the header (lib.sh prints the header)
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-  awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+  print_script_help
   echo; echo "Options after the script name go to pytest (e.g. -k NAME, -x)."
   exit 0
 fi
+cd "$(dirname "$0")/../.."
 BIN=.venv/bin
 status=0
 
