@@ -477,10 +477,13 @@ async def test_a_denied_prerequisite_ends_its_dependent(
     assert len(endings) == 1 and endings[0]["note"] == "reason: prerequisite_ended", endings
 
     # The denial's letter still goes out: with its dependent ended, every member has its
-    # result or has ended, so the bundle is delivered (electronically) and closes.
+    # result or has ended, so the bundle is delivered (electronically) and closes. The bundle's
+    # status (bundle topic) and its member's (case topic, the timeline) come by different
+    # consumers: wait for both, as a counter would see them once settled.
     async def closed() -> dict[str, Any] | None:
         found = await bundle_view(http, bundle_id)
-        return found if found["status"] == "closed" else None
+        settled = found["status"] == "closed" and member(found, ISSUE_SLOW)["status"] == "closed"
+        return found if settled else None
 
     view = await eventually(closed, timeout=60, what=f"{bundle_id} to close")
     types = [e["type"] for e in view["timeline"] if e["case_id"] is None]
