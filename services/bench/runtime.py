@@ -441,11 +441,29 @@ async def _until(
         await asyncio.sleep(interval)
 
 
+def _processed(runner: ConsumerRunner) -> float:
+    """How many events the runner has counted applied: it counts a batch's events after its
+    commit, and then records the batch (`_batches`) before it next yields to the loop."""
+    return sum(
+        REGISTRY.get_sample_value(
+            "tongban_events_consumed_total",
+            {
+                "service": runner.settings.service,
+                "consumer": runner.name,
+                "topic": topic,
+                "outcome": "processed",
+            },
+        )
+        or 0.0
+        for topic in runner.topics
+    )
+
+
 async def _applied(
     handler: NoopHandler,
     db: asyncpg.Connection,
     schema: str,
-    consumer: str,
+    runner: ConsumerRunner,
     *,
     phase: str,
     total: int,
@@ -455,6 +473,8 @@ async def _applied(
 ) -> None:
     """Until the handler has seen every event and their inbox rows are committed; progress
     four times a second (the handler's event ends the wait, not a poll)."""
+
+    counted = _processed(runner)  # before any of these events (earlier runs' included)
 
     async def tick() -> None:
         while True:
@@ -469,7 +489,9 @@ async def _applied(
     finally:
         ticker.cancel()
     on_progress(phase, total, total)
-    await _until(lambda: _all_in(db, schema, consumer, already + total), timeout, "inbox rows")
+    await _until(lambda: _all_in(db, schema, runner.name, already + total), timeout, "inbox rows")
+    # The rows are committed before the runner counts them: its batch figures follow.
+    await _until(lambda: _processed(runner) >= counted + total, timeout, "the batches counted")
 
 
 async def inbox_rows(conn: asyncpg.Connection, schema: str, consumer: str) -> int:
@@ -501,6 +523,7 @@ async def _applied_backlog(
     on_progress("produce backlog", n, n)
     handler = NoopHandler(target=n)
     runner = applying_runner(cfg.settings(), sessions, cfg.schema, cfg.topic("backlog"), handler)
+    batches_before = _batches(runner)
     # The window includes the runner's start and group join: a few ms, spread over the backlog.
     with cpu_window(cfg.profile("applied, backlog")) as spent:
         task = asyncio.create_task(runner.run())
@@ -508,14 +531,14 @@ async def _applied_backlog(
             handler,
             db,
             cfg.schema,
-            runner.name,
+            runner,
             phase="applied, backlog",
             total=n,
             already=0,
             timeout=cfg.timeout,
             on_progress=on_progress,
         )
-    batches = _batches(runner)
+    batches = _batches(runner) - batches_before
     runner.stop()
     await asyncio.wait_for(task, 30)
     return window_figures(
@@ -544,6 +567,7 @@ async def _applied_paced(
         await _wait_event(ready, cfg.timeout, "the paced producer")
         await asyncio.wait_for(handler.reached.wait(), cfg.timeout)
         await _until(lambda: _all_in(db, cfg.schema, runner.name, 1), cfg.timeout, "its row")
+        await _until(lambda: _processed(runner) >= 1, cfg.timeout, "its batch counted")
         # The group has joined and applied the warm-up: the window holds the steady state.
         handler.target, handler.reached = n + 1, asyncio.Event()
         with cpu_window() as idle:
@@ -555,7 +579,7 @@ async def _applied_paced(
                 handler,
                 db,
                 cfg.schema,
-                runner.name,
+                runner,
                 phase="applied, paced",
                 total=n,
                 already=1,
