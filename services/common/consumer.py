@@ -48,8 +48,7 @@ from services.common.metrics import (
     EVENTS_CONSUMED,
     HANDLER_RETRIES,
 )
-from services.common.outbox import discard_pending, flush_pending
-from services.common.rows import insert_rows
+from services.common.rows import discard_deferred, flush_deferred, insert_rows
 from services.common.settings import CommonSettings
 from services.common.tracing import continued_span
 
@@ -298,7 +297,7 @@ class ConsumerRunner:
                 else:
                     for item in todo:
                         await self._call(session, item)
-                await flush_pending(session)
+                await flush_deferred(session)
             except Exception as exc:
                 if is_infrastructure_error(exc):
                     raise
@@ -322,9 +321,9 @@ class ConsumerRunner:
                                     break
                                 await self._call(session, item)
                                 # This event's outbox rows belong to its savepoint.
-                                await flush_pending(session)
+                                await flush_deferred(session)
                         except BaseException:
-                            discard_pending(session)  # rolled back with the savepoint
+                            discard_deferred(session)  # rolled back with the savepoint
                             raise
                         self._count(item.record, "processed")
                         break

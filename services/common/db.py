@@ -72,13 +72,16 @@ def make_sessionmaker(
 
 @asynccontextmanager
 async def unit_of_work(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """One transaction: state changes and their outbox rows commit together or not at all."""
-    # Imported here: the outbox builds on this module's tables and `driver_connection`.
-    from services.common.outbox import flush_pending
+    """One transaction: state changes and their outbox rows commit together or not at all.
+    The deferred rows (`rows.defer_rows`: the outbox's and the writer's) go in last, in one
+    statement; when nothing else ran, that statement is the whole transaction."""
+    # Imported here: rows builds on this module's `driver_connection`.
+    from services.common.rows import flush_deferred
 
     async with sessions() as session, session.begin():
         yield session
-        await flush_pending(session)  # on asyncpg directly; commit's own flush finds nothing
+        # On asyncpg directly, one statement; commit's own flush finds nothing.
+        await flush_deferred(session, last=True)
 
 
 async def locked_row(session: AsyncSession, table: Table, **key: object) -> Any:
@@ -176,8 +179,9 @@ async def driver_connection(session: AsyncSession, *, transaction: bool = True) 
     pyproject.toml; tests/integration/test_outbox.py proves a rollback takes both kinds of
     statement back).
 
-    With `transaction=False`, for a read outside any transaction (one round trip, where BEGIN
-    and COMMIT would make three): the session must then run no statement of its own."""
+    With `transaction=False`, no BEGIN: a statement joins the transaction if one began, and
+    otherwise runs on its own (a read, or a unit of work's only write: one round trip, where
+    BEGIN and COMMIT would make three); the session must then run no statement after it."""
     connection = await session.connection()
     try:
         raw = await connection.get_raw_connection()

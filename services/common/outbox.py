@@ -23,14 +23,12 @@ import asyncio
 import json
 import signal
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import Table, event, insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from services.common.db import asyncpg_dsn, outbox_channel, runtime_metadata
 from services.common.envelope import Envelope
@@ -38,22 +36,19 @@ from services.common.failures import AmbiguousCommits
 from services.common.kafka import make_producer
 from services.common.logs import configure_logging, get_logger
 from services.common.metrics import EVENTS_PUBLISHED, OUTBOX_BACKLOG, RELAY_LEADER
-from services.common.rows import insert_rows
+from services.common.rows import defer_rows
 from services.common.settings import CommonSettings
 
 log = get_logger(__name__)
 
 
-PENDING = "tongban_outbox_pending"
-
-
 class Outbox:
     """Writes events into one service schema's outbox table.
 
-    `add` buffers the row in the session; the rows go into the table in one INSERT when the
-    transaction commits (or when `flush_pending` is called, as the consumer and `unit_of_work`
-    do before they commit). A consumer batch of a hundred events then costs one INSERT, not one
-    per event.
+    `add` defers the row (`rows.defer_rows`); the rows go into the table with the unit of
+    work's other deferred rows, in one statement, when it ends (`rows.flush_deferred`, as the
+    consumer and `unit_of_work` call it before they commit; at commit otherwise). A consumer
+    batch of a hundred events then costs one INSERT, not one per event.
     """
 
     def __init__(self, schema: str) -> None:
@@ -76,53 +71,10 @@ class Outbox:
     async def add(
         self, session: AsyncSession, topic: str, envelope: Envelope, outbox_id: str | None = None
     ) -> None:
-        _pending(session.sync_session).append((self.table, self.row(topic, envelope, outbox_id)))
+        defer_rows(session, self.table, [self.row(topic, envelope, outbox_id)])
 
     async def add_many(self, session: AsyncSession, events: Sequence[tuple[str, Envelope]]) -> None:
-        _pending(session.sync_session).extend((self.table, self.row(t, e)) for t, e in events)
-
-
-def _pending(session: Session) -> list[tuple[Table, dict[str, Any]]]:
-    pending: list[tuple[Table, dict[str, Any]]] = session.info.setdefault(PENDING, [])
-    return pending
-
-
-def _runs(
-    pending: list[tuple[Table, dict[str, Any]]],
-) -> Iterator[tuple[Table, list[dict[str, Any]]]]:
-    """The buffered rows by table, in the order they were added (one run per table change)."""
-    while pending:
-        table = pending[0][0]
-        run = 0
-        while run < len(pending) and pending[run][0] is table:
-            run += 1
-        yield table, [row for _, row in pending[:run]]
-        pending = pending[run:]
-
-
-def flush_pending_sync(session: Session) -> None:
-    """Write the buffered rows through SQLAlchemy (at commit, for writers that did not call
-    `flush_pending`)."""
-    for table, rows in _runs(session.info.pop(PENDING, None) or []):
-        session.execute(insert(table), rows)
-
-
-async def flush_pending(session: AsyncSession) -> None:
-    """Write the buffered rows now, in the session's transaction, on its asyncpg connection."""
-    pending = session.sync_session.info.pop(PENDING, None)
-    for table, rows in _runs(pending or []):
-        await insert_rows(session, table, rows)
-
-
-def discard_pending(session: AsyncSession) -> None:
-    """Forget the rows of work that is being rolled back (a failed savepoint)."""
-    session.sync_session.info.pop(PENDING, None)
-
-
-@event.listens_for(Session, "before_commit")
-def _flush_before_commit(session: Session) -> None:
-    # Runs inside SQLAlchemy's greenlet under AsyncSession, so it may do I/O.
-    flush_pending_sync(session)
+        defer_rows(session, self.table, (self.row(t, e) for t, e in events))
 
 
 class OutboxRelay:

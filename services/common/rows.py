@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import JSON, Table
+from sqlalchemy import JSON, Table, event, insert
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from services.common.db import driver_connection
 
@@ -52,6 +55,22 @@ def _value(table: Table, column: str, value: Any) -> Any:
     return value
 
 
+def _insert_select(
+    table: Table, columns: tuple[str, ...], first: int, where: str | None = None
+) -> str:
+    # unnest of one array per column: one prepared statement for any number of rows. WITH
+    # ORDINALITY keeps the rows in the order given (an identity column, such as the outbox's
+    # `id` that the relay publishes by, is drawn in that order).
+    arrays = ", ".join(f"${i}::{_sql_type(table, c)}[]" for i, c in enumerate(columns, first))
+    names = ", ".join(_quoted(c) for c in columns)
+    aliases = ", ".join(f"c{i}" for i in range(len(columns)))
+    filtered = f" WHERE {where}" if where else ""
+    return (
+        f"INSERT INTO {_table_name(table)} ({names}) SELECT {aliases} FROM unnest({arrays}) "
+        f"WITH ORDINALITY AS r({aliases}, n){filtered} ORDER BY n"
+    )
+
+
 @functools.cache
 def _insert_sql(
     table: Table,
@@ -60,16 +79,7 @@ def _insert_sql(
     conflict_on: tuple[str, ...],
     returning: str | None,
 ) -> str:
-    # unnest of one array per column: one prepared statement for any number of rows. WITH
-    # ORDINALITY keeps the rows in the order given (an identity column, such as the outbox's
-    # `id` that the relay publishes by, is drawn in that order).
-    arrays = ", ".join(f"${i}::{_sql_type(table, c)}[]" for i, c in enumerate(columns, 1))
-    names = ", ".join(_quoted(c) for c in columns)
-    aliases = ", ".join(f"c{i}" for i in range(len(columns)))
-    sql = (
-        f"INSERT INTO {_table_name(table)} ({names}) SELECT {aliases} FROM unnest({arrays}) "
-        f"WITH ORDINALITY AS r({aliases}, n) ORDER BY n"
-    )
+    sql = _insert_select(table, columns, 1)
     if do_nothing:
         target = f" ({', '.join(_quoted(c) for c in conflict_on)})" if conflict_on else ""
         sql += f" ON CONFLICT{target} DO NOTHING"
@@ -141,8 +151,181 @@ async def update_rows(
         await driver.execute(_update_sql(table, keys, columns), *arrays)
 
 
+@functools.cache
+def _insert_then_select_sql(
+    table: Table, columns: tuple[str, ...], do_nothing: bool, select_sql: str, select_args: int
+) -> str:
+    insert = _insert_select(table, columns, select_args + 1)
+    if do_nothing:
+        insert += " ON CONFLICT DO NOTHING"
+    return f"WITH inserted AS ({insert}) {select_sql}"
+
+
+async def insert_then_select(
+    session: AsyncSession,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    select_sql: str,
+    *args: Any,
+    on_conflict_do_nothing: bool = False,
+) -> Iterable[asyncpg.Record]:
+    """Insert `rows` and run `select_sql` (with `args` as $1...) in one statement: one round
+    trip where a batch writes its rows and then reads (and locks) others. The select does not
+    see the rows inserted (one snapshot); the statements after it do."""
+    if not rows:
+        return await select_rows(session, select_sql, *args)
+    columns = tuple(rows[0])
+    sql = _insert_then_select_sql(table, columns, on_conflict_do_nothing, select_sql, len(args))
+    arrays = [[_value(table, c, row[c]) for row in rows] for c in columns]
+    driver = await driver_connection(session)
+    records: list[asyncpg.Record] = await driver.fetch(sql, *args, *arrays)
+    return records
+
+
 async def select_rows(session: AsyncSession, sql: str, *args: Any) -> Iterable[asyncpg.Record]:
     """A hot read on the session's connection, in its transaction (e.g. rows to lock)."""
     driver = await driver_connection(session)
     records: list[asyncpg.Record] = await driver.fetch(sql, *args)
     return records
+
+
+# -- rows written at the end of a unit of work, in one statement ---------------------------------
+
+DEFERRED = "tongban_deferred_rows"
+GUARD = "tongban_deferred_guard"
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """The row that decides whether a unit of work's deferred rows are written (a submission's
+    Idempotency-Key): it goes in with them, in the same statement, unless a row with its key
+    is there already (a retry, or a retry that raced this one); then none of them is written
+    and `clash()` is raised."""
+
+    table: Table
+    row: Mapping[str, Any]
+    clash: Callable[[], Exception]
+
+
+def defer_rows(
+    session: AsyncSession | Session, table: Table, rows: Iterable[Mapping[str, Any]]
+) -> None:
+    """Insert `rows` when the unit of work ends (`flush_deferred`), with every other deferred
+    row in one statement: a submission's case, its outbox rows and its key are one round trip
+    instead of one each (and, as the unit's only statement, need no BEGIN and COMMIT)."""
+    _deferred(session).extend((table, dict(row)) for row in rows)
+
+
+def defer_guard(session: AsyncSession | Session, guard: Guard) -> None:
+    """Make the unit of work's deferred rows depend on `guard` (one guard a unit of work)."""
+    info = _info(session)
+    if GUARD in info:
+        raise RuntimeError("a unit of work has one guard")
+    info[GUARD] = guard
+
+
+def discard_deferred(session: AsyncSession | Session) -> None:
+    """Forget the rows of work that is being rolled back (a failed savepoint)."""
+    info = _info(session)
+    info.pop(DEFERRED, None)
+    info.pop(GUARD, None)
+
+
+async def flush_deferred(session: AsyncSession, *, last: bool = False) -> None:
+    """Write the deferred rows now, in one statement on the session's asyncpg connection, in
+    the session's transaction. With `last` (the unit of work runs no statement after this
+    one: `unit_of_work`'s end) and no statement run before it, the statement is the whole
+    transaction: no BEGIN and COMMIT round trips (one statement is atomic). Raises the guard's
+    clash when its row was there already (nothing is written then)."""
+    info = _info(session)
+    deferred: list[tuple[Table, dict[str, Any]]] = info.pop(DEFERRED, None) or []
+    guard: Guard | None = info.pop(GUARD, None)
+    if not deferred and guard is None:
+        return
+    runs = list(_runs(deferred))
+    shape = tuple((table, tuple(rows[0])) for table, rows in runs)
+    guard_shape = (guard.table, tuple(guard.row)) if guard is not None else None
+    sql = _together_sql(shape, guard_shape)
+    args: list[list[Any]] = []
+    if guard is not None:
+        args += [[_value(guard.table, c, guard.row[c])] for c in guard.row]
+    for table, rows in runs:
+        args += [[_value(table, c, row[c]) for row in rows] for c in rows[0]]
+    # Without BEGIN, the statement still joins a transaction begun before (same connection).
+    driver = await driver_connection(session, transaction=not last)
+    if guard is None:
+        await driver.execute(sql, *args)
+    elif not await driver.fetchval(sql, *args):
+        raise guard.clash()
+
+
+def flush_deferred_sync(session: Session) -> None:
+    """The same through SQLAlchemy, at commit, for writers that did not call `flush_deferred`."""
+    info = session.info
+    deferred: list[tuple[Table, dict[str, Any]]] = info.pop(DEFERRED, None) or []
+    guard: Guard | None = info.pop(GUARD, None)
+    if guard is not None:
+        stored = session.execute(
+            pg_insert(guard.table).values(**guard.row).on_conflict_do_nothing().returning(1)
+        ).first()
+        if stored is None:
+            raise guard.clash()
+    for table, rows in _runs(deferred):
+        session.execute(insert(table), rows)
+
+
+@event.listens_for(Session, "before_commit")
+def _flush_before_commit(session: Session) -> None:
+    # Runs inside SQLAlchemy's greenlet under AsyncSession, so it may do I/O.
+    flush_deferred_sync(session)
+
+
+def _info(session: AsyncSession | Session) -> dict[str, Any]:
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    return sync.info
+
+
+def _deferred(session: AsyncSession | Session) -> list[tuple[Table, dict[str, Any]]]:
+    deferred: list[tuple[Table, dict[str, Any]]] = _info(session).setdefault(DEFERRED, [])
+    return deferred
+
+
+def _runs(
+    deferred: list[tuple[Table, dict[str, Any]]],
+) -> Iterator[tuple[Table, list[dict[str, Any]]]]:
+    """The rows by table and set of columns, in the order each was first deferred; rows keep
+    their order within a table (the outbox's events of one case)."""
+    runs: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
+    for table, row in deferred:
+        runs.setdefault((table, tuple(row)), []).append(row)
+    for (table, _columns), rows in runs.items():
+        yield table, rows
+
+
+@functools.cache
+def _together_sql(
+    runs: tuple[tuple[Table, tuple[str, ...]], ...],
+    guard: tuple[Table, tuple[str, ...]] | None,
+) -> str:
+    """One statement for every run (data-modifying CTEs); with a guard, each run is written
+    only if the guard's row was, and the statement answers how many guard rows went in."""
+    parts: list[str] = []
+    first = 1
+    where = None
+    if guard is not None:
+        table, columns = guard
+        parts.append(
+            f"guard AS ({_insert_select(table, columns, first)} ON CONFLICT DO NOTHING RETURNING 1)"
+        )
+        first += len(columns)
+        where = "EXISTS (SELECT FROM guard)"
+    inserts = []
+    for table, columns in runs:
+        inserts.append(_insert_select(table, columns, first, where))
+        first += len(columns)
+    if guard is not None:
+        final = "SELECT count(*) FROM guard"
+    else:
+        final = inserts.pop()
+    parts += [f"w{i} AS ({sql})" for i, sql in enumerate(inserts)]
+    return f"WITH {', '.join(parts)} {final}" if parts else final

@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.common.db import unit_of_work
 from services.common.envelope import Envelope
-from services.common.outbox import Outbox, OutboxRelay, flush_pending
+from services.common.outbox import Outbox, OutboxRelay
+from services.common.rows import flush_deferred
 from services.common.settings import CommonSettings
 from tests.conftest import ROOT, MakeTopic, eventually
 from tests.kafka_helpers import header, read_topic
@@ -106,14 +107,14 @@ async def test_rolled_back_transaction_publishes_nothing(
 async def test_rows_written_on_the_driver_connection_roll_back_with_the_transaction(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], schema: str
 ) -> None:
-    """The outbox rows go in on the session's asyncpg connection (`flush_pending`), here as
+    """The outbox rows go in on the session's asyncpg connection (`flush_deferred`), here as
     the transaction's first statement, before any SQLAlchemy one: the BEGIN must come first
     (`driver_connection`), or the rows would commit on their own, outside the transaction."""
     outbox = Outbox(schema)
     with pytest.raises(RuntimeError):
         async with sessions() as session, session.begin():
             await outbox.add(session, "outbox-rollback", event("HC-0009"))
-            await flush_pending(session)
+            await flush_deferred(session)
             await session.execute(
                 text(f'INSERT INTO "{schema}".widget (id, case_id) VALUES (:id, :case)'),
                 {"id": "w9", "case": "HC-0009"},

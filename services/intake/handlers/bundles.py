@@ -188,7 +188,7 @@ async def create_bundle(
         reused_licenses=list(reused),
     )
     if idempotency_key is not None:
-        await store_key(
+        store_key(
             session, models.bundle_keys, idempotency_key, digest, response, bundle_id=bundle_id
         )
     return response

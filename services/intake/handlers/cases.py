@@ -38,7 +38,7 @@ from services.common.handover import HandoverKeyError, HandoverKeys, load_keys, 
 from services.common.logs import get_logger
 from services.common.principals import Principal
 from services.common.refusals import FieldError, Refused, refused
-from services.common.rows import insert_rows
+from services.common.rows import Guard, defer_guard, defer_rows
 from services.common.service import ServiceRuntime
 from services.intake import models, queries
 from services.intake.domain import access, commitments, deferral
@@ -256,8 +256,10 @@ async def take_once(
     take: Callable[[AsyncSession], Awaitable[Answer]],
 ) -> Answer:
     """`take` (a case or a bundle, with its key's answer) in one transaction. A key already
-    stored (a retry) is found by the key's own insert, which rolls the whole transaction back:
-    no read of the key before every submission; the stored answer is given instead."""
+    stored (a retry) is found by the key's own insert, the guard of the statement that writes
+    the case, its outbox rows and the key together (`store_key`): nothing is written, and the
+    stored answer is given instead. No read of the key before every submission, and a single
+    case is that one statement: one round trip, no BEGIN or COMMIT."""
     try:
         async with unit_of_work(intake.runtime.sessions) as session:
             return await take(session)
@@ -278,7 +280,7 @@ async def replay_answer(
         return await stored(session, idempotency_key, digest)
 
 
-async def store_key(
+def store_key(
     session: AsyncSession,
     keys: Table,
     key: str,
@@ -286,14 +288,11 @@ async def store_key(
     response: BaseModel,
     **taken: str,
 ) -> None:
-    """Store the key with the answer of what it took (`case_id=` or `bundle_id=`); a key stored
-    already (a retry, or a retry that raced this one) raises `KeyAlreadyUsed`."""
+    """Store the key with the answer of what it took (`case_id=` or `bundle_id=`), as the
+    guard of the unit of work's rows (`rows.defer_guard`): a key stored already (a retry, or a
+    retry that raced this one) writes none of them and raises `KeyAlreadyUsed`."""
     row = {"key": key, "request_hash": digest, "response": response.model_dump(mode="json")}
-    stored = await insert_rows(
-        session, keys, [row | taken], on_conflict_do_nothing=True, returning="key"
-    )
-    if not stored:
-        raise KeyAlreadyUsed(key)
+    defer_guard(session, Guard(keys, row | taken, lambda: KeyAlreadyUsed(key)))
 
 
 async def create_case(
@@ -327,7 +326,8 @@ async def create_case(
     row = case_row(case_id, application, status, missing, now)
     if member is not None:
         row |= member.columns()
-    await insert_rows(session, models.cases, [row])
+    # Written with its outbox rows and its key at the end, in one statement (`take_once`).
+    defer_rows(session, models.cases, [row])
     deferred = deferred_codes(application.materials)
     if not waits:
         await emit_first_event(
@@ -349,7 +349,7 @@ async def create_case(
         reused_licenses=list(reused),
     )
     if idempotency_key is not None:
-        await store_key(
+        store_key(
             session, models.idempotency_keys, idempotency_key, digest, response, case_id=case_id
         )
     return response
