@@ -20,7 +20,7 @@ from contracts.events import CaseNotified, CaseSubmitted
 from services.common.clock import ServiceClock
 from services.common.db import inbox_key
 from services.common.envelope import Envelope
-from services.common.rows import insert_rows, select_rows, update_rows
+from services.common.rows import insert_then_select, update_rows
 from services.intake import models, queries
 from services.intake.domain import commitments
 from services.intake.domain.lifecycle import case_changes
@@ -63,8 +63,7 @@ async def follow_case_events(
     named_bundles = sorted({b for e, _ in events if isinstance(b := e.data.get("bundle_id"), str)})
     if intake is not None and named_bundles:
         await queries.lock_bundles(session, named_bundles)
-    await _append_to_timeline(session, events)
-    cases = await _lock_cases(session, {e.subject for e, _ in events})
+    cases = await _append_and_lock(session, events)
     pending = await _fold_events(session, events, cases, clock=clock)
     now = clock.now()
     await update_rows(
@@ -96,11 +95,12 @@ class _FollowedCase:
     bundle_id: str | None
 
 
-async def _append_to_timeline(
+async def _append_and_lock(
     session: AsyncSession, events: Sequence[tuple[Envelope, Any]]
-) -> None:
-    """Every event of the batch on its case's timeline, once (a redelivery adds nothing)."""
-    await insert_rows(
+) -> dict[str, _FollowedCase]:
+    """Every event of the batch on its case's timeline, once (a redelivery adds nothing), and
+    the batch's cases intake holds, locked for the transaction: one statement."""
+    rows = await insert_then_select(
         session,
         models.timeline,
         [
@@ -114,8 +114,11 @@ async def _append_to_timeline(
             }
             for e, _ in events
         ],
+        _LOCK_CASES,
+        sorted({e.subject for e, _ in events}),
         on_conflict_do_nothing=True,
     )
+    return {r[0]: _FollowedCase(CaseStatus(r[1]), r[2], r[3]) for r in rows}
 
 
 def timeline_source(envelope: Envelope) -> str:
@@ -124,12 +127,6 @@ def timeline_source(envelope: Envelope) -> str:
     if envelope.fromcity:
         return f"{envelope.fromcity}:{envelope.source}"
     return envelope.source
-
-
-async def _lock_cases(session: AsyncSession, case_ids: set[str]) -> dict[str, _FollowedCase]:
-    """The batch's cases intake holds, locked for the transaction."""
-    rows = await select_rows(session, _LOCK_CASES, sorted(case_ids))
-    return {r[0]: _FollowedCase(CaseStatus(r[1]), r[2], r[3]) for r in rows}
 
 
 # One lock order (by case id): no deadlock between batches.
