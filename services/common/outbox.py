@@ -10,7 +10,9 @@ Published rows are deleted, not marked: the events live on in Kafka (and in each
 own tables), a marked row would be kept forever, and marking rewrote the whole row (its
 event body included, about 2 KB) into the WAL and every index, a third of tongban's WAL per
 case. The delete of one batch and the read of the next are one statement: one round trip per
-batch.
+batch. When a batch was all there was, that statement waits for the next event's NOTIFY (at
+most `outbox_delete_delay_ms`), so at a few events a second an event costs one round trip,
+not a read and then a delete.
 
 One relay per schema is active at a time (a PostgreSQL advisory lock): two relays reading the
 same table in parallel could reorder one case's events. Spare relays wait as hot standbys.
@@ -138,15 +140,17 @@ class OutboxRelay:
             log.info("outbox relay leading", schema=self.schema)
             RELAY_LEADER.labels(self.settings.service).set(1)
             published: list[int] = []
+            delay = self.settings.outbox_delete_delay_ms / 1000
             while not self._stop.is_set():
                 self._wake.clear()
                 rows = await self._delete_and_fetch(conn, published)
                 published = await self._publish(rows)
                 if not rows:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self.settings.outbox_poll_s)
-                    except TimeoutError:
-                        pass
+                    await self._wait_for_notify(self.settings.outbox_poll_s)
+                elif published and len(rows) < self.settings.outbox_batch_size and delay:
+                    # All there was went out: its delete goes with the next read, which the
+                    # next event's NOTIFY brings (or the delay: the outbox does not keep them).
+                    await self._wait_for_notify(delay)
             if published:  # stopping: what went out must not go out again from a new leader
                 await conn.execute(
                     f'DELETE FROM "{self.schema}".outbox WHERE id = ANY($1::bigint[])', published
@@ -157,6 +161,12 @@ class OutboxRelay:
 
     def _on_notify(self, *_args: object) -> None:
         self._wake.set()
+
+    async def _wait_for_notify(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is None:

@@ -148,6 +148,58 @@ async def test_relay_wakes_on_notify_not_only_on_poll(
     assert relay.published == 1
 
 
+async def test_what_went_out_is_deleted_with_the_next_events_read(
+    settings: CommonSettings,
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    schema: str,
+    make_topic: MakeTopic,
+) -> None:
+    """All there was published, the relay keeps its rows until the next event's NOTIFY (the
+    delete goes with that read: one round trip per event), or until the delay; never sent
+    twice, and a stop deletes them."""
+    topic = await make_topic("outbox")
+    relay = OutboxRelay(
+        settings.model_copy(update={"outbox_poll_s": 60.0, "outbox_delete_delay_ms": 60_000}),
+        schema=schema,
+    )
+    task = asyncio.create_task(relay.run())
+    try:
+        await asyncio.sleep(1.0)  # the relay is idle, waiting on LISTEN
+        async with unit_of_work(sessions) as session:
+            await Outbox(schema).add(session, topic, event("HC-0010"))
+        await eventually(lambda: relay.published == 1, timeout=20, what="the first event out")
+        await asyncio.sleep(0.5)
+        assert await unsent(engine, schema) == 1  # published, its delete waiting
+        async with unit_of_work(sessions) as session:
+            await Outbox(schema).add(session, topic, event("HC-0011"))
+        await eventually(lambda: relay.published == 2, timeout=20, what="the second event out")
+        async with engine.connect() as conn:
+            left = await conn.execute(text(f'SELECT key FROM "{schema}".outbox'))
+            assert [bytes(k) for (k,) in left] == [b"HC-0011"]
+    finally:
+        relay.stop()
+        await task
+    assert await unsent(engine, schema) == 0
+    records = await read_topic(settings, topic, min_records=2, idle=1.5)
+    assert [r.key for r in records] == [b"HC-0010", b"HC-0011"]
+
+    # With a short delay the rows go without a next event.
+    relay = OutboxRelay(
+        settings.model_copy(update={"outbox_poll_s": 60.0, "outbox_delete_delay_ms": 200}),
+        schema=schema,
+    )
+    task = asyncio.create_task(relay.run())
+    try:
+        async with unit_of_work(sessions) as session:
+            await Outbox(schema).add(session, topic, event("HC-0012"))
+        await eventually(lambda: _zero(engine, schema), timeout=20, what="deleted after the delay")
+        assert relay.published == 1
+    finally:
+        relay.stop()
+        await task
+
+
 async def test_standby_relay_takes_over_when_the_leader_stops(
     settings: CommonSettings,
     engine: AsyncEngine,
