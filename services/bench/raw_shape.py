@@ -15,7 +15,9 @@ four case topics, the inbox rows counted per consumer group):
       -> gov.case.result_issued.v1, .delivered.v1, .closed.v1  on case.delivery.v1
 
     7 events published (intake 1, routing 1, approval 2, delivery 3)
-    10 applications, each an inbox row (consumer, event id) in its batch's transaction:
+    10 applications, each recorded in its batch's transaction, an inbox row (consumer, event
+    id) each but the timeline's, whose own row keyed by the event id is its record (main since
+    the timeline became its own inbox):
       intake-timeline   7  every event of the case: a timeline row each, the case row updated
       routing-intake    1  the submitted event: the route
       approval-routing  1  the routed event
@@ -100,10 +102,13 @@ class Consumer:
     replies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Reads its batch's cases across regions once, outside any transaction, before applying.
     looks_up_partners: bool = False
+    # Its state table's row, keyed by the event id, is its record of what it applied: no
+    # inbox row (intake's timeline).
+    own_inbox: bool = False
 
 
 CONSUMERS = (
-    Consumer("intake-timeline", INTAKE, TOPIC_ROLES, ALL_TYPES, "intake_timeline"),
+    Consumer("intake-timeline", INTAKE, TOPIC_ROLES, ALL_TYPES, "intake_timeline", own_inbox=True),
     Consumer(
         "routing-intake",
         ROUTING,
@@ -152,6 +157,11 @@ def looks_up_partners(process: str) -> bool:
     return any(c.looks_up_partners for c in CONSUMERS if c.process == process)
 
 
+def own_inboxes(process: str) -> frozenset[str]:
+    """The process's consumers that write no inbox row (`Consumer.own_inbox`)."""
+    return frozenset(c.name for c in CONSUMERS if c.process == process and c.own_inbox)
+
+
 def appliers(process: str) -> dict[str, tuple[str, ...]]:
     """Event type -> the process's consumers that apply it (each writes its inbox row);
     a type not named is fetched and skipped."""
@@ -169,6 +179,7 @@ class CaseShape:
     """Per case: what each process publishes, applies and skips, and the state rows left."""
 
     published: dict[str, int]
+    applied: dict[str, int]
     inbox_rows: dict[str, int]
     skipped: dict[str, int]
     state_rows: dict[str, int]
@@ -179,13 +190,14 @@ class CaseShape:
 
     @property
     def applications(self) -> int:
-        return sum(self.inbox_rows.values())
+        return sum(self.applied.values())
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "events": self.events,
             "applications": self.applications,
             "published": self.published,
+            "applied": self.applied,
             "inbox_rows": self.inbox_rows,
             "skipped": self.skipped,
             "state_rows": self.state_rows,
@@ -195,17 +207,21 @@ class CaseShape:
 def case_shape() -> CaseShape:
     """The shape of one case, from EVENTS and CONSUMERS."""
     published = {p: sum(1 for e in EVENTS if e.publisher == p) for p in PROCESSES}
-    inbox = {p: sum(len(c.applies) for c in CONSUMERS if c.process == p) for p in PROCESSES}
+    applied = {p: sum(len(c.applies) for c in CONSUMERS if c.process == p) for p in PROCESSES}
+    inbox = {
+        p: sum(len(c.applies) for c in CONSUMERS if c.process == p and not c.own_inbox)
+        for p in PROCESSES
+    }
     skipped = {}
     for process in PROCESSES:
         read = topics_read(process)
-        applied = appliers(process)
-        skipped[process] = sum(1 for e in EVENTS if e.topic in read and e.type not in applied)
+        applying = appliers(process)
+        skipped[process] = sum(1 for e in EVENTS if e.topic in read and e.type not in applying)
     state = dict.fromkeys(SUBMISSION_TABLES, 1)
     for consumer in CONSUMERS:
         if consumer.state_table is not None:
             state[consumer.state_table] = state.get(consumer.state_table, 0) + len(consumer.applies)
-    return CaseShape(published, inbox, skipped, state)
+    return CaseShape(published, applied, inbox, skipped, state)
 
 
 # -- the records ---------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 The guarantees (DESIGN.md §2):
 - idempotent: every processed event id is inserted into the inbox `(consumer, event_id)` in the
-  same transaction as the handler's effect; a redelivered event finds its row and is skipped;
+  same transaction as the handler's effect; a redelivered event finds its row and is skipped
+  (a reader with `own_inbox` keeps that record in its own table, as intake's timeline does);
 - at-least-once: offsets are committed only after that transaction commits;
 - no record stalls a partition: a record that cannot be parsed (not a CloudEvent, attributes
   that are not UTF-8 or hold control characters, data that is not JSON or that PostgreSQL
@@ -131,7 +132,10 @@ class ConsumerRunner:
         accept: Callable[[Envelope], bool] | None = None,
         starts_when: Callable[[], Awaitable[None]] | None = None,
         relevant: RelevantFn | None = None,
+        own_inbox: bool = False,
     ) -> None:
+        if own_inbox and batch_handler is None:
+            raise ValueError("a reader with its own inbox takes its batches whole")
         self.settings = settings
         self.name = name
         self.topics = list(topics)
@@ -145,6 +149,10 @@ class ConsumerRunner:
         # the others are passed over with no inbox row (nothing was applied, so a copy of
         # one has nothing to be kept from doing twice).
         self.relevant = relevant
+        # A reader whose handlers keep their own record of the events they applied, keyed
+        # by the event's inbox key, in the same transaction (intake's timeline: an entry per
+        # event), and apply each once: no inbox row, one statement less a batch.
+        self.own_inbox = own_inbox
         self.subscriptions = dict(subscriptions)
         self.ignored_types = frozenset(ignored_types)
         self.sessions = sessions
@@ -277,7 +285,12 @@ class ConsumerRunner:
         """The whole batch in one transaction with one inbox statement: the common case."""
         async with self.sessions() as session, session.begin():
             try:
-                fresh = await self._inbox_insert(session, _first_of_each(work))
+                firsts = _first_of_each(work)
+                fresh = (
+                    {item.key for item in firsts}
+                    if self.own_inbox
+                    else await self._inbox_insert(session, firsts)
+                )
             except Exception as exc:
                 if is_infrastructure_error(exc):
                     raise
@@ -316,7 +329,9 @@ class ConsumerRunner:
                     try:
                         try:
                             async with session.begin_nested():
-                                if not await self._inbox_insert(session, [item]):
+                                if not self.own_inbox and not await self._inbox_insert(
+                                    session, [item]
+                                ):
                                     self._count(item.record, "duplicate")
                                     break
                                 await self._call(session, item)

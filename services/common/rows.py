@@ -153,11 +153,18 @@ async def update_rows(
 
 @functools.cache
 def _insert_then_select_sql(
-    table: Table, columns: tuple[str, ...], do_nothing: bool, select_sql: str, select_args: int
+    table: Table,
+    columns: tuple[str, ...],
+    do_nothing: bool,
+    returning: str | None,
+    select_sql: str,
+    select_args: int,
 ) -> str:
     insert = _insert_select(table, columns, select_args + 1)
     if do_nothing:
         insert += " ON CONFLICT DO NOTHING"
+    if returning is not None:
+        insert += f" RETURNING {_quoted(returning)}"
     return f"WITH inserted AS ({insert}) {select_sql}"
 
 
@@ -168,14 +175,21 @@ async def insert_then_select(
     select_sql: str,
     *args: Any,
     on_conflict_do_nothing: bool = False,
+    returning: str | None = None,
 ) -> Iterable[asyncpg.Record]:
     """Insert `rows` and run `select_sql` (with `args` as $1...) in one statement: one round
     trip where a batch writes its rows and then reads (and locks) others. The select does not
-    see the rows inserted (one snapshot); the statements after it do."""
+    see the rows inserted (one snapshot); the statements after it do. With `returning`, the
+    select may read that column of the rows inserted from `inserted` (with
+    `on_conflict_do_nothing`: the rows that were not there yet); `rows` must not be empty."""
     if not rows:
+        if returning is not None:
+            raise ValueError("insert_then_select with `returning` needs rows")
         return await select_rows(session, select_sql, *args)
     columns = tuple(rows[0])
-    sql = _insert_then_select_sql(table, columns, on_conflict_do_nothing, select_sql, len(args))
+    sql = _insert_then_select_sql(
+        table, columns, on_conflict_do_nothing, returning, select_sql, len(args)
+    )
     arrays = [[_value(table, c, row[c]) for row in rows] for c in columns]
     driver = await driver_connection(session)
     records: list[asyncpg.Record] = await driver.fetch(sql, *args, *arrays)

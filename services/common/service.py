@@ -141,13 +141,15 @@ class ServiceRuntime:
         batch_handler: BatchHandlerFn | None = None,
         accept: Callable[[Envelope], bool] | None = None,
         relevant: RelevantFn | None = None,
+        own_inbox: bool = False,
     ) -> ConsumerRunner:
         """A consumer group of this service, applying each event class with its handler;
         types on the topics it does not handle are ignored (they are contract types, just not
         this consumer's business). `accept`, when given, passes over the records it refuses
         before they are validated or reach the inbox: a group that wants few of a topic's
         records pays nothing for the others. `relevant` does the same for records only the
-        service's tables can tell apart (read once per batch, in its transaction)."""
+        service's tables can tell apart (read once per batch, in its transaction). With
+        `own_inbox`, the handlers record the events they applied themselves (`ConsumerRunner`)."""
         stray = [model.__name__ for model in subscriptions if model.TOPIC not in topics]
         if stray:
             raise ValueError(f"{', '.join(stray)} not on {', '.join(topics)}")
@@ -164,6 +166,7 @@ class ServiceRuntime:
             batch_handler=batch_handler,
             accept=accept,
             relevant=relevant,
+            own_inbox=own_inbox,
         )
         self.consumers.append(runner)
         return runner

@@ -45,6 +45,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
         *CASE_TOPICS,
         name="intake-timeline",
         batch_handler=partial(handlers.follow_case_events, clock=runtime.clock, intake=intake),
+        own_inbox=True,  # the timeline: an entry per event id, the event folded in once
         subscriptions={
             spec.model: partial(handlers.follow_case_event, clock=runtime.clock, intake=intake)
             for spec in EVENT_TYPES.values()

@@ -116,13 +116,20 @@ async def test_every_case_closes_with_exactly_the_shape_of_a_case(
         case = shape.case_shape()
         conn = await asyncpg.connect(cfg.dsn)
         try:
-            # The timeline applies the closed record after the bench saw it: wait for the
-            # last applications, then every count must be exact.
+            # The timeline applies the closed record after the bench saw it, and a relay
+            # deletes what it published with its next read (or 0.1 s later): wait for the
+            # last applications and deletes, then every count must be exact.
             async def applied() -> bool:
                 inbox = {p: await count(conn, cfg.schema, f"{p}_inbox") for p in shape.PROCESSES}
-                return inbox == {p: n * CASES for p, n in case.inbox_rows.items()}
+                timeline = await count(conn, cfg.schema, "intake_timeline")
+                outboxes = [await count(conn, cfg.schema, f"{p}_outbox") for p in shape.PROCESSES]
+                return (
+                    inbox == {p: n * CASES for p, n in case.inbox_rows.items()}
+                    and timeline == case.state_rows["intake_timeline"] * CASES
+                    and not any(outboxes)
+                )
 
-            await eventually(applied, timeout=30, what="every application's inbox row")
+            await eventually(applied, timeout=30, what="every application recorded, sent")
             for table, per_case in case.state_rows.items():
                 assert await count(conn, cfg.schema, table) == per_case * CASES, table
             for process in shape.PROCESSES:

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.common.consumer import ConsumerGroup, ConsumerRunner, PermanentError, Subscription
+from services.common.db import inbox_key
 from services.common.envelope import Envelope
 from services.common.kafka import client_options
 from services.common.settings import CommonSettings
@@ -359,3 +360,70 @@ async def test_a_batch_handler_gets_each_fresh_event_once_in_order_and_poison_st
     dead = await read_topic(settings, dlq, min_records=1, idle=0.5)
     assert [header(r, "ce_subject") for r in dead] == ["HC-8"]
     assert "cannot apply this one" in str(header(dead[0], "dlq_reason"))
+
+
+async def test_a_reader_with_its_own_inbox_writes_no_inbox_row_and_its_table_dedupes(
+    settings: CommonSettings,
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    schema: str,
+    make_topic: MakeTopic,
+) -> None:
+    """intake's timeline: the handler's own table, keyed by the event's inbox key, is the
+    record of what was applied. The runtime passes a redelivery on (no inbox row to find it
+    by); the handler's insert finds it and applies nothing; no inbox row is written."""
+    topic, dlq = await make_topic("in"), await make_topic("dlq")
+    async with engine.begin() as conn:
+        await conn.execute(text(f'CREATE TABLE "{schema}".seen (event_id text PRIMARY KEY)'))
+    handed: Counter[str] = Counter()
+    writer = widget_writer(schema)
+
+    async def apply_batch(session: AsyncSession, events: Any) -> None:
+        for envelope, payload in events:
+            handed[payload.wid] += 1
+            stored = await session.execute(
+                text(
+                    f'INSERT INTO "{schema}".seen VALUES (:id) ON CONFLICT DO NOTHING '
+                    "RETURNING event_id"
+                ),
+                {"id": inbox_key(envelope.id)},
+            )
+            if stored.first() is not None:
+                await writer.handler(session, envelope, payload)
+
+    twice = made("HC-9", "w-twice")
+    name = unique("consumer")
+    runner = ConsumerRunner(
+        settings.model_copy(update={"dlq_topic": dlq}),
+        name=name,
+        topics=[topic],
+        subscriptions={MADE: writer},
+        sessions=sessions,
+        schema=schema,
+        batch_handler=apply_batch,
+        own_inbox=True,
+    )
+    # The copy in the same batch is dropped by the runtime; the later one reaches the handler.
+    await produce(settings, topic, [twice.to_record(), twice.to_record()])
+    async with running(runner):
+        await eventually(lambda: has_widget(engine, schema, "w-twice"), what="first delivery")
+        last = made("HC-9", "w-last")
+        await produce(settings, topic, [twice.to_record(), last.to_record()])
+        await eventually(lambda: has_widget(engine, schema, "w-last"), what="later record")
+    assert await widgets(engine, schema) == [("w-last", "HC-9", 0), ("w-twice", "HC-9", 0)]
+    assert handed["w-twice"] == 2  # the redelivery came to the handler, which applied nothing
+    async with engine.connect() as conn:
+        inbox = await conn.execute(
+            text(f'SELECT count(*) FROM "{schema}".inbox WHERE consumer = :c'), {"c": name}
+        )
+        assert inbox.scalar_one() == 0
+    with pytest.raises(ValueError, match="whole"):
+        ConsumerRunner(
+            settings,
+            name=name,
+            topics=[topic],
+            subscriptions={MADE: writer},
+            sessions=sessions,
+            schema=schema,
+            own_inbox=True,
+        )

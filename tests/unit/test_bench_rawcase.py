@@ -31,7 +31,9 @@ def test_one_case_is_seven_events_and_ten_applications() -> None:
     assert (case.events, case.applications) == (7, 10)
     assert case.published == {"intake": 1, "routing": 1, "approval": 2, "delivery": 3}
     # the timeline 7; routing-intake; approval-routing; delivery-approval
-    assert case.inbox_rows == {"intake": 7, "routing": 1, "approval": 1, "delivery": 1}
+    assert case.applied == {"intake": 7, "routing": 1, "approval": 1, "delivery": 1}
+    # the timeline's own rows are its record: no inbox row
+    assert case.inbox_rows == {"intake": 0, "routing": 1, "approval": 1, "delivery": 1}
     # routing-xregion passes over all but the submitted event (after its lookup)
     assert case.skipped == {"intake": 0, "routing": 6, "approval": 4, "delivery": 6}
     assert case.state_rows == {

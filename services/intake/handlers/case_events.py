@@ -51,11 +51,12 @@ async def follow_case_events(
     clock: ServiceClock,
     intake: Intake | None = None,
 ) -> None:
-    """A batch of case events, in offset order: one statement for the timeline, one to lock
-    the cases, then each changed case updated once with its events folded in order (the hot
-    path of intake: every event of every case passes here). With `intake`, the bundles of the
-    members whose status changed are settled (`settle_bundle`): their waiting members released
-    or ended."""
+    """A batch of case events, in offset order: one statement puts them on the timeline and
+    locks their cases, then each changed case is updated once with its new events folded in
+    order (the hot path of intake: every event of every case passes here). The timeline is the
+    reader's inbox (`own_inbox`): an event it holds already is not folded in again. With
+    `intake`, the bundles of the members whose status changed are settled (`settle_bundle`):
+    their waiting members released or ended."""
     if not events:
         return
     # Bundles before cases, the lock order of every request on a bundle (no deadlock); the
@@ -63,7 +64,10 @@ async def follow_case_events(
     named_bundles = sorted({b for e, _ in events if isinstance(b := e.data.get("bundle_id"), str)})
     if intake is not None and named_bundles:
         await queries.lock_bundles(session, named_bundles)
-    cases = await _append_and_lock(session, events)
+    fresh, cases = await _append_and_lock(session, events)
+    # The timeline is this reader's inbox (its own key is the event's): an event already on
+    # it was applied before (a redelivery, or the same event through the partners' reader).
+    events = [(e, p) for e, p in events if inbox_key(e.id) in fresh]
     pending = await _fold_events(session, events, cases, clock=clock)
     now = clock.now()
     await update_rows(
@@ -97,9 +101,9 @@ class _FollowedCase:
 
 async def _append_and_lock(
     session: AsyncSession, events: Sequence[tuple[Envelope, Any]]
-) -> dict[str, _FollowedCase]:
-    """Every event of the batch on its case's timeline, once (a redelivery adds nothing), and
-    the batch's cases intake holds, locked for the transaction: one statement."""
+) -> tuple[set[str], dict[str, _FollowedCase]]:
+    """Every event of the batch on its case's timeline, once, and the keys of those that were
+    not there yet; the batch's cases intake holds, locked for the transaction: one statement."""
     rows = await insert_then_select(
         session,
         models.timeline,
@@ -114,11 +118,19 @@ async def _append_and_lock(
             }
             for e, _ in events
         ],
-        _LOCK_CASES,
+        _APPEND_AND_LOCK,
         sorted({e.subject for e, _ in events}),
         on_conflict_do_nothing=True,
+        returning="event_id",
     )
-    return {r[0]: _FollowedCase(CaseStatus(r[1]), r[2], r[3]) for r in rows}
+    fresh: set[str] = set()
+    cases: dict[str, _FollowedCase] = {}
+    for r in rows:
+        if r[4] is not None:  # the row of the entries inserted
+            fresh.update(r[4])
+        else:
+            cases[r[0]] = _FollowedCase(CaseStatus(r[1]), r[2], r[3])
+    return fresh, cases
 
 
 def timeline_source(envelope: Envelope) -> str:
@@ -129,10 +141,13 @@ def timeline_source(envelope: Envelope) -> str:
     return envelope.source
 
 
-# One lock order (by case id): no deadlock between batches.
-_LOCK_CASES = (
+# One lock order (by case id): no deadlock between batches. The cases' rows, then one row
+# with the keys of the timeline entries inserted (`inserted`: the runtime's CTE).
+_APPEND_AND_LOCK = (
+    "SELECT case_id, status, failure, bundle_id, NULL::text[] AS fresh FROM ("
     f"SELECT case_id, status, failure, bundle_id FROM {models.cases.fullname} "
-    "WHERE case_id = ANY($1::text[]) ORDER BY case_id FOR UPDATE"
+    "WHERE case_id = ANY($1::text[]) ORDER BY case_id FOR UPDATE) AS locked "
+    "UNION ALL SELECT NULL, NULL, NULL, NULL, ARRAY(SELECT event_id FROM inserted)"
 )
 
 
