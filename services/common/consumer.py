@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, TypeAlias
@@ -62,7 +62,11 @@ Parsed: TypeAlias = tuple[Record, Envelope]
 HandlerFn = Callable[[AsyncSession, Envelope, Any], Awaitable[None]]
 # Applies the fresh events of a whole batch at once, in offset order (a consumer whose
 # per-event work is a few statements gains most from doing them once per batch).
-BatchHandlerFn = Callable[[AsyncSession, Sequence[tuple[Envelope, Any]]], Awaitable[None]]
+# A reader's whole batch in one call. A reader with its own inbox (`own_inbox`) may answer the
+# inbox keys of the events it applied, so the others count as duplicates; None: all of them.
+BatchHandlerFn = Callable[
+    [AsyncSession, Sequence[tuple[Envelope, Any]]], Awaitable[Collection[str] | None]
+]
 # Which of a batch's events concern a reader, known only from its own tables: one flag per
 # event, in order. Read on the asyncpg connection outside any transaction (one round trip).
 RelevantFn = Callable[[Driver, Sequence[tuple[Envelope, Any]]], Awaitable[list[bool]]]
@@ -306,7 +310,11 @@ class ConsumerRunner:
                 todo.append(item)
             try:
                 if self.batch_handler is not None:
-                    await self.batch_handler(session, [(i.envelope, i.payload) for i in todo])
+                    done = await self.batch_handler(
+                        session, [(i.envelope, i.payload) for i in todo]
+                    )
+                    if self.own_inbox and done is not None:
+                        applied &= set(done)  # the others were applied before
                 else:
                     for item in todo:
                         await self._call(session, item)
@@ -315,9 +323,8 @@ class ConsumerRunner:
                 if is_infrastructure_error(exc):
                     raise
                 raise _HandlerFailed() from exc
-        for item in work:
-            if item.key in applied:
-                self._count(item.record, "processed")
+        for item in todo:
+            self._count(item.record, "processed" if item.key in applied else "duplicate")
 
     async def _apply_one_by_one(self, work: list[_Work]) -> list[_DeadLetter]:
         """Isolate the failing records: one savepoint per event, bounded retries each."""

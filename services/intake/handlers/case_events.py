@@ -50,15 +50,15 @@ async def follow_case_events(
     *,
     clock: ServiceClock,
     intake: Intake | None = None,
-) -> None:
+) -> set[str]:
     """A batch of case events, in offset order: one statement puts them on the timeline and
     locks their cases, then each changed case is updated once with its new events folded in
     order (the hot path of intake: every event of every case passes here). The timeline is the
     reader's inbox (`own_inbox`): an event it holds already is not folded in again. With
     `intake`, the bundles of the members whose status changed are settled (`settle_bundle`):
-    their waiting members released or ended."""
+    their waiting members released or ended. The inbox keys of the events new to it."""
     if not events:
-        return
+        return set()
     # Bundles before cases, the lock order of every request on a bundle (no deadlock); the
     # events name their bundle, so a batch of single cases costs nothing more.
     named_bundles = sorted({b for e, _ in events if isinstance(b := e.data.get("bundle_id"), str)})
@@ -88,6 +88,7 @@ async def follow_case_events(
         if case.bundle_id is not None and {"status", "decision"} & pending.get(case_id, {}).keys()
     }
     await settle_bundles(session, intake, moved)
+    return fresh
 
 
 @dataclass(slots=True)
