@@ -55,6 +55,13 @@ def _value(table: Table, column: str, value: Any) -> Any:
     return value
 
 
+def _arrays(
+    table: Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> list[list[Any]]:
+    """One array per column, the rows' values in order: the arguments of `_insert_select`."""
+    return [[_value(table, c, row[c]) for row in rows] for c in columns]
+
+
 def _insert_select(
     table: Table, columns: tuple[str, ...], first: int, where: str | None = None
 ) -> str:
@@ -118,7 +125,7 @@ async def insert_rows(
         return []
     columns = tuple(rows[0])
     sql = _insert_sql(table, columns, on_conflict_do_nothing, conflict_on, returning)
-    arrays = [[_value(table, c, row[c]) for row in rows] for c in columns]
+    arrays = _arrays(table, columns, rows)
     driver = await driver_connection(session)
     if returning is None:
         await driver.execute(sql, *arrays)
@@ -190,7 +197,7 @@ async def insert_then_select(
     sql = _insert_then_select_sql(
         table, columns, on_conflict_do_nothing, returning, select_sql, len(args)
     )
-    arrays = [[_value(table, c, row[c]) for row in rows] for c in columns]
+    arrays = _arrays(table, columns, rows)
     driver = await driver_connection(session)
     records: list[asyncpg.Record] = await driver.fetch(sql, *args, *arrays)
     return records
@@ -262,9 +269,9 @@ async def flush_deferred(session: AsyncSession, *, last: bool = False) -> None:
     sql = _together_sql(shape, guard_shape)
     args: list[list[Any]] = []
     if guard is not None:
-        args += [[_value(guard.table, c, guard.row[c])] for c in guard.row]
+        args += _arrays(guard.table, tuple(guard.row), [guard.row])
     for table, rows in runs:
-        args += [[_value(table, c, row[c]) for row in rows] for c in rows[0]]
+        args += _arrays(table, tuple(rows[0]), rows)
     # Without BEGIN, the statement still joins a transaction begun before (same connection).
     driver = await driver_connection(session, transaction=not last)
     if guard is None:
