@@ -212,10 +212,24 @@ async def test_a_bundle_overdue_fires_once_for_the_lead_naming_its_open_members(
     others = [approval_at(settings, 0) for _ in range(2)]
     try:
         async with emitted:
-            await submit(past, bundle)
-            for case_id in (first, second):
-                await take(past, bundle.routed(case_id, named=True))
-            await approve(past, first)
+            # One transaction: the timers are due as they are written, and the stack's own
+            # approval service (up for the e2e tests) may fire them too; it must never see the
+            # bundle before its first member is approved.
+            async with unit_of_work(past.runtime.sessions) as session:
+                await handlers.bundle_submitted(
+                    session, envelope(bundle.bundle_id), bundle.submitted(), approval=past
+                )
+                for case_id in (first, second):
+                    routed = bundle.routed(case_id, named=True)
+                    await handlers.take_routed(session, envelope(case_id), routed, approval=past)
+                outcome = await handlers.decide_case(
+                    session,
+                    approval=past,
+                    case_id=first,
+                    decision=APPROVE,
+                    now=past.runtime.clock.now(),
+                )
+                assert not isinstance(outcome, Refusal), outcome
 
             async def fire(runtime: ServiceRuntime) -> None:
                 async with unit_of_work(runtime.sessions) as session:

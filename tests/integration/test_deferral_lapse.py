@@ -62,8 +62,9 @@ async def test_each_lapse_terminates_its_case_once_across_two_schedulers(
                 state = deferred_case(case_id, due, held=True)
                 await session.execute(models.cases.insert().values(queries.case_values(state, now)))
                 await handlers.arm_deferral_lapse(session, state)
-        # The material of one case arrives first: approved, and its lapse disarmed.
-        async with unit_of_work(first.sessions) as session:
+            # The material of one case arrives first: approved, and its lapse disarmed. In the
+            # same transaction: the stack's own approval scheduler (up for the e2e tests) would
+            # otherwise be free to lapse it in between.
             case = await queries.load_case(session, brought, lock=True)
             assert isinstance(case, CaseState)
             arrived = review.materials_arrived(case, ["M02"], now=now, calendar=CALENDAR)
