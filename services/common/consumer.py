@@ -68,8 +68,9 @@ BatchHandlerFn = Callable[
     [AsyncSession, Sequence[tuple[Envelope, Any]]], Awaitable[Collection[str] | None]
 ]
 # Which of a batch's events concern a reader, known only from its own tables: one flag per
-# event, in order. Read on the asyncpg connection outside any transaction (one round trip).
-RelevantFn = Callable[[Driver, Sequence[tuple[Envelope, Any]]], Awaitable[list[bool]]]
+# event, in order. Read on the asyncpg connection outside any transaction (one round trip),
+# from the envelopes alone: the payloads of the events passed over are never validated.
+RelevantFn = Callable[[Driver, Sequence[Envelope]], Awaitable[list[bool]]]
 
 
 class PermanentError(Exception):
@@ -236,22 +237,23 @@ class ConsumerRunner:
 
     # -- applying a batch ----------------------------------------------------------------------
 
-    def _parse(self, record: Record, envelope: Envelope) -> _Work | _DeadLetter | None:
+    def _takes(self, envelope: Envelope) -> bool:
+        """Whether this reader applies the record, from its envelope: its type, and `accept`."""
+        # Not this reader's type: another reader of the topic applies it (a type no reader
+        # knows is dead-lettered by the group before it reaches a reader).
+        if envelope.type not in self.subscriptions:
+            return False
+        # Another region's record (§9), a case not this reader's business: passed over.
+        return self.accept is None or self.accept(envelope)
+
+    def _parse(self, record: Record, envelope: Envelope) -> _Work | _DeadLetter:
         try:
-            return self._parse_or_raise(record, envelope)
+            return self._validate(record, envelope)
         except Exception as exc:  # whatever a record holds, it must not stop the partition
             return _DeadLetter(record, f"unreadable: {describe_error(exc)}")
 
-    def _parse_or_raise(self, record: Record, envelope: Envelope) -> _Work | _DeadLetter | None:
-        subscription = self.subscriptions.get(envelope.type)
-        if subscription is None:
-            # Not this reader's type: another reader of the topic applies it (a type no
-            # reader knows is dead-lettered by the group before it reaches a reader, whatever
-            # the readers' filters below).
-            return None
-        # Another region's record (§9), a case not this reader's business: passed over.
-        if self.accept is not None and not self.accept(envelope):
-            return None
+    def _validate(self, record: Record, envelope: Envelope) -> _Work | _DeadLetter:
+        subscription = self.subscriptions[envelope.type]
         payload: Any = envelope.data
         if subscription.model is not None:
             try:
@@ -265,18 +267,27 @@ class ConsumerRunner:
         return _Work(record, envelope, payload)
 
     async def _apply(self, records: list[Parsed]) -> list[_DeadLetter]:
-        work: list[_Work] = []
+        taken: list[Parsed] = []
         dead: list[_DeadLetter] = []
         for record, envelope in records:
+            try:
+                takes = self._takes(envelope)
+            except Exception as exc:  # whatever a record holds, it must not stop the partition
+                dead.append(_DeadLetter(record, f"unreadable: {describe_error(exc)}"))
+                continue
+            if takes:
+                taken.append((record, envelope))
+            else:
+                self._count(record, "ignored")
+        if taken and self.relevant is not None:
+            taken = await self._relevant(taken)
+        work: list[_Work] = []
+        for record, envelope in taken:
             parsed = self._parse(record, envelope)
             if isinstance(parsed, _Work):
                 work.append(parsed)
-            elif isinstance(parsed, _DeadLetter):
-                dead.append(parsed)
             else:
-                self._count(record, "ignored")
-        if work and self.relevant is not None:
-            work = await self._relevant(work)
+                dead.append(parsed)
         if not work:
             return dead
         try:
@@ -404,19 +415,19 @@ class ConsumerRunner:
         ):
             await subscription.handler(session, envelope, item.payload)
 
-    async def _relevant(self, work: list[_Work]) -> list[_Work]:
-        """The events that concern this reader; the others pass with no transaction at all.
+    async def _relevant(self, taken: list[Parsed]) -> list[Parsed]:
+        """The events that concern this reader; the others pass with no transaction at all,
+        and unvalidated (a malformed one is the business of the readers that apply it).
         A case that becomes one of them after this read is one whose earlier events the
         reader would have passed over inside a transaction too (read committed)."""
         assert self.relevant is not None
         async with self.sessions() as session:
             driver = await driver_connection(session, transaction=False)
-            events = [(item.envelope, item.payload) for item in work]
-            flags = await self.relevant(driver, events)
-        for item, flag in zip(work, flags, strict=True):
+            flags = await self.relevant(driver, [envelope for _record, envelope in taken])
+        for (record, _envelope), flag in zip(taken, flags, strict=True):
             if not flag:
-                self._count(item.record, "ignored")
-        return [item for item, flag in zip(work, flags, strict=True) if flag]
+                self._count(record, "ignored")
+        return [parsed for parsed, flag in zip(taken, flags, strict=True) if flag]
 
     async def _inbox_insert(self, session: AsyncSession, work: list[_Work]) -> set[str]:
         """Insert the inbox rows of `work` (distinct keys); the keys that were not there yet.

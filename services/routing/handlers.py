@@ -473,24 +473,35 @@ async def relay_case_events(
         await routing.runtime.relay_to_partner(session, envelope, to_city=to_city, from_city=city)
 
 
-async def concern_partners(driver: Driver, events: Sequence[tuple[Envelope, Event]]) -> list[bool]:
+async def concern_partners(driver: Driver, events: Sequence[Envelope]) -> list[bool]:
     """`routing-xregion`'s filter: every case event of the region passes that group, and
     nearly all are about cases of this region alone. Those (no `cross_region_cases` row, not
     an adopted submission) are passed over with one read per batch, with no transaction and
-    no inbox row."""
+    no inbox row, and their payloads are never validated: the filter reads the envelopes."""
+    case_ids = [envelope_case_id(envelope) for envelope in events]
     rows = await driver.fetch(
         f"SELECT case_id FROM {models.cross_region_cases.fullname} WHERE case_id = ANY($1::text[])",
-        sorted({_case_of(envelope, payload) for envelope, payload in events}),
+        sorted(set(case_ids)),
     )
     # An adopted case's submission makes its row as it is applied: the case's later events
     # in the same batch concern the partner too (the handler relays them after it).
     adopted = {
-        payload.case_id
-        for _envelope, payload in events
-        if isinstance(payload, CaseSubmitted) and payload.origin is not None
+        case_id
+        for envelope, case_id in zip(events, case_ids, strict=True)
+        if envelope.type == CaseSubmitted.TYPE
+        and isinstance(envelope.data, dict)
+        and envelope.data.get("origin") is not None
     }
     partner_cases = {row[0] for row in rows} | adopted
-    return [_case_of(envelope, payload) in partner_cases for envelope, payload in events]
+    return [case_id in partner_cases for case_id in case_ids]
+
+
+def envelope_case_id(envelope: Envelope) -> str:
+    """The case an event is about, read before its payload is validated: the payload's
+    `case_id` when it is a string, else the event's subject (as `_case_of` has it)."""
+    data = envelope.data
+    case_id = data.get("case_id") if isinstance(data, dict) else None
+    return case_id if isinstance(case_id, str) and case_id else str(envelope.subject or "")
 
 
 async def _partner_cases(
