@@ -56,10 +56,12 @@ def create_app(settings: ApprovalSettings | None = None) -> FastAPI:
     runtime.consume(
         ROUTING_TOPIC,
         subscriptions={CaseRouted: partial(handlers.take_routed, approval=approval)},
+        before_batch=handlers.lock_in_order,
     )
     runtime.consume(
         DECISIONS_TOPIC,
         subscriptions={DecisionMade: partial(handlers.decision_made, approval=approval)},
+        before_batch=handlers.lock_in_order,
     )
     runtime.consume(
         INTAKE_TOPIC,
@@ -67,6 +69,7 @@ def create_app(settings: ApprovalSettings | None = None) -> FastAPI:
             CaseWithdrawn: partial(handlers.case_withdrawn, approval=approval),
             CaseSupplemented: partial(handlers.case_supplemented, approval=approval),
         },
+        before_batch=handlers.lock_in_order,
     )
     runtime.consume(
         DELIVERY_TOPIC,
@@ -80,6 +83,7 @@ def create_app(settings: ApprovalSettings | None = None) -> FastAPI:
             BundleSubmitted: partial(handlers.bundle_submitted, approval=approval),
             BundleWithdrawn: partial(handlers.bundle_withdrawn, approval=approval),
         },
+        before_batch=handlers.lock_in_order,
     )
     runtime.on_startup(partial(handlers.load_handover_trust, approval))
     runtime.on_startup(approval.calendars.start)

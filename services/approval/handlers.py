@@ -71,7 +71,7 @@ from services.approval.domain.review import CaseState, Decision, Outcome, Unrout
 from services.common import audit
 from services.common.catalog_follower import CatalogFollower
 from services.common.consumer import PermanentError
-from services.common.db import bundle_of, locked_row, unit_of_work
+from services.common.db import bundle_of, driver_connection, locked_row, unit_of_work
 from services.common.envelope import Envelope
 from services.common.handover import HandoverTrust, load_trust, verify_handover
 from services.common.logs import get_logger
@@ -951,6 +951,50 @@ class ClockScheduler:
 
 
 # -- bundles (一件事, DESIGN.md §8; see the module docstring) -----------------------------------
+
+
+# The events whose handlers make their bundle's row when it is not there yet (`locked_row`).
+_MAKE_BUNDLE_ROW = (CaseRouted, BundleSubmitted, BundleWithdrawn)
+
+
+async def lock_in_order(session: AsyncSession, events: Sequence[tuple[Envelope, Any]]) -> None:
+    """A reader's batch of several events, one naming a bundle (DESIGN.md §8): its cases and
+    then its bundles are locked first, each set in id order, before the events are applied
+    in offset order. One event's handler locks its case and then its bundle; a batch doing
+    that event after event held one bundle while it waited for its next case, and two
+    batches with members of the same bundles in other orders deadlocked (they did under
+    bundle load, and were retried). The bundle rows its handlers would make are made here,
+    in the same order. A batch that names no bundle locks nothing more."""
+    named = {b for _envelope, payload in events if (b := getattr(payload, "bundle_id", None))}
+    if not named:
+        return
+    driver = await driver_connection(session)
+    case_ids = sorted(
+        {
+            c
+            for _envelope, payload in events
+            if isinstance(c := getattr(payload, "case_id", None), str)
+        }
+    )
+    if case_ids:
+        rows = await driver.fetch(
+            f"SELECT bundle_id FROM {cases.fullname} WHERE case_id = ANY($1::text[]) "
+            "ORDER BY case_id FOR UPDATE",
+            case_ids,
+        )
+        named |= {row[0] for row in rows if row[0] is not None}
+    made = {
+        p.bundle_id for _envelope, p in events if isinstance(p, _MAKE_BUNDLE_ROW) and p.bundle_id
+    }
+    # The rows made here are this transaction's alone until it ends; the others, locked.
+    await driver.fetch(
+        f"WITH made AS (INSERT INTO {bundles_t.fullname} (bundle_id) "
+        "SELECT unnest($2::text[]) ORDER BY 1 ON CONFLICT DO NOTHING) "
+        f"SELECT bundle_id FROM {bundles_t.fullname} WHERE bundle_id = ANY($1::text[]) "
+        "ORDER BY bundle_id FOR UPDATE",
+        sorted(named),
+        sorted(made),
+    )
 
 
 async def review_bundle_clock(

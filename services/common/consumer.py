@@ -67,6 +67,9 @@ HandlerFn = Callable[[AsyncSession, Envelope, Any], Awaitable[None]]
 BatchHandlerFn = Callable[
     [AsyncSession, Sequence[tuple[Envelope, Any]]], Awaitable[Collection[str] | None]
 ]
+# Run first in a batch's transaction when the batch holds several events (the per-event
+# handlers follow, in offset order): e.g. to take its rows' locks in one order.
+BeforeBatchFn = Callable[[AsyncSession, Sequence[tuple[Envelope, Any]]], Awaitable[None]]
 # Which of a batch's events concern a reader, known only from its own tables: one flag per
 # event, in order. Read on the asyncpg connection outside any transaction (one round trip),
 # from the envelopes alone: the payloads of the events passed over are never validated.
@@ -138,6 +141,7 @@ class ConsumerRunner:
         starts_when: Callable[[], Awaitable[None]] | None = None,
         relevant: RelevantFn | None = None,
         own_inbox: bool = False,
+        before_batch: BeforeBatchFn | None = None,
     ) -> None:
         if own_inbox and batch_handler is None:
             raise ValueError("a reader with its own inbox takes its batches whole")
@@ -164,6 +168,7 @@ class ConsumerRunner:
         self.group_id = group_id or name
         self._inbox = runtime_metadata(schema)[2]
         self.batch_handler = batch_handler
+        self.before_batch = before_batch
         self._dlq_producer = dlq_producer
         # Set with the group this reader runs in (`ConsumerGroup.stop`, `_set_ready`).
         self._stop = asyncio.Event()
@@ -320,6 +325,8 @@ class ConsumerRunner:
                 applied.add(key)
                 todo.append(item)
             try:
+                if self.before_batch is not None and len(todo) > 1:
+                    await self.before_batch(session, [(i.envelope, i.payload) for i in todo])
                 if self.batch_handler is not None:
                     done = await self.batch_handler(
                         session, [(i.envelope, i.payload) for i in todo]

@@ -38,6 +38,7 @@ from services.common.catalog_follower import CatalogFollower
 from services.common.clock import ServiceClock
 from services.common.consumer import (
     BatchHandlerFn,
+    BeforeBatchFn,
     ConsumerGroup,
     ConsumerRunner,
     HandlerFn,
@@ -142,6 +143,7 @@ class ServiceRuntime:
         accept: Callable[[Envelope], bool] | None = None,
         relevant: RelevantFn | None = None,
         own_inbox: bool = False,
+        before_batch: BeforeBatchFn | None = None,
     ) -> ConsumerRunner:
         """A consumer group of this service, applying each event class with its handler;
         types on the topics it does not handle are ignored (they are contract types, just not
@@ -149,7 +151,8 @@ class ServiceRuntime:
         before they are validated or reach the inbox: a group that wants few of a topic's
         records pays nothing for the others. `relevant` does the same for records only the
         service's tables can tell apart (read once per batch, in its transaction). With
-        `own_inbox`, the handlers record the events they applied themselves (`ConsumerRunner`)."""
+        `own_inbox`, the handlers record the events they applied themselves (`ConsumerRunner`).
+        `before_batch` runs first in the transaction of a batch of several events."""
         stray = [model.__name__ for model in subscriptions if model.TOPIC not in topics]
         if stray:
             raise ValueError(f"{', '.join(stray)} not on {', '.join(topics)}")
@@ -167,6 +170,7 @@ class ServiceRuntime:
             accept=accept,
             relevant=relevant,
             own_inbox=own_inbox,
+            before_batch=before_batch,
         )
         self.consumers.append(runner)
         return runner

@@ -6,6 +6,7 @@ and overdue fire once across two schedulers, for the lead, naming the members st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -298,3 +299,50 @@ async def test_a_held_approval_keeps_the_bundle_clock_until_its_deferred_materia
     finally:
         await emitted.discard()
         await approval.runtime.engine.dispose()
+
+
+@pytest.mark.parametrize("bundles_known", [True, False])
+async def test_two_batches_with_members_of_two_bundles_in_crossed_orders_do_not_deadlock(
+    settings: ServiceSettings, prefix: str, bundles_known: bool
+) -> None:
+    """Two readers' batches (two replicas, say): one routes a member of bundle X and then one
+    of Y, the other a member of Y and then one of X, each as soon as the other has taken its
+    first. Event after event, each would hold one bundle and wait for the other's: a
+    deadlock. `lock_in_order` (the approval readers' `before_batch`) takes the batch's
+    bundles first, in one order; both batches commit, every member accepted. With the
+    bundles' own events first (their rows there) or not yet (made by the batch)."""
+    approval = approval_at(settings, 0)
+    x, y = Bundle(f"{prefix}-X"), Bundle(f"{prefix}-Y")
+    emitted = OutboxCapture(approval.runtime.sessions, "approval", prefix)
+    took_first = [asyncio.Event(), asyncio.Event()]
+
+    async def batch(n: int, members: list[tuple[Bundle, str]]) -> None:
+        events = [
+            (envelope(case_id), bundle.routed(case_id, named=True)) for bundle, case_id in members
+        ]
+        async with unit_of_work(approval.runtime.sessions) as session:
+            await handlers.lock_in_order(session, events)
+            for i, (event_envelope, routed) in enumerate(events):
+                await handlers.take_routed(session, event_envelope, routed, approval=approval)
+                if i == 0:
+                    took_first[n].set()
+                    # Wait for the other batch's first (a moment at most: it may be waiting
+                    # for this one's locks, as it should).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(took_first[1 - n].wait(), 1.5)
+
+    try:
+        async with emitted:
+            if bundles_known:
+                for bundle in (x, y):
+                    await submit(approval, bundle)
+            await asyncio.gather(
+                batch(0, [(x, x.members[0]), (y, y.members[0])]),
+                batch(1, [(y, y.members[1]), (x, x.members[1])]),
+            )
+            events = await emitted.events()
+    finally:
+        await emitted.discard()
+        await approval.runtime.engine.dispose()
+    accepted = {e.case_id for e in events if e.type == "gov.case.accepted.v1"}
+    assert accepted == {*x.members[:2], *y.members[:2]}

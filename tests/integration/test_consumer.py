@@ -443,3 +443,64 @@ async def test_a_reader_with_its_own_inbox_writes_no_inbox_row_and_its_table_ded
             schema=schema,
             own_inbox=True,
         )
+
+
+async def test_before_batch_runs_first_in_a_batch_of_several_events_and_shares_its_fate(
+    settings: CommonSettings,
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    schema: str,
+    make_topic: MakeTopic,
+) -> None:
+    """`before_batch` sees a batch's fresh events, in its transaction, before their handlers;
+    a batch of one skips it. When it fails, the batch is applied record by record instead."""
+    topic, dlq = await make_topic("in", partitions=1), await make_topic("dlq")
+    group = unique("consumer")
+    seen: list[list[str]] = []
+    order: list[str] = []
+
+    async def before(session: AsyncSession, events: Any) -> None:
+        seen.append([payload.wid for _envelope, payload in events])
+        order.append("before")
+        if len(seen) == 1:
+            raise RuntimeError("the first batch's hook fails")
+
+    writer = widget_writer(schema)
+
+    async def handle(session: AsyncSession, envelope: Envelope, payload: WidgetMade) -> None:
+        order.append(payload.wid)
+        await writer.handler(session, envelope, payload)
+
+    def runner() -> ConsumerRunner:
+        made_runner = runner_for(
+            settings,
+            sessions,
+            schema,
+            topic,
+            Subscription(handle, WidgetMade),
+            dlq=dlq,
+            group=group,
+        )
+        made_runner.before_batch = before
+        return made_runner
+
+    # Produced before the reader starts: each pair is one batch.
+    await produce(settings, topic, [made("HC-B", w).to_record() for w in ("w-f1", "w-f2")])
+    async with running(runner()):
+        await eventually(lambda: has_widget(engine, schema, "w-f2"), what="the failed batch")
+        await produce(settings, topic, [made("HC-B", "w-alone").to_record()])
+        await eventually(lambda: has_widget(engine, schema, "w-alone"), what="a batch of one")
+    await produce(settings, topic, [made("HC-B", w).to_record() for w in ("w-b1", "w-b2")])
+    async with running(runner()):
+        await eventually(lambda: has_widget(engine, schema, "w-b2"), what="the second batch")
+    # The failed hook's batch went record by record, without it; a batch of one skips it.
+    assert seen == [["w-f1", "w-f2"], ["w-b1", "w-b2"]]
+    assert order == ["before", "w-f1", "w-f2", "w-alone", "before", "w-b1", "w-b2"]
+    assert {w[0] for w in await widgets(engine, schema)} == {
+        "w-f1",
+        "w-f2",
+        "w-alone",
+        "w-b1",
+        "w-b2",
+    }
+    assert await read_topic(settings, dlq, idle=0.5) == []
