@@ -316,7 +316,7 @@ def xregion_command(
         )
     )
     console.print(xregion_table(result))
-    _write(out, result)
+    _write(out, _stamped(result))
 
 
 @app.command("soak")
@@ -367,7 +367,7 @@ def soak_command(
         )
     )
     console.print(soak_table(result))
-    _write(out, result)
+    _write(out, _stamped(result))
     plot_soak(result, plot)
     console.print(f"wrote {plot}")
 
@@ -505,6 +505,16 @@ def _step_bars(progress: Progress) -> Callable[[str, dict[str, Any] | None, floa
     return on_step
 
 
+def _stamped(result: dict[str, Any]) -> dict[str, Any]:
+    """A result `make bench` does not remake (soak, across regions), with when and on which
+    commit it was measured: the report says so when it is not the report's own commit."""
+    return {**result, "measured": {"when": _now(), "commit": _git_commit()}}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 def _git_commit() -> str | None:
     try:
         answer = subprocess.run(
@@ -557,7 +567,7 @@ def report_command(
         for f in (members_file, xregion_file, soak_file)
     )
     meta = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "when": _now(),
         "commit": _git_commit(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),

@@ -4,7 +4,7 @@ a plot."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,8 +168,8 @@ def build_report(
     targets = [
         *evaluate_targets(raw, runs),
         member_cost_target(members),
-        xregion_cost_target(xregion),
-        soak_rss_target(soak),
+        earlier_run(xregion_cost_target(xregion), xregion, meta),
+        earlier_run(soak_rss_target(soak), soak, meta),
     ]
     return {
         "meta": meta,
@@ -184,6 +184,21 @@ def build_report(
         "xregion": xregion,
         "soak": soak,
     }
+
+
+def earlier_run(target: Target, result: dict[str, Any] | None, meta: dict[str, Any]) -> Target:
+    """A target measured by a run of its own (`make bench-soak`, `make bench-xregion`), whose
+    result file the report picks up as it finds it: said so when it is not of the report's
+    commit, with the commit and day it is of (or that it has none: older than the stamp)."""
+    if result is None:
+        return target
+    measured = result.get("measured") or {}
+    commit, when = measured.get("commit"), measured.get("when")
+    if commit is not None and commit == meta.get("commit"):
+        return target
+    of = f"{commit}, {when}" if commit else "no commit recorded"
+    note = f"an earlier run ({of})"
+    return replace(target, where=f"{target.where}; {note}" if target.where else note)
 
 
 def member_cost_target(members: dict[str, Any] | None) -> Target:

@@ -80,12 +80,18 @@ def soak_result() -> dict[str, Any]:
 
 
 def test_the_report_carries_the_rss_target_and_prints_every_process(tmp_path: Path) -> None:
-    soak = soak_result()
-    report = build_report(None, [], {}, soak=soak)
+    soak = {**soak_result(), "measured": {"when": "2026-12-08T02:00:00+00:00", "commit": "abc1234"}}
+    report = build_report(None, [], {"commit": "abc1234"}, soak=soak)
     target = next(t for t in report["targets"] if t["name"].startswith("RSS per service"))
     assert target["target"] == RSS_MB_TARGET == 150.0
     assert target["measured"] == 160.0 and target["met"] is False
     assert target["where"] == "routing-1 after 4 min at 50/s"
+    # The soak is a run of its own: a result of another commit, or of none, is said to be so.
+    for meta, older in (({"commit": "def5678"}, soak), ({"commit": "abc1234"}, soak_result())):
+        stale = build_report(None, [], meta, soak=older)
+        target = next(t for t in stale["targets"] if t["name"].startswith("RSS per service"))
+        assert target["where"].startswith("routing-1 after 4 min at 50/s; an earlier run (")
+        assert ("abc1234, 2026-12-08" in target["where"]) is ("measured" in older)
     unmeasured = build_report(None, [], {})
     target = next(t for t in unmeasured["targets"] if t["name"].startswith("RSS per service"))
     assert target["measured"] is None and target["met"] is None

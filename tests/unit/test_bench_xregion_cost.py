@@ -115,11 +115,15 @@ def test_the_report_carries_the_ratio_of_both_regions_and_the_link_against_its_t
         "ratio": cost_ratios(cross, single),
     }
     assert xregion["ratio"]["stack"] == round(8.0 / 4.5, 3)  # 1.778: over the target
-    report = build_report(None, [], {}, xregion=xregion)
+    xregion["measured"] = {"when": "2026-12-08T02:00:00+00:00", "commit": "abc1234"}
+    report = build_report(None, [], {"commit": "abc1234"}, xregion=xregion)
     target = next(t for t in report["targets"] if t["name"].startswith("cross-region"))
     assert target["target"] == XREGION_COST_RATIO_TARGET == 1.5
     assert target["measured"] == 1.778 and target["met"] is False
     assert target["where"] == "SOC-0101" and report["xregion"] is xregion
+    later = build_report(None, [], {"commit": "def5678"}, xregion=xregion)
+    target = next(t for t in later["targets"] if t["name"].startswith("cross-region"))
+    assert target["where"] == "SOC-0101; an earlier run (abc1234, 2026-12-08T02:00:00+00:00)"
 
     unmeasured = build_report(None, [], {})
     target = next(t for t in unmeasured["targets"] if t["name"].startswith("cross-region"))
