@@ -359,13 +359,13 @@ class ConsumerRunner:
                                 ):
                                     self._count(item.record, "duplicate")
                                     break
-                                await self._call(session, item)
+                                applied = await self._call(session, item)
                                 # This event's outbox rows belong to its savepoint.
                                 await flush_deferred(session)
                         except BaseException:
                             discard_deferred(session)  # rolled back with the savepoint
                             raise
-                        self._count(item.record, "processed")
+                        self._count(item.record, "processed" if applied else "duplicate")
                         break
                     except PermanentError as exc:
                         dead.append(_DeadLetter(item.record, f"rejected: {exc}"))
@@ -405,7 +405,9 @@ class ConsumerRunner:
                         )
         return dead
 
-    async def _call(self, session: AsyncSession, item: _Work) -> None:
+    async def _call(self, session: AsyncSession, item: _Work) -> bool:
+        """Apply one event; False when a reader with its own inbox had applied it before (its
+        batch handler, which is what dedupes there, takes it as a batch of one)."""
         subscription = self.subscriptions[item.envelope.type]
         envelope = item.envelope
         with continued_span(
@@ -420,7 +422,11 @@ class ConsumerRunner:
                 "tongban.case_id": envelope.subject,
             },
         ):
+            if self.own_inbox and self.batch_handler is not None:
+                done = await self.batch_handler(session, [(envelope, item.payload)])
+                return done is None or item.key in done
             await subscription.handler(session, envelope, item.payload)
+            return True
 
     async def _relevant(self, taken: list[Parsed]) -> list[Parsed]:
         """The events that concern this reader; the others pass with no transaction at all,

@@ -383,6 +383,8 @@ async def test_a_reader_with_its_own_inbox_writes_no_inbox_row_and_its_table_ded
         applied = set()
         for envelope, payload in events:
             handed[payload.wid] += 1
+            if payload.wid == "w-boom" and handed["w-boom"] == 1:
+                raise RuntimeError("fails once: the batch goes record by record")
             stored = await session.execute(
                 text(
                     f'INSERT INTO "{schema}".seen VALUES (:id) ON CONFLICT DO NOTHING '
@@ -397,25 +399,37 @@ async def test_a_reader_with_its_own_inbox_writes_no_inbox_row_and_its_table_ded
 
     twice = made("HC-9", "w-twice")
     name = unique("consumer")
-    runner = ConsumerRunner(
-        settings.model_copy(update={"dlq_topic": dlq}),
-        name=name,
-        topics=[topic],
-        subscriptions={MADE: writer},
-        sessions=sessions,
-        schema=schema,
-        batch_handler=apply_batch,
-        own_inbox=True,
-    )
+
+    def runner() -> ConsumerRunner:
+        return ConsumerRunner(
+            settings.model_copy(update={"dlq_topic": dlq}),
+            name=name,
+            topics=[topic],
+            subscriptions={MADE: writer},  # with its own inbox, the batch handler applies
+            sessions=sessions,
+            schema=schema,
+            batch_handler=apply_batch,
+            own_inbox=True,
+        )
+
     # The copy in the same batch is dropped by the runtime; the later one reaches the handler.
     await produce(settings, topic, [twice.to_record(), twice.to_record()])
-    async with running(runner):
+    async with running(runner()):
         await eventually(lambda: has_widget(engine, schema, "w-twice"), what="first delivery")
         last = made("HC-9", "w-last")
         await produce(settings, topic, [twice.to_record(), last.to_record()])
         await eventually(lambda: has_widget(engine, schema, "w-last"), what="later record")
-    assert await widgets(engine, schema) == [("w-last", "HC-9", 0), ("w-twice", "HC-9", 0)]
-    assert handed["w-twice"] >= 2  # the redelivery came to the handler, which applied nothing
+    # A copy in a batch that goes record by record (another of its records fails once): the
+    # batch handler takes each alone, and the copy still counts as a duplicate.
+    await produce(settings, topic, [twice.to_record(), made("HC-9", "w-boom").to_record()])
+    async with running(runner()):
+        await eventually(lambda: has_widget(engine, schema, "w-boom"), what="record by record")
+    assert await widgets(engine, schema) == [
+        ("w-boom", "HC-9", 0),
+        ("w-last", "HC-9", 0),
+        ("w-twice", "HC-9", 0),
+    ]
+    assert handed["w-twice"] >= 3  # the redeliveries came to the handler, which applied nothing
 
     def consumed(outcome: str) -> float:
         labels = {"service": settings.service, "consumer": name, "topic": topic}
@@ -426,8 +440,8 @@ async def test_a_reader_with_its_own_inbox_writes_no_inbox_row_and_its_table_ded
             or 0.0
         )
 
-    # w-twice and w-last applied; both copies of w-twice counted as what they were
-    assert (consumed("processed"), consumed("duplicate")) == (2.0, 2.0)
+    # w-twice, w-last and w-boom applied; the three copies of w-twice counted as what they were
+    assert (consumed("processed"), consumed("duplicate")) == (3.0, 3.0)
     async with engine.connect() as conn:
         inbox = await conn.execute(
             text(f'SELECT count(*) FROM "{schema}".inbox WHERE consumer = :c'), {"c": name}
