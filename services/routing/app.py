@@ -26,6 +26,9 @@ from services.routing import api, handlers
 class RoutingSettings(ServiceSettings):
     service: str = "routing"
     http_port: int = 8002
+    # A moment's wait after a fetch with records, for bigger batches: with every event a
+    # batch of one the machine is full from 25 cases/s (README, Performance).
+    consumer_linger_ms: int = Field(10, ge=0)
     # Bound on creating department topics inline (catalog load, start-up); on failure the
     # background task keeps trying (services.common.department_topics).
     department_topics_timeout_s: float = Field(10.0, gt=0)
