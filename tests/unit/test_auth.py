@@ -135,13 +135,16 @@ def test_a_token_verified_before_still_expires(monkeypatch: pytest.MonkeyPatch) 
     """Verified tokens are remembered (PyJWT's decode is slow); their expiry is checked at
     every use, with the same leeway, and another key never reuses the verdict."""
     settings = dev()
-    token = mint_token(settings, subject="a", role="admin", ttl_s=60)
+    # Whole seconds, as the token carries them: its expiry is exactly `issued` + 60 s, however
+    # long the machine takes between these lines.
+    issued = datetime.now(UTC).replace(microsecond=0)
+    token = mint_token(settings, subject="a", role="admin", ttl_s=60, now=issued)
     assert decode_token(token, settings).subject == "a"
     assert reason(token, dev(auth_jwt_secret=OTHER_SECRET)) == "bad_signature"
-    now = datetime.now(UTC).timestamp()
-    monkeypatch.setattr("services.common.auth.time.time", lambda: now + 60 + 29)
+    expires = issued.timestamp() + 60
+    monkeypatch.setattr("services.common.auth.time.time", lambda: expires + 29)
     assert decode_token(token, settings).subject == "a"  # within the 30 s leeway
-    monkeypatch.setattr("services.common.auth.time.time", lambda: now + 60 + 31)
+    monkeypatch.setattr("services.common.auth.time.time", lambda: expires + 31)
     assert reason(token, settings) == "expired"
 
 
