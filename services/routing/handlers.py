@@ -451,7 +451,7 @@ async def relay_case_events(
     cases = await _partner_cases(session, events)
     city = own_city(routing.catalogs)
     for envelope, payload in events:
-        case_id = _case_of(envelope, payload)
+        case_id = envelope_case_id(envelope)
         origin = payload.origin if isinstance(payload, CaseSubmitted) else None
         if origin is not None and case_id not in cases:
             # An adopted case's own submission: its row may not be written yet (routing-intake).
@@ -498,7 +498,8 @@ async def concern_partners(driver: Driver, events: Sequence[Envelope]) -> list[b
 
 def envelope_case_id(envelope: Envelope) -> str:
     """The case an event is about, read before its payload is validated: the payload's
-    `case_id` when it is a string, else the event's subject (as `_case_of` has it)."""
+    `case_id` when it is a string, else the event's subject. The relay reads it so too, so
+    the filter and the relay never disagree on a case."""
     data = envelope.data
     case_id = data.get("case_id") if isinstance(data, dict) else None
     return case_id if isinstance(case_id, str) and case_id else str(envelope.subject or "")
@@ -508,15 +509,11 @@ async def _partner_cases(
     session: AsyncSession, events: Sequence[tuple[Envelope, Event]]
 ) -> dict[str, PartnerCase]:
     table = models.cross_region_cases
-    case_ids = {_case_of(envelope, payload) for envelope, payload in events}
+    case_ids = {envelope_case_id(envelope) for envelope, _payload in events}
     return {
         row.case_id: PartnerCase(row.partner_city, Role(row.role))
         for row in await session.execute(select(table).where(table.c.case_id.in_(case_ids)))
     }
-
-
-def _case_of(envelope: Envelope, payload: Event) -> str:
-    return str(getattr(payload, "case_id", None) or envelope.subject)
 
 
 async def partner_refused(
